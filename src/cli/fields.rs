@@ -1,0 +1,686 @@
+//! Warewulf's node/profile field flags, defined once.
+//!
+//! Every `--flag` of `wwctl node set|add` and `profile set|add` is a row of
+//! [`FIELDS`]: its nodes.conf path and value kind. The same table gives the
+//! field names `node unset` accepts, so a new field is one new row. Flags become
+//! a [`Patch`] that the state machine applies on the leader, so concurrent `set`s
+//! of different fields of one node never overwrite each other.
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use serde_json::Value;
+
+use crate::model::{Patch, PatchOp};
+
+/// How a flag's text becomes a value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueKind {
+    Str,
+    Bool,
+    /// Comma-separated list (flag may repeat); replaces the list.
+    List,
+    /// `key=value` pairs added to a map.
+    TagAdd,
+    /// keys removed from a map.
+    TagDel,
+}
+
+/// Where a field lives: on the object, on the selected network device, or on its IPMI.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scope {
+    Top,
+    NetDev,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Field {
+    pub flag: &'static str,
+    pub short: Option<char>,
+    pub aliases: &'static [&'static str],
+    pub path: &'static [&'static str],
+    pub scope: Scope,
+    pub kind: ValueKind,
+    pub help: &'static str,
+}
+
+const fn f(
+    flag: &'static str,
+    short: Option<char>,
+    path: &'static [&'static str],
+    scope: Scope,
+    kind: ValueKind,
+    help: &'static str,
+) -> Field {
+    Field {
+        flag,
+        short,
+        aliases: &[],
+        path,
+        scope,
+        kind,
+        help,
+    }
+}
+
+use Scope::*;
+use ValueKind::*;
+
+/// Warewulf v4.6 flag names.
+pub const FIELDS: &[Field] = &[
+    f("comment", None, &["comment"], Top, Str, "Set a comment"),
+    f(
+        "cluster",
+        Some('c'),
+        &["cluster name"],
+        Top,
+        Str,
+        "Set the cluster group",
+    ),
+    Field {
+        aliases: &["container"],
+        ..f(
+            "image",
+            Some('C'),
+            &["image name"],
+            Top,
+            Str,
+            "Set the image (VNFS) name",
+        )
+    },
+    f("ipxe", None, &["ipxe template"], Top, Str, "Set the iPXE template name"),
+    f(
+        "runtime-overlays",
+        Some('R'),
+        &["runtime overlay"],
+        Top,
+        List,
+        "Set the runtime overlays (comma separated)",
+    ),
+    Field {
+        aliases: &["wwinit"],
+        ..f(
+            "system-overlays",
+            Some('O'),
+            &["system overlay"],
+            Top,
+            List,
+            "Set the system overlays (comma separated)",
+        )
+    },
+    f(
+        "kernelversion",
+        None,
+        &["kernel", "version"],
+        Top,
+        Str,
+        "Pin a kernel version",
+    ),
+    f(
+        "kernelargs",
+        Some('A'),
+        &["kernel", "args"],
+        Top,
+        List,
+        "Set kernel arguments (comma separated; ~arg removes a profile's)",
+    ),
+    f(
+        "init",
+        Some('i'),
+        &["init"],
+        Top,
+        Str,
+        "Define the init process to boot",
+    ),
+    f(
+        "root",
+        None,
+        &["root"],
+        Top,
+        Str,
+        "Define the rootfs (initramfs, tmpfs, ...)",
+    ),
+    f(
+        "asset",
+        None,
+        &["asset key"],
+        Top,
+        Str,
+        "Set the node's asset tag (key)",
+    ),
+    f(
+        "discoverable",
+        None,
+        &["discoverable"],
+        Top,
+        Bool,
+        "Make the node discoverable (true/false)",
+    ),
+    f(
+        "profile",
+        Some('P'),
+        &["profiles"],
+        Top,
+        List,
+        "Set the profiles (comma separated)",
+    ),
+    f(
+        "primarynet",
+        None,
+        &["primary network"],
+        Top,
+        Str,
+        "Set the primary network device name",
+    ),
+    f(
+        "ipmiaddr",
+        None,
+        &["ipmi", "ipaddr"],
+        Top,
+        Str,
+        "Set the IPMI IP address",
+    ),
+    f(
+        "ipminetmask",
+        None,
+        &["ipmi", "netmask"],
+        Top,
+        Str,
+        "Set the IPMI netmask",
+    ),
+    f(
+        "ipmigateway",
+        None,
+        &["ipmi", "gateway"],
+        Top,
+        Str,
+        "Set the IPMI gateway",
+    ),
+    f("ipmiport", None, &["ipmi", "port"], Top, Str, "Set the IPMI port"),
+    f(
+        "ipmiuser",
+        None,
+        &["ipmi", "username"],
+        Top,
+        Str,
+        "Set the IPMI username",
+    ),
+    f(
+        "ipmipass",
+        None,
+        &["ipmi", "password"],
+        Top,
+        Str,
+        "Set the IPMI password",
+    ),
+    f(
+        "ipmiinterface",
+        None,
+        &["ipmi", "interface"],
+        Top,
+        Str,
+        "Set the IPMI interface (lan, lanplus)",
+    ),
+    f(
+        "ipmiescapechar",
+        None,
+        &["ipmi", "escapechar"],
+        Top,
+        Str,
+        "Set the IPMI escape character",
+    ),
+    f(
+        "ipmiwrite",
+        None,
+        &["ipmi", "write"],
+        Top,
+        Bool,
+        "Write IPMI settings to the BMC at boot (true/false)",
+    ),
+    f(
+        "ipmitemplate",
+        None,
+        &["ipmi", "template"],
+        Top,
+        Str,
+        "Set the IPMI template",
+    ),
+    f(
+        "ipmitagadd",
+        None,
+        &["ipmi", "tags"],
+        Top,
+        TagAdd,
+        "Add IPMI tags (key=value, comma separated)",
+    ),
+    f(
+        "ipmitagdel",
+        None,
+        &["ipmi", "tags"],
+        Top,
+        TagDel,
+        "Delete IPMI tags (keys)",
+    ),
+    f(
+        "tagadd",
+        None,
+        &["tags"],
+        Top,
+        TagAdd,
+        "Add tags (key=value, comma separated)",
+    ),
+    f("tagdel", None, &["tags"], Top, TagDel, "Delete tags (keys)"),
+    f(
+        "type",
+        Some('T'),
+        &["type"],
+        NetDev,
+        Str,
+        "Set the network device type (ethernet, infiniband)",
+    ),
+    f(
+        "onboot",
+        None,
+        &["onboot"],
+        NetDev,
+        Bool,
+        "Bring the network device up at boot (true/false)",
+    ),
+    f(
+        "netdev",
+        Some('N'),
+        &["device"],
+        NetDev,
+        Str,
+        "Set the device name (eth0, ib0)",
+    ),
+    f(
+        "hwaddr",
+        Some('H'),
+        &["hwaddr"],
+        NetDev,
+        Str,
+        "Set the device's MAC address",
+    ),
+    f(
+        "ipaddr",
+        Some('I'),
+        &["ipaddr"],
+        NetDev,
+        Str,
+        "Set the device's IPv4 address (auto-increments on `add` of several nodes)",
+    ),
+    f(
+        "netmask",
+        Some('M'),
+        &["netmask"],
+        NetDev,
+        Str,
+        "Set the device's netmask",
+    ),
+    f(
+        "gateway",
+        Some('G'),
+        &["gateway"],
+        NetDev,
+        Str,
+        "Set the device's gateway",
+    ),
+    f(
+        "ipaddr6",
+        None,
+        &["ipaddr6"],
+        NetDev,
+        Str,
+        "Set the device's IPv6 address",
+    ),
+    f(
+        "prefixlen6",
+        None,
+        &["prefixlen6"],
+        NetDev,
+        Str,
+        "Set the device's IPv6 prefix length",
+    ),
+    f(
+        "gateway6",
+        None,
+        &["gateway6"],
+        NetDev,
+        Str,
+        "Set the device's IPv6 gateway",
+    ),
+    f("mtu", None, &["mtu"], NetDev, Str, "Set the device's MTU"),
+    f(
+        "nettagadd",
+        None,
+        &["tags"],
+        NetDev,
+        TagAdd,
+        "Add tags to the device (key=value, comma separated)",
+    ),
+    f(
+        "nettagdel",
+        None,
+        &["tags"],
+        NetDev,
+        TagDel,
+        "Delete tags from the device (keys)",
+    ),
+];
+
+/// The value that clears a field, as in Warewulf.
+pub fn is_unset_word(v: &str) -> bool {
+    matches!(v, "UNDEF" | "UNSET" | "undef" | "unset")
+}
+
+pub const NETNAME: &str = "netname";
+
+/// Field flags parsed from the command line, in table order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldFlags {
+    pub netname: String,
+    pub values: Vec<(&'static Field, Vec<String>)>,
+}
+
+impl FieldFlags {
+    pub fn get(&self, flag: &str) -> Option<&[String]> {
+        self.values
+            .iter()
+            .find(|(f, _)| f.flag == flag)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Replace the single value of `flag` (used for IP auto-increment).
+    pub fn set_one(&mut self, flag: &str, value: String) {
+        if let Some((_, v)) = self.values.iter_mut().find(|(f, _)| f.flag == flag) {
+            *v = vec![value];
+        }
+    }
+
+    /// The patch these flags describe.
+    pub fn to_patch(&self) -> Result<Patch, String> {
+        let mut patch = Vec::new();
+        for (field, raw) in &self.values {
+            let path = full_path(field, &self.netname);
+            match field.kind {
+                Str => {
+                    let v = last(raw);
+                    patch.push(if is_unset_word(v) {
+                        PatchOp::Unset { path }
+                    } else {
+                        PatchOp::Set {
+                            path,
+                            value: Value::String(v.to_string()),
+                        }
+                    });
+                }
+                Bool => {
+                    let v = last(raw);
+                    patch.push(if is_unset_word(v) {
+                        PatchOp::Unset { path }
+                    } else {
+                        PatchOp::Set {
+                            path,
+                            value: Value::Bool(parse_bool(field.flag, v)?),
+                        }
+                    });
+                }
+                List => {
+                    let items = split_list(raw);
+                    patch.push(if items.len() == 1 && is_unset_word(&items[0]) {
+                        PatchOp::Unset { path }
+                    } else {
+                        PatchOp::Set {
+                            path,
+                            value: Value::Array(items.into_iter().map(Value::String).collect()),
+                        }
+                    });
+                }
+                TagAdd => {
+                    for kv in split_list(raw) {
+                        let (k, v) = kv
+                            .split_once('=')
+                            .ok_or_else(|| format!("--{} {kv:?}: expected key=value", field.flag))?;
+                        let mut p = path.clone();
+                        p.push(k.to_string());
+                        patch.push(PatchOp::Set {
+                            path: p,
+                            value: Value::String(v.to_string()),
+                        });
+                    }
+                }
+                TagDel => {
+                    for k in split_list(raw) {
+                        let mut p = path.clone();
+                        p.push(k);
+                        patch.push(PatchOp::Unset { path: p });
+                    }
+                }
+            }
+        }
+        Ok(patch)
+    }
+}
+
+fn last(raw: &[String]) -> &str {
+    raw.last().map(String::as_str).unwrap_or("")
+}
+
+fn full_path(field: &Field, netname: &str) -> Vec<String> {
+    let mut p = Vec::new();
+    if field.scope == NetDev {
+        p.push("network devices".to_string());
+        p.push(netname.to_string());
+    }
+    p.extend(field.path.iter().map(|s| s.to_string()));
+    p
+}
+
+fn split_list(raw: &[String]) -> Vec<String> {
+    raw.iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+pub fn parse_bool(flag: &str, v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" => Ok(true),
+        "false" | "no" | "0" | "off" => Ok(false),
+        _ => Err(format!("--{flag} {v:?}: expected true or false")),
+    }
+}
+
+/// The path `node unset FIELD` clears: a flag name from [`FIELDS`] (tag flags
+/// excepted), `tags`, or `network` for the whole selected network device.
+pub fn unset_path(name: &str, netname: &str) -> Result<Vec<String>, String> {
+    let name = name.trim_start_matches('-');
+    match name {
+        "network" | "netname" => return Ok(vec!["network devices".into(), netname.into()]),
+        "ipmi" => return Ok(vec!["ipmi".into()]),
+        "kernel" => return Ok(vec!["kernel".into()]),
+        _ => {}
+    }
+    FIELDS
+        .iter()
+        .filter(|f| f.kind != TagAdd && f.kind != TagDel)
+        .find(|f| f.flag == name || f.aliases.contains(&name))
+        .map(|f| full_path(f, netname))
+        .or_else(|| match name {
+            "tags" => Some(vec!["tags".into()]),
+            "nettags" => Some(vec!["network devices".into(), netname.into(), "tags".into()]),
+            "ipmitags" => Some(vec!["ipmi".into(), "tags".into()]),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            let names: Vec<&str> = FIELDS
+                .iter()
+                .filter(|f| f.kind != TagAdd && f.kind != TagDel)
+                .map(|f| f.flag)
+                .collect();
+            format!(
+                "unknown field {name:?}; known fields: {}, tags, nettags, ipmitags, network, ipmi, kernel",
+                names.join(", ")
+            )
+        })
+}
+
+impl clap::Args for FieldFlags {
+    fn augment_args(mut cmd: Command) -> Command {
+        cmd = cmd.arg(
+            Arg::new(NETNAME)
+                .long(NETNAME)
+                .short('n')
+                .default_value("default")
+                .help("Network device the network flags apply to")
+                .help_heading("Network"),
+        );
+        for field in FIELDS {
+            let mut a = Arg::new(field.flag)
+                .long(field.flag)
+                .value_name(match field.kind {
+                    Bool => "BOOL",
+                    List => "LIST",
+                    TagAdd => "KEY=VALUE",
+                    TagDel => "KEY",
+                    Str => "VALUE",
+                })
+                .help(field.help)
+                .action(ArgAction::Append)
+                .help_heading(match field.scope {
+                    NetDev => "Network",
+                    Top if field.path.first() == Some(&"ipmi") => "IPMI",
+                    Top => "Fields",
+                });
+            if let Some(s) = field.short {
+                a = a.short(s);
+            }
+            for alias in field.aliases {
+                a = a.alias(*alias);
+            }
+            if field.kind == Bool {
+                // `--discoverable` alone means true, as in Warewulf.
+                a = a.num_args(0..=1).default_missing_value("true");
+            }
+            cmd = cmd.arg(a);
+        }
+        cmd
+    }
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for FieldFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut out = FieldFlags {
+            netname: m
+                .get_one::<String>(NETNAME)
+                .cloned()
+                .unwrap_or_else(|| "default".into()),
+            values: Vec::new(),
+        };
+        for field in FIELDS {
+            if let Some(vals) = m.get_many::<String>(field.flag) {
+                out.values.push((field, vals.cloned().collect()));
+            }
+        }
+        Ok(out)
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        f: FieldFlags,
+    }
+
+    fn patch(args: &[&str]) -> Result<Patch, String> {
+        let mut v = vec!["t"];
+        v.extend_from_slice(args);
+        T::try_parse_from(v).map_err(|e| e.to_string())?.f.to_patch()
+    }
+
+    fn set(path: &[&str], value: Value) -> PatchOp {
+        PatchOp::Set {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            value,
+        }
+    }
+
+    #[test]
+    fn scalar_list_and_bool_flags() {
+        let p = patch(&["--image", "rocky9", "-A", "quiet,crashkernel=no", "--discoverable"]).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                set(&["image name"], Value::String("rocky9".into())),
+                set(&["kernel", "args"], serde_json::json!(["quiet", "crashkernel=no"])),
+                set(&["discoverable"], Value::Bool(true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn container_alias_and_unset_word() {
+        let p = patch(&["--container", "UNDEF"]).unwrap();
+        assert_eq!(
+            p,
+            vec![PatchOp::Unset {
+                path: vec!["image name".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn netdev_flags_use_netname() {
+        let p = patch(&["-n", "ib", "--hwaddr", "AA:BB:CC:DD:EE:FF", "--nettagadd", "a=1"]).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                set(
+                    &["network devices", "ib", "hwaddr"],
+                    Value::String("AA:BB:CC:DD:EE:FF".into())
+                ),
+                set(&["network devices", "ib", "tags", "a"], Value::String("1".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn tags_add_and_delete() {
+        let p = patch(&["--tagadd", "x=1,y=2", "--tagdel", "z"]).unwrap();
+        assert_eq!(p.len(), 3);
+        assert!(patch(&["--tagadd", "novalue"]).unwrap_err().contains("key=value"));
+    }
+
+    #[test]
+    fn bad_bool_is_an_error() {
+        assert!(patch(&["--onboot", "maybe"]).unwrap_err().contains("true or false"));
+    }
+
+    #[test]
+    fn unset_paths() {
+        assert_eq!(unset_path("image", "default").unwrap(), vec!["image name"]);
+        assert_eq!(
+            unset_path("hwaddr", "eth").unwrap(),
+            vec!["network devices", "eth", "hwaddr"]
+        );
+        assert_eq!(unset_path("network", "eth").unwrap(), vec!["network devices", "eth"]);
+        assert!(unset_path("bogus", "default").unwrap_err().contains("unknown field"));
+    }
+}

@@ -1,0 +1,259 @@
+//! `wwctl` output: aligned plain tables as Warewulf prints them, or YAML/JSON.
+//!
+//! Tables use comfy-table without borders, so columns line up like Warewulf's
+//! and stay greppable/awk-able. Golden files in `tests/golden/` pin the shapes.
+
+use std::io::Write;
+
+use anyhow::Result;
+use clap::ValueEnum;
+use comfy_table::{presets::NOTHING, CellAlignment, ContentArrangement, Table};
+
+use crate::model::Merged;
+use crate::pb::admin::ClusterStatusReply;
+use crate::state::Kind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Yaml,
+    Json,
+}
+
+/// Which columns `node list` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Default,
+    Long,
+    Net,
+    Ipmi,
+    All,
+}
+
+/// A borderless table; the first row is the header.
+pub fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_style(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.iter().map(|h| h.to_string()));
+    for r in rows {
+        t.add_row(r);
+    }
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
+        c.set_cell_alignment(CellAlignment::Left);
+    }
+    // comfy-table pads the last column too; trailing spaces help nobody.
+    let mut s: String = t
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    s.push('\n');
+    s
+}
+
+fn or_dash(v: Option<&str>) -> String {
+    match v {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "--".into(),
+    }
+}
+
+pub fn list(kind: Kind, view: View, merged: &[Merged], out: &mut dyn Write) -> Result<()> {
+    let name_col = match kind {
+        Kind::Node => "NODE NAME",
+        Kind::Profile => "PROFILE NAME",
+    };
+    let text = match view {
+        View::All => {
+            let head = match kind {
+                Kind::Node => ["NODE", "FIELD", "PROFILE", "VALUE"],
+                Kind::Profile => ["PROFILE", "FIELD", "PROFILE", "VALUE"],
+            };
+            table(
+                &head,
+                merged.iter().flat_map(|m| {
+                    m.field_rows()
+                        .into_iter()
+                        .map(move |r| vec![m.name.clone(), r.field, r.origin, r.value])
+                }),
+            )
+        }
+        View::Default => match kind {
+            Kind::Node => table(
+                &[name_col, "PROFILES", "NETWORK"],
+                merged.iter().map(|m| {
+                    vec![
+                        m.name.clone(),
+                        or_dash(Some(&m.conf.profiles.join(","))),
+                        or_dash(Some(
+                            &m.conf.network_devices.keys().cloned().collect::<Vec<_>>().join(","),
+                        )),
+                    ]
+                }),
+            ),
+            Kind::Profile => table(
+                &[name_col, "COMMENT/DESCRIPTION"],
+                merged
+                    .iter()
+                    .map(|m| vec![m.name.clone(), or_dash(m.conf.comment.as_deref())]),
+            ),
+        },
+        View::Long => table(
+            &[name_col, "KERNEL VERSION", "IMAGE", "OVERLAYS (S/R)"],
+            merged.iter().map(|m| {
+                vec![
+                    m.name.clone(),
+                    or_dash(m.conf.kernel.as_ref().and_then(|k| k.version.as_deref())),
+                    or_dash(m.conf.image_name.as_deref()),
+                    format!(
+                        "{}/{}",
+                        or_dash(Some(&m.conf.system_overlay.join(","))),
+                        or_dash(Some(&m.conf.runtime_overlay.join(",")))
+                    ),
+                ]
+            }),
+        ),
+        View::Net => table(
+            &[name_col, "NETWORK", "HWADDR", "IPADDR", "GATEWAY", "DEVICE"],
+            merged.iter().flat_map(|m| {
+                let rows: Vec<Vec<String>> = if m.conf.network_devices.is_empty() {
+                    vec![vec![
+                        m.name.clone(),
+                        "--".into(),
+                        "--".into(),
+                        "--".into(),
+                        "--".into(),
+                        "--".into(),
+                    ]]
+                } else {
+                    m.conf
+                        .network_devices
+                        .iter()
+                        .map(|(net, d)| {
+                            vec![
+                                m.name.clone(),
+                                net.clone(),
+                                or_dash(d.hwaddr.as_deref()),
+                                or_dash(d.ipaddr.as_deref()),
+                                or_dash(d.gateway.as_deref()),
+                                or_dash(d.device.as_deref()),
+                            ]
+                        })
+                        .collect()
+                };
+                rows
+            }),
+        ),
+        View::Ipmi => table(
+            &[name_col, "IPMI IPADDR", "IPMI PORT", "IPMI USERNAME", "IPMI INTERFACE"],
+            merged.iter().map(|m| {
+                let i = m.conf.ipmi.clone().unwrap_or_default();
+                vec![
+                    m.name.clone(),
+                    or_dash(i.ipaddr.as_deref()),
+                    or_dash(i.port.as_deref()),
+                    or_dash(i.username.as_deref()),
+                    or_dash(i.interface.as_deref()),
+                ]
+            }),
+        ),
+    };
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: u64,
+        addr: &'a str,
+        reachable: bool,
+        error: &'a str,
+        role: &'a str,
+        term: u64,
+        leader: u64,
+        last_log: u64,
+        commit: u64,
+        applied: u64,
+        snapshot: u64,
+    }
+    let rows: Vec<Row> = st
+        .heads
+        .iter()
+        .map(|h| {
+            let s = h.status.clone().unwrap_or_default();
+            Row {
+                id: h.id,
+                addr: &h.addr,
+                reachable: h.reachable,
+                error: &h.error,
+                role: if h.reachable { leak_role(&s.role) } else { "--" },
+                term: s.term,
+                leader: s.leader_id,
+                last_log: s.last_log_index,
+                commit: s.commit_index,
+                applied: s.applied_index,
+                snapshot: s.snapshot_index,
+            }
+        })
+        .collect();
+    match fmt {
+        Format::Json => {
+            serde_json::to_writer_pretty(
+                &mut *out,
+                &serde_json::json!({
+                "cluster": st.cluster_name, "answered_by": st.answered_by, "heads": rows }),
+            )?;
+            writeln!(out)?;
+        }
+        Format::Yaml => {
+            out.write_all(
+                serde_yaml_ng::to_string(&serde_json::json!({
+                    "cluster": st.cluster_name, "answered_by": st.answered_by, "heads": rows }))?
+                .as_bytes(),
+            )?;
+        }
+        Format::Table => {
+            writeln!(out, "CLUSTER {} (answered by head {})", st.cluster_name, st.answered_by)?;
+            let num = |reach: bool, v: u64| if reach { v.to_string() } else { "--".into() };
+            let t = table(
+                &[
+                    "HEAD", "ADDRESS", "ROLE", "TERM", "LEADER", "LAST LOG", "COMMIT", "APPLIED", "SNAPSHOT", "HEALTH",
+                ],
+                rows.iter().map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.addr.to_string(),
+                        r.role.to_string(),
+                        num(r.reachable, r.term),
+                        num(r.reachable && r.leader != 0, r.leader),
+                        num(r.reachable, r.last_log),
+                        num(r.reachable, r.commit),
+                        num(r.reachable, r.applied),
+                        num(r.reachable, r.snapshot),
+                        if r.reachable {
+                            "ok".to_string()
+                        } else {
+                            format!("unreachable: {}", r.error)
+                        },
+                    ]
+                }),
+            );
+            out.write_all(t.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+fn leak_role(s: &str) -> &'static str {
+    match s {
+        "Leader" => "Leader",
+        "Follower" => "Follower",
+        "Candidate" => "Candidate",
+        "Learner" => "Learner",
+        "Shutdown" => "Shutdown",
+        _ => "Unknown",
+    }
+}

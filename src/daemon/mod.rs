@@ -1,0 +1,258 @@
+//! # A head: `wulfd`'s wiring
+//!
+//! [`HeadConfig`] is the YAML file a head starts from (`wulfd --config`).
+//! [`Head::start`] opens the sled store, starts openraft and serves the Raft and
+//! admin gRPC services on a listener the caller bound (tests bind port 0), until
+//! the shutdown future resolves.
+//!
+//! Cluster lifecycle:
+//! - **New cluster:** every founding head lists the same `bootstrap` members. The
+//!   head with the lowest id in that list initialises Raft once, when its log is
+//!   empty; the others wait to be contacted. Restarting never re-initialises.
+//! - **Join:** start a head with no `bootstrap`, then `wwctl cluster join ID ADDR`
+//!   on any head: it becomes a learner, catches up, then a voter.
+//! - **Remove:** `wwctl cluster remove ID`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{AdminService, HeadCtx};
+use crate::client::Client;
+use crate::pb;
+use crate::raft::{Network, Raft, RaftService, RaftSettings};
+use crate::state::{Command, State};
+use crate::store::{self, StoreConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadConfig { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {source}")]
+    ParseConfig {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("cannot open the data directory {path}: {source}")]
+    Store { path: PathBuf, source: store::StoreError },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A founding member of a new cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// `wulfd.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    /// This head's Raft id (≥ 1, unique in the cluster, never reused).
+    pub id: u64,
+    /// Where the sled database lives.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (Raft and admin API).
+    pub listen: String,
+    /// Address peers and `wwctl` use to reach this head (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Cluster name, set once by the bootstrapping head.
+    #[serde(default = "default_cluster_name")]
+    pub cluster_name: String,
+    /// Founding members of a new cluster; empty for a head that will be joined.
+    #[serde(default)]
+    pub bootstrap: Vec<Member>,
+    #[serde(default)]
+    pub raft: RaftSettings,
+    /// Bound on sled's page cache.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u64,
+}
+
+fn default_cluster_name() -> String {
+    "wulfpack".into()
+}
+fn default_cache_mib() -> u64 {
+    64
+}
+
+impl HeadConfig {
+    pub fn load(path: &Path) -> Result<Self, DaemonError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DaemonError::ReadConfig {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: HeadConfig = serde_yaml_ng::from_str(&text).map_err(|source| DaemonError::ParseConfig {
+            path: path.into(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), DaemonError> {
+        if self.id == 0 {
+            return Err(DaemonError::Invalid("id must be 1 or more".into()));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for m in &self.bootstrap {
+            if m.id == 0 || !ids.insert(m.id) {
+                return Err(DaemonError::Invalid(format!(
+                    "bootstrap member id {} is 0 or listed twice",
+                    m.id
+                )));
+            }
+        }
+        if !self.bootstrap.is_empty() && !ids.contains(&self.id) {
+            return Err(DaemonError::Invalid(format!(
+                "bootstrap lists ids {ids:?} but this head is id {}; a founding head must list itself",
+                self.id
+            )));
+        }
+        self.raft
+            .to_config(&self.cluster_name)
+            .map_err(|e| DaemonError::Invalid(format!("raft: {e}")))?;
+        Ok(())
+    }
+
+    pub fn advertise_addr(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.clone())
+    }
+}
+
+/// A running head.
+pub struct Head {
+    pub ctx: HeadCtx,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Head {
+    /// Open the store, start Raft and serve on `listener` until `shutdown` resolves.
+    pub async fn start(
+        cfg: HeadConfig,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Head, DaemonError> {
+        cfg.validate()?;
+        let advertise = cfg.advertise_addr();
+        let (log, sm) = open_store_with_retry(&cfg).await?;
+        let config = cfg
+            .raft
+            .to_config(&cfg.cluster_name)
+            .map_err(|e| DaemonError::Raft(e.to_string()))?;
+        let raft = Raft::new(cfg.id, config.into(), Network::default(), log, sm.clone())
+            .await
+            .map_err(|e| DaemonError::Raft(e.to_string()))?;
+        let ctx = HeadCtx::new(cfg.id, advertise, raft.clone(), sm);
+
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .add_service(
+                pb::raft::raft_server::RaftServer::new(RaftService { raft: raft.clone() })
+                    .max_decoding_message_size(usize::MAX),
+            )
+            .add_service(
+                pb::admin::admin_server::AdminServer::new(AdminService { ctx: ctx.clone() })
+                    .max_decoding_message_size(usize::MAX),
+            )
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        let server = tokio::spawn(server);
+
+        if let Some(first) = cfg.bootstrap.iter().map(|m| m.id).min() {
+            if first == cfg.id {
+                bootstrap(&raft, &cfg).await?;
+            }
+        }
+        Ok(Head { ctx, server })
+    }
+
+    /// Wait for the gRPC server to stop (after the shutdown future fired), then stop Raft.
+    pub async fn join(self) -> Result<(), DaemonError> {
+        let served = self.server.await;
+        let _ = self.ctx.raft.shutdown().await;
+        match served {
+            Ok(r) => r.map_err(DaemonError::from),
+            Err(e) => Err(DaemonError::Raft(format!("server task failed: {e}"))),
+        }
+    }
+}
+
+/// sled locks its directory; a head restarted in the same process (tests) may
+/// find the previous instance still releasing it for a moment.
+async fn open_store_with_retry(
+    cfg: &HeadConfig,
+) -> Result<
+    (
+        store::LogStore<crate::raft::TypeConfig>,
+        store::StateMachineStore<crate::raft::TypeConfig, State>,
+    ),
+    DaemonError,
+> {
+    let scfg = StoreConfig {
+        cache_capacity_bytes: cfg.cache_mib * 1024 * 1024,
+    };
+    let mut tries = 0;
+    loop {
+        match store::open(&cfg.data_dir, &scfg) {
+            Ok(s) => return Ok(s),
+            Err(e) if tries < 50 && e.to_string().contains("lock") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(source) => {
+                return Err(DaemonError::Store {
+                    path: cfg.data_dir.clone(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Initialise a new cluster once, then record its name.
+async fn bootstrap(raft: &Raft, cfg: &HeadConfig) -> Result<(), DaemonError> {
+    if raft
+        .is_initialized()
+        .await
+        .map_err(|e| DaemonError::Raft(e.to_string()))?
+    {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, BasicNode> = cfg
+        .bootstrap
+        .iter()
+        .map(|m| (m.id, BasicNode { addr: m.addr.clone() }))
+        .collect();
+    tracing::info!(?members, "initialising a new cluster");
+    raft.initialize(members)
+        .await
+        .map_err(|e| DaemonError::Raft(format!("initialise: {e}")))?;
+    // Name the cluster once a leader exists (through any head, the client forwards);
+    // in the background so start-up does not wait for the other founders.
+    let heads = cfg.bootstrap.iter().map(|m| m.addr.clone()).collect();
+    let name = cfg.cluster_name.clone();
+    tokio::spawn(async move {
+        let client = Client::new(heads).with_deadline(Duration::from_secs(120));
+        let req = Command::Init { name };
+        if let Err(e) = client.write(req).await {
+            tracing::warn!("could not record the cluster name: {e}");
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! # wulfpack
+//!
+//! Stateless HPC cluster provisioning in the manner of Warewulf v4, with several
+//! peer head nodes that replicate all configuration through Raft.
+//!
+//! # Layout
+//!
+//! Modules depend downward only (a module uses those above it in this table).
+//!
+//! | module | job |
+//! |---|---|
+//! | [`model`] | nodes and profiles (nodes.conf YAML), merge with value origins, validation, hostlists, field patches |
+//! | [`state`] | the pure replicated state machine: commands, queries, versions, exactly-once |
+//! | [`store`] | sled-backed Raft log, vote and state-machine snapshots (openraft storage v2) |
+//! | [`raft`] | openraft type config, timing, tonic transport between heads |
+//! | [`pb`] | generated gRPC code (`proto/`) |
+//! | [`api`] | the admin gRPC service; the one place errors become gRPC codes |
+//! | [`client`] | admin API client with head failover (used by `wwctl`, tests, benchmarks) |
+//! | [`daemon`] | a head: config file, store + Raft + gRPC servers, cluster bootstrap |
+//! | [`cli`] | `wwctl`: Warewulf-style verbs and flags, tables/YAML/JSON output |
+//!
+//! Binaries in `src/bin/` only parse arguments and call into [`daemon`] or [`cli`].
+
+pub mod model;
+pub mod raft;
+pub mod state;
+pub mod store;
+pub mod pb {
+    //! Generated from `proto/`.
+    #![allow(clippy::all, missing_docs)]
+    pub mod raft {
+        tonic::include_proto!("wulfpack.raft.v1");
+    }
+    pub mod admin {
+        tonic::include_proto!("wulfpack.admin.v1");
+    }
+}
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod daemon;

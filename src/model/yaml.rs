@@ -1,0 +1,288 @@
+//! YAML import/export of `nodes.conf` and of single node/profile documents.
+//!
+//! Design notes:
+//! - The schema lives entirely in the serde attributes of `node.rs`; this file only turns
+//!   parser errors into [`ModelError::Yaml`] with line, column and field path so an operator can
+//!   find the mistake in a 10,000-node file.
+//! - An empty document (or one holding only comments) is an empty configuration, as in Warewulf.
+//! - Output uses `serde_yaml_ng`'s block style; maps are `BTreeMap`s so output is sorted and
+//!   byte-for-byte deterministic (important for replicated state and diffs).
+//! - `wwctl node edit` works on a map of name → [`NodeConf`]; [`parse_conf_map`] and
+//!   [`to_conf_map_yaml`] serve that.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{ModelError, NodeConf, NodesConf};
+
+/// Parse a whole `nodes.conf`. Unknown keys, wrong types and malformed YAML are errors that name
+/// the line, column and (when known) the field path.
+pub fn parse_nodes_conf(text: &str) -> Result<NodesConf, ModelError> {
+    parse_doc(text, "nodes.conf")
+}
+
+/// Serialise a whole `nodes.conf` (minimal: unset fields are omitted).
+pub fn to_nodes_conf_yaml(conf: &NodesConf) -> Result<String, ModelError> {
+    emit(conf, "nodes.conf")
+}
+
+/// Parse a single node or profile body (the value under `nodes: {name: ...}`).
+pub fn parse_node_conf(text: &str) -> Result<NodeConf, ModelError> {
+    parse_doc(text, "node configuration")
+}
+
+/// Serialise a single node or profile body.
+pub fn to_node_conf_yaml(conf: &NodeConf) -> Result<String, ModelError> {
+    emit(conf, "node configuration")
+}
+
+/// Parse a map of name → node/profile, the format `wwctl node edit` / `profile edit` show.
+pub fn parse_conf_map(text: &str) -> Result<BTreeMap<String, NodeConf>, ModelError> {
+    #[derive(Default, serde::Deserialize)]
+    #[serde(transparent)]
+    struct M(
+        #[serde(deserialize_with = "super::node::lenient::map_of")] BTreeMap<String, NodeConf>,
+    );
+    parse_doc::<M>(text, "node list").map(|m| m.0)
+}
+
+/// Serialise a map of name → node/profile (see [`parse_conf_map`]).
+pub fn to_conf_map_yaml(confs: &BTreeMap<String, NodeConf>) -> Result<String, ModelError> {
+    if confs.is_empty() {
+        return Ok("{}\n".to_owned());
+    }
+    emit(confs, "node list")
+}
+
+fn parse_doc<T: DeserializeOwned + Default>(text: &str, what: &str) -> Result<T, ModelError> {
+    match serde_yaml_ng::from_str::<Option<T>>(text) {
+        Ok(v) => Ok(v.unwrap_or_default()),
+        // YAML merge keys (`<<: *defaults`), which Warewulf's yaml.v3 honours, need a pass
+        // through `Value`; only take it when needed, because it loses line numbers.
+        Err(e) if text.contains("<<") => parse_with_merge_keys(text).map_err(|e2| {
+            // Report the merged document's own error, unless the failure is unrelated to `<<`.
+            if e.to_string().contains("`<<`") {
+                yaml_error(what, &e2)
+            } else {
+                yaml_error(what, &e)
+            }
+        }),
+        Err(e) => Err(yaml_error(what, &e)),
+    }
+}
+
+fn parse_with_merge_keys<T: DeserializeOwned + Default>(
+    text: &str,
+) -> Result<T, serde_yaml_ng::Error> {
+    let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)?;
+    value.apply_merge()?;
+    serde_yaml_ng::from_value::<Option<T>>(value).map(Option::unwrap_or_default)
+}
+
+fn emit<T: Serialize>(value: &T, what: &str) -> Result<String, ModelError> {
+    serde_yaml_ng::to_string(value).map_err(|e| ModelError::Emit {
+        what: what.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Convert a serde_yaml_ng error into [`ModelError::Yaml`], splitting out the `path: ` prefix
+/// and the ` at line L column C` suffix that the library embeds in its message.
+pub(crate) fn yaml_error(what: &str, e: &serde_yaml_ng::Error) -> ModelError {
+    let loc = e.location();
+    let mut message = e.to_string();
+    if let Some(l) = &loc {
+        let suffix = format!(" at line {} column {}", l.line(), l.column());
+        if let Some(stripped) = message.strip_suffix(&suffix) {
+            message = stripped.to_owned();
+        }
+    }
+    let mut path = None;
+    // serde_yaml_ng prefixes errors below the document root with "key.key.key: ".
+    if let Some((p, rest)) = message.split_once(": ") {
+        if looks_like_path(p) {
+            path = Some(p.to_owned());
+            message = rest.to_owned();
+        }
+    }
+    ModelError::Yaml {
+        what: what.to_owned(),
+        message,
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        path,
+    }
+}
+
+/// Whether the text before the first `": "` of a serde_yaml_ng message is a field path
+/// (`nodes.n1.network devices.default`) rather than part of a plain message (`invalid type`).
+fn looks_like_path(p: &str) -> bool {
+    const PLAIN: [&str; 6] = [
+        "invalid",
+        "unknown",
+        "missing",
+        "duplicate",
+        "found",
+        "did not",
+    ];
+    !p.is_empty()
+        && !p.contains(['`', '"', ','])
+        && (p.contains('.') || !p.contains(' '))
+        && !PLAIN.iter().any(|w| p.starts_with(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODES_CONF: &str = include_str!("testdata/nodes.conf");
+
+    #[test]
+    fn realistic_round_trip() {
+        let conf = parse_nodes_conf(NODES_CONF).unwrap();
+        assert_eq!(conf.nodeprofiles.len(), 2);
+        assert_eq!(conf.nodes.len(), 3);
+        let n1 = &conf.nodes["n0001"];
+        assert_eq!(n1.discoverable, Some(false));
+        assert_eq!(n1.asset_key.as_deref(), Some("ABC-123"));
+        assert_eq!(
+            n1.network_devices["default"].prefixlen6.as_deref(),
+            Some("64")
+        );
+        let n2 = &conf.nodes["n0002"];
+        let swap = &n2.disks["/dev/vda"].partitions["swap"];
+        assert_eq!(swap.number.as_deref(), Some("2"));
+        assert_eq!(swap.size_mib.as_deref(), Some("1024"));
+        assert_eq!(
+            conf.nodeprofiles["default"].ipmi.as_ref().unwrap().write,
+            Some(false)
+        );
+        assert_eq!(conf.nodes["n0003"], NodeConf::default());
+
+        let out = to_nodes_conf_yaml(&conf).unwrap();
+        for key in [
+            "cluster name:",
+            "image name:",
+            "ipxe template:",
+            "runtime overlay:",
+            "system overlay:",
+            "network devices:",
+            "primary network:",
+            "asset key:",
+        ] {
+            assert!(out.contains(key), "missing {key} in\n{out}");
+        }
+        let again = parse_nodes_conf(&out).unwrap();
+        assert_eq!(conf, again);
+        // Emission is deterministic.
+        assert_eq!(out, to_nodes_conf_yaml(&again).unwrap());
+    }
+
+    #[test]
+    fn minimal_output_omits_unset_fields() {
+        let mut conf = NodesConf::default();
+        conf.nodes.insert("n1".into(), NodeConf::default());
+        let out = to_nodes_conf_yaml(&conf).unwrap();
+        assert_eq!(out, "nodes:\n  n1: {}\n");
+    }
+
+    #[test]
+    fn empty_document_is_empty_config() {
+        assert_eq!(parse_nodes_conf("").unwrap(), NodesConf::default());
+        assert_eq!(
+            parse_nodes_conf("# only a comment\n").unwrap(),
+            NodesConf::default()
+        );
+        assert_eq!(
+            parse_nodes_conf("nodeprofiles:\nnodes:\n  n1:\n")
+                .unwrap()
+                .nodes["n1"],
+            NodeConf::default()
+        );
+    }
+
+    #[test]
+    fn legacy_and_lenient_inputs() {
+        let c = parse_node_conf(
+            "container name: rocky\nkernel:\n  args: quiet  crashkernel=no\nsystem overlay: wwinit, generic\ndiscoverable: yes\ncomment: ''\n",
+        )
+        .unwrap();
+        assert_eq!(c.image_name.as_deref(), Some("rocky"));
+        assert_eq!(c.kernel.unwrap().args, vec!["quiet", "crashkernel=no"]);
+        assert_eq!(c.system_overlay, vec!["wwinit", "generic"]);
+        assert_eq!(c.discoverable, Some(true));
+        assert_eq!(c.comment, None);
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_with_location_and_path() {
+        let err = parse_nodes_conf("nodes:\n  n1:\n    kernel:\n      verison: 6.1\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("verison"), "{msg}");
+        assert!(msg.contains("line 4"), "{msg}");
+        assert!(msg.contains("fix the YAML"), "{msg}");
+        match err {
+            ModelError::Yaml { path, line, .. } => {
+                assert_eq!(line, Some(4));
+                assert_eq!(path.as_deref(), Some("nodes.n1.kernel"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = parse_nodes_conf("nodes:\n  n1:\n    clustername: x\n").unwrap_err();
+        assert!(err.to_string().contains("clustername"), "{err}");
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error() {
+        let err = parse_nodes_conf("nodes:\n  n1: [unclosed\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("nodes.conf is not valid"), "{msg}");
+        assert!(
+            matches!(err, ModelError::Yaml { line: Some(_), .. }),
+            "{err:?}"
+        );
+
+        let err = parse_nodes_conf("nodes:\n  n1:\n    discoverable: maybe\n").unwrap_err();
+        assert!(err.to_string().contains("invalid boolean"), "{err}");
+
+        let err = parse_nodes_conf("nodes:\n  n1:\n    tags: [a, b]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("nodes.n1.tags") || err.to_string().contains("tags"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn merge_keys_are_honoured() {
+        let text = "nodes:\n  n1: &base\n    comment: shared\n    tags: {a: '1'}\n  n2:\n    <<: *base\n    comment: mine\n";
+        let conf = parse_nodes_conf(text).unwrap();
+        assert_eq!(conf.nodes["n2"].comment.as_deref(), Some("mine"));
+        assert_eq!(conf.nodes["n2"].tags["a"], "1");
+        // A real error in a document with merge keys still reports the original location.
+        let err =
+            parse_nodes_conf("nodes:\n  n1: &b {comment: x}\n  n2:\n    <<: *b\n    bogus: 1\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let err = parse_nodes_conf("nodes:\n  n1: {}\n  n1: {}\n").unwrap_err();
+        assert!(err.to_string().contains("n1"), "{err}");
+    }
+
+    #[test]
+    fn conf_map_round_trip() {
+        let conf = parse_nodes_conf(NODES_CONF).unwrap();
+        let text = to_conf_map_yaml(&conf.nodes).unwrap();
+        assert!(text.starts_with("n0001:"), "{text}");
+        assert_eq!(parse_conf_map(&text).unwrap(), conf.nodes);
+        assert_eq!(to_conf_map_yaml(&BTreeMap::new()).unwrap(), "{}\n");
+        assert!(parse_conf_map("{}").unwrap().is_empty());
+        let one = to_node_conf_yaml(&conf.nodes["n0001"]).unwrap();
+        assert_eq!(parse_node_conf(&one).unwrap(), conf.nodes["n0001"]);
+    }
+}

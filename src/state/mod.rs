@@ -1,0 +1,518 @@
+//! # Replicated state machine (pure, sans-IO)
+//!
+//! Everything an operator writes lives in [`State`]; every change is a [`Command`]
+//! applied by [`State::apply`] at a Raft log index. `apply` does no I/O, takes no
+//! clock and no randomness, so every head computes the same state from the same
+//! log, and the state machine is unit-testable without Raft.
+//!
+//! Design notes:
+//! - **All or nothing.** A command that touches many objects (a hostlist `node add`,
+//!   an import) is validated as a whole before anything changes; an error leaves the
+//!   state exactly as it was.
+//! - **Versions.** Every object carries the log index of its last write. `node edit`
+//!   sends the version it read ([`Put::expect`]); a concurrent change makes the write
+//!   fail with [`CommandError::Conflict`] instead of silently overwriting it.
+//! - **Exactly once.** A client may retry a write whose answer it lost (the head died
+//!   after committing). Requests carry a client-chosen id; the last
+//!   [`DEDUP_WINDOW`] outcomes are remembered, so a retry returns the first answer
+//!   instead of applying twice.
+//! - **Uniqueness index.** MACs and IPs must be unique across nodes. The index is
+//!   derived state (not serialized) and rebuilt after a snapshot install, so a write
+//!   checks only the nodes it changes, not all 10,000.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{self, NodeConf, NodesConf, Patch, UniqueKey};
+
+/// How many recent request ids are remembered for exactly-once retries.
+pub const DEDUP_WINDOW: usize = 4096;
+
+/// An object with the log index of its last write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Versioned<T> {
+    pub version: u64,
+    pub value: T,
+}
+
+/// Which objects of one kind a query or command addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Selector {
+    None,
+    All,
+    Names(Vec<String>),
+}
+
+/// Replace or create an object, optionally conditional on the version read earlier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Put {
+    pub name: String,
+    pub conf: NodeConf,
+    /// `None`: unconditional. `Some(0)`: must not exist yet. `Some(v)`: must still be at version `v`.
+    pub expect: Option<u64>,
+}
+
+/// Kind of object a command addresses; nodes and profiles share [`NodeConf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Node,
+    Profile,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Node => "node",
+            Kind::Profile => "profile",
+        }
+    }
+}
+
+/// A change to the replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create objects; fails if any already exists.
+    Add { kind: Kind, items: Vec<(String, NodeConf)> },
+    /// Replace objects (conditional on versions where given); used by `edit` and `import`.
+    Put { kind: Kind, items: Vec<Put> },
+    /// Field-level change of existing objects (`set`/`unset`); every name must exist.
+    Patch {
+        kind: Kind,
+        names: Vec<String>,
+        patch: Patch,
+    },
+    /// Delete objects; every name must exist. Profiles still in use are refused.
+    Delete { kind: Kind, names: Vec<String> },
+    /// Import a nodes.conf document: profiles first, then nodes, added or replaced.
+    Import { conf: NodesConf },
+    /// Name a new cluster and create the `default` profile every node starts with
+    /// (as Warewulf ships one). Idempotent: an existing `default` profile is kept.
+    Init { name: String },
+}
+
+/// A command with the client's request id (for exactly-once retries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: Option<String>,
+    pub cmd: Command,
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Names created or changed.
+    pub changed: Vec<String>,
+    /// Names removed.
+    pub deleted: Vec<String>,
+}
+
+/// Why a command was refused. The state is unchanged when one is returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandError {
+    #[error("{kind} {name:?} already exists; use `set` or `edit` to change it")]
+    Exists { kind: String, name: String },
+    #[error("{kind} {name:?} does not exist; check the name with `list`")]
+    NotFound { kind: String, name: String },
+    #[error("{kind} {name:?} was changed by someone else (now version {actual}, you read {expected}); read it again and retry")]
+    Conflict {
+        kind: String,
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("profile {name:?} is still used by {users}; remove it from them first")]
+    InUse { name: String, users: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<model::ModelError> for CommandError {
+    fn from(e: model::ModelError) -> Self {
+        CommandError::Invalid(e.to_string())
+    }
+}
+
+/// The result stored in the log's response slot (openraft's `R`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResult(pub Result<Outcome, CommandError>);
+
+impl Default for ApplyResult {
+    fn default() -> Self {
+        ApplyResult(Ok(Outcome::default()))
+    }
+}
+
+/// Cluster-wide settings (later issues add heads, racks, subnets here).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterConf {
+    pub name: String,
+}
+
+/// A read of nodes and profiles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    pub nodes: Selector,
+    pub profiles: Selector,
+}
+
+/// The answer to a [`Query`]: raw (unmerged) objects with their versions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueryResult {
+    pub cluster: ClusterConf,
+    pub nodes: BTreeMap<String, Versioned<NodeConf>>,
+    pub profiles: BTreeMap<String, Versioned<NodeConf>>,
+    /// Requested names that do not exist.
+    pub missing: Vec<String>,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub cluster: ClusterConf,
+    pub nodes: BTreeMap<String, Versioned<NodeConf>>,
+    pub profiles: BTreeMap<String, Versioned<NodeConf>>,
+    /// Recent request id → outcome, oldest first in `dedup_order`.
+    dedup: HashMap<String, ApplyResult>,
+    dedup_order: VecDeque<String>,
+    /// Derived: MAC/IP → owning node. Rebuilt by [`State::rebuild_index`].
+    #[serde(skip)]
+    unique: HashMap<UniqueKey, String>,
+}
+
+impl PartialEq for State {
+    fn eq(&self, o: &Self) -> bool {
+        self.cluster == o.cluster && self.nodes == o.nodes && self.profiles == o.profiles
+    }
+}
+
+impl State {
+    /// Apply one committed request at log `index`.
+    pub fn apply(&mut self, index: u64, req: &Request) -> ApplyResult {
+        if let Some(id) = &req.id {
+            if let Some(prev) = self.dedup.get(id) {
+                return prev.clone();
+            }
+        }
+        let res = ApplyResult(self.apply_cmd(index, &req.cmd));
+        if let Some(id) = &req.id {
+            self.dedup.insert(id.clone(), res.clone());
+            self.dedup_order.push_back(id.clone());
+            while self.dedup_order.len() > DEDUP_WINDOW {
+                if let Some(old) = self.dedup_order.pop_front() {
+                    self.dedup.remove(&old);
+                }
+            }
+        }
+        res
+    }
+
+    /// Recompute derived indexes (after deserializing a snapshot).
+    pub fn rebuild_index(&mut self) {
+        self.unique.clear();
+        for (name, v) in &self.nodes {
+            for k in model::unique_keys(&v.value) {
+                self.unique.insert(k, name.clone());
+            }
+        }
+    }
+
+    /// Answer a read.
+    pub fn query(&self, q: &Query) -> QueryResult {
+        let mut missing = Vec::new();
+        let nodes = select(&self.nodes, &q.nodes, &mut missing);
+        let profiles = select(&self.profiles, &q.profiles, &mut missing);
+        QueryResult {
+            cluster: self.cluster.clone(),
+            nodes,
+            profiles,
+            missing,
+        }
+    }
+
+    fn map(&self, kind: Kind) -> &BTreeMap<String, Versioned<NodeConf>> {
+        match kind {
+            Kind::Node => &self.nodes,
+            Kind::Profile => &self.profiles,
+        }
+    }
+
+    fn apply_cmd(&mut self, index: u64, cmd: &Command) -> Result<Outcome, CommandError> {
+        let mut tx = Tx::default();
+        match cmd {
+            Command::Add { kind, items } => {
+                for (name, conf) in items {
+                    if self.map(*kind).contains_key(name) || tx.touched(*kind, name) {
+                        return Err(CommandError::Exists {
+                            kind: kind.as_str().into(),
+                            name: name.clone(),
+                        });
+                    }
+                    tx.put(*kind, name, conf.clone());
+                }
+            }
+            Command::Put { kind, items } => {
+                for p in items {
+                    let cur = self.map(*kind).get(&p.name).map(|v| v.version);
+                    if let Some(expected) = p.expect {
+                        let actual = cur.unwrap_or(0);
+                        if actual != expected {
+                            return Err(match (expected, cur) {
+                                (0, Some(_)) => CommandError::Exists {
+                                    kind: kind.as_str().into(),
+                                    name: p.name.clone(),
+                                },
+                                (_, None) => CommandError::NotFound {
+                                    kind: kind.as_str().into(),
+                                    name: p.name.clone(),
+                                },
+                                _ => CommandError::Conflict {
+                                    kind: kind.as_str().into(),
+                                    name: p.name.clone(),
+                                    expected,
+                                    actual,
+                                },
+                            });
+                        }
+                    }
+                    tx.put(*kind, &p.name, p.conf.clone());
+                }
+            }
+            Command::Patch { kind, names, patch } => {
+                for name in dedup_names(names) {
+                    let cur = self.get(*kind, name)?;
+                    let mut conf = cur.value.clone();
+                    model::apply_patch(&mut conf, patch)
+                        .map_err(|e| CommandError::Invalid(format!("{} {name}: {e}", kind.as_str())))?;
+                    tx.put(*kind, name, conf);
+                }
+            }
+            Command::Delete { kind, names } => {
+                for name in dedup_names(names) {
+                    self.get(*kind, name)?;
+                    tx.delete(*kind, name);
+                }
+            }
+            Command::Import { conf } => {
+                for (name, p) in &conf.nodeprofiles {
+                    tx.put(Kind::Profile, name, p.clone());
+                }
+                for (name, n) in &conf.nodes {
+                    tx.put(Kind::Node, name, n.clone());
+                }
+            }
+            Command::Init { name } => {
+                model::validate_name("cluster", name)?;
+                self.cluster.name = name.clone();
+                if !self.profiles.contains_key("default") {
+                    let conf = NodeConf {
+                        comment: Some("This profile is automatically included for each node".into()),
+                        ..Default::default()
+                    };
+                    tx.put(Kind::Profile, "default", conf);
+                }
+            }
+        }
+        self.validate(&tx)?;
+        Ok(self.commit(index, tx))
+    }
+
+    fn get(&self, kind: Kind, name: &str) -> Result<&Versioned<NodeConf>, CommandError> {
+        self.map(kind).get(name).ok_or_else(|| CommandError::NotFound {
+            kind: kind.as_str().into(),
+            name: name.into(),
+        })
+    }
+
+    /// Check a whole transaction against the state as it would be after it.
+    fn validate(&self, tx: &Tx) -> Result<(), CommandError> {
+        let profile_exists = |p: &str| match tx.profiles.get(p) {
+            Some(change) => change.is_some(),
+            None => self.profiles.contains_key(p),
+        };
+        for (kind, changes) in [(Kind::Profile, &tx.profiles), (Kind::Node, &tx.nodes)] {
+            for (name, change) in changes {
+                let Some(conf) = change else { continue };
+                model::validate_name(kind.as_str(), name)?;
+                model::validate_conf(name, conf)?;
+                for p in &conf.profiles {
+                    let p = p.strip_prefix('~').unwrap_or(p);
+                    if !profile_exists(p) {
+                        return Err(CommandError::Invalid(format!(
+                            "{} {name:?} refers to profile {p:?}, which does not exist; add the profile first",
+                            kind.as_str()
+                        )));
+                    }
+                }
+            }
+        }
+        // A deleted profile must not be referenced by anything that remains.
+        for (pname, change) in &tx.profiles {
+            if change.is_some() {
+                continue;
+            }
+            let mut users = Vec::new();
+            let refs = |conf: &NodeConf| conf.profiles.iter().any(|p| p == pname);
+            for (n, v) in &self.nodes {
+                match tx.nodes.get(n) {
+                    Some(Some(c)) if refs(c) => users.push(format!("node {n}")),
+                    None if refs(&v.value) => users.push(format!("node {n}")),
+                    _ => {}
+                }
+            }
+            for (n, c) in tx.nodes.iter().filter(|(n, _)| !self.nodes.contains_key(*n)) {
+                if c.as_ref().is_some_and(refs) {
+                    users.push(format!("node {n}"));
+                }
+            }
+            for (n, v) in &self.profiles {
+                match tx.profiles.get(n) {
+                    Some(Some(c)) if refs(c) => users.push(format!("profile {n}")),
+                    None if refs(&v.value) => users.push(format!("profile {n}")),
+                    _ => {}
+                }
+            }
+            if !users.is_empty() {
+                let more = if users.len() > 5 {
+                    format!(" and {} more", users.len() - 5)
+                } else {
+                    String::new()
+                };
+                users.truncate(5);
+                return Err(CommandError::InUse {
+                    name: pname.clone(),
+                    users: users.join(", ") + &more,
+                });
+            }
+        }
+        // MAC/IP uniqueness: only the changed nodes need checking against the index.
+        let mut seen: HashMap<UniqueKey, &str> = HashMap::new();
+        for (name, change) in &tx.nodes {
+            let Some(conf) = change else { continue };
+            for key in model::unique_keys(conf) {
+                if let Some(other) = self.unique.get(&key) {
+                    if other != name && !tx.nodes.contains_key(other) {
+                        return Err(dup_error(&key, other, name));
+                    }
+                }
+                if let Some(other) = seen.insert(key.clone(), name) {
+                    if other != name {
+                        return Err(dup_error(&key, other, name));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, index: u64, tx: Tx) -> Outcome {
+        let mut out = Outcome::default();
+        for (name, change) in tx.profiles {
+            match change {
+                Some(conf) => {
+                    self.profiles.insert(
+                        name.clone(),
+                        Versioned {
+                            version: index,
+                            value: conf,
+                        },
+                    );
+                    out.changed.push(name);
+                }
+                None => {
+                    self.profiles.remove(&name);
+                    out.deleted.push(name);
+                }
+            }
+        }
+        for (name, change) in tx.nodes {
+            if let Some(old) = self.nodes.remove(&name) {
+                for k in model::unique_keys(&old.value) {
+                    if self.unique.get(&k) == Some(&name) {
+                        self.unique.remove(&k);
+                    }
+                }
+            }
+            match change {
+                Some(conf) => {
+                    for k in model::unique_keys(&conf) {
+                        self.unique.insert(k, name.clone());
+                    }
+                    self.nodes.insert(
+                        name.clone(),
+                        Versioned {
+                            version: index,
+                            value: conf,
+                        },
+                    );
+                    out.changed.push(name);
+                }
+                None => out.deleted.push(name),
+            }
+        }
+        out
+    }
+}
+
+fn dup_error(key: &UniqueKey, a: &str, b: &str) -> CommandError {
+    CommandError::Invalid(format!(
+        "{key} is used by both node {a:?} and node {b:?}; each node needs its own"
+    ))
+}
+
+fn dedup_names(names: &[String]) -> impl Iterator<Item = &String> {
+    let mut seen = HashSet::new();
+    names.iter().filter(move |n| seen.insert(n.as_str()))
+}
+
+fn select(
+    map: &BTreeMap<String, Versioned<NodeConf>>,
+    sel: &Selector,
+    missing: &mut Vec<String>,
+) -> BTreeMap<String, Versioned<NodeConf>> {
+    match sel {
+        Selector::None => BTreeMap::new(),
+        Selector::All => map.clone(),
+        Selector::Names(names) => names
+            .iter()
+            .filter_map(|n| match map.get(n) {
+                Some(v) => Some((n.clone(), v.clone())),
+                None => {
+                    missing.push(n.clone());
+                    None
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Pending changes of one command: `Some(conf)` = put, `None` = delete.
+#[derive(Default)]
+struct Tx {
+    nodes: BTreeMap<String, Option<NodeConf>>,
+    profiles: BTreeMap<String, Option<NodeConf>>,
+}
+
+impl Tx {
+    fn slot(&mut self, kind: Kind) -> &mut BTreeMap<String, Option<NodeConf>> {
+        match kind {
+            Kind::Node => &mut self.nodes,
+            Kind::Profile => &mut self.profiles,
+        }
+    }
+    fn touched(&self, kind: Kind, name: &str) -> bool {
+        match kind {
+            Kind::Node => self.nodes.contains_key(name),
+            Kind::Profile => self.profiles.contains_key(name),
+        }
+    }
+    fn put(&mut self, kind: Kind, name: &str, conf: NodeConf) {
+        self.slot(kind).insert(name.to_string(), Some(conf));
+    }
+    fn delete(&mut self, kind: Kind, name: &str) {
+        self.slot(kind).insert(name.to_string(), None);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! Whole-store tests: openraft's storage conformance suite, crash/restart durability, and the
+//! error paths of [`open`](super::open).
+//!
+//! The conformance suite drives each case on a fresh tokio runtime of its own, so it runs from a
+//! plain `#[test]`, and the builder opens every case in a new temp dir whose `TempDir` guard the
+//! suite keeps alive for the case's duration.
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{blank_ent, log_id, membership_ent, StoreBuilder, Suite};
+use openraft::{RaftLogReader, RaftSnapshotBuilder, StorageError, StorageIOError, Vote};
+use tempfile::TempDir;
+
+use super::test_support::{append, normal_ent, set, test_config, KvConfig, KvLogStore, KvSmStore, KvState};
+use super::{open, StoreConfig, StoreError};
+
+struct SledStoreBuilder;
+
+impl StoreBuilder<KvConfig, KvLogStore, KvSmStore, TempDir> for SledStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, KvLogStore, KvSmStore), StorageError<u64>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
+        let (log, sm) = open(dir.path(), &test_config()).map_err(|e| StorageIOError::write(&e))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_conformance_suite() -> Result<(), StorageError<u64>> {
+    Suite::<KvConfig, KvLogStore, KvSmStore, SledStoreBuilder, TempDir>::test_all(SledStoreBuilder)
+}
+
+#[tokio::test]
+async fn everything_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = vec![[1u64, 2, 3].into_iter().collect()];
+    let snapshot_id;
+    {
+        let (mut log, mut sm) = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
+        log.save_vote(&Vote::new(4, 2)).await.unwrap();
+        append(
+            &mut log,
+            [
+                membership_ent::<KvConfig>(1, 1, 1, members.clone()),
+                normal_ent(1, 2, set("a", "1")),
+                normal_ent(1, 3, set("b", "2")),
+                normal_ent(1, 4, set("a", "3")),
+                blank_ent::<KvConfig>(2, 1, 5),
+            ],
+        )
+        .await;
+        sm.apply(log.try_get_log_entries(1..=3).await.unwrap()).await.unwrap();
+        snapshot_id = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+            .meta
+            .snapshot_id;
+        // Entries after the snapshot are applied (in memory only) and committed.
+        sm.apply(log.try_get_log_entries(4..=4).await.unwrap()).await.unwrap();
+        log.save_committed(Some(log_id(1, 1, 4))).await.unwrap();
+        log.purge(log_id(1, 1, 2)).await.unwrap();
+        // Drop both halves: the sled Db closes and a new open takes the directory lock again.
+    }
+
+    let (mut log, mut sm) = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1, 4)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 2)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 1, 5)));
+    let indexes: Vec<u64> = log
+        .try_get_log_entries(..)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
+    assert_eq!(indexes, vec![3, 4, 5]);
+
+    // The state machine is back at the snapshot (index 3), not at the in-memory index 4.
+    let (applied, membership) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 1, 3)));
+    assert_eq!(membership.log_id(), &Some(log_id(1, 1, 1)));
+    assert_eq!(*sm.applied_watch().borrow(), 3);
+    sm.read(|s| {
+        assert_eq!(s.map.get("a").map(String::as_str), Some("1"));
+        assert_eq!(s.map.get("b").map(String::as_str), Some("2"));
+        assert_eq!(s.rebuilt_calls, 1, "rebuilt() runs once on restore");
+        assert_eq!(s.key_count_index, 2);
+    });
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.snapshot_id, snapshot_id);
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 1, 3)));
+
+    // What openraft does at start-up: re-apply (last_applied, committed] from the log.
+    sm.apply(log.try_get_log_entries(4..=4).await.unwrap()).await.unwrap();
+    assert_eq!(sm.read(|s| s.map.get("a").cloned()), Some("3".into()));
+
+    // Snapshot ids keep counting across the restart.
+    let next = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_ne!(next.meta.snapshot_id, snapshot_id);
+    assert!(next.meta.snapshot_id.ends_with("-2"), "{}", next.meta.snapshot_id);
+}
+
+#[tokio::test]
+async fn installed_snapshot_survives_a_restart() {
+    let (_leader_dir, _leader_log, mut leader) = super::test_support::open_kv();
+    leader.apply([normal_ent(3, 7, set("k", "v"))]).await.unwrap();
+    let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut sm) = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
+        sm.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    }
+    let (_log, sm) = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
+    assert_eq!(sm.last_applied(), Some(log_id(3, 1, 7)));
+    assert_eq!(sm.read(|s| s.map.get("k").cloned()), Some("v".into()));
+}
+
+#[test]
+fn zero_cache_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = open::<KvConfig, KvState>(
+        dir.path(),
+        &StoreConfig {
+            cache_capacity_bytes: 0,
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidConfig(_)), "{err:?}");
+}
+
+#[test]
+fn default_config_is_64_mib() {
+    assert_eq!(StoreConfig::default().cache_capacity_bytes, 64 * 1024 * 1024);
+}
+
+#[test]
+fn second_open_of_same_dir_fails_while_first_is_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
+    let err = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    drop(first);
+    open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
+}
+
+#[test]
+fn foreign_format_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        db.open_tree(super::TREE_META)
+            .unwrap()
+            .insert("format", "something-else")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap_err();
+    assert!(matches!(err, StoreError::IncompatibleFormat { .. }), "{err:?}");
+}
+
+#[test]
+fn missing_parent_dirs_are_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a/b/raft");
+    open::<KvConfig, KvState>(&nested, &test_config()).unwrap();
+    assert!(nested.is_dir());
+}

@@ -1,0 +1,220 @@
+//! `wwctl` against an in-process cluster: golden output, hostlists with IP
+//! auto-increment, import/export, edit with conflict detection, bad input.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use wulfpack::cli::{run, Cli};
+
+use crate::harness::{settings, Cluster};
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// Run wwctl in-process against the cluster; Ok(stdout) or Err(error text).
+async fn ww(c: &Cluster, args: &[&str]) -> Result<String, String> {
+    let heads = (0..c.cfgs.len()).map(|i| c.addr(i)).collect::<Vec<_>>().join(",");
+    let mut argv = vec!["wwctl", "--heads", &heads];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    run(cli, &mut out).await.map_err(|e| format!("{e:#}"))?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+async fn ok(c: &Cluster, args: &[&str]) -> String {
+    ww(c, args).await.unwrap_or_else(|e| panic!("wwctl {args:?}: {e}"))
+}
+
+/// Compare with tests/golden/NAME; UPDATE_GOLDEN=1 rewrites the file.
+fn golden(name: &str, actual: &str) {
+    let path = golden_dir().join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    assert_eq!(actual, want, "output differs from {}", path.display());
+}
+
+async fn example_cluster() -> Cluster {
+    let c = Cluster::start(3, settings()).await;
+    let conf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cluster/examples/nodes.conf");
+    ok(&c, &["node", "import", conf.to_str().unwrap(), "-y"]).await;
+    ok(
+        &c,
+        &[
+            "node",
+            "add",
+            "rack[1-2]-n[01-02]",
+            "--image",
+            "rocky-9",
+            "--ipaddr",
+            "10.10.0.1",
+            "--ipmiaddr",
+            "10.10.1.1",
+            "--hwaddr",
+            "UNDEF",
+        ],
+    )
+    .await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_views_match_golden_files() {
+    let c = example_cluster().await;
+    golden("node_list.txt", &ok(&c, &["node", "list"]).await);
+    golden("node_list_net.txt", &ok(&c, &["node", "list", "-n"]).await);
+    golden("node_list_long.txt", &ok(&c, &["node", "list", "-l"]).await);
+    golden("node_list_ipmi.txt", &ok(&c, &["node", "list", "-i"]).await);
+    golden(
+        "node_list_all_gpu02.txt",
+        &ok(&c, &["node", "list", "-a", "gpu02"]).await,
+    );
+    golden("profile_list.txt", &ok(&c, &["profile", "list"]).await);
+    golden("node_export_gpu01.yaml", &ok(&c, &["node", "export", "gpu01"]).await);
+    // JSON and YAML are the stored objects.
+    let json: serde_json::Value = serde_json::from_str(&ok(&c, &["node", "list", "-j", "gpu01"]).await).unwrap();
+    assert_eq!(json["gpu01"]["image name"], "rocky-9");
+    let yaml = ok(&c, &["node", "list", "-y", "gpu01"]).await;
+    assert!(yaml.contains("image name: rocky-9"), "{yaml}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn set_unset_and_delete() {
+    let c = example_cluster().await;
+    ok(
+        &c,
+        &[
+            "node",
+            "set",
+            "rack1-n[01-02]",
+            "-y",
+            "--tagadd",
+            "rack=1",
+            "-A",
+            "quiet,console=ttyS0",
+        ],
+    )
+    .await;
+    let all = ok(&c, &["node", "list", "-a", "rack1-n01"]).await;
+    assert!(all.contains("Tags[rack]") && all.contains("console=ttyS0"), "{all}");
+    ok(&c, &["node", "unset", "rack1-n01", "kernelargs", "tags", "-y"]).await;
+    let all = ok(&c, &["node", "list", "-a", "rack1-n01"]).await;
+    assert!(!all.contains("Tags[rack]") && !all.contains("console=ttyS0"), "{all}");
+    // set without -y and without a terminal is refused, nothing changes.
+    let e = ww(&c, &["node", "set", "rack1-n02", "--comment", "x"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("-y"), "{e}");
+    ok(&c, &["node", "delete", "rack2-n[01-02]", "-y"]).await;
+    let list = ok(&c, &["node", "list"]).await;
+    assert!(!list.contains("rack2"), "{list}");
+    let e = ww(&c, &["profile", "delete", "gpu", "-y"]).await.unwrap_err();
+    assert!(e.contains("still used by") && e.contains("gpu01"), "{e}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let c = example_cluster().await;
+    let before = ok(&c, &["node", "export"]).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let e = ww(&c, &["node", "add", "n[1-"]).await.unwrap_err();
+    assert!(e.to_lowercase().contains("hostlist") || e.contains("n[1-"), "{e}");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "nodes:\n  n1: [unclosed\n").unwrap();
+    let e = ww(&c, &["node", "import", bad.to_str().unwrap(), "-y"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("not valid"), "{e}");
+
+    std::fs::write(&bad, "nodes:\n  n1:\n    imagename: typo\n").unwrap();
+    let e = ww(&c, &["node", "import", bad.to_str().unwrap(), "-y"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("imagename"), "{e}");
+
+    let e = ww(
+        &c,
+        &["node", "set", "rack1-n[01-02]", "-y", "--hwaddr", "52:54:00:aa:bb:cc"],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("52:54:00:aa:bb:cc") && e.contains("rack1-n0"), "{e}");
+
+    let e = ww(&c, &["node", "set", "rack1-n01", "-y", "--ipaddr", "10.10.0.101"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("gpu01"), "duplicate IP names the owner: {e}");
+
+    let e = ww(&c, &["node", "set", "rack1-n01", "-y", "--hwaddr", "zz:zz"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("zz:zz"), "{e}");
+
+    let e = ww(&c, &["node", "add", "bad/name"]).await.unwrap_err();
+    assert!(e.contains("bad/name"), "{e}");
+
+    let e = ww(&c, &["node", "add", "gpu01"]).await.unwrap_err();
+    assert!(e.contains("already exists"), "{e}");
+
+    let e = ww(&c, &["node", "set", "nosuch", "-y", "--comment", "x"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+
+    assert_eq!(ok(&c, &["node", "export"]).await, before, "state unchanged");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edit_applies_changes_and_detects_concurrent_edits() {
+    let c = example_cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let heads = (0..3).map(|i| c.addr(i)).collect::<Vec<_>>().join(",");
+
+    // An editor that changes the image.
+    let ed = dir.path().join("ed.sh");
+    std::fs::write(
+        &ed,
+        "#!/bin/sh\nsed -i 's/image name: rocky-9/image name: alma-9/' \"$1\"\n",
+    )
+    .unwrap();
+    // An editor during whose session someone else changes the node.
+    let racer = dir.path().join("racer.sh");
+    std::fs::write(
+        &racer,
+        format!(
+            "#!/bin/sh\n{} --heads {heads} node set gpu01 --comment concurrent -y >/dev/null || exit 1\nsed -i 's/image name: alma-9/image name: mine/' \"$1\"\n",
+            env!("CARGO_BIN_EXE_wwctl")
+        ),
+    )
+    .unwrap();
+    for f in [&ed, &racer] {
+        std::process::Command::new("chmod").arg("+x").arg(f).status().unwrap();
+    }
+
+    std::env::set_var("EDITOR", &ed);
+    let out = ok(&c, &["node", "edit", "gpu01"]).await;
+    assert!(out.contains("Updated 1"), "{out}");
+    assert!(ok(&c, &["node", "export", "gpu01"])
+        .await
+        .contains("image name: alma-9"));
+
+    std::env::set_var("EDITOR", &racer);
+    let e = ww(&c, &["node", "edit", "gpu01"]).await.unwrap_err();
+    assert!(e.contains("changed by someone else"), "{e}");
+    let now = ok(&c, &["node", "export", "gpu01"]).await;
+    assert!(
+        now.contains("concurrent") && now.contains("alma-9"),
+        "the concurrent change survives: {now}"
+    );
+    c.shutdown().await;
+}

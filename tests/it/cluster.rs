@@ -1,0 +1,234 @@
+//! Multi-head behaviour through the admin API: forwarding, failover, catch-up,
+//! snapshots, and refused input leaving the state untouched.
+
+use std::collections::BTreeMap;
+
+use crate::harness::{eventually, settings, Cluster};
+use wulfpack::client::Client;
+use wulfpack::model::{NetDev, NodeConf, PatchOp};
+use wulfpack::state::{Command, Kind, Put, Query, QueryResult, Selector};
+
+fn node(i: u32) -> NodeConf {
+    let mut c = NodeConf {
+        profiles: vec!["default".into()],
+        ..Default::default()
+    };
+    c.network_devices.insert(
+        "default".into(),
+        NetDev {
+            hwaddr: Some(format!("52:54:00:00:{:02x}:{:02x}", i / 256, i % 256)),
+            ipaddr: Some(format!("10.1.{}.{}", i / 250, i % 250 + 1)),
+            ..Default::default()
+        },
+    );
+    c
+}
+
+async fn add(c: &Client, name: &str, i: u32) {
+    c.write(Command::Add {
+        kind: Kind::Node,
+        items: vec![(name.to_string(), node(i))],
+    })
+    .await
+    .unwrap();
+}
+
+fn all() -> Query {
+    Query {
+        nodes: Selector::All,
+        profiles: Selector::All,
+    }
+}
+
+/// A head's own (non-linearizable) view.
+async fn local(c: &Client) -> QueryResult {
+    c.read(&all(), false).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_via_follower_read_via_another_head() {
+    let c = Cluster::start(3, settings()).await;
+    let leader = c.leader().await;
+    let f1 = (leader + 1) % 3;
+    let f2 = (leader + 2) % 3;
+    let w = c
+        .client_of(f1)
+        .write(Command::Add {
+            kind: Kind::Node,
+            items: vec![("n1".into(), node(1))],
+        })
+        .await
+        .unwrap();
+    assert_eq!(w.outcome.changed, vec!["n1"]);
+    // A linearizable read on the other follower sees it at once.
+    let r = c.client_of(f2).read(&all(), true).await.unwrap();
+    assert_eq!(r.nodes["n1"].value, node(1));
+    assert_eq!(r.nodes["n1"].version, w.log_index);
+    assert_eq!(r.cluster.name, "test");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_stop_reelection_writes_continue_and_restarted_head_catches_up() {
+    let mut c = Cluster::start(3, settings()).await;
+    let client = c.client();
+    add(&client, "before", 1).await;
+    let old = c.leader().await;
+    let old_term = c.status((old + 1) % 3).term;
+    c.stop(old).await;
+
+    // Writes continue through the remaining heads after a new election.
+    for i in 0..20 {
+        add(&client, &format!("after{i}"), 100 + i).await;
+    }
+    let new = c.leader().await;
+    assert_ne!(new, old);
+    assert!(c.status(new).term > old_term);
+
+    // The old leader comes back as a follower and catches up from the log.
+    c.restart(old).await;
+    let only_old = c.client_of(old);
+    eventually(10, "restarted head has every write", || async {
+        let r = local(&only_old).await;
+        r.nodes.contains_key("before") && (0..20).all(|i| r.nodes.contains_key(&format!("after{i}")))
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_installs_on_new_and_lagging_heads() {
+    let mut s = settings();
+    s.snapshot_after_logs = 20;
+    s.keep_logs_after_snapshot = 0;
+    let mut c = Cluster::start(3, s).await;
+    let client = c.client();
+
+    // Head 3 (index 2) is down while the log moves past a snapshot.
+    let leader = c.leader().await;
+    let lagging = if leader == 2 { 1 } else { 2 };
+    c.stop(lagging).await;
+    for i in 0..60 {
+        add(&client, &format!("n{i}"), i).await;
+    }
+    eventually(10, "leader built a snapshot and purged its log", || async {
+        let l = c.leader().await;
+        c.status(l).snapshot_index > 0
+    })
+    .await;
+
+    c.restart(lagging).await;
+    let lag = c.client_of(lagging);
+    eventually(15, "lagging head caught up through a snapshot", || async {
+        local(&lag).await.nodes.len() == 60
+    })
+    .await;
+    assert!(
+        c.status(lagging).snapshot_index > 0,
+        "lagging head installed a snapshot"
+    );
+
+    // A brand-new head joins and receives the snapshot too.
+    let fresh = c.join_new().await;
+    let fc = c.client_of(fresh);
+    eventually(15, "new head has the whole state", || async {
+        local(&fc).await.nodes.len() == 60
+    })
+    .await;
+    let st = c.status(fresh);
+    assert!(st.snapshot_index > 0);
+    assert!(st.voters.contains(&(fresh as u64 + 1)), "new head is a voter: {st:?}");
+
+    // And it takes part: writes still commit, and it sees them.
+    add(&client, "late", 999).await;
+    eventually(10, "new head applies new writes", || async {
+        local(&fc).await.nodes.contains_key("late")
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_writes_leave_state_unchanged() {
+    let c = Cluster::start(3, settings()).await;
+    let client = c.client();
+    add(&client, "n1", 1).await;
+    let before = client.read(&all(), true).await.unwrap();
+
+    // Duplicate MAC within a batch that also holds a valid node.
+    let mut dup = node(2);
+    dup.network_devices.get_mut("default").unwrap().hwaddr = node(1).network_devices["default"].hwaddr.clone();
+    let e = client
+        .write(Command::Add {
+            kind: Kind::Node,
+            items: vec![("ok".into(), node(3)), ("dup".into(), dup)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("n1"), "{e}");
+
+    // Unknown patch path.
+    let e = client
+        .write(Command::Patch {
+            kind: Kind::Node,
+            names: vec!["n1".into()],
+            patch: vec![PatchOp::Set {
+                path: vec!["no such field".into()],
+                value: "x".into(),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+
+    // Stale conditional write.
+    let e = client
+        .write(Command::Put {
+            kind: Kind::Node,
+            items: vec![Put {
+                name: "n1".into(),
+                conf: node(1),
+                expect: Some(1),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::Aborted), "{e}");
+
+    let after = client.read(&all(), true).await.unwrap();
+    assert_eq!(before, after);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_through_every_head_lose_nothing() {
+    let c = Cluster::start(3, settings()).await;
+    let mut tasks = Vec::new();
+    for h in 0..3 {
+        let client = c.client_of(h);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..30u32 {
+                let n = h as u32 * 100 + i;
+                add(&client, &format!("h{h}-{i}"), n).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = c.client().read(&all(), true).await.unwrap();
+    assert_eq!(r.nodes.len(), 90);
+    // Every head converges to the same state.
+    for h in 0..3 {
+        let cl = c.client_of(h);
+        let want: BTreeMap<_, _> = r.nodes.clone();
+        eventually(10, "head converged", || {
+            let cl = cl.clone();
+            let want = want.clone();
+            async move { local(&cl).await.nodes == want }
+        })
+        .await;
+    }
+    c.shutdown().await;
+}

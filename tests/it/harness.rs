@@ -1,0 +1,195 @@
+//! In-process multi-head cluster: real sockets on 127.0.0.1 port 0, real sled
+//! stores in temp dirs, real gRPC between heads. Heads can be stopped and
+//! restarted on the same address with the same data.
+
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use wulfpack::client::Client;
+use wulfpack::daemon::{Head, HeadConfig, Member};
+use wulfpack::raft::RaftSettings;
+
+pub struct Running {
+    head: Head,
+    stop: oneshot::Sender<()>,
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub cfgs: Vec<HeadConfig>,
+    pub heads: Vec<Option<Running>>,
+}
+
+pub fn settings() -> RaftSettings {
+    RaftSettings::default()
+}
+
+impl Cluster {
+    /// Start `n` founding heads.
+    pub async fn start(n: usize, raft: RaftSettings) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let members: Vec<Member> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Member {
+                id: i as u64 + 1,
+                addr: l.local_addr().unwrap().to_string(),
+            })
+            .collect();
+        let cfgs: Vec<HeadConfig> = members
+            .iter()
+            .map(|m| HeadConfig {
+                id: m.id,
+                data_dir: dir.path().join(format!("head{}", m.id)),
+                listen: m.addr.clone(),
+                advertise: None,
+                cluster_name: "test".into(),
+                bootstrap: members.clone(),
+                raft: raft.clone(),
+                cache_mib: 16,
+            })
+            .collect();
+        let mut c = Cluster {
+            dir,
+            cfgs,
+            heads: Vec::new(),
+        };
+        for (cfg, l) in c.cfgs.clone().into_iter().zip(listeners) {
+            c.heads.push(Some(launch(cfg, l).await));
+        }
+        c.wait_ready().await;
+        c
+    }
+
+    pub fn addr(&self, i: usize) -> String {
+        self.cfgs[i].listen.clone()
+    }
+
+    /// A client that knows every head.
+    pub fn client(&self) -> Client {
+        Client::new(self.cfgs.iter().map(|c| c.listen.clone()).collect())
+    }
+
+    /// A client bound to one head only.
+    pub fn client_of(&self, i: usize) -> Client {
+        Client::new(vec![self.addr(i)]).with_deadline(Duration::from_secs(10))
+    }
+
+    /// Wait until a leader exists and the cluster was initialised (default profile present).
+    pub async fn wait_ready(&self) {
+        let c = self.client();
+        let q = wulfpack::state::Query {
+            nodes: wulfpack::state::Selector::None,
+            profiles: wulfpack::state::Selector::All,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = c.read(&q, true).await {
+                if r.profiles.contains_key("default") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "cluster did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Index of the head that is leader according to a running head, waiting for one.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            for h in self.heads.iter().flatten() {
+                let st = h.head.ctx.head_status();
+                if st.role == "Leader" {
+                    return (st.id - 1) as usize;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn status(&self, i: usize) -> wulfpack::pb::admin::HeadStatusReply {
+        self.heads[i].as_ref().expect("head running").head.ctx.head_status()
+    }
+
+    /// Stop head `i` (server and Raft); its data stays.
+    pub async fn stop(&mut self, i: usize) {
+        let r = self.heads[i].take().expect("head running");
+        let _ = r.stop.send(());
+        r.head.join().await.unwrap();
+    }
+
+    /// Restart head `i` on its old address with its old data.
+    pub async fn restart(&mut self, i: usize) {
+        let l = bind_retry(&self.cfgs[i].listen).await;
+        self.heads[i] = Some(launch(self.cfgs[i].clone(), l).await);
+    }
+
+    /// Start a new empty head (no bootstrap) and join it through the cluster.
+    pub async fn join_new(&mut self) -> usize {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let id = self.cfgs.len() as u64 + 1;
+        let cfg = HeadConfig {
+            id,
+            data_dir: self.dir.path().join(format!("head{id}")),
+            listen: l.local_addr().unwrap().to_string(),
+            advertise: None,
+            cluster_name: "test".into(),
+            bootstrap: vec![],
+            raft: self.cfgs[0].raft.clone(),
+            cache_mib: 16,
+        };
+        self.cfgs.push(cfg.clone());
+        self.heads.push(Some(launch(cfg.clone(), l).await));
+        self.client().add_head(id, &cfg.listen, false).await.unwrap();
+        self.cfgs.len() - 1
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.heads.len() {
+            if self.heads[i].is_some() {
+                self.stop(i).await;
+            }
+        }
+    }
+}
+
+async fn launch(cfg: HeadConfig, l: TcpListener) -> Running {
+    let (tx, rx) = oneshot::channel::<()>();
+    let head = Head::start(cfg, l, async {
+        let _ = rx.await;
+    })
+    .await
+    .unwrap();
+    Running { head, stop: tx }
+}
+
+async fn bind_retry(addr: &str) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot rebind {addr}");
+}
+
+/// Poll `f` until it returns true, for at most `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
