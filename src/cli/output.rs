@@ -67,16 +67,19 @@ pub fn list(kind: Kind, view: View, merged: &[Merged], out: &mut dyn Write) -> R
     };
     let text = match view {
         View::All => {
+            let rows = merged.iter().map(|m| match kind {
+                Kind::Node => (m.name.as_str(), m.field_rows()),
+                Kind::Profile => (m.name.as_str(), crate::model::profile_field_rows(&m.conf)),
+            });
             let head = match kind {
                 Kind::Node => ["NODE", "FIELD", "PROFILE", "VALUE"],
                 Kind::Profile => ["PROFILE", "FIELD", "PROFILE", "VALUE"],
             };
             table(
                 &head,
-                merged.iter().flat_map(|m| {
-                    m.field_rows()
-                        .into_iter()
-                        .map(move |r| vec![m.name.clone(), r.field, r.origin, r.value])
+                rows.flat_map(|(name, rows)| {
+                    rows.into_iter()
+                        .map(move |r| vec![name.to_string(), r.field, r.origin, r.value])
                 }),
             )
         }

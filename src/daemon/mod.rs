@@ -211,7 +211,7 @@ async fn open_store_with_retry(
     loop {
         match store::open(&cfg.data_dir, &scfg) {
             Ok(s) => return Ok(s),
-            Err(e) if tries < 50 && e.to_string().contains("lock") => {
+            Err(e) if tries < 50 && e.is_locked() => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

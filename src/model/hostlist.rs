@@ -54,9 +54,7 @@ pub fn expand_hostlist(pattern: &str) -> Result<Vec<String>, ModelError> {
             .ok_or_else(|| {
                 err(
                     pattern,
-                    format!(
-                        "it expands to more than {MAX_HOSTLIST} names; split it into smaller ranges"
-                    ),
+                    format!("it expands to more than {MAX_HOSTLIST} names; split it into smaller ranges"),
                 )
             })?;
         parsed.push(segments);
@@ -78,19 +76,9 @@ fn split_top_level(pattern: &str) -> Result<Vec<&str>, ModelError> {
     let mut start = 0;
     for (i, c) in pattern.char_indices() {
         match c {
-            '[' if depth > 0 => {
-                return Err(err(
-                    pattern,
-                    "brackets cannot be nested; write each range as name[a-b]",
-                ))
-            }
+            '[' if depth > 0 => return Err(err(pattern, "brackets cannot be nested; write each range as name[a-b]")),
             '[' => depth = 1,
-            ']' if depth == 0 => {
-                return Err(err(
-                    pattern,
-                    format!("']' at position {} has no matching '['", i + 1),
-                ))
-            }
+            ']' if depth == 0 => return Err(err(pattern, format!("']' at position {} has no matching '['", i + 1))),
             ']' => depth = 0,
             ',' if depth == 0 => {
                 parts.push(&pattern[start..i]);
@@ -132,10 +120,7 @@ fn parse_part<'a>(pattern: &str, part: &'a str) -> Result<Vec<Segment<'a>>, Mode
         }
         // split_top_level guarantees a matching ']' after every '['.
         let close = open + rest[open..].find(']').unwrap_or(rest.len() - open);
-        segments.push(Segment::Ranges(parse_ranges(
-            pattern,
-            &rest[open + 1..close],
-        )?));
+        segments.push(Segment::Ranges(parse_ranges(pattern, &rest[open + 1..close])?));
         rest = &rest[close + 1..];
     }
     if !rest.is_empty() {
@@ -214,14 +199,10 @@ pub fn ip_add(ip: IpAddr, n: u64) -> Result<IpAddr, ModelError> {
     Ok(match ip {
         IpAddr::V4(v4) => {
             let n = u32::try_from(n).map_err(|_| overflow())?;
-            IpAddr::V4(Ipv4Addr::from(
-                u32::from(v4).checked_add(n).ok_or_else(overflow)?,
-            ))
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4).checked_add(n).ok_or_else(overflow)?))
         }
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(
-            u128::from(v6)
-                .checked_add(u128::from(n))
-                .ok_or_else(overflow)?,
+            u128::from(v6).checked_add(u128::from(n)).ok_or_else(overflow)?,
         )),
     })
 }
@@ -243,10 +224,7 @@ mod tests {
         assert_eq!(ex("node1"), ["node1"]);
         assert_eq!(ex("n1,n2,n[3-4]"), ["n1", "n2", "n3", "n4"]);
         assert_eq!(ex("n1, n2"), ["n1", "n2"]);
-        assert_eq!(
-            ex("n[1-3],n5,n[7-8,10]"),
-            ["n1", "n2", "n3", "n5", "n7", "n8", "n10"]
-        );
+        assert_eq!(ex("n[1-3],n5,n[7-8,10]"), ["n1", "n2", "n3", "n5", "n7", "n8", "n10"]);
     }
 
     #[test]
@@ -266,10 +244,7 @@ mod tests {
     fn cartesian_left_major() {
         assert_eq!(
             ex("rack[1-2]-n[1-4]"),
-            [
-                "rack1-n1", "rack1-n2", "rack1-n3", "rack1-n4", "rack2-n1", "rack2-n2", "rack2-n3",
-                "rack2-n4"
-            ]
+            ["rack1-n1", "rack1-n2", "rack1-n3", "rack1-n4", "rack2-n1", "rack2-n2", "rack2-n3", "rack2-n4"]
         );
         assert_eq!(ex("r[1,2]-n[3,4]"), ["r1-n3", "r1-n4", "r2-n3", "r2-n4"]);
     }

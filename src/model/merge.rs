@@ -36,8 +36,11 @@ use super::{ModelError, NodeConf};
 /// origin (profile name(s), `SUPERSEDED` or `--`) and the value as Warewulf prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldRow {
+    /// Warewulf's field name, e.g. `Kernel.Args` or `NetDevs[default].Hwaddr`.
     pub field: String,
+    /// Profile name(s) the value came from, `SUPERSEDED`, or `--` (node only).
     pub origin: String,
+    /// The value as Warewulf prints it (`--` when empty).
     pub value: String,
 }
 
@@ -70,11 +73,7 @@ struct RawValues {
 /// Merge `node` (named `node_name`) with the profiles it references, recording the origin of
 /// every value. Fails if the node or one of its (nested) profiles references a profile that
 /// does not exist.
-pub fn merge(
-    node_name: &str,
-    node: &NodeConf,
-    profiles: &BTreeMap<String, NodeConf>,
-) -> Result<Merged, ModelError> {
+pub fn merge(node_name: &str, node: &NodeConf, profiles: &BTreeMap<String, NodeConf>) -> Result<Merged, ModelError> {
     let mut origins = HashMap::new();
     let (conf, applied, raw) = merge_impl(node_name, node, profiles, Some(&mut origins))?;
     Ok(Merged {
@@ -104,13 +103,7 @@ pub fn expand_profiles<'a>(
 ) -> Result<Vec<&'a str>, ModelError> {
     let mut visited = HashSet::new();
     let mut out = Vec::new();
-    expand(
-        ("node", node_name),
-        &node.profiles,
-        profiles,
-        &mut visited,
-        &mut out,
-    )?;
+    expand(("node", node_name), &node.profiles, profiles, &mut visited, &mut out)?;
     clean_refs(&mut out);
     Ok(out)
 }
@@ -256,12 +249,7 @@ impl Pass<'_> {
         }
     }
 
-    fn opt<T: Clone>(
-        &mut self,
-        dst: &mut Option<T>,
-        src: &Option<T>,
-        field: impl FnOnce() -> String,
-    ) {
+    fn opt<T: Clone>(&mut self, dst: &mut Option<T>, src: &Option<T>, field: impl FnOnce() -> String) {
         if let Some(v) = src {
             *dst = Some(v.clone());
             self.scalar_origin(field);
@@ -275,12 +263,7 @@ impl Pass<'_> {
         }
     }
 
-    fn string_map(
-        &mut self,
-        dst: &mut BTreeMap<String, String>,
-        src: &BTreeMap<String, String>,
-        prefix: &str,
-    ) {
+    fn string_map(&mut self, dst: &mut BTreeMap<String, String>, src: &BTreeMap<String, String>, prefix: &str) {
         for (k, v) in src {
             if v.is_empty() {
                 continue;
@@ -305,23 +288,17 @@ impl Pass<'_> {
 
     fn merge_into(&mut self, dst: &mut NodeConf, src: &NodeConf, is_node: bool) {
         if is_node {
-            self.opt(&mut dst.discoverable, &src.discoverable, || {
-                "Discoverable".into()
-            });
+            self.opt(&mut dst.discoverable, &src.discoverable, || "Discoverable".into());
             self.opt(&mut dst.asset_key, &src.asset_key, || "AssetKey".into());
         }
         self.opt(&mut dst.comment, &src.comment, || "Comment".into());
-        self.opt(&mut dst.cluster_name, &src.cluster_name, || {
-            "ClusterName".into()
-        });
+        self.opt(&mut dst.cluster_name, &src.cluster_name, || "ClusterName".into());
         self.opt(&mut dst.image_name, &src.image_name, || "ImageName".into());
         self.opt(&mut dst.ipxe_template, &src.ipxe_template, || "Ipxe".into());
         self.list(&mut dst.runtime_overlay, &src.runtime_overlay, || {
             "RuntimeOverlay".into()
         });
-        self.list(&mut dst.system_overlay, &src.system_overlay, || {
-            "SystemOverlay".into()
-        });
+        self.list(&mut dst.system_overlay, &src.system_overlay, || "SystemOverlay".into());
         if let Some(k) = &src.kernel {
             let d = dst.kernel.get_or_insert_with(Default::default);
             self.opt(&mut d.version, &k.version, || "Kernel.Version".into());
@@ -336,9 +313,7 @@ impl Pass<'_> {
             self.opt(&mut d.netmask, &i.netmask, || "Ipmi.Netmask".into());
             self.opt(&mut d.port, &i.port, || "Ipmi.Port".into());
             self.opt(&mut d.interface, &i.interface, || "Ipmi.Interface".into());
-            self.opt(&mut d.escapechar, &i.escapechar, || {
-                "Ipmi.EscapeChar".into()
-            });
+            self.opt(&mut d.escapechar, &i.escapechar, || "Ipmi.EscapeChar".into());
             self.opt(&mut d.write, &i.write, || "Ipmi.Write".into());
             self.opt(&mut d.template, &i.template, || "Ipmi.Template".into());
             self.string_map(&mut d.tags, &i.tags, "Ipmi.Tags");
@@ -359,9 +334,7 @@ impl Pass<'_> {
             self.opt(&mut d.netmask, &s.netmask, || format!("{p}Netmask"));
             self.opt(&mut d.gateway, &s.gateway, || format!("{p}Gateway"));
             self.opt(&mut d.ipaddr6, &s.ipaddr6, || format!("{p}Ipaddr6"));
-            self.opt(&mut d.prefixlen6, &s.prefixlen6, || {
-                format!("{p}PrefixLen6")
-            });
+            self.opt(&mut d.prefixlen6, &s.prefixlen6, || format!("{p}PrefixLen6"));
             self.opt(&mut d.gateway6, &s.gateway6, || format!("{p}Gateway6"));
             self.opt(&mut d.mtu, &s.mtu, || format!("{p}MTU"));
             self.string_map(&mut d.tags, &s.tags, &format!("{p}Tags"));
@@ -382,14 +355,10 @@ impl Pass<'_> {
                 self.opt(&mut dp.start_mib, &sp.start_mib, || format!("{p}StartMiB"));
                 self.opt(&mut dp.type_guid, &sp.type_guid, || format!("{p}TypeGuid"));
                 self.opt(&mut dp.guid, &sp.guid, || format!("{p}Guid"));
-                self.opt(
-                    &mut dp.wipe_partition_entry,
-                    &sp.wipe_partition_entry,
-                    || format!("{p}WipePartitionEntry"),
-                );
-                self.opt(&mut dp.should_exist, &sp.should_exist, || {
-                    format!("{p}ShouldExist")
+                self.opt(&mut dp.wipe_partition_entry, &sp.wipe_partition_entry, || {
+                    format!("{p}WipePartitionEntry")
                 });
+                self.opt(&mut dp.should_exist, &sp.should_exist, || format!("{p}ShouldExist"));
                 self.opt(&mut dp.resize, &sp.resize, || format!("{p}Resize"));
             }
         }
@@ -404,9 +373,7 @@ impl Pass<'_> {
             self.opt(&mut d.label, &s.label, || format!("{p}Label"));
             self.opt(&mut d.uuid, &s.uuid, || format!("{p}Uuid"));
             self.list(&mut d.options, &s.options, || format!("{p}Options"));
-            self.opt(&mut d.mount_options, &s.mount_options, || {
-                format!("{p}MountOptions")
-            });
+            self.opt(&mut d.mount_options, &s.mount_options, || format!("{p}MountOptions"));
         }
         for (name, s) in &src.resources {
             if s.is_null() {
@@ -726,10 +693,7 @@ mod tests {
 
     #[test]
     fn node_only_values_have_dash_origin() {
-        let mg = m(
-            "nodes:\n  n1:\n    comment: mine\n    discoverable: false\n",
-            "n1",
-        );
+        let mg = m("nodes:\n  n1:\n    comment: mine\n    discoverable: false\n", "n1");
         assert_eq!(row(&mg, "Comment"), rv("--", "mine"));
         assert_eq!(row(&mg, "Discoverable"), rv("--", "false"));
         assert_eq!(mg.origin("Comment"), Some(""));
@@ -819,14 +783,8 @@ mod tests {
         assert_eq!(mg.conf.system_overlay, ["sop1"]);
         assert_eq!(mg.conf.kernel.as_ref().unwrap().args, ["arg1", "arg3"]);
         // Warewulf 4.6 displays the accumulated list including the negation.
-        assert_eq!(
-            row(&mg, "RuntimeOverlay"),
-            rv("p1,n01", "rop1,rop2,nop1,~rop1")
-        );
-        assert_eq!(
-            row(&mg, "Kernel.Args"),
-            rv("p1,n01", "arg1,arg2,~arg2,arg3")
-        );
+        assert_eq!(row(&mg, "RuntimeOverlay"), rv("p1,n01", "rop1,rop2,nop1,~rop1"));
+        assert_eq!(row(&mg, "Kernel.Args"), rv("p1,n01", "arg1,arg2,~arg2,arg3"));
         assert_eq!(row(&mg, "Kernel.Version"), rv("p1", "v1.0.0"));
         // A profile can negate what another profile contributed, and the node's own entries.
         let y2 = "nodeprofiles:\n  a:\n    system overlay: [x, y]\n  b:\n    system overlay: ['~x', '~z']\nnodes:\n  n1:\n    profiles: [a, b]\n    system overlay: [z, w]\n";
@@ -854,15 +812,9 @@ mod tests {
         assert_eq!(d.device.as_deref(), Some("ens1"));
         assert_eq!(d.tags.len(), 2);
         assert!(mg.conf.network_devices.contains_key("ib0"));
-        assert_eq!(
-            row(&mg, "NetDevs[default].Netmask"),
-            rv("p1", "255.255.255.0")
-        );
+        assert_eq!(row(&mg, "NetDevs[default].Netmask"), rv("p1", "255.255.255.0"));
         assert_eq!(row(&mg, "NetDevs[default].Ipaddr"), rv("--", "192.168.1.1"));
-        assert_eq!(
-            row(&mg, "NetDevs[default].Device"),
-            rv("SUPERSEDED", "ens1")
-        );
+        assert_eq!(row(&mg, "NetDevs[default].Device"), rv("SUPERSEDED", "ens1"));
         assert_eq!(row(&mg, "NetDevs[default].Tags[p1]"), rv("p1", "x"));
         assert_eq!(row(&mg, "NetDevs[default].Tags[n1]"), rv("--", "y"));
         assert_eq!(row(&mg, "NetDevs[ib0].Type"), rv("p2", "infiniband"));
@@ -914,16 +866,10 @@ mod tests {
             e.to_string(),
             "node \"n1\" uses profile \"gpu\", which does not exist; create the profile or remove it from the node's profile list"
         );
-        let conf = parse_nodes_conf(
-            "nodeprofiles:\n  a:\n    profiles: [b]\nnodes:\n  n1:\n    profiles: [a]\n",
-        )
-        .unwrap();
+        let conf =
+            parse_nodes_conf("nodeprofiles:\n  a:\n    profiles: [b]\nnodes:\n  n1:\n    profiles: [a]\n").unwrap();
         let e = merge_effective("n1", &conf.nodes["n1"], &conf.nodeprofiles).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("profile \"a\" uses profile \"b\""),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("profile \"a\" uses profile \"b\""), "{e}");
     }
 
     #[test]
@@ -963,10 +909,7 @@ mod tests {
     fn golden_field_rows() {
         let conf = parse_nodes_conf(include_str!("testdata/nodes.conf")).unwrap();
         let header = ["NODE", "FIELD", "PROFILE", "VALUE"];
-        let mut rows = vec![
-            header.map(String::from),
-            header.map(|h| "-".repeat(h.len())),
-        ];
+        let mut rows = vec![header.map(String::from), header.map(|h| "-".repeat(h.len()))];
         for name in ["n0001", "n0002", "n0003"] {
             let mg = merge(name, &conf.nodes[name], &conf.nodeprofiles).unwrap();
             for r in mg.field_rows() {
@@ -987,20 +930,11 @@ mod tests {
         let conf = parse_nodes_conf("nodeprofiles:\n  p:\n    comment: c\n    kernel:\n      args: [quiet]\n    network devices:\n      default:\n        device: eth0\n").unwrap();
         let rows = profile_field_rows(&conf.nodeprofiles["p"]);
         let fields: Vec<&str> = rows.iter().map(|r| r.field.as_str()).collect();
-        assert_eq!(
-            &fields[..4],
-            ["Profiles", "Comment", "ClusterName", "ImageName"]
-        );
+        assert_eq!(&fields[..4], ["Profiles", "Comment", "ClusterName", "ImageName"]);
         assert!(fields.contains(&"Kernel.Version"));
         assert!(!fields.iter().any(|f| f.starts_with("Ipmi.")));
         assert!(!fields.contains(&"Discoverable"));
-        assert_eq!(
-            fields
-                .iter()
-                .filter(|f| f.starts_with("NetDevs[default]."))
-                .count(),
-            11
-        );
+        assert_eq!(fields.iter().filter(|f| f.starts_with("NetDevs[default].")).count(), 11);
         assert_eq!(
             rows[1],
             FieldRow {

@@ -32,6 +32,7 @@ pub enum ModelError {
     Yaml {
         /// What was being parsed, e.g. "nodes.conf".
         what: String,
+        /// The parser's description of the problem.
         message: String,
         /// 1-based line, when the parser knows it.
         line: Option<usize>,
@@ -42,19 +43,30 @@ pub enum ModelError {
     },
     /// Serialising to YAML failed (should not happen for well-formed values).
     #[error("could not write {what} as YAML: {message}")]
-    Emit { what: String, message: String },
+    Emit {
+        /// What was being written.
+        what: String,
+        /// The serialiser's message.
+        message: String,
+    },
     /// A node or profile lists a profile that does not exist.
     #[error("{kind} {name:?} uses profile {profile:?}, which does not exist; create the profile or remove it from the {kind}'s profile list")]
     UnknownProfile {
+        /// `node` or `profile`: what holds the reference.
         kind: String,
+        /// Name of the node or profile holding the reference.
         name: String,
+        /// The missing profile.
         profile: String,
     },
     /// A node, profile, network device, tag or similar name is malformed.
     #[error("invalid {kind} name {name:?}: {reason}")]
     InvalidName {
+        /// What the name is for (`node`, `profile`, `network device`, ...).
         kind: String,
+        /// The rejected name.
         name: String,
+        /// What is wrong and what is allowed.
         reason: String,
     },
     /// A field value is malformed (MAC, IP, netmask, MTU, ...).
@@ -64,34 +76,61 @@ pub enum ModelError {
         owner: String,
         /// The field, in `wwctl node list -a` notation (e.g. `NetDevs[default].Hwaddr`).
         field: String,
+        /// The rejected value.
         value: String,
         /// What is expected instead.
         reason: String,
     },
     /// A node-only field (`asset key`, `discoverable`) was set on a profile.
     #[error("profile {profile:?}: {field} can only be set on nodes, not on profiles; set it on each node instead")]
-    NodeOnlyField { profile: String, field: String },
+    NodeOnlyField {
+        /// The profile.
+        profile: String,
+        /// The YAML key (`asset key` or `discoverable`).
+        field: String,
+    },
     /// Two different nodes claim the same MAC or IP address.
     #[error("{key} is used by both node {first:?} and node {second:?}; every node needs its own, change or unset one of them")]
     Duplicate {
+        /// The shared value.
         key: UniqueKey,
+        /// The node that already has it.
         first: String,
+        /// The node that also claims it.
         second: String,
     },
     /// A hostlist pattern such as `n[01-10]` is malformed.
     #[error("invalid host pattern {pattern:?}: {reason}")]
-    Hostlist { pattern: String, reason: String },
+    Hostlist {
+        /// The whole pattern as given.
+        pattern: String,
+        /// What is wrong and how to write it.
+        reason: String,
+    },
     /// IP auto-increment ran past the end of the address space.
     #[error("cannot add {n} to IP address {ip}: the result is past the end of the address space; use a lower start address or fewer nodes")]
-    IpOverflow { ip: std::net::IpAddr, n: u64 },
+    IpOverflow {
+        /// The start address.
+        ip: std::net::IpAddr,
+        /// The increment that overflowed.
+        n: u64,
+    },
     /// A patch path names no field.
     #[error("unknown field path {}: {reason}", display_path(.path))]
-    PatchPath { path: Vec<String>, reason: String },
+    PatchPath {
+        /// The path as given (YAML keys).
+        path: Vec<String>,
+        /// Why it names no field.
+        reason: String,
+    },
     /// A patch value cannot be stored at its path.
     #[error("cannot apply {op} to {}: {reason}", display_path(.path))]
     PatchValue {
+        /// `set`, `unset`, `append` or `remove`.
         op: String,
+        /// The path as given (YAML keys).
         path: Vec<String>,
+        /// Why the value does not fit.
         reason: String,
     },
 }
@@ -116,8 +155,5 @@ pub(crate) fn display_path(path: &[String]) -> String {
     if path.is_empty() {
         return "(empty path)".to_owned();
     }
-    path.iter()
-        .map(|p| format!("{p:?}"))
-        .collect::<Vec<_>>()
-        .join(".")
+    path.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(".")
 }

@@ -29,14 +29,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConf {
-    /// Node only.
+    /// `discoverable` (nodes only): the node may claim its MAC address on first boot.
     #[serde(
         default,
         deserialize_with = "lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub discoverable: Option<bool>,
-    /// Node only.
+    /// `asset key` (nodes only): asset tag the node must present when booting.
     #[serde(
         rename = "asset key",
         default,
@@ -44,19 +44,17 @@ pub struct NodeConf {
         skip_serializing_if = "Option::is_none"
     )]
     pub asset_key: Option<String>,
-    /// Profiles applied to this node/profile, in order. `~name` removes `name`.
-    #[serde(
-        default,
-        deserialize_with = "lenient::list",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    /// `profiles`: profiles applied to this node/profile, in order. `~name` removes `name`.
+    #[serde(default, deserialize_with = "lenient::list", skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
+    /// `comment`: free-form text.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub comment: Option<String>,
+    /// `cluster name`: cluster group the node belongs to.
     #[serde(
         rename = "cluster name",
         default,
@@ -64,6 +62,7 @@ pub struct NodeConf {
         skip_serializing_if = "Option::is_none"
     )]
     pub cluster_name: Option<String>,
+    /// `image name` (input alias `container name`): the node image to boot.
     #[serde(
         rename = "image name",
         alias = "container name",
@@ -72,6 +71,7 @@ pub struct NodeConf {
         skip_serializing_if = "Option::is_none"
     )]
     pub image_name: Option<String>,
+    /// `ipxe template`: name of the iPXE template.
     #[serde(
         rename = "ipxe template",
         default,
@@ -79,6 +79,7 @@ pub struct NodeConf {
         skip_serializing_if = "Option::is_none"
     )]
     pub ipxe_template: Option<String>,
+    /// `runtime overlay`: overlays applied periodically while running.
     #[serde(
         rename = "runtime overlay",
         default,
@@ -86,6 +87,7 @@ pub struct NodeConf {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub runtime_overlay: Vec<String>,
+    /// `system overlay`: overlays applied at boot.
     #[serde(
         rename = "system overlay",
         default,
@@ -93,22 +95,27 @@ pub struct NodeConf {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub system_overlay: Vec<String>,
+    /// `kernel`: kernel version and command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelConf>,
+    /// `ipmi`: BMC access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipmi: Option<IpmiConf>,
+    /// `init`: init process to start (e.g. `/sbin/init`).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub init: Option<String>,
+    /// `root`: root filesystem type (e.g. `initramfs`).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub root: Option<String>,
+    /// `network devices`: network interfaces by name.
     #[serde(
         rename = "network devices",
         default,
@@ -116,12 +123,14 @@ pub struct NodeConf {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub network_devices: BTreeMap<String, NetDev>,
+    /// `tags`: free-form key/value pairs for templates.
     #[serde(
         default,
         deserialize_with = "lenient::tags",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub tags: BTreeMap<String, String>,
+    /// `primary network`: name of the primary network device.
     #[serde(
         rename = "primary network",
         default,
@@ -129,12 +138,14 @@ pub struct NodeConf {
         skip_serializing_if = "Option::is_none"
     )]
     pub primary_network: Option<String>,
+    /// `disks`: disks to partition, by device path.
     #[serde(
         default,
         deserialize_with = "lenient::map_of",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub disks: BTreeMap<String, Disk>,
+    /// `filesystems`: filesystems to create, by device path.
     #[serde(
         default,
         deserialize_with = "lenient::map_of",
@@ -154,6 +165,7 @@ pub struct NodeConf {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelConf {
+    /// `version`: kernel version or path inside the image.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
@@ -161,11 +173,7 @@ pub struct KernelConf {
     )]
     pub version: Option<String>,
     /// Kernel command line arguments, one per entry. A single string is split on whitespace.
-    #[serde(
-        default,
-        deserialize_with = "lenient::args",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, deserialize_with = "lenient::args", skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
 }
 
@@ -173,66 +181,77 @@ pub struct KernelConf {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IpmiConf {
+    /// `username`: BMC user.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub username: Option<String>,
+    /// `password`: BMC password.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub password: Option<String>,
+    /// `ipaddr`: BMC IP address.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub ipaddr: Option<String>,
+    /// `gateway`: BMC gateway.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub gateway: Option<String>,
+    /// `netmask`: BMC netmask.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub netmask: Option<String>,
+    /// `port`: BMC port (text, e.g. `"623"`).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub port: Option<String>,
+    /// `interface`: ipmitool interface (Warewulf default `lan`).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub interface: Option<String>,
+    /// `escapechar`: serial-over-LAN escape character (Warewulf default `~`).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub escapechar: Option<String>,
+    /// `write`: whether Warewulf writes this configuration to the BMC.
     #[serde(
         default,
         deserialize_with = "lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub write: Option<bool>,
+    /// `template`: template used for IPMI commands.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub template: Option<String>,
+    /// `tags`: free-form key/value pairs.
     #[serde(
         default,
         deserialize_with = "lenient::tags",
@@ -247,6 +266,7 @@ pub struct IpmiConf {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetDev {
+    /// `type`: device type (e.g. `ethernet`, `infiniband`).
     #[serde(
         rename = "type",
         default,
@@ -254,66 +274,77 @@ pub struct NetDev {
         skip_serializing_if = "Option::is_none"
     )]
     pub r#type: Option<String>,
+    /// `onboot`: bring the device up at boot.
     #[serde(
         default,
         deserialize_with = "lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub onboot: Option<bool>,
+    /// `device`: kernel interface name (e.g. `eth0`).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub device: Option<String>,
+    /// `hwaddr`: MAC address.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub hwaddr: Option<String>,
+    /// `ipaddr`: IPv4 address.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub ipaddr: Option<String>,
+    /// `netmask`: IPv4 netmask.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub netmask: Option<String>,
+    /// `gateway`: IPv4 gateway.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub gateway: Option<String>,
+    /// `ipaddr6`: IPv6 address (without prefix).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub ipaddr6: Option<String>,
+    /// `prefixlen6`: IPv6 prefix length (text).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub prefixlen6: Option<String>,
+    /// `gateway6`: IPv6 gateway.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub gateway6: Option<String>,
+    /// `mtu`: MTU (text).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub mtu: Option<String>,
+    /// `tags`: free-form key/value pairs.
     #[serde(
         default,
         deserialize_with = "lenient::tags",
@@ -326,12 +357,14 @@ pub struct NetDev {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Disk {
+    /// `wipe_table`: wipe the partition table.
     #[serde(
         default,
         deserialize_with = "lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub wipe_table: Option<bool>,
+    /// `partitions`: partitions by label.
     #[serde(
         default,
         deserialize_with = "lenient::map_of",
@@ -344,48 +377,56 @@ pub struct Disk {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Partition {
+    /// `number`: partition number (text); next free slot when unset.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub number: Option<String>,
+    /// `size_mib`: size in MiB (text); maximum when unset.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub size_mib: Option<String>,
+    /// `start_mib`: start offset in MiB (text).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub start_mib: Option<String>,
+    /// `type_guid`: partition type GUID.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub type_guid: Option<String>,
+    /// `guid`: unique partition GUID.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub guid: Option<String>,
+    /// `wipe_partition_entry`: replace an existing partition that does not match.
     #[serde(
         default,
         deserialize_with = "lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub wipe_partition_entry: Option<bool>,
+    /// `should_exist`: create the partition if missing.
     #[serde(
         default,
         deserialize_with = "lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub should_exist: Option<bool>,
+    /// `resize`: resize an existing partition.
     #[serde(
         default,
         deserialize_with = "lenient::opt_bool",
@@ -398,42 +439,45 @@ pub struct Partition {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSystem {
+    /// `format`: filesystem type (e.g. `ext4`, `btrfs`, `swap`).
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub format: Option<String>,
+    /// `path`: mount point.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub path: Option<String>,
+    /// `wipe_filesystem`: recreate the filesystem at boot.
     #[serde(
         default,
         deserialize_with = "lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub wipe_filesystem: Option<bool>,
+    /// `label`: filesystem label.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub label: Option<String>,
+    /// `uuid`: filesystem UUID.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub uuid: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "lenient::list",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    /// `options`: extra arguments for mkfs.
+    #[serde(default, deserialize_with = "lenient::list", skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
+    /// `mount_options`: mount options.
     #[serde(
         default,
         deserialize_with = "lenient::opt_string",
@@ -446,12 +490,14 @@ pub struct FileSystem {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodesConf {
+    /// `nodeprofiles`: profiles by name.
     #[serde(
         default,
         deserialize_with = "lenient::map_of",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub nodeprofiles: BTreeMap<String, NodeConf>,
+    /// `nodes`: nodes by name.
     #[serde(
         default,
         deserialize_with = "lenient::map_of",
@@ -484,11 +530,7 @@ pub(crate) mod lenient {
             f.write_str("a string, number or boolean")
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(if v.is_empty() {
-                None
-            } else {
-                Some(v.to_owned())
-            })
+            Ok(if v.is_empty() { None } else { Some(v.to_owned()) })
         }
         fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
             Ok(if v.is_empty() { None } else { Some(v) })
@@ -555,13 +597,15 @@ pub(crate) mod lenient {
                 match v {
                     0 => Ok(Some(false)),
                     1 => Ok(Some(true)),
-                    _ => Err(E::custom(format_args!(
-                        "invalid boolean {v}: use true or false"
-                    ))),
+                    _ => Err(E::custom(format_args!("invalid boolean {v}: use true or false"))),
                 }
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                self.visit_i64(v.min(2) as i64)
+                match v {
+                    0 => Ok(Some(false)),
+                    1 => Ok(Some(true)),
+                    _ => Err(E::custom(format_args!("invalid boolean {v}: use true or false"))),
+                }
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(None)
@@ -577,10 +621,7 @@ pub(crate) mod lenient {
     }
 
     /// List of strings, split on `sep` when given a single string; scalars become text.
-    fn list_with<'de, D: Deserializer<'de>>(
-        d: D,
-        split: fn(&str) -> Vec<String>,
-    ) -> Result<Vec<String>, D::Error> {
+    fn list_with<'de, D: Deserializer<'de>>(d: D, split: fn(&str) -> Vec<String>) -> Result<Vec<String>, D::Error> {
         struct V(fn(&str) -> Vec<String>);
         impl<'de> Visitor<'de> for V {
             type Value = Vec<String>;

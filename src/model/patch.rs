@@ -29,19 +29,28 @@ use super::{display_path, normalize_mac, validate_conf, ModelError, NodeConf};
 pub enum PatchOp {
     /// Replace the value at `path` (creating intermediate maps as needed).
     Set {
+        /// The field (YAML keys).
         path: Vec<String>,
+        /// The new value; `null` unsets.
         value: serde_json::Value,
     },
     /// Remove the field or map entry at `path`.
-    Unset { path: Vec<String> },
+    Unset {
+        /// The field or map entry (YAML keys).
+        path: Vec<String>,
+    },
     /// Add strings to the list at `path`, skipping ones already present.
     Append {
+        /// The list field (YAML keys).
         path: Vec<String>,
+        /// Strings to add, in order.
         values: Vec<String>,
     },
     /// Remove every occurrence of the strings from the list at `path`.
     Remove {
+        /// The list field (YAML keys).
         path: Vec<String>,
+        /// Strings to remove.
         values: Vec<String>,
     },
 }
@@ -64,9 +73,7 @@ impl PatchOp {
 
     /// `Unset` from a `&str` path.
     pub fn unset(path: &[&str]) -> Self {
-        PatchOp::Unset {
-            path: to_path(path),
-        }
+        PatchOp::Unset { path: to_path(path) }
     }
 
     /// `Append` from a `&str` path.
@@ -112,11 +119,7 @@ pub fn apply_patch(conf: &mut NodeConf, patch: &[PatchOp]) -> Result<(), ModelEr
 }
 
 /// [`apply_patch`] with the node or profile name used in validation messages.
-pub fn apply_patch_named(
-    name: &str,
-    conf: &mut NodeConf,
-    patch: &[PatchOp],
-) -> Result<(), ModelError> {
+pub fn apply_patch_named(name: &str, conf: &mut NodeConf, patch: &[PatchOp]) -> Result<(), ModelError> {
     for op in patch {
         check_path(op.path())?;
     }
@@ -219,10 +222,7 @@ fn parent_mut<'v>(
         let Value::Object(map) = cur else {
             return Err(value_error(
                 op,
-                format!(
-                    "{} holds a single value, not a map",
-                    display_path(&path[..i])
-                ),
+                format!("{} holds a single value, not a map", display_path(&path[..i])),
             ));
         };
         if !map.contains_key(key) {
@@ -261,9 +261,7 @@ fn apply_op(doc: &mut Value, op: &PatchOp) -> Result<(), ModelError> {
         PatchOp::Unset { .. } => unset(doc, op, &last),
         PatchOp::Append { values, .. } => {
             let parent = parent_mut(doc, op, true)?.expect("created");
-            let entry = parent
-                .entry(last)
-                .or_insert_with(|| Value::Array(Vec::new()));
+            let entry = parent.entry(last).or_insert_with(|| Value::Array(Vec::new()));
             if entry.is_null() {
                 *entry = Value::Array(Vec::new());
             }
@@ -307,9 +305,7 @@ fn unset(doc: &mut Value, op: &PatchOp, last: &str) -> Result<(), ModelError> {
 fn prune(doc: &mut Value) {
     if let Value::Object(m) = doc {
         for key in ["kernel", "ipmi"] {
-            if m.get(key)
-                .is_some_and(|v| v.as_object().is_some_and(Map::is_empty))
-            {
+            if m.get(key).is_some_and(|v| v.as_object().is_some_and(Map::is_empty)) {
                 m.remove(key);
             }
         }
@@ -365,10 +361,7 @@ mod tests {
     #[test]
     fn nested_netdev_fields() {
         let c = patched(&[
-            PatchOp::set(
-                &["network devices", "default", "hwaddr"],
-                "AA-BB-CC-DD-EE-01",
-            ),
+            PatchOp::set(&["network devices", "default", "hwaddr"], "AA-BB-CC-DD-EE-01"),
             PatchOp::set(&["network devices", "default", "mtu"], 9000),
             PatchOp::set(&["network devices", "ib0", "type"], "infiniband"),
             PatchOp::set(&["network devices", "ib0", "onboot"], true),
@@ -397,10 +390,7 @@ mod tests {
 
     #[test]
     fn tags() {
-        let c = patched(&[
-            PatchOp::set(&["tags", "b"], "2"),
-            PatchOp::unset(&["tags", "a"]),
-        ]);
+        let c = patched(&[PatchOp::set(&["tags", "b"], "2"), PatchOp::unset(&["tags", "a"])]);
         assert_eq!(c.tags.len(), 1);
         assert_eq!(c.tags["b"], "2");
         // Unset of a missing entry is a no-op (replays are idempotent).
@@ -431,27 +421,17 @@ mod tests {
         assert_eq!(c.kernel.unwrap().args, ["quiet", "crashkernel=no"]);
         let c = patched(&[PatchOp::set(&["runtime overlay"], json!(["a", "b"]))]);
         assert_eq!(c.runtime_overlay, ["a", "b"]);
-        let c = patched(&[PatchOp::append(
-            &["filesystems", "/dev/sda1", "options"],
-            &["-f"],
-        )]);
+        let c = patched(&[PatchOp::append(&["filesystems", "/dev/sda1", "options"], &["-f"])]);
         assert_eq!(c.filesystems["/dev/sda1"].options, ["-f"]);
     }
 
     #[test]
     fn unknown_paths_are_errors() {
         let mut c = base();
-        let e = apply_patch(
-            &mut c,
-            &[PatchOp::set(&["network devices", "default", "hwadr"], "x")],
-        )
-        .unwrap_err();
+        let e = apply_patch(&mut c, &[PatchOp::set(&["network devices", "default", "hwadr"], "x")]).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, ModelError::PatchPath { .. }), "{e:?}");
-        assert!(
-            msg.contains("\"network devices\".\"default\".\"hwadr\""),
-            "{msg}"
-        );
+        assert!(msg.contains("\"network devices\".\"default\".\"hwadr\""), "{msg}");
         assert!(msg.contains("unknown field `hwadr`"), "{msg}");
         for path in [
             &["clustername"][..],
@@ -459,10 +439,7 @@ mod tests {
             &["comment", "x"],
             &["tags", "a", "b"],
         ] {
-            assert!(
-                apply_patch(&mut c, &[PatchOp::unset(path)]).is_err(),
-                "{path:?}"
-            );
+            assert!(apply_patch(&mut c, &[PatchOp::unset(path)]).is_err(), "{path:?}");
         }
         assert!(apply_patch(&mut c, &[PatchOp::unset(&[])])
             .unwrap_err()
@@ -491,10 +468,7 @@ mod tests {
         // Wrong type: error names the op and path.
         let e = apply_patch(
             &mut c,
-            &[
-                PatchOp::set(&["comment"], "ok"),
-                PatchOp::set(&["tags"], json!(["a"])),
-            ],
+            &[PatchOp::set(&["comment"], "ok"), PatchOp::set(&["tags"], json!(["a"]))],
         )
         .unwrap_err();
         let msg = e.to_string();
@@ -504,10 +478,7 @@ mod tests {
         assert!(e.to_string().contains("not a list"), "{e}");
         let e = apply_patch(
             &mut c,
-            &[PatchOp::set(
-                &["network devices", "default", "ipaddr", "x"],
-                1,
-            )],
+            &[PatchOp::set(&["network devices", "default", "ipaddr", "x"], 1)],
         )
         .unwrap_err();
         assert!(matches!(e, ModelError::PatchPath { .. }), "{e:?}");

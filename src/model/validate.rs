@@ -73,8 +73,7 @@ pub fn normalize_mac(mac: &str) -> Result<String, ModelError> {
     })
 }
 
-const MAC_HINT: &str =
-    "expected six hex octets such as aa:bb:cc:dd:ee:ff (8 or 20 octets for InfiniBand)";
+const MAC_HINT: &str = "expected six hex octets such as aa:bb:cc:dd:ee:ff (8 or 20 octets for InfiniBand)";
 
 fn parse_mac(mac: &str) -> Option<String> {
     let mut octets: Vec<u8> = Vec::with_capacity(20);
@@ -155,11 +154,9 @@ impl Checker<'_> {
 
     fn ip(&self, field: &str, v: &Option<String>) -> Result<(), ModelError> {
         match v {
-            Some(s) if s.parse::<IpAddr>().is_err() => Err(self.invalid(
-                field,
-                s,
-                "expected an IPv4 or IPv6 address such as 10.0.0.1",
-            )),
+            Some(s) if s.parse::<IpAddr>().is_err() => {
+                Err(self.invalid(field, s, "expected an IPv4 or IPv6 address such as 10.0.0.1"))
+            }
             _ => Ok(()),
         }
     }
@@ -167,9 +164,7 @@ impl Checker<'_> {
     fn netmask(&self, field: &str, v: &Option<String>) -> Result<(), ModelError> {
         let Some(s) = v else { return Ok(()) };
         let hint = "expected a dotted IPv4 netmask with contiguous ones, such as 255.255.255.0";
-        let mask = s
-            .parse::<Ipv4Addr>()
-            .map_err(|_| self.invalid(field, s, hint))?;
+        let mask = s.parse::<Ipv4Addr>().map_err(|_| self.invalid(field, s, hint))?;
         let bits = u32::from(mask);
         // Contiguous: the inverted mask plus one is a power of two (or zero for /0).
         if (!bits).wrapping_add(1) & !bits != 0 {
@@ -182,11 +177,7 @@ impl Checker<'_> {
         let Some(s) = v else { return Ok(()) };
         match s.parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(()),
-            _ => Err(self.invalid(
-                field,
-                s,
-                &format!("expected a whole number from {min} to {max}"),
-            )),
+            _ => Err(self.invalid(field, s, &format!("expected a whole number from {min} to {max}"))),
         }
     }
 
@@ -297,12 +288,7 @@ pub fn validate_nodes_conf(conf: &NodesConf) -> Result<(), ModelError> {
     check_unique(conf.nodes.iter().map(|(k, v)| (k.as_str(), v)))
 }
 
-fn check_profile_refs(
-    kind: &str,
-    name: &str,
-    c: &NodeConf,
-    conf: &NodesConf,
-) -> Result<(), ModelError> {
+fn check_profile_refs(kind: &str, name: &str, c: &NodeConf, conf: &NodesConf) -> Result<(), ModelError> {
     for p in &c.profiles {
         if !p.starts_with('~') && !conf.nodeprofiles.contains_key(p) {
             return Err(ModelError::UnknownProfile {
@@ -344,9 +330,7 @@ pub fn unique_keys(conf: &NodeConf) -> Vec<UniqueKey> {
 
 /// Fail if two different nodes share a MAC or IP address (see [`unique_keys`]). The error names
 /// the value and both nodes (the first one seen, in iteration order, and the later one).
-pub fn check_unique<'a>(
-    nodes: impl IntoIterator<Item = (&'a str, &'a NodeConf)>,
-) -> Result<(), ModelError> {
+pub fn check_unique<'a>(nodes: impl IntoIterator<Item = (&'a str, &'a NodeConf)>) -> Result<(), ModelError> {
     let mut seen: HashMap<UniqueKey, &'a str> = HashMap::new();
     for (name, conf) in nodes {
         for key in unique_keys(conf) {
@@ -387,10 +371,7 @@ mod tests {
         let e = validate_name("node", "bad name").unwrap_err().to_string();
         assert!(e.contains("invalid node name \"bad name\""), "{e}");
         assert!(e.contains("' '"), "{e}");
-        assert!(validate_name("node", "")
-            .unwrap_err()
-            .to_string()
-            .contains("empty"));
+        assert!(validate_name("node", "").unwrap_err().to_string().contains("empty"));
         assert!(validate_name("profile", "p/1").is_err());
         assert!(validate_name("profile", "~p").is_err());
         assert!(validate_name("node", "nöde").is_err());
@@ -398,18 +379,9 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(
-            normalize_mac("AA:BB:CC:DD:EE:0F").unwrap(),
-            "aa:bb:cc:dd:ee:0f"
-        );
-        assert_eq!(
-            normalize_mac("aa-bb-cc-dd-ee-ff").unwrap(),
-            "aa:bb:cc:dd:ee:ff"
-        );
-        assert_eq!(
-            normalize_mac("aabb.ccdd.eeff").unwrap(),
-            "aa:bb:cc:dd:ee:ff"
-        );
+        assert_eq!(normalize_mac("AA:BB:CC:DD:EE:0F").unwrap(), "aa:bb:cc:dd:ee:0f");
+        assert_eq!(normalize_mac("aa-bb-cc-dd-ee-ff").unwrap(), "aa:bb:cc:dd:ee:ff");
+        assert_eq!(normalize_mac("aabb.ccdd.eeff").unwrap(), "aa:bb:cc:dd:ee:ff");
         assert_eq!(
             normalize_mac("00:00:00:00:fe:80:00:00:00:00:00:00:02:00:5e:10:00:00:00:01")
                 .unwrap()
@@ -448,28 +420,19 @@ mod tests {
             ..Default::default()
         });
         let e = validate_conf("n1", &n).unwrap_err().to_string();
-        assert!(
-            e.contains("NetDevs[default].Ipaddr") && e.contains("IPv4"),
-            "{e}"
-        );
+        assert!(e.contains("NetDevs[default].Ipaddr") && e.contains("IPv4"), "{e}");
 
         let n = node_with(NetDev {
             ipaddr6: Some("fd00::1/64".into()),
             ..Default::default()
         });
-        assert!(validate_conf("n1", &n)
-            .unwrap_err()
-            .to_string()
-            .contains("prefixlen6"));
+        assert!(validate_conf("n1", &n).unwrap_err().to_string().contains("prefixlen6"));
 
         let n = node_with(NetDev {
             netmask: Some("255.0.255.0".into()),
             ..Default::default()
         });
-        assert!(validate_conf("n1", &n)
-            .unwrap_err()
-            .to_string()
-            .contains("contiguous"));
+        assert!(validate_conf("n1", &n).unwrap_err().to_string().contains("contiguous"));
         let n = node_with(NetDev {
             netmask: Some("255.255.240.0".into()),
             ..Default::default()
@@ -480,10 +443,7 @@ mod tests {
             mtu: Some("jumbo".into()),
             ..Default::default()
         });
-        assert!(validate_conf("n1", &n)
-            .unwrap_err()
-            .to_string()
-            .contains("MTU"));
+        assert!(validate_conf("n1", &n).unwrap_err().to_string().contains("MTU"));
         let n = node_with(NetDev {
             mtu: Some("9000".into()),
             prefixlen6: Some("64".into()),
@@ -500,10 +460,7 @@ mod tests {
             profiles: vec!["ok".into(), "~gone".into(), "b@d".into()],
             ..Default::default()
         };
-        assert!(validate_conf("n1", &n)
-            .unwrap_err()
-            .to_string()
-            .contains("b@d"));
+        assert!(validate_conf("n1", &n).unwrap_err().to_string().contains("b@d"));
 
         let n = NodeConf {
             ipmi: Some(IpmiConf {
@@ -512,10 +469,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(validate_conf("n1", &n)
-            .unwrap_err()
-            .to_string()
-            .contains("Ipmi.Ipaddr"));
+        assert!(validate_conf("n1", &n).unwrap_err().to_string().contains("Ipmi.Ipaddr"));
         let n = NodeConf {
             ipmi: Some(IpmiConf {
                 port: Some("70000".into()),
@@ -523,18 +477,13 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(validate_conf("n1", &n)
-            .unwrap_err()
-            .to_string()
-            .contains("Ipmi.Port"));
+        assert!(validate_conf("n1", &n).unwrap_err().to_string().contains("Ipmi.Port"));
     }
 
     #[test]
     fn profile_rules() {
         let p = parse_node_conf("asset key: x\n").unwrap();
-        let e = validate_profile_conf("default", &p)
-            .unwrap_err()
-            .to_string();
+        let e = validate_profile_conf("default", &p).unwrap_err().to_string();
         assert!(e.contains("asset key can only be set on nodes"), "{e}");
         validate_conf("n1", &p).unwrap();
     }
@@ -544,12 +493,7 @@ mod tests {
         let conf = parse_nodes_conf(include_str!("testdata/nodes.conf")).unwrap();
         validate_nodes_conf(&conf).unwrap();
         let mut broken = conf.clone();
-        broken
-            .nodes
-            .get_mut("n0003")
-            .unwrap()
-            .profiles
-            .push("nope".into());
+        broken.nodes.get_mut("n0003").unwrap().profiles.push("nope".into());
         let e = validate_nodes_conf(&broken).unwrap_err().to_string();
         assert!(e.contains("node \"n0003\" uses profile \"nope\""), "{e}");
     }
@@ -575,9 +519,7 @@ mod tests {
             ipaddr: Some("10.0.0.1".into()),
             ..Default::default()
         });
-        let e = check_unique([("n1", &a), ("n3", &c)])
-            .unwrap_err()
-            .to_string();
+        let e = check_unique([("n1", &a), ("n3", &c)]).unwrap_err().to_string();
         assert!(e.contains("IP address 10.0.0.1") && e.contains("n3"), "{e}");
 
         // IPv6 is compared in canonical form, IPMI addresses count too.

@@ -42,9 +42,7 @@ pub fn to_node_conf_yaml(conf: &NodeConf) -> Result<String, ModelError> {
 pub fn parse_conf_map(text: &str) -> Result<BTreeMap<String, NodeConf>, ModelError> {
     #[derive(Default, serde::Deserialize)]
     #[serde(transparent)]
-    struct M(
-        #[serde(deserialize_with = "super::node::lenient::map_of")] BTreeMap<String, NodeConf>,
-    );
+    struct M(#[serde(deserialize_with = "super::node::lenient::map_of")] BTreeMap<String, NodeConf>);
     parse_doc::<M>(text, "node list").map(|m| m.0)
 }
 
@@ -73,9 +71,7 @@ fn parse_doc<T: DeserializeOwned + Default>(text: &str, what: &str) -> Result<T,
     }
 }
 
-fn parse_with_merge_keys<T: DeserializeOwned + Default>(
-    text: &str,
-) -> Result<T, serde_yaml_ng::Error> {
+fn parse_with_merge_keys<T: DeserializeOwned + Default>(text: &str) -> Result<T, serde_yaml_ng::Error> {
     let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)?;
     value.apply_merge()?;
     serde_yaml_ng::from_value::<Option<T>>(value).map(Option::unwrap_or_default)
@@ -119,14 +115,7 @@ pub(crate) fn yaml_error(what: &str, e: &serde_yaml_ng::Error) -> ModelError {
 /// Whether the text before the first `": "` of a serde_yaml_ng message is a field path
 /// (`nodes.n1.network devices.default`) rather than part of a plain message (`invalid type`).
 fn looks_like_path(p: &str) -> bool {
-    const PLAIN: [&str; 6] = [
-        "invalid",
-        "unknown",
-        "missing",
-        "duplicate",
-        "found",
-        "did not",
-    ];
+    const PLAIN: [&str; 6] = ["invalid", "unknown", "missing", "duplicate", "found", "did not"];
     !p.is_empty()
         && !p.contains(['`', '"', ','])
         && (p.contains('.') || !p.contains(' '))
@@ -147,18 +136,12 @@ mod tests {
         let n1 = &conf.nodes["n0001"];
         assert_eq!(n1.discoverable, Some(false));
         assert_eq!(n1.asset_key.as_deref(), Some("ABC-123"));
-        assert_eq!(
-            n1.network_devices["default"].prefixlen6.as_deref(),
-            Some("64")
-        );
+        assert_eq!(n1.network_devices["default"].prefixlen6.as_deref(), Some("64"));
         let n2 = &conf.nodes["n0002"];
         let swap = &n2.disks["/dev/vda"].partitions["swap"];
         assert_eq!(swap.number.as_deref(), Some("2"));
         assert_eq!(swap.size_mib.as_deref(), Some("1024"));
-        assert_eq!(
-            conf.nodeprofiles["default"].ipmi.as_ref().unwrap().write,
-            Some(false)
-        );
+        assert_eq!(conf.nodeprofiles["default"].ipmi.as_ref().unwrap().write, Some(false));
         assert_eq!(conf.nodes["n0003"], NodeConf::default());
 
         let out = to_nodes_conf_yaml(&conf).unwrap();
@@ -191,14 +174,9 @@ mod tests {
     #[test]
     fn empty_document_is_empty_config() {
         assert_eq!(parse_nodes_conf("").unwrap(), NodesConf::default());
+        assert_eq!(parse_nodes_conf("# only a comment\n").unwrap(), NodesConf::default());
         assert_eq!(
-            parse_nodes_conf("# only a comment\n").unwrap(),
-            NodesConf::default()
-        );
-        assert_eq!(
-            parse_nodes_conf("nodeprofiles:\nnodes:\n  n1:\n")
-                .unwrap()
-                .nodes["n1"],
+            parse_nodes_conf("nodeprofiles:\nnodes:\n  n1:\n").unwrap().nodes["n1"],
             NodeConf::default()
         );
     }
@@ -239,10 +217,7 @@ mod tests {
         let err = parse_nodes_conf("nodes:\n  n1: [unclosed\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("nodes.conf is not valid"), "{msg}");
-        assert!(
-            matches!(err, ModelError::Yaml { line: Some(_), .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, ModelError::Yaml { line: Some(_), .. }), "{err:?}");
 
         let err = parse_nodes_conf("nodes:\n  n1:\n    discoverable: maybe\n").unwrap_err();
         assert!(err.to_string().contains("invalid boolean"), "{err}");
@@ -256,15 +231,15 @@ mod tests {
 
     #[test]
     fn merge_keys_are_honoured() {
-        let text = "nodes:\n  n1: &base\n    comment: shared\n    tags: {a: '1'}\n  n2:\n    <<: *base\n    comment: mine\n";
+        let text =
+            "nodes:\n  n1: &base\n    comment: shared\n    tags: {a: '1'}\n  n2:\n    <<: *base\n    comment: mine\n";
         let conf = parse_nodes_conf(text).unwrap();
         assert_eq!(conf.nodes["n2"].comment.as_deref(), Some("mine"));
         assert_eq!(conf.nodes["n2"].tags["a"], "1");
         // A real error in a document with merge keys still reports the original location.
-        let err =
-            parse_nodes_conf("nodes:\n  n1: &b {comment: x}\n  n2:\n    <<: *b\n    bogus: 1\n")
-                .unwrap_err()
-                .to_string();
+        let err = parse_nodes_conf("nodes:\n  n1: &b {comment: x}\n  n2:\n    <<: *b\n    bogus: 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
     }
 

@@ -69,6 +69,13 @@
 //! let raft = openraft::Raft::new(node_id, Arc::new(config), network, log_store, sm_store).await?;
 //! ```
 
+// openraft's trait methods must return `StorageError<u64>` (224 bytes); the internal helpers
+// that feed them return it too rather than a boxed copy that would be unboxed at every call site.
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft::StorageError is the error type openraft's storage traits require"
+)]
+
 mod log;
 mod sm;
 mod snapshot;
@@ -145,6 +152,9 @@ impl Default for StoreConfig {
 
 /// Errors from opening or configuring the store. (Errors inside the openraft trait
 /// implementations are reported as [`openraft::StorageError`].)
+///
+/// Messages are self-contained — they include the underlying cause — because they end up in
+/// daemon logs and CLI output formatted with `{}`; the cause is also available via `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The [`StoreConfig`] is unusable.
@@ -152,45 +162,76 @@ pub enum StoreError {
     InvalidConfig(String),
 
     /// The data directory could not be created.
-    #[error("cannot create store directory {}", path.display())]
+    #[error("cannot create store directory {}: {source}", path.display())]
     CreateDir {
+        /// The directory passed to [`open`].
         path: PathBuf,
+        /// Why it could not be created.
         #[source]
         source: std::io::Error,
     },
 
-    /// sled refused to open the database (e.g. another process or another `open` in this
-    /// process holds the directory lock, or the files are damaged).
-    #[error("cannot open sled database in {}", path.display())]
+    /// sled refused to open the database: another process (or another live `open` in this
+    /// process) holds the directory lock — see [`StoreError::is_locked`] — or the files are
+    /// damaged or unreadable.
+    #[error("cannot open sled database in {}: {source}", path.display())]
     Open {
+        /// The directory passed to [`open`].
         path: PathBuf,
+        /// sled's reason.
         #[source]
         source: sled::Error,
     },
 
     /// A sled operation failed while opening the store.
-    #[error("sled error while {context}")]
+    #[error("sled error while {context}: {source}")]
     Sled {
+        /// What the store was doing.
         context: &'static str,
+        /// sled's reason.
         #[source]
         source: sled::Error,
     },
 
     /// A persisted value could not be decoded.
-    #[error("persisted {what} is corrupt")]
+    #[error("persisted {what} is corrupt: {source}")]
     Corrupt {
+        /// Which value.
         what: &'static str,
+        /// The decoding error.
         #[source]
         source: serde_json::Error,
     },
 
     /// The persisted snapshot's data disagrees with its metadata.
     #[error("persisted snapshot {meta} does not match its data")]
-    InconsistentSnapshot { meta: String },
+    InconsistentSnapshot {
+        /// The snapshot's metadata, displayed.
+        meta: String,
+    },
 
     /// The data directory was written by an incompatible version of this store.
     #[error("store directory has on-disk format {found:?}, this build supports {supported:?}")]
-    IncompatibleFormat { found: String, supported: &'static str },
+    IncompatibleFormat {
+        /// What was found on disk.
+        found: String,
+        /// What this build understands.
+        supported: &'static str,
+    },
+}
+
+impl StoreError {
+    /// True if the data dir is locked by another open `Db` (another process, or a previous
+    /// instance in this process that has not been dropped yet): retrying later may succeed.
+    pub fn is_locked(&self) -> bool {
+        match self {
+            StoreError::Open {
+                source: sled::Error::Io(e),
+                ..
+            } => e.to_string().contains("could not acquire lock"),
+            _ => false,
+        }
+    }
 }
 
 /// The on-disk layout version, stored under `meta/format`.

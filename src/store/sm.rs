@@ -9,7 +9,7 @@
 //!   critical section awaits, `S::apply` is pure and fast, and readers (API handlers, boot
 //!   service) get a closure-based [`StateReader::read`] that works from sync and async code.
 //!   `apply` takes the write lock once per batch handed over by openraft — readers observe batch
-//!   boundaries, never a half-applied batch.
+//!   boundaries, never a half-applied batch (except after a contained panic, below).
 //! * After each batch the applied index is published on a `tokio::sync::watch` channel, so the
 //!   API side can wait until its own write (index `N`) is visible ([`StateReader::wait_applied`]).
 //! * `S::apply` must not panic; if it does anyway, the panic is caught (so the lock is not
@@ -117,8 +117,10 @@ impl<S> Debug for StateReader<S> {
 }
 
 impl<S> StateReader<S> {
-    /// Runs `f` on the current state under a read lock. Keep `f` short: it delays the next
-    /// apply batch while it runs.
+    /// Runs `f` on the current state under a read lock. Keep `f` short — it delays the next
+    /// apply batch while it runs — and do not call back into this reader (or the store) from
+    /// inside `f`: the lock is writer-preferring, so a nested read queued behind a waiting apply
+    /// deadlocks. Copy out what you need and work on it after `read` returns.
     pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
         self.shared.read(|a| f(&a.state))
     }
@@ -189,6 +191,11 @@ impl<C, S> StateMachineStore<C, S> {
     /// Runs `f` on the current state under a read lock (see [`StateReader::read`]).
     pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
         self.reader.read(f)
+    }
+
+    /// Runs `f` on the state and its last applied log id (see [`StateReader::read_with_applied`]).
+    pub fn read_with_applied<R>(&self, f: impl FnOnce(&S, Option<LogId<u64>>) -> R) -> R {
+        self.reader.read_with_applied(f)
     }
 
     /// Id of the last applied log entry.
@@ -559,7 +566,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stale_build_keeps_newer_installed_snapshot() {
+    async fn builder_taken_before_install_snapshots_the_installed_state() {
         let (_dir, _log, mut sm) = open_kv();
         let (_dir2, _log2, mut leader) = open_kv();
         sm.apply([normal_ent(1, 1, set("a", "1"))]).await.unwrap();

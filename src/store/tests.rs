@@ -103,6 +103,66 @@ async fn everything_survives_a_restart() {
     assert!(next.meta.snapshot_id.ends_with("-2"), "{}", next.meta.snapshot_id);
 }
 
+/// Env var that turns [`crash_child_process`] into the crashing child of
+/// [`acknowledged_writes_survive_a_process_crash`].
+const CRASH_DIR_ENV: &str = "WPSTORE_CRASH_CHILD_DIR";
+
+/// Child half of the crash test; a no-op unless [`CRASH_DIR_ENV`] is set. It performs
+/// acknowledged writes and then exits the process immediately: `std::process::exit` runs no
+/// destructors, so sled gets no drop-time flush and unflushed writes still in its user-space
+/// buffers are lost — exactly like a crash. (sled's background flusher runs only every 500 ms.)
+#[test]
+fn crash_child_process() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut log, mut sm) = open::<KvConfig, KvState>(dir.as_ref(), &test_config()).unwrap();
+        log.save_vote(&Vote::new(7, 1)).await.unwrap();
+        append(
+            &mut log,
+            [
+                normal_ent(7, 1, set("a", "1")),
+                normal_ent(7, 2, set("b", "2")),
+                normal_ent(7, 3, set("c", "3")),
+            ],
+        )
+        .await;
+        sm.apply(log.try_get_log_entries(1..=2).await.unwrap()).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        append(&mut log, [normal_ent(7, 4, set("d", "4"))]).await;
+        std::process::exit(0);
+    });
+}
+
+#[test]
+fn acknowledged_writes_survive_a_process_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["store::tests::crash_child_process", "--exact", "--nocapture"])
+        .env(CRASH_DIR_ENV, dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "crash child failed: {status}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut log, sm) = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(7, 1)));
+        let indexes: Vec<u64> = log
+            .try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(indexes, vec![1, 2, 3, 4]);
+        assert_eq!(sm.last_applied(), Some(log_id(7, 1, 2)));
+        assert_eq!(sm.read(|s| s.map.len()), 2);
+    });
+}
+
 #[tokio::test]
 async fn installed_snapshot_survives_a_restart() {
     let (_leader_dir, _leader_log, mut leader) = super::test_support::open_kv();
@@ -130,6 +190,7 @@ fn zero_cache_is_rejected() {
     )
     .unwrap_err();
     assert!(matches!(err, StoreError::InvalidConfig(_)), "{err:?}");
+    assert!(!err.is_locked());
 }
 
 #[test]
@@ -143,6 +204,8 @@ fn second_open_of_same_dir_fails_while_first_is_alive() {
     let first = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
     let err = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap_err();
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(err.is_locked(), "{err:?}");
+    assert!(err.to_string().contains("lock"), "{err}");
     drop(first);
     open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
 }

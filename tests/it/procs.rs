@@ -1,102 +1,13 @@
 //! The real binaries: three `wulfd` processes on loopback, `wwctl` against each,
 //! SIGKILL of the leader and later of every head; no acknowledged write is lost.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::proc_cluster::{wait_until, ProcCluster};
 
 const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
 const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
-
-struct Procs {
-    dir: tempfile::TempDir,
-    addrs: Vec<String>,
-    children: Vec<Option<Child>>,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        // Stop what this test started, by PID.
-        for c in self.children.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_ports(n: usize) -> Vec<String> {
-    let ls: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
-}
-
-impl Procs {
-    fn start() -> Procs {
-        let dir = tempfile::tempdir().unwrap();
-        let addrs = free_ports(3);
-        let mut p = Procs {
-            dir,
-            addrs,
-            children: vec![None, None, None],
-        };
-        for i in 0..3 {
-            let boot: String = p
-                .addrs
-                .iter()
-                .enumerate()
-                .map(|(j, a)| format!("  - {{id: {}, addr: \"{a}\"}}\n", j + 1))
-                .collect();
-            std::fs::write(
-                p.cfg(i),
-                format!(
-                    "id: {}\ndata_dir: {}\nlisten: \"{}\"\ncluster_name: procs\nbootstrap:\n{boot}",
-                    i + 1,
-                    p.dir.path().join(format!("data{i}")).display(),
-                    p.addrs[i]
-                ),
-            )
-            .unwrap();
-            p.spawn(i);
-        }
-        p
-    }
-
-    fn cfg(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("wulfd{i}.yaml"))
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("wulfd{i}.log")))
-            .unwrap();
-        let child = Command::new(WULFD)
-            .arg("--config")
-            .arg(self.cfg(i))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children[i] = Some(child);
-    }
-
-    /// SIGKILL head `i`.
-    fn kill(&mut self, i: usize) {
-        let mut c = self.children[i].take().expect("running");
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    fn all_heads(&self) -> String {
-        self.addrs.join(",")
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("wulfd{i}.log"))).unwrap_or_default()
-    }
-}
 
 /// Run wwctl; returns (success, stdout, stderr).
 fn wwctl(heads: &str, args: &[&str]) -> (bool, String, String) {
@@ -120,19 +31,11 @@ fn ok(heads: &str, args: &[&str]) -> String {
     out
 }
 
-fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn status_json(heads: &str) -> serde_json::Value {
     serde_json::from_str(&ok(heads, &["cluster", "status", "-o", "json"])).unwrap()
 }
 
-fn leader_index(p: &Procs) -> usize {
+fn leader_index(p: &ProcCluster) -> usize {
     let mut found = None;
     wait_until(15, "a leader", || {
         let (success, out, _) = wwctl(&p.all_heads(), &["cluster", "status", "-o", "json"]);
@@ -161,7 +64,7 @@ fn node_names(list_output: &str) -> Vec<String> {
 
 #[test]
 fn three_wulfd_processes_survive_sigkill_of_leader_and_of_all() {
-    let mut p = Procs::start();
+    let mut p = ProcCluster::start(Path::new(WULFD), 3, "");
     let all = p.all_heads();
     wait_until(30, "cluster ready", || {
         wwctl(&all, &["--timeout", "2", "profile", "list"]).0

@@ -1,0 +1,294 @@
+//! Benchmark of the spine (issue 2), with three real `wulfd` processes on loopback
+//! (sled fsync on): Raft write latency and throughput, time until writes are
+//! accepted again after SIGKILL of the leader, and `wwctl node set` / `node list`
+//! at 10,000 nodes. Prints a Markdown report for docs/PERFORMANCE.md.
+//!
+//! `cargo bench --bench spine` runs the full sizes. Under `cargo test` (no `--bench`
+//! argument) it runs tiny sizes as a smoke test of the harness itself.
+
+#[path = "../tests/common/proc_cluster.rs"]
+mod proc_cluster;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proc_cluster::{wait_until, ProcCluster};
+use wulfpack::client::Client;
+use wulfpack::model::{NetDev, NodeConf};
+use wulfpack::state::{Command as Cmd, Kind, Query, Selector};
+
+const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
+const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
+
+struct Sizes {
+    seq_writes: usize,
+    par_writers: usize,
+    par_writes_each: usize,
+    nodes: usize,
+    failovers: usize,
+    cli_runs: usize,
+}
+
+fn node(i: usize) -> NodeConf {
+    let mut c = NodeConf {
+        profiles: vec!["default".into()],
+        image_name: Some("rocky-9".into()),
+        ..Default::default()
+    };
+    c.network_devices.insert(
+        "default".into(),
+        NetDev {
+            hwaddr: Some(format!(
+                "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
+                (i >> 24) & 255,
+                (i >> 16) & 255,
+                (i >> 8) & 255,
+                i & 255
+            )),
+            ipaddr: Some(format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255)),
+            device: Some("eth0".into()),
+            ..Default::default()
+        },
+    );
+    c
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn wwctl(heads: &str, args: &[&str]) -> Duration {
+    let t = Instant::now();
+    let st = Command::new(WWCTL)
+        .arg("--heads")
+        .arg(heads)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "wwctl {args:?} failed");
+    t.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn leader(client: &Client) -> usize {
+    loop {
+        if let Ok(st) = client.cluster_status().await {
+            if let Some(h) = st
+                .heads
+                .iter()
+                .find(|h| h.status.as_ref().is_some_and(|s| s.role == "Leader"))
+            {
+                return h.id as usize - 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let s = if full {
+        Sizes {
+            seq_writes: 500,
+            par_writers: 32,
+            par_writes_each: 100,
+            nodes: 10_000,
+            failovers: 5,
+            cli_runs: 11,
+        }
+    } else {
+        Sizes {
+            seq_writes: 10,
+            par_writers: 2,
+            par_writes_each: 5,
+            nodes: 50,
+            failovers: 1,
+            cli_runs: 1,
+        }
+    };
+    let mut p = ProcCluster::start(Path::new(WULFD), 3, "");
+    let all = p.all_heads();
+    let client = Client::new(p.addrs.clone()).with_deadline(Duration::from_secs(30));
+    let probe = Query {
+        nodes: Selector::None,
+        profiles: Selector::All,
+    };
+    wait_until(30, "cluster ready", || {
+        futures::executor::block_on(async { client.read(&probe, true).await.is_ok_and(|r| !r.profiles.is_empty()) })
+    });
+    let mut report = String::new();
+    let mut line = |s: String| {
+        println!("{s}");
+        report.push_str(&s);
+        report.push('\n');
+    };
+    line(format!(
+        "spine benchmark ({} mode): 3 wulfd processes on loopback, sled fsync on, {} cores",
+        if full { "full" } else { "smoke" },
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    ));
+
+    // 1. Sequential write latency (one client, one write in flight).
+    let mut lat = Vec::with_capacity(s.seq_writes);
+    for i in 0..s.seq_writes {
+        let t = Instant::now();
+        client
+            .write(Cmd::Add {
+                kind: Kind::Node,
+                items: vec![(format!("seq{i}"), node(i))],
+            })
+            .await
+            .unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    line(format!(
+        "| Raft write latency, 1 writer ({} writes) | p50 {} | p99 {} |",
+        s.seq_writes,
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99))
+    ));
+
+    // 2. Throughput with concurrent writers (batched into shared fsyncs by openraft).
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..s.par_writers {
+        let c = client.clone();
+        let each = s.par_writes_each;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(each);
+            for i in 0..each {
+                let n = 1_000_000 + w * 10_000 + i;
+                let t = Instant::now();
+                c.write(Cmd::Add {
+                    kind: Kind::Node,
+                    items: vec![(format!("par{w}-{i}"), node(n))],
+                })
+                .await
+                .unwrap();
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let el = t.elapsed();
+    lat.sort();
+    let n = s.par_writers * s.par_writes_each;
+    line(format!(
+        "| Raft write throughput, {} writers ({} writes) | {:.0} writes/s | p50 {} p99 {} |",
+        s.par_writers,
+        n,
+        n as f64 / el.as_secs_f64(),
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99))
+    ));
+
+    // Clear, then load the node count in batches.
+    let existing: Vec<String> = client
+        .read(
+            &Query {
+                nodes: Selector::All,
+                profiles: Selector::None,
+            },
+            true,
+        )
+        .await
+        .unwrap()
+        .nodes
+        .into_keys()
+        .collect();
+    client
+        .write(Cmd::Delete {
+            kind: Kind::Node,
+            names: existing,
+        })
+        .await
+        .unwrap();
+    let t = Instant::now();
+    for chunk in (0..s.nodes).collect::<Vec<_>>().chunks(1000) {
+        let items = chunk.iter().map(|i| (format!("n{i:05}"), node(*i))).collect();
+        client
+            .write(Cmd::Add {
+                kind: Kind::Node,
+                items,
+            })
+            .await
+            .unwrap();
+    }
+    line(format!(
+        "| load {} nodes (batches of 1000) | {} |",
+        s.nodes,
+        ms(t.elapsed())
+    ));
+
+    // 3. wwctl at that size: whole process, as an operator sees it.
+    let set: Vec<Duration> = (0..s.cli_runs)
+        .map(|i| wwctl(&all, &["node", "set", "n00042", "-y", "--comment", &format!("c{i}")]))
+        .collect();
+    line(format!(
+        "| `wwctl node set` of one node at {} nodes (median of {}) | {} |",
+        s.nodes,
+        s.cli_runs,
+        ms(median(set))
+    ));
+    let list: Vec<Duration> = (0..s.cli_runs).map(|_| wwctl(&all, &["node", "list"])).collect();
+    line(format!(
+        "| `wwctl node list` of {} nodes (median of {}) | {} |",
+        s.nodes,
+        s.cli_runs,
+        ms(median(list))
+    ));
+    let list_all: Vec<Duration> = (0..s.cli_runs.min(3))
+        .map(|_| wwctl(&all, &["node", "list", "-n"]))
+        .collect();
+    line(format!(
+        "| `wwctl node list -n` of {} nodes | {} |",
+        s.nodes,
+        ms(median(list_all))
+    ));
+
+    // 4. Failover: SIGKILL the leader, time until a write is accepted again.
+    let mut gaps = Vec::new();
+    for round in 0..s.failovers {
+        let l = leader(&client).await;
+        let survivors: Vec<String> = (0..3).filter(|i| *i != l).map(|i| p.addrs[i].clone()).collect();
+        let c = Client::new(survivors).with_deadline(Duration::from_secs(30));
+        let killed = Instant::now();
+        p.kill(l);
+        c.write(Cmd::Add {
+            kind: Kind::Node,
+            items: vec![(format!("failover{round}"), node(2_000_000 + round))],
+        })
+        .await
+        .unwrap();
+        gaps.push(killed.elapsed());
+        p.spawn(l);
+        // Let the restarted head catch up before the next round.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    gaps.sort();
+    line(format!(
+        "| writes accepted again after SIGKILL of the leader ({} rounds) | median {} | max {} |",
+        s.failovers,
+        ms(median(gaps.clone())),
+        ms(*gaps.last().unwrap())
+    ));
+    let _ = report;
+}
