@@ -256,3 +256,42 @@ async fn bootstrap(raft: &Raft, cfg: &HeadConfig) -> Result<(), DaemonError> {
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<HeadConfig, String> {
+        let c: HeadConfig = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let c = parse(include_str!("../../cluster/examples/wulfd.yaml")).unwrap();
+        assert_eq!(c.bootstrap.len(), 3);
+        assert_eq!(c.advertise_addr(), "10.0.0.1:9701");
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_reasons() {
+        let base = "data_dir: /tmp/x\nlisten: 127.0.0.1:1\n";
+        assert!(parse(&format!("id: 0\n{base}")).unwrap_err().contains("1 or more"));
+        assert!(parse(&format!("id: 1\n{base}bogus: 1\n"))
+            .unwrap_err()
+            .contains("bogus"));
+        let e = parse(&format!("id: 4\n{base}bootstrap:\n  - {{id: 1, addr: a:1}}\n")).unwrap_err();
+        assert!(e.contains("must list itself"), "{e}");
+        let e = parse(&format!(
+            "id: 1\n{base}bootstrap:\n  - {{id: 1, addr: a:1}}\n  - {{id: 1, addr: b:1}}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = parse(&format!(
+            "id: 1\n{base}raft: {{election_timeout_min_ms: 500, election_timeout_max_ms: 100}}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("raft"), "{e}");
+    }
+}

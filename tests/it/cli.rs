@@ -116,6 +116,62 @@ async fn set_unset_and_delete() {
     assert!(!list.contains("rack2"), "{list}");
     let e = ww(&c, &["profile", "delete", "gpu", "-y"]).await.unwrap_err();
     assert!(e.contains("still used by") && e.contains("gpu01"), "{e}");
+
+    // Profiles take the same verbs.
+    ok(
+        &c,
+        &[
+            "profile",
+            "add",
+            "ib",
+            "--comment",
+            "InfiniBand",
+            "-n",
+            "ib",
+            "--type",
+            "infiniband",
+        ],
+    )
+    .await;
+    ok(&c, &["profile", "set", "ib", "-y", "--mtu", "65520", "-n", "ib"]).await;
+    let all = ok(&c, &["profile", "list", "-a", "ib"]).await;
+    assert!(all.contains("NetDevs[ib].MTU") && all.contains("65520"), "{all}");
+    ok(&c, &["node", "set", "rack1-n01", "-y", "--profile", "default,ib"]).await;
+    let net = ok(&c, &["node", "list", "-n", "rack1-n01"]).await;
+    assert!(net.contains("ib"), "node inherits the profile's device: {net}");
+    ok(&c, &["profile", "unset", "ib", "comment", "-y"]).await;
+    assert!(!ok(&c, &["profile", "list"]).await.contains("InfiniBand"));
+    ok(&c, &["node", "set", "rack1-n01", "-y", "--profile", "default"]).await;
+    ok(&c, &["profile", "delete", "ib", "-y"]).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heads_from_config_file_and_cluster_membership_commands() {
+    let mut c = Cluster::start(3, settings()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("wwctl.yaml");
+    // The first listed head does not exist: wwctl moves on to the next.
+    std::fs::write(&cfg, format!("heads:\n  - 127.0.0.1:1\n  - {}\n", c.addr(1))).unwrap();
+    let cli = Cli::try_parse_from(["wwctl", "--config", cfg.to_str().unwrap(), "cluster", "status"]).unwrap();
+    let mut out = Vec::new();
+    run(cli, &mut out).await.unwrap();
+    let status = String::from_utf8(out).unwrap();
+    assert!(status.starts_with("CLUSTER test"), "{status}");
+    assert_eq!(status.matches(" ok").count(), 3, "{status}");
+
+    // Join a fourth head with wwctl, then remove it again.
+    let fresh = c.join_new().await;
+    let id = (fresh + 1).to_string();
+    let st = ok(&c, &["cluster", "status"]).await;
+    assert_eq!(st.matches(" ok").count(), 4, "{st}");
+    let out = ok(&c, &["cluster", "remove", &id]).await;
+    assert!(out.contains("removed"), "{out}");
+    assert!(c.status(0).voters.iter().all(|v| v.to_string() != id));
+    let e = ww(&c, &["cluster", "remove", "42"]).await.unwrap_err();
+    assert!(e.contains("not a member"), "{e}");
+    // The cluster still takes writes.
+    ok(&c, &["node", "add", "after-remove"]).await;
     c.shutdown().await;
 }
 
