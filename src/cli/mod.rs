@@ -507,7 +507,7 @@ async fn list(client: &Client, kind: Kind, args: ListArgs, fmt: Option<Format>, 
             Kind::Profile => model::merge(name, &without_profiles(conf), &BTreeMap::new()),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    output::list(kind, view, &merged, out)
+    output::list(kind, view, &merged, &raw, out)
 }
 
 fn without_profiles(conf: &NodeConf) -> NodeConf {

@@ -9,7 +9,9 @@ use anyhow::Result;
 use clap::ValueEnum;
 use comfy_table::{presets::NOTHING, CellAlignment, ContentArrangement, Table};
 
-use crate::model::Merged;
+use std::collections::BTreeMap;
+
+use crate::model::{Merged, NodeConf};
 use crate::pb::admin::ClusterStatusReply;
 use crate::state::Kind;
 
@@ -60,7 +62,15 @@ fn or_dash(v: Option<&str>) -> String {
     }
 }
 
-pub fn list(kind: Kind, view: View, merged: &[Merged], out: &mut dyn Write) -> Result<()> {
+/// `merged`: the objects to show (profiles: as stored, without inheritance);
+/// `raw`: the stored objects, for views that show them unmerged.
+pub fn list(
+    kind: Kind,
+    view: View,
+    merged: &[Merged],
+    raw: &BTreeMap<String, NodeConf>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let name_col = match kind {
         Kind::Node => "NODE NAME",
         Kind::Profile => "PROFILE NAME",
@@ -69,7 +79,7 @@ pub fn list(kind: Kind, view: View, merged: &[Merged], out: &mut dyn Write) -> R
         View::All => {
             let rows = merged.iter().map(|m| match kind {
                 Kind::Node => (m.name.as_str(), m.field_rows()),
-                Kind::Profile => (m.name.as_str(), crate::model::profile_field_rows(&m.conf)),
+                Kind::Profile => (m.name.as_str(), crate::model::profile_field_rows(&raw[&m.name])),
             });
             let head = match kind {
                 Kind::Node => ["NODE", "FIELD", "PROFILE", "VALUE"],

@@ -225,38 +225,37 @@ async fn open_store_with_retry(
     }
 }
 
-/// Initialise a new cluster once, then record its name.
+/// Initialise a new cluster once; then (on every start of this founder) make sure
+/// the cluster is named and has its `default` profile. `Init` is idempotent, and
+/// repeating it covers a crash between `initialize` and the first commit.
 async fn bootstrap(raft: &Raft, cfg: &HeadConfig) -> Result<(), DaemonError> {
-    if raft
+    if !raft
         .is_initialized()
         .await
         .map_err(|e| DaemonError::Raft(e.to_string()))?
     {
-        return Ok(());
+        let members: BTreeMap<u64, BasicNode> = cfg
+            .bootstrap
+            .iter()
+            .map(|m| (m.id, BasicNode { addr: m.addr.clone() }))
+            .collect();
+        tracing::info!(?members, "initialising a new cluster");
+        raft.initialize(members)
+            .await
+            .map_err(|e| DaemonError::Raft(format!("initialise: {e}")))?;
     }
-    let members: BTreeMap<u64, BasicNode> = cfg
-        .bootstrap
-        .iter()
-        .map(|m| (m.id, BasicNode { addr: m.addr.clone() }))
-        .collect();
-    tracing::info!(?members, "initialising a new cluster");
-    raft.initialize(members)
-        .await
-        .map_err(|e| DaemonError::Raft(format!("initialise: {e}")))?;
-    // Name the cluster once a leader exists (through any head, the client forwards);
-    // in the background so start-up does not wait for the other founders.
+    // Through any founder (the client forwards to the leader), in the background so
+    // start-up does not wait for the other founders.
     let heads = cfg.bootstrap.iter().map(|m| m.addr.clone()).collect();
     let name = cfg.cluster_name.clone();
     tokio::spawn(async move {
         let client = Client::new(heads).with_deadline(Duration::from_secs(120));
-        let req = Command::Init { name };
-        if let Err(e) = client.write(req).await {
+        if let Err(e) = client.write(Command::Init { name }).await {
             tracing::warn!("could not record the cluster name: {e}");
         }
     });
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,14 +69,7 @@ async fn everything_survives_a_restart() {
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 2)));
     assert_eq!(state.last_log_id, Some(log_id(2, 1, 5)));
-    let indexes: Vec<u64> = log
-        .try_get_log_entries(..)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.log_id.index)
-        .collect();
-    assert_eq!(indexes, vec![3, 4, 5]);
+    assert_eq!(log_indexes(&mut log).await, vec![3, 4, 5]);
 
     // The state machine is back at the snapshot (index 3), not at the in-memory index 4.
     let (applied, membership) = sm.applied_state().await.unwrap();
@@ -150,14 +143,7 @@ fn acknowledged_writes_survive_a_process_crash() {
     rt.block_on(async {
         let (mut log, sm) = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(7, 1)));
-        let indexes: Vec<u64> = log
-            .try_get_log_entries(..)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.log_id.index)
-            .collect();
-        assert_eq!(indexes, vec![1, 2, 3, 4]);
+        assert_eq!(log_indexes(&mut log).await, vec![1, 2, 3, 4]);
         assert_eq!(sm.last_applied(), Some(log_id(7, 1, 2)));
         assert_eq!(sm.read(|s| s.map.len()), 2);
     });
@@ -231,4 +217,14 @@ fn missing_parent_dirs_are_created() {
     let nested = dir.path().join("a/b/raft");
     open::<KvConfig, KvState>(&nested, &test_config()).unwrap();
     assert!(nested.is_dir());
+}
+
+/// Indexes of every entry still in the log.
+async fn log_indexes(log: &mut KvLogStore) -> Vec<u64> {
+    log.try_get_log_entries(..)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect()
 }
