@@ -12,6 +12,7 @@
 //! | [`model`] | nodes and profiles (nodes.conf YAML), merge with value origins, validation, hostlists, field patches |
 //! | [`state`] | the pure replicated state machine: commands, queries, versions, exactly-once |
 //! | [`store`] | sled-backed Raft log, vote and state-machine snapshots (openraft storage v2) |
+//! | [`cas`] | content-addressed blobs: atomic writes, verified reads, peer fetch over HTTP, GC |
 //! | [`raft`] | openraft type config, timing, tonic transport between heads |
 //! | [`pb`] | generated gRPC code (`proto/`) |
 //! | [`api`] | the admin gRPC service; the one place errors become gRPC codes |
@@ -25,6 +26,7 @@
 // its trait signatures; boxing them at every call would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod cas;
 pub mod model;
 pub mod raft;
 pub mod state;

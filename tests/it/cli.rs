@@ -138,7 +138,10 @@ async fn set_unset_and_delete() {
     assert!(all.contains("NetDevs[ib].MTU") && all.contains("65520"), "{all}");
     ok(&c, &["profile", "set", "ib", "-y", "-P", "gpu"]).await;
     let all = ok(&c, &["profile", "list", "-a", "ib"]).await;
-    assert!(all.lines().any(|l| l.contains("Profiles") && l.contains("gpu")), "{all}");
+    assert!(
+        all.lines().any(|l| l.contains("Profiles") && l.contains("gpu")),
+        "{all}"
+    );
     ok(&c, &["profile", "unset", "ib", "profile", "-y"]).await;
     ok(&c, &["node", "set", "rack1-n01", "-y", "--profile", "default,ib"]).await;
     let net = ok(&c, &["node", "list", "-n", "rack1-n01"]).await;
