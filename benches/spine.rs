@@ -122,10 +122,7 @@ async fn main() {
     let mut p = ProcCluster::start(Path::new(WULFD), 3, "");
     let all = p.all_heads();
     let client = Client::new(p.addrs.clone()).with_deadline(Duration::from_secs(30));
-    let probe = Query {
-        nodes: Selector::None,
-        profiles: Selector::All,
-    };
+    let probe = Query::profiles(Selector::All);
     wait_until(30, "cluster ready", || {
         futures::executor::block_on(async { client.read(&probe, true).await.is_ok_and(|r| !r.profiles.is_empty()) })
     });
@@ -202,13 +199,7 @@ async fn main() {
 
     // Clear, then load the node count in batches.
     let existing: Vec<String> = client
-        .read(
-            &Query {
-                nodes: Selector::All,
-                profiles: Selector::None,
-            },
-            true,
-        )
+        .read(&Query::nodes(Selector::All), true)
         .await
         .unwrap()
         .nodes

@@ -25,26 +25,23 @@
 pub mod http;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWrite;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CasError {
-    #[error("{0:?} is not a sha256 digest; expected sha256:<64 hex digits>")]
-    BadDigest(String),
+    #[error(transparent)]
+    BadDigest(#[from] crate::model::ModelError),
     #[error("blob {0} is not in this head's store")]
     Missing(Digest),
     #[error("blob {digest} is corrupt on disk (content hashes to {actual}); it was moved to {quarantine} and will be fetched again")]
@@ -70,70 +67,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CasError + '_ {
     }
 }
 
-/// A sha256 digest, written `sha256:<hex>` as in OCI.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
-    }
-
-    /// Digest of a byte slice.
-    pub fn of(bytes: &[u8]) -> Digest {
-        Digest(Sha256::digest(bytes).into())
-    }
-
-    fn from_hasher(h: Sha256) -> Digest {
-        Digest(h.finalize().into())
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Digest {
-    type Err = CasError;
-    /// Accepts `sha256:<hex>` or bare `<hex>`.
-    fn from_str(s: &str) -> Result<Self, CasError> {
-        let hex = s.strip_prefix("sha256:").unwrap_or(s);
-        if hex.len() != 64 {
-            return Err(CasError::BadDigest(s.into()));
-        }
-        let mut out = [0u8; 32];
-        for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-            let pair = std::str::from_utf8(chunk).map_err(|_| CasError::BadDigest(s.into()))?;
-            out[i] = u8::from_str_radix(pair, 16).map_err(|_| CasError::BadDigest(s.into()))?;
-        }
-        Ok(Digest(out))
-    }
-}
-
-impl Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::model::Digest;
 
 /// One stored blob.
 #[derive(Debug, Clone, PartialEq)]
@@ -283,7 +217,7 @@ impl Cas {
             }
             h.update(&buf[..n]);
         }
-        let actual = Digest::from_hasher(h);
+        let actual = Digest(h.finalize().into());
         if actual != *d {
             let quarantine = self.root.join("corrupt").join(format!(
                 "{}-{}",
@@ -405,7 +339,7 @@ impl BlobWriter {
         let file = self.file.take().expect("writer open");
         file.sync_all().map_err(io_err(&self.tmp))?;
         drop(file);
-        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        let actual = Digest(std::mem::take(&mut self.hasher).finalize().into());
         if let Some(e) = expected {
             if *e != actual {
                 return Err(CasError::Mismatch { expected: *e, actual });
@@ -469,7 +403,7 @@ impl AsyncBlobWriter {
         file.flush().await.map_err(io_err(&self.tmp))?;
         file.sync_all().await.map_err(io_err(&self.tmp))?;
         drop(file);
-        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        let actual = Digest(std::mem::take(&mut self.hasher).finalize().into());
         if let Some(e) = expected {
             if *e != actual {
                 return Err(CasError::Mismatch { expected: *e, actual });

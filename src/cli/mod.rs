@@ -252,14 +252,8 @@ fn expand(patterns: &[String]) -> Result<Vec<String>> {
 fn selector(kind: Kind, names: Vec<String>) -> Query {
     let sel = Selector::Names(names);
     match kind {
-        Kind::Node => Query {
-            nodes: sel,
-            profiles: Selector::None,
-        },
-        Kind::Profile => Query {
-            nodes: Selector::None,
-            profiles: sel,
-        },
+        Kind::Node => Query::nodes(sel),
+        Kind::Profile => Query::profiles(sel),
     }
 }
 
@@ -389,14 +383,12 @@ async fn obj_cmd(client: &Client, kind: Kind, c: ObjCmd, fmt: Option<Format>, ou
 
 fn selector_all(kind: Kind) -> Query {
     match kind {
+        // Nodes are shown merged, so their profiles come along.
         Kind::Node => Query {
-            nodes: Selector::All,
             profiles: Selector::All,
+            ..Query::nodes(Selector::All)
         },
-        Kind::Profile => Query {
-            nodes: Selector::None,
-            profiles: Selector::All,
-        },
+        Kind::Profile => Query::profiles(Selector::All),
     }
 }
 

@@ -10,6 +10,7 @@
 //! - Submodules are split by concern; everything public is re-exported here so callers write
 //!   `model::merge`, `model::NodeConf`, etc.
 
+pub mod digest;
 pub mod hostlist;
 pub mod merge;
 pub mod node;
@@ -17,6 +18,7 @@ pub mod patch;
 pub mod validate;
 pub mod yaml;
 
+pub use digest::Digest;
 pub use hostlist::*;
 pub use merge::{expand_profiles, merge, merge_effective, profile_field_rows, FieldRow, Merged};
 pub use node::*;
@@ -114,6 +116,12 @@ pub enum ModelError {
         ip: std::net::IpAddr,
         /// The increment that overflowed.
         n: u64,
+    },
+    /// A sha256 digest is malformed.
+    #[error("{value:?} is not a sha256 digest; expected sha256:<64 hex digits>")]
+    BadDigest {
+        /// The rejected text.
+        value: String,
     },
     /// A patch path names no field.
     #[error("unknown field path {}: {reason}", display_path(.path))]

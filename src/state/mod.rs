@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{self, NodeConf, NodesConf, Patch, UniqueKey};
 
+pub mod images;
+pub use images::{Artifact, HeadInfo, ImageCommand, ImageEntry, KernelRef, LayerRef};
+
 /// How many recent request ids are remembered for exactly-once retries.
 pub const DEDUP_WINDOW: usize = 4096;
 
@@ -86,6 +89,10 @@ pub enum Command {
     Delete { kind: Kind, names: Vec<String> },
     /// Import a nodes.conf document: profiles first, then nodes, added or replaced.
     Import { conf: NodesConf },
+    /// Image catalog changes.
+    Image(ImageCommand),
+    /// Record a head's HTTP address (sent by each head when it starts).
+    RegisterHead { id: u64, info: HeadInfo },
     /// Name a new cluster and create the `default` profile every node starts with
     /// (as Warewulf ships one). Idempotent: an existing `default` profile is kept.
     Init { name: String },
@@ -121,7 +128,7 @@ pub enum CommandError {
         expected: u64,
         actual: u64,
     },
-    #[error("profile {name:?} is still used by {users}; remove it from them first")]
+    #[error("{name} is still used by {users}; remove it from them first")]
     InUse { name: String, users: String },
     #[error("{0}")]
     Invalid(String),
@@ -143,17 +150,50 @@ impl Default for ApplyResult {
     }
 }
 
-/// Cluster-wide settings (later issues add heads, racks, subnets here).
+/// Cluster-wide settings (later issues add racks and subnets here).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterConf {
     pub name: String,
+    /// Heads by Raft id, with the addresses they registered.
+    #[serde(default)]
+    pub heads: BTreeMap<u64, HeadInfo>,
 }
 
-/// A read of nodes and profiles.
+/// A read of nodes, profiles and images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Query {
     pub nodes: Selector,
     pub profiles: Selector,
+    #[serde(default = "selector_none")]
+    pub images: Selector,
+}
+
+fn selector_none() -> Selector {
+    Selector::None
+}
+
+impl Query {
+    pub fn nodes(sel: Selector) -> Query {
+        Query {
+            nodes: sel,
+            profiles: Selector::None,
+            images: Selector::None,
+        }
+    }
+    pub fn profiles(sel: Selector) -> Query {
+        Query {
+            nodes: Selector::None,
+            profiles: sel,
+            images: Selector::None,
+        }
+    }
+    pub fn images(sel: Selector) -> Query {
+        Query {
+            nodes: Selector::None,
+            profiles: Selector::None,
+            images: sel,
+        }
+    }
 }
 
 /// The answer to a [`Query`]: raw (unmerged) objects with their versions.
@@ -162,6 +202,8 @@ pub struct QueryResult {
     pub cluster: ClusterConf,
     pub nodes: BTreeMap<String, Versioned<NodeConf>>,
     pub profiles: BTreeMap<String, Versioned<NodeConf>>,
+    #[serde(default)]
+    pub images: BTreeMap<String, Versioned<ImageEntry>>,
     /// Requested names that do not exist.
     pub missing: Vec<String>,
 }
@@ -172,6 +214,8 @@ pub struct State {
     pub cluster: ClusterConf,
     pub nodes: BTreeMap<String, Versioned<NodeConf>>,
     pub profiles: BTreeMap<String, Versioned<NodeConf>>,
+    #[serde(default)]
+    pub images: BTreeMap<String, Versioned<ImageEntry>>,
     /// Recent request id → outcome, oldest first in `dedup_order`.
     dedup: HashMap<String, ApplyResult>,
     dedup_order: VecDeque<String>,
@@ -182,7 +226,7 @@ pub struct State {
 
 impl PartialEq for State {
     fn eq(&self, o: &Self) -> bool {
-        self.cluster == o.cluster && self.nodes == o.nodes && self.profiles == o.profiles
+        self.cluster == o.cluster && self.nodes == o.nodes && self.profiles == o.profiles && self.images == o.images
     }
 }
 
@@ -222,10 +266,12 @@ impl State {
         let mut missing = Vec::new();
         let nodes = select(&self.nodes, &q.nodes, &mut missing);
         let profiles = select(&self.profiles, &q.profiles, &mut missing);
+        let images = select(&self.images, &q.images, &mut missing);
         QueryResult {
             cluster: self.cluster.clone(),
             nodes,
             profiles,
+            images,
             missing,
         }
     }
@@ -301,6 +347,14 @@ impl State {
                     tx.put(Kind::Node, name, n.clone());
                 }
             }
+            Command::Image(c) => return self.apply_image(index, c),
+            Command::RegisterHead { id, info } => {
+                self.cluster.heads.insert(*id, info.clone());
+                return Ok(Outcome {
+                    changed: vec![format!("head {id}")],
+                    deleted: vec![],
+                });
+            }
             Command::Init { name } => {
                 model::validate_name("cluster", name)?;
                 self.cluster.name = name.clone();
@@ -373,15 +427,9 @@ impl State {
                 }
             }
             if !users.is_empty() {
-                let more = if users.len() > 5 {
-                    format!(" and {} more", users.len() - 5)
-                } else {
-                    String::new()
-                };
-                users.truncate(5);
                 return Err(CommandError::InUse {
-                    name: pname.clone(),
-                    users: users.join(", ") + &more,
+                    name: format!("profile {pname}"),
+                    users: images::summarize(&users),
                 });
             }
         }
@@ -465,11 +513,11 @@ fn dedup_names(names: &[String]) -> impl Iterator<Item = &String> {
     names.iter().filter(move |n| seen.insert(n.as_str()))
 }
 
-fn select(
-    map: &BTreeMap<String, Versioned<NodeConf>>,
+fn select<T: Clone>(
+    map: &BTreeMap<String, Versioned<T>>,
     sel: &Selector,
     missing: &mut Vec<String>,
-) -> BTreeMap<String, Versioned<NodeConf>> {
+) -> BTreeMap<String, Versioned<T>> {
     match sel {
         Selector::None => BTreeMap::new(),
         Selector::All => map.clone(),

@@ -339,9 +339,171 @@ fn query_reports_missing_names() {
     let s = base();
     let r = s.query(&Query {
         nodes: Selector::Names(vec!["n1".into(), "zz".into()]),
-        profiles: Selector::All,
+        ..Query::profiles(Selector::All)
     });
     assert_eq!(r.nodes.keys().collect::<Vec<_>>(), vec!["n1"]);
     assert_eq!(r.missing, vec!["zz"]);
     assert_eq!(r.profiles.len(), 1);
+}
+
+fn image(seed: &[u8]) -> ImageEntry {
+    ImageEntry {
+        source: "dir:/tmp/x".into(),
+        platform: "linux/amd64".into(),
+        layers: vec![LayerRef {
+            digest: model::Digest::of(seed),
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            size: 10,
+        }],
+        config: None,
+        rootfs_size: 10,
+        files: 1,
+        artifact: None,
+        kernel: None,
+        created: 1,
+        updated: 1,
+    }
+}
+
+fn img(c: ImageCommand) -> Request {
+    req(Command::Image(c))
+}
+
+#[test]
+fn image_put_is_conditional_and_lists_blobs() {
+    let mut s = base();
+    let put = |expect| {
+        img(ImageCommand::Put {
+            name: "rocky9".into(),
+            entry: image(b"a"),
+            expect,
+        })
+    };
+    assert!(s.apply(3, &put(Some(0))).0.is_ok());
+    assert!(matches!(err(s.apply(4, &put(Some(0)))), CommandError::Exists { .. }));
+    assert!(matches!(err(s.apply(4, &put(Some(2)))), CommandError::Conflict { .. }));
+    assert!(s.apply(4, &put(Some(3))).0.is_ok());
+    assert_eq!(s.images["rocky9"].version, 4);
+    assert_eq!(s.images["rocky9"].value.blobs().count(), 1);
+    let e = err(s.apply(
+        5,
+        &img(ImageCommand::Put {
+            name: "bad name".into(),
+            entry: image(b"a"),
+            expect: None,
+        }),
+    ));
+    assert!(e.to_string().contains("bad name"), "{e}");
+}
+
+#[test]
+fn image_delete_refused_while_used_unless_forced() {
+    let mut s = base();
+    s.apply(
+        3,
+        &img(ImageCommand::Put {
+            name: "rocky9".into(),
+            entry: image(b"a"),
+            expect: None,
+        }),
+    );
+    s.apply(
+        4,
+        &req(Command::Patch {
+            kind: Kind::Node,
+            names: vec!["n1".into()],
+            patch: vec![PatchOp::Set {
+                path: vec!["image name".into()],
+                value: "rocky9".into(),
+            }],
+        }),
+    );
+    let e = err(s.apply(
+        5,
+        &img(ImageCommand::Delete {
+            name: "rocky9".into(),
+            force: false,
+        }),
+    ));
+    assert!(e.to_string().contains("node n1"), "{e}");
+    assert!(s.images.contains_key("rocky9"));
+    assert!(s
+        .apply(
+            5,
+            &img(ImageCommand::Delete {
+                name: "rocky9".into(),
+                force: true
+            })
+        )
+        .0
+        .is_ok());
+    assert!(!s.images.contains_key("rocky9"));
+}
+
+#[test]
+fn image_rename_follows_references_and_copy_shares_blobs() {
+    let mut s = base();
+    s.apply(
+        3,
+        &img(ImageCommand::Put {
+            name: "a".into(),
+            entry: image(b"a"),
+            expect: None,
+        }),
+    );
+    s.profiles.get_mut("default").unwrap().value.image_name = Some("a".into());
+    s.apply(
+        4,
+        &img(ImageCommand::Copy {
+            from: "a".into(),
+            to: "b".into(),
+        }),
+    );
+    assert_eq!(s.images["a"].value, s.images["b"].value);
+    let e = err(s.apply(
+        5,
+        &img(ImageCommand::Rename {
+            from: "a".into(),
+            to: "b".into(),
+        }),
+    ));
+    assert!(matches!(e, CommandError::Exists { .. }), "{e}");
+    let out = s
+        .apply(
+            5,
+            &img(ImageCommand::Rename {
+                from: "a".into(),
+                to: "c".into(),
+            }),
+        )
+        .0
+        .unwrap();
+    assert_eq!(out.deleted, vec!["a"]);
+    assert_eq!(s.profiles["default"].value.image_name.as_deref(), Some("c"));
+    assert_eq!(s.profiles["default"].version, 5);
+    assert!(matches!(
+        err(s.apply(
+            6,
+            &img(ImageCommand::Copy {
+                from: "zz".into(),
+                to: "y".into()
+            })
+        )),
+        CommandError::NotFound { .. }
+    ));
+}
+
+#[test]
+fn heads_register_their_addresses() {
+    let mut s = State::default();
+    s.apply(
+        1,
+        &req(Command::RegisterHead {
+            id: 2,
+            info: HeadInfo {
+                http: "127.0.0.1:9780".into(),
+            },
+        }),
+    );
+    assert_eq!(s.cluster.heads[&2].http, "127.0.0.1:9780");
 }

@@ -35,8 +35,8 @@ async fn add(c: &Client, name: &str, i: u32) {
 
 fn all() -> Query {
     Query {
-        nodes: Selector::All,
         profiles: Selector::All,
+        ..Query::nodes(Selector::All)
     }
 }
 

@@ -84,10 +84,7 @@ impl Cluster {
     /// Wait until a leader exists and the cluster was initialised (default profile present).
     pub async fn wait_ready(&self) {
         let c = self.client();
-        let q = wulfpack::state::Query {
-            nodes: wulfpack::state::Selector::None,
-            profiles: wulfpack::state::Selector::All,
-        };
+        let q = wulfpack::state::Query::profiles(wulfpack::state::Selector::All);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = c.read(&q, true).await {
