@@ -81,7 +81,7 @@ pub enum ImageCommand {
     /// Create or replace an entry; `expect` as in [`super::Put`].
     Put {
         name: String,
-        entry: ImageEntry,
+        entry: Box<ImageEntry>,
         expect: Option<u64>,
     },
     /// Delete an entry; refused while nodes or profiles name it unless `force`.
@@ -125,7 +125,7 @@ impl State {
                     name.clone(),
                     Versioned {
                         version: index,
-                        value: entry.clone(),
+                        value: (**entry).clone(),
                     },
                 );
                 Ok(changed(name))

@@ -375,7 +375,7 @@ fn image_put_is_conditional_and_lists_blobs() {
     let put = |expect| {
         img(ImageCommand::Put {
             name: "rocky9".into(),
-            entry: image(b"a"),
+            entry: Box::new(image(b"a")),
             expect,
         })
     };
@@ -389,7 +389,7 @@ fn image_put_is_conditional_and_lists_blobs() {
         5,
         &img(ImageCommand::Put {
             name: "bad name".into(),
-            entry: image(b"a"),
+            entry: Box::new(image(b"a")),
             expect: None,
         }),
     ));
@@ -403,7 +403,7 @@ fn image_delete_refused_while_used_unless_forced() {
         3,
         &img(ImageCommand::Put {
             name: "rocky9".into(),
-            entry: image(b"a"),
+            entry: Box::new(image(b"a")),
             expect: None,
         }),
     );
@@ -447,7 +447,7 @@ fn image_rename_follows_references_and_copy_shares_blobs() {
         3,
         &img(ImageCommand::Put {
             name: "a".into(),
-            entry: image(b"a"),
+            entry: Box::new(image(b"a")),
             expect: None,
         }),
     );
