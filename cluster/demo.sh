@@ -2,7 +2,7 @@
 # A local 3-head wulfpack cluster on loopback with example nodes.
 #   cluster/demo.sh          start, show status and nodes, keep running until Ctrl-C
 #   cluster/demo.sh --exit   the same, then stop the heads (used by CI as a smoke test)
-# Heads listen on 127.0.0.1:9701-9703; data lives in a temp dir removed on exit.
+# Heads listen on 127.0.0.1:9701-9703 (gRPC) and :9781-9783 (HTTP); data lives in a temp dir removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bins
@@ -21,6 +21,7 @@ for i in 1 2 3; do
 id: $i
 data_dir: $WORK/head$i
 listen: 127.0.0.1:970$i
+http_listen: 127.0.0.1:978$i
 cluster_name: demo
 bootstrap:
   - {id: 1, addr: 127.0.0.1:9701}

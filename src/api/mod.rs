@@ -13,6 +13,7 @@
 pub mod error;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use tonic::{Request as GrpcRequest, Response, Status};
 
+use crate::cas::Cas;
 use crate::pb::admin as pb;
 use crate::pb::admin::admin_client::AdminClient;
 use crate::raft::{NodeId, Raft, TypeConfig};
@@ -38,17 +40,28 @@ pub struct HeadCtx {
     pub addr: String,
     pub raft: Raft,
     pub sm: StateMachineStore<TypeConfig, State>,
+    pub cas: Cas,
+    pub data_dir: PathBuf,
     pub started: Instant,
     peers: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl HeadCtx {
-    pub fn new(id: NodeId, addr: String, raft: Raft, sm: StateMachineStore<TypeConfig, State>) -> Self {
+    pub fn new(
+        id: NodeId,
+        addr: String,
+        raft: Raft,
+        sm: StateMachineStore<TypeConfig, State>,
+        cas: Cas,
+        data_dir: PathBuf,
+    ) -> Self {
         HeadCtx {
             id,
             addr,
             raft,
             sm,
+            cas,
+            data_dir,
             started: Instant::now(),
             peers: Arc::default(),
         }

@@ -27,9 +27,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let cfg = wulfpack::daemon::HeadConfig::load(&args.config)?;
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+    let grpc = tokio::net::TcpListener::bind(&cfg.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        .with_context(|| format!("cannot listen on {} (gRPC)", cfg.listen))?;
+    let http = tokio::net::TcpListener::bind(&cfg.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (HTTP)", cfg.http_listen))?;
     tracing::info!(id = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), "wulfd starting");
     let shutdown = async {
         let mut term =
@@ -40,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    let head = wulfpack::daemon::Head::start(cfg, listener, shutdown).await?;
+    let head = wulfpack::daemon::Head::start(cfg, wulfpack::daemon::Listeners { grpc, http }, shutdown).await?;
     head.join().await?;
     Ok(())
 }

@@ -14,20 +14,22 @@
 //! - **Remove:** `wwctl cluster remove ID`.
 
 use std::collections::BTreeMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{AdminService, HeadCtx};
+use crate::cas::Cas;
 use crate::client::Client;
 use crate::pb;
 use crate::raft::{Network, Raft, RaftService, RaftSettings};
-use crate::state::{Command, State};
+use crate::state::{Command, HeadInfo, State};
 use crate::store::{self, StoreConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,13 @@ pub struct HeadConfig {
     /// Address peers and `wwctl` use to reach this head (default: `listen`).
     #[serde(default)]
     pub advertise: Option<String>,
+    /// HTTP listen address: blobs between heads (and boot files, later).
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
+    /// Address peers use for HTTP (default: `http_listen`, with the host of
+    /// `advertise` when `http_listen` is a wildcard address).
+    #[serde(default)]
+    pub http_advertise: Option<String>,
     /// Cluster name, set once by the bootstrapping head.
     #[serde(default = "default_cluster_name")]
     pub cluster_name: String,
@@ -83,6 +92,10 @@ pub struct HeadConfig {
     /// Bound on sled's page cache.
     #[serde(default = "default_cache_mib")]
     pub cache_mib: u64,
+}
+
+fn default_http_listen() -> String {
+    "0.0.0.0:9780".into()
 }
 
 fn default_cluster_name() -> String {
@@ -134,23 +147,55 @@ impl HeadConfig {
     pub fn advertise_addr(&self) -> String {
         self.advertise.clone().unwrap_or_else(|| self.listen.clone())
     }
+
+    pub fn http_advertise_addr(&self) -> String {
+        if let Some(a) = &self.http_advertise {
+            return a.clone();
+        }
+        match self.http_listen.parse::<std::net::SocketAddr>() {
+            Ok(sa) if sa.ip().is_unspecified() => {
+                let host = self
+                    .advertise_addr()
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.to_string())
+                    .unwrap_or_else(|| "127.0.0.1".into());
+                format!("{host}:{}", sa.port())
+            }
+            _ => self.http_listen.clone(),
+        }
+    }
+}
+
+/// The sockets a head serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
 }
 
 /// A running head.
 pub struct Head {
     pub ctx: HeadCtx,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Head {
     /// Open the store, start Raft and serve on `listener` until `shutdown` resolves.
     pub async fn start(
         cfg: HeadConfig,
-        listener: TcpListener,
+        listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Head, DaemonError> {
         cfg.validate()?;
         let advertise = cfg.advertise_addr();
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        let cas_dir = cfg.data_dir.join("cas");
+        let cas = Cas::open(&cas_dir).map_err(|e| DaemonError::Invalid(format!("content store: {e}")))?;
         let (log, sm) = open_store_with_retry(&cfg).await?;
         let config = cfg
             .raft
@@ -159,9 +204,16 @@ impl Head {
         let raft = Raft::new(cfg.id, config.into(), Network::default(), log, sm.clone())
             .await
             .map_err(|e| DaemonError::Raft(e.to_string()))?;
-        let ctx = HeadCtx::new(cfg.id, advertise, raft.clone(), sm);
+        let ctx = HeadCtx::new(
+            cfg.id,
+            advertise.clone(),
+            raft.clone(),
+            sm,
+            cas.clone(),
+            cfg.data_dir.clone(),
+        );
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
             .add_service(
                 pb::raft::raft_server::RaftServer::new(RaftService { raft: raft.clone() })
@@ -171,20 +223,29 @@ impl Head {
                 pb::admin::admin_server::AdminServer::new(AdminService { ctx: ctx.clone() })
                     .max_decoding_message_size(usize::MAX),
             )
-            .serve_with_incoming_shutdown(incoming, shutdown);
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let server = tokio::spawn(server);
+        let http = tokio::spawn(
+            axum::serve(listeners.http, crate::cas::http::router(cas))
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        register(cfg.id, advertise, cfg.http_advertise_addr(), stop);
 
         if let Some(first) = cfg.bootstrap.iter().map(|m| m.id).min() {
             if first == cfg.id {
                 bootstrap(&raft, &cfg).await?;
             }
         }
-        Ok(Head { ctx, server })
+        Ok(Head { ctx, server, http })
     }
 
     /// Wait for the gRPC server to stop (after the shutdown future fired), then stop Raft.
     pub async fn join(self) -> Result<(), DaemonError> {
         let served = self.server.await;
+        if let Ok(Err(e)) = self.http.await {
+            tracing::warn!("HTTP server: {e}");
+        }
         let _ = self.ctx.raft.shutdown().await;
         match served {
             Ok(r) => r.map_err(DaemonError::from),
@@ -223,6 +284,33 @@ async fn open_store_with_retry(
             }
         }
     }
+}
+
+/// Record this head's HTTP address in the replicated state (through its own admin
+/// API, which forwards to the leader), retrying until the head is part of a cluster
+/// with a leader — a head waiting to be joined may wait a long time — or stops.
+fn register(id: u64, grpc: String, http: String, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let client = Client::new(vec![grpc]).with_deadline(Duration::from_secs(10));
+        let cmd = Command::RegisterHead {
+            id,
+            info: HeadInfo { http },
+        };
+        // Bounded: one attempt every 2 s for a day, or until shutdown.
+        for _ in 0..43_200 {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = client.write(cmd.clone()) => match r {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!("registering HTTP address: {e}"),
+                },
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    });
 }
 
 /// Initialise a new cluster once; then (on every start of this founder) make sure

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 pub struct ProcCluster {
     pub dir: tempfile::TempDir,
+    /// gRPC address of each head.
     pub addrs: Vec<String>,
+    /// HTTP address of each head.
+    pub http: Vec<String>,
     wulfd: PathBuf,
     children: Vec<Option<Child>>,
 }
@@ -32,10 +35,12 @@ impl ProcCluster {
     /// Start `n` founding heads; `extra_yaml` is appended to each head's config.
     pub fn start(wulfd: &Path, n: usize, extra_yaml: &str) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
-        let addrs = free_ports(n);
+        let mut ports = free_ports(2 * n);
+        let http = ports.split_off(n);
         let mut p = ProcCluster {
             dir,
-            addrs,
+            addrs: ports,
+            http,
             wulfd: wulfd.into(),
             children: (0..n).map(|_| None).collect(),
         };
@@ -49,10 +54,11 @@ impl ProcCluster {
             std::fs::write(
                 p.cfg(i),
                 format!(
-                    "id: {}\ndata_dir: {}\nlisten: \"{}\"\ncluster_name: procs\nbootstrap:\n{boot}{extra_yaml}",
+                    "id: {}\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: procs\nbootstrap:\n{boot}{extra_yaml}",
                     i + 1,
                     p.dir.path().join(format!("data{i}")).display(),
-                    p.addrs[i]
+                    p.addrs[i],
+                    p.http[i]
                 ),
             )
             .unwrap();

@@ -232,3 +232,27 @@ async fn concurrent_writers_through_every_head_lose_nothing() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heads_register_http_and_fetch_blobs_from_each_other() {
+    let c = Cluster::start(3, settings()).await;
+    let client = c.client();
+    let q = Query::profiles(Selector::None);
+    eventually(10, "every head registered its HTTP address", || async {
+        client.read(&q, true).await.unwrap().cluster.heads.len() == 3
+    })
+    .await;
+    let heads = client.read(&q, true).await.unwrap().cluster.heads;
+    assert_eq!(heads[&1].http, c.cfgs[0].http_listen);
+
+    let data = vec![5u8; 1 << 20];
+    let d = c.ctx(0).cas.put_bytes(&data).unwrap();
+    assert!(!c.ctx(2).cas.contains(&d));
+    let peers: Vec<String> = heads.values().map(|h| h.http.clone()).collect();
+    let got = wulfpack::cas::http::fetch_from_peers(&c.ctx(2).cas, &reqwest::Client::new(), &d, &peers)
+        .await
+        .unwrap();
+    assert_eq!(got, d);
+    assert_eq!(c.ctx(2).cas.verify(&d).unwrap(), data.len() as u64);
+    c.shutdown().await;
+}

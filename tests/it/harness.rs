@@ -8,7 +8,7 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use wulfpack::client::Client;
-use wulfpack::daemon::{Head, HeadConfig, Member};
+use wulfpack::daemon::{Head, HeadConfig, Listeners, Member};
 use wulfpack::raft::RaftSettings;
 
 pub struct Running {
@@ -32,23 +32,26 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut listeners = Vec::new();
         for _ in 0..n {
-            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+            listeners.push(bind_pair().await);
         }
         let members: Vec<Member> = listeners
             .iter()
             .enumerate()
             .map(|(i, l)| Member {
                 id: i as u64 + 1,
-                addr: l.local_addr().unwrap().to_string(),
+                addr: l.grpc.local_addr().unwrap().to_string(),
             })
             .collect();
         let cfgs: Vec<HeadConfig> = members
             .iter()
-            .map(|m| HeadConfig {
+            .zip(&listeners)
+            .map(|(m, l)| HeadConfig {
                 id: m.id,
                 data_dir: dir.path().join(format!("head{}", m.id)),
                 listen: m.addr.clone(),
                 advertise: None,
+                http_listen: l.http.local_addr().unwrap().to_string(),
+                http_advertise: None,
                 cluster_name: "test".into(),
                 bootstrap: members.clone(),
                 raft: raft.clone(),
@@ -112,6 +115,10 @@ impl Cluster {
         }
     }
 
+    pub fn ctx(&self, i: usize) -> &wulfpack::api::HeadCtx {
+        &self.heads[i].as_ref().expect("head running").head.ctx
+    }
+
     pub fn status(&self, i: usize) -> wulfpack::pb::admin::HeadStatusReply {
         self.heads[i].as_ref().expect("head running").head.ctx.head_status()
     }
@@ -125,19 +132,24 @@ impl Cluster {
 
     /// Restart head `i` on its old address with its old data.
     pub async fn restart(&mut self, i: usize) {
-        let l = bind_retry(&self.cfgs[i].listen).await;
+        let l = Listeners {
+            grpc: bind_retry(&self.cfgs[i].listen).await,
+            http: bind_retry(&self.cfgs[i].http_listen).await,
+        };
         self.heads[i] = Some(launch(self.cfgs[i].clone(), l).await);
     }
 
     /// Start a new empty head (no bootstrap) and join it through the cluster.
     pub async fn join_new(&mut self) -> usize {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let l = bind_pair().await;
         let id = self.cfgs.len() as u64 + 1;
         let cfg = HeadConfig {
             id,
             data_dir: self.dir.path().join(format!("head{id}")),
-            listen: l.local_addr().unwrap().to_string(),
+            listen: l.grpc.local_addr().unwrap().to_string(),
             advertise: None,
+            http_listen: l.http.local_addr().unwrap().to_string(),
+            http_advertise: None,
             cluster_name: "test".into(),
             bootstrap: vec![],
             raft: self.cfgs[0].raft.clone(),
@@ -158,7 +170,14 @@ impl Cluster {
     }
 }
 
-async fn launch(cfg: HeadConfig, l: TcpListener) -> Running {
+async fn bind_pair() -> Listeners {
+    Listeners {
+        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    }
+}
+
+async fn launch(cfg: HeadConfig, l: Listeners) -> Running {
     let (tx, rx) = oneshot::channel::<()>();
     let head = Head::start(cfg, l, async {
         let _ = rx.await;
