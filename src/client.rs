@@ -111,7 +111,7 @@ impl Client {
                     }
                     i = (i + 1) % self.heads.len();
                     round += 1;
-                    if round % self.heads.len() == 0 {
+                    if round.is_multiple_of(self.heads.len()) {
                         // Every head tried: an election is probably running; back off a little.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -195,6 +195,59 @@ impl Client {
     pub async fn remove_head(&self, id: u64) -> Result<pb::MembershipReply, ClientError> {
         self.retry(|mut c| async move { c.remove_head(pb::RemoveHeadRequest { id, hops: 0 }).await })
             .await
+    }
+}
+
+impl Client {
+    /// Start an import on the first head that answers; the stream carries progress
+    /// and ends with the catalog entry (or an error). The work runs on that head.
+    pub async fn image_import(
+        &self,
+        req: pb::ImageImportRequest,
+    ) -> Result<tonic::Streaming<pb::ImageEvent>, ClientError> {
+        self.retry(|mut c| {
+            let req = req.clone();
+            async move { c.image_import(req).await }
+        })
+        .await
+    }
+
+    pub async fn image_build(&self, name: &str, force: bool) -> Result<tonic::Streaming<pb::ImageEvent>, ClientError> {
+        let name = name.to_string();
+        self.retry(|mut c| {
+            let name = name.clone();
+            async move { c.image_build(pb::ImageBuildRequest { name, force }).await }
+        })
+        .await
+    }
+
+    pub async fn image_kernels(&self, name: &str) -> Result<pb::ImageKernelsReply, ClientError> {
+        let name = name.to_string();
+        self.retry(|mut c| {
+            let name = name.clone();
+            async move { c.image_kernels(pb::ImageNameRequest { name }).await }
+        })
+        .await
+    }
+
+    pub async fn image_exec_prepare(&self, name: &str) -> Result<pb::ImageExecPrepareReply, ClientError> {
+        let name = name.to_string();
+        self.retry(|mut c| {
+            let name = name.clone();
+            async move { c.image_exec_prepare(pb::ImageNameRequest { name }).await }
+        })
+        .await
+    }
+
+    pub async fn image_exec_finish(
+        &self,
+        req: pb::ImageExecFinishRequest,
+    ) -> Result<tonic::Streaming<pb::ImageEvent>, ClientError> {
+        self.retry(|mut c| {
+            let req = req.clone();
+            async move { c.image_exec_finish(req).await }
+        })
+        .await
     }
 }
 

@@ -13,6 +13,7 @@
 //! | [`state`] | the pure replicated state machine: commands, queries, versions, exactly-once |
 //! | [`store`] | sled-backed Raft log, vote and state-machine snapshots (openraft storage v2) |
 //! | [`cas`] | content-addressed blobs: atomic writes, verified reads, peer fetch over HTTP, GC |
+//! | [`image`] | OCI import, safe layer application, kernel detection, cpio.gz build; head-side image operations |
 //! | [`raft`] | openraft type config, timing, tonic transport between heads |
 //! | [`pb`] | generated gRPC code (`proto/`) |
 //! | [`api`] | the admin gRPC service; the one place errors become gRPC codes |
@@ -27,6 +28,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cas;
+pub mod image;
 pub mod model;
 pub mod raft;
 pub mod state;

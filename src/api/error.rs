@@ -60,3 +60,20 @@ pub fn is_retryable(s: &Status) -> bool {
 pub fn bad_json(what: &str, e: serde_json::Error) -> Status {
     Status::invalid_argument(format!("malformed {what}: {e}"))
 }
+
+/// Map an image operation's failure.
+pub fn image_status(e: &crate::image::ImageError) -> Status {
+    use crate::client::ClientError;
+    use crate::image::ImageError as E;
+    let code = match e {
+        E::Exists(_) => Code::AlreadyExists,
+        E::NotFound(_) => Code::NotFound,
+        E::Busy(_) => Code::Aborted,
+        E::Invalid(_) | E::Layer(_) | E::Oci(_) => Code::InvalidArgument,
+        E::Kernel(_) | E::Build(_) => Code::FailedPrecondition,
+        E::Catalog(ClientError::Refused { code, .. }) => *code,
+        E::Catalog(_) => Code::Unavailable,
+        E::Cas(_) | E::Io { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}

@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 use tonic::{Request as GrpcRequest, Response, Status};
 
 use crate::cas::Cas;
+use crate::image::{self, Images, Progress};
 use crate::pb::admin as pb;
 use crate::pb::admin::admin_client::AdminClient;
 use crate::raft::{NodeId, Raft, TypeConfig};
@@ -42,6 +43,7 @@ pub struct HeadCtx {
     pub sm: StateMachineStore<TypeConfig, State>,
     pub cas: Cas,
     pub data_dir: PathBuf,
+    pub images: Images,
     pub started: Instant,
     peers: Arc<Mutex<HashMap<String, Channel>>>,
 }
@@ -55,6 +57,7 @@ impl HeadCtx {
         cas: Cas,
         data_dir: PathBuf,
     ) -> Self {
+        let images = Images::new(cas.clone(), &data_dir, addr.clone());
         HeadCtx {
             id,
             addr,
@@ -62,6 +65,7 @@ impl HeadCtx {
             sm,
             cas,
             data_dir,
+            images,
             started: Instant::now(),
             peers: Arc::default(),
         }
@@ -162,8 +166,139 @@ pub struct AdminService {
     pub ctx: HeadCtx,
 }
 
+/// A server stream of image progress events.
+pub type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ImageEvent, Status>> + Send>>;
+
+fn event_pb(e: image::Event) -> pb::ImageEvent {
+    pb::ImageEvent {
+        stage: e.stage.into(),
+        message: e.message,
+        done: e.done,
+        total: e.total,
+        entry_json: vec![],
+    }
+}
+
+/// Run an image operation in its own task (it finishes even if the client goes
+/// away) and stream its progress, then its result.
+fn streamed<F>(op: impl FnOnce(Progress) -> F) -> EventStream
+where
+    F: std::future::Future<Output = Result<crate::state::ImageEntry, image::ImageError>> + Send + 'static,
+{
+    let (etx, mut erx) = tokio::sync::mpsc::channel::<image::Event>(256);
+    let (otx, orx) = tokio::sync::mpsc::channel::<Result<pb::ImageEvent, Status>>(256);
+    let fut = op(Progress::new(etx));
+    tokio::spawn(async move {
+        let mut fut = std::pin::pin!(fut);
+        let result = loop {
+            tokio::select! {
+                Some(ev) = erx.recv() => { let _ = otx.send(Ok(event_pb(ev))).await; }
+                r = &mut fut => break r,
+            }
+        };
+        while let Ok(ev) = erx.try_recv() {
+            let _ = otx.send(Ok(event_pb(ev))).await;
+        }
+        let last = match result {
+            Ok(entry) => Ok(pb::ImageEvent {
+                stage: "done".into(),
+                message: String::new(),
+                done: 1,
+                total: 1,
+                entry_json: serde_json::to_vec(&entry).expect("entry serializes"),
+            }),
+            Err(e) => Err(error::image_status(&e)),
+        };
+        let _ = otx.send(last).await;
+    });
+    Box::pin(futures::stream::unfold(orx, |mut rx| async move {
+        rx.recv().await.map(|x| (x, rx))
+    }))
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    type ImageImportStream = EventStream;
+    type ImageBuildStream = EventStream;
+    type ImageExecFinishStream = EventStream;
+
+    async fn image_import(&self, req: GrpcRequest<pb::ImageImportRequest>) -> Result<Response<EventStream>, Status> {
+        let r = req.into_inner();
+        let ir = image::ImportRequest {
+            source: r.source,
+            name: r.name,
+            nohttps: r.nohttps,
+            auth: (!r.username.is_empty()).then_some((r.username, r.password)),
+            platform: (!r.platform.is_empty()).then_some(r.platform),
+            force: r.force,
+            build: r.build,
+        };
+        let images = self.ctx.images.clone();
+        Ok(Response::new(streamed(
+            move |p| async move { images.import(ir, p).await },
+        )))
+    }
+
+    async fn image_build(&self, req: GrpcRequest<pb::ImageBuildRequest>) -> Result<Response<EventStream>, Status> {
+        let r = req.into_inner();
+        let images = self.ctx.images.clone();
+        Ok(Response::new(streamed(move |p| async move {
+            images.build(&r.name, r.force, p).await
+        })))
+    }
+
+    async fn image_kernels(
+        &self,
+        req: GrpcRequest<pb::ImageNameRequest>,
+    ) -> Result<Response<pb::ImageKernelsReply>, Status> {
+        let name = req.into_inner().name;
+        let (list, chosen) = self
+            .ctx
+            .images
+            .kernels(&name)
+            .await
+            .map_err(|e| error::image_status(&e))?;
+        Ok(Response::new(pb::ImageKernelsReply {
+            kernels: list
+                .into_iter()
+                .map(|k| pb::KernelInfo {
+                    version: k.version,
+                    path: k.path.to_string_lossy().into_owned(),
+                })
+                .collect(),
+            chosen: chosen.unwrap_or_default(),
+        }))
+    }
+
+    async fn image_exec_prepare(
+        &self,
+        req: GrpcRequest<pb::ImageNameRequest>,
+    ) -> Result<Response<pb::ImageExecPrepareReply>, Status> {
+        let name = req.into_inner().name;
+        let p = self
+            .ctx
+            .images
+            .exec_prepare(&name)
+            .await
+            .map_err(|e| error::image_status(&e))?;
+        Ok(Response::new(pb::ImageExecPrepareReply {
+            rootfs: p.rootfs.to_string_lossy().into_owned(),
+            token: p.token,
+            version: p.version,
+        }))
+    }
+
+    async fn image_exec_finish(
+        &self,
+        req: GrpcRequest<pb::ImageExecFinishRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let r = req.into_inner();
+        let images = self.ctx.images.clone();
+        Ok(Response::new(streamed(move |p| async move {
+            images.exec_finish(&r.name, &r.token, r.version, r.changed, p).await
+        })))
+    }
+
     async fn write(&self, req: GrpcRequest<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
         let req = req.into_inner();
         let cmd: Request = serde_json::from_slice(&req.command_json).map_err(|e| error::bad_json("command", e))?;

@@ -11,6 +11,7 @@
 //! it read, so a concurrent change is reported instead of overwritten.
 
 pub mod fields;
+pub mod image;
 pub mod output;
 
 use std::collections::BTreeMap;
@@ -57,6 +58,9 @@ pub enum Top {
     /// Manage profiles.
     #[command(subcommand)]
     Profile(ObjCmd),
+    /// Manage images (root filesystems that nodes boot).
+    #[command(subcommand, alias = "container")]
+    Image(image::ImageCmd),
     /// Manage the heads of the cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -209,6 +213,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     match cli.cmd {
         Top::Node(c) => obj_cmd(&client, Kind::Node, c, fmt, out).await,
         Top::Profile(c) => obj_cmd(&client, Kind::Profile, c, fmt, out).await,
+        Top::Image(c) => image::run(&client, c, fmt, out).await,
         Top::Cluster(c) => cluster_cmd(&client, c, fmt, out).await,
     }
 }
@@ -288,7 +293,7 @@ fn short_list(names: &[String]) -> String {
 }
 
 /// Ask on the terminal; without one, refuse (use -y in scripts).
-fn confirm(question: &str) -> Result<()> {
+pub(crate) fn confirm(question: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!("{question}: refusing without confirmation; pass -y to confirm in scripts");
     }

@@ -196,8 +196,11 @@ async fn refused_writes_leave_state_unchanged() {
         .unwrap_err();
     assert_eq!(e.code(), Some(tonic::Code::Aborted), "{e}");
 
+    // (Heads register their HTTP addresses in the background: compare what the
+    // refused commands could have touched.)
     let after = client.read(&all(), true).await.unwrap();
-    assert_eq!(before, after);
+    assert_eq!(before.nodes, after.nodes);
+    assert_eq!(before.profiles, after.profiles);
     c.shutdown().await;
 }
 

@@ -2,7 +2,11 @@
 mod harness;
 #[path = "../common/proc_cluster.rs"]
 mod proc_cluster;
+#[path = "../common/registry.rs"]
+mod registry;
 
 mod cli;
 mod cluster;
+mod images;
+mod oci;
 mod procs;

@@ -1,0 +1,272 @@
+//! Images end to end through `wwctl` on an in-process 3-head cluster: directory,
+//! registry and archive imports, the catalog on every head, the built `cpio.gz`
+//! unpacked by GNU cpio, nodes using images, a head rebuilding an image from layers
+//! fetched from a peer, and `image exec`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser;
+use wulfpack::cli::{run, Cli};
+use wulfpack::state::ImageEntry;
+
+use crate::harness::{eventually, settings, Cluster};
+use crate::registry::{build_test_image, ensure_packages, is_root, Registry};
+
+async fn ww(c: &Cluster, args: &[&str]) -> Result<String, String> {
+    let heads = (0..c.cfgs.len()).map(|i| c.addr(i)).collect::<Vec<_>>().join(",");
+    let mut argv = vec!["wwctl", "--heads", &heads];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    run(cli, &mut out).await.map_err(|e| format!("{e:#}"))?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+async fn ok(c: &Cluster, args: &[&str]) -> String {
+    ww(c, args).await.unwrap_or_else(|e| panic!("wwctl {args:?}: {e}"))
+}
+
+/// A small root tree: files, a symlink, a hardlink, an excluded cache, a kernel.
+fn small_root(root: &Path) {
+    for d in [
+        "etc/warewulf",
+        "var/cache/apt",
+        "boot",
+        "lib/modules/6.1.0-13-amd64",
+        "usr/bin",
+        "bin",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("etc/hostname"), "node\n").unwrap();
+    std::fs::write(root.join("etc/warewulf/excludes"), "# not in the image\n/var/cache/*\n").unwrap();
+    std::fs::write(root.join("var/cache/apt/big.bin"), vec![1u8; 4096]).unwrap();
+    std::fs::write(root.join("boot/vmlinuz-6.1.0-13-amd64"), b"not really a kernel").unwrap();
+    std::fs::write(root.join("usr/bin/tool"), b"#!/bin/sh\necho tool\n").unwrap();
+    std::fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool2")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/tool", root.join("bin/tool")).unwrap();
+}
+
+/// The catalog entry as the head that answers sees it.
+async fn entry(c: &Cluster, name: &str) -> ImageEntry {
+    let out = ok(c, &["-o", "json", "image", "show", name]).await;
+    let v: wulfpack::state::Versioned<ImageEntry> = serde_json::from_str(&out).unwrap();
+    v.value
+}
+
+/// Unpack an artifact blob with GNU gzip + cpio; None (with a printed reason) without them.
+fn unpack(blob: &Path, into: &Path) -> Option<PathBuf> {
+    if !ensure_packages(&["cpio", "gzip"]) {
+        eprintln!("SKIP: GNU cpio is not available to unpack the image");
+        return None;
+    }
+    std::fs::create_dir_all(into).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -dc '{}' | cpio -idm --quiet --no-absolute-filenames",
+            blob.display()
+        ))
+        .current_dir(into)
+        .status()
+        .unwrap();
+    assert!(st.success(), "gzip | cpio failed");
+    Some(into.to_path_buf())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn directory_import_catalog_build_nodes_and_peer_rebuild() {
+    let c = Cluster::start(3, settings()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_root(&src);
+
+    let out = ok(&c, &["image", "import", src.to_str().unwrap(), "img1"]).await;
+    assert!(
+        out.contains("Imported image img1") && out.contains("kernel 6.1.0-13"),
+        "{out}"
+    );
+    let e = entry(&c, "img1").await;
+    let art = e.artifact.clone().expect("built on import");
+    assert_eq!(e.kernel.as_ref().unwrap().path, "boot/vmlinuz-6.1.0-13-amd64");
+
+    // Every head has the catalog entry in its own state machine.
+    for i in 0..3 {
+        eventually(10, "catalog replicated", || async {
+            c.ctx(i).sm.read(|s| s.images.contains_key("img1"))
+        })
+        .await;
+    }
+
+    // The artifact is a cpio.gz GNU cpio unpacks to the tree, minus the excludes.
+    let blob = c.ctx(0).cas.path(&art.digest);
+    if let Some(dir) = unpack(&blob, &tmp.path().join("unpacked")) {
+        assert_eq!(std::fs::read_to_string(dir.join("etc/hostname")).unwrap(), "node\n");
+        assert_eq!(
+            std::fs::read_link(dir.join("bin/tool")).unwrap(),
+            Path::new("/usr/bin/tool")
+        );
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (
+            std::fs::metadata(dir.join("usr/bin/tool")).unwrap(),
+            std::fs::metadata(dir.join("usr/bin/tool2")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino(), "hardlink kept");
+        assert!(dir.join("var/cache").is_dir());
+        assert!(
+            !dir.join("var/cache/apt").exists(),
+            "excluded by /etc/warewulf/excludes"
+        );
+    }
+
+    // Nodes use it; list counts them; delete is refused while used.
+    ok(&c, &["node", "add", "n[1-2]"]).await;
+    ok(&c, &["node", "set", "n[1-2]", "--image", "img1", "-y"]).await;
+    let list = ok(&c, &["image", "list"]).await;
+    let row = list.lines().find(|l| l.starts_with("img1")).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "2", "two nodes use it: {list}");
+    assert_eq!(cols[2], "6.1.0-13", "{list}");
+    let e2 = ww(&c, &["image", "delete", "img1", "-y"]).await.unwrap_err();
+    assert!(e2.contains("still used by") && e2.contains("node n1"), "{e2}");
+
+    // Build again: nothing changed, same artifact.
+    let out = ok(&c, &["image", "build", "img1"]).await;
+    assert!(out.contains("Built image img1"), "{out}");
+    assert_eq!(entry(&c, "img1").await.artifact.unwrap().digest, art.digest);
+
+    // Copy, rename (nodes follow), kernels.
+    ok(&c, &["image", "copy", "img1", "img2"]).await;
+    ok(&c, &["image", "rename", "img1", "img3"]).await;
+    let nodes = ok(&c, &["node", "list", "-l"]).await;
+    assert!(nodes.contains("img3") && !nodes.contains("img1"), "{nodes}");
+    let k = ok(&c, &["image", "kernels", "img3"]).await;
+    assert!(k.contains("6.1.0-13") && k.contains("yes"), "{k}");
+
+    // A head that never saw the layers rebuilds from blobs fetched from a peer and
+    // gets the very same artifact (the build is deterministic).
+    let layer = e.layers[0].digest;
+    assert!(!c.ctx(2).cas.contains(&layer));
+    let rebuilt = c
+        .ctx(2)
+        .images
+        .build("img2", true, wulfpack::image::Progress::none())
+        .await
+        .unwrap();
+    assert!(c.ctx(2).cas.contains(&layer), "layer fetched from a peer");
+    assert_eq!(rebuilt.artifact.unwrap().digest, art.digest, "same tree, same bytes");
+
+    // Bad input: a missing source, a duplicate name.
+    let e3 = ww(&c, &["image", "import", "/nonexistent/dir", "x"]).await.unwrap_err();
+    assert!(e3.contains("/nonexistent/dir"), "{e3}");
+    let e4 = ww(&c, &["image", "import", src.to_str().unwrap(), "img2"])
+        .await
+        .unwrap_err();
+    assert!(e4.contains("already exists") && e4.contains("--force"), "{e4}");
+    ok(&c, &["image", "import", "--force", src.to_str().unwrap(), "img2"]).await;
+    ok(&c, &["image", "delete", "img3", "-y", "--force"]).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registry_and_archive_imports_build_the_same_image() {
+    let Some(reg) = Registry::start() else { return };
+    let base = |root: &Path| {
+        small_root(root);
+        std::fs::write(root.join("etc/gone"), b"deleted by the next layer").unwrap();
+    };
+    let top = |root: &Path| {
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/motd"), b"layer two\n").unwrap();
+    };
+    let img = build_test_image(&reg, "test/two", &[&base, &top]);
+    // Layer 2 of the test image also deletes etc/gone (umoci records a whiteout).
+    let c = Cluster::start(3, settings()).await;
+    let docker = format!("docker://{}", img.reference);
+    let out = ok(&c, &["image", "import", "--nohttps", &docker, "fromreg"]).await;
+    assert!(out.contains("Imported image fromreg"), "{out}");
+    let oci = format!("oci-archive:{}", img.oci_archive.display());
+    ok(&c, &["image", "import", &oci, "fromoci"]).await;
+    let dock = format!("docker-archive:{}", img.docker_archive.display());
+    ok(&c, &["image", "import", &dock, "fromdocker"]).await;
+
+    let a = entry(&c, "fromreg").await;
+    let b = entry(&c, "fromoci").await;
+    let d = entry(&c, "fromdocker").await;
+    assert_eq!(a.layers.len(), 2);
+    assert_eq!(a.artifact.as_ref().unwrap().digest, b.artifact.as_ref().unwrap().digest);
+    assert_eq!(a.artifact.as_ref().unwrap().digest, d.artifact.as_ref().unwrap().digest);
+    assert_eq!(a.kernel.as_ref().unwrap().version, "6.1.0-13");
+
+    let tmp = tempfile::tempdir().unwrap();
+    if let Some(dir) = unpack(&c.ctx(0).cas.path(&a.artifact.unwrap().digest), tmp.path()) {
+        assert_eq!(std::fs::read(dir.join("etc/motd")).unwrap(), b"layer two\n");
+    }
+
+    // Wrong tag: a clear error, nothing in the catalog.
+    let bad = format!("docker://{}/test/two:nope", reg.addr);
+    let e = ww(&c, &["image", "import", "--nohttps", &bad, "nope"])
+        .await
+        .unwrap_err();
+    assert!(e.to_lowercase().contains("not found") || e.contains("nope"), "{e}");
+    assert!(ww(&c, &["image", "show", "nope"]).await.is_err());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exec_changes_the_image_and_rebuilds_it() {
+    if !is_root() {
+        eprintln!("SKIP: image exec needs root (mount namespace, chroot)");
+        return;
+    }
+    if !ensure_packages(&["busybox-static"]) {
+        eprintln!("SKIP: busybox-static is not available for a shell inside the image");
+        return;
+    }
+    let c = Cluster::start(3, settings()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_root(&src);
+    std::fs::copy("/bin/busybox", src.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", src.join("bin/sh")).unwrap();
+    ok(&c, &["image", "import", src.to_str().unwrap(), "ex"]).await;
+    let before = entry(&c, "ex").await;
+
+    let out = ok(
+        &c,
+        &["image", "exec", "ex", "--", "/bin/sh", "-c", "echo changed > /etc/motd"],
+    )
+    .await;
+    assert!(out.contains("Rebuilt image ex"), "{out}");
+    let after = entry(&c, "ex").await;
+    assert_ne!(after.artifact.as_ref().unwrap().digest, before.artifact.unwrap().digest);
+    assert_eq!(after.layers.len(), 1, "the changed tree is captured as one layer");
+    assert!(after.source.ends_with("+exec"));
+    let dir = unpack(
+        &c.ctx(0).cas.path(&after.artifact.clone().unwrap().digest),
+        &tmp.path().join("u"),
+    );
+    if let Some(dir) = dir {
+        assert_eq!(std::fs::read_to_string(dir.join("etc/motd")).unwrap(), "changed\n");
+    }
+
+    // A failing command leaves the image as it was.
+    let e = ww(
+        &c,
+        &[
+            "image",
+            "exec",
+            "ex",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo no > /etc/motd; exit 3",
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("unchanged"), "{e}");
+    assert_eq!(entry(&c, "ex").await.artifact, after.artifact);
+    c.shutdown().await;
+}
