@@ -92,6 +92,20 @@ pub struct HeadConfig {
     /// Bound on sled's page cache.
     #[serde(default = "default_cache_mib")]
     pub cache_mib: u64,
+    /// Blobs no catalog entry references are deleted once older than this, so an
+    /// import in progress (blobs written, entry not yet committed) keeps its blobs.
+    #[serde(default = "default_gc_grace")]
+    pub cas_gc_grace_secs: u64,
+    /// How often the blob GC runs (0 = never).
+    #[serde(default = "default_gc_interval")]
+    pub cas_gc_interval_secs: u64,
+}
+
+fn default_gc_grace() -> u64 {
+    3600
+}
+fn default_gc_interval() -> u64 {
+    600
 }
 
 fn default_http_listen() -> String {
@@ -230,7 +244,15 @@ impl Head {
                 .with_graceful_shutdown(stop.clone().cancelled_owned())
                 .into_future(),
         );
-        register(cfg.id, advertise, cfg.http_advertise_addr(), stop);
+        register(cfg.id, advertise, cfg.http_advertise_addr(), stop.clone());
+        if cfg.cas_gc_interval_secs > 0 {
+            gc_loop(
+                ctx.clone(),
+                Duration::from_secs(cfg.cas_gc_interval_secs),
+                Duration::from_secs(cfg.cas_gc_grace_secs),
+                stop,
+            );
+        }
 
         if let Some(first) = cfg.bootstrap.iter().map(|m| m.id).min() {
             if first == cfg.id {
@@ -284,6 +306,34 @@ async fn open_store_with_retry(
             }
         }
     }
+}
+
+/// Periodically delete blobs that no catalog entry references (after the grace period).
+fn gc_loop(ctx: HeadCtx, every: Duration, grace: Duration, stop: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let referenced: std::collections::HashSet<crate::cas::Digest> = ctx
+                .sm
+                .read(|s| s.images.values().flat_map(|v| v.value.blobs()).collect());
+            let cas = ctx.cas.clone();
+            match tokio::task::spawn_blocking(move || cas.gc(&referenced, grace)).await {
+                Ok(Ok(st)) if st.removed + st.temp_removed > 0 => tracing::info!(
+                    removed = st.removed,
+                    bytes = st.bytes_freed,
+                    temp = st.temp_removed,
+                    kept = st.kept,
+                    "blob GC"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("blob GC: {e}"),
+                Err(e) => tracing::warn!("blob GC task: {e}"),
+            }
+        }
+    });
 }
 
 /// Record this head's HTTP address in the replicated state (through its own admin

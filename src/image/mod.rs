@@ -272,6 +272,7 @@ impl Images {
             files: 0,
             artifact: None,
             kernel: None,
+            kernels: vec![],
             created: t,
             updated: t,
         };
@@ -502,24 +503,23 @@ impl Images {
         let this = self.clone();
         let name_s = name.to_string();
         let layers = entry.layers.clone();
-        let pinned = None::<String>;
         let task_progress = progress.clone();
-        let (kernel, artifact, stats) = tokio::task::spawn_blocking(move || {
+        let (kernels, artifact, stats) = tokio::task::spawn_blocking(move || {
             let progress = task_progress;
             let root = this.rootfs(&name_s);
-            progress.send("kernel", "looking for a kernel", 0, 0);
-            let kernel = match kernel::find_kernel(&root, pinned.as_deref())? {
-                Some(k) => {
-                    let d = this.cas.put_file(&root.join(&k.path))?;
-                    Some(KernelRef {
-                        digest: d,
-                        version: k.version.clone(),
-                        path: k.path.to_string_lossy().into_owned(),
-                        size: this.cas.size(&d)?,
-                    })
-                }
-                None => None,
-            };
+            progress.send("kernel", "looking for kernels", 0, 0);
+            // Newest first; the first is what nodes boot unless they pin a version.
+            let mut kernels = Vec::new();
+            for k in kernel::list_kernels(&root)? {
+                let d = this.cas.put_file(&root.join(&k.path))?;
+                kernels.push(KernelRef {
+                    digest: d,
+                    version: k.version.clone(),
+                    release: k.release.clone(),
+                    path: k.path.to_string_lossy().into_owned(),
+                    size: this.cas.size(&d)?,
+                });
+            }
             let opts = build::BuildOptions {
                 excludes: build::read_excludes(&root)?,
                 ..Default::default()
@@ -541,7 +541,7 @@ impl Images {
                 size: stats.bytes_out,
                 build_key: build_key(&layers),
             };
-            Ok::<_, ImageError>((kernel, artifact, stats))
+            Ok::<_, ImageError>((kernels, artifact, stats))
         })
         .await
         .map_err(|e| ImageError::Invalid(format!("build task failed: {e}")))??;
@@ -556,7 +556,8 @@ impl Images {
             stats.bytes_in,
             stats.bytes_in,
         );
-        entry.kernel = kernel;
+        entry.kernel = kernels.first().cloned();
+        entry.kernels = kernels;
         entry.artifact = Some(artifact);
         entry.rootfs_size = stats.bytes_in;
         entry.files = stats.files;

@@ -31,7 +31,11 @@ pub struct Artifact {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KernelRef {
     pub digest: Digest,
+    /// Warewulf's short version (`6.1.0-13`), what `kernel.version` pins.
     pub version: String,
+    /// The release as named on disk (`uname -r`), e.g. `6.1.0-13-amd64`.
+    #[serde(default)]
+    pub release: String,
     /// Path inside the image, e.g. `boot/vmlinuz-6.1.0-13-amd64`.
     pub path: String,
     pub size: u64,
@@ -49,7 +53,12 @@ pub struct ImageEntry {
     pub rootfs_size: u64,
     pub files: u64,
     pub artifact: Option<Artifact>,
+    /// The kernel nodes boot unless they pin another (the newest non-debug one).
     pub kernel: Option<KernelRef>,
+    /// Every bootable kernel in the image, newest first, each its own blob, so a
+    /// node pinning `kernel.version` can boot it.
+    #[serde(default)]
+    pub kernels: Vec<KernelRef>,
     /// Unix seconds, stamped by the head that wrote the command (not at apply time,
     /// which must be deterministic).
     pub created: u64,
@@ -65,6 +74,7 @@ impl ImageEntry {
             .chain(self.config)
             .chain(self.artifact.as_ref().map(|a| a.digest))
             .chain(self.kernel.as_ref().map(|k| k.digest))
+            .chain(self.kernels.iter().map(|k| k.digest))
     }
 }
 

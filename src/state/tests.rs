@@ -360,6 +360,7 @@ fn image(seed: &[u8]) -> ImageEntry {
         files: 1,
         artifact: None,
         kernel: None,
+        kernels: vec![],
         created: 1,
         updated: 1,
     }

@@ -29,6 +29,11 @@ pub fn settings() -> RaftSettings {
 impl Cluster {
     /// Start `n` founding heads.
     pub async fn start(n: usize, raft: RaftSettings) -> Cluster {
+        Self::start_with(n, raft, |_| {}).await
+    }
+
+    /// Start `n` founding heads, adjusting each config first.
+    pub async fn start_with(n: usize, raft: RaftSettings, adjust: impl Fn(&mut HeadConfig)) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut listeners = Vec::new();
         for _ in 0..n {
@@ -56,8 +61,12 @@ impl Cluster {
                 bootstrap: members.clone(),
                 raft: raft.clone(),
                 cache_mib: 16,
+                cas_gc_grace_secs: 3600,
+                cas_gc_interval_secs: 600,
             })
             .collect();
+        let mut cfgs = cfgs;
+        cfgs.iter_mut().for_each(&adjust);
         let mut c = Cluster {
             dir,
             cfgs,
@@ -154,6 +163,8 @@ impl Cluster {
             bootstrap: vec![],
             raft: self.cfgs[0].raft.clone(),
             cache_mib: 16,
+            cas_gc_grace_secs: self.cfgs[0].cas_gc_grace_secs,
+            cas_gc_interval_secs: self.cfgs[0].cas_gc_interval_secs,
         };
         self.cfgs.push(cfg.clone());
         self.heads.push(Some(launch(cfg.clone(), l).await));

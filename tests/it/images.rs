@@ -43,6 +43,7 @@ fn small_root(root: &Path) {
     std::fs::write(root.join("etc/warewulf/excludes"), "# not in the image\n/var/cache/*\n").unwrap();
     std::fs::write(root.join("var/cache/apt/big.bin"), vec![1u8; 4096]).unwrap();
     std::fs::write(root.join("boot/vmlinuz-6.1.0-13-amd64"), b"not really a kernel").unwrap();
+    std::fs::write(root.join("boot/vmlinuz-6.1.0-9-amd64"), b"an older kernel").unwrap();
     std::fs::write(root.join("usr/bin/tool"), b"#!/bin/sh\necho tool\n").unwrap();
     std::fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool2")).unwrap();
     std::os::unix::fs::symlink("/usr/bin/tool", root.join("bin/tool")).unwrap();
@@ -90,6 +91,9 @@ async fn directory_import_catalog_build_nodes_and_peer_rebuild() {
     let e = entry(&c, "img1").await;
     let art = e.artifact.clone().expect("built on import");
     assert_eq!(e.kernel.as_ref().unwrap().path, "boot/vmlinuz-6.1.0-13-amd64");
+    let versions: Vec<&str> = e.kernels.iter().map(|k| k.version.as_str()).collect();
+    assert_eq!(versions, ["6.1.0-13", "6.1.0-9"], "every kernel recorded, newest first");
+    assert_ne!(e.kernels[0].digest, e.kernels[1].digest);
 
     // Every head has the catalog entry in its own state machine.
     for i in 0..3 {
@@ -268,5 +272,35 @@ async fn exec_changes_the_image_and_rebuilds_it() {
     .unwrap_err();
     assert!(e.contains("unchanged"), "{e}");
     assert_eq!(entry(&c, "ex").await.artifact, after.artifact);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blob_gc_removes_what_no_image_references() {
+    let c = Cluster::start_with(3, settings(), |cfg| {
+        cfg.cas_gc_grace_secs = 0;
+        cfg.cas_gc_interval_secs = 1;
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    small_root(&a);
+    small_root(&b);
+    std::fs::write(b.join("etc/hostname"), "other\n").unwrap();
+    ok(&c, &["image", "import", a.to_str().unwrap(), "keep"]).await;
+    ok(&c, &["image", "import", b.to_str().unwrap(), "drop"]).await;
+    let keep = entry(&c, "keep").await;
+    let drop = entry(&c, "drop").await;
+    let cas = &c.ctx(0).cas;
+    let drop_artifact = drop.artifact.unwrap().digest;
+    assert!(cas.contains(&drop_artifact));
+    ok(&c, &["image", "delete", "drop", "-y"]).await;
+    eventually(10, "GC removed the deleted image's blobs", || async {
+        !cas.contains(&drop_artifact)
+    })
+    .await;
+    for d in keep.blobs() {
+        assert!(cas.contains(&d), "referenced blob {d} kept");
+    }
     c.shutdown().await;
 }
