@@ -14,6 +14,9 @@
 //! `WULFPACK_IMAGE_BENCH_CHILD` set) so that its peak RSS (`VmHWM` from `/proc/self/status`)
 //! is its own, and so both contenders pay process start-up alike.
 
+#[path = "common/root.rs"]
+mod root;
+
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -23,7 +26,6 @@ use std::time::{Duration, Instant};
 use wulfpack::image::build::{build_cpio_gz, read_excludes, tree_digest, BuildOptions, BuildStats, BLOCK_SIZE};
 
 const CHILD_ENV: &str = "WULFPACK_IMAGE_BENCH_CHILD";
-const ROOT_CACHE: &str = "/var/tmp/wulfpack-bench-root";
 const LEVEL: u32 = 6;
 /// A cheaper level, also timed: the goal is stated in archive size (≤ 2 % larger than pigz at
 /// its default level 6), which level 5 may still meet.
@@ -126,14 +128,6 @@ fn run_baseline(root: &Path, out: &Path, threads: usize, level: u32) -> (Duratio
     (wall, fs::metadata(out).unwrap().len())
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool} >/dev/null"))
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -165,7 +159,7 @@ fn backend_probe(root: &Path, limit: usize, level: u32) -> String {
         out_len += out.len();
     }
     let ours = mb(data.len() as u64) / t.elapsed().as_secs_f64();
-    let pigz = if have("pigz") {
+    let pigz = if root::have("pigz") {
         let t = Instant::now();
         let mut child = Command::new("pigz")
             .args(["-p", "1", &format!("-{level}")])
@@ -207,52 +201,6 @@ fn walk_files(root: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn ensure_tools() {
-    let missing: Vec<&str> = ["debootstrap", "pigz", "cpio"]
-        .into_iter()
-        .filter(|t| !have(t))
-        .collect();
-    if !missing.is_empty() {
-        eprintln!("installing {}", missing.join(" "));
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "apt-get update -qq && apt-get install -y -qq {}",
-                missing.join(" ")
-            ))
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot install {}; install them and run again", missing.join(" "));
-    }
-}
-
-fn ensure_root() -> PathBuf {
-    if let Ok(dir) = std::env::var("WULFPACK_BENCH_ROOT") {
-        return PathBuf::from(dir);
-    }
-    let root = PathBuf::from(ROOT_CACHE);
-    if root.join("usr/bin").is_dir() {
-        return root;
-    }
-    let tmp = PathBuf::from(format!("{ROOT_CACHE}.tmp"));
-    let _ = fs::remove_dir_all(&tmp);
-    eprintln!(
-        "debootstrap --variant=minbase --include=linux-image-amd64 bookworm {} (once)",
-        tmp.display()
-    );
-    let ok = Command::new("debootstrap")
-        .args(["--variant=minbase", "--include=linux-image-amd64", "bookworm"])
-        .arg(&tmp)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "debootstrap failed (needs root and the Debian mirror); or set WULFPACK_BENCH_ROOT"
-    );
-    fs::rename(&tmp, &root).unwrap();
-    root
-}
-
 fn tree_size(root: &Path) -> (u64, u64) {
     let (mut n, mut bytes) = (0, 0);
     for f in walk_files(root) {
@@ -263,8 +211,8 @@ fn tree_size(root: &Path) -> (u64, u64) {
 }
 
 fn full_run(threads: usize) {
-    ensure_tools();
-    let root = ensure_root();
+    root::ensure_tools(&["debootstrap", "pigz", "cpio"]);
+    let root = root::ensure_root();
     let out_dir = PathBuf::from("/var/tmp/wulfpack-bench-out");
     fs::create_dir_all(&out_dir).unwrap();
     let (ours_out, base_out) = (out_dir.join("ours.img.gz"), out_dir.join("pigz.img.gz"));
@@ -412,7 +360,7 @@ fn smoke_run(threads: usize) {
         o.wall.as_secs_f64(),
         o.hwm_kb
     );
-    if have("cpio") && have("pigz") {
+    if root::have("cpio") && root::have("pigz") {
         let (t, size) = run_baseline(&root, &dir.path().join("pigz.img.gz"), threads, LEVEL);
         print!("; find|cpio|pigz {size} B in {:.3} s", t.as_secs_f64());
     } else {

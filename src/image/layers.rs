@@ -349,6 +349,11 @@ pub(crate) fn normalize(raw: &[u8]) -> Result<PathBuf, PathProblem> {
         return Err(PathProblem::Malformed("the name contains a NUL byte".into()));
     }
     if raw[0] == b'/' {
+        // `umoci insert DIR /` writes the root directory itself as "/": it names
+        // the root, not a path outside it. Every other absolute name is refused.
+        if raw.iter().all(|b| *b == b'/') {
+            return Ok(PathBuf::new());
+        }
         return Err(PathProblem::Refused(Refusal::AbsolutePath));
     }
     let mut parts: Vec<&[u8]> = Vec::new();
@@ -1204,6 +1209,8 @@ mod unit_tests {
         assert_eq!(ok("a/../b"), Path::new("b"));
         assert_eq!(ok("./"), Path::new(""));
         assert_eq!(ok("."), Path::new(""));
+        assert_eq!(ok("/"), Path::new(""), "umoci's root entry");
+        assert_eq!(ok("//"), Path::new(""));
         let refused = |s: &str| match normalize(s.as_bytes()) {
             Err(PathProblem::Refused(r)) => r,
             other => panic!("{s}: {other:?}"),
@@ -1212,6 +1219,8 @@ mod unit_tests {
         assert_eq!(refused("a/../../escape"), Refusal::EscapesRoot);
         assert_eq!(refused("./.."), Refusal::EscapesRoot);
         assert_eq!(refused("/abs"), Refusal::AbsolutePath);
+        assert_eq!(refused("/etc/passwd"), Refusal::AbsolutePath);
+        assert_eq!(refused("//etc"), Refusal::AbsolutePath);
         assert!(matches!(normalize(b""), Err(PathProblem::Malformed(_))));
         assert!(matches!(normalize(b"a\0b"), Err(PathProblem::Malformed(_))));
         assert!(matches!(normalize(&[b'a'; 300]), Err(PathProblem::Malformed(_))));
