@@ -11,14 +11,14 @@
 //! `cargo bench --bench image_import`; without `--bench` a small generated tree is
 //! used as a smoke test of the harness.
 
-#[allow(dead_code)] // shared with the build benchmark
-#[path = "common/root.rs"]
-mod root;
-#[path = "../tests/common/registry.rs"]
-mod registry;
 #[allow(dead_code)]
 #[path = "../tests/common/proc_cluster.rs"]
 mod proc_cluster;
+#[path = "../tests/common/registry.rs"]
+mod registry;
+#[allow(dead_code)] // shared with the build benchmark
+#[path = "common/root.rs"]
+mod root;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -70,7 +70,10 @@ async fn main() {
     // Pack the tree as one layer (umoci unpack/repack) and push it (setup, not
     // timed). Not `umoci insert`: Debian's umoci 0.4.7 writes a truncated tar there.
     let copy = |rootfs: &Path| {
-        run(Command::new("cp").arg("-a").arg(format!("{}/.", tree.display())).arg(rootfs));
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", tree.display()))
+            .arg(rootfs));
     };
     let img = registry::build_test_image(&reg, "bench/root", &[&copy]);
     let reference = img.reference.clone();

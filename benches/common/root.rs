@@ -18,11 +18,7 @@ pub fn have(tool: &str) -> bool {
 
 /// Install missing tools with apt-get (benchmarks run as root on a lab machine).
 pub fn ensure_tools(tools: &[&str]) {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| !have(t))
-        .collect();
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
     if !missing.is_empty() {
         eprintln!("installing {}", missing.join(" "));
         let ok = Command::new("sh")
@@ -64,4 +60,3 @@ pub fn ensure_root() -> PathBuf {
     fs::rename(&tmp, &root).unwrap();
     root
 }
-

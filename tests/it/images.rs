@@ -180,12 +180,13 @@ async fn registry_and_archive_imports_build_the_same_image() {
         small_root(root);
         std::fs::write(root.join("etc/gone"), b"deleted by the next layer").unwrap();
     };
+    // Layer 2 adds a file and deletes one of layer 1 (umoci records a whiteout).
     let top = |root: &Path| {
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("etc/motd"), b"layer two\n").unwrap();
+        std::fs::remove_file(root.join("etc/gone")).unwrap();
     };
     let img = build_test_image(&reg, "test/two", &[&base, &top]);
-    // Layer 2 of the test image also deletes etc/gone (umoci records a whiteout).
     let c = Cluster::start(3, settings()).await;
     let docker = format!("docker://{}", img.reference);
     let out = ok(&c, &["image", "import", "--nohttps", &docker, "fromreg"]).await;
@@ -206,6 +207,8 @@ async fn registry_and_archive_imports_build_the_same_image() {
     let tmp = tempfile::tempdir().unwrap();
     if let Some(dir) = unpack(&c.ctx(0).cas.path(&a.artifact.unwrap().digest), tmp.path()) {
         assert_eq!(std::fs::read(dir.join("etc/motd")).unwrap(), b"layer two\n");
+        assert!(!dir.join("etc/gone").exists(), "whiteout applied");
+        assert!(dir.join("etc/hostname").is_file());
     }
 
     // Wrong tag: a clear error, nothing in the catalog.
