@@ -443,6 +443,11 @@ struct Applier<'a> {
     created: HashSet<PathBuf>,
     /// Directories whose mode and times are applied after the last entry.
     dirs: BTreeMap<PathBuf, DirMeta>,
+    /// Existing directories this layer changes without listing them (a new child, a
+    /// whiteout): their times before the change, restored at the end. Without this
+    /// their mtime would become "now", and the same layers would give different trees
+    /// (and image digests) depending on when they were applied.
+    kept: BTreeMap<PathBuf, Timestamps>,
     stats: ApplyStats,
     buf: Vec<u8>,
 }
@@ -455,6 +460,7 @@ impl<'a> Applier<'a> {
             opts,
             created: HashSet::new(),
             dirs: BTreeMap::new(),
+            kept: BTreeMap::new(),
             stats: ApplyStats::default(),
             buf: vec![0; 64 * 1024],
         }
@@ -520,12 +526,14 @@ impl<'a> Applier<'a> {
                 if comps.peek().is_some() {
                     return Err(self.malformed(name, "a directory name starts with \".wh.\", which marks whiteouts"));
                 }
+                self.keep_times_of_ancestors(&rel, None);
                 self.whiteout(&rel, name)?;
                 return Ok(Outcome::Whiteout);
             }
         }
 
         let meta = self.meta(entry, name)?;
+        self.keep_times_of_ancestors(&rel, Some(meta.times.clone()));
         let outcome = match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 self.file(entry, &rel, name, &meta)?
@@ -927,8 +935,54 @@ impl<'a> Applier<'a> {
         self.tree.open_dir(dir, false).map_err(|e| self.walk_error(name, e))
     }
 
-    /// Apply deferred directory modes and times, deepest first.
+    /// Record the times of `rel`'s existing ancestors that this layer does not list,
+    /// once per layer, so [`Self::finish_dirs`] can put them back. Ancestors that do
+    /// not exist yet (the entry creates them) get `created` — the entry's own times —
+    /// so they too do not depend on the clock.
+    fn keep_times_of_ancestors(&mut self, rel: &Path, created: Option<Timestamps>) {
+        let mut dir = parent_of(rel);
+        loop {
+            if !self.dirs.contains_key(dir) && !self.kept.contains_key(dir) {
+                let existing = self.tree.open_dir(dir, false);
+                if existing.is_err() {
+                    if let Some(t) = &created {
+                        self.kept.insert(dir.to_path_buf(), t.clone());
+                    }
+                }
+                if let Ok(fd) = existing {
+                    if let Ok(st) = rfs::fstat(&fd) {
+                        let ts = |sec: i64, nsec: i64| Timespec {
+                            tv_sec: sec,
+                            tv_nsec: nsec as _,
+                        };
+                        let times = Timestamps {
+                            last_access: ts(st.st_atime, st.st_atime_nsec as i64),
+                            last_modification: ts(st.st_mtime, st.st_mtime_nsec as i64),
+                        };
+                        self.kept.insert(dir.to_path_buf(), times);
+                    }
+                }
+            }
+            if dir.as_os_str().is_empty() {
+                break;
+            }
+            dir = parent_of(dir);
+        }
+    }
+
+    /// Apply deferred directory modes and times, deepest first; then restore the
+    /// times of directories this layer changed without listing them.
     fn finish_dirs(&mut self) -> Result<(), LayerError> {
+        let kept = std::mem::take(&mut self.kept);
+        for (rel, times) in kept.into_iter().rev() {
+            if self.dirs.contains_key(&rel) {
+                continue; // listed later in the layer: its own metadata wins
+            }
+            if let Ok(fd) = self.tree.open_dir(&rel, false) {
+                let entry = rel.display().to_string();
+                rfs::futimens(&fd, &times).map_err(|e| self.io(&entry, "restore the directory times", e.into()))?;
+            }
+        }
         for (rel, meta) in std::mem::take(&mut self.dirs).into_iter().rev() {
             let fd = match self.tree.open_dir(&rel, false) {
                 Ok(fd) => fd,

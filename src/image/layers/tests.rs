@@ -856,3 +856,48 @@ fn empty_layer_is_fine() {
         ApplyStats::default()
     );
 }
+
+/// The same layers give the same tree whenever they are applied: directories a layer
+/// changes without listing keep their times, implicitly created ones take the entry's.
+#[test]
+fn directory_times_do_not_depend_on_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let old = M {
+        mtime: 1_500_000_000,
+        ..DIRM
+    };
+    let lower = Layer::new()
+        .dir_m("etc", old)
+        .file("etc/gone", b"x")
+        .file("etc/keep", b"y")
+        .bytes();
+    apply(&root, &lower, Compression::None, "lower").unwrap();
+    assert_eq!(lmeta(&root.join("etc")).mtime(), 1_500_000_000);
+
+    // Upper layer: a whiteout and a new file in etc/ (not listed), and a file in a
+    // directory that does not exist yet and is not listed either.
+    let new_file = M {
+        mtime: 1_700_000_000,
+        ..DEF
+    };
+    let upper = Layer::new()
+        .file("etc/.wh.gone", b"")
+        .file_m("etc/new", b"z", new_file)
+        .file_m("opt/app/bin", b"#!", new_file)
+        .bytes();
+    apply(&root, &upper, Compression::None, "upper").unwrap();
+    assert!(!root.join("etc/gone").exists());
+    assert_eq!(
+        lmeta(&root.join("etc")).mtime(),
+        1_500_000_000,
+        "unlisted parent keeps its time"
+    );
+    assert_eq!(
+        lmeta(&root.join("opt")).mtime(),
+        1_700_000_000,
+        "implicit dir takes the entry's time"
+    );
+    assert_eq!(lmeta(&root.join("opt/app")).mtime(), 1_700_000_000);
+}
