@@ -15,6 +15,7 @@
 //! | [`cas`] | content-addressed blobs: atomic writes, verified reads, peer fetch over HTTP, GC |
 //! | [`image`] | OCI import, safe layer application, kernel detection, cpio.gz build; head-side image operations |
 //! | [`raft`] | openraft type config, timing, tonic transport between heads |
+//! | [`boot`] | the boot data plane: an immutable `BootView` that DHCP/TFTP/HTTP read |
 //! | [`pb`] | generated gRPC code (`proto/`) |
 //! | [`api`] | the admin gRPC service; the one place errors become gRPC codes |
 //! | [`client`] | admin API client with head failover (used by `wwctl`, tests, benchmarks) |
@@ -44,6 +45,7 @@ pub mod pb {
     }
 }
 pub mod api;
+pub mod boot;
 pub mod cli;
 pub mod client;
 pub mod daemon;

@@ -44,6 +44,8 @@ pub struct HeadCtx {
     pub cas: Cas,
     pub data_dir: PathBuf,
     pub images: Images,
+    /// What the boot services read.
+    pub view: crate::boot::view::ViewRx,
     pub started: Instant,
     peers: Arc<Mutex<HashMap<String, Channel>>>,
 }
@@ -58,7 +60,9 @@ impl HeadCtx {
         data_dir: PathBuf,
     ) -> Self {
         let images = Images::new(cas.clone(), &data_dir, addr.clone());
+        let view = crate::boot::view::publish_for(&sm);
         HeadCtx {
+            view,
             id,
             addr,
             raft,

@@ -65,6 +65,18 @@ async fn write_via_follower_read_via_another_head() {
     assert_eq!(r.nodes["n1"].value, node(1));
     assert_eq!(r.nodes["n1"].version, w.log_index);
     assert_eq!(r.cluster.name, "test");
+    // Every head's boot view follows, merged with the default profile.
+    let mac = node(1).network_devices["default"].hwaddr.clone().unwrap();
+    for i in 0..3 {
+        let view = c.ctx(i).view.clone();
+        let mac = mac.clone();
+        eventually(5, "boot view has the node", move || {
+            let view = view.clone();
+            let mac = mac.clone();
+            async move { view.borrow().node_by_mac(&mac).is_some_and(|n| n.name == "n1") }
+        })
+        .await;
+    }
     c.shutdown().await;
 }
 

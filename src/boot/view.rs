@@ -1,0 +1,239 @@
+//! The boot side's one read model.
+//!
+//! DHCP, TFTP and HTTP boot never touch Raft or sled: they read an immutable
+//! [`BootView`] — nodes already merged with their profiles, indexed by MAC and IP,
+//! plus the image catalog and the heads' addresses. A head publishes a new view
+//! after applies ([`publish`]), so a boot request costs a hash lookup, never an
+//! election or a merge, and keeps working while Raft has no leader. Tests build a
+//! view directly from a [`State`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::model::{self, NodeConf};
+use crate::state::{HeadInfo, ImageEntry, State};
+
+/// A node as the boot side sees it: merged with its profiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootNode {
+    pub name: String,
+    pub conf: NodeConf,
+}
+
+impl BootNode {
+    pub fn discoverable(&self) -> bool {
+        self.conf.discoverable == Some(true)
+    }
+
+    /// The network device whose `hwaddr` is `mac` (normalised), with its name.
+    pub fn netdev_by_mac(&self, mac: &str) -> Option<(&str, &model::NetDev)> {
+        self.conf.network_devices.iter().find_map(|(n, d)| {
+            let m = d.hwaddr.as_deref().and_then(|h| model::normalize_mac(h).ok());
+            (m.as_deref() == Some(mac)).then_some((n.as_str(), d))
+        })
+    }
+}
+
+/// Immutable snapshot of what boot services need.
+#[derive(Debug, Clone, Default)]
+pub struct BootView {
+    /// Raft index the view was built at.
+    pub applied: u64,
+    pub cluster: String,
+    pub nodes: BTreeMap<String, Arc<BootNode>>,
+    /// Normalised MAC (`aa:bb:…`) → node name.
+    by_mac: HashMap<String, String>,
+    /// IPv4 address of any network device → node name.
+    by_ip: HashMap<Ipv4Addr, String>,
+    pub images: BTreeMap<String, ImageEntry>,
+    pub heads: BTreeMap<u64, HeadInfo>,
+    /// Nodes that failed to merge (e.g. a profile deleted under them), with why.
+    pub broken: BTreeMap<String, String>,
+}
+
+impl BootView {
+    /// Build a view from the replicated state at `applied`.
+    pub fn from_state(s: &State, applied: u64) -> BootView {
+        let profiles: BTreeMap<String, NodeConf> =
+            s.profiles.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect();
+        let mut view = BootView {
+            applied,
+            cluster: s.cluster.name.clone(),
+            images: s.images.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect(),
+            heads: s.cluster.heads.clone(),
+            ..Default::default()
+        };
+        for (name, v) in &s.nodes {
+            let conf = match model::merge_effective(name, &v.value, &profiles) {
+                Ok(c) => c,
+                Err(e) => {
+                    view.broken.insert(name.clone(), e.to_string());
+                    continue;
+                }
+            };
+            for d in conf.network_devices.values() {
+                if let Some(mac) = d.hwaddr.as_deref().and_then(|h| model::normalize_mac(h).ok()) {
+                    view.by_mac.insert(mac, name.clone());
+                }
+                if let Some(ip) = d.ipaddr.as_deref().and_then(|i| i.parse::<Ipv4Addr>().ok()) {
+                    view.by_ip.insert(ip, name.clone());
+                }
+            }
+            view.nodes.insert(
+                name.clone(),
+                Arc::new(BootNode {
+                    name: name.clone(),
+                    conf,
+                }),
+            );
+        }
+        view
+    }
+
+    /// The node owning `mac` (any notation `normalize_mac` accepts).
+    pub fn node_by_mac(&self, mac: &str) -> Option<&Arc<BootNode>> {
+        let mac = model::normalize_mac(mac).ok()?;
+        self.by_mac.get(&mac).and_then(|n| self.nodes.get(n))
+    }
+
+    pub fn node_by_ip(&self, ip: Ipv4Addr) -> Option<&Arc<BootNode>> {
+        self.by_ip.get(&ip).and_then(|n| self.nodes.get(n))
+    }
+
+    /// Warewulf's lookup for a boot request's `wwid`: a MAC, else a node name.
+    pub fn node_by_wwid(&self, wwid: &str) -> Option<&Arc<BootNode>> {
+        self.node_by_mac(wwid).or_else(|| self.nodes.get(wwid))
+    }
+
+    /// Discoverable nodes in Warewulf's order (by name), for assigning unknown MACs.
+    pub fn discoverable(&self) -> impl Iterator<Item = &Arc<BootNode>> {
+        self.nodes.values().filter(|n| n.discoverable())
+    }
+
+    /// The image a node boots, if it names one that exists.
+    pub fn image_of(&self, node: &BootNode) -> Option<&ImageEntry> {
+        node.conf.image_name.as_deref().and_then(|i| self.images.get(i))
+    }
+}
+
+/// Readers of the latest view.
+pub type ViewRx = watch::Receiver<Arc<BootView>>;
+
+/// Publish the view of a head's state machine, rebuilt at most every 100 ms. The
+/// state is cloned under the read lock (cheap) and merged outside it, so a rebuild
+/// of 10,000 nodes never holds up Raft applies.
+pub fn publish_for(sm: &crate::store::StateMachineStore<crate::raft::TypeConfig, State>) -> ViewRx {
+    let reader = sm.reader();
+    publish(
+        move || {
+            let (s, applied) = reader.read_with_applied(|s, a| (s.clone(), a.map(|l| l.index).unwrap_or(0)));
+            BootView::from_state(&s, applied)
+        },
+        sm.applied_watch(),
+        Duration::from_millis(100),
+    )
+}
+
+/// Keep a [`BootView`] current: rebuild after the applied index moves, at most once
+/// per `every` (a burst of writes costs one rebuild, not one per write).
+pub fn publish(
+    read: impl Fn() -> BootView + Send + 'static,
+    mut applied: watch::Receiver<u64>,
+    every: Duration,
+) -> ViewRx {
+    let first = read();
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(async move {
+        loop {
+            if applied.changed().await.is_err() || tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+            applied.borrow_and_update();
+            let view = read();
+            if tx.send(Arc::new(view)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, Request};
+
+    fn state() -> State {
+        let mut s = State::default();
+        let yaml = r#"
+nodeprofiles:
+  default:
+    image name: rocky9
+    network devices:
+      default:
+        netmask: 255.255.255.0
+nodes:
+  n1:
+    profiles: [default]
+    network devices:
+      default:
+        hwaddr: "AA:BB:CC:DD:EE:01"
+        ipaddr: 10.0.0.1
+  spare:
+    profiles: [default]
+    discoverable: true
+"#;
+        let conf = model::parse_nodes_conf(yaml).unwrap();
+        let r = s.apply(
+            1,
+            &Request {
+                id: None,
+                cmd: Command::Import { conf },
+            },
+        );
+        assert!(r.0.is_ok(), "{r:?}");
+        s
+    }
+
+    #[test]
+    fn lookups_by_mac_ip_and_wwid_see_merged_nodes() {
+        let v = BootView::from_state(&state(), 1);
+        let n = v.node_by_mac("aa-bb-cc-dd-ee-01").expect("any MAC notation");
+        assert_eq!(n.name, "n1");
+        assert_eq!(n.conf.image_name.as_deref(), Some("rocky9"), "merged from the profile");
+        let (net, dev) = n.netdev_by_mac("aa:bb:cc:dd:ee:01").unwrap();
+        assert_eq!((net, dev.netmask.as_deref()), ("default", Some("255.255.255.0")));
+        assert_eq!(v.node_by_ip("10.0.0.1".parse().unwrap()).unwrap().name, "n1");
+        assert_eq!(v.node_by_wwid("n1").unwrap().name, "n1");
+        assert!(v.node_by_mac("aa:bb:cc:dd:ee:99").is_none());
+        assert_eq!(v.discoverable().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["spare"]);
+    }
+
+    #[tokio::test]
+    async fn publish_rebuilds_after_applies() {
+        let (atx, arx) = watch::channel(0u64);
+        let shared = Arc::new(std::sync::Mutex::new(state()));
+        let s2 = shared.clone();
+        let mut rx = publish(
+            move || {
+                let s = s2.lock().unwrap();
+                BootView::from_state(&s, 0)
+            },
+            arx,
+            Duration::from_millis(10),
+        );
+        assert!(rx.borrow().nodes.contains_key("n1"));
+        shared.lock().unwrap().nodes.remove("n1");
+        atx.send(2).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!rx.borrow().nodes.contains_key("n1"));
+    }
+}
