@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use crate::model::{self, NodeConf, NodesConf, Patch, UniqueKey};
 
 pub mod images;
+pub mod leases;
 pub use images::{Artifact, HeadInfo, ImageCommand, ImageEntry, KernelRef, LayerRef};
+pub use leases::Lease;
 
 /// How many recent request ids are remembered for exactly-once retries.
 pub const DEDUP_WINDOW: usize = 4096;
@@ -91,6 +93,19 @@ pub enum Command {
     Import { conf: NodesConf },
     /// Image catalog changes.
     Image(ImageCommand),
+    /// Give a MAC an address from a dynamic pool (DHCP for unknown MACs).
+    AllocateLease {
+        mac: String,
+        first: std::net::Ipv4Addr,
+        last: std::net::Ipv4Addr,
+        lease_secs: u64,
+        /// Unix seconds at the proposing head.
+        now: u64,
+    },
+    /// Drop a MAC's dynamic lease.
+    ReleaseLease { mac: String },
+    /// Assign an unknown MAC to the first discoverable node, exactly once.
+    Discover { mac: String },
     /// Record a head's HTTP address (sent by each head when it starts).
     RegisterHead { id: u64, info: HeadInfo },
     /// Name a new cluster and create the `default` profile every node starts with
@@ -216,6 +231,9 @@ pub struct State {
     pub profiles: BTreeMap<String, Versioned<NodeConf>>,
     #[serde(default)]
     pub images: BTreeMap<String, Versioned<ImageEntry>>,
+    /// Dynamic DHCP leases by address.
+    #[serde(default)]
+    pub leases: BTreeMap<std::net::Ipv4Addr, Lease>,
     /// Recent request id → outcome, oldest first in `dedup_order`.
     dedup: HashMap<String, ApplyResult>,
     dedup_order: VecDeque<String>,
@@ -226,7 +244,11 @@ pub struct State {
 
 impl PartialEq for State {
     fn eq(&self, o: &Self) -> bool {
-        self.cluster == o.cluster && self.nodes == o.nodes && self.profiles == o.profiles && self.images == o.images
+        self.cluster == o.cluster
+            && self.nodes == o.nodes
+            && self.profiles == o.profiles
+            && self.images == o.images
+            && self.leases == o.leases
     }
 }
 
@@ -348,6 +370,15 @@ impl State {
                 }
             }
             Command::Image(c) => return self.apply_image(index, c),
+            Command::AllocateLease {
+                mac,
+                first,
+                last,
+                lease_secs,
+                now,
+            } => return self.allocate_lease(mac, *first, *last, *lease_secs, *now),
+            Command::ReleaseLease { mac } => return self.release_lease(mac),
+            Command::Discover { mac } => return self.discover(index, mac),
             Command::RegisterHead { id, info } => {
                 self.cluster.heads.insert(*id, info.clone());
                 return Ok(Outcome {

@@ -508,3 +508,98 @@ fn heads_register_their_addresses() {
     );
     assert_eq!(s.cluster.heads[&2].http, "127.0.0.1:9780");
 }
+
+fn lease(mac: &str, now: u64) -> Request {
+    req(Command::AllocateLease {
+        mac: mac.into(),
+        first: "10.0.0.1".parse().unwrap(),
+        last: "10.0.0.4".parse().unwrap(),
+        lease_secs: 100,
+        now,
+    })
+}
+
+fn leased_ip(r: ApplyResult) -> String {
+    r.0.unwrap().changed[0].clone()
+}
+
+#[test]
+fn pool_skips_node_addresses_renews_and_expires() {
+    // base() has n1 = 10.0.0.1 and n2 = 10.0.0.2.
+    let mut s = base();
+    assert_eq!(leased_ip(s.apply(3, &lease("02:00:00:00:00:01", 1000))), "10.0.0.3");
+    assert_eq!(leased_ip(s.apply(4, &lease("02:00:00:00:00:02", 1000))), "10.0.0.4");
+    // The same MAC (any notation) renews its address.
+    assert_eq!(leased_ip(s.apply(5, &lease("02-00-00-00-00-01", 1050))), "10.0.0.3");
+    assert_eq!(s.leases[&"10.0.0.3".parse().unwrap()].expires, 1150);
+    // Exhausted while leases hold.
+    let e = err(s.apply(6, &lease("02:00:00:00:00:03", 1099)));
+    assert!(e.to_string().contains("exhausted"), "{e}");
+    // A lease is valid while now < expires: 10.0.0.4 is free again at 1100.
+    assert_eq!(leased_ip(s.apply(7, &lease("02:00:00:00:00:03", 1100))), "10.0.0.4");
+    // Release frees it.
+    assert_eq!(
+        s.apply(
+            8,
+            &req(Command::ReleaseLease {
+                mac: "02:00:00:00:00:03".into()
+            })
+        )
+        .0
+        .unwrap()
+        .deleted,
+        vec!["10.0.0.4"]
+    );
+    assert!(err(s.apply(9, &lease("zz", 1))).to_string().contains("zz"));
+}
+
+#[test]
+fn discovery_assigns_a_mac_exactly_once_in_name_order() {
+    let mut s = base();
+    for name in ["spare2", "spare1"] {
+        let r = s.apply(
+            3,
+            &req(Command::Add {
+                kind: Kind::Node,
+                items: vec![(
+                    name.into(),
+                    NodeConf {
+                        profiles: vec!["default".into()],
+                        discoverable: Some(true),
+                        ..Default::default()
+                    },
+                )],
+            }),
+        );
+        assert!(r.0.is_ok(), "{r:?}");
+    }
+    let d = |mac: &str| req(Command::Discover { mac: mac.into() });
+    let first = s.apply(4, &d("02:aa:00:00:00:01")).0.unwrap();
+    assert_eq!(first.changed, vec!["spare1"], "Warewulf's order: by name");
+    let n = &s.nodes["spare1"];
+    assert_eq!(n.version, 4);
+    assert_eq!(n.value.discoverable, Some(false));
+    assert_eq!(
+        n.value.network_devices["default"].hwaddr.as_deref(),
+        Some("02:aa:00:00:00:01")
+    );
+    // The same MAC again (another head saw it too): the same node, nothing changes.
+    assert_eq!(s.apply(5, &d("02:AA:00:00:00:01")).0.unwrap().changed, vec!["spare1"]);
+    assert_eq!(s.nodes["spare1"].version, 4);
+    assert_eq!(s.apply(6, &d("02:aa:00:00:00:02")).0.unwrap().changed, vec!["spare2"]);
+    let e = err(s.apply(7, &d("02:aa:00:00:00:03")));
+    assert!(matches!(e, CommandError::NotFound { .. }), "{e}");
+    // The assigned MAC is now guarded by uniqueness.
+    let e = err(s.apply(
+        8,
+        &req(Command::Patch {
+            kind: Kind::Node,
+            names: vec!["n1".into()],
+            patch: vec![PatchOp::Set {
+                path: vec!["network devices".into(), "default".into(), "hwaddr".into()],
+                value: "02:aa:00:00:00:01".into(),
+            }],
+        }),
+    ));
+    assert!(e.to_string().contains("spare1"), "{e}");
+}
