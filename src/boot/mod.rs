@@ -6,5 +6,7 @@
 //! | part | job |
 //! |---|---|
 //! | [`view`] | merged nodes by MAC/IP, images, heads; republished after applies |
+//! | [`dhcp`] | built-in DHCPv4 server: config, sans-IO handler chain, per-interface sockets |
 
+pub mod dhcp;
 pub mod view;

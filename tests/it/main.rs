@@ -1,5 +1,9 @@
 //! wulfpack's integration tests: one binary, several modules.
+#[path = "../common/dhcp_lab.rs"]
+mod dhcp_lab;
 mod harness;
+#[path = "../common/netns.rs"]
+mod netns;
 #[path = "../common/proc_cluster.rs"]
 mod proc_cluster;
 #[path = "../common/registry.rs"]
@@ -7,6 +11,7 @@ mod registry;
 
 mod cli;
 mod cluster;
+mod dhcp;
 mod images;
 mod oci;
 mod procs;

@@ -1,0 +1,190 @@
+//! DHCP benchmark (issue 4): perfdhcp against wulfpack's DHCP server and against Kea 2.2
+//! (memfile, `persist: false`, reservations for the same MACs) in the same run, same
+//! namespaces, same offered rates, known nodes only (`-M` with the registered MACs).
+//! Goal: at least 2× Kea's rate with less than 0.1 % drops.
+//!
+//! Topology: a server namespace and a client namespace joined by a veth pair; perfdhcp
+//! runs in the client namespace and, like a relay, sets `giaddr` to its own address, so
+//! both servers answer it by unicast on port 67. wulfpack runs in-process on one thread
+//! (current-thread tokio runtime), Kea as its own process; perfdhcp gets the other core.
+//!
+//! `cargo bench --bench dhcp` runs the full sizes (10,000 nodes, 10 s per step);
+//! without `--bench` (under `cargo test`) it runs a tiny smoke test of the harness.
+//! Skips with a printed reason when not root or when the packages cannot be installed.
+
+#[path = "../tests/common/dhcp_lab.rs"]
+mod dhcp_lab;
+#[path = "../tests/common/netns.rs"]
+mod netns;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use dhcp_lab::{kea_config, nodes, perfdhcp, view_of, write_macs, LabServer, Perf};
+use netns::{skip_reason, NetNs};
+use wulfpack::boot::dhcp::DhcpConfig;
+
+struct Sizes {
+    nodes: usize,
+    rates: Vec<u32>,
+    secs: u32,
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes = if full {
+        Sizes {
+            nodes: 10_000,
+            rates: vec![8_000, 15_000, 25_000, 40_000],
+            secs: 10,
+        }
+    } else {
+        Sizes {
+            nodes: 100,
+            rates: vec![200],
+            secs: 1,
+        }
+    };
+    if let Some(why) = skip_reason(&[
+        ("ip", "iproute2"),
+        ("perfdhcp", "kea-admin"),
+        ("kea-dhcp4", "kea-dhcp4-server"),
+        ("ss", "iproute2"),
+    ]) {
+        eprintln!("SKIP dhcp benchmark: {why}");
+        return;
+    }
+    let srv = NetNs::new("bds");
+    let cli = NetNs::new("bdc");
+    srv.veth("s0", Some("10.78.0.1/16"), &cli, "c0", Some("10.78.0.2/16"));
+    let server_ip: Ipv4Addr = "10.78.0.1".parse().unwrap();
+    let lab = nodes(sizes.nodes, "10.78.1.0".parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let macs = dir.path().join("macs");
+    write_macs(&macs, &lab);
+    let t = Instant::now();
+    let view = view_of(&lab, &[]);
+    eprintln!("view of {} nodes built in {:.2?}", lab.len(), t.elapsed());
+    let cfg = DhcpConfig::from_yaml(
+        "interfaces: [{name: s0, subnets: [lab]}]\n\
+         subnets: {lab: {network: 10.78.0.0/16, server: 10.78.0.1, router: 10.78.0.1, relayed: true}}",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("kea.json"),
+        kea_config("s0", "10.78.0.0/16", server_ip, &lab, dir.path()),
+    )
+    .unwrap();
+
+    let mut rows: Vec<(String, u32, Perf, String)> = Vec::new();
+    for &rate in &sizes.rates {
+        // Kea first, then wulfpack, at the same offered rate.
+        let kea = run_kea(&srv, &cli, dir.path(), server_ip, rate, sizes.secs, &macs, lab.len());
+        rows.push(("Kea 2.2 (memfile, reservations)".into(), rate, kea, String::new()));
+        let server = LabServer::start(&srv, "s0", cfg.clone(), view.clone());
+        let cpu0 = process_cpu();
+        let p = perfdhcp(&cli, "c0", server_ip, rate, sizes.secs, &macs, lab.len());
+        let cpu = process_cpu() - cpu0;
+        let st = &server.stats;
+        let note = format!(
+            "server: {} received, {} replied, {} skipped, {} send errors; wulfpack process CPU {:.0} % of one core",
+            st.received.load(Ordering::Relaxed),
+            st.replied.load(Ordering::Relaxed),
+            st.skipped.load(Ordering::Relaxed),
+            st.send_errors.load(Ordering::Relaxed),
+            100.0 * cpu / f64::from(sizes.secs),
+        );
+        server.stop();
+        rows.push(("wulfpack".into(), rate, p, note));
+    }
+
+    println!(
+        "\n## DHCP: perfdhcp, {} known nodes, {} s per step ({})\n",
+        lab.len(),
+        sizes.secs,
+        if full { "full" } else { "smoke" }
+    );
+    println!("| server | offered DORA/s | achieved DORA/s | DISCOVER→OFFER | REQUEST→ACK | drops |");
+    println!("|---|---|---|---|---|---|");
+    for (who, rate, p, _) in &rows {
+        println!(
+            "| {who} | {rate} | {:.0} | {}/{} | {}/{} | {:.3} % |",
+            p.rate,
+            p.recv_offer,
+            p.sent_discover,
+            p.recv_ack,
+            p.sent_request,
+            p.drop_pct()
+        );
+    }
+    println!();
+    for (who, rate, _, note) in &rows {
+        if !note.is_empty() {
+            println!("- {who} at {rate}/s: {note}");
+        }
+    }
+    let best = |name: &str, max_drop: f64| {
+        rows.iter()
+            .filter(|r| r.0.starts_with(name) && r.2.drop_pct() < max_drop)
+            .map(|r| r.2.rate)
+            .fold(0.0, f64::max)
+    };
+    let (kea, ours) = (best("Kea", 1.0), best("wulfpack", 0.1));
+    println!(
+        "\nbest clean rate: wulfpack {ours:.0}/s (drops < 0.1 %), Kea {kea:.0}/s (drops < 1 %): ratio {:.2}× (goal ≥ 2×)",
+        if kea > 0.0 { ours / kea } else { 0.0 }
+    );
+    if !full {
+        let ok = rows.iter().any(|r| r.0 == "wulfpack" && r.2.recv_ack > 0);
+        assert!(ok, "smoke run: wulfpack answered nothing");
+    }
+}
+
+/// User + system CPU seconds of this process so far.
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
+    let ticks: f64 = f.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_kea(
+    srv: &NetNs,
+    cli: &NetNs,
+    dir: &std::path::Path,
+    server_ip: Ipv4Addr,
+    rate: u32,
+    secs: u32,
+    macs: &std::path::Path,
+    n: usize,
+) -> Perf {
+    let d = dir.display().to_string();
+    let conf = format!("{d}/kea.json");
+    // `ip netns exec` and `env` exec in place, so the PID is Kea's own and killing it
+    // stops Kea (a `timeout` wrapper would fork and leave Kea running).
+    let pid = srv.spawn(
+        &[
+            "env",
+            &format!("KEA_PIDFILE_DIR={d}"),
+            &format!("KEA_LOCKFILE_DIR={d}"),
+            "kea-dhcp4",
+            "-c",
+            &conf,
+        ],
+        Some(&dir.join("kea.out")),
+    );
+    let up = srv.wait_for("ss -uln | grep -q '10.78.0.1:67 '", Duration::from_secs(60));
+    assert!(
+        up,
+        "Kea did not start: {}",
+        std::fs::read_to_string(dir.join("kea.out")).unwrap_or_default()
+    );
+    let p = perfdhcp(cli, "c0", server_ip, rate, secs, macs, n);
+    srv.kill(pid);
+    p
+}

@@ -1,0 +1,360 @@
+//! Sockets and the receive loop around the sans-IO [`handlers`](super::handlers).
+//!
+//! - **One socket per configured interface**, bound to `0.0.0.0:67` with `SO_BINDTODEVICE`:
+//!   a client without an address broadcasts, so the socket must take broadcasts, and the
+//!   device binding is what tells us *which link* a request came from (the subnet choice
+//!   depends on it) and guarantees a broadcast reply leaves on that link only. A head
+//!   therefore never answers on an interface it was not told to serve: there is no
+//!   socket there.
+//! - **Reply addressing** is decided by the handlers ([`Destination`]); this module maps
+//!   it to `giaddr:67`, `ciaddr:68` or `255.255.255.255:68` ([`Ports`] lets tests move
+//!   these off the privileged ports and off broadcast).
+//! - **Bounded by construction**: one datagram in yields at most one datagram out, sent
+//!   only to a relay or client inside a served subnet or to the link's broadcast
+//!   address, never to the packet's source address (which anyone can forge).
+//! - Each interface's loop reads the latest [`BootView`](crate::boot::view::BootView)
+//!   per packet (an `Arc` clone) so view republishes apply without a restart.
+//! - `run(…, shutdown)` / `run_on(socket, …)` follow the servers' convention: tests bind
+//!   their own socket and stop the server by resolving `shutdown`.
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dhcproto::Encodable;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+use super::config::DhcpConfig;
+use super::handlers::{handle_packet, Chain, Destination, Outcome};
+use super::lease::LeaseAllocator;
+use crate::boot::view::ViewRx;
+
+/// Server failures an operator must act on.
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error(
+        "cannot open the DHCP socket on interface {iface} (0.0.0.0:{port}): {source}; check that the interface \
+         exists (`ip link show {iface}`), that wulfd runs as root (binding to a device and to port 67 needs \
+         CAP_NET_RAW and CAP_NET_BIND_SERVICE), and that no other DHCP server (dhcpd, dnsmasq, kea) uses port \
+         {port} on it"
+    )]
+    Bind {
+        iface: String,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("interface {iface} is not in boot.dhcp.interfaces; add it there, or serve on a configured interface")]
+    NotConfigured { iface: String },
+}
+
+/// UDP ports and broadcast address used for replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// Where relays listen (replies to `giaddr`); 67.
+    pub server: u16,
+    /// Where clients listen; 68.
+    pub client: u16,
+    /// Broadcast replies go here; 255.255.255.255.
+    pub broadcast: Ipv4Addr,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            server: 67,
+            client: 68,
+            broadcast: Ipv4Addr::BROADCAST,
+        }
+    }
+}
+
+impl Ports {
+    fn addr(&self, d: Destination) -> SocketAddr {
+        SocketAddr::V4(match d {
+            Destination::Relay(ip) => SocketAddrV4::new(ip, self.server),
+            Destination::Client(ip) => SocketAddrV4::new(ip, self.client),
+            Destination::Broadcast => SocketAddrV4::new(self.broadcast, self.client),
+        })
+    }
+}
+
+/// How a server started with [`run_on`] addresses replies and where it counts.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub ports: Ports,
+    pub stats: Arc<Stats>,
+}
+
+/// Counters of one server (all interfaces), for status and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub replied: AtomicU64,
+    pub skipped: AtomicU64,
+    pub send_errors: AtomicU64,
+}
+
+/// A UDP socket on `0.0.0.0:port` that only sees and sends on `iface`, with broadcast
+/// allowed and a large receive buffer (PXE storms after a rack power-on are bursts).
+pub fn bind_interface(iface: &str, port: u16) -> Result<std::net::UdpSocket, DhcpError> {
+    let err = |source| DhcpError::Bind {
+        iface: iface.to_owned(),
+        port,
+        source,
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_broadcast(true).map_err(err)?;
+    s.bind_device(Some(iface.as_bytes())).map_err(err)?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+        .map_err(err)?;
+    Ok(s.into())
+}
+
+/// Serve every configured interface until `shutdown` resolves. With no interfaces
+/// configured DHCP is off and this returns at once.
+pub async fn run(
+    cfg: DhcpConfig,
+    view: ViewRx,
+    leases: Arc<dyn LeaseAllocator>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DhcpError> {
+    if !cfg.enabled() {
+        tracing::info!("DHCP is off: boot.dhcp.interfaces is empty");
+        return Ok(());
+    }
+    let mut sockets = Vec::new();
+    for i in &cfg.interfaces {
+        let std = bind_interface(&i.name, 67)?;
+        let sock = UdpSocket::from_std(std).map_err(|source| DhcpError::Bind {
+            iface: i.name.clone(),
+            port: 67,
+            source,
+        })?;
+        tracing::info!(iface = %i.name, "DHCP serving");
+        sockets.push((i.name.clone(), sock));
+    }
+    run_sockets(sockets, cfg, view, leases, ServeOptions::default(), shutdown).await
+}
+
+/// Serve one socket the caller bound, as if it were interface `iface`'s.
+pub async fn run_on(
+    socket: UdpSocket,
+    iface: &str,
+    cfg: DhcpConfig,
+    view: ViewRx,
+    leases: Arc<dyn LeaseAllocator>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DhcpError> {
+    run_sockets(vec![(iface.to_owned(), socket)], cfg, view, leases, opts, shutdown).await
+}
+
+async fn run_sockets(
+    sockets: Vec<(String, UdpSocket)>,
+    cfg: DhcpConfig,
+    view: ViewRx,
+    leases: Arc<dyn LeaseAllocator>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DhcpError> {
+    for (name, _) in &sockets {
+        if cfg.interface(name).is_none() {
+            return Err(DhcpError::NotConfigured { iface: name.clone() });
+        }
+    }
+    let cfg = Arc::new(cfg);
+    let chain = Arc::new(Chain::standard());
+    let loops = sockets.into_iter().map(|(name, sock)| {
+        serve(
+            sock,
+            name,
+            cfg.clone(),
+            view.clone(),
+            leases.clone(),
+            chain.clone(),
+            opts.clone(),
+        )
+    });
+    tokio::select! {
+        _ = futures::future::join_all(loops) => {}
+        _ = shutdown => {}
+    }
+    Ok(())
+}
+
+async fn serve(
+    sock: UdpSocket,
+    iface: String,
+    cfg: Arc<DhcpConfig>,
+    view: ViewRx,
+    leases: Arc<dyn LeaseAllocator>,
+    chain: Arc<Chain>,
+    opts: ServeOptions,
+) {
+    let (ports, stats) = (opts.ports, opts.stats);
+    let Some(interface) = cfg.interface(&iface) else {
+        return;
+    };
+    // Large enough for any datagram; DHCP messages are ≤ 576 bytes unless jumbo options.
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(%iface, "DHCP receive failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        let v = view.borrow().clone();
+        match handle_packet(&buf[..n], interface, &cfg, &v, leases.as_ref(), &chain) {
+            Outcome::Reply(r) => {
+                let bytes = match r.msg.to_vec() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(%iface, "cannot encode DHCP reply: {e}");
+                        continue;
+                    }
+                };
+                let to = ports.addr(r.dest);
+                match sock.send_to(&bytes, to).await {
+                    Ok(_) => {
+                        stats.replied.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%iface, %to, "DHCP send failed: {e}");
+                    }
+                }
+            }
+            Outcome::Skip(s) => {
+                stats.skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%iface, %src, reason = s.as_str(), "DHCP request not answered");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::dhcp::MemoryAllocator;
+    use crate::boot::view::BootView;
+    use dhcproto::v4::{DhcpOption, Message, MessageType};
+    use dhcproto::Decodable;
+    use tokio::sync::{oneshot, watch};
+
+    fn view() -> BootView {
+        let mut st = crate::state::State::default();
+        let conf = crate::model::parse_nodes_conf(
+            "nodes:\n  n1:\n    network devices:\n      default: {hwaddr: \"02:00:00:00:00:01\", ipaddr: 127.0.0.50}\n",
+        )
+        .unwrap();
+        let r = st.apply(
+            1,
+            &crate::state::Request {
+                id: None,
+                cmd: crate::state::Command::Import { conf },
+            },
+        );
+        assert!(r.0.is_ok());
+        BootView::from_state(&st, 1)
+    }
+
+    #[tokio::test]
+    async fn run_on_answers_a_relayed_discover_and_stops_on_shutdown() {
+        let cfg = DhcpConfig::from_yaml(
+            "interfaces: [{name: lo, subnets: [lo]}]\nsubnets: {lo: {network: 127.0.0.0/8, server: 127.0.0.1, relayed: true}}",
+        )
+        .unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let opts = ServeOptions {
+            ports: Ports {
+                server: relay.local_addr().unwrap().port(),
+                ..Ports::default()
+            },
+            stats: Arc::default(),
+        };
+        let stats = opts.stats.clone();
+        let (_vtx, vrx) = watch::channel(Arc::new(view()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run_on(
+            server,
+            "lo",
+            cfg,
+            vrx,
+            Arc::new(MemoryAllocator::new()),
+            opts,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let u = Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(7, u, u, u, Ipv4Addr::LOCALHOST, &[2, 0, 0, 0, 0, 1]);
+        m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+        relay.send_to(&m.to_vec().unwrap(), server_addr).await.unwrap();
+        // Garbage and an unknown MAC get nothing; the next reply is the OFFER.
+        relay.send_to(&[0u8; 300], server_addr).await.unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
+            .await
+            .expect("an OFFER within 5 s")
+            .unwrap();
+        let r = Message::from_bytes(&buf[..n]).unwrap();
+        assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(r.yiaddr(), "127.0.0.50".parse::<Ipv4Addr>().unwrap());
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops on shutdown")
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.replied.load(Ordering::Relaxed), 1);
+        assert!(stats.received.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[tokio::test]
+    async fn off_without_interfaces_and_refuses_unconfigured_sockets() {
+        let (_vtx, vrx) = watch::channel(Arc::new(BootView::default()));
+        let leases: Arc<dyn LeaseAllocator> = Arc::new(MemoryAllocator::new());
+        run(
+            DhcpConfig::default(),
+            vrx.clone(),
+            leases.clone(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let e = run_on(
+            sock,
+            "eth7",
+            DhcpConfig::default(),
+            vrx,
+            leases,
+            ServeOptions::default(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("eth7"), "{e}");
+    }
+
+    #[test]
+    fn bind_errors_say_what_to_check() {
+        let e = bind_interface("nonexistent0", 0).unwrap_err().to_string();
+        assert!(e.contains("nonexistent0") && e.contains("ip link show"), "{e}");
+    }
+}

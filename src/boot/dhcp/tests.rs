@@ -1,0 +1,584 @@
+//! Handler-chain tests from fabricated packets (built and encoded with dhcproto, then
+//! fed through [`handle_packet`] exactly as the server does).
+
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{Architecture, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
+use dhcproto::{Decodable, Encodable};
+
+use super::*;
+use crate::boot::view::BootView;
+use crate::state::{Command, Request, State};
+
+const CONF: &str = r#"
+interfaces:
+  - {name: br0, subnets: [rack1]}
+  - {name: br1, subnets: [rack2]}
+subnets:
+  rack1:
+    network: 10.99.0.0/24
+    server: 10.99.0.1
+    router: 10.99.0.254
+    dns: [10.99.0.1]
+    domain: cluster.local
+    lease_time: 1h
+  rack2:
+    network: 10.98.0.0/24
+    server: 10.98.0.1
+    pool: {start: 10.98.0.100, end: 10.98.0.101}
+  remote:
+    network: 10.50.0.0/16
+    server: 10.99.0.1
+    router: 10.50.0.1
+    relayed: true
+"#;
+
+const NODES: &str = r#"
+nodes:
+  n1:
+    tags: {dns: "10.1.1.1, 10.1.1.2"}
+    network devices:
+      default: {hwaddr: "aa:bb:cc:00:00:01", ipaddr: 10.99.0.11}
+  n2:
+    network devices:
+      default: {hwaddr: "aa:bb:cc:00:00:02", ipaddr: 10.99.0.12, netmask: 255.255.0.0, gateway: 10.99.0.250}
+  r1:
+    network devices:
+      default: {hwaddr: "aa:bb:cc:00:00:03", ipaddr: 10.50.1.5}
+  far:
+    network devices:
+      default: {hwaddr: "aa:bb:cc:00:00:04", ipaddr: 10.77.0.5}
+  spare:
+    discoverable: true
+    network devices:
+      default: {ipaddr: 10.98.0.40}
+"#;
+
+const N1: [u8; 6] = [0xaa, 0xbb, 0xcc, 0, 0, 1];
+const N2: [u8; 6] = [0xaa, 0xbb, 0xcc, 0, 0, 2];
+const R1: [u8; 6] = [0xaa, 0xbb, 0xcc, 0, 0, 3];
+const FAR: [u8; 6] = [0xaa, 0xbb, 0xcc, 0, 0, 4];
+const STRANGER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+
+struct Env {
+    cfg: DhcpConfig,
+    view: BootView,
+    leases: MemoryAllocator,
+    chain: Chain,
+}
+
+fn env() -> Env {
+    let mut st = State::default();
+    let conf = crate::model::parse_nodes_conf(NODES).unwrap();
+    let r = st.apply(
+        1,
+        &Request {
+            id: None,
+            cmd: Command::Import { conf },
+        },
+    );
+    assert!(r.0.is_ok(), "{r:?}");
+    Env {
+        cfg: DhcpConfig::from_yaml(CONF).unwrap(),
+        view: BootView::from_state(&st, 1),
+        leases: MemoryAllocator::new(),
+        chain: Chain::standard(),
+    }
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn msg(kind: MessageType, mac: [u8; 6]) -> Message {
+    let u = Ipv4Addr::UNSPECIFIED;
+    let mut m = Message::new_with_id(0x1234_5678, u, u, u, u, &mac);
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    m
+}
+
+fn pxe(mut m: Message, arch: u16) -> Message {
+    m.opts_mut()
+        .insert(DhcpOption::ClientSystemArchitecture(Architecture(arch)));
+    m.opts_mut().insert(DhcpOption::ClassIdentifier(
+        format!("PXEClient:Arch:{arch:05}:UNDI:003016").into_bytes(),
+    ));
+    m
+}
+
+impl Env {
+    fn on(&self, iface: &str, m: &Message) -> Outcome {
+        let bytes = m.to_vec().unwrap();
+        self.raw(iface, &bytes)
+    }
+
+    fn raw(&self, iface: &str, bytes: &[u8]) -> Outcome {
+        let i = self.cfg.interface(iface).unwrap();
+        handle_packet(bytes, i, &self.cfg, &self.view, &self.leases, &self.chain)
+    }
+
+    /// The reply, re-decoded from its wire form as a client would see it.
+    fn reply(&self, iface: &str, m: &Message) -> (Message, Destination) {
+        match self.on(iface, m) {
+            Outcome::Reply(r) => {
+                let wire = r.msg.to_vec().unwrap();
+                (Message::from_bytes(&wire).unwrap(), r.dest)
+            }
+            Outcome::Skip(s) => panic!("expected a reply, got no response: {}", s.as_str()),
+        }
+    }
+
+    fn skip(&self, iface: &str, m: &Message) -> Skip {
+        match self.on(iface, m) {
+            Outcome::Skip(s) => s,
+            Outcome::Reply(r) => panic!("expected no response, got {:?}", r.msg.opts().msg_type()),
+        }
+    }
+}
+
+fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
+    m.opts().get(code)
+}
+
+/// The `file` field as a client reads it (dhcproto 0.15 keeps the terminating NUL).
+fn fname(m: &Message) -> &str {
+    m.fname_str().and_then(|r| r.ok()).unwrap_or("").trim_end_matches('\0')
+}
+
+#[test]
+fn chain_order_is_documented_order() {
+    assert_eq!(
+        Chain::standard().names(),
+        [
+            "select-subnets",
+            "known-node",
+            "release-decline",
+            "unknown-client",
+            "pxe-boot",
+            "respond"
+        ]
+    );
+}
+
+#[test]
+fn bios_discover_gets_the_node_address_and_undionly() {
+    let e = env();
+    let (r, dest) = e.reply("br0", &pxe(msg(MessageType::Discover, N1), 0));
+    assert_eq!(r.opcode(), Opcode::BootReply);
+    assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(r.xid(), 0x1234_5678);
+    assert_eq!(r.chaddr(), N1);
+    assert_eq!(r.yiaddr(), ip("10.99.0.11"));
+    assert_eq!(r.siaddr(), ip("10.99.0.1"), "next-server");
+    assert_eq!(fname(&r), "undionly.kpxe");
+    assert_eq!(dest, Destination::Broadcast, "no address yet, no ARP entry: broadcast");
+    assert_eq!(
+        opt(&r, OptionCode::SubnetMask),
+        Some(&DhcpOption::SubnetMask(ip("255.255.255.0")))
+    );
+    assert_eq!(
+        opt(&r, OptionCode::Router),
+        Some(&DhcpOption::Router(vec![ip("10.99.0.254")]))
+    );
+    assert_eq!(
+        opt(&r, OptionCode::DomainNameServer),
+        Some(&DhcpOption::DomainNameServer(vec![ip("10.1.1.1"), ip("10.1.1.2")])),
+        "the node's dns tag wins over the subnet"
+    );
+    assert_eq!(opt(&r, OptionCode::Hostname), Some(&DhcpOption::Hostname("n1".into())));
+    assert_eq!(
+        opt(&r, OptionCode::DomainName),
+        Some(&DhcpOption::DomainName("cluster.local".into()))
+    );
+    assert_eq!(
+        opt(&r, OptionCode::AddressLeaseTime),
+        Some(&DhcpOption::AddressLeaseTime(3600))
+    );
+    assert_eq!(
+        opt(&r, OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(ip("10.99.0.1")))
+    );
+    assert!(
+        opt(&r, OptionCode::ClassIdentifier).is_none(),
+        "PXEClient is not echoed"
+    );
+}
+
+#[test]
+fn device_netmask_and_gateway_override_the_subnet() {
+    let e = env();
+    let (r, _) = e.reply("br0", &msg(MessageType::Discover, N2));
+    assert_eq!(r.yiaddr(), ip("10.99.0.12"));
+    assert_eq!(
+        opt(&r, OptionCode::SubnetMask),
+        Some(&DhcpOption::SubnetMask(ip("255.255.0.0")))
+    );
+    assert_eq!(
+        opt(&r, OptionCode::Router),
+        Some(&DhcpOption::Router(vec![ip("10.99.0.250")]))
+    );
+    assert_eq!(
+        opt(&r, OptionCode::DomainNameServer),
+        Some(&DhcpOption::DomainNameServer(vec![ip("10.99.0.1")]))
+    );
+    assert_eq!(fname(&r), "", "not a network-boot client: no boot file");
+    assert_eq!(r.siaddr(), Ipv4Addr::UNSPECIFIED);
+}
+
+#[test]
+fn uefi_and_arm64_get_their_binaries() {
+    let e = env();
+    for (arch, file) in [(7, "ipxe.efi"), (9, "ipxe.efi"), (0xB, "arm64-efi/snponly.efi")] {
+        let (r, _) = e.reply("br0", &pxe(msg(MessageType::Discover, N1), arch));
+        assert_eq!(fname(&r), file, "arch {arch}");
+    }
+    // Arch from the class id alone (no option 93).
+    let mut m = msg(MessageType::Discover, N1);
+    m.opts_mut().insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
+    ));
+    assert_eq!(fname(&e.reply("br0", &m).0), "ipxe.efi");
+    // An architecture without a binary: an address, no boot file.
+    let (r, _) = e.reply("br0", &pxe(msg(MessageType::Discover, N1), 0x19));
+    assert_eq!((r.yiaddr(), fname(&r)), (ip("10.99.0.11"), ""));
+}
+
+#[test]
+fn ipxe_gets_the_script_url_of_its_mac() {
+    let e = env();
+    let want = "http://10.99.0.1:9873/ipxe/aa-bb-cc-00-00-01?assetkey=${asset}&uuid=${uuid}";
+    let mut m = pxe(msg(MessageType::Discover, N1), 7);
+    m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    let (r, _) = e.reply("br0", &m);
+    assert_eq!(fname(&r), want);
+    // Option 175 alone is enough.
+    let mut m = msg(MessageType::Request, N1);
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("10.99.0.11")));
+    m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
+        OptionCode::Unknown(175),
+        vec![0xb1, 1, 1],
+    )));
+    m.opts_mut()
+        .insert(DhcpOption::ParameterRequestList(vec![OptionCode::BootfileName]));
+    let (r, _) = e.reply("br0", &m);
+    assert_eq!(r.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(fname(&r), want);
+    assert_eq!(
+        opt(&r, OptionCode::BootfileName),
+        Some(&DhcpOption::BootfileName(want.as_bytes().to_vec())),
+        "option 67 when asked for"
+    );
+}
+
+#[test]
+fn uefi_http_boot_gets_a_url_and_the_class_echoed() {
+    let e = env();
+    let mut m = msg(MessageType::Discover, N1);
+    m.opts_mut()
+        .insert(DhcpOption::ClientSystemArchitecture(Architecture::X64_Http));
+    m.opts_mut().insert(DhcpOption::ClassIdentifier(
+        b"HTTPClient:Arch:00016:UNDI:003001".to_vec(),
+    ));
+    let (r, _) = e.reply("br0", &m);
+    assert_eq!(fname(&r), "http://10.99.0.1:9873/efiboot/ipxe.efi");
+    assert_eq!(
+        opt(&r, OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+    );
+}
+
+#[test]
+fn relayed_requests_are_matched_by_giaddr_and_answered_to_the_relay() {
+    let e = env();
+    let mut m = pxe(msg(MessageType::Discover, R1), 0);
+    m.set_giaddr(ip("10.50.0.1")).set_hops(1);
+    let (r, dest) = e.reply("br0", &m);
+    assert_eq!(dest, Destination::Relay(ip("10.50.0.1")));
+    assert_eq!(r.giaddr(), ip("10.50.0.1"));
+    assert_eq!(r.yiaddr(), ip("10.50.1.5"));
+    assert_eq!(
+        opt(&r, OptionCode::Router),
+        Some(&DhcpOption::Router(vec![ip("10.50.0.1")]))
+    );
+    assert_eq!(
+        opt(&r, OptionCode::SubnetMask),
+        Some(&DhcpOption::SubnetMask(ip("255.255.0.0")))
+    );
+    // A relay from a network nobody configured as relayed.
+    m.set_giaddr(ip("10.60.0.1"));
+    assert_eq!(e.skip("br0", &m), Skip::RelayNotAccepted);
+    // rack1 is served directly, not through relays.
+    let mut m = msg(MessageType::Discover, N1);
+    m.set_giaddr(ip("10.99.0.254"));
+    assert_eq!(e.skip("br0", &m), Skip::RelayNotAccepted);
+    // A relayed node whose address is outside the relay's subnet.
+    let mut m = msg(MessageType::Discover, N1);
+    m.set_giaddr(ip("10.50.0.1"));
+    assert_eq!(e.skip("br0", &m), Skip::NotServedHere);
+    // A relayed NAK asks the relay to broadcast.
+    let mut m = msg(MessageType::Request, R1);
+    m.set_giaddr(ip("10.50.0.1"));
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("10.50.1.6")));
+    let (r, dest) = e.reply("br0", &m);
+    assert_eq!(r.opts().msg_type(), Some(MessageType::Nak));
+    assert_eq!(dest, Destination::Relay(ip("10.50.0.1")));
+    assert!(r.flags().broadcast());
+}
+
+#[test]
+fn unconfigured_subnets_get_no_reply() {
+    let e = env();
+    assert_eq!(e.skip("br0", &msg(MessageType::Discover, FAR)), Skip::NotServedHere);
+    assert_eq!(
+        e.skip("br1", &msg(MessageType::Discover, N1)),
+        Skip::NotServedHere,
+        "rack1 is not on br1"
+    );
+    let lonely = Interface {
+        name: "eth9".into(),
+        subnets: vec![],
+    };
+    let bytes = msg(MessageType::Discover, N1).to_vec().unwrap();
+    let out = handle_packet(&bytes, &lonely, &e.cfg, &e.view, &e.leases, &e.chain);
+    assert_eq!(out, Outcome::Skip(Skip::InterfaceNotServed));
+}
+
+#[test]
+fn unknown_macs_only_from_a_pool_until_it_is_exhausted() {
+    let e = env();
+    assert_eq!(
+        e.skip("br0", &msg(MessageType::Discover, STRANGER)),
+        Skip::UnknownClient,
+        "no pool on br0"
+    );
+    let (r, _) = e.reply("br1", &msg(MessageType::Discover, STRANGER));
+    assert_eq!(r.yiaddr(), ip("10.98.0.100"));
+    assert!(opt(&r, OptionCode::Hostname).is_none());
+    let mut req = msg(MessageType::Request, STRANGER);
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("10.98.0.100")));
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(ip("10.98.0.1")));
+    let (r, _) = e.reply("br1", &req);
+    assert_eq!(
+        (r.opts().msg_type(), r.yiaddr()),
+        (Some(MessageType::Ack), ip("10.98.0.100"))
+    );
+    let other = [2, 0, 0, 0, 0, 0x98];
+    assert_eq!(
+        e.reply("br1", &msg(MessageType::Discover, other)).0.yiaddr(),
+        ip("10.98.0.101")
+    );
+    assert_eq!(
+        e.skip("br1", &msg(MessageType::Discover, [2, 0, 0, 0, 0, 0x97])),
+        Skip::PoolExhausted
+    );
+    assert_eq!(e.leases.leased("rack2"), 2);
+    // Releasing gives the address back to the pool.
+    assert_eq!(e.skip("br1", &msg(MessageType::Release, other)), Skip::Released);
+    assert_eq!(
+        e.reply("br1", &msg(MessageType::Discover, [2, 0, 0, 0, 0, 0x97]))
+            .0
+            .yiaddr(),
+        ip("10.98.0.101")
+    );
+}
+
+#[test]
+fn a_pxe_booting_unknown_mac_discovers_a_discoverable_node() {
+    let e = env();
+    let (r, _) = e.reply("br1", &pxe(msg(MessageType::Discover, STRANGER), 7));
+    assert_eq!(r.yiaddr(), ip("10.98.0.40"));
+    assert_eq!(
+        opt(&r, OptionCode::Hostname),
+        Some(&DhcpOption::Hostname("spare".into()))
+    );
+    assert_eq!(fname(&r), "ipxe.efi");
+    assert_eq!(e.leases.leased("rack2"), 0, "no pool address used");
+    // Once taken, the next PXE client gets a pool address.
+    let (r, _) = e.reply("br1", &pxe(msg(MessageType::Discover, [2, 0, 0, 0, 0, 0x42]), 7));
+    assert_eq!(r.yiaddr(), ip("10.98.0.100"));
+}
+
+#[test]
+fn requests_are_acked_only_for_the_clients_address() {
+    let e = env();
+    let mut m = msg(MessageType::Request, N1);
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("10.99.0.11")));
+    m.opts_mut().insert(DhcpOption::ServerIdentifier(ip("10.99.0.1")));
+    let (r, dest) = e.reply("br0", &m);
+    assert_eq!(
+        (r.opts().msg_type(), r.yiaddr()),
+        (Some(MessageType::Ack), ip("10.99.0.11"))
+    );
+    assert_eq!(dest, Destination::Broadcast);
+
+    let mut wrong = msg(MessageType::Request, N1);
+    wrong
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip("10.99.0.99")));
+    let (r, dest) = e.reply("br0", &wrong);
+    assert_eq!(r.opts().msg_type(), Some(MessageType::Nak));
+    assert_eq!(r.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(dest, Destination::Broadcast, "NAKs are broadcast");
+    assert!(opt(&r, OptionCode::AddressLeaseTime).is_none());
+
+    m.opts_mut().insert(DhcpOption::ServerIdentifier(ip("10.99.0.2")));
+    assert_eq!(e.skip("br0", &m), Skip::OtherServer);
+
+    // Renewing: ciaddr, no option 50; the ACK goes to the client's address.
+    let mut renew = msg(MessageType::Request, N1);
+    renew.set_ciaddr(ip("10.99.0.11"));
+    let (r, dest) = e.reply("br0", &renew);
+    assert_eq!(r.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(dest, Destination::Client(ip("10.99.0.11")));
+    renew.set_ciaddr(ip("10.99.0.13"));
+    assert_eq!(e.reply("br0", &renew).0.opts().msg_type(), Some(MessageType::Nak));
+
+    assert_eq!(e.skip("br0", &msg(MessageType::Request, N1)), Skip::NoRequestedAddress);
+    assert_eq!(e.skip("br0", &msg(MessageType::Request, STRANGER)), Skip::UnknownClient);
+}
+
+#[test]
+fn broadcast_flag_and_foreign_ciaddr_are_broadcast() {
+    let e = env();
+    let mut m = msg(MessageType::Discover, N1);
+    m.set_flags(Flags::default().set_broadcast());
+    let (r, dest) = e.reply("br0", &m);
+    assert!(r.flags().broadcast());
+    assert_eq!(dest, Destination::Broadcast);
+    // A ciaddr outside the served subnet is never a unicast target.
+    m.set_ciaddr(ip("192.0.2.7"));
+    assert_eq!(e.reply("br0", &m).1, Destination::Broadcast);
+}
+
+#[test]
+fn inform_is_acked_without_an_address_or_lease() {
+    let e = env();
+    let mut m = msg(MessageType::Inform, N1);
+    m.set_ciaddr(ip("10.99.0.11"));
+    let (r, dest) = e.reply("br0", &m);
+    assert_eq!(r.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(r.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(r.ciaddr(), ip("10.99.0.11"));
+    assert!(opt(&r, OptionCode::AddressLeaseTime).is_none());
+    assert!(opt(&r, OptionCode::Router).is_some());
+    assert_eq!(dest, Destination::Client(ip("10.99.0.11")));
+    // From outside every served subnet: nothing.
+    m.set_ciaddr(ip("192.0.2.7"));
+    assert_eq!(e.skip("br0", &m), Skip::NotServedHere);
+}
+
+#[test]
+fn release_and_decline_are_never_answered() {
+    let e = env();
+    assert_eq!(e.skip("br0", &msg(MessageType::Release, N1)), Skip::Released);
+    let mut d = msg(MessageType::Decline, N1);
+    d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("10.99.0.11")));
+    assert_eq!(e.skip("br0", &d), Skip::Declined);
+    // A declined pool address is never offered again.
+    let (r, _) = e.reply("br1", &msg(MessageType::Discover, STRANGER));
+    let mut d = msg(MessageType::Decline, STRANGER);
+    d.opts_mut().insert(DhcpOption::RequestedIpAddress(r.yiaddr()));
+    assert_eq!(e.skip("br1", &d), Skip::Declined);
+    assert_ne!(
+        e.reply("br1", &msg(MessageType::Discover, STRANGER)).0.yiaddr(),
+        r.yiaddr()
+    );
+}
+
+#[test]
+fn not_served_kinds_of_packets() {
+    let e = env();
+    let mut m = msg(MessageType::Discover, N1);
+    m.set_opcode(Opcode::BootReply);
+    assert_eq!(e.skip("br0", &m), Skip::NotRequest);
+    let mut m = msg(MessageType::Discover, N1);
+    m.set_hops(17).set_giaddr(ip("10.50.0.1"));
+    assert_eq!(e.skip("br0", &m), Skip::TooManyHops);
+    let mut m = msg(MessageType::Discover, N1);
+    m.set_chaddr(&[1; 16]);
+    assert_eq!(e.skip("br0", &m), Skip::NotEthernet);
+    let mut m = msg(MessageType::Offer, N1);
+    assert_eq!(e.skip("br0", &m), Skip::UnhandledType);
+    m.opts_mut().remove(OptionCode::MessageType);
+    assert_eq!(e.skip("br0", &m), Skip::NoMessageType, "plain BOOTP");
+}
+
+/// A small deterministic generator (no dependency needed for fuzz-style loops).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn malformed_bytes_never_panic_and_never_get_a_reply() {
+    let e = env();
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    // Random garbage of every small size, with and without a valid magic cookie.
+    for i in 0..3000 {
+        let len = (rng.next() % 700) as usize;
+        let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if i % 2 == 0 && len >= 240 {
+            b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        }
+        match e.raw("br0", &b) {
+            Outcome::Skip(s) => assert_ne!(s, Skip::Internal, "a panic was caught for {b:02x?}"),
+            Outcome::Reply(r) => panic!("garbage got a reply: {r:?}"),
+        }
+    }
+    // Every truncation of a valid request, and single-byte corruptions of it.
+    let mut m = pxe(msg(MessageType::Discover, N1), 7);
+    m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    m.opts_mut()
+        .insert(DhcpOption::RelayAgentInformation(Default::default()));
+    let good = m.to_vec().unwrap();
+    for n in 0..good.len() {
+        if let Outcome::Skip(s) = e.raw("br0", &good[..n]) {
+            assert_ne!(s, Skip::Internal);
+        }
+    }
+    assert!(matches!(e.raw("br0", &good[..239]), Outcome::Skip(Skip::Malformed)));
+    for _ in 0..5000 {
+        let mut b = good.clone();
+        for _ in 0..(1 + rng.next() % 4) {
+            let at = (rng.next() as usize) % b.len();
+            b[at] = rng.next() as u8;
+        }
+        if let Outcome::Skip(s) = e.raw("br0", &b) {
+            assert_ne!(s, Skip::Internal, "a panic was caught for {b:02x?}");
+        }
+    }
+}
+
+#[test]
+fn long_boot_urls_move_to_option_67() {
+    let mut e = env();
+    e.cfg.ipxe_url_path = format!("/ipxe/{{mac}}?{}", "x".repeat(120));
+    let mut m = msg(MessageType::Discover, N1);
+    m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    let (r, _) = e.reply("br0", &m);
+    assert_eq!(fname(&r), "");
+    match opt(&r, OptionCode::BootfileName) {
+        Some(DhcpOption::BootfileName(b)) => assert!(b.starts_with(b"http://10.99.0.1:9873/ipxe/aa-bb")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn relay_agent_information_and_client_id_are_echoed() {
+    let e = env();
+    let mut m = msg(MessageType::Discover, R1);
+    m.set_giaddr(ip("10.50.0.1"));
+    m.opts_mut()
+        .insert(DhcpOption::ClientIdentifier(vec![1, 0xaa, 0xbb, 0xcc, 0, 0, 3]));
+    let (r, _) = e.reply("br0", &m);
+    assert_eq!(
+        opt(&r, OptionCode::ClientIdentifier),
+        Some(&DhcpOption::ClientIdentifier(vec![1, 0xaa, 0xbb, 0xcc, 0, 0, 3]))
+    );
+}

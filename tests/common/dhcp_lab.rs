@@ -1,0 +1,287 @@
+//! A DHCP lab shared by the DHCP integration tests and `benches/dhcp.rs`: known nodes
+//! as a [`BootView`], wulfpack's DHCP server running inside a [`NetNs`], perfdhcp runs
+//! with their parsed report, and a Kea configuration for the same nodes.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use wulfpack::boot::dhcp::{self, DhcpConfig, MemoryAllocator, ServeOptions, Stats};
+use wulfpack::boot::view::BootView;
+use wulfpack::model::{NetDev, NodeConf, NodesConf};
+use wulfpack::state::{Command, Request, State};
+
+use super::netns::NetNs;
+
+/// A known node: name, MAC, IPv4 address.
+#[derive(Debug, Clone)]
+pub struct LabNode {
+    pub name: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+}
+
+/// `n` nodes with MACs `52:54:00:xx:xx:xx` and addresses `base + 1 + i`.
+pub fn nodes(n: usize, base: Ipv4Addr) -> Vec<LabNode> {
+    (0..n)
+        .map(|i| LabNode {
+            name: format!("n{i:05}"),
+            mac: format!(
+                "52:54:00:{:02x}:{:02x}:{:02x}",
+                (i >> 16) & 255,
+                (i >> 8) & 255,
+                i & 255
+            ),
+            ip: Ipv4Addr::from(u32::from(base) + 1 + i as u32),
+        })
+        .collect()
+}
+
+/// A view holding `nodes` (each with one device `default`) and their `tags`.
+pub fn view_of(nodes: &[LabNode], tags: &[(&str, &str)]) -> BootView {
+    let mut conf = NodesConf::default();
+    for n in nodes {
+        let mut c = NodeConf::default();
+        c.network_devices.insert(
+            "default".into(),
+            NetDev {
+                hwaddr: Some(n.mac.clone()),
+                ipaddr: Some(n.ip.to_string()),
+                device: Some("eth0".into()),
+                ..Default::default()
+            },
+        );
+        c.tags = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>();
+        conf.nodes.insert(n.name.clone(), c);
+    }
+    let mut st = State::default();
+    let r = st.apply(
+        1,
+        &Request {
+            id: None,
+            cmd: Command::Import { conf },
+        },
+    );
+    assert!(r.0.is_ok(), "{r:?}");
+    BootView::from_state(&st, 1)
+}
+
+/// wulfpack's DHCP server on one interface of a namespace, on its own thread and
+/// current-thread tokio runtime (one core, like a head's DHCP task). Stops on drop.
+pub struct LabServer {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+    pub stats: Arc<Stats>,
+}
+
+impl LabServer {
+    /// Bind `iface` in `ns` (port 67, `SO_BINDTODEVICE`) and serve; returns once bound.
+    pub fn start(ns: &NetNs, iface: &str, cfg: DhcpConfig, view: BootView) -> LabServer {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let stats: Arc<Stats> = Arc::default();
+        let st = stats.clone();
+        let iface = iface.to_owned();
+        let thread = ns.enter(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let sock = match dhcp::bind_interface(&iface, 67).and_then(|s| {
+                    tokio::net::UdpSocket::from_std(s).map_err(|e| dhcp::DhcpError::Bind {
+                        iface: iface.clone(),
+                        port: 67,
+                        source: e,
+                    })
+                }) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return Err(e.to_string());
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let (_vtx, vrx) = watch::channel(Arc::new(view));
+                let opts = ServeOptions {
+                    stats: st,
+                    ..Default::default()
+                };
+                dhcp::run_on(sock, &iface, cfg, vrx, Arc::new(MemoryAllocator::new()), opts, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("DHCP server did not start: {e}"),
+            Err(e) => panic!("DHCP server did not start: {e}"),
+        }
+        LabServer {
+            stop: Some(stop),
+            thread: Some(thread),
+            stats,
+        }
+    }
+
+    /// Stop and join; panics if the server failed.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("DHCP server failed: {e}"),
+                Err(_) => panic!("DHCP server thread panicked"),
+            }
+        }
+    }
+}
+
+impl Drop for LabServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The figures of one perfdhcp run (DORA exchanges).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Perf {
+    pub sent_discover: u64,
+    pub recv_offer: u64,
+    pub sent_request: u64,
+    pub recv_ack: u64,
+    /// Exchanges per second perfdhcp reports ("Rate: N 4-way exchanges/second").
+    pub rate: f64,
+    pub raw: String,
+}
+
+impl Perf {
+    /// Lost exchanges (DISCOVERs without OFFER plus REQUESTs without ACK), in percent of
+    /// what was sent.
+    pub fn drop_pct(&self) -> f64 {
+        let sent = self.sent_discover + self.sent_request;
+        if sent == 0 {
+            return 100.0;
+        }
+        let lost = self.sent_discover.saturating_sub(self.recv_offer) + self.sent_request.saturating_sub(self.recv_ack);
+        100.0 * lost as f64 / sent as f64
+    }
+}
+
+/// Parse perfdhcp's final report.
+pub fn parse_perfdhcp(out: &str) -> Perf {
+    let mut p = Perf {
+        raw: out.to_owned(),
+        ..Default::default()
+    };
+    let num = |l: &str| -> u64 {
+        l.rsplit(':')
+            .next()
+            .and_then(|x| x.split_whitespace().next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
+    // Sections: "***Statistics for: DISCOVER-OFFER***" then "REQUEST-ACK".
+    let mut section = "";
+    for line in out.lines() {
+        let l = line.trim();
+        if l.contains("Statistics for: DISCOVER-OFFER") {
+            section = "do";
+        } else if l.contains("Statistics for: REQUEST-ACK") {
+            section = "ra";
+        } else if let Some(r) = l.strip_prefix("Rate:") {
+            if let Some(x) = r.split_whitespace().next().and_then(|x| x.parse().ok()) {
+                p.rate = x;
+            }
+        } else if l.starts_with("sent packets:") {
+            match section {
+                "do" => p.sent_discover = num(l),
+                "ra" => p.sent_request = num(l),
+                _ => {}
+            }
+        } else if l.starts_with("received packets:") {
+            match section {
+                "do" => p.recv_offer = num(l),
+                "ra" => p.recv_ack = num(l),
+                _ => {}
+            }
+        }
+    }
+    p
+}
+
+/// Write the MAC list perfdhcp's `-M` reads.
+pub fn write_macs(path: &std::path::Path, nodes: &[LabNode]) {
+    let text: String = nodes.iter().map(|n| format!("{}\n", n.mac)).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Run perfdhcp inside `ns` against `server` from `iface`: `rate` exchanges/s for
+/// `secs` seconds, clients from `macs`. Bounded by `timeout`.
+pub fn perfdhcp(
+    ns: &NetNs,
+    iface: &str,
+    server: Ipv4Addr,
+    rate: u32,
+    secs: u32,
+    macs: &std::path::Path,
+    n: usize,
+) -> Perf {
+    let script = format!(
+        "timeout {} perfdhcp -4 -l {iface} -r {rate} -R {n} -p {secs} -M {} {server} 2>&1",
+        secs + 30,
+        macs.display()
+    );
+    let o = ns.sh(&script);
+    parse_perfdhcp(&String::from_utf8_lossy(&o.stdout))
+}
+
+/// A Kea 2.2 configuration serving `nodes` by reservation on `iface` (memfile, no
+/// persistence), as a like-for-like baseline.
+pub fn kea_config(iface: &str, network: &str, router: Ipv4Addr, nodes: &[LabNode], dir: &std::path::Path) -> String {
+    let reservations: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| serde_json::json!({"hw-address": n.mac, "ip-address": n.ip.to_string(), "hostname": n.name}))
+        .collect();
+    serde_json::json!({
+        "Dhcp4": {
+            "interfaces-config": {"interfaces": [iface], "dhcp-socket-type": "udp"},
+            "lease-database": {"type": "memfile", "persist": false},
+            "valid-lifetime": 7200,
+            "host-reservation-identifiers": ["hw-address"],
+            "subnet4": [{
+                "id": 1,
+                "subnet": network,
+                "reservations": reservations,
+                "option-data": [{"name": "routers", "data": router.to_string()}],
+            }],
+            "loggers": [{
+                "name": "kea-dhcp4",
+                "severity": "WARN",
+                "output_options": [{"output": dir.join("kea.log").display().to_string()}],
+            }],
+        }
+    })
+    .to_string()
+}
