@@ -6,5 +6,11 @@
 //! | part | job |
 //! |---|---|
 //! | [`view`] | merged nodes by MAC/IP, images, heads; republished after applies |
+//! | [`tftp`] | read-only TFTP of the iPXE binaries (async-tftp on its own thread) |
+//! | [`http`] | Warewulf's boot routes: iPXE scripts (Tera), kernels and images streamed from the CAS, `/status` |
+//! | [`status`] | per-node boot status in this head's memory |
 
+pub mod http;
+pub mod status;
+pub mod tftp;
 pub mod view;
