@@ -5,6 +5,7 @@ mod proc_cluster;
 #[path = "../common/registry.rs"]
 mod registry;
 
+mod boot_http;
 mod cli;
 mod cluster;
 mod images;

@@ -460,11 +460,18 @@ async fn serve(
                     IpxeContext::unconfigured(&view.cluster, &r.wwid, heads),
                 ),
                 Some(n) => {
+                    // `wwid=` on the kernel command line must be a MAC (wwclient
+                    // finds its interface by it): for a request by node name, the
+                    // node's primary MAC.
+                    let hwaddr = match n.netdev_by_mac(&r.wwid) {
+                        Some(_) => r.wwid.clone(),
+                        None => primary_mac(n).unwrap_or_else(|| r.wwid.clone()),
+                    };
                     let kver = view
                         .image_of(n)
                         .and_then(|i| i.kernel.as_ref())
                         .map(|k| k.version.as_str());
-                    let ctx = IpxeContext::for_node(&view.cluster, &n.name, &n.conf, &r.wwid, kver, heads);
+                    let ctx = IpxeContext::for_node(&view.cluster, &n.name, &n.conf, &hwaddr, kver, heads);
                     (
                         n.conf
                             .ipxe_template
