@@ -1,5 +1,7 @@
 //! wulfpack's integration tests: one binary, several modules.
 mod harness;
+#[path = "../common/netns.rs"]
+mod netns;
 #[path = "../common/proc_cluster.rs"]
 mod proc_cluster;
 #[path = "../common/registry.rs"]
@@ -11,3 +13,4 @@ mod cluster;
 mod images;
 mod oci;
 mod procs;
+mod tftp;
