@@ -4,14 +4,18 @@ mod dhcp_lab;
 mod harness;
 #[path = "../common/netns.rs"]
 mod netns;
+#[path = "../common/netns_pair.rs"]
+mod netns_pair;
 #[path = "../common/proc_cluster.rs"]
 mod proc_cluster;
 #[path = "../common/registry.rs"]
 mod registry;
 
+mod boot_http;
 mod cli;
 mod cluster;
 mod dhcp;
 mod images;
 mod oci;
 mod procs;
+mod tftp;

@@ -1,0 +1,669 @@
+//! # HTTP boot: iPXE scripts, kernels, images, overlays, `/status`
+//!
+//! Warewulf's routes and query parameters, so Warewulf's iPXE scripts, `wwclient`
+//! habits and operators' curl one-liners keep working:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `/ipxe/{wwid}` | the node's iPXE script (template `ipxe template`, default `default`); an unknown MAC gets `unconfigured` |
+//! | `/kernel/{wwid}` | the image's kernel blob (or the `kernels` entry the node pins with `kernel.version`) |
+//! | `/image/{wwid}` (`/container/…`) | the image's `cpio.gz` artifact blob |
+//! | `/system/{wwid}`, `/runtime/{wwid}` (`/overlay-system/…`, `/overlay-runtime/…`) | overlays: not built yet (404 saying so; the scripts skip them) |
+//! | `/provision/{wwid}?stage=…` | deprecated form of all of the above |
+//! | `/status` | Warewulf's status JSON: every node's stage, sent, ipaddr, last seen |
+//!
+//! Every route also takes `?wwid=` instead of the path segment; with neither, the
+//! node is found by the client's address (Warewulf looks in the ARP cache; the
+//! view's IP index says the same without reading `/proc`). `assetkey` must equal
+//! the node's `asset key` when it has one (else 401 and status `BAD_ASSET`);
+//! `uuid` is recorded; `compress=gz` is satisfied by the artifacts as they are
+//! (they are gzip already) and refused for scripts and kernels, as Warewulf does.
+//!
+//! Design notes:
+//! - **Reads only the [`BootView`]** (merged nodes by MAC/IP, images, heads): a
+//!   boot request costs hash lookups, never a Raft round trip, and keeps working
+//!   while the cluster has no leader.
+//! - **One error type, one mapping to HTTP codes** ([`BootError`]): every refusal
+//!   says what is missing and what an operator can do about it, because the only
+//!   person who sees a 404 body is the one debugging a node that will not boot.
+//! - **Big files stream from the CAS** with Range, `If-None-Match` and `If-Range`
+//!   ([`blob`]); the ETag is the content digest.
+//! - **A missing blob is not this head's failure to hide**: the response is a 404
+//!   naming the blob, the iPXE script moves on to the next head, and the
+//!   [`MissingBlobHook`] tells the daemon to fetch it from a peer.
+//! - **Status is recorded per send** in the head's [`StatusBoard`] (no Raft write).
+
+pub mod blob;
+pub mod ipxe;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+use self::blob::Verifier;
+use self::ipxe::{IpxeContext, IpxeError, IpxeTemplates, DEFAULT_TEMPLATE, UNCONFIGURED_TEMPLATE};
+use super::status::{Stage, StatusBoard};
+use super::view::{BootNode, BootView, ViewRx};
+use crate::cas::{Cas, CasError, Digest};
+use crate::model;
+use crate::state::{ImageEntry, KernelRef};
+
+/// `boot: http:` in `wulfd.yaml` (the boot routes share the head's HTTP listener).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootHttpConfig {
+    /// Directory of `<name>.ipxe` Tera templates replacing or adding to the built-ins.
+    pub ipxe_templates: Option<PathBuf>,
+}
+
+/// Called with a blob a boot request needed but this head lacks (or had corrupt):
+/// the daemon starts a peer fetch (`cas::http::fetch_from_peers`).
+pub type MissingBlobHook = Arc<dyn Fn(Digest) + Send + Sync>;
+
+/// What the boot routes read and write.
+#[derive(Clone)]
+pub struct BootHttp {
+    pub view: ViewRx,
+    pub cas: Cas,
+    pub status: Arc<StatusBoard>,
+    /// This head's id (its own address goes first in the scripts' head list).
+    pub head_id: u64,
+    pub templates: Arc<IpxeTemplates>,
+    pub on_missing_blob: Option<MissingBlobHook>,
+}
+
+impl BootHttp {
+    /// Built-in templates, no missing-blob hook.
+    pub fn new(view: ViewRx, cas: Cas, status: Arc<StatusBoard>, head_id: u64) -> BootHttp {
+        BootHttp {
+            view,
+            cas,
+            status,
+            head_id,
+            templates: Arc::new(IpxeTemplates::builtin()),
+            on_missing_blob: None,
+        }
+    }
+}
+
+struct Shared {
+    boot: BootHttp,
+    verifier: Verifier,
+}
+
+/// Stages a route or `?stage=` can name (Warewulf's, with its aliases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootStage {
+    Ipxe,
+    Kernel,
+    Image,
+    System,
+    Runtime,
+}
+
+impl BootStage {
+    pub fn parse(s: &str) -> Option<BootStage> {
+        Some(match s {
+            "ipxe" | "provision" => BootStage::Ipxe,
+            "kernel" => BootStage::Kernel,
+            "image" | "container" => BootStage::Image,
+            "system" | "overlay-system" => BootStage::System,
+            "runtime" | "overlay-runtime" => BootStage::Runtime,
+            _ => return None,
+        })
+    }
+
+    fn status(self) -> Stage {
+        match self {
+            BootStage::Ipxe => Stage::Ipxe,
+            BootStage::Kernel => Stage::Kernel,
+            BootStage::Image => Stage::Image,
+            BootStage::System => Stage::SystemOverlay,
+            BootStage::Runtime => Stage::RuntimeOverlay,
+        }
+    }
+}
+
+/// Everything that stops a boot request, each with its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no node has wwid {0:?} (a MAC address or node name); add the node with its hwaddr (`wwctl node set NODE --hwaddr MAC`)")]
+    UnknownNode(String),
+    #[error("asset key presented by {ip} does not match node {node}'s `asset key`; boot refused")]
+    BadAssetKey { node: String, ip: IpAddr },
+    #[error("node {0} has no `image name`; set one with `wwctl node set {0} --image NAME`")]
+    NoImage(String),
+    #[error("node {node} boots image {image:?}, which is not in the catalog; import it (`wwctl image import`) or change the node's image")]
+    UnknownImage { node: String, image: String },
+    #[error("image {0} has no built artifact yet; build it (`wwctl image build {0}`)")]
+    NotBuilt(String),
+    #[error("image {0} contains no bootable kernel; install one in the image (e.g. a kernel package) and rebuild")]
+    NoKernel(String),
+    #[error("node {node} pins kernel.version {version:?}, which image {image} does not have (it has: {available}); change the pin or install that kernel")]
+    KernelVersion {
+        node: String,
+        image: String,
+        version: String,
+        available: String,
+    },
+    #[error("compress={compress} is not available for the {what}; request it without `compress`")]
+    Compress { what: &'static str, compress: String },
+    #[error("{kind} overlay for node {node}: overlays are not built by this version of wulfpack yet (a later release renders them); the iPXE script boots without it")]
+    NoOverlay { kind: &'static str, node: String },
+    #[error("{what} (blob {digest}) is not on this head yet; it has been requested from a peer head — retry, or let the iPXE script use the next head")]
+    BlobMissing { what: String, digest: Digest },
+    #[error(transparent)]
+    Template(#[from] IpxeError),
+    #[error("reading {what}: {source}")]
+    Cas { what: String, source: CasError },
+}
+
+impl BootError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            BootError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            BootError::BadAssetKey { .. } => StatusCode::UNAUTHORIZED,
+            BootError::UnknownNode(_)
+            | BootError::NoImage(_)
+            | BootError::UnknownImage { .. }
+            | BootError::NotBuilt(_)
+            | BootError::NoKernel(_)
+            | BootError::KernelVersion { .. }
+            | BootError::Compress { .. }
+            | BootError::NoOverlay { .. }
+            | BootError::BlobMissing { .. }
+            | BootError::Template(IpxeError::Unknown { .. }) => StatusCode::NOT_FOUND,
+            BootError::Template(_) | BootError::Cas { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for BootError {
+    fn into_response(self) -> Response {
+        let mut msg = self.to_string();
+        msg.push('\n');
+        (
+            self.status_code(),
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            msg,
+        )
+            .into_response()
+    }
+}
+
+/// Routes of Warewulf's stages (each also without the `{wwid}` segment).
+const STAGE_ROUTES: [&str; 9] = [
+    "ipxe",
+    "kernel",
+    "image",
+    "container",
+    "system",
+    "overlay-system",
+    "runtime",
+    "overlay-runtime",
+    "provision",
+];
+
+/// The boot routes, to be merged with the blob router on the head's HTTP listener.
+/// Serve with `into_make_service_with_connect_info::<SocketAddr>()` so status
+/// records client addresses (without it they show as `0.0.0.0`).
+pub fn router(state: BootHttp) -> Router {
+    let shared = Arc::new(Shared {
+        verifier: Verifier::new(state.cas.clone()),
+        boot: state,
+    });
+    let mut r = Router::new().route("/status", get(status_json));
+    for s in STAGE_ROUTES {
+        r = r
+            .route(&format!("/{s}"), get(handle))
+            .route(&format!("/{s}/{{wwid}}"), get(handle));
+    }
+    r.with_state(shared)
+}
+
+async fn status_json(State(s): State<Arc<Shared>>) -> Response {
+    let view = s.boot.view.borrow().clone();
+    let doc = s.boot.status.warewulf_json(view.nodes.keys().map(String::as_str));
+    let body = serde_json::to_string_pretty(&doc).expect("status serializes");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A parsed boot request.
+#[derive(Debug)]
+struct BootRequest {
+    stage: BootStage,
+    /// Normalised MAC if the wwid is one, else the wwid as given (lower case).
+    wwid: String,
+    client: IpAddr,
+    assetkey: Option<String>,
+    uuid: Option<String>,
+    compress: Option<String>,
+}
+
+fn first<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Warewulf's `parseHwaddr`: `-` → `:`, lower case; a MAC in any notation is normalised.
+fn parse_wwid(raw: &str) -> String {
+    let w = raw.trim().replace('-', ":").to_lowercase();
+    model::normalize_mac(&w).unwrap_or(w)
+}
+
+fn parse_request(parts: &axum::http::request::Parts, view: &BootView) -> Result<BootRequest, BootError> {
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let q: Vec<(String, String)> = match parts.uri.query() {
+        Some(_) => Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map(|Query(q)| q)
+            .map_err(|e| BootError::BadRequest(format!("bad query string: {e}")))?,
+        None => Vec::new(),
+    };
+    let mut segs = parts.uri.path().split('/').filter(|s| !s.is_empty());
+    let route = segs.next().unwrap_or_default();
+    let path_wwid = segs.next().map(percent_decode);
+    let stage_name = match route {
+        "provision" => first(&q, "stage").unwrap_or("ipxe"),
+        other => other,
+    };
+    let stage = BootStage::parse(stage_name).ok_or_else(|| {
+        BootError::BadRequest(format!(
+            "unknown stage {stage_name:?}; wulfpack serves ipxe, kernel, image, system and runtime"
+        ))
+    })?;
+    let wwid = match path_wwid.as_deref().or_else(|| first(&q, "wwid")) {
+        Some(w) if !w.trim().is_empty() => parse_wwid(w),
+        _ => match client {
+            // No wwid: the node configured with the client's address (Warewulf
+            // asks the ARP cache for the same answer).
+            IpAddr::V4(ip) => view
+                .node_by_ip(ip)
+                .and_then(|n| primary_mac(n))
+                .ok_or_else(|| {
+                    BootError::BadRequest(format!(
+                        "no wwid in the request and no node is configured with address {ip}; add /{stage_name}/<MAC> or ?wwid=<MAC>"
+                    ))
+                })?,
+            IpAddr::V6(ip) => {
+                return Err(BootError::BadRequest(format!(
+                    "no wwid in the request from {ip}; add /{stage_name}/<MAC> or ?wwid=<MAC>"
+                )))
+            }
+        },
+    };
+    let nonempty = |k| first(&q, k).filter(|v| !v.is_empty()).map(str::to_owned);
+    Ok(BootRequest {
+        stage,
+        wwid,
+        client,
+        assetkey: first(&q, "assetkey").map(str::to_owned),
+        uuid: nonempty("uuid"),
+        compress: nonempty("compress"),
+    })
+}
+
+/// The MAC of a node's primary network device (else of any device with one).
+fn primary_mac(n: &BootNode) -> Option<String> {
+    let devs = &n.conf.network_devices;
+    let primary = n.conf.primary_network.as_deref().and_then(|p| devs.get(p));
+    primary
+        .into_iter()
+        .chain(devs.values())
+        .find_map(|d| d.hwaddr.as_deref().and_then(|h| model::normalize_mac(h).ok()))
+}
+
+/// Base URLs of every head for the scripts: the one this request reached first
+/// (as the client named it, so it is an address the node can reach), then the
+/// others in id order. Heads registered under a wildcard address are skipped.
+fn head_urls(view: &BootView, me: u64, host: Option<&str>) -> Vec<String> {
+    let base = |a: &str| {
+        if a.contains("://") {
+            a.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{a}")
+        }
+    };
+    let reachable = |a: &str| {
+        let host = a.split_once("://").map(|(_, r)| r).unwrap_or(a);
+        match host.parse::<SocketAddr>() {
+            Ok(sa) => !sa.ip().is_unspecified(),
+            Err(_) => !host.is_empty(),
+        }
+    };
+    let mut out: Vec<String> = Vec::new();
+    match host {
+        Some(h) => out.push(base(h)),
+        None => {
+            if let Some(h) = view.heads.get(&me).filter(|h| reachable(&h.http)) {
+                out.push(base(&h.http));
+            }
+        }
+    }
+    for (id, h) in &view.heads {
+        let url = base(&h.http);
+        if *id != me && reachable(&h.http) && !out.contains(&url) {
+            out.push(url);
+        }
+    }
+    out
+}
+
+async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let (parts, _body) = req.into_parts();
+    let view = s.boot.view.borrow().clone();
+    let r = match parse_request(&parts, &view) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(uri = %parts.uri, "boot request refused: {e}");
+            return e.into_response();
+        }
+    };
+    let node = view.node_by_wwid(&r.wwid).cloned();
+    match serve(&s, &view, node.as_deref(), &r, &parts.headers).await {
+        Ok((resp, sent)) => {
+            if let Some(n) = &node {
+                s.boot
+                    .status
+                    .record(&n.name, r.stage.status(), &sent, r.client, r.uuid.as_deref());
+                tracing::info!(node = %n.name, client = %r.client, stage = ?r.stage, "send {sent}");
+            } else {
+                tracing::info!(wwid = %r.wwid, client = %r.client, "send {sent} to an unknown MAC");
+            }
+            resp
+        }
+        Err(e) => {
+            if let Some(n) = &node {
+                let (stage, sent) = match &e {
+                    BootError::BadAssetKey { .. } => (Stage::BadAsset, r.stage.status().as_str().to_owned()),
+                    e if e.status_code() == StatusCode::NOT_FOUND => (r.stage.status(), "NOT_FOUND".to_owned()),
+                    _ => (r.stage.status(), "ERROR".to_owned()),
+                };
+                s.boot.status.record(&n.name, stage, &sent, r.client, r.uuid.as_deref());
+            }
+            if let BootError::BlobMissing { digest, .. } = &e {
+                if let Some(hook) = &s.boot.on_missing_blob {
+                    hook(*digest);
+                }
+            }
+            tracing::warn!(wwid = %r.wwid, client = %r.client, stage = ?r.stage, "boot request failed: {e}");
+            e.into_response()
+        }
+    }
+}
+
+/// Answer one parsed request: the response and what to record as sent.
+async fn serve(
+    s: &Shared,
+    view: &BootView,
+    node: Option<&BootNode>,
+    r: &BootRequest,
+    headers: &HeaderMap,
+) -> Result<(Response, String), BootError> {
+    if let Some(n) = node {
+        if let Some(key) = n.conf.asset_key.as_deref().filter(|k| !k.is_empty()) {
+            if r.assetkey.as_deref() != Some(key) {
+                return Err(BootError::BadAssetKey {
+                    node: n.name.clone(),
+                    ip: r.client,
+                });
+            }
+        }
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty());
+    match r.stage {
+        BootStage::Ipxe => {
+            if let Some(c) = &r.compress {
+                return Err(BootError::Compress {
+                    what: "iPXE script",
+                    compress: c.clone(),
+                });
+            }
+            let heads = head_urls(view, s.boot.head_id, host);
+            let (name, ctx) = match node {
+                None => (
+                    UNCONFIGURED_TEMPLATE.to_owned(),
+                    IpxeContext::unconfigured(&view.cluster, &r.wwid, heads),
+                ),
+                Some(n) => {
+                    // `wwid=` on the kernel command line must be a MAC (wwclient
+                    // finds its interface by it): for a request by node name, the
+                    // node's primary MAC.
+                    let hwaddr = match n.netdev_by_mac(&r.wwid) {
+                        Some(_) => r.wwid.clone(),
+                        None => primary_mac(n).unwrap_or_else(|| r.wwid.clone()),
+                    };
+                    let kver = view
+                        .image_of(n)
+                        .and_then(|i| i.kernel.as_ref())
+                        .map(|k| k.version.as_str());
+                    let ctx = IpxeContext::for_node(&view.cluster, &n.name, &n.conf, &hwaddr, kver, heads);
+                    (
+                        n.conf
+                            .ipxe_template
+                            .clone()
+                            .unwrap_or_else(|| DEFAULT_TEMPLATE.to_owned()),
+                        ctx,
+                    )
+                }
+            };
+            let script = s.boot.templates.render(&name, &ctx)?;
+            let resp = Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(Body::from(script))
+                .expect("valid response");
+            Ok((resp, format!("{name}.ipxe")))
+        }
+        BootStage::Kernel => {
+            let n = node.ok_or_else(|| BootError::UnknownNode(r.wwid.clone()))?;
+            if let Some(c) = &r.compress {
+                return Err(BootError::Compress {
+                    what: "kernel",
+                    compress: c.clone(),
+                });
+            }
+            let (image, entry) = image_of(view, n)?;
+            let k = pick_kernel(n, image, entry)?;
+            let sent = k.path.rsplit('/').next().unwrap_or("kernel").to_owned();
+            let what = format!("kernel {} of image {image}", k.version);
+            Ok((send_blob(s, k.digest, &what, headers).await?, sent))
+        }
+        BootStage::Image => {
+            let n = node.ok_or_else(|| BootError::UnknownNode(r.wwid.clone()))?;
+            if let Some(c) = r.compress.as_deref().filter(|c| *c != "gz") {
+                return Err(BootError::Compress {
+                    what: "image (it is stored as gzip only)",
+                    compress: c.to_owned(),
+                });
+            }
+            let (image, entry) = image_of(view, n)?;
+            let a = entry
+                .artifact
+                .as_ref()
+                .ok_or_else(|| BootError::NotBuilt(image.to_owned()))?;
+            let what = format!("image {image}");
+            Ok((send_blob(s, a.digest, &what, headers).await?, format!("{image}.img.gz")))
+        }
+        BootStage::System | BootStage::Runtime => {
+            let n = node.ok_or_else(|| BootError::UnknownNode(r.wwid.clone()))?;
+            Err(BootError::NoOverlay {
+                kind: if r.stage == BootStage::System {
+                    "system"
+                } else {
+                    "runtime"
+                },
+                node: n.name.clone(),
+            })
+        }
+    }
+}
+
+fn image_of<'v>(view: &'v BootView, n: &BootNode) -> Result<(&'v str, &'v ImageEntry), BootError> {
+    let name = n
+        .conf
+        .image_name
+        .as_deref()
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| BootError::NoImage(n.name.clone()))?;
+    view.images
+        .get_key_value(name)
+        .map(|(k, v)| (k.as_str(), v))
+        .ok_or_else(|| BootError::UnknownImage {
+            node: n.name.clone(),
+            image: name.to_owned(),
+        })
+}
+
+/// The kernel a node boots: its `kernel.version` pin (a version, release or path
+/// inside the image), else the image's default.
+pub fn pick_kernel<'e>(n: &BootNode, image: &str, entry: &'e ImageEntry) -> Result<&'e KernelRef, BootError> {
+    let pinned = n
+        .conf
+        .kernel
+        .as_ref()
+        .and_then(|k| k.version.as_deref())
+        .filter(|v| !v.is_empty());
+    let all = || entry.kernels.iter().chain(entry.kernel.as_ref());
+    match pinned {
+        None => entry
+            .kernel
+            .as_ref()
+            .or(entry.kernels.first())
+            .ok_or_else(|| BootError::NoKernel(image.to_owned())),
+        Some(v) => {
+            let path = v.trim_start_matches('/');
+            all()
+                .find(|k| {
+                    k.version == v
+                        || (!k.release.is_empty() && k.release == v)
+                        || k.path.trim_start_matches('/') == path
+                })
+                .ok_or_else(|| {
+                    let mut have: Vec<&str> = all().map(|k| k.version.as_str()).collect();
+                    have.dedup();
+                    BootError::KernelVersion {
+                        node: n.name.clone(),
+                        image: image.to_owned(),
+                        version: v.to_owned(),
+                        available: if have.is_empty() {
+                            "no kernels".into()
+                        } else {
+                            have.join(", ")
+                        },
+                    }
+                })
+        }
+    }
+}
+
+async fn send_blob(s: &Shared, digest: Digest, what: &str, headers: &HeaderMap) -> Result<Response, BootError> {
+    match s.verifier.open(digest).await {
+        Ok((file, len)) => Ok(blob::respond(file, len, &digest, headers)),
+        // A corrupt blob was quarantined by `verify`: it is now missing here too.
+        Err(CasError::Missing(_)) | Err(CasError::Corrupt { .. }) => Err(BootError::BlobMissing {
+            what: what.to_owned(),
+            digest,
+        }),
+        Err(source) => Err(BootError::Cas {
+            what: what.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wwids_and_stages_parse_like_warewulf() {
+        assert_eq!(parse_wwid("AA-BB-CC-DD-EE-01"), "aa:bb:cc:dd:ee:01");
+        assert_eq!(parse_wwid("N1"), "n1");
+        assert_eq!(percent_decode("aa%3Abb%3acc"), "aa:bb:cc");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%é%"), "%é%", "no panic inside a multi-byte character");
+        assert_eq!(BootStage::parse("container"), Some(BootStage::Image));
+        assert_eq!(BootStage::parse("overlay-runtime"), Some(BootStage::Runtime));
+        assert_eq!(BootStage::parse("provision"), Some(BootStage::Ipxe));
+        assert_eq!(BootStage::parse("grub"), None);
+    }
+
+    #[test]
+    fn head_urls_put_the_answering_head_first_and_skip_wildcards() {
+        use crate::state::HeadInfo;
+        let mut v = BootView::default();
+        for (id, http) in [
+            (1, "10.0.0.1:9870"),
+            (2, "10.0.0.2:9870"),
+            (3, "0.0.0.0:9870"),
+            (4, "http://h4:80/"),
+        ] {
+            v.heads.insert(id, HeadInfo { http: http.into() });
+        }
+        assert_eq!(
+            head_urls(&v, 2, Some("wulf2:9870")),
+            ["http://wulf2:9870", "http://10.0.0.1:9870", "http://h4:80"]
+        );
+        assert_eq!(
+            head_urls(&v, 2, None),
+            ["http://10.0.0.2:9870", "http://10.0.0.1:9870", "http://h4:80"]
+        );
+        assert_eq!(
+            head_urls(&v, 1, Some("10.0.0.1:9870")).len(),
+            3,
+            "no duplicate of this head"
+        );
+    }
+
+    #[test]
+    fn errors_map_to_http_codes() {
+        assert_eq!(BootError::UnknownNode("x".into()).status_code(), StatusCode::NOT_FOUND);
+        let bad = BootError::BadAssetKey {
+            node: "n".into(),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        assert_eq!(bad.status_code(), StatusCode::UNAUTHORIZED);
+        assert_eq!(BootError::BadRequest("x".into()).status_code(), StatusCode::BAD_REQUEST);
+        let e = BootError::NoOverlay {
+            kind: "system",
+            node: "n1".into(),
+        };
+        assert!(e.to_string().contains("not built by this version"), "{e}");
+    }
+}

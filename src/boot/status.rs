@@ -1,0 +1,294 @@
+//! Per-node boot status, kept in this head's memory.
+//!
+//! Every file the boot servers send (an iPXE script, a kernel, an image, an overlay)
+//! and every refusal (a wrong asset key) is recorded here: node, stage, what was
+//! sent, the client's address and the time. `wwctl node status` and Warewulf's
+//! `/status` JSON read it.
+//!
+//! Why in memory and per head: boot status is soft, high-rate state. A cluster of
+//! 10,000 nodes booting at once produces tens of thousands of events a minute;
+//! writing each through Raft would put an fsync on every majority member in the path
+//! of every download, for data nobody needs to survive a restart. Each head keeps
+//! only what *it* served, and the status call merges the heads' answers by last-seen
+//! time (a node whose first head died mid-boot shows the head that finished it).
+//!
+//! Why a plain `Mutex<HashMap>`: a record is one hash insert of a small struct under
+//! a lock held for nanoseconds, a few times per boot and node — contention is not a
+//! concern at these rates, and a snapshot is a clone of at most one entry per node.
+//! Memory is bounded by the number of configured nodes: only known nodes are
+//! recorded (an unknown MAC is logged, not stored, so a flood of made-up MACs cannot
+//! grow the map).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// What a boot request asked for (Warewulf's status stages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Stage {
+    Ipxe,
+    Kernel,
+    Image,
+    SystemOverlay,
+    RuntimeOverlay,
+    /// The node presented the wrong asset key; nothing was sent.
+    BadAsset,
+}
+
+impl Stage {
+    /// The name shown by `wwctl node status` and in `/status` (`IPXE`, `KERNEL`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ipxe => "IPXE",
+            Stage::Kernel => "KERNEL",
+            Stage::Image => "IMAGE",
+            Stage::SystemOverlay => "SYSTEM_OVERLAY",
+            Stage::RuntimeOverlay => "RUNTIME_OVERLAY",
+            Stage::BadAsset => "BAD_ASSET",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The last boot event of one node on this head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub stage: Stage,
+    /// What was sent: a file name (`kernel`, `image.cpio.gz`, the template name),
+    /// or why nothing was (`NOT_FOUND`, the refused stage for `BAD_ASSET`).
+    pub sent: String,
+    /// The client's address as this head saw it.
+    pub client: IpAddr,
+    /// The SMBIOS UUID the node reported (`uuid=` query parameter), if any.
+    pub uuid: Option<String>,
+    pub last_seen: SystemTime,
+}
+
+impl NodeStatus {
+    /// Unix seconds of `last_seen` (what Warewulf's JSON carries).
+    pub fn last_seen_unix(&self) -> u64 {
+        self.last_seen
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// One head's boot status board. Cheap to share (`Arc<StatusBoard>`).
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    nodes: Mutex<HashMap<String, NodeStatus>>,
+}
+
+impl StatusBoard {
+    pub fn new() -> StatusBoard {
+        StatusBoard::default()
+    }
+
+    /// Record an event now.
+    pub fn record(&self, node: &str, stage: Stage, sent: &str, client: IpAddr, uuid: Option<&str>) {
+        self.record_at(node, stage, sent, client, uuid, SystemTime::now());
+    }
+
+    /// Record an event at a given time (tests, replay).
+    pub fn record_at(&self, node: &str, stage: Stage, sent: &str, client: IpAddr, uuid: Option<&str>, at: SystemTime) {
+        let st = NodeStatus {
+            node: node.to_owned(),
+            stage,
+            sent: sent.to_owned(),
+            client,
+            uuid: uuid.filter(|u| !u.is_empty()).map(str::to_owned),
+            last_seen: at,
+        };
+        self.lock().insert(node.to_owned(), st);
+    }
+
+    /// The last event of one node.
+    pub fn get(&self, node: &str) -> Option<NodeStatus> {
+        self.lock().get(node).cloned()
+    }
+
+    /// Every node's last event, by node name.
+    pub fn snapshot(&self) -> Vec<NodeStatus> {
+        let mut v: Vec<NodeStatus> = self.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.node.cmp(&b.node));
+        v
+    }
+
+    /// Forget nodes that no longer exist (call after a view change if memory matters).
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.lock().retain(|n, _| keep(n));
+    }
+
+    /// Warewulf's `/status` document: every known node (an empty entry for nodes
+    /// never seen, as warewulfd does) merged with what this head recorded.
+    pub fn warewulf_json<'a>(&self, known: impl IntoIterator<Item = &'a str>) -> WarewulfStatus {
+        let recorded = self.lock();
+        let mut nodes: BTreeMap<String, WarewulfNodeStatus> = known
+            .into_iter()
+            .map(|n| {
+                (
+                    n.to_owned(),
+                    WarewulfNodeStatus {
+                        node_name: n.to_owned(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        for st in recorded.values() {
+            nodes.insert(
+                st.node.clone(),
+                WarewulfNodeStatus {
+                    node_name: st.node.clone(),
+                    stage: st.stage.as_str().to_owned(),
+                    sent: st.sent.clone(),
+                    ipaddr: st.client.to_string(),
+                    last_seen: st.last_seen_unix() as i64,
+                },
+            );
+        }
+        WarewulfStatus { nodes }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeStatus>> {
+        // A panic while holding this lock cannot leave the map half-updated (one
+        // insert), so a poisoned lock is still safe to use.
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// warewulfd's `allStatus`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WarewulfStatus {
+    pub nodes: BTreeMap<String, WarewulfNodeStatus>,
+}
+
+/// warewulfd's `NodeStatus` (its JSON keys have spaces).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WarewulfNodeStatus {
+    #[serde(rename = "node name")]
+    pub node_name: String,
+    pub stage: String,
+    pub sent: String,
+    pub ipaddr: String,
+    #[serde(rename = "last seen")]
+    pub last_seen: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn record_keeps_the_last_event_per_node() {
+        let b = StatusBoard::new();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        b.record_at("n1", Stage::Ipxe, "default", ip("10.0.0.1"), Some("u-1"), t0);
+        b.record_at(
+            "n1",
+            Stage::Kernel,
+            "kernel",
+            ip("10.0.0.1"),
+            None,
+            t0 + Duration::from_secs(2),
+        );
+        b.record_at("n0", Stage::BadAsset, "IMAGE", ip("10.0.0.9"), Some(""), t0);
+        let s = b.snapshot();
+        assert_eq!(s.iter().map(|s| s.node.as_str()).collect::<Vec<_>>(), ["n0", "n1"]);
+        let n1 = b.get("n1").unwrap();
+        assert_eq!((n1.stage, n1.sent.as_str()), (Stage::Kernel, "kernel"));
+        assert_eq!(n1.last_seen_unix(), 1_700_000_002);
+        assert_eq!(n1.uuid, None, "the newer event replaces the whole entry");
+        assert_eq!(b.get("n0").unwrap().uuid, None, "an empty uuid is no uuid");
+        assert!(b.get("nx").is_none());
+    }
+
+    #[test]
+    fn stage_names_are_warewulfs() {
+        let names: Vec<&str> = [
+            Stage::Ipxe,
+            Stage::Kernel,
+            Stage::Image,
+            Stage::SystemOverlay,
+            Stage::RuntimeOverlay,
+            Stage::BadAsset,
+        ]
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "IPXE",
+                "KERNEL",
+                "IMAGE",
+                "SYSTEM_OVERLAY",
+                "RUNTIME_OVERLAY",
+                "BAD_ASSET"
+            ]
+        );
+        assert_eq!(
+            serde_json::to_string(&Stage::SystemOverlay).unwrap(),
+            "\"SYSTEM_OVERLAY\""
+        );
+    }
+
+    #[test]
+    fn warewulf_json_lists_known_nodes_and_uses_warewulfs_keys() {
+        let b = StatusBoard::new();
+        let t = UNIX_EPOCH + Duration::from_secs(42);
+        b.record_at("n1", Stage::Image, "image", ip("10.0.0.1"), None, t);
+        let doc = serde_json::to_value(b.warewulf_json(["n1", "n2"])).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({"nodes": {
+                "n1": {"node name": "n1", "stage": "IMAGE", "sent": "image", "ipaddr": "10.0.0.1", "last seen": 42},
+                "n2": {"node name": "n2", "stage": "", "sent": "", "ipaddr": "", "last seen": 0},
+            }})
+        );
+    }
+
+    #[test]
+    fn retain_forgets_deleted_nodes_and_concurrent_records_are_safe() {
+        let b = std::sync::Arc::new(StatusBoard::new());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        b.record(
+                            &format!("n{}", i % 50),
+                            Stage::Kernel,
+                            &format!("t{t}"),
+                            ip("::1"),
+                            None,
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(b.snapshot().len(), 50);
+        b.retain(|n| n == "n7");
+        assert_eq!(b.snapshot().len(), 1);
+    }
+}

@@ -1,0 +1,203 @@
+//! # TFTP: the iPXE binaries for PXE firmware
+//!
+//! Legacy PXE ROMs and UEFI firmware can only fetch their first program over TFTP;
+//! everything after iPXE starts goes over HTTP. So this server is deliberately
+//! small: read-only, one root directory (Debian's `/usr/lib/ipxe` by default),
+//! nothing outside it (see [`root`] for how paths are contained), options
+//! `blksize`, `tsize`, `timeout` and `windowsize` (RFC 2347/2348/2349/7440, all
+//! negotiated by async-tftp; limits configurable).
+//!
+//! Why it runs on a thread of its own: async-tftp is executor-agnostic (smol's
+//! `async-io` reactor, its own `async-executor`). Polling it from a tokio task would
+//! route every packet wake-up from async-io's reactor thread to a tokio worker and
+//! back — two thread hops per 1.4 KB block in a lock-step protocol whose speed is
+//! its round-trip time. Instead [`run`] gives the server one dedicated thread that
+//! blocks in `async_io::block_on`, which drives the reactor on that same thread:
+//! a block's ACK wakes the transfer with no hop, and TFTP load never competes with
+//! the HTTP and Raft tasks on tokio's workers. `run` itself is an ordinary async
+//! function (bind a socket, pass a shutdown future) like the head's other servers.
+
+pub mod root;
+
+use std::future::Future;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use root::{Refusal, Root, RootHandler};
+
+/// Default TFTP root: Debian's `ipxe` package.
+pub const DEFAULT_ROOT: &str = "/usr/lib/ipxe";
+
+/// `boot: tftp:` in `wulfd.yaml` (wire form; see [`TftpConfig::validate`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TftpConfig {
+    /// Serve TFTP at all (off unless asked, like DHCP: a head never answers boot
+    /// protocols on networks it was not told to serve).
+    pub enabled: bool,
+    /// `host:port` to bind (normally the rack interface's address, port 69).
+    pub listen: String,
+    /// Directory served (read-only).
+    pub root: PathBuf,
+    /// Retransmit timeout when the client does not ask for one.
+    pub timeout_ms: u64,
+    /// Largest `blksize` granted (clients may ask for less). 1468 fits a 1500-byte
+    /// MTU without IP fragmentation; U-Boot and some firmware cannot reassemble.
+    pub max_block_size: u16,
+    /// Largest `windowsize` granted (RFC 7440); 1 disables windowing.
+    pub max_window_size: u16,
+    /// Files up to this size are served from memory.
+    pub memory_file_limit: u64,
+    /// Memory for such files in all.
+    pub memory_budget: u64,
+    /// Give up a transfer after this many retransmissions of one window.
+    pub max_send_retries: u32,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            enabled: false,
+            listen: "0.0.0.0:69".into(),
+            root: PathBuf::from(DEFAULT_ROOT),
+            timeout_ms: 3000,
+            max_block_size: 1468,
+            max_window_size: 16,
+            memory_file_limit: 16 << 20,
+            memory_budget: 128 << 20,
+            max_send_retries: 20,
+        }
+    }
+}
+
+impl TftpConfig {
+    /// Check values that would make a useless server.
+    pub fn validate(&self) -> Result<(), TftpError> {
+        let bad = |field: &'static str, why: String| Err(TftpError::Config { field, why });
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return bad("listen", format!("{:?} is not an address:port", self.listen));
+        }
+        if !(8..=65464).contains(&self.max_block_size) {
+            return bad(
+                "max_block_size",
+                format!("{} is outside RFC 2348's 8..=65464", self.max_block_size),
+            );
+        }
+        if self.max_window_size == 0 {
+            return bad("max_window_size", "0; use 1 to disable windowing".into());
+        }
+        if self.timeout_ms == 0 {
+            return bad("timeout_ms", "0 would retransmit without waiting".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TftpError {
+    #[error("TFTP config `boot.tftp.{field}`: {why}")]
+    Config { field: &'static str, why: String },
+    #[error("TFTP root {path}: {source}; install Debian's `ipxe` package or set `boot.tftp.root` to a directory with the iPXE binaries")]
+    Root { path: PathBuf, source: std::io::Error },
+    #[error("TFTP socket: {0}; check that the address is local and the port free (port 69 needs root or CAP_NET_BIND_SERVICE)")]
+    Socket(#[source] std::io::Error),
+    #[error("TFTP server failed: {0}")]
+    Server(#[from] async_tftp::Error),
+    #[error("TFTP server thread: {0}")]
+    Thread(String),
+}
+
+/// Bind the configured address (for callers that do not bind themselves).
+pub fn bind(cfg: &TftpConfig) -> Result<UdpSocket, TftpError> {
+    cfg.validate()?;
+    UdpSocket::bind(cfg.listen.as_str()).map_err(TftpError::Socket)
+}
+
+/// Serve TFTP on `socket` until `shutdown` resolves. Transfers in progress are
+/// dropped at shutdown (a PXE client retries from the start anyway).
+pub async fn run(
+    socket: UdpSocket,
+    cfg: TftpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), TftpError> {
+    cfg.validate()?;
+    let root = Root::new(&cfg.root, cfg.memory_file_limit, cfg.memory_budget).map_err(|source| TftpError::Root {
+        path: cfg.root.clone(),
+        source,
+    })?;
+    let local = socket.local_addr().map_err(TftpError::Socket)?;
+    let builder = async_tftp::server::TftpServerBuilder::with_handler(RootHandler { root })
+        .std_socket(socket)
+        .map_err(TftpError::Server)?
+        .timeout(Duration::from_millis(cfg.timeout_ms))
+        .block_size_limit(cfg.max_block_size)
+        .window_size_limit(cfg.max_window_size)
+        .max_send_retries(cfg.max_send_retries);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tracing::info!(%local, root = %cfg.root.display(), "TFTP serving");
+    std::thread::Builder::new()
+        .name("tftp".into())
+        .spawn(move || {
+            let result = async_io::block_on(async move {
+                let server = builder.build().await?;
+                let serve = std::pin::pin!(server.serve());
+                let stop = std::pin::pin!(shutdown);
+                match futures::future::select(serve, stop).await {
+                    futures::future::Either::Left((r, _)) => r,
+                    futures::future::Either::Right(((), _)) => Ok(()),
+                }
+            });
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| TftpError::Thread(e.to_string()))?;
+    match done_rx.await {
+        Ok(r) => r.map_err(TftpError::Server),
+        Err(_) => Err(TftpError::Thread("the TFTP thread panicked".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c = TftpConfig::default();
+        assert!(!c.enabled, "off unless configured");
+        assert_eq!(c.root, PathBuf::from("/usr/lib/ipxe"));
+        c.validate().unwrap();
+        let c2: TftpConfig =
+            serde_yaml_ng::from_str("enabled: true\nlisten: 10.0.0.1:69\nmax_block_size: 1432\n").unwrap();
+        assert_eq!((c2.enabled, c2.max_block_size, c2.timeout_ms), (true, 1432, 3000));
+        for (yaml, field) in [
+            ("listen: nowhere", "listen"),
+            ("max_block_size: 4", "max_block_size"),
+            ("max_window_size: 0", "max_window_size"),
+            ("timeout_ms: 0", "timeout_ms"),
+        ] {
+            let c: TftpConfig = serde_yaml_ng::from_str(yaml).unwrap();
+            match c.validate() {
+                Err(TftpError::Config { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{yaml}: {other:?}"),
+            }
+        }
+        assert!(
+            serde_yaml_ng::from_str::<TftpConfig>("blksize: 1").is_err(),
+            "typos are errors"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_root_is_a_clear_error() {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let cfg = TftpConfig {
+            root: "/nonexistent/ipxe".into(),
+            ..Default::default()
+        };
+        let e = run(sock, cfg, async {}).await.unwrap_err();
+        assert!(e.to_string().contains("install Debian's `ipxe` package"), "{e}");
+    }
+}

@@ -1,0 +1,343 @@
+//! The TFTP server's one job: hand out files under one directory, read-only.
+//!
+//! Why a handler of our own instead of async-tftp's `DirHandler`:
+//! - **Containment by resolved path.** `DirHandler` filters `..` but follows
+//!   symlinks anywhere. Here the request is checked lexically (no `..`, no absolute
+//!   path, no empty or `\`-separated tricks), then the joined path is canonicalized
+//!   and must still lie under the canonical root, so a symlink that points out of
+//!   the root is refused while one that stays inside (Debian's `/usr/lib/ipxe` has
+//!   none, other layouts do) works.
+//! - **Memory for small files.** async-tftp opens files one at a time behind a
+//!   mutex and reads blocks on its own single-threaded executor. The iPXE binaries
+//!   are small (100 KB–1 MB) and requested by every booting node, so they are read
+//!   once, kept as shared bytes keyed by (device, inode, size, mtime) and served by
+//!   copying from memory: an open is a `stat` and a hash lookup, and no transfer
+//!   waits on the disk. A file replaced on disk (package upgrade) has a new key and
+//!   is read again.
+//! - **Large files** (above the memory limit) are read from the file as the
+//!   transfer goes. Those reads run on the TFTP thread; on a cold disk a read can
+//!   delay other transfers by milliseconds. Large files belong on HTTP anyway.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_tftp::packet;
+use bytes::Bytes;
+
+/// Why a request was refused before any file was opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("empty file name")]
+    Empty,
+    #[error("absolute path {0:?}: ask for a name relative to the TFTP root")]
+    Absolute(String),
+    #[error("path {0:?} climbs out of the TFTP root with '..'")]
+    ParentDir(String),
+    #[error("path {0:?} resolves outside the TFTP root (a symlink points out)")]
+    Escapes(String),
+    #[error("no file {0:?} under the TFTP root")]
+    NotFound(String),
+    #[error("{0:?} is not a regular file")]
+    NotAFile(String),
+    #[error("this TFTP server is read-only; write requests are refused")]
+    ReadOnly,
+}
+
+impl Refusal {
+    /// The TFTP error the client sees.
+    pub fn to_packet(&self) -> packet::Error {
+        match self {
+            Refusal::NotFound(_) | Refusal::NotAFile(_) | Refusal::Empty => packet::Error::FileNotFound,
+            Refusal::ReadOnly => packet::Error::Msg("Access violation: read-only server".into()),
+            Refusal::Absolute(_) | Refusal::ParentDir(_) | Refusal::Escapes(_) => packet::Error::PermissionDenied,
+        }
+    }
+}
+
+/// Check a requested name lexically and return it as a relative path.
+///
+/// Both `/` and `\` separate components (some PXE firmware sends DOS-style names),
+/// so `..\x` cannot slip past the `..` check.
+pub fn check_name(requested: &str) -> Result<PathBuf, Refusal> {
+    if requested.is_empty() {
+        return Err(Refusal::Empty);
+    }
+    if requested.starts_with('/') || requested.starts_with('\\') {
+        return Err(Refusal::Absolute(requested.to_owned()));
+    }
+    let mut out = PathBuf::new();
+    for part in requested.split(['/', '\\']) {
+        match Path::new(part).components().next() {
+            None | Some(Component::CurDir) => continue,
+            Some(Component::ParentDir) => return Err(Refusal::ParentDir(requested.to_owned())),
+            Some(Component::Normal(_)) => out.push(part),
+            Some(Component::RootDir | Component::Prefix(_)) => {
+                return Err(Refusal::Absolute(requested.to_owned()));
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(Refusal::Empty);
+    }
+    Ok(out)
+}
+
+type FileKey = (u64, u64, u64, i64, i64); // dev, ino, size, mtime s, mtime ns
+
+/// Resolves names under a root and serves their bytes (see the module notes).
+pub struct Root {
+    root: PathBuf,
+    memory_limit: u64,
+    cache_budget: u64,
+    cache: HashMap<PathBuf, (FileKey, Bytes)>,
+}
+
+/// What an open returns: bytes from memory, or a file read as the transfer goes.
+pub enum TftpReader {
+    Memory { data: Bytes, pos: usize },
+    File(File),
+}
+
+impl futures::io::AsyncRead for TftpReader {
+    fn poll_read(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TftpReader::Memory { data, pos } => {
+                let n = buf.len().min(data.len() - *pos);
+                buf[..n].copy_from_slice(&data[*pos..*pos + n]);
+                *pos += n;
+                Poll::Ready(Ok(n))
+            }
+            // See the module notes: a synchronous read of the next block.
+            TftpReader::File(f) => Poll::Ready(f.read(buf)),
+        }
+    }
+}
+
+impl Root {
+    /// A root directory; files up to `memory_limit` bytes are served from memory,
+    /// up to `cache_budget` bytes in all.
+    pub fn new(root: &Path, memory_limit: u64, cache_budget: u64) -> io::Result<Root> {
+        let root = std::fs::canonicalize(root)?;
+        if !root.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "TFTP root is not a directory",
+            ));
+        }
+        Ok(Root {
+            root,
+            memory_limit,
+            cache_budget,
+            cache: HashMap::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The canonical path of a requested name, if it is a regular file under the root.
+    pub fn resolve(&self, requested: &str) -> Result<PathBuf, Refusal> {
+        let rel = check_name(requested)?;
+        let joined = self.root.join(&rel);
+        let canon = match std::fs::canonicalize(&joined) {
+            Ok(p) => p,
+            Err(_) => return Err(Refusal::NotFound(requested.to_owned())),
+        };
+        if !canon.starts_with(&self.root) {
+            return Err(Refusal::Escapes(requested.to_owned()));
+        }
+        if !canon.is_file() {
+            return Err(Refusal::NotAFile(requested.to_owned()));
+        }
+        Ok(canon)
+    }
+
+    /// Open a requested name for reading: the reader and its size (for `tsize`).
+    pub fn open(&mut self, requested: &str) -> Result<(TftpReader, u64), Refusal> {
+        let path = self.resolve(requested)?;
+        let not_found = || Refusal::NotFound(requested.to_owned());
+        let file = File::open(&path).map_err(|_| not_found())?;
+        let meta = file.metadata().map_err(|_| not_found())?;
+        let key: FileKey = (meta.dev(), meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
+        if let Some((k, data)) = self.cache.get(&path) {
+            if *k == key {
+                return Ok((
+                    TftpReader::Memory {
+                        data: data.clone(),
+                        pos: 0,
+                    },
+                    key.2,
+                ));
+            }
+        }
+        if meta.len() > self.memory_limit {
+            return Ok((TftpReader::File(file), meta.len()));
+        }
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        let mut file = file;
+        file.read_to_end(&mut buf).map_err(|_| not_found())?;
+        if buf.len() as u64 != meta.len() {
+            // Changed while we read it: serve what we read, cache nothing.
+            let len = buf.len() as u64;
+            return Ok((
+                TftpReader::Memory {
+                    data: Bytes::from(buf),
+                    pos: 0,
+                },
+                len,
+            ));
+        }
+        let data = Bytes::from(buf);
+        self.cache.remove(&path);
+        let used: u64 = self.cache.values().map(|(_, d)| d.len() as u64).sum();
+        if used + data.len() as u64 <= self.cache_budget {
+            self.cache.insert(path, (key, data.clone()));
+        }
+        Ok((TftpReader::Memory { data, pos: 0 }, key.2))
+    }
+
+    /// Bytes currently held in memory.
+    pub fn cached_bytes(&self) -> u64 {
+        self.cache.values().map(|(_, d)| d.len() as u64).sum()
+    }
+}
+
+/// The async-tftp handler: reads through [`Root`], refuses every write.
+pub struct RootHandler {
+    pub(crate) root: Root,
+}
+
+impl async_tftp::server::Handler for RootHandler {
+    type Reader = TftpReader;
+    type Writer = futures::io::Sink;
+
+    async fn read_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
+        let name = path.to_string_lossy();
+        match self.root.open(&name) {
+            Ok((reader, size)) => {
+                tracing::debug!(%client, file = %name, size, "TFTP read");
+                Ok((reader, Some(size)))
+            }
+            Err(e) => {
+                tracing::info!(%client, file = %name, "TFTP refused: {e}");
+                Err(e.to_packet())
+            }
+        }
+    }
+
+    async fn write_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+        _size: Option<u64>,
+    ) -> Result<Self::Writer, packet::Error> {
+        tracing::info!(%client, file = %path.display(), "TFTP write refused (read-only server)");
+        Err(Refusal::ReadOnly.to_packet())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::AsyncReadExt;
+
+    #[test]
+    fn names_are_checked_lexically() {
+        assert_eq!(check_name("undionly.kpxe").unwrap(), PathBuf::from("undionly.kpxe"));
+        assert_eq!(check_name("./a//b/./c").unwrap(), PathBuf::from("a/b/c"));
+        assert_eq!(check_name("efi\\ipxe.efi").unwrap(), PathBuf::from("efi/ipxe.efi"));
+        for bad in ["../etc/passwd", "a/../../x", "a/..", "..\\x", "a\\..\\..\\x"] {
+            assert!(matches!(check_name(bad), Err(Refusal::ParentDir(_))), "{bad}");
+        }
+        for bad in ["/etc/passwd", "\\x"] {
+            assert!(matches!(check_name(bad), Err(Refusal::Absolute(_))), "{bad}");
+        }
+        assert_eq!(check_name(""), Err(Refusal::Empty));
+        assert_eq!(check_name("./"), Err(Refusal::Empty));
+    }
+
+    fn read_all(r: TftpReader) -> Vec<u8> {
+        let mut r = r;
+        let mut v = Vec::new();
+        futures::executor::block_on(r.read_to_end(&mut v)).unwrap();
+        v
+    }
+
+    #[test]
+    fn serves_files_under_the_root_and_refuses_symlinks_out() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"no").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("undionly.kpxe"), b"small").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/big"), vec![7u8; 5000]).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("out")).unwrap();
+        std::os::unix::fs::symlink("undionly.kpxe", dir.path().join("alias")).unwrap();
+        let mut root = Root::new(dir.path(), 1000, 10_000).unwrap();
+
+        let (r, n) = root.open("undionly.kpxe").unwrap();
+        assert_eq!((read_all(r), n), (b"small".to_vec(), 5));
+        assert_eq!(root.cached_bytes(), 5);
+        let (r, n) = root.open("sub/big").unwrap();
+        assert!(
+            matches!(r, TftpReader::File(_)),
+            "above the memory limit: read from the file"
+        );
+        assert_eq!((read_all(r).len(), n), (5000, 5000));
+        assert_eq!(
+            read_all(root.open("alias").unwrap().0),
+            b"small",
+            "a symlink inside the root is fine"
+        );
+        assert!(matches!(root.open("out"), Err(Refusal::Escapes(_))));
+        assert!(matches!(root.open("sub"), Err(Refusal::NotAFile(_))));
+        assert!(matches!(root.open("nope"), Err(Refusal::NotFound(_))));
+        assert!(matches!(root.open("../secret"), Err(Refusal::ParentDir(_))));
+        assert!(matches!(
+            Refusal::Escapes("x".into()).to_packet(),
+            packet::Error::PermissionDenied
+        ));
+        assert!(matches!(
+            Refusal::NotFound("x".into()).to_packet(),
+            packet::Error::FileNotFound
+        ));
+    }
+
+    #[test]
+    fn a_replaced_file_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"one").unwrap();
+        let mut root = Root::new(dir.path(), 1000, 10_000).unwrap();
+        assert_eq!(read_all(root.open("f").unwrap().0), b"one");
+        // A package upgrade writes a new file and renames it over the old one.
+        std::fs::write(dir.path().join("f.new"), b"two!").unwrap();
+        std::fs::rename(dir.path().join("f.new"), &p).unwrap();
+        assert_eq!(read_all(root.open("f").unwrap().0), b"two!");
+        assert_eq!(root.cached_bytes(), 4, "the old bytes were dropped");
+    }
+
+    #[test]
+    fn the_cache_budget_is_respected() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(n), vec![1u8; 400]).unwrap();
+        }
+        let mut root = Root::new(dir.path(), 1000, 1000).unwrap();
+        for n in ["a", "b", "c"] {
+            assert_eq!(read_all(root.open(n).unwrap().0).len(), 400);
+        }
+        assert_eq!(root.cached_bytes(), 800);
+    }
+}

@@ -1,0 +1,585 @@
+//! The HTTP boot routes against an in-memory `BootView` and a temp CAS, served on
+//! 127.0.0.1:0 merged with the blob router exactly as a head serves them: every
+//! route and alias, `?wwid=`, `/provision`, asset keys, unknown MACs, kernel pins,
+//! missing images and blobs, Range and conditional requests, `/status`, golden iPXE
+//! scripts, and `curl` as a real client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use reqwest::StatusCode;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wulfpack::boot::http::{router, BootHttp};
+use wulfpack::boot::status::{Stage, StatusBoard};
+use wulfpack::boot::view::BootView;
+use wulfpack::cas::{Cas, Digest};
+use wulfpack::model;
+use wulfpack::state::{Artifact, Command as Cmd, HeadInfo, ImageCommand, ImageEntry, KernelRef, Request, State};
+
+const N1: &str = "aa:bb:cc:dd:ee:01";
+
+const NODES: &str = r#"
+nodeprofiles:
+  default:
+    image name: rocky9
+    kernel:
+      args: quiet crashkernel=no
+nodes:
+  n1:
+    profiles: [default]
+    network devices:
+      default:
+        hwaddr: AA:BB:CC:DD:EE:01
+        ipaddr: 127.0.0.1
+  n2:
+    profiles: [default]
+    asset key: s3cret
+    network devices:
+      default:
+        hwaddr: aa:bb:cc:dd:ee:02
+  n3:
+    profiles: [default]
+    kernel:
+      version: 6.1.0-12
+    network devices:
+      default:
+        hwaddr: aa:bb:cc:dd:ee:03
+  n4:
+    image name: ghost
+    network devices:
+      default:
+        hwaddr: aa:bb:cc:dd:ee:04
+  n5:
+    profiles: [default]
+    ipxe template: localdisk
+    network devices:
+      default:
+        hwaddr: aa:bb:cc:dd:ee:05
+  n6:
+    image name: unbuilt
+    network devices:
+      default:
+        hwaddr: aa:bb:cc:dd:ee:06
+  n7:
+    image name: lost
+    network devices:
+      default:
+        hwaddr: aa:bb:cc:dd:ee:07
+"#;
+
+pub struct Boot {
+    _dir: tempfile::TempDir,
+    pub cas: Cas,
+    pub base: String,
+    pub addr: SocketAddr,
+    pub status: Arc<StatusBoard>,
+    pub kernel13: Vec<u8>,
+    pub kernel12: Vec<u8>,
+    pub image: Vec<u8>,
+    pub image_digest: Digest,
+    pub lost: Digest,
+    pub missing_calls: Arc<Mutex<Vec<Digest>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn apply(s: &mut State, index: u64, cmd: Cmd) {
+    let r = s.apply(index, &Request { id: None, cmd });
+    assert!(r.0.is_ok(), "{r:?}");
+}
+
+fn kref(digest: Digest, version: &str, size: usize) -> KernelRef {
+    KernelRef {
+        digest,
+        version: version.into(),
+        release: format!("{version}-amd64"),
+        path: format!("boot/vmlinuz-{version}-amd64"),
+        size: size as u64,
+    }
+}
+
+fn entry(artifact: Option<(Digest, usize)>, kernels: Vec<KernelRef>) -> Box<ImageEntry> {
+    Box::new(ImageEntry {
+        source: "dir:/test".into(),
+        platform: "linux/amd64".into(),
+        layers: vec![],
+        config: None,
+        rootfs_size: 0,
+        files: 0,
+        artifact: artifact.map(|(digest, size)| Artifact {
+            digest,
+            size: size as u64,
+            build_key: "test".into(),
+        }),
+        kernel: kernels.first().cloned(),
+        kernels,
+        created: 0,
+        updated: 0,
+    })
+}
+
+/// A served head with the nodes above; `other_heads` are registered as peers.
+pub async fn start() -> Boot {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(&dir.path().join("cas")).unwrap();
+    let kernel13: Vec<u8> = (0..300_000u32).map(|i| (i % 13) as u8).collect();
+    let kernel12 = b"kernel 6.1.0-12".to_vec();
+    // Several read chunks, and not a multiple of one.
+    let image: Vec<u8> = (0..700_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let k13 = cas.put_bytes(&kernel13).unwrap();
+    let k12 = cas.put_bytes(&kernel12).unwrap();
+    let image_digest = cas.put_bytes(&image).unwrap();
+    let lost = Digest::of(b"a blob no head has");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut s = State::default();
+    apply(&mut s, 1, Cmd::Init { name: "lab".into() });
+    apply(
+        &mut s,
+        2,
+        Cmd::Import {
+            conf: model::parse_nodes_conf(NODES).unwrap(),
+        },
+    );
+    let put = |name: &str, e: Box<ImageEntry>| {
+        Cmd::Image(ImageCommand::Put {
+            name: name.into(),
+            entry: e,
+            expect: None,
+        })
+    };
+    apply(
+        &mut s,
+        3,
+        put(
+            "rocky9",
+            entry(
+                Some((image_digest, image.len())),
+                vec![
+                    kref(k13, "6.1.0-13", kernel13.len()),
+                    kref(k12, "6.1.0-12", kernel12.len()),
+                ],
+            ),
+        ),
+    );
+    apply(&mut s, 4, put("unbuilt", entry(None, vec![kref(k13, "6.1.0-13", 1)])));
+    apply(
+        &mut s,
+        5,
+        put("lost", entry(Some((lost, 10)), vec![kref(lost, "6.1.0-1", 1)])),
+    );
+    apply(
+        &mut s,
+        6,
+        Cmd::RegisterHead {
+            id: 1,
+            info: HeadInfo { http: addr.to_string() },
+        },
+    );
+    apply(
+        &mut s,
+        7,
+        Cmd::RegisterHead {
+            id: 2,
+            info: HeadInfo {
+                http: "10.9.9.2:9870".into(),
+            },
+        },
+    );
+    let (_tx, view) = watch::channel(Arc::new(BootView::from_state(&s, 7)));
+    let status = Arc::new(StatusBoard::new());
+    let missing_calls = Arc::new(Mutex::new(Vec::new()));
+    let mut boot = BootHttp::new(view, cas.clone(), status.clone(), 1);
+    let calls = missing_calls.clone();
+    boot.on_missing_blob = Some(Arc::new(move |d| calls.lock().unwrap().push(d)));
+    let app = router(boot).merge(wulfpack::cas::http::router(cas.clone()));
+    let stop = CancellationToken::new();
+    let st = stop.clone();
+    tokio::spawn(async move {
+        // Keep the view's sender alive as long as the server.
+        let _tx = _tx;
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(st.cancelled_owned())
+            .await
+            .unwrap();
+    });
+    Boot {
+        _dir: dir,
+        cas,
+        base: format!("http://{addr}"),
+        addr,
+        status,
+        kernel13,
+        kernel12,
+        image,
+        image_digest,
+        lost,
+        missing_calls,
+        stop,
+    }
+}
+
+async fn get(b: &Boot, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    get_with(b, path, &[]).await
+}
+
+async fn get_with(b: &Boot, path: &str, headers: &[(&str, &str)]) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = reqwest::Client::new().get(format!("{}{path}", b.base));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let (st, h) = (resp.status(), resp.headers().clone());
+    (st, h, resp.bytes().await.unwrap().to_vec())
+}
+
+fn text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+#[tokio::test]
+async fn every_route_and_alias_answers() {
+    let b = start().await;
+    let (st, h, body) = get(&b, &format!("/ipxe/{N1}")).await;
+    assert_eq!(st, StatusCode::OK, "{}", text(&body));
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let script = text(&body);
+    assert!(script.starts_with("#!ipxe"));
+    assert!(script.contains(&format!("wwid={N1} quiet crashkernel=no")), "{script}");
+    assert!(
+        script.contains(&format!("{}/kernel/${{hwaddr}}", b.base)),
+        "this head: {script}"
+    );
+    assert!(
+        script.contains("http://10.9.9.2:9870/kernel/${hwaddr}"),
+        "the peer head: {script}"
+    );
+
+    for path in [
+        format!("/kernel/{N1}"),
+        "/kernel/AA-BB-CC-DD-EE-01".into(),
+        "/kernel?wwid=aa:bb:cc:dd:ee:01".into(),
+        "/kernel/n1".into(),
+        "/kernel".into(), // no wwid: found by the client's address (n1 is 127.0.0.1)
+        format!("/provision/{N1}?stage=kernel"),
+    ] {
+        let (st, h, body) = get(&b, &path).await;
+        assert_eq!(st, StatusCode::OK, "{path}: {}", text(&body));
+        assert_eq!(body, b.kernel13, "{path}");
+        assert_eq!(h["accept-ranges"], "bytes");
+        assert!(h["etag"].to_str().unwrap().starts_with("\"sha256:"));
+    }
+    for path in [
+        format!("/image/{N1}"),
+        format!("/image/{N1}?compress=gz"),
+        format!("/container/{N1}"),
+        format!("/provision/{N1}?stage=image&compress=gz"),
+        format!("/provision/{N1}?stage=container"),
+    ] {
+        let (st, h, body) = get(&b, &path).await;
+        assert_eq!(st, StatusCode::OK, "{path}: {}", text(&body));
+        assert_eq!(body.len(), b.image.len(), "{path}");
+        assert!(body == b.image, "{path}: bytes differ");
+        assert_eq!(h["etag"], format!("\"{}\"", b.image_digest));
+        assert_eq!(h["content-length"], b.image.len().to_string());
+    }
+    for path in [
+        format!("/ipxe?wwid={N1}"),
+        format!("/provision/{N1}"),
+        format!("/provision/{N1}?stage=ipxe"),
+        "/provision?wwid=n1".into(),
+    ] {
+        let (st, _, body) = get(&b, &path).await;
+        assert_eq!(st, StatusCode::OK, "{path}");
+        assert!(text(&body).contains(&format!("wwid={N1}")), "{path}");
+    }
+    for path in [
+        format!("/system/{N1}"),
+        format!("/runtime/{N1}?compress=gz"),
+        format!("/overlay-system/{N1}"),
+        format!("/overlay-runtime/{N1}"),
+        format!("/provision/{N1}?stage=system"),
+    ] {
+        let (st, _, body) = get(&b, &path).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            text(&body).contains("overlays are not built"),
+            "{path}: {}",
+            text(&body)
+        );
+    }
+    let (st, _, body) = get(&b, &format!("/provision/{N1}?stage=grub")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(text(&body).contains("unknown stage \"grub\""));
+    let (st, _, _) = get(&b, &format!("/ipxe/{N1}?compress=gz")).await;
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "scripts are never compressed (as in Warewulf)"
+    );
+    let (st, _, _) = get(&b, &format!("/kernel/{N1}?compress=gz")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _, _) = get(&b, &format!("/image/{N1}?compress=xz")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // HEAD: headers only.
+    let r = reqwest::Client::new()
+        .head(format!("{}/image/{N1}", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-length"], b.image.len().to_string());
+
+    // The blob router shares the listener.
+    let (st, _, body) = get(&b, &format!("/blob/{}", b.image_digest)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body == b.image);
+}
+
+#[tokio::test]
+async fn asset_keys_are_enforced_and_recorded() {
+    let b = start().await;
+    for path in [
+        "/kernel/aa:bb:cc:dd:ee:02",
+        "/kernel/aa:bb:cc:dd:ee:02?assetkey=wrong",
+        "/ipxe/aa:bb:cc:dd:ee:02?assetkey=",
+    ] {
+        let (st, _, body) = get(&b, path).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(text(&body).contains("asset key"), "{path}");
+    }
+    let s = b.status.get("n2").unwrap();
+    assert_eq!((s.stage, s.sent.as_str()), (Stage::BadAsset, "IPXE"));
+    let (st, _, body) = get(&b, "/kernel/aa:bb:cc:dd:ee:02?assetkey=s3cret&uuid=4c4c4544-0042").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body, b.kernel13);
+    let s = b.status.get("n2").unwrap();
+    assert_eq!(s.stage, Stage::Kernel);
+    assert_eq!(s.uuid.as_deref(), Some("4c4c4544-0042"), "uuid recorded");
+    assert_eq!(s.client.to_string(), "127.0.0.1");
+}
+
+#[tokio::test]
+async fn unknown_macs_get_the_unconfigured_script_and_nothing_else() {
+    let b = start().await;
+    let (st, _, body) = get(&b, "/ipxe/aa:bb:cc:00:00:99").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(text(&body).contains("HW address: aa:bb:cc:00:00:99"), "{}", text(&body));
+    for path in [
+        "/kernel/aa:bb:cc:00:00:99",
+        "/image/aa:bb:cc:00:00:99",
+        "/system/nosuchnode",
+    ] {
+        let (st, _, body) = get(&b, path).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}");
+        assert!(text(&body).contains("no node has wwid"), "{path}");
+    }
+    assert!(b.status.snapshot().is_empty(), "unknown MACs are not recorded");
+}
+
+#[tokio::test]
+async fn kernel_pins_and_missing_images_and_blobs() {
+    let b = start().await;
+    let (st, _, body) = get(&b, "/kernel/aa:bb:cc:dd:ee:03").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body, b.kernel12, "the pinned kernel.version");
+    let (_, _, body) = get(&b, "/ipxe/aa:bb:cc:dd:ee:03").await;
+    assert!(text(&body).contains("* Kernel: 6.1.0-12"));
+
+    let (st, _, body) = get(&b, "/image/aa:bb:cc:dd:ee:04").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(
+        text(&body).contains("image \"ghost\", which is not in the catalog"),
+        "{}",
+        text(&body)
+    );
+    let s = b.status.get("n4").unwrap();
+    assert_eq!((s.stage, s.sent.as_str()), (Stage::Image, "NOT_FOUND"));
+
+    let (st, _, body) = get(&b, "/image/aa:bb:cc:dd:ee:06").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(text(&body).contains("no built artifact"), "{}", text(&body));
+
+    let (st, _, body) = get(&b, "/image/aa:bb:cc:dd:ee:07").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(text(&body).contains("requested from a peer"), "{}", text(&body));
+    assert_eq!(
+        *b.missing_calls.lock().unwrap(),
+        [b.lost],
+        "the daemon's hook hears of it"
+    );
+
+    // A corrupt blob is quarantined and treated as missing.
+    let p = b.cas.path(&b.image_digest);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&p, bytes).unwrap();
+    let (st, _, _) = get(&b, &format!("/image/{N1}")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(!p.exists(), "moved to corrupt/");
+    assert_eq!(b.missing_calls.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn range_and_conditional_requests() {
+    let b = start().await;
+    let path = format!("/image/{N1}?compress=gz");
+    let (st, h, body) = get_with(&b, &path, &[("range", "bytes=100-199")]).await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &b.image[100..200]);
+    assert_eq!(h["content-range"], format!("bytes 100-199/{}", b.image.len()));
+    let (st, _, body) = get_with(&b, &path, &[("range", "bytes=262000-")]).await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert!(body == b.image[262_000..], "an open range across chunk boundaries");
+    let (st, _, body) = get_with(&b, &path, &[("range", "bytes=-10")]).await;
+    assert_eq!(
+        (st, body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &b.image[b.image.len() - 10..])
+    );
+    let (st, h, _) = get_with(&b, &path, &[("range", "bytes=9999999-")]).await;
+    assert_eq!(st, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(h["content-range"], format!("bytes */{}", b.image.len()));
+
+    let tag = format!("\"{}\"", b.image_digest);
+    let (st, h, body) = get_with(&b, &path, &[("if-none-match", &tag)]).await;
+    assert_eq!(st, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    assert_eq!(h["etag"], tag.as_str());
+    let (st, _, body) = get_with(&b, &path, &[("if-none-match", "\"sha256:00\"")]).await;
+    assert_eq!((st, body.len()), (StatusCode::OK, b.image.len()));
+    // If-Range: the range only if the client's copy is current.
+    let (st, _, body) = get_with(&b, &path, &[("range", "bytes=0-9"), ("if-range", &tag)]).await;
+    assert_eq!((st, body.len()), (StatusCode::PARTIAL_CONTENT, 10));
+    let (st, _, body) = get_with(&b, &path, &[("range", "bytes=0-9"), ("if-range", "\"stale\"")]).await;
+    assert_eq!((st, body.len()), (StatusCode::OK, b.image.len()));
+}
+
+#[tokio::test]
+async fn status_json_has_warewulfs_shape() {
+    let b = start().await;
+    get(&b, &format!("/ipxe/{N1}")).await;
+    get(&b, &format!("/kernel/{N1}")).await;
+    get(&b, &format!("/image/{N1}")).await;
+    get(&b, "/kernel/aa:bb:cc:dd:ee:02").await;
+    let (st, h, body) = get(&b, "/status").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(h["content-type"], "application/json");
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let nodes = doc["nodes"].as_object().unwrap();
+    assert_eq!(nodes.len(), 7, "every known node, seen or not");
+    let n1 = nodes["n1"].as_object().unwrap();
+    let mut keys: Vec<&str> = n1.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["ipaddr", "last seen", "node name", "sent", "stage"]);
+    assert_eq!(n1["node name"], "n1");
+    assert_eq!(n1["stage"], "IMAGE");
+    assert_eq!(n1["sent"], "rocky9.img.gz");
+    assert_eq!(n1["ipaddr"], "127.0.0.1");
+    assert!(n1["last seen"].as_i64().unwrap() > 1_600_000_000);
+    assert_eq!(nodes["n2"]["stage"], "BAD_ASSET");
+    assert_eq!(nodes["n5"]["stage"], "");
+    assert_eq!(nodes["n5"]["last seen"], 0);
+    let mut seen: Vec<String> = b.status.snapshot().into_iter().map(|s| s.node).collect();
+    seen.sort();
+    assert_eq!(seen, ["n1", "n2"]);
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    assert_eq!(actual, want, "output differs from {}", path.display());
+}
+
+#[tokio::test]
+async fn ipxe_scripts_match_golden_files() {
+    let b = start().await;
+    // A fixed Host so the head list is stable: this head as the client named it,
+    // then the registered peer (this head's own registered address is not repeated).
+    let host = [("host", "head1.lab:9870")];
+    for (path, file) in [
+        (format!("/ipxe/{N1}"), "ipxe_default.txt"),
+        ("/ipxe/aa:bb:cc:00:00:99".into(), "ipxe_unconfigured.txt"),
+        ("/ipxe/aa:bb:cc:dd:ee:05".into(), "ipxe_localdisk.txt"),
+    ] {
+        let (st, _, body) = get_with(&b, &path, &host).await;
+        assert_eq!(st, StatusCode::OK, "{path}");
+        golden(file, &text(&body));
+    }
+}
+
+/// `curl` (a client nobody on this team wrote) fetches every route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_fetches_every_route() {
+    if Command::new("curl").arg("--version").output().is_err() && !crate::registry::ensure_packages(&["curl"]) {
+        eprintln!("SKIP: curl is not installed and cannot be installed here");
+        return;
+    }
+    let b = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-w", "%{http_code}"])
+            .args(args)
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "curl {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let f = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let url = |p: &str| format!("{}{p}", b.base);
+    assert_eq!(curl(&["-o", &f("script"), &url(&format!("/ipxe/{N1}"))]), "200");
+    assert!(std::fs::read_to_string(f("script")).unwrap().contains("#!ipxe"));
+    assert_eq!(curl(&["-o", &f("kernel"), &url(&format!("/kernel/{N1}"))]), "200");
+    assert_eq!(std::fs::read(f("kernel")).unwrap(), b.kernel13);
+    assert_eq!(
+        curl(&[
+            "-o",
+            &f("image"),
+            &url(&format!("/image/{N1}?compress=gz&assetkey=&uuid=x"))
+        ]),
+        "200"
+    );
+    assert!(std::fs::read(f("image")).unwrap() == b.image);
+    // Resume a cut download (curl -C -: a Range from the size already on disk).
+    std::fs::write(f("resume"), &b.image[..300_000]).unwrap();
+    assert_eq!(
+        curl(&["-C", "-", "-o", &f("resume"), &url(&format!("/image/{N1}"))]),
+        "206"
+    );
+    assert!(
+        std::fs::read(f("resume")).unwrap() == b.image,
+        "resumed download is whole"
+    );
+    assert_eq!(
+        curl(&["-o", &f("old"), &url(&format!("/provision/{N1}?stage=kernel"))]),
+        "200"
+    );
+    assert_eq!(std::fs::read(f("old")).unwrap(), b.kernel13);
+    for p in [format!("/system/{N1}"), format!("/runtime/{N1}")] {
+        assert_eq!(curl(&["-o", "/dev/null", &url(&p)]), "404", "{p}");
+    }
+    assert_eq!(curl(&["-o", &f("status"), &url("/status")]), "200");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(f("status")).unwrap()).unwrap();
+    assert_eq!(doc["nodes"]["n1"]["stage"], "RUNTIME_OVERLAY");
+    assert_eq!(doc["nodes"]["n1"]["sent"], "NOT_FOUND");
+    assert_eq!(b.addr.ip().to_string(), "127.0.0.1");
+}
