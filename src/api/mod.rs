@@ -46,6 +46,8 @@ pub struct HeadCtx {
     pub images: Images,
     /// What the boot services read.
     pub view: crate::boot::view::ViewRx,
+    /// Per-node boot status as this head saw it.
+    pub status: Arc<crate::boot::status::StatusBoard>,
     pub started: Instant,
     peers: Arc<Mutex<HashMap<String, Channel>>>,
 }
@@ -63,6 +65,7 @@ impl HeadCtx {
         let view = crate::boot::view::publish_for(&sm);
         HeadCtx {
             view,
+            status: Arc::new(crate::boot::status::StatusBoard::new()),
             id,
             addr,
             raft,

@@ -51,6 +51,8 @@ pub struct BootView {
     by_ip: HashMap<Ipv4Addr, String>,
     pub images: BTreeMap<String, ImageEntry>,
     pub heads: BTreeMap<u64, HeadInfo>,
+    /// Dynamic leases decided through Raft: normalised MAC → (address, expiry).
+    pub leases: HashMap<String, (Ipv4Addr, u64)>,
     /// Nodes that failed to merge (e.g. a profile deleted under them), with why.
     pub broken: BTreeMap<String, String>,
 }
@@ -65,6 +67,11 @@ impl BootView {
             cluster: s.cluster.name.clone(),
             images: s.images.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect(),
             heads: s.cluster.heads.clone(),
+            leases: s
+                .leases
+                .iter()
+                .map(|(ip, l)| (l.mac.clone(), (*ip, l.expires)))
+                .collect(),
             ..Default::default()
         };
         for (name, v) in &s.nodes {

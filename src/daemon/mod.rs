@@ -99,6 +99,21 @@ pub struct HeadConfig {
     /// How often the blob GC runs (0 = never).
     #[serde(default = "default_gc_interval")]
     pub cas_gc_interval_secs: u64,
+    /// Boot services: DHCP and TFTP are off unless configured here.
+    #[serde(default)]
+    pub boot: BootConfig,
+}
+
+/// `boot:` in `wulfd.yaml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    #[serde(default)]
+    pub dhcp: crate::boot::dhcp::config::DhcpConfigWire,
+    #[serde(default)]
+    pub tftp: crate::boot::tftp::TftpConfig,
+    #[serde(default)]
+    pub http: crate::boot::http::BootHttpConfig,
 }
 
 fn default_gc_grace() -> u64 {
@@ -155,6 +170,14 @@ impl HeadConfig {
         self.raft
             .to_config(&self.cluster_name)
             .map_err(|e| DaemonError::Invalid(format!("raft: {e}")))?;
+        crate::boot::dhcp::config::DhcpConfig::try_from(self.boot.dhcp.clone())
+            .map_err(|e| DaemonError::Invalid(format!("boot.dhcp: {e}")))?;
+        if self.boot.tftp.enabled {
+            self.boot
+                .tftp
+                .validate()
+                .map_err(|e| DaemonError::Invalid(format!("boot.tftp: {e}")))?;
+        }
         Ok(())
     }
 
@@ -239,11 +262,18 @@ impl Head {
             )
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let server = tokio::spawn(server);
+        let boot_http = boot_http_state(&cfg, &ctx)?;
+        let app = crate::cas::http::router(cas).merge(crate::boot::http::router(boot_http));
         let http = tokio::spawn(
-            axum::serve(listeners.http, crate::cas::http::router(cas))
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
+            axum::serve(
+                listeners.http,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
         );
+        start_tftp(&cfg, &stop)?;
+        start_dhcp(&cfg, &ctx, &stop)?;
         register(cfg.id, advertise, cfg.http_advertise_addr(), stop.clone());
         if cfg.cas_gc_interval_secs > 0 {
             gc_loop(
@@ -306,6 +336,58 @@ async fn open_store_with_retry(
             }
         }
     }
+}
+
+/// The boot routes' state: this head's view, CAS and status board; a blob a node
+/// asks for that this head lacks is fetched from a peer in the background.
+fn boot_http_state(cfg: &HeadConfig, ctx: &HeadCtx) -> Result<crate::boot::http::BootHttp, DaemonError> {
+    let templates = crate::boot::http::ipxe::IpxeTemplates::load(cfg.boot.http.ipxe_templates.as_deref())
+        .map_err(|e| DaemonError::Invalid(format!("boot.http.ipxe_templates: {e}")))?;
+    let mut b = crate::boot::http::BootHttp::new(ctx.view.clone(), ctx.cas.clone(), ctx.status.clone(), ctx.id);
+    b.templates = std::sync::Arc::new(templates);
+    let (cas, view) = (ctx.cas.clone(), ctx.view.clone());
+    let http = reqwest::Client::new();
+    b.on_missing_blob = Some(std::sync::Arc::new(move |d| {
+        let (cas, http) = (cas.clone(), http.clone());
+        let peers: Vec<String> = view.borrow().heads.values().map(|h| h.http.clone()).collect();
+        tokio::spawn(async move {
+            if let Err(e) = crate::cas::http::fetch_from_peers(&cas, &http, &d, &peers).await {
+                tracing::warn!("boot: {e}");
+            }
+        });
+    }));
+    Ok(b)
+}
+
+fn start_tftp(cfg: &HeadConfig, stop: &CancellationToken) -> Result<(), DaemonError> {
+    if !cfg.boot.tftp.enabled {
+        return Ok(());
+    }
+    let socket =
+        crate::boot::tftp::bind(&cfg.boot.tftp).map_err(|e| DaemonError::Invalid(format!("boot.tftp: {e}")))?;
+    let (tcfg, stop) = (cfg.boot.tftp.clone(), stop.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::boot::tftp::run(socket, tcfg, stop.cancelled_owned()).await {
+            tracing::error!("TFTP stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+fn start_dhcp(cfg: &HeadConfig, ctx: &HeadCtx, stop: &CancellationToken) -> Result<(), DaemonError> {
+    let dcfg = crate::boot::dhcp::config::DhcpConfig::try_from(cfg.boot.dhcp.clone())
+        .map_err(|e| DaemonError::Invalid(format!("boot.dhcp: {e}")))?;
+    if !dcfg.enabled() {
+        return Ok(());
+    }
+    let leases = std::sync::Arc::new(crate::boot::dhcp::raft_leases::RaftLeases::new(ctx.addr.clone()));
+    let (view, stop) = (ctx.view.clone(), stop.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::boot::dhcp::server::run(dcfg, view, leases, stop.cancelled_owned()).await {
+            tracing::error!("DHCP stopped: {e}");
+        }
+    });
+    Ok(())
 }
 
 /// Periodically delete blobs that no catalog entry references (after the grace period).

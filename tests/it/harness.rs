@@ -63,6 +63,7 @@ impl Cluster {
                 cache_mib: 16,
                 cas_gc_grace_secs: 3600,
                 cas_gc_interval_secs: 600,
+                boot: Default::default(),
             })
             .collect();
         let mut cfgs = cfgs;
@@ -165,6 +166,7 @@ impl Cluster {
             cache_mib: 16,
             cas_gc_grace_secs: self.cfgs[0].cas_gc_grace_secs,
             cas_gc_interval_secs: self.cfgs[0].cas_gc_interval_secs,
+            boot: Default::default(),
         };
         self.cfgs.push(cfg.clone());
         self.heads.push(Some(launch(cfg.clone(), l).await));

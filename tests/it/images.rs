@@ -307,3 +307,83 @@ async fn blob_gc_removes_what_no_image_references() {
     }
     c.shutdown().await;
 }
+
+/// The head's HTTP listener serves Warewulf's boot routes from the boot view and the
+/// CAS; a head lacking an image blob fetches it from a peer and then serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heads_serve_boot_routes_and_fetch_missing_blobs_from_peers() {
+    let c = Cluster::start(3, settings()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_root(&src);
+    ok(&c, &["image", "import", src.to_str().unwrap(), "bootimg"]).await;
+    let mac = "52:54:00:12:34:56";
+    ok(
+        &c,
+        &[
+            "node",
+            "add",
+            "b1",
+            "--image",
+            "bootimg",
+            "--hwaddr",
+            mac,
+            "-A",
+            "quiet,console=ttyS0",
+        ],
+    )
+    .await;
+    let e = entry(&c, "bootimg").await;
+    let art = e.artifact.unwrap().digest;
+    let http = reqwest::Client::new();
+    let get = |i: usize, path: String| {
+        let url = format!("http://{}{path}", c.cfgs[i].http_listen);
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap() }
+    };
+
+    // Head 0 imported the image: script, kernel and image are all there.
+    let view0 = c.ctx(0).view.clone();
+    eventually(5, "boot view has b1", || async {
+        view0.borrow().node_by_mac(mac).is_some()
+    })
+    .await;
+    let script = get(0, format!("/ipxe/{mac}")).await;
+    assert_eq!(script.status(), 200);
+    let script = script.text().await.unwrap();
+    assert!(
+        script.contains(&format!("wwid={mac}")) && script.contains("console=ttyS0"),
+        "{script}"
+    );
+    let img = get(0, format!("/image/{mac}?compress=gz")).await;
+    assert_eq!(img.status(), 200);
+    assert_eq!(
+        img.bytes().await.unwrap(),
+        std::fs::read(c.ctx(0).cas.path(&art)).unwrap()
+    );
+    assert_eq!(
+        get(0, "/kernel/b1".into()).await.bytes().await.unwrap().as_ref(),
+        b"not really a kernel"
+    );
+
+    // Head 2 never had the blob: the first request starts a peer fetch, then it serves.
+    assert!(!c.ctx(2).cas.contains(&art));
+    let view2 = c.ctx(2).view.clone();
+    eventually(5, "head 2 boot view has b1", || async {
+        view2.borrow().node_by_mac(mac).is_some()
+    })
+    .await;
+    let first = get(2, format!("/image/{mac}")).await.status();
+    assert!(first == 200 || first.is_server_error() || first == 404, "{first}");
+    let cas2 = c.ctx(2).cas.clone();
+    eventually(10, "head 2 fetched the image from a peer", || async {
+        cas2.contains(&art)
+    })
+    .await;
+    assert_eq!(get(2, format!("/image/{mac}")).await.status(), 200);
+
+    // Status: each head records what it sent.
+    let st = get(0, "/status".into()).await.text().await.unwrap();
+    assert!(st.contains("b1"), "{st}");
+    c.shutdown().await;
+}

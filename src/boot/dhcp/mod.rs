@@ -34,6 +34,7 @@
 pub mod config;
 pub mod handlers;
 pub mod lease;
+pub mod raft_leases;
 pub mod server;
 #[cfg(test)]
 mod tests;
