@@ -239,6 +239,14 @@ impl Client {
         .await
     }
 
+    /// Boot status of every node, merged over all heads by last-seen time.
+    pub async fn node_status(&self) -> Result<(Vec<crate::api::HeadNodeStatus>, Vec<u64>), ClientError> {
+        let r = self
+            .retry(|mut c| async move { c.node_status(pb::NodeStatusRequest { all_heads: true }).await })
+            .await?;
+        Ok((serde_json::from_slice(&r.json)?, r.unreachable))
+    }
+
     pub async fn image_exec_finish(
         &self,
         req: pb::ImageExecFinishRequest,

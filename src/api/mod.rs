@@ -223,8 +223,77 @@ where
     }))
 }
 
+/// One node's boot status as one head saw it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HeadNodeStatus {
+    pub head: u64,
+    pub status: crate::boot::status::NodeStatus,
+}
+
+/// Keep, per node, the most recent event of any head.
+pub fn merge_status(all: impl IntoIterator<Item = HeadNodeStatus>) -> Vec<HeadNodeStatus> {
+    let mut best: std::collections::BTreeMap<String, HeadNodeStatus> = std::collections::BTreeMap::new();
+    for s in all {
+        match best.get(&s.status.node) {
+            Some(b) if b.status.last_seen >= s.status.last_seen => {}
+            _ => {
+                best.insert(s.status.node.clone(), s);
+            }
+        }
+    }
+    best.into_values().collect()
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn node_status(
+        &self,
+        req: GrpcRequest<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusReply>, Status> {
+        let own = self.ctx.status.snapshot().into_iter().map(|status| HeadNodeStatus {
+            head: self.ctx.id,
+            status,
+        });
+        let mut all: Vec<HeadNodeStatus> = own.collect();
+        let mut unreachable = Vec::new();
+        if req.into_inner().all_heads {
+            let asks = self
+                .ctx
+                .members()
+                .into_iter()
+                .filter(|(id, _)| *id != self.ctx.id)
+                .map(|(id, addr)| {
+                    let ctx = self.ctx.clone();
+                    async move {
+                        let r = async {
+                            let mut c = ctx.peer(&addr).await?;
+                            tokio::time::timeout(
+                                Duration::from_secs(2),
+                                c.node_status(pb::NodeStatusRequest { all_heads: false }),
+                            )
+                            .await
+                            .map_err(|_| Status::deadline_exceeded("no answer within 2 s"))?
+                        }
+                        .await;
+                        (id, r)
+                    }
+                });
+            for (id, r) in futures::future::join_all(asks).await {
+                match r
+                    .ok()
+                    .and_then(|r| serde_json::from_slice::<Vec<HeadNodeStatus>>(&r.into_inner().json).ok())
+                {
+                    Some(v) => all.extend(v),
+                    None => unreachable.push(id),
+                }
+            }
+        }
+        Ok(Response::new(pb::NodeStatusReply {
+            json: serde_json::to_vec(&merge_status(all)).expect("status serializes"),
+            unreachable,
+        }))
+    }
+
     type ImageImportStream = EventStream;
     type ImageBuildStream = EventStream;
     type ImageExecFinishStream = EventStream;
@@ -509,5 +578,41 @@ fn membership_reply(r: &openraft::raft::ClientWriteResponse<TypeConfig>) -> pb::
         log_index: r.log_id.index,
         voters,
         learners,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::status::{NodeStatus, Stage};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn st(head: u64, node: &str, stage: Stage, secs: u64) -> HeadNodeStatus {
+        HeadNodeStatus {
+            head,
+            status: NodeStatus {
+                node: node.into(),
+                stage,
+                sent: "x".into(),
+                client: "10.0.0.1".parse().unwrap(),
+                uuid: None,
+                last_seen: UNIX_EPOCH + Duration::from_secs(secs),
+            },
+        }
+    }
+
+    #[test]
+    fn merged_status_keeps_the_latest_event_per_node() {
+        let m = merge_status([
+            st(1, "n1", Stage::Ipxe, 10),
+            st(2, "n1", Stage::Image, 30),
+            st(3, "n1", Stage::Kernel, 20),
+            st(3, "n2", Stage::Ipxe, 5),
+        ]);
+        let got: Vec<(String, Stage, u64)> = m
+            .iter()
+            .map(|s| (s.status.node.clone(), s.status.stage, s.head))
+            .collect();
+        assert_eq!(got, vec![("n1".into(), Stage::Image, 2), ("n2".into(), Stage::Ipxe, 3)]);
     }
 }

@@ -123,6 +123,14 @@ pub enum ObjCmd {
     },
     /// Print objects as YAML (importable with `import`).
     Export { names: Vec<String> },
+    /// Boot status of nodes (stage, file sent, address, seconds since last seen), from every head.
+    Status {
+        /// Names or hostlist patterns (default: all seen).
+        names: Vec<String>,
+        /// Refresh every this many seconds until interrupted.
+        #[arg(short, long, value_name = "SECS")]
+        watch: Option<u64>,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -357,6 +365,32 @@ async fn obj_cmd(client: &Client, kind: Kind, c: ObjCmd, fmt: Option<Format>, ou
             writeln!(out, "Deleted {} {k}(s)", w.outcome.deleted.len())?;
         }
         ObjCmd::Edit { names } => edit(client, kind, &names, out).await?,
+        ObjCmd::Status { names, watch } => {
+            if kind != Kind::Node {
+                bail!("status exists for nodes only: wwctl node status");
+            }
+            let filter: Option<std::collections::HashSet<String>> = (!names.is_empty())
+                .then(|| expand(&names))
+                .transpose()?
+                .map(|v| v.into_iter().collect());
+            loop {
+                let (rows, unreachable) = client.node_status().await?;
+                let rows: Vec<_> = rows
+                    .into_iter()
+                    .filter(|r| filter.as_ref().is_none_or(|f| f.contains(&r.status.node)))
+                    .collect();
+                let text = output::node_status(&rows, &unreachable, fmt.unwrap_or(Format::Table))?;
+                if watch.is_some() {
+                    write!(out, "\x1b[2J\x1b[H")?;
+                }
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+                match watch {
+                    Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
+                    None => break,
+                }
+            }
+        }
         ObjCmd::Import { file, yes } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let conf = parse_import(kind, &text)?;

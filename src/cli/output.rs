@@ -270,3 +270,34 @@ fn leak_role(s: &str) -> &'static str {
         _ => "Unknown",
     }
 }
+
+/// `wwctl node status`: the most recent boot event per node, over all heads.
+pub fn node_status(rows: &[crate::api::HeadNodeStatus], unreachable: &[u64], fmt: Format) -> Result<String> {
+    let now = std::time::SystemTime::now();
+    Ok(match fmt {
+        Format::Json => serde_json::to_string_pretty(rows)? + "\n",
+        Format::Yaml => serde_yaml_ng::to_string(rows)?,
+        Format::Table => {
+            let mut t = table(
+                &["NODE NAME", "STAGE", "SENT", "IPADDR", "LAST SEEN (s)", "HEAD"],
+                rows.iter().map(|r| {
+                    let ago = now.duration_since(r.status.last_seen).map(|d| d.as_secs()).unwrap_or(0);
+                    vec![
+                        r.status.node.clone(),
+                        r.status.stage.to_string(),
+                        r.status.sent.clone(),
+                        r.status.client.to_string(),
+                        ago.to_string(),
+                        r.head.to_string(),
+                    ]
+                }),
+            );
+            if !unreachable.is_empty() {
+                t.push_str(&format!(
+                    "(heads {unreachable:?} did not answer; their events are missing)\n"
+                ));
+            }
+            t
+        }
+    })
+}

@@ -382,8 +382,20 @@ async fn heads_serve_boot_routes_and_fetch_missing_blobs_from_peers() {
     .await;
     assert_eq!(get(2, format!("/image/{mac}")).await.status(), 200);
 
-    // Status: each head records what it sent.
+    // Status: each head records what it sent; `wwctl node status` merges all heads
+    // and shows the most recent event (head 3 sent the image last).
     let st = get(0, "/status".into()).await.text().await.unwrap();
     assert!(st.contains("b1"), "{st}");
+    let status = ok(&c, &["node", "status"]).await;
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("b1"))
+        .unwrap_or_else(|| panic!("{status}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!((cols[1], cols[5]), ("IMAGE", "3"), "{status}");
+    assert!(
+        ok(&c, &["node", "status", "nobody"]).await.lines().count() == 1,
+        "filtered to nothing"
+    );
     c.shutdown().await;
 }
