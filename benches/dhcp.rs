@@ -8,6 +8,15 @@
 //! both servers answer it by unicast on port 67. wulfpack runs in-process on one thread
 //! (current-thread tokio runtime), Kea as its own process; perfdhcp gets the other core.
 //!
+//! Both namespaces get 4 MB default socket receive buffers (per-namespace sysctls), so
+//! Kea's socket has the buffer wulfpack requests for its own, and perfdhcp's reply
+//! socket absorbs bursts. Per step the report gives each side's CPU and UDP
+//! receive-buffer drops, which tells whether the server or the load generator limits.
+//! The machine has 2 cores: perfdhcp takes about one, so compare only side by side and
+//! on an otherwise idle machine.
+//!
+//! `WULFPACK_DHCP_RATES=8000,16000` overrides the offered rates.
+//!
 //! `cargo bench --bench dhcp` runs the full sizes (10,000 nodes, 10 s per step);
 //! without `--bench` (under `cargo test`) it runs a tiny smoke test of the harness.
 //! Skips with a printed reason when not root or when the packages cannot be installed.
@@ -21,7 +30,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dhcp_lab::{kea_config, nodes, perfdhcp, view_of, write_macs, LabServer, Perf};
+use dhcp_lab::{kea_config, nodes, perfdhcp, udp_rcvbuf_errors, view_of, write_macs, LabServer, Perf};
 use netns::{skip_reason, NetNs};
 use wulfpack::boot::dhcp::DhcpConfig;
 
@@ -36,7 +45,7 @@ fn main() {
     let sizes = if full {
         Sizes {
             nodes: 10_000,
-            rates: vec![8_000, 15_000, 25_000, 40_000],
+            rates: vec![8_000, 12_000, 16_000, 20_000, 24_000, 30_000],
             secs: 10,
         }
     } else {
@@ -46,6 +55,10 @@ fn main() {
             secs: 1,
         }
     };
+    let mut sizes = sizes;
+    if let Ok(r) = std::env::var("WULFPACK_DHCP_RATES") {
+        sizes.rates = r.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+    }
     if let Some(why) = skip_reason(&[
         ("ip", "iproute2"),
         ("perfdhcp", "kea-admin"),
@@ -58,6 +71,12 @@ fn main() {
     let srv = NetNs::new("bds");
     let cli = NetNs::new("bdc");
     srv.veth("s0", Some("10.78.0.1/16"), &cli, "c0", Some("10.78.0.2/16"));
+    // 4 MB socket receive buffers in both namespaces (these sysctls are per network
+    // namespace): Kea gets what wulfpack asks for itself, and perfdhcp's reply socket
+    // absorbs bursts, so the load generator is not what drops replies.
+    for ns in [&srv, &cli] {
+        ns.ok("sysctl -qw net.core.rmem_default=4194304 net.core.rmem_max=4194304");
+    }
     let server_ip: Ipv4Addr = "10.78.0.1".parse().unwrap();
     let lab = nodes(sizes.nodes, "10.78.1.0".parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
@@ -80,20 +99,30 @@ fn main() {
     let mut rows: Vec<(String, u32, Perf, String)> = Vec::new();
     for &rate in &sizes.rates {
         // Kea first, then wulfpack, at the same offered rate.
+        let srv0 = udp_rcvbuf_errors(&srv);
         let kea = run_kea(&srv, &cli, dir.path(), server_ip, rate, sizes.secs, &macs, lab.len());
-        rows.push(("Kea 2.2 (memfile, reservations)".into(), rate, kea, String::new()));
+        let note = format!(
+            "server-side UDP receive-buffer drops {}; {}",
+            udp_rcvbuf_errors(&srv) - srv0,
+            client_note(&kea, sizes.secs)
+        );
+        rows.push(("Kea 2.2 (memfile, reservations)".into(), rate, kea, note));
         let server = LabServer::start(&srv, "s0", cfg.clone(), view.clone());
+        let srv0 = udp_rcvbuf_errors(&srv);
         let cpu0 = process_cpu();
         let p = perfdhcp(&cli, "c0", server_ip, rate, sizes.secs, &macs, lab.len());
         let cpu = process_cpu() - cpu0;
         let st = &server.stats;
         let note = format!(
-            "server: {} received, {} replied, {} skipped, {} send errors; wulfpack process CPU {:.0} % of one core",
+            "server: {} received, {} replied, {} skipped, {} send errors, UDP receive-buffer drops {}, \
+             wulfpack process CPU {:.0} % of one core; {}",
             st.received.load(Ordering::Relaxed),
             st.replied.load(Ordering::Relaxed),
             st.skipped.load(Ordering::Relaxed),
             st.send_errors.load(Ordering::Relaxed),
+            udp_rcvbuf_errors(&srv) - srv0,
             100.0 * cpu / f64::from(sizes.secs),
+            client_note(&p, sizes.secs)
         );
         server.stop();
         rows.push(("wulfpack".into(), rate, p, note));
@@ -120,9 +149,7 @@ fn main() {
     }
     println!();
     for (who, rate, _, note) in &rows {
-        if !note.is_empty() {
-            println!("- {who} at {rate}/s: {note}");
-        }
+        println!("- {who} at {rate}/s: {note}");
     }
     let best = |name: &str, max_drop: f64| {
         rows.iter()
@@ -139,6 +166,14 @@ fn main() {
         let ok = rows.iter().any(|r| r.0 == "wulfpack" && r.2.recv_ack > 0);
         assert!(ok, "smoke run: wulfpack answered nothing");
     }
+}
+
+fn client_note(p: &Perf, secs: u32) -> String {
+    format!(
+        "client: perfdhcp CPU {:.0} % of one core, replies dropped in the client's receive buffer {}",
+        100.0 * p.client_cpu / f64::from(secs),
+        p.client_rcvbuf_drops
+    )
 }
 
 /// User + system CPU seconds of this process so far.
