@@ -173,6 +173,11 @@ pub struct Perf {
     pub recv_ack: u64,
     /// Exchanges per second perfdhcp reports ("Rate: N 4-way exchanges/second").
     pub rate: f64,
+    /// CPU seconds perfdhcp used (user + system).
+    pub client_cpu: f64,
+    /// UDP datagrams the client namespace's kernel dropped for lack of receive buffer
+    /// during the run (replies perfdhcp did not read in time).
+    pub client_rcvbuf_drops: u64,
     pub raw: String,
 }
 
@@ -237,6 +242,20 @@ pub fn write_macs(path: &std::path::Path, nodes: &[LabNode]) {
     std::fs::write(path, text).unwrap();
 }
 
+/// `Udp: RcvbufErrors` of a namespace (`/proc/net/snmp` is per network namespace).
+pub fn udp_rcvbuf_errors(ns: &NetNs) -> u64 {
+    let snmp = ns.ok("cat /proc/net/snmp");
+    let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+    let (Some(h), Some(v)) = (udp.first(), udp.get(1)) else {
+        return 0;
+    };
+    h.split_whitespace()
+        .zip(v.split_whitespace())
+        .find(|(k, _)| *k == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Run perfdhcp inside `ns` against `server` from `iface`: `rate` exchanges/s for
 /// `secs` seconds, clients from `macs`. Bounded by `timeout`.
 pub fn perfdhcp(
@@ -248,13 +267,24 @@ pub fn perfdhcp(
     macs: &std::path::Path,
     n: usize,
 ) -> Perf {
+    // After perfdhcp exits, the shell's own /proc stat holds its children's CPU time.
     let script = format!(
-        "timeout {} perfdhcp -4 -l {iface} -r {rate} -R {n} -p {secs} -M {} {server} 2>&1",
+        "timeout {} perfdhcp -4 -l {iface} -r {rate} -R {n} -p {secs} -M {} {server} 2>&1; echo; echo \"CHILDSTAT $(cat /proc/$$/stat)\"",
         secs + 30,
         macs.display()
     );
+    let drops0 = udp_rcvbuf_errors(ns);
     let o = ns.sh(&script);
-    parse_perfdhcp(&String::from_utf8_lossy(&o.stdout))
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut p = parse_perfdhcp(&out);
+    p.client_rcvbuf_drops = udp_rcvbuf_errors(ns).saturating_sub(drops0);
+    if let Some(stat) = out.lines().find_map(|l| l.strip_prefix("CHILDSTAT ")) {
+        // cutime and cstime are fields 16 and 17: 13 and 14 after the ")" ending the name.
+        let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+        p.client_cpu = (t(13) + t(14)) / 100.0;
+    }
+    p
 }
 
 /// A Kea 2.2 configuration serving `nodes` by reservation on `iface` (memfile, no

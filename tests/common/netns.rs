@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -112,11 +113,12 @@ impl NetNs {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    /// Spawn a process inside; it is killed (by PID) when the namespace is dropped.
-    /// Output goes to `log` when given.
+    /// Spawn a process inside, as the leader of its own process group; the group is
+    /// killed when the namespace is dropped (so wrappers such as `timeout` that fork
+    /// cannot leave their child behind). Output goes to `log` when given.
     pub fn spawn(&self, argv: &[&str], log: Option<&Path>) -> u32 {
         let mut c = self.command(argv[0]);
-        c.args(&argv[1..]).stdin(Stdio::null());
+        c.args(&argv[1..]).stdin(Stdio::null()).process_group(0);
         if let Some(p) = log {
             let f = std::fs::File::create(p).expect("log file");
             c.stdout(f.try_clone().unwrap()).stderr(f);
@@ -129,13 +131,11 @@ impl NetNs {
         pid
     }
 
-    /// Kill one spawned process (by its PID) and reap it.
+    /// Kill one spawned process and its process group (by its PID) and reap it.
     pub fn kill(&self, pid: u32) {
         let mut cs = self.children.lock().unwrap();
         if let Some(i) = cs.iter().position(|c| c.id() == pid) {
-            let mut c = cs.remove(i);
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_group(cs.remove(i));
         }
     }
 
@@ -191,14 +191,22 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        for mut c in self.children.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
+        for c in self.children.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            kill_group(c);
         }
         // Deleting the namespace deletes the veth ends inside it (and their peers).
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
     }
+}
+
+/// SIGKILL the process group a spawned child leads (its PID is the group id), then reap.
+fn kill_group(mut c: Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 fn run(c: &mut Command) {
