@@ -124,7 +124,7 @@ fn default_gc_interval() -> u64 {
 }
 
 fn default_http_listen() -> String {
-    "0.0.0.0:9780".into()
+    "0.0.0.0:9873".into()
 }
 
 fn default_cluster_name() -> String {

@@ -502,11 +502,11 @@ fn heads_register_their_addresses() {
         &req(Command::RegisterHead {
             id: 2,
             info: HeadInfo {
-                http: "127.0.0.1:9780".into(),
+                http: "127.0.0.1:9873".into(),
             },
         }),
     );
-    assert_eq!(s.cluster.heads[&2].http, "127.0.0.1:9780");
+    assert_eq!(s.cluster.heads[&2].http, "127.0.0.1:9873");
 }
 
 fn lease(mac: &str, now: u64) -> Request {

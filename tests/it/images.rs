@@ -355,6 +355,10 @@ async fn heads_serve_boot_routes_and_fetch_missing_blobs_from_peers() {
         script.contains(&format!("wwid={mac}")) && script.contains("console=ttyS0"),
         "{script}"
     );
+    // The URL DHCP hands to iPXE writes the MAC with dashes (Warewulf's form).
+    let dashed = get(0, format!("/ipxe/{}", mac.replace(':', "-"))).await;
+    assert_eq!(dashed.status(), 200);
+    assert!(dashed.text().await.unwrap().contains("console=ttyS0"));
     let img = get(0, format!("/image/{mac}?compress=gz")).await;
     assert_eq!(img.status(), 200);
     assert_eq!(
