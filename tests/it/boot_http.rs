@@ -68,6 +68,13 @@ nodes:
     network devices:
       default:
         hwaddr: aa:bb:cc:dd:ee:07
+  vm:
+    image name: rocky9
+    kernel:
+      args: console=ttyS0 panic=-1 quiet
+    network devices:
+      default:
+        hwaddr: "52:54:00:12:34:56"
 "#;
 
 pub struct Boot {
@@ -126,16 +133,27 @@ fn entry(artifact: Option<(Digest, usize)>, kernels: Vec<KernelRef>) -> Box<Imag
     })
 }
 
-/// A served head with the nodes above; `other_heads` are registered as peers.
+/// A served head with the nodes above and a registered peer head.
 pub async fn start() -> Boot {
+    start_with(true, None).await
+}
+
+/// As [`start`]; without `peer`, this head is the only one registered (so a
+/// script never points anywhere but here).
+/// `real` replaces the default kernel and the image with real bytes.
+pub async fn start_with(peer: bool, real: Option<(Vec<u8>, Vec<u8>)>) -> Boot {
     let dir = tempfile::tempdir().unwrap();
     let cas = Cas::open(&dir.path().join("cas")).unwrap();
-    let kernel13: Vec<u8> = (0..300_000u32).map(|i| (i % 13) as u8).collect();
+    let (kernel13, image) = real.unwrap_or_else(|| {
+        (
+            (0..300_000u32).map(|i| (i % 13) as u8).collect(),
+            // Several read chunks, and not a multiple of one.
+            (0..700_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+                .collect(),
+        )
+    });
     let kernel12 = b"kernel 6.1.0-12".to_vec();
-    // Several read chunks, and not a multiple of one.
-    let image: Vec<u8> = (0..700_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
     let k13 = cas.put_bytes(&kernel13).unwrap();
     let k12 = cas.put_bytes(&kernel12).unwrap();
     let image_digest = cas.put_bytes(&image).unwrap();
@@ -187,16 +205,18 @@ pub async fn start() -> Boot {
             info: HeadInfo { http: addr.to_string() },
         },
     );
-    apply(
-        &mut s,
-        7,
-        Cmd::RegisterHead {
-            id: 2,
-            info: HeadInfo {
-                http: "10.9.9.2:9870".into(),
+    if peer {
+        apply(
+            &mut s,
+            7,
+            Cmd::RegisterHead {
+                id: 2,
+                info: HeadInfo {
+                    http: "10.9.9.2:9870".into(),
+                },
             },
-        },
-    );
+        );
+    }
     let (_tx, view) = watch::channel(Arc::new(BootView::from_state(&s, 7)));
     let status = Arc::new(StatusBoard::new());
     let missing_calls = Arc::new(Mutex::new(Vec::new()));
@@ -478,7 +498,7 @@ async fn status_json_has_warewulfs_shape() {
     assert_eq!(h["content-type"], "application/json");
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let nodes = doc["nodes"].as_object().unwrap();
-    assert_eq!(nodes.len(), 7, "every known node, seen or not");
+    assert_eq!(nodes.len(), 8, "every known node, seen or not");
     let n1 = nodes["n1"].as_object().unwrap();
     let mut keys: Vec<&str> = n1.keys().map(String::as_str).collect();
     keys.sort();
@@ -582,4 +602,103 @@ async fn curl_fetches_every_route() {
     assert_eq!(doc["nodes"]["n1"]["stage"], "RUNTIME_OVERLAY");
     assert_eq!(doc["nodes"]["n1"]["sent"], "NOT_FOUND");
     assert_eq!(b.addr.ip().to_string(), "127.0.0.1");
+}
+
+/// A real iPXE (Debian's e1000 ROM in QEMU) boots through our script: QEMU's
+/// user-mode network hands the ROM `http://10.0.2.2:PORT/ipxe/<mac>` as its boot
+/// file (slirp's own DHCP inside QEMU; no DHCP server runs on any interface), and
+/// 10.0.2.2 reaches this test's server on 127.0.0.1. The script loads the kernel
+/// and image from us, skips the missing overlays, and the kernel runs the image's
+/// `/init`, which prints a marker and the command line (`wwid=` and the node's
+/// kernel args) on the serial console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_ipxe_boots_the_image_through_the_script() {
+    if !crate::registry::is_root() {
+        eprintln!("SKIP: the QEMU boot test installs packages and needs root");
+        return;
+    }
+    let pkgs = [
+        "qemu-system-x86",
+        "ipxe-qemu",
+        "linux-image-amd64",
+        "busybox-static",
+        "cpio",
+    ];
+    if !crate::registry::ensure_packages(&pkgs) {
+        return;
+    }
+    let Some(vmlinuz) = std::fs::read_dir("/boot")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))
+    else {
+        eprintln!("SKIP: no /boot/vmlinuz-* after installing linux-image-amd64");
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    for d in ["bin", "dev", "proc"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
+    let init = tree.join("init");
+    std::fs::write(
+        &init,
+        "#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\n/bin/busybox mount -t proc proc /proc\n\
+         echo WULFPACK-INIT-OK > /dev/ttyS0\necho \"CMDLINE $(/bin/busybox cat /proc/cmdline)\" > /dev/ttyS0\n\
+         /bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cpio = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio -o -H newc --quiet | gzip -1")
+        .current_dir(&tree)
+        .output()
+        .unwrap();
+    assert!(cpio.status.success());
+    let b = start_with(false, Some((std::fs::read(&vmlinuz).unwrap(), cpio.stdout))).await;
+    let port = b.addr.port();
+    let mac = "52:54:00:12:34:56";
+    let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35", "-m", "512", "-nographic", "-no-reboot", "-boot", "n"])
+        .args([
+            "-netdev",
+            &format!("user,id=n0,bootfile=http://10.0.2.2:{port}/ipxe/{mac}"),
+            "-device",
+            &format!("e1000,netdev=n0,mac={mac}"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start qemu");
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(qemu.stdout.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let mut cmdline = None;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(240);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
+        if let Some(c) = line.strip_prefix("CMDLINE ") {
+            cmdline = Some(c.trim().to_owned());
+            break;
+        }
+        log.push(line);
+    }
+    let _ = qemu.kill().await;
+    let log = log.join("\n");
+    assert!(
+        log.contains("WULFPACK-INIT-OK"),
+        "no marker from /init; serial log:\n{log}"
+    );
+    let cmdline = cmdline.expect("the command line line");
+    assert!(cmdline.contains(&format!("wwid={mac}")), "{cmdline}");
+    assert!(cmdline.contains("console=ttyS0 panic=-1 quiet"), "{cmdline}");
+    let st = b.status.get("vm").expect("the boot was recorded");
+    assert_eq!(
+        st.stage,
+        Stage::RuntimeOverlay,
+        "the last request was the (missing) runtime overlay"
+    );
+    assert_eq!(st.sent, "NOT_FOUND");
 }
