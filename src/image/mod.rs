@@ -281,11 +281,17 @@ impl Images {
             self.build_into(&req.name, &mut entry, &progress).await?;
         }
         progress.send("catalog", "recording the image in the cluster catalog", 0, 0);
+        self.record(&req.name, entry, existing.unwrap_or(0)).await
+    }
+
+    /// Write `entry` to the replicated catalog, conditional on the version read
+    /// (0: the name must still be free), so a concurrent change is never overwritten.
+    async fn record(&self, name: &str, entry: ImageEntry, expect: u64) -> Result<ImageEntry, ImageError> {
         self.catalog
             .write(Command::Image(ImageCommand::Put {
-                name: req.name.clone(),
+                name: name.into(),
                 entry: Box::new(entry.clone()),
-                expect: Some(existing.unwrap_or(0)),
+                expect: Some(expect),
             }))
             .await?;
         Ok(entry)
@@ -308,14 +314,7 @@ impl Images {
         self.ensure_rootfs(name, &entry.layers, &progress).await?;
         self.build_into(name, &mut entry, &progress).await?;
         entry.updated = now();
-        self.catalog
-            .write(Command::Image(ImageCommand::Put {
-                name: name.into(),
-                entry: Box::new(entry.clone()),
-                expect: Some(cur.version),
-            }))
-            .await?;
-        Ok(entry)
+        self.record(name, entry, cur.version).await
     }
 
     /// Kernels found in an image, newest first, and the one a node would boot.
@@ -407,14 +406,7 @@ impl Images {
         fs::write(&marker, layers_text(&entry.layers)).map_err(self.io(name, &marker))?;
         self.build_into(name, &mut entry, &progress).await?;
         entry.updated = now();
-        self.catalog
-            .write(Command::Image(ImageCommand::Put {
-                name: name.into(),
-                entry: Box::new(entry.clone()),
-                expect: Some(version),
-            }))
-            .await?;
-        Ok(entry)
+        self.record(name, entry, version).await
     }
 
     /// Make sure this head has the root tree of `layers` under `name`.

@@ -6,25 +6,10 @@ use std::path::PathBuf;
 use clap::Parser;
 use wulfpack::cli::{run, Cli};
 
-use crate::harness::{settings, Cluster};
+use crate::harness::{ok, settings, ww, Cluster};
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-/// Run wwctl in-process against the cluster; Ok(stdout) or Err(error text).
-async fn ww(c: &Cluster, args: &[&str]) -> Result<String, String> {
-    let heads = (0..c.cfgs.len()).map(|i| c.addr(i)).collect::<Vec<_>>().join(",");
-    let mut argv = vec!["wwctl", "--heads", &heads];
-    argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    run(cli, &mut out).await.map_err(|e| format!("{e:#}"))?;
-    Ok(String::from_utf8(out).unwrap())
-}
-
-async fn ok(c: &Cluster, args: &[&str]) -> String {
-    ww(c, args).await.unwrap_or_else(|e| panic!("wwctl {args:?}: {e}"))
 }
 
 /// Compare with tests/golden/NAME; UPDATE_GOLDEN=1 rewrites the file.

@@ -222,3 +222,20 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Run `wwctl` in-process against every head of the cluster; Ok(stdout) or Err(error text).
+pub async fn ww(c: &Cluster, args: &[&str]) -> Result<String, String> {
+    use clap::Parser;
+    let heads = (0..c.cfgs.len()).map(|i| c.addr(i)).collect::<Vec<_>>().join(",");
+    let mut argv = vec!["wwctl", "--heads", &heads];
+    argv.extend_from_slice(args);
+    let cli = wulfpack::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    wulfpack::cli::run(cli, &mut out).await.map_err(|e| format!("{e:#}"))?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+/// [`ww`] that must succeed.
+pub async fn ok(c: &Cluster, args: &[&str]) -> String {
+    ww(c, args).await.unwrap_or_else(|e| panic!("wwctl {args:?}: {e}"))
+}

@@ -6,26 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use clap::Parser;
-use wulfpack::cli::{run, Cli};
 use wulfpack::state::ImageEntry;
 
-use crate::harness::{eventually, settings, Cluster};
+use crate::harness::{eventually, ok, settings, ww, Cluster};
 use crate::registry::{build_test_image, ensure_packages, is_root, Registry};
-
-async fn ww(c: &Cluster, args: &[&str]) -> Result<String, String> {
-    let heads = (0..c.cfgs.len()).map(|i| c.addr(i)).collect::<Vec<_>>().join(",");
-    let mut argv = vec!["wwctl", "--heads", &heads];
-    argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    run(cli, &mut out).await.map_err(|e| format!("{e:#}"))?;
-    Ok(String::from_utf8(out).unwrap())
-}
-
-async fn ok(c: &Cluster, args: &[&str]) -> String {
-    ww(c, args).await.unwrap_or_else(|e| panic!("wwctl {args:?}: {e}"))
-}
 
 /// A small root tree: files, a symlink, a hardlink, an excluded cache, a kernel.
 fn small_root(root: &Path) {

@@ -66,8 +66,10 @@ fn node_names(list_output: &str) -> Vec<String> {
 fn three_wulfd_processes_survive_sigkill_of_leader_and_of_all() {
     let mut p = ProcCluster::start(Path::new(WULFD), 3, "");
     let all = p.all_heads();
-    wait_until(30, "cluster ready", || {
-        wwctl(&all, &["--timeout", "2", "profile", "list"]).0
+    // Ready = initialised: a leader exists and the bootstrap `Init` created `default`.
+    wait_until(30, "cluster initialised", || {
+        let (success, out, _) = wwctl(&all, &["--timeout", "2", "profile", "list"]);
+        success && out.lines().any(|l| l.starts_with("default"))
     });
 
     // wwctl against each head alone.
