@@ -18,4 +18,5 @@ mod dhcp;
 mod images;
 mod oci;
 mod procs;
+mod pxe;
 mod tftp;
