@@ -253,15 +253,7 @@ impl Images {
             oci::Progress::Message(m) => p2.send("pull", m, 0, 0),
         })
         .await?;
-        let layers: Vec<LayerRef> = pulled
-            .layers
-            .iter()
-            .map(|l| LayerRef {
-                digest: l.digest,
-                media_type: l.media_type.clone(),
-                size: l.size,
-            })
-            .collect();
+        let layers: Vec<LayerRef> = pulled.layers.iter().map(LayerRef::from).collect();
         let t = now();
         let mut entry = ImageEntry {
             source: pulled.source.clone(),
@@ -389,15 +381,7 @@ impl Images {
         )
         .await?;
         let mut entry = cur.value.clone();
-        entry.layers = pulled
-            .layers
-            .iter()
-            .map(|l| LayerRef {
-                digest: l.digest,
-                media_type: l.media_type.clone(),
-                size: l.size,
-            })
-            .collect();
+        entry.layers = pulled.layers.iter().map(LayerRef::from).collect();
         if !entry.source.ends_with(" +exec") {
             entry.source.push_str(" +exec");
         }
@@ -554,6 +538,16 @@ impl Images {
         entry.rootfs_size = stats.bytes_in;
         entry.files = stats.files;
         Ok(())
+    }
+}
+
+impl From<&oci::Layer> for LayerRef {
+    fn from(l: &oci::Layer) -> LayerRef {
+        LayerRef {
+            digest: l.digest,
+            media_type: l.media_type.clone(),
+            size: l.size,
+        }
     }
 }
 

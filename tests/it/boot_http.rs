@@ -613,26 +613,7 @@ async fn curl_fetches_every_route() {
 /// kernel args) on the serial console.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_ipxe_boots_the_image_through_the_script() {
-    if !crate::registry::is_root() {
-        eprintln!("SKIP: the QEMU boot test installs packages and needs root");
-        return;
-    }
-    let pkgs = [
-        "qemu-system-x86",
-        "ipxe-qemu",
-        "linux-image-amd64",
-        "busybox-static",
-        "cpio",
-    ];
-    if !crate::registry::ensure_packages(&pkgs) {
-        return;
-    }
-    let Some(vmlinuz) = std::fs::read_dir("/boot")
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))
-    else {
-        eprintln!("SKIP: no /boot/vmlinuz-* after installing linux-image-amd64");
+    let Some(vmlinuz) = crate::pxe::qemu_boot_prerequisites("the QEMU boot test") else {
         return;
     };
     let work = tempfile::tempdir().unwrap();

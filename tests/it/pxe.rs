@@ -28,27 +28,40 @@ fn wwctl(ns: &NetNs, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[test]
-fn qemu_pxe_boots_through_wulfds_dhcp_and_http() {
+/// Root, QEMU with Debian's iPXE ROMs, a Debian kernel and busybox: the kernel's path,
+/// or None after printing why the test is skipped.
+pub fn qemu_boot_prerequisites(test: &str) -> Option<std::path::PathBuf> {
     if !is_root() {
-        eprintln!("SKIP: the PXE boot test needs root (network namespaces, tap devices)");
-        return;
+        eprintln!("SKIP: {test} needs root (packages, network namespaces, tap devices)");
+        return None;
     }
-    if !ensure_packages(&[
+    let pkgs = [
         "qemu-system-x86",
         "ipxe-qemu",
         "linux-image-amd64",
         "busybox-static",
+        "cpio",
         "iproute2",
-    ]) {
-        return;
+    ];
+    if !ensure_packages(&pkgs) {
+        return None;
     }
-    let Some(vmlinuz) = std::fs::read_dir("/boot")
-        .unwrap()
+    let kernel = std::fs::read_dir("/boot")
+        .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))
-    else {
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        });
+    if kernel.is_none() {
         eprintln!("SKIP: no /boot/vmlinuz-* after installing linux-image-amd64");
+    }
+    kernel
+}
+
+#[test]
+fn qemu_pxe_boots_through_wulfds_dhcp_and_http() {
+    let Some(vmlinuz) = qemu_boot_prerequisites("the PXE boot test") else {
         return;
     };
     let work = tempfile::tempdir().unwrap();
