@@ -13,6 +13,8 @@
 //! Needs root and Debian's `nginx-light`, `tftpd-hpa`, `curl` (installed if
 //! missing); prints SKIP with the reason otherwise.
 
+#[path = "../tests/common/netns.rs"]
+mod netns;
 #[path = "../tests/common/netns_pair.rs"]
 mod netns_pair;
 #[path = "../tests/common/registry.rs"]

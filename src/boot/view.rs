@@ -146,7 +146,8 @@ pub fn publish_for(sm: &crate::store::StateMachineStore<crate::raft::TypeConfig,
 }
 
 /// Keep a [`BootView`] current: rebuild after the applied index moves, at most once
-/// per `every` (a burst of writes costs one rebuild, not one per write).
+/// per `every` and never more often than twice the last rebuild's duration (a
+/// burst of writes costs one rebuild, not one per write).
 pub fn publish(
     read: impl Fn() -> BootView + Send + 'static,
     mut applied: watch::Receiver<u64>,
@@ -155,13 +156,19 @@ pub fn publish(
     let first = read();
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
+        let mut last_build = Duration::ZERO;
         loop {
             if applied.changed().await.is_err() || tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(every).await;
+            // Wait at least twice as long as the last rebuild took, so rebuilding
+            // (a merge of every node) never takes more than a third of a core
+            // during a long burst of writes, however large the cluster.
+            tokio::time::sleep(every.max(last_build * 2)).await;
             applied.borrow_and_update();
+            let started = std::time::Instant::now();
             let view = read();
+            last_build = started.elapsed();
             if tx.send(Arc::new(view)).is_err() {
                 return;
             }

@@ -5,7 +5,6 @@
 //! scripts, and `curl` as a real client.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -516,19 +515,6 @@ async fn status_json_has_warewulfs_shape() {
     assert_eq!(seen, ["n1", "n2"]);
 }
 
-fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
-    assert_eq!(actual, want, "output differs from {}", path.display());
-}
-
 #[tokio::test]
 async fn ipxe_scripts_match_golden_files() {
     let b = start().await;
@@ -542,7 +528,7 @@ async fn ipxe_scripts_match_golden_files() {
     ] {
         let (st, _, body) = get_with(&b, &path, &host).await;
         assert_eq!(st, StatusCode::OK, "{path}");
-        golden(file, &text(&body));
+        crate::harness::golden(file, &text(&body));
     }
 }
 

@@ -6,23 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use wulfpack::cli::{run, Cli};
 
-use crate::harness::{ok, settings, ww, Cluster};
-
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-/// Compare with tests/golden/NAME; UPDATE_GOLDEN=1 rewrites the file.
-fn golden(name: &str, actual: &str) {
-    let path = golden_dir().join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
-    assert_eq!(actual, want, "output differs from {}", path.display());
-}
+use crate::harness::{golden, ok, settings, ww, Cluster};
 
 async fn example_cluster() -> Cluster {
     let c = Cluster::start(3, settings()).await;

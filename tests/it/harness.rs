@@ -239,3 +239,17 @@ pub async fn ww(c: &Cluster, args: &[&str]) -> Result<String, String> {
 pub async fn ok(c: &Cluster, args: &[&str]) -> String {
     ww(c, args).await.unwrap_or_else(|e| panic!("wwctl {args:?}: {e}"))
 }
+
+/// Compare `actual` with `tests/golden/NAME`; `UPDATE_GOLDEN=1` rewrites the file.
+pub fn golden(name: &str, actual: &str) {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    assert_eq!(actual, want, "output differs from {}", path.display());
+}

@@ -77,11 +77,7 @@ pub fn tree_digest(root: &Path, excludes: &[String]) -> Result<String, BuildErro
                 }
             }
             Kind::Symlink => {
-                let target = std::fs::read_link(&e.path).map_err(|source| BuildError::Io {
-                    action: "read the symlink",
-                    path: e.path.clone(),
-                    source,
-                })?;
+                let target = e.link_target()?;
                 field(&mut h, target.as_os_str().as_bytes());
             }
             Kind::CharDev | Kind::BlockDev => {

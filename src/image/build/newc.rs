@@ -154,11 +154,7 @@ impl<Z: Write> NewcWriter<Z> {
                 self.write_file(e, header, size, progress)?;
             }
             Kind::Symlink => {
-                let target = std::fs::read_link(&e.path).map_err(|source| BuildError::Io {
-                    action: "read the symlink",
-                    path: e.path.clone(),
-                    source,
-                })?;
+                let target = e.link_target()?;
                 let target = target.as_os_str().as_bytes();
                 let size = newc_file_size(&e.path, target.len() as u64)?;
                 let ino = self.take_ino()?;

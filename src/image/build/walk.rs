@@ -78,6 +78,15 @@ impl Entry {
             _ => 1,
         }
     }
+
+    /// A symlink's target (what the archive stores as its body, and the digest hashes).
+    pub(crate) fn link_target(&self) -> Result<std::path::PathBuf, super::BuildError> {
+        std::fs::read_link(&self.path).map_err(|source| super::BuildError::Io {
+            action: "read the symlink",
+            path: self.path.clone(),
+            source,
+        })
+    }
 }
 
 /// Iterator over the entries of an image tree, in archive order.
