@@ -288,7 +288,7 @@ mod tests {
             store.save(&s, SaveMode::IfNotOlder).await.unwrap();
             assert_eq!(s.meta.snapshot_id, "1-1-1");
         }
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::store::test_support::reopen_sled(dir.path());
         let store = SnapshotStore::new(db.clone(), db.open_tree("snapshot").unwrap()).unwrap();
         assert_eq!(store.next_id(None), "none-2");
     }

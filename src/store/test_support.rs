@@ -97,6 +97,41 @@ pub fn open_kv() -> (tempfile::TempDir, KvLogStore, KvSmStore) {
     (dir, log, sm)
 }
 
+/// Re-opens a store whose previous handles were just dropped.
+///
+/// sled's background flusher thread lets go of the directory lock a moment after the last
+/// `Db` handle is dropped, so an immediate re-open can see `is_locked`; retry for up to 5 s,
+/// as `wulfd` does on restart. Any other outcome is returned at once.
+pub fn try_reopen_kv(dir: &std::path::Path) -> Result<(KvLogStore, KvSmStore), super::StoreError> {
+    retry_locked(|| open(dir, &test_config()), |e: &super::StoreError| e.is_locked())
+}
+
+/// [`try_reopen_kv`] that must succeed.
+pub fn reopen_kv(dir: &std::path::Path) -> (KvLogStore, KvSmStore) {
+    try_reopen_kv(dir).expect("re-open store")
+}
+
+/// Re-opens a bare sled `Db` in `dir`, with the same retry as [`try_reopen_kv`].
+pub fn reopen_sled(dir: &std::path::Path) -> sled::Db {
+    retry_locked(
+        || sled::Config::new().path(dir).open(),
+        |e: &sled::Error| e.to_string().contains("could not acquire lock"),
+    )
+    .expect("re-open sled")
+}
+
+fn retry_locked<T, E>(mut f: impl FnMut() -> Result<T, E>, locked: impl Fn(&E) -> bool) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match f() {
+            Err(e) if locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A `Set` request.
 pub fn set(key: &str, value: &str) -> KvRequest {
     KvRequest::Set {

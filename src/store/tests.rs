@@ -10,7 +10,9 @@ use openraft::testing::{blank_ent, log_id, membership_ent, StoreBuilder, Suite};
 use openraft::{RaftLogReader, RaftSnapshotBuilder, StorageError, StorageIOError, Vote};
 use tempfile::TempDir;
 
-use super::test_support::{append, normal_ent, set, test_config, KvConfig, KvLogStore, KvSmStore, KvState};
+use super::test_support::{
+    append, normal_ent, reopen_kv, set, test_config, try_reopen_kv, KvConfig, KvLogStore, KvSmStore, KvState,
+};
 use super::{open, StoreConfig, StoreError};
 
 struct SledStoreBuilder;
@@ -63,7 +65,7 @@ async fn everything_survives_a_restart() {
         // Drop both halves: the sled Db closes and a new open takes the directory lock again.
     }
 
-    let (mut log, mut sm) = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
+    let (mut log, mut sm) = reopen_kv(dir.path());
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1, 4)));
     let state = log.get_log_state().await.unwrap();
@@ -160,7 +162,7 @@ async fn installed_snapshot_survives_a_restart() {
         let (_log, mut sm) = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
         sm.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
     }
-    let (_log, sm) = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
+    let (_log, sm) = reopen_kv(dir.path());
     assert_eq!(sm.last_applied(), Some(log_id(3, 1, 7)));
     assert_eq!(sm.read(|s| s.map.get("k").cloned()), Some("v".into()));
 }
@@ -193,7 +195,7 @@ fn second_open_of_same_dir_fails_while_first_is_alive() {
     assert!(err.is_locked(), "{err:?}");
     assert!(err.to_string().contains("lock"), "{err}");
     drop(first);
-    open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap();
+    reopen_kv(dir.path());
 }
 
 #[test]
@@ -207,8 +209,11 @@ fn foreign_format_is_rejected() {
             .unwrap();
         db.flush().unwrap();
     }
-    let err = open::<KvConfig, KvState>(dir.path(), &test_config()).unwrap_err();
-    assert!(matches!(err, StoreError::IncompatibleFormat { .. }), "{err:?}");
+    match try_reopen_kv(dir.path()) {
+        Err(StoreError::IncompatibleFormat { .. }) => {}
+        Err(other) => panic!("expected IncompatibleFormat, got {other:?}"),
+        Ok(_) => panic!("a foreign format must be refused"),
+    }
 }
 
 #[test]
