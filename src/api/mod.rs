@@ -63,9 +63,11 @@ impl HeadCtx {
     ) -> Self {
         let images = Images::new(cas.clone(), &data_dir, addr.clone());
         let view = crate::boot::view::publish_for(&sm);
+        let status = Arc::new(crate::boot::status::StatusBoard::new());
+        crate::boot::status::forget_deleted_nodes(status.clone(), view.clone());
         HeadCtx {
             view,
-            status: Arc::new(crate::boot::status::StatusBoard::new()),
+            status,
             id,
             addr,
             raft,

@@ -7,11 +7,13 @@
 //! |---|---|
 //! | [`view`] | merged nodes by MAC/IP, images, heads; republished after applies |
 //! | [`dhcp`] | built-in DHCPv4 server: config, sans-IO handler chain, per-interface sockets |
+//! | [`files`] | the iPXE binary directory, contained; read by TFTP and HTTP `/efiboot/` |
 //! | [`tftp`] | read-only TFTP of the iPXE binaries (async-tftp on its own thread) |
 //! | [`http`] | Warewulf's boot routes: iPXE scripts (Tera), kernels and images streamed from the CAS, `/status` |
 //! | [`status`] | per-node boot status in this head's memory |
 
 pub mod dhcp;
+pub mod files;
 pub mod http;
 pub mod status;
 pub mod tftp;

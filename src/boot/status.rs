@@ -22,10 +22,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use super::view::ViewRx;
 
 /// What a boot request asked for (Warewulf's status stages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -38,6 +40,8 @@ pub enum Stage {
     RuntimeOverlay,
     /// The node presented the wrong asset key; nothing was sent.
     BadAsset,
+    /// UEFI HTTP boot fetched its first program (`/efiboot/{file}`), as Warewulf's `EFI`.
+    Efi,
 }
 
 impl Stage {
@@ -50,6 +54,7 @@ impl Stage {
             Stage::SystemOverlay => "SYSTEM_OVERLAY",
             Stage::RuntimeOverlay => "RUNTIME_OVERLAY",
             Stage::BadAsset => "BAD_ASSET",
+            Stage::Efi => "EFI",
         }
     }
 }
@@ -126,7 +131,7 @@ impl StatusBoard {
         v
     }
 
-    /// Forget nodes that no longer exist (call after a view change if memory matters).
+    /// Forget nodes that no longer exist (see [`forget_deleted_nodes`]).
     pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
         self.lock().retain(|n, _| keep(n));
     }
@@ -187,6 +192,19 @@ pub struct WarewulfNodeStatus {
     pub last_seen: i64,
 }
 
+/// Keep `board` to the nodes in the cluster: after every new view, drop what was
+/// recorded for nodes that were deleted, so `node status` and `/status` stop showing
+/// them and a head that sees many short-lived nodes does not keep them forever.
+/// Ends when the view's publisher stops.
+pub fn forget_deleted_nodes(board: Arc<StatusBoard>, mut view: ViewRx) {
+    tokio::spawn(async move {
+        while view.changed().await.is_ok() {
+            let v = view.borrow_and_update().clone();
+            board.retain(|n| v.nodes.contains_key(n));
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +247,7 @@ mod tests {
             Stage::SystemOverlay,
             Stage::RuntimeOverlay,
             Stage::BadAsset,
+            Stage::Efi,
         ]
         .iter()
         .map(|s| s.as_str())
@@ -241,7 +260,8 @@ mod tests {
                 "IMAGE",
                 "SYSTEM_OVERLAY",
                 "RUNTIME_OVERLAY",
-                "BAD_ASSET"
+                "BAD_ASSET",
+                "EFI"
             ]
         );
         assert_eq!(
@@ -290,5 +310,36 @@ mod tests {
         assert_eq!(b.snapshot().len(), 50);
         b.retain(|n| n == "n7");
         assert_eq!(b.snapshot().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn deleted_nodes_are_forgotten_when_the_view_changes() {
+        use crate::boot::view::BootView;
+        let view_of = |yaml: &str| {
+            let mut st = crate::state::State::default();
+            let conf = crate::model::parse_nodes_conf(yaml).unwrap();
+            let r = st.apply(
+                1,
+                &crate::state::Request {
+                    id: None,
+                    cmd: crate::state::Command::Import { conf },
+                },
+            );
+            assert!(r.0.is_ok(), "{r:?}");
+            Arc::new(BootView::from_state(&st, 1))
+        };
+        let (tx, rx) = tokio::sync::watch::channel(view_of("nodes:\n  n1: {}\n  n2: {}\n"));
+        let b = Arc::new(StatusBoard::new());
+        forget_deleted_nodes(b.clone(), rx);
+        b.record("n1", Stage::Ipxe, "ipxe", ip("10.0.0.1"), None);
+        b.record("n2", Stage::Ipxe, "ipxe", ip("10.0.0.2"), None);
+        tx.send(view_of("nodes:\n  n1: {}\n")).unwrap();
+        // The trim runs on its own task: wait (bounded) for it to see the new view.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while b.get("n2").is_some() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(b.get("n2").is_none(), "n2 was deleted");
+        assert!(b.get("n1").is_some(), "n1 is still a node");
     }
 }

@@ -345,6 +345,15 @@ fn boot_http_state(cfg: &HeadConfig, ctx: &HeadCtx) -> Result<crate::boot::http:
         .map_err(|e| DaemonError::Invalid(format!("boot.http.ipxe_templates: {e}")))?;
     let mut b = crate::boot::http::BootHttp::new(ctx.view.clone(), ctx.cas.clone(), ctx.status.clone(), ctx.id);
     b.templates = std::sync::Arc::new(templates);
+    // `/efiboot/` serves the same iPXE directory as TFTP, whether or not TFTP is on
+    // (a UEFI HTTP boot needs no TFTP at all).
+    b.efi_dir = match crate::boot::files::BootDir::new(&cfg.boot.tftp.root) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(root = %cfg.boot.tftp.root.display(), "no iPXE directory for /efiboot/ (UEFI HTTP boot): {e}");
+            None
+        }
+    };
     let (cas, view) = (ctx.cas.clone(), ctx.view.clone());
     let http = reqwest::Client::new();
     b.on_missing_blob = Some(std::sync::Arc::new(move |d| {

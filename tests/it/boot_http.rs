@@ -88,6 +88,8 @@ pub struct Boot {
     pub image_digest: Digest,
     pub lost: Digest,
     pub missing_calls: Arc<Mutex<Vec<Digest>>>,
+    /// `snponly.efi` in the iPXE directory `/efiboot/` serves.
+    pub efi: Vec<u8>,
     stop: CancellationToken,
 }
 
@@ -220,6 +222,14 @@ pub async fn start_with(peer: bool, real: Option<(Vec<u8>, Vec<u8>)>) -> Boot {
     let status = Arc::new(StatusBoard::new());
     let missing_calls = Arc::new(Mutex::new(Vec::new()));
     let mut boot = BootHttp::new(view, cas.clone(), status.clone(), 1);
+    // The iPXE directory: one binary, and a symlink pointing out of it.
+    let efi: Vec<u8> = (0..180_000u32).map(|i| (i % 251) as u8).collect();
+    let efi_dir = dir.path().join("ipxe");
+    std::fs::create_dir(&efi_dir).unwrap();
+    std::fs::write(efi_dir.join("snponly.efi"), &efi).unwrap();
+    std::fs::write(dir.path().join("secret"), b"SECRET-CONTENT").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), efi_dir.join("escape")).unwrap();
+    boot.efi_dir = Some(wulfpack::boot::files::BootDir::new(&efi_dir).unwrap());
     let calls = missing_calls.clone();
     boot.on_missing_blob = Some(Arc::new(move |d| calls.lock().unwrap().push(d)));
     let app = router(boot).merge(wulfpack::cas::http::router(cas.clone()));
@@ -245,6 +255,7 @@ pub async fn start_with(peer: bool, real: Option<(Vec<u8>, Vec<u8>)>) -> Boot {
         image_digest,
         lost,
         missing_calls,
+        efi,
         stop,
     }
 }
@@ -388,6 +399,52 @@ async fn asset_keys_are_enforced_and_recorded() {
     assert_eq!(s.stage, Stage::Kernel);
     assert_eq!(s.uuid.as_deref(), Some("4c4c4544-0042"), "uuid recorded");
     assert_eq!(s.client.to_string(), "127.0.0.1");
+}
+
+#[tokio::test]
+async fn efiboot_serves_the_ipxe_binary_for_uefi_http_boot() {
+    let b = start().await;
+    let (st, h, body) = get(&b, "/efiboot/snponly.efi").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body == b.efi, "byte-identical snponly.efi");
+    let etag = h[reqwest::header::ETAG].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"sha256:{}\"", Digest::of(&b.efi).hex()));
+    // UEFI firmware asks for the size first (HEAD); Range and revalidation work too.
+    let head = reqwest::Client::new()
+        .head(format!("{}/efiboot/snponly.efi", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        head.headers()[reqwest::header::CONTENT_LENGTH],
+        b.efi.len().to_string().as_str()
+    );
+    let (st, _, body) = get_with(&b, "/efiboot/snponly.efi", &[("range", "bytes=10-19")]).await;
+    assert_eq!((st, body.as_slice()), (StatusCode::PARTIAL_CONTENT, &b.efi[10..20]));
+    let (st, _, _) = get_with(&b, "/efiboot/snponly.efi", &[("if-none-match", &etag)]).await;
+    assert_eq!(st, StatusCode::NOT_MODIFIED);
+    // The client's address is n1's: its status shows the EFI stage.
+    let s = b.status.get("n1").unwrap();
+    assert_eq!((s.stage, s.sent.as_str()), (Stage::Efi, "snponly.efi"));
+
+    // Nothing outside the directory, nothing that is not there.
+    for (path, want) in [
+        ("/efiboot/escape", StatusCode::FORBIDDEN),
+        ("/efiboot/..%2fsecret", StatusCode::FORBIDDEN),
+        ("/efiboot/..%5csecret", StatusCode::FORBIDDEN),
+        ("/efiboot/ipxe.efi", StatusCode::NOT_FOUND),
+    ] {
+        let (st, _, body) = get(&b, path).await;
+        assert_eq!(st, want, "{path}: {}", text(&body));
+        assert!(!text(&body).contains("SECRET-CONTENT"), "{path}");
+    }
+    let (_, _, body) = get(&b, "/efiboot/escape").await;
+    assert!(
+        text(&body).contains("outside the boot file directory"),
+        "{}",
+        text(&body)
+    );
 }
 
 #[tokio::test]
@@ -580,6 +637,8 @@ async fn curl_fetches_every_route() {
         "200"
     );
     assert_eq!(std::fs::read(f("old")).unwrap(), b.kernel13);
+    assert_eq!(curl(&["-o", &f("efi"), &url("/efiboot/snponly.efi")]), "200");
+    assert!(std::fs::read(f("efi")).unwrap() == b.efi);
     for p in [format!("/system/{N1}"), format!("/runtime/{N1}")] {
         assert_eq!(curl(&["-o", "/dev/null", &url(&p)]), "404", "{p}");
     }

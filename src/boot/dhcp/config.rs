@@ -19,11 +19,11 @@
 //!     http_port: 9873
 //!     # iPXE binary (TFTP path) by client architecture (option 93), like warewulf.conf's
 //!     # `tftp: ipxe:`. Keys: "00:0B", "0x0b" or 11. Giving the table replaces the defaults:
-//!     # 0 → undionly.kpxe, 7 and 9 → ipxe.efi, 0xB → arm64-efi/snponly.efi,
-//!     # 0x10 (x64 HTTP) → ipxe.efi, 0x13 (arm64 HTTP) → arm64-efi/snponly.efi.
+//!     # 0 → undionly.kpxe, 7 and 9 → snponly.efi, 0xB → arm64-efi/snponly.efi,
+//!     # 0x10 (x64 HTTP) → snponly.efi, 0x13 (arm64 HTTP) → arm64-efi/snponly.efi.
 //!     ipxe:
 //!       "00:00": undionly.kpxe
-//!       "00:07": ipxe.efi
+//!       "00:07": snponly.efi
 //!     # Path of the node's iPXE script, given to clients that already run iPXE;
 //!     # {mac} becomes the client's MAC (aa-bb-cc-dd-ee-ff); ${...} is expanded by iPXE.
 //!     ipxe_url_path: "/ipxe/{mac}?assetkey=${asset}&uuid=${uuid}"
@@ -62,13 +62,18 @@ pub const DEFAULT_IPXE_URL_PATH: &str = "/ipxe/{mac}?assetkey=${asset}&uuid=${uu
 pub const DEFAULT_HTTP_BOOT_PATH: &str = "/efiboot/{file}";
 
 /// The default iPXE table (client architecture → binary), Debian's `ipxe` package names.
+///
+/// x86-64 UEFI gets `snponly.efi`, as in Warewulf's default `warewulf.conf`: it drives the
+/// NIC through the firmware's own network interface (SNP), so it works on any NIC the
+/// firmware can PXE-boot from. (Debian's `/usr/lib/ipxe/ipxe.efi` is moreover a symlink to
+/// `/boot/ipxe.efi`, outside the TFTP root, which the TFTP server refuses to follow.)
 pub fn default_ipxe_table() -> BTreeMap<u16, String> {
     [
         (0x00, "undionly.kpxe"),
-        (0x07, "ipxe.efi"),
-        (0x09, "ipxe.efi"),
+        (0x07, "snponly.efi"),
+        (0x09, "snponly.efi"),
         (0x0B, "arm64-efi/snponly.efi"),
-        (0x10, "ipxe.efi"),
+        (0x10, "snponly.efi"),
         (0x13, "arm64-efi/snponly.efi"),
     ]
     .into_iter()
@@ -636,7 +641,7 @@ subnets:
         assert!(!DhcpConfig::from_yaml("{}").unwrap().enabled());
         let c: DhcpConfig = serde_yaml_ng::from_str("interfaces: []").unwrap();
         assert!(!c.enabled());
-        assert_eq!(c.ipxe.get(&7).map(String::as_str), Some("ipxe.efi"));
+        assert_eq!(c.ipxe.get(&7).map(String::as_str), Some("snponly.efi"));
     }
 
     fn err(yaml: &str) -> String {

@@ -228,7 +228,7 @@ fn device_netmask_and_gateway_override_the_subnet() {
 #[test]
 fn uefi_and_arm64_get_their_binaries() {
     let e = env();
-    for (arch, file) in [(7, "ipxe.efi"), (9, "ipxe.efi"), (0xB, "arm64-efi/snponly.efi")] {
+    for (arch, file) in [(7, "snponly.efi"), (9, "snponly.efi"), (0xB, "arm64-efi/snponly.efi")] {
         let (r, _) = e.reply("br0", &pxe(msg(MessageType::Discover, N1), arch));
         assert_eq!(fname(&r), file, "arch {arch}");
     }
@@ -237,7 +237,7 @@ fn uefi_and_arm64_get_their_binaries() {
     m.opts_mut().insert(DhcpOption::ClassIdentifier(
         b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
     ));
-    assert_eq!(fname(&e.reply("br0", &m).0), "ipxe.efi");
+    assert_eq!(fname(&e.reply("br0", &m).0), "snponly.efi");
     // An architecture without a binary: an address, no boot file.
     let (r, _) = e.reply("br0", &pxe(msg(MessageType::Discover, N1), 0x19));
     assert_eq!((r.yiaddr(), fname(&r)), (ip("10.99.0.11"), ""));
@@ -280,7 +280,7 @@ fn uefi_http_boot_gets_a_url_and_the_class_echoed() {
         b"HTTPClient:Arch:00016:UNDI:003001".to_vec(),
     ));
     let (r, _) = e.reply("br0", &m);
-    assert_eq!(fname(&r), "http://10.99.0.1:9873/efiboot/ipxe.efi");
+    assert_eq!(fname(&r), "http://10.99.0.1:9873/efiboot/snponly.efi");
     assert_eq!(
         opt(&r, OptionCode::ClassIdentifier),
         Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
@@ -391,7 +391,7 @@ fn a_pxe_booting_unknown_mac_discovers_a_discoverable_node() {
         opt(&r, OptionCode::Hostname),
         Some(&DhcpOption::Hostname("spare".into()))
     );
-    assert_eq!(fname(&r), "ipxe.efi");
+    assert_eq!(fname(&r), "snponly.efi");
     assert_eq!(e.leases.leased("rack2"), 0, "no pool address used");
     // Once taken, the next PXE client gets a pool address.
     let (r, _) = e.reply("br1", &pxe(msg(MessageType::Discover, [2, 0, 0, 0, 0, 0x42]), 7));

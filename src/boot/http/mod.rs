@@ -10,6 +10,7 @@
 //! | `/image/{wwid}` (`/container/…`) | the image's `cpio.gz` artifact blob |
 //! | `/system/{wwid}`, `/runtime/{wwid}` (`/overlay-system/…`, `/overlay-runtime/…`) | overlays: not built yet (404 saying so; the scripts skip them) |
 //! | `/provision/{wwid}?stage=…` | deprecated form of all of the above |
+//! | `/efiboot/{file}` | an iPXE binary for UEFI HTTP boot (DHCP's `http_boot_path`), from the iPXE directory TFTP serves |
 //! | `/status` | Warewulf's status JSON: every node's stage, sent, ipaddr, last seen |
 //!
 //! Every route also takes `?wwid=` instead of the path segment; with neither, the
@@ -50,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use self::blob::Verifier;
 use self::ipxe::{IpxeContext, IpxeError, IpxeTemplates, DEFAULT_TEMPLATE, UNCONFIGURED_TEMPLATE};
+use super::files::{BootDir, Refusal};
 use super::status::{Stage, StatusBoard};
 use super::view::{BootNode, BootView, ViewRx};
 use crate::cas::{Cas, CasError, Digest};
@@ -78,6 +80,9 @@ pub struct BootHttp {
     pub head_id: u64,
     pub templates: Arc<IpxeTemplates>,
     pub on_missing_blob: Option<MissingBlobHook>,
+    /// The iPXE binaries `/efiboot/{file}` serves (the daemon passes `boot.tftp.root`);
+    /// None: that route answers 404 saying so.
+    pub efi_dir: Option<BootDir>,
 }
 
 impl BootHttp {
@@ -90,6 +95,7 @@ impl BootHttp {
             head_id,
             templates: Arc::new(IpxeTemplates::builtin()),
             on_missing_blob: None,
+            efi_dir: None,
         }
     }
 }
@@ -166,6 +172,12 @@ pub enum BootError {
     Template(#[from] IpxeError),
     #[error("reading {what}: {source}")]
     Cas { what: String, source: CasError },
+    #[error("UEFI HTTP boot file: {0}")]
+    EfiFile(Refusal),
+    #[error("this head has no iPXE directory to serve /efiboot/ from; set `boot.tftp.root` to a directory holding the iPXE binaries (Debian: /usr/lib/ipxe)")]
+    NoEfiDir,
+    #[error("reading {path}: {source}")]
+    Io { path: String, source: std::io::Error },
 }
 
 impl BootError {
@@ -182,8 +194,15 @@ impl BootError {
             | BootError::Compress { .. }
             | BootError::NoOverlay { .. }
             | BootError::BlobMissing { .. }
+            | BootError::NoEfiDir
             | BootError::Template(IpxeError::Unknown { .. }) => StatusCode::NOT_FOUND,
-            BootError::Template(_) | BootError::Cas { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            BootError::EfiFile(r) => match r {
+                Refusal::Absolute(_) | Refusal::ParentDir(_) | Refusal::Escapes(_) | Refusal::ReadOnly => {
+                    StatusCode::FORBIDDEN
+                }
+                Refusal::Empty | Refusal::NotFound(_) | Refusal::NotAFile(_) => StatusCode::NOT_FOUND,
+            },
+            BootError::Template(_) | BootError::Cas { .. } | BootError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -222,7 +241,9 @@ pub fn router(state: BootHttp) -> Router {
         verifier: Verifier::new(state.cas.clone()),
         boot: state,
     });
-    let mut r = Router::new().route("/status", get(status_json));
+    let mut r = Router::new()
+        .route("/status", get(status_json))
+        .route("/efiboot/{*file}", get(efiboot));
     for s in STAGE_ROUTES {
         r = r
             .route(&format!("/{s}"), get(handle))
@@ -420,6 +441,78 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             tracing::warn!(wwid = %r.wwid, client = %r.client, stage = ?r.stage, "boot request failed: {e}");
             e.into_response()
         }
+    }
+}
+
+/// `/efiboot/{file}`: the first program of a UEFI HTTP boot, from the iPXE directory.
+///
+/// The firmware sends no wwid, so the node (for status) is the one configured with the
+/// client's address — the address our DHCP just gave it. The ETag is the file's digest
+/// (the files are small, a hash costs well under a millisecond), which gives HEAD,
+/// Range and conditional requests the same semantics as the CAS routes.
+async fn efiboot(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let node = match client {
+        IpAddr::V4(ip) => s.boot.view.borrow().node_by_ip(ip).map(|n| n.name.clone()),
+        IpAddr::V6(_) => None,
+    };
+    let result = match &s.boot.efi_dir {
+        None => Err(BootError::NoEfiDir),
+        Some(dir) => match dir.resolve(&file) {
+            Err(r) => Err(BootError::EfiFile(r)),
+            Ok(path) => open_hashed(path).await,
+        },
+    };
+    let (sent, resp) = match result {
+        Ok((f, len, digest)) => (file.clone(), blob::respond(f, len, &digest, req.headers())),
+        Err(e) => {
+            tracing::warn!(%client, file = %file, "UEFI HTTP boot request refused: {e}");
+            ("NOT_FOUND".to_owned(), e.into_response())
+        }
+    };
+    if let Some(n) = node {
+        s.boot.status.record(&n, Stage::Efi, &sent, client, None);
+    }
+    resp
+}
+
+/// Open a small file and hash it (on the blocking pool): file rewound, length, digest.
+async fn open_hashed(path: PathBuf) -> Result<(std::fs::File, u64, Digest), BootError> {
+    let shown = path.display().to_string();
+    let res = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        use sha2::Digest as _;
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(&path)?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut len = 0u64;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += n as u64;
+        }
+        f.rewind()?;
+        Ok((f, len, Digest(h.finalize().into())))
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(BootError::Io { path: shown, source }),
+        Err(e) => Err(BootError::Io {
+            path: shown,
+            source: std::io::Error::other(e.to_string()),
+        }),
     }
 }
 

@@ -5,8 +5,9 @@
 //!   symlinks anywhere. Here the request is checked lexically (no `..`, no absolute
 //!   path, no empty or `\`-separated tricks), then the joined path is canonicalized
 //!   and must still lie under the canonical root, so a symlink that points out of
-//!   the root is refused while one that stays inside (Debian's `/usr/lib/ipxe` has
-//!   none, other layouts do) works.
+//!   the root is refused while one that stays inside works. (Debian's
+//!   `/usr/lib/ipxe/ipxe.efi` points to `/boot/ipxe.efi` and is refused; the default
+//!   table hands x86-64 UEFI `snponly.efi`, a plain file there, as Warewulf does.)
 //! - **Memory for small files.** async-tftp opens files one at a time behind a
 //!   mutex and reads blocks on its own single-threaded executor. The iPXE binaries
 //!   are small (100 KB–1 MB) and requested by every booting node, so they are read
@@ -23,34 +24,19 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_tftp::packet;
 use bytes::Bytes;
 
-/// Why a request was refused before any file was opened.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("empty file name")]
-    Empty,
-    #[error("absolute path {0:?}: ask for a name relative to the TFTP root")]
-    Absolute(String),
-    #[error("path {0:?} climbs out of the TFTP root with '..'")]
-    ParentDir(String),
-    #[error("path {0:?} resolves outside the TFTP root (a symlink points out)")]
-    Escapes(String),
-    #[error("no file {0:?} under the TFTP root")]
-    NotFound(String),
-    #[error("{0:?} is not a regular file")]
-    NotAFile(String),
-    #[error("this TFTP server is read-only; write requests are refused")]
-    ReadOnly,
-}
+use crate::boot::files::BootDir;
+pub use crate::boot::files::Refusal;
 
 impl Refusal {
-    /// The TFTP error the client sees.
+    /// The TFTP error the client sees. (An inherent impl here rather than in
+    /// [`crate::boot::files`]: only TFTP speaks in TFTP error packets.)
     pub fn to_packet(&self) -> packet::Error {
         match self {
             Refusal::NotFound(_) | Refusal::NotAFile(_) | Refusal::Empty => packet::Error::FileNotFound,
@@ -60,39 +46,11 @@ impl Refusal {
     }
 }
 
-/// Check a requested name lexically and return it as a relative path.
-///
-/// Both `/` and `\` separate components (some PXE firmware sends DOS-style names),
-/// so `..\x` cannot slip past the `..` check.
-pub fn check_name(requested: &str) -> Result<PathBuf, Refusal> {
-    if requested.is_empty() {
-        return Err(Refusal::Empty);
-    }
-    if requested.starts_with('/') || requested.starts_with('\\') {
-        return Err(Refusal::Absolute(requested.to_owned()));
-    }
-    let mut out = PathBuf::new();
-    for part in requested.split(['/', '\\']) {
-        match Path::new(part).components().next() {
-            None | Some(Component::CurDir) => continue,
-            Some(Component::ParentDir) => return Err(Refusal::ParentDir(requested.to_owned())),
-            Some(Component::Normal(_)) => out.push(part),
-            Some(Component::RootDir | Component::Prefix(_)) => {
-                return Err(Refusal::Absolute(requested.to_owned()));
-            }
-        }
-    }
-    if out.as_os_str().is_empty() {
-        return Err(Refusal::Empty);
-    }
-    Ok(out)
-}
-
 type FileKey = (u64, u64, u64, i64, i64); // dev, ino, size, mtime s, mtime ns
 
 /// Resolves names under a root and serves their bytes (see the module notes).
 pub struct Root {
-    root: PathBuf,
+    dir: BootDir,
     memory_limit: u64,
     cache_budget: u64,
     cache: HashMap<PathBuf, (FileKey, Bytes)>,
@@ -123,15 +81,8 @@ impl Root {
     /// A root directory; files up to `memory_limit` bytes are served from memory,
     /// up to `cache_budget` bytes in all.
     pub fn new(root: &Path, memory_limit: u64, cache_budget: u64) -> io::Result<Root> {
-        let root = std::fs::canonicalize(root)?;
-        if !root.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                "TFTP root is not a directory",
-            ));
-        }
         Ok(Root {
-            root,
+            dir: BootDir::new(root)?,
             memory_limit,
             cache_budget,
             cache: HashMap::new(),
@@ -139,29 +90,12 @@ impl Root {
     }
 
     pub fn path(&self) -> &Path {
-        &self.root
-    }
-
-    /// The canonical path of a requested name, if it is a regular file under the root.
-    pub fn resolve(&self, requested: &str) -> Result<PathBuf, Refusal> {
-        let rel = check_name(requested)?;
-        let joined = self.root.join(&rel);
-        let canon = match std::fs::canonicalize(&joined) {
-            Ok(p) => p,
-            Err(_) => return Err(Refusal::NotFound(requested.to_owned())),
-        };
-        if !canon.starts_with(&self.root) {
-            return Err(Refusal::Escapes(requested.to_owned()));
-        }
-        if !canon.is_file() {
-            return Err(Refusal::NotAFile(requested.to_owned()));
-        }
-        Ok(canon)
+        self.dir.path()
     }
 
     /// Open a requested name for reading: the reader and its size (for `tsize`).
     pub fn open(&mut self, requested: &str) -> Result<(TftpReader, u64), Refusal> {
-        let path = self.resolve(requested)?;
+        let path = self.dir.resolve(requested)?;
         let not_found = || Refusal::NotFound(requested.to_owned());
         let file = File::open(&path).map_err(|_| not_found())?;
         let meta = file.metadata().map_err(|_| not_found())?;
@@ -251,21 +185,6 @@ impl async_tftp::server::Handler for RootHandler {
 mod tests {
     use super::*;
     use futures::io::AsyncReadExt;
-
-    #[test]
-    fn names_are_checked_lexically() {
-        assert_eq!(check_name("undionly.kpxe").unwrap(), PathBuf::from("undionly.kpxe"));
-        assert_eq!(check_name("./a//b/./c").unwrap(), PathBuf::from("a/b/c"));
-        assert_eq!(check_name("efi\\ipxe.efi").unwrap(), PathBuf::from("efi/ipxe.efi"));
-        for bad in ["../etc/passwd", "a/../../x", "a/..", "..\\x", "a\\..\\..\\x"] {
-            assert!(matches!(check_name(bad), Err(Refusal::ParentDir(_))), "{bad}");
-        }
-        for bad in ["/etc/passwd", "\\x"] {
-            assert!(matches!(check_name(bad), Err(Refusal::Absolute(_))), "{bad}");
-        }
-        assert_eq!(check_name(""), Err(Refusal::Empty));
-        assert_eq!(check_name("./"), Err(Refusal::Empty));
-    }
 
     fn read_all(r: TftpReader) -> Vec<u8> {
         let mut r = r;
