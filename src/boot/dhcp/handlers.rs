@@ -33,7 +33,7 @@
 use std::net::Ipv4Addr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use dhcproto::Decodable;
 
 use super::config::{DhcpConfig, Interface, Subnet};
@@ -173,6 +173,10 @@ pub struct Boot {
     pub file: String,
     /// Echo option 60 "HTTPClient" (required by UEFI HTTP boot clients).
     pub http_client: bool,
+    /// The client runs iPXE: send its option 175.176 `no-pxedhcp` = 1. Our answer
+    /// already carries the boot file, and without that flag iPXE waits 2 s after our
+    /// OFFER for a ProxyDHCP server that does not exist — on every boot of every node.
+    pub ipxe: bool,
 }
 
 /// One request on its way through the chain.
@@ -633,7 +637,7 @@ fn is_ipxe(req: &Message) -> bool {
         Some(DhcpOption::UserClass(u)) => u.windows(4).any(|w| w == b"iPXE"),
         _ => false,
     };
-    uc || req.opts().get(OptionCode::Unknown(175)).is_some()
+    uc || req.opts().get(OptionCode::Unknown(IPXE_ENCAP)).is_some()
 }
 
 /// Client architecture: option 93, else the `Arch:NNNNN` field of a PXE class id.
@@ -646,6 +650,10 @@ fn arch(req: &Message) -> Option<u16> {
     let rest = s.split_once("Arch:")?.1;
     rest.get(..5)?.parse().ok()
 }
+
+/// iPXE's encapsulated option space (option 175) and its `no-pxedhcp` setting (176).
+const IPXE_ENCAP: u8 = 175;
+const IPXE_NO_PXEDHCP: u8 = 176;
 
 /// Step 5: the boot file.
 pub struct PxeBoot;
@@ -670,6 +678,7 @@ impl Handler for PxeBoot {
                     ctx.cfg.ipxe_url_path.replace("{mac}", &ctx.mac.hyphenated())
                 ),
                 http_client: false,
+                ipxe: true,
             })
         } else if http_client || class.starts_with(b"PXEClient") || arch(req).is_some() {
             let a = arch(req);
@@ -677,10 +686,12 @@ impl Handler for PxeBoot {
                 Some(bin) if http_client => Some(Boot {
                     file: format!("{}{}", subnet.http_base, ctx.cfg.http_boot_path.replace("{file}", bin)),
                     http_client,
+                    ipxe: false,
                 }),
                 Some(bin) => Some(Boot {
                     file: bin.clone(),
                     http_client,
+                    ipxe: false,
                 }),
                 None => {
                     tracing::warn!(mac = %ctx.mac, arch = ?a,
@@ -829,6 +840,12 @@ fn full_reply(ctx: &Context<'_>, subnet: &Subnet, c: &Client, kind: MessageType)
         }
         if boot.http_client {
             m.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+        }
+        if boot.ipxe {
+            m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
+                OptionCode::Unknown(IPXE_ENCAP),
+                vec![IPXE_NO_PXEDHCP, 1, 1],
+            )));
         }
     }
     m

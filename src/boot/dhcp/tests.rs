@@ -251,6 +251,17 @@ fn ipxe_gets_the_script_url_of_its_mac() {
     m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
     let (r, _) = e.reply("br0", &m);
     assert_eq!(fname(&r), want);
+    // iPXE is told not to wait for ProxyDHCP offers (175.176 no-pxedhcp = 1), on the wire.
+    let wire = dhcproto::Encodable::to_vec(&r).unwrap();
+    let back = <Message as dhcproto::Decodable>::from_bytes(&wire).unwrap();
+    assert_eq!(
+        opt(&back, OptionCode::Unknown(175)),
+        Some(&DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            vec![176, 1, 1]
+        ))),
+        "no-pxedhcp for iPXE"
+    );
     // Option 175 alone is enough.
     let mut m = msg(MessageType::Request, N1);
     m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip("10.99.0.11")));
@@ -285,6 +296,7 @@ fn uefi_http_boot_gets_a_url_and_the_class_echoed() {
         opt(&r, OptionCode::ClassIdentifier),
         Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
     );
+    assert_eq!(opt(&r, OptionCode::Unknown(175)), None, "iPXE's options only for iPXE");
 }
 
 #[test]
