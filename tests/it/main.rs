@@ -1,4 +1,6 @@
 //! wulfpack's integration tests: one binary, several modules.
+#[path = "../common/dhclient.rs"]
+mod dhclient;
 #[path = "../common/dhcp_lab.rs"]
 mod dhcp_lab;
 mod harness;
@@ -15,6 +17,7 @@ mod boot_http;
 mod cli;
 mod cluster;
 mod dhcp;
+mod dhcp_relay;
 mod images;
 mod oci;
 mod procs;
