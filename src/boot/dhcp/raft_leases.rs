@@ -201,6 +201,8 @@ impl RaftLeases {
             .iter()
             .filter_map(|s| s.pool.map(|p| PoolLocal::new(p, u64::from(s.lease_secs))))
             .collect();
+        // The client's channels live on that runtime (callers may be outside any).
+        let _rt = rt.enter();
         let inner = Arc::new(Inner {
             client: Client::new(vec![own_grpc]).with_deadline(Duration::from_secs(10)),
             head,
