@@ -7,15 +7,16 @@
 //!
 //! - **Blocks.** A background *reserver* keeps, per pool, a local free list of
 //!   addresses committed as this holder's (`ReservePoolBlock`). When the list falls
-//!   below one block it reserves the next; the block doubles after the list ran dry
-//!   (up to [`MAX_LOCAL_BLOCK`], and at most 1/8 of the pool so other heads keep a
-//!   share). `allocate` pops an address: O(1), no I/O.
+//!   below one block it reserves the next; the block doubles when the last one lasted
+//!   under 2 s or the list ran dry (up to [`MAX_LOCAL_BLOCK`], and at most 1/8 of the
+//!   pool so other heads keep a share). `allocate` pops an address: O(1), no I/O.
 //! - **Offers are local.** A DISCOVER takes an address from the free list and holds it
 //!   for the MAC for [`OFFER_HOLD_SECS`]; an offer nobody REQUESTs goes back to the list
 //!   (an OFFER grants nothing, so no client can be using it).
-//! - **Bindings are batched.** An ACK queues a `Bind`; a *flusher* writes everything
-//!   queued as one `RecordLeases` command, and while that write is in flight the next
-//!   batch accumulates (group commit: one Raft write per round trip, not per packet).
+//! - **Bindings are batched.** An ACK queues a `Bind`; a *flusher* lets the queue fill
+//!   for [`LINGER`] (5 ms) and writes it as one `RecordLeases` command; while that write
+//!   is in flight the next batch accumulates (one Raft write per round trip, not per
+//!   packet).
 //!   Once committed, the other heads see the lease in their view and answer the MAC
 //!   with the same address.
 //! - **Holder lease.** Each committed command of this holder extends its right to hand
@@ -57,6 +58,11 @@ const MAX_BATCH: usize = 4096;
 const MAX_PENDING: usize = 200_000;
 /// Back-off after a failed write.
 const RETRY: Duration = Duration::from_millis(500);
+/// How long the flusher lets a batch fill before writing it (unless it is already
+/// large): bounds Raft entries to a few hundred per second at any DHCP rate.
+const LINGER: Duration = Duration::from_millis(5);
+/// A block lasting less than this makes the next one twice as large.
+const FAST_BLOCK: Duration = Duration::from_secs(2);
 
 /// Pool addresses and discovery decided through Raft. Background tasks run on the
 /// runtime given to [`RaftLeases::start`] and stop when this is dropped.
@@ -101,6 +107,8 @@ struct PoolLocal {
     max_block: u32,
     /// The free list ran dry since the last reservation (grow the next block).
     missed: bool,
+    /// When the last reservation was asked for.
+    last_reserve: Option<Instant>,
     /// The last reservation found the pool exhausted; do not ask again before this.
     exhausted_until: Option<Instant>,
 }
@@ -144,6 +152,7 @@ impl PoolLocal {
             block: (size / 16).clamp(1, FIRST_BLOCK).min(max_block),
             max_block,
             missed: false,
+            last_reserve: None,
             exhausted_until: None,
         }
     }
@@ -291,9 +300,11 @@ async fn reserver(inner: Arc<Inner>) {
                 .iter_mut()
                 .filter(|p| p.wants_block())
                 .map(|p| {
-                    if std::mem::take(&mut p.missed) {
+                    let fast = p.last_reserve.is_some_and(|t| t.elapsed() < FAST_BLOCK);
+                    if std::mem::take(&mut p.missed) || fast {
                         p.block = (p.block * 2).min(p.max_block);
                     }
+                    p.last_reserve = Some(Instant::now());
                     (p.pool, p.block, p.lease_secs, holder)
                 })
                 .collect()
@@ -347,6 +358,9 @@ async fn flusher(inner: Arc<Inner>) {
     let keepalive = Duration::from_secs(HOLDER_TTL_SECS / 4);
     let mut last_write = Instant::now();
     loop {
+        if inner.lock().pending.len() < MAX_BATCH / 4 && !inner.closed() {
+            tokio::time::sleep(LINGER).await;
+        }
         let (holder, ops) = {
             let mut l = inner.lock();
             let n = l.pending.len().min(MAX_BATCH);
