@@ -1,7 +1,14 @@
 //! DHCP benchmark (issue 4): perfdhcp against wulfpack's DHCP server and against Kea 2.2
-//! (memfile, `persist: false`, reservations for the same MACs) in the same run, same
-//! namespaces, same offered rates, known nodes only (`-M` with the registered MACs).
-//! Goal: at least 2× Kea's rate with less than 0.1 % drops.
+//! (memfile, `persist: false`) in the same run, same namespaces, same offered rates, in
+//! two parts:
+//!
+//! - **known nodes** (`-M` with the registered MACs; Kea has a reservation for each).
+//!   Goal: at least 2× Kea's rate with less than 0.1 % drops.
+//! - **dynamic pool**: random MACs (perfdhcp `-R`, no list) that no node has, served
+//!   from the same pool by both. wulfpack runs a real single-head Raft cluster (sled
+//!   store, gRPC) and its [`RaftLeases`] allocator: blocks reserved and every binding
+//!   recorded through Raft, as in production. Each step starts a fresh Kea and a fresh
+//!   cluster. Goal: at least Kea's rate.
 //!
 //! Topology: a server namespace and a client namespace joined by a veth pair; perfdhcp
 //! runs in the client namespace and, like a relay, sets `giaddr` to its own address, so
@@ -23,15 +30,20 @@
 
 #[path = "../tests/common/dhcp_lab.rs"]
 mod dhcp_lab;
+#[allow(dead_code)]
+#[path = "../tests/it/harness.rs"]
+mod harness;
 #[path = "../tests/common/netns.rs"]
 mod netns;
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dhcp_lab::{kea_config, nodes, perfdhcp, udp_rcvbuf_errors, view_of, write_macs, LabServer, Perf};
+use dhcp_lab::{kea_config, kea_pool_config, nodes, perfdhcp, udp_rcvbuf_errors, view_of, write_macs, LabServer, Perf};
 use netns::{skip_reason, NetNs};
+use wulfpack::boot::dhcp::raft_leases::RaftLeases;
 use wulfpack::boot::dhcp::DhcpConfig;
 
 struct Sizes {
@@ -102,7 +114,16 @@ fn main() {
     for &rate in &sizes.rates {
         // Kea first, then wulfpack, at the same offered rate.
         let srv0 = udp_rcvbuf_errors(&srv);
-        let kea = run_kea(&srv, &cli, dir.path(), server_ip, rate, sizes.secs, &macs, lab.len());
+        let kea = run_kea(
+            &srv,
+            &cli,
+            dir.path(),
+            "kea.json",
+            rate,
+            sizes.secs,
+            Some(&macs),
+            lab.len(),
+        );
         let note = format!(
             "server-side UDP receive-buffer drops {}; {}",
             udp_rcvbuf_errors(&srv) - srv0,
@@ -112,7 +133,7 @@ fn main() {
         let server = LabServer::start(&srv, "s0", cfg.clone(), view.clone());
         let srv0 = udp_rcvbuf_errors(&srv);
         let cpu0 = process_cpu();
-        let p = perfdhcp(&cli, "c0", server_ip, rate, sizes.secs, &macs, lab.len());
+        let p = perfdhcp(&cli, "c0", server_ip, rate, sizes.secs, Some(&macs), lab.len());
         let cpu = process_cpu() - cpu0;
         let st = &server.stats;
         let note = format!(
@@ -130,15 +151,45 @@ fn main() {
         rows.push(("wulfpack".into(), rate, p, note));
     }
 
+    let pool = pool_part(&srv, &cli, dir.path(), &sizes, full);
+
     println!(
         "\n## DHCP: perfdhcp, {} known nodes, {} s per step ({})\n",
         lab.len(),
         sizes.secs,
         if full { "full" } else { "smoke" }
     );
+    table(&rows);
+    println!(
+        "\nhandler chain alone (decode, decide, encode; one thread, no sockets): {chain_rate:.0} requests/s \
+         = {:.0} DORA/s of server CPU per core",
+        chain_rate / 2.0
+    );
+    summary(&rows, "wulfpack", 2.0);
+    println!(
+        "\n## DHCP dynamic pool: perfdhcp, {} random MACs, pool of {} addresses, {} s per step\n",
+        pool.clients, pool.size, sizes.secs
+    );
+    table(&pool.rows);
+    println!();
+    summary(&pool.rows, "wulfpack", 1.0);
+    if !full {
+        let ok = rows.iter().any(|r| r.0 == "wulfpack" && r.2.recv_ack > 0);
+        assert!(ok, "smoke run: wulfpack answered nothing");
+        let ok = pool
+            .rows
+            .iter()
+            .any(|r| r.0.starts_with("wulfpack") && r.2.recv_ack > 0);
+        assert!(ok, "smoke run: wulfpack's pool answered nothing");
+    }
+}
+
+type Row = (String, u32, Perf, String);
+
+fn table(rows: &[Row]) {
     println!("| server | offered DORA/s | achieved DORA/s | DISCOVER→OFFER | REQUEST→ACK | drops |");
     println!("|---|---|---|---|---|---|");
-    for (who, rate, p, _) in &rows {
+    for (who, rate, p, _) in rows {
         println!(
             "| {who} | {rate} | {:.0} | {}/{} | {}/{} | {:.3} % |",
             p.rate,
@@ -150,14 +201,13 @@ fn main() {
         );
     }
     println!();
-    for (who, rate, _, note) in &rows {
+    for (who, rate, _, note) in rows {
         println!("- {who} at {rate}/s: {note}");
     }
-    println!(
-        "\nhandler chain alone (decode, decide, encode; one thread, no sockets): {chain_rate:.0} requests/s \
-         = {:.0} DORA/s of server CPU per core",
-        chain_rate / 2.0
-    );
+}
+
+/// Peak and clean (< 0.1 % drops) rates of wulfpack against Kea's, with the goal ratio.
+fn summary(rows: &[Row], ours: &str, goal: f64) {
     let best = |name: &str, max_drop: f64| {
         rows.iter()
             .filter(|r| r.0.starts_with(name) && r.2.drop_pct() < max_drop)
@@ -170,17 +220,109 @@ fn main() {
             .map(|r| r.2.rate)
             .fold(0.0, f64::max)
     };
-    let (kea_peak, ours_peak) = (peak("Kea"), peak("wulfpack"));
+    let (kea_peak, ours_peak) = (peak("Kea"), peak(ours));
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     println!(
         "peak achieved: wulfpack {ours_peak:.0}/s, Kea {kea_peak:.0}/s ({:.2}×); best step with drops < 0.1 %: \
-         wulfpack {:.0}/s, Kea {:.0}/s (goal: wulfpack ≥ 2× Kea's rate with < 0.1 % drops)",
-        if kea_peak > 0.0 { ours_peak / kea_peak } else { 0.0 },
-        best("wulfpack", 0.1),
-        best("Kea", 0.1)
+         wulfpack {:.0}/s, Kea {:.0}/s ({:.2}×) (goal: wulfpack ≥ {goal}× Kea's rate)",
+        ratio(ours_peak, kea_peak),
+        best(ours, 0.1),
+        best("Kea", 0.1),
+        ratio(best(ours, 0.1), best("Kea", 0.1)),
     );
-    if !full {
-        let ok = rows.iter().any(|r| r.0 == "wulfpack" && r.2.recv_ack > 0);
-        assert!(ok, "smoke run: wulfpack answered nothing");
+}
+
+struct PoolRun {
+    rows: Vec<Row>,
+    clients: usize,
+    size: u64,
+}
+
+/// The dynamic-pool comparison: Kea's pool and wulfpack's Raft-backed pool, same
+/// range, same random clients, same rates; a fresh server of each per step.
+fn pool_part(srv: &NetNs, cli: &NetNs, dir: &std::path::Path, sizes: &Sizes, full: bool) -> PoolRun {
+    let server_ip: Ipv4Addr = "10.78.0.1".parse().unwrap();
+    let (first, last): (Ipv4Addr, Ipv4Addr) = ("10.78.1.0".parse().unwrap(), "10.78.255.254".parse().unwrap());
+    let lease_secs = 7200;
+    // Fewer clients than addresses, so neither server runs out; perfdhcp picks each
+    // exchange's MAC at random among them, so later steps also renew.
+    let clients = if full { 60_000 } else { 100 };
+    let cfg = DhcpConfig::from_yaml(&format!(
+        "interfaces: [{{name: s0, subnets: [lab]}}]\n\
+         subnets: {{lab: {{network: 10.78.0.0/16, server: 10.78.0.1, router: 10.78.0.1, relayed: true, \
+         lease_time: {lease_secs}, pool: {{start: {first}, end: {last}}}}}}}"
+    ))
+    .unwrap();
+    let pool = cfg.subnets[0].pool.unwrap();
+    std::fs::write(
+        dir.join("kea-pool.json"),
+        kea_pool_config("s0", "10.78.0.0/16", first, last, server_ip, lease_secs, dir),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for &rate in &sizes.rates {
+        let srv0 = udp_rcvbuf_errors(srv);
+        let kea = run_kea(srv, cli, dir, "kea-pool.json", rate, sizes.secs, None, clients);
+        let note = format!(
+            "server-side UDP receive-buffer drops {}; {}",
+            udp_rcvbuf_errors(srv) - srv0,
+            client_note(&kea, sizes.secs)
+        );
+        rows.push(("Kea 2.2 (memfile, pool)".into(), rate, kea, note));
+
+        let cluster = rt.block_on(harness::Cluster::start(1, harness::settings()));
+        let leases = Arc::new(RaftLeases::start(cluster.addr(0), 1, &cfg, rt.handle().clone()));
+        // The first block is reserved when the allocator starts, as on a head.
+        let t = Instant::now();
+        while leases.free(pool) == 0 && t.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let server = LabServer::start_with(srv, "s0", cfg.clone(), cluster.ctx(0).view.clone(), leases.clone());
+        let srv0 = udp_rcvbuf_errors(srv);
+        let cpu0 = process_cpu();
+        let p = perfdhcp(cli, "c0", server_ip, rate, sizes.secs, None, clients);
+        let cpu = process_cpu() - cpu0;
+        let st = &server.stats;
+        let (received, replied) = (st.received.load(Ordering::Relaxed), st.replied.load(Ordering::Relaxed));
+        let rcvbuf = udp_rcvbuf_errors(srv) - srv0;
+        server.stop();
+        // Everything ACKed must reach the replicated state.
+        let t = Instant::now();
+        while leases.unrecorded() > 0 && t.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let flushed = t.elapsed();
+        let (recorded, in_blocks, holders) = cluster.ctx(0).sm.read(|s| {
+            (
+                s.pool.leases().count(),
+                s.pool.addrs.values().filter(|a| a.holder.is_some()).count(),
+                s.pool.holders.len(),
+            )
+        });
+        let applied = cluster.ctx(0).sm.last_applied().map_or(0, |l| l.index);
+        let note = format!(
+            "server: {received} received, {replied} replied, UDP receive-buffer drops {rcvbuf}, wulfpack \
+             process CPU (DHCP + Raft + sled) {:.0} % of one core; {recorded} leases recorded through Raft \
+             ({} unrecorded {:.1?} after the run), {in_blocks} addresses in blocks of {holders} holder(s), \
+             {applied} Raft entries in all; {}",
+            100.0 * cpu / f64::from(sizes.secs),
+            leases.unrecorded(),
+            flushed,
+            client_note(&p, sizes.secs)
+        );
+        rows.push(("wulfpack (pool through Raft)".into(), rate, p, note));
+        drop(leases);
+        rt.block_on(cluster.shutdown());
+    }
+    PoolRun {
+        rows,
+        clients,
+        size: pool.size(),
     }
 }
 
@@ -248,14 +390,15 @@ fn run_kea(
     srv: &NetNs,
     cli: &NetNs,
     dir: &std::path::Path,
-    server_ip: Ipv4Addr,
+    conf_name: &str,
     rate: u32,
     secs: u32,
-    macs: &std::path::Path,
+    macs: Option<&std::path::Path>,
     n: usize,
 ) -> Perf {
+    let server_ip: Ipv4Addr = "10.78.0.1".parse().unwrap();
     let d = dir.display().to_string();
-    let conf = format!("{d}/kea.json");
+    let conf = format!("{d}/{conf_name}");
     // `ip netns exec` and `env` exec in place, so the PID is Kea's own and killing it
     // stops Kea (a `timeout` wrapper would fork and leave Kea running).
     let pid = srv.spawn(

@@ -18,6 +18,7 @@ pub fn command_status(e: &CommandError) -> Status {
         CommandError::Conflict { .. } => Code::Aborted,
         CommandError::InUse { .. } => Code::FailedPrecondition,
         CommandError::Invalid(_) => Code::InvalidArgument,
+        CommandError::PoolExhausted { .. } => Code::ResourceExhausted,
     };
     Status::new(code, e.to_string())
 }

@@ -68,9 +68,9 @@ impl BootView {
             images: s.images.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect(),
             heads: s.cluster.heads.clone(),
             leases: s
-                .leases
-                .iter()
-                .map(|(ip, l)| (l.mac.clone(), (*ip, l.expires)))
+                .pool
+                .leases()
+                .map(|(ip, l)| (l.mac.clone(), (ip, l.expires)))
                 .collect(),
             ..Default::default()
         };

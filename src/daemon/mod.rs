@@ -389,7 +389,12 @@ fn start_dhcp(cfg: &HeadConfig, ctx: &HeadCtx, stop: &CancellationToken) -> Resu
     if !dcfg.enabled() {
         return Ok(());
     }
-    let leases = std::sync::Arc::new(crate::boot::dhcp::raft_leases::RaftLeases::new(ctx.addr.clone()));
+    let leases = std::sync::Arc::new(crate::boot::dhcp::raft_leases::RaftLeases::start(
+        ctx.addr.clone(),
+        cfg.id,
+        &dcfg,
+        tokio::runtime::Handle::current(),
+    ));
     let (view, stop) = (ctx.view.clone(), stop.clone());
     tokio::spawn(async move {
         if let Err(e) = crate::boot::dhcp::server::run(dcfg, view, leases, stop.cancelled_owned()).await {

@@ -29,7 +29,7 @@ use crate::model::{self, NodeConf, NodesConf, Patch, UniqueKey};
 pub mod images;
 pub mod leases;
 pub use images::{Artifact, HeadInfo, ImageCommand, ImageEntry, KernelRef, LayerRef};
-pub use leases::Lease;
+pub use leases::{Holder, Lease, LeaseOp, PoolAddr, PoolTable};
 
 /// How many recent request ids are remembered for exactly-once retries.
 pub const DEDUP_WINDOW: usize = 4096;
@@ -93,17 +93,26 @@ pub enum Command {
     Import { conf: NodesConf },
     /// Image catalog changes.
     Image(ImageCommand),
-    /// Give a MAC an address from a dynamic pool (DHCP for unknown MACs).
-    AllocateLease {
-        mac: String,
+    /// Give a DHCP allocator run (`holder`, of head `head`) a block of up to `size`
+    /// free addresses of the pool `first..=last` (see `state::leases`).
+    ReservePoolBlock {
+        holder: u64,
+        head: u64,
         first: std::net::Ipv4Addr,
         last: std::net::Ipv4Addr,
+        size: u32,
+        /// The pool's lease time (how long a client may keep an address it got).
         lease_secs: u64,
         /// Unix seconds at the proposing head.
         now: u64,
     },
-    /// Drop a MAC's dynamic lease.
-    ReleaseLease { mac: String },
+    /// A batch of bindings, releases and declines of one holder; empty: keep-alive.
+    RecordLeases {
+        holder: u64,
+        /// Unix seconds at the proposing head.
+        now: u64,
+        ops: Vec<LeaseOp>,
+    },
     /// Assign an unknown MAC to the first discoverable node, exactly once.
     Discover { mac: String },
     /// Record a head's HTTP address (sent by each head when it starts).
@@ -147,6 +156,8 @@ pub enum CommandError {
     InUse { name: String, users: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("dynamic pool {pool} is exhausted: every address is leased, reserved by a head or declined; enlarge the pool or register the nodes")]
+    PoolExhausted { pool: String },
 }
 
 impl From<model::ModelError> for CommandError {
@@ -231,9 +242,9 @@ pub struct State {
     pub profiles: BTreeMap<String, Versioned<NodeConf>>,
     #[serde(default)]
     pub images: BTreeMap<String, Versioned<ImageEntry>>,
-    /// Dynamic DHCP leases by address.
+    /// Dynamic DHCP pools: heads' blocks and recorded leases.
     #[serde(default)]
-    pub leases: BTreeMap<std::net::Ipv4Addr, Lease>,
+    pub pool: PoolTable,
     /// Recent request id → outcome, oldest first in `dedup_order`.
     dedup: HashMap<String, ApplyResult>,
     dedup_order: VecDeque<String>,
@@ -248,7 +259,7 @@ impl PartialEq for State {
             && self.nodes == o.nodes
             && self.profiles == o.profiles
             && self.images == o.images
-            && self.leases == o.leases
+            && self.pool == o.pool
     }
 }
 
@@ -281,6 +292,7 @@ impl State {
                 self.unique.insert(k, name.clone());
             }
         }
+        self.pool.rebuild_index();
     }
 
     /// Answer a read.
@@ -370,14 +382,16 @@ impl State {
                 }
             }
             Command::Image(c) => return self.apply_image(index, c),
-            Command::AllocateLease {
-                mac,
+            Command::ReservePoolBlock {
+                holder,
+                head,
                 first,
                 last,
+                size,
                 lease_secs,
                 now,
-            } => return self.allocate_lease(mac, *first, *last, *lease_secs, *now),
-            Command::ReleaseLease { mac } => return self.release_lease(mac),
+            } => return self.reserve_pool_block(*holder, *head, *first, *last, *size, *lease_secs, *now),
+            Command::RecordLeases { holder, now, ops } => return self.record_leases(*holder, *now, ops),
             Command::Discover { mac } => return self.discover(index, mac),
             Command::RegisterHead { id, info } => {
                 self.cluster.heads.insert(*id, info.clone());

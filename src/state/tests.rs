@@ -509,50 +509,6 @@ fn heads_register_their_addresses() {
     assert_eq!(s.cluster.heads[&2].http, "127.0.0.1:9873");
 }
 
-fn lease(mac: &str, now: u64) -> Request {
-    req(Command::AllocateLease {
-        mac: mac.into(),
-        first: "10.0.0.1".parse().unwrap(),
-        last: "10.0.0.4".parse().unwrap(),
-        lease_secs: 100,
-        now,
-    })
-}
-
-fn leased_ip(r: ApplyResult) -> String {
-    r.0.unwrap().changed[0].clone()
-}
-
-#[test]
-fn pool_skips_node_addresses_renews_and_expires() {
-    // base() has n1 = 10.0.0.1 and n2 = 10.0.0.2.
-    let mut s = base();
-    assert_eq!(leased_ip(s.apply(3, &lease("02:00:00:00:00:01", 1000))), "10.0.0.3");
-    assert_eq!(leased_ip(s.apply(4, &lease("02:00:00:00:00:02", 1000))), "10.0.0.4");
-    // The same MAC (any notation) renews its address.
-    assert_eq!(leased_ip(s.apply(5, &lease("02-00-00-00-00-01", 1050))), "10.0.0.3");
-    assert_eq!(s.leases[&"10.0.0.3".parse().unwrap()].expires, 1150);
-    // Exhausted while leases hold.
-    let e = err(s.apply(6, &lease("02:00:00:00:00:03", 1099)));
-    assert!(e.to_string().contains("exhausted"), "{e}");
-    // A lease is valid while now < expires: 10.0.0.4 is free again at 1100.
-    assert_eq!(leased_ip(s.apply(7, &lease("02:00:00:00:00:03", 1100))), "10.0.0.4");
-    // Release frees it.
-    assert_eq!(
-        s.apply(
-            8,
-            &req(Command::ReleaseLease {
-                mac: "02:00:00:00:00:03".into()
-            })
-        )
-        .0
-        .unwrap()
-        .deleted,
-        vec!["10.0.0.4"]
-    );
-    assert!(err(s.apply(9, &lease("zz", 1))).to_string().contains("zz"));
-}
-
 #[test]
 fn discovery_assigns_a_mac_exactly_once_in_name_order() {
     let mut s = base();

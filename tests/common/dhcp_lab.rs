@@ -11,8 +11,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
-use wulfpack::boot::dhcp::{self, DhcpConfig, MemoryAllocator, ServeOptions, Stats};
-use wulfpack::boot::view::BootView;
+use wulfpack::boot::dhcp::{self, DhcpConfig, LeaseAllocator, MemoryAllocator, ServeOptions, Stats};
+use wulfpack::boot::view::{BootView, ViewRx};
 use wulfpack::model::{NetDev, NodeConf, NodesConf};
 use wulfpack::state::{Command, Request, State};
 
@@ -83,8 +83,23 @@ pub struct LabServer {
 }
 
 impl LabServer {
-    /// Bind `iface` in `ns` (port 67, `SO_BINDTODEVICE`) and serve; returns once bound.
+    /// Bind `iface` in `ns` (port 67, `SO_BINDTODEVICE`) and serve a fixed view with an
+    /// in-memory allocator; returns once bound.
     pub fn start(ns: &NetNs, iface: &str, cfg: DhcpConfig, view: BootView) -> LabServer {
+        let (vtx, vrx) = watch::channel(Arc::new(view));
+        // The sender may go: the receiver keeps the last view.
+        drop(vtx);
+        Self::start_with(ns, iface, cfg, vrx, Arc::new(MemoryAllocator::new()))
+    }
+
+    /// Like [`LabServer::start`] with a live view and any allocator (a head's).
+    pub fn start_with(
+        ns: &NetNs,
+        iface: &str,
+        cfg: DhcpConfig,
+        vrx: ViewRx,
+        leases: Arc<dyn LeaseAllocator>,
+    ) -> LabServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let stats: Arc<Stats> = Arc::default();
@@ -110,12 +125,11 @@ impl LabServer {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let (_vtx, vrx) = watch::channel(Arc::new(view));
                 let opts = ServeOptions {
                     stats: st,
                     ..Default::default()
                 };
-                dhcp::run_on(sock, &iface, cfg, vrx, Arc::new(MemoryAllocator::new()), opts, async {
+                dhcp::run_on(sock, &iface, cfg, vrx, leases, opts, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -257,21 +271,24 @@ pub fn udp_rcvbuf_errors(ns: &NetNs) -> u64 {
 }
 
 /// Run perfdhcp inside `ns` against `server` from `iface`: `rate` exchanges/s for
-/// `secs` seconds, clients from `macs`. Bounded by `timeout`.
+/// `secs` seconds, `n` clients: the MACs in `macs`, or without a list `n` random MACs
+/// (perfdhcp's `-R`). `WULFPACK_PERFDHCP_ARGS` adds options (e.g. `-g multi`). Bounded
+/// by `timeout`.
 pub fn perfdhcp(
     ns: &NetNs,
     iface: &str,
     server: Ipv4Addr,
     rate: u32,
     secs: u32,
-    macs: &std::path::Path,
+    macs: Option<&std::path::Path>,
     n: usize,
 ) -> Perf {
+    let list = macs.map(|m| format!("-M {}", m.display())).unwrap_or_default();
+    let extra = std::env::var("WULFPACK_PERFDHCP_ARGS").unwrap_or_default();
     // After perfdhcp exits, the shell's own /proc stat holds its children's CPU time.
     let script = format!(
-        "timeout {} perfdhcp -4 -l {iface} -r {rate} -R {n} -p {secs} -M {} {server} 2>&1; echo; echo \"CHILDSTAT $(cat /proc/$$/stat)\"",
+        "timeout {} perfdhcp -4 -l {iface} -r {rate} -R {n} -p {secs} {list} {extra} {server} 2>&1; echo; echo \"CHILDSTAT $(cat /proc/$$/stat)\"",
         secs + 30,
-        macs.display()
     );
     let drops0 = udp_rcvbuf_errors(ns);
     let o = ns.sh(&script);
@@ -304,6 +321,38 @@ pub fn kea_config(iface: &str, network: &str, router: Ipv4Addr, nodes: &[LabNode
                 "id": 1,
                 "subnet": network,
                 "reservations": reservations,
+                "option-data": [{"name": "routers", "data": router.to_string()}],
+            }],
+            "loggers": [{
+                "name": "kea-dhcp4",
+                "severity": "WARN",
+                "output_options": [{"output": dir.join("kea.log").display().to_string()}],
+            }],
+        }
+    })
+    .to_string()
+}
+
+/// A Kea 2.2 configuration serving the dynamic pool `first - last` on `iface` (memfile,
+/// no persistence, lease time `lease_secs`): the anchor for wulfpack's pool.
+pub fn kea_pool_config(
+    iface: &str,
+    network: &str,
+    first: Ipv4Addr,
+    last: Ipv4Addr,
+    router: Ipv4Addr,
+    lease_secs: u32,
+    dir: &std::path::Path,
+) -> String {
+    serde_json::json!({
+        "Dhcp4": {
+            "interfaces-config": {"interfaces": [iface], "dhcp-socket-type": "udp"},
+            "lease-database": {"type": "memfile", "persist": false},
+            "valid-lifetime": lease_secs,
+            "subnet4": [{
+                "id": 1,
+                "subnet": network,
+                "pools": [{"pool": format!("{first} - {last}")}],
                 "option-data": [{"name": "routers", "data": router.to_string()}],
             }],
             "loggers": [{

@@ -2,10 +2,22 @@
 //! delete (shared/LAB.md): ISC `dhclient` gets the node's configured address, and
 //! `perfdhcp` runs cleanly against known MACs. Both skip with a printed reason when not
 //! root or when the Debian packages cannot be installed.
+//!
+//! Dynamic pools across heads run in-process: two heads of a real Raft cluster, each
+//! with its own [`RaftLeases`], answer fabricated DORA exchanges through the real
+//! handler chain at the same time.
 
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use wulfpack::boot::dhcp::DhcpConfig;
+use dhcproto::v4::{DhcpOption, Message, MessageType};
+use dhcproto::{Decodable, Encodable};
+use wulfpack::boot::dhcp::raft_leases::RaftLeases;
+use wulfpack::boot::dhcp::{handle_packet, Chain, DhcpConfig, LeaseAllocator, Outcome, Skip};
+use wulfpack::boot::view::ViewRx;
+
+use crate::harness::{eventually, settings, Cluster};
 
 use crate::dhcp_lab::{nodes, perfdhcp, view_of, write_macs, LabServer};
 use crate::netns::{skip_reason, NetNs};
@@ -103,7 +115,7 @@ fn perfdhcp_runs_cleanly_with_known_macs() {
     let dir = tempfile::tempdir().unwrap();
     let macs = dir.path().join("macs");
     write_macs(&macs, &ns);
-    let p = perfdhcp(&cli, "c0", "10.78.0.1".parse().unwrap(), 500, 3, &macs, ns.len());
+    let p = perfdhcp(&cli, "c0", "10.78.0.1".parse().unwrap(), 500, 3, Some(&macs), ns.len());
     server.stop();
     eprintln!(
         "perfdhcp: {} DISCOVER/{} OFFER, {} REQUEST/{} ACK, {:.0} DORA/s, drops {:.3} %",
@@ -121,4 +133,132 @@ fn perfdhcp_runs_cleanly_with_known_macs() {
         p.drop_pct(),
         p.raw
     );
+}
+
+const POOL_CFG: &str = "interfaces: [{name: s0, subnets: [lab]}]\n\
+    subnets: {lab: {network: 10.79.0.0/16, server: 10.79.0.1, relayed: true, lease_time: 1h, \
+    pool: {start: 10.79.1.0, end: 10.79.8.255}}}";
+
+fn pool_mac(i: usize) -> [u8; 6] {
+    [2, 0x79, 0, 0, (i >> 8) as u8, i as u8]
+}
+
+/// One message as a relay at 10.79.0.2 sends it.
+fn pool_msg(kind: MessageType, mac: [u8; 6], requested: Option<Ipv4Addr>) -> Vec<u8> {
+    let u = Ipv4Addr::UNSPECIFIED;
+    let mut m = Message::new(u, u, u, "10.79.0.2".parse().unwrap(), &mac);
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    if let Some(ip) = requested {
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        m.opts_mut()
+            .insert(DhcpOption::ServerIdentifier("10.79.0.1".parse().unwrap()));
+    }
+    m.to_vec().unwrap()
+}
+
+/// Send one request through the real handler chain; the reply's type and address.
+fn exchange(
+    cfg: &DhcpConfig,
+    view: &ViewRx,
+    leases: &dyn LeaseAllocator,
+    bytes: &[u8],
+) -> Result<(MessageType, Ipv4Addr), Skip> {
+    let v = view.borrow().clone();
+    match handle_packet(bytes, cfg.interface("s0").unwrap(), cfg, &v, leases, &Chain::standard()) {
+        Outcome::Reply(r) => {
+            let m = Message::from_bytes(&r.msg.to_vec().unwrap()).unwrap();
+            Ok((m.opts().msg_type().unwrap(), m.yiaddr()))
+        }
+        Outcome::Skip(s) => Err(s),
+    }
+}
+
+/// A full DISCOVER → OFFER → REQUEST → ACK; like a client, retransmits (bounded) while
+/// the head has no block yet.
+fn dora(cfg: &DhcpConfig, view: &ViewRx, leases: &dyn LeaseAllocator, mac: [u8; 6]) -> Ipv4Addr {
+    for _ in 0..200 {
+        match exchange(cfg, view, leases, &pool_msg(MessageType::Discover, mac, None)) {
+            Ok((MessageType::Offer, ip)) => {
+                let ack = exchange(cfg, view, leases, &pool_msg(MessageType::Request, mac, Some(ip)));
+                assert_eq!(ack, Ok((MessageType::Ack, ip)), "REQUEST of the offered {ip}");
+                return ip;
+            }
+            Err(Skip::PoolPending) => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("DISCOVER: {other:?}"),
+        }
+    }
+    panic!("no OFFER after 200 retransmissions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_heads_serve_one_pool_without_handing_out_an_address_twice() {
+    let c = Cluster::start(2, settings()).await;
+    let cfg = DhcpConfig::from_yaml(POOL_CFG).unwrap();
+    let rt = tokio::runtime::Handle::current();
+    let heads: Vec<std::sync::Arc<RaftLeases>> = (0..2)
+        .map(|i| std::sync::Arc::new(RaftLeases::start(c.addr(i), i as u64 + 1, &cfg, rt.clone())))
+        .collect();
+    let per_head = 300;
+    // Both heads at once, each to its own clients, through the real chain.
+    let tasks: Vec<_> = (0..2)
+        .map(|h| {
+            let (cfg, view, leases) = (cfg.clone(), c.ctx(h).view.clone(), heads[h].clone());
+            tokio::task::spawn_blocking(move || {
+                (0..per_head)
+                    .map(|i| {
+                        let mac = pool_mac(h * per_head + i);
+                        (mac, dora(&cfg, &view, leases.as_ref(), mac))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut given: HashMap<[u8; 6], (usize, Ipv4Addr)> = HashMap::new();
+    for (h, t) in tasks.into_iter().enumerate() {
+        for (mac, ip) in t.await.unwrap() {
+            given.insert(mac, (h, ip));
+        }
+    }
+    let ips: HashSet<Ipv4Addr> = given.values().map(|(_, ip)| *ip).collect();
+    assert_eq!(ips.len(), 2 * per_head, "an address was handed out twice");
+    let pool = cfg.subnets[0].pool.unwrap();
+    assert!(ips.iter().all(|ip| pool.contains(*ip)));
+
+    // Every binding gets recorded, and both heads' views show all of them.
+    eventually(20, "all bindings recorded in both views", || {
+        let done = heads.iter().all(|l| l.unrecorded() == 0)
+            && (0..2).all(|h| c.ctx(h).view.borrow().leases.len() == 2 * per_head);
+        async move { done }
+    })
+    .await;
+    for (mac, (_, ip)) in &given {
+        let m = wulfpack::boot::dhcp::MacAddr(*mac).to_string();
+        assert_eq!(c.ctx(0).view.borrow().leases[&m].0, *ip, "{m}");
+    }
+
+    // A client of head 1 asks head 2 (its head died, or it renews through the other):
+    // the same address, at the first DISCOVER.
+    let view2 = c.ctx(1).view.clone();
+    for i in [0, 7, per_head - 1] {
+        let mac = pool_mac(i);
+        let (h, ip) = given[&mac];
+        assert_eq!(h, 0);
+        let got = tokio::task::block_in_place(|| dora(&cfg, &view2, heads[1].as_ref(), mac));
+        assert_eq!(got, ip, "same address from the other head");
+    }
+
+    // RELEASE through head 2 of a lease head 1 gave: unbound cluster-wide.
+    let (mac, ip) = (pool_mac(3), given[&pool_mac(3)].1);
+    let mut rel = Message::from_bytes(&pool_msg(MessageType::Release, mac, None)).unwrap();
+    rel.set_ciaddr(ip);
+    let r = exchange(&cfg, &view2, heads[1].as_ref(), &rel.to_vec().unwrap());
+    assert_eq!(r, Err(Skip::Released));
+    let m = wulfpack::boot::dhcp::MacAddr(mac).to_string();
+    eventually(20, "the release is recorded", || {
+        let gone = c.ctx(0).sm.read(|s| s.pool.lease_of(&m).is_none());
+        async move { gone }
+    })
+    .await;
+    drop(heads);
+    c.shutdown().await;
 }

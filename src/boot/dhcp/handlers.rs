@@ -12,7 +12,8 @@
 //! 3. [`ReleaseDecline`] — RELEASE/DECLINE are logged (and passed to the allocator for
 //!    pool clients); they never get an answer.
 //! 4. [`UnknownClient`] — unknown MACs only where a pool is configured: discovery of a
-//!    `discoverable` node for PXE clients, else a pool lease, both via [`LeaseAllocator`].
+//!    `discoverable` node for PXE clients, else a pool address, both via [`LeaseAllocator`]
+//!    (an ACK of a pool address is reported to it by [`Respond`] with `bind`).
 //! 5. [`PxeBoot`] — the boot file: iPXE script URL (option 77 "iPXE" or option 175), UEFI
 //!    HTTP boot URL (option 60 "HTTPClient", echoed), or the iPXE binary for the
 //!    client's architecture (option 93) from TFTP at `siaddr`.
@@ -78,6 +79,8 @@ pub enum Skip {
     UnknownClient,
     /// The pool has no free address.
     PoolExhausted,
+    /// No pool address at hand yet (this head's first block is being reserved).
+    PoolPending,
     /// The pool offered an address that belongs to a known node.
     PoolConflict,
     /// The lease store could not decide.
@@ -108,6 +111,7 @@ impl Skip {
             Skip::NotServedHere => "address not in a served subnet",
             Skip::UnknownClient => "unknown client, no pool",
             Skip::PoolExhausted => "pool exhausted",
+            Skip::PoolPending => "pool block not reserved yet",
             Skip::PoolConflict => "pool address belongs to a node",
             Skip::AllocatorError => "lease store error",
             Skip::OtherServer => "client chose another server",
@@ -508,7 +512,7 @@ impl Handler for ReleaseDecline {
                     None => Ok(()),
                 }
             } else {
-                ctx.leases.release(ctx.mac, subnet)
+                ctx.leases.release(ctx.mac, ctx.req.ciaddr(), subnet)
             };
             if let Err(e) = res {
                 tracing::warn!(mac = %ctx.mac, "{e}");
@@ -582,7 +586,11 @@ impl Handler for UnknownClient {
                 Action::Continue
             }
             Ok(None) => {
-                tracing::warn!(mac = %ctx.mac, subnet = %subnet.name, "no free address in the pool; enlarge it or register the node");
+                tracing::debug!(mac = %ctx.mac, subnet = %subnet.name, "no pool address at hand yet; the client will retry");
+                Action::NoResponse(Skip::PoolPending)
+            }
+            Err(e @ super::lease::LeaseError::Exhausted { .. }) => {
+                tracing::warn!(mac = %ctx.mac, "{e}");
                 Action::NoResponse(Skip::PoolExhausted)
             }
             Err(e) => {
@@ -737,7 +745,15 @@ impl Handler for Respond {
                 let wanted = requested.or((!ciaddr.is_unspecified()).then_some(ciaddr));
                 match wanted {
                     None => return Action::NoResponse(Skip::NoRequestedAddress),
-                    Some(ip) if ip == client.addr => full_reply(ctx, subnet, client, MessageType::Ack),
+                    Some(ip) if ip == client.addr => {
+                        if client.origin == Origin::Pool {
+                            // The lease starts with this ACK: record it.
+                            if let Err(e) = ctx.leases.bind(ctx.mac, ip, subnet) {
+                                tracing::warn!(mac = %ctx.mac, %ip, "{e}");
+                            }
+                        }
+                        full_reply(ctx, subnet, client, MessageType::Ack)
+                    }
                     Some(ip) => {
                         tracing::debug!(mac = %ctx.mac, requested = %ip, assigned = %client.addr, "NAK");
                         nak(ctx, subnet)

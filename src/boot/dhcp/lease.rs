@@ -3,16 +3,18 @@
 //! Known nodes need no lease state at all (their address is in `nodes.conf`). Two things
 //! are different: an address from a dynamic pool must never be handed to two clients by
 //! two heads, and an unknown MAC must be bound to a `discoverable` node exactly once.
-//! Both are therefore decisions of the replicated state machine in production, and the
-//! handler chain only sees them through [`LeaseAllocator`], a small synchronous trait:
+//! The handler chain sees both only through [`LeaseAllocator`], a small synchronous trait:
 //!
-//! - synchronous, because the handler chain is pure and runs inline in the receive loop;
-//!   an implementation that must wait for Raft answers from its local replica when it can
-//!   and otherwise returns `Ok(None)` after submitting the command in the background —
-//!   the client retransmits (PXE ROMs after 4 s) and the next attempt finds the answer
-//!   already applied. Unknown MACs are rare events (first boot), so that cost is paid once.
+//! - synchronous, because the handler chain is pure and runs inline in the receive loop.
+//!   The cluster's implementation ([`RaftLeases`](super::raft_leases::RaftLeases)) hands
+//!   out pool addresses from blocks its head already owns through Raft, so `allocate`
+//!   answers at once; `Ok(None)` ("not now") is left for the rare moments when no block
+//!   is committed yet (start-up) and for discovery, decided by one Raft command in the
+//!   background and found by the client's retransmission.
 //! - idempotent per MAC: DISCOVER, REQUEST and later renewals of one client must all see
 //!   the same address, so `allocate` returns the existing lease if there is one.
+//! - `bind` is called when a pool address is ACKed: that is when a lease exists and must
+//!   be recorded (an OFFER grants nothing).
 //!
 //! [`MemoryAllocator`] is the in-process implementation for tests and single-head labs.
 
@@ -30,6 +32,9 @@ pub enum LeaseError {
     /// The subnet has no pool; the handler chain should never ask.
     #[error("subnet {subnet} has no dynamic pool; add `pool:` to boot.dhcp.subnets.{subnet} to serve unknown MACs")]
     NoPool { subnet: String },
+    /// Every pool address is leased, held by a head or declined.
+    #[error("dynamic pool {pool} of subnet {subnet} is exhausted: every address is leased, reserved by a head or declined; enlarge boot.dhcp.subnets.{subnet}.pool or register the nodes")]
+    Exhausted { subnet: String, pool: String },
     /// The backing store could not decide (e.g. no Raft leader and no local answer).
     #[error("lease store unavailable for {mac} in subnet {subnet}: {reason}; the client will retry, check the cluster's health (`wwctl` status)")]
     Unavailable {
@@ -41,18 +46,25 @@ pub enum LeaseError {
 
 /// Pool allocation and discovery, decided once cluster-wide.
 pub trait LeaseAllocator: Send + Sync {
-    /// The address of `mac` in `subnet`'s pool: its existing lease, else a new one.
-    /// `Ok(None)`: no address now (pool exhausted, or the decision is still in flight).
-    /// Implementations must skip addresses that the `view` gives to known nodes.
+    /// The address of `mac` in `subnet`'s pool: its existing lease, else a new one
+    /// (offered, not yet leased). `Ok(None)`: no address right now but soon (the client
+    /// retransmits); [`LeaseError::Exhausted`]: none left. Implementations must skip
+    /// addresses that the `view` gives to known nodes.
     fn allocate(&self, mac: MacAddr, subnet: &Subnet, view: &BootView) -> Result<Option<Ipv4Addr>, LeaseError>;
+
+    /// `ip` (from `allocate`) was ACKed to `mac` for `subnet.lease_secs`: record the lease.
+    fn bind(&self, _mac: MacAddr, _ip: Ipv4Addr, _subnet: &Subnet) -> Result<(), LeaseError> {
+        Ok(())
+    }
 
     /// Bind `mac` to a `discoverable` node (the first in Warewulf's order not yet taken)
     /// and return its name; the same name again for the same MAC. `Ok(None)`: none left.
     fn discover(&self, mac: MacAddr, view: &BootView) -> Result<Option<String>, LeaseError>;
 
-    /// The client gave its pool address back (DHCPRELEASE). Default: keep it (leases are
-    /// per MAC and a stateless node will ask again at its next boot).
-    fn release(&self, _mac: MacAddr, _subnet: &Subnet) -> Result<(), LeaseError> {
+    /// The client gave its pool address back (DHCPRELEASE names it in `ciaddr`).
+    /// Default: keep it (leases are per MAC and a stateless node will ask again at its
+    /// next boot).
+    fn release(&self, _mac: MacAddr, _ciaddr: Ipv4Addr, _subnet: &Subnet) -> Result<(), LeaseError> {
         Ok(())
     }
 
@@ -118,7 +130,10 @@ impl LeaseAllocator for MemoryAllocator {
             st.by_mac.insert(mac, ip);
             return Ok(Some(ip));
         }
-        Ok(None)
+        Err(LeaseError::Exhausted {
+            subnet: subnet.name.clone(),
+            pool: format!("{}-{}", pool.start, pool.end),
+        })
     }
 
     fn discover(&self, mac: MacAddr, view: &BootView) -> Result<Option<String>, LeaseError> {
@@ -139,7 +154,7 @@ impl LeaseAllocator for MemoryAllocator {
         Ok(Some(name))
     }
 
-    fn release(&self, mac: MacAddr, subnet: &Subnet) -> Result<(), LeaseError> {
+    fn release(&self, mac: MacAddr, _ciaddr: Ipv4Addr, subnet: &Subnet) -> Result<(), LeaseError> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = pools.get_mut(&subnet.name) {
             if let Some(ip) = st.by_mac.remove(&mac) {
@@ -192,19 +207,17 @@ mod tests {
             Some(ips[1]),
             "same MAC, same address"
         );
-        assert_eq!(a.allocate(mac(4), &s, &v).unwrap(), None, "exhausted");
-        a.release(mac(1), &s).unwrap();
+        let e = a.allocate(mac(4), &s, &v).unwrap_err();
+        assert!(matches!(e, LeaseError::Exhausted { .. }), "{e}");
+        assert!(e.to_string().contains("enlarge boot.dhcp.subnets.s.pool"), "{e}");
+        a.release(mac(1), Ipv4Addr::UNSPECIFIED, &s).unwrap();
         assert_eq!(
             a.allocate(mac(4), &s, &v).unwrap(),
             Some(ips[0]),
             "released address reused"
         );
         a.decline(mac(4), ips[0], &s).unwrap();
-        assert_eq!(
-            a.allocate(mac(5), &s, &v).unwrap(),
-            None,
-            "declined address never again"
-        );
+        assert!(a.allocate(mac(5), &s, &v).is_err(), "declined address never again");
         assert_eq!(a.leased("s"), 2);
     }
 

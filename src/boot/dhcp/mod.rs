@@ -17,7 +17,8 @@
 //!   never waits on an election or a disk.
 //! - **State that must be unique cluster-wide is behind a trait.** Dynamic pool leases and
 //!   discovery of unknown MACs must happen exactly once across heads, so they go through
-//!   [`LeaseAllocator`]; tests use [`MemoryAllocator`], heads will use a Raft-backed one.
+//!   [`LeaseAllocator`]; tests use [`MemoryAllocator`], heads [`raft_leases::RaftLeases`]
+//!   (per-head address blocks and batched bindings through Raft).
 //! - **The server is thin.** [`server`] owns sockets (one per interface, bound with
 //!   `SO_BINDTODEVICE`), reply addressing (RFC 2131 §4.1) and shutdown; it sends at most
 //!   one reply per request and only to `giaddr`, `ciaddr` inside a served subnet, or the
