@@ -42,43 +42,8 @@ fn dhclient_gets_the_configured_address() {
     .unwrap();
     let server = LabServer::start(&srv, "s0", cfg, view);
 
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    // Our own dhclient-script: records what it was given and sets only the address
-    // (Debian's script would rewrite the host's /etc/resolv.conf).
-    std::fs::write(
-        dir.path().join("script"),
-        format!(
-            "#!/bin/sh\nenv | grep -E '^(reason|new_|interface)' | sort > {d}/env.$reason\n\
-             case \"$reason\" in BOUND|RENEW|REBIND|REBOOT) ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\" ;; esac\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("dhclient.conf"),
-        "timeout 30;\nrequest subnet-mask, broadcast-address, routers, domain-name, domain-name-servers, host-name;\n",
-    )
-    .unwrap();
-    let script = format!("{d}/script");
-    let conf = format!("{d}/dhclient.conf");
-    let leases = format!("{d}/leases");
-    let pidf = format!("{d}/pid");
-    let _ = std::process::Command::new("chmod").args(["+x", &script]).status();
-    let pid = cli.spawn(
-        &[
-            "timeout", "60", "dhclient", "-4", "-d", "-1", "-v", "-cf", &conf, "-sf", &script, "-lf", &leases, "-pf",
-            &pidf, "c0",
-        ],
-        Some(&dir.path().join("dhclient.log")),
-    );
-    let got = cli.wait_for(
-        "ip -4 addr show dev c0 | grep -q 'inet 10.77.0.50/24'",
-        Duration::from_secs(40),
-    );
-    cli.kill(pid);
-    let log = std::fs::read_to_string(dir.path().join("dhclient.log")).unwrap_or_default();
-    assert!(got, "dhclient did not get 10.77.0.50:\n{log}");
-    let env = std::fs::read_to_string(dir.path().join("env.BOUND")).unwrap();
+    let lease = crate::dhclient::run(&cli, "c0", "10.77.0.50/24", Duration::from_secs(40));
+    assert!(lease.bound, "dhclient did not get 10.77.0.50:\n{}", lease.log);
     for want in [
         "new_ip_address=10.77.0.50",
         "new_subnet_mask=255.255.255.0",
@@ -89,7 +54,7 @@ fn dhclient_gets_the_configured_address() {
         "new_dhcp_lease_time=600",
         "new_dhcp_server_identifier=10.77.0.1",
     ] {
-        assert!(env.contains(want), "missing {want} in:\n{env}");
+        lease.expect(want);
     }
     let replied = server.stats.replied.load(std::sync::atomic::Ordering::Relaxed);
     assert!(replied >= 2, "an OFFER and an ACK, got {replied} replies");
