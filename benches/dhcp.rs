@@ -110,11 +110,11 @@ fn main() {
 
     let chain_rate = chain_capacity(&cfg, &view, &lab, if full { 400_000 } else { 2_000 });
 
-    let mut rows: Vec<(String, u32, Perf, String)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for &rate in &sizes.rates {
         // Kea first, then wulfpack, at the same offered rate.
         let srv0 = udp_rcvbuf_errors(&srv);
-        let kea = run_kea(
+        let (kea, kea_cpu) = run_kea(
             &srv,
             &cli,
             dir.path(),
@@ -129,7 +129,7 @@ fn main() {
             udp_rcvbuf_errors(&srv) - srv0,
             client_note(&kea, sizes.secs)
         );
-        rows.push(("Kea 2.2 (memfile, reservations)".into(), rate, kea, note));
+        rows.push(("Kea 2.2 (memfile, reservations)".into(), rate, kea, note, kea_cpu));
         let server = LabServer::start(&srv, "s0", cfg.clone(), view.clone());
         let srv0 = udp_rcvbuf_errors(&srv);
         let cpu0 = process_cpu();
@@ -148,7 +148,7 @@ fn main() {
             client_note(&p, sizes.secs)
         );
         server.stop();
-        rows.push(("wulfpack".into(), rate, p, note));
+        rows.push(("wulfpack".into(), rate, p, note, cpu));
     }
 
     let pool = pool_part(&srv, &cli, dir.path(), &sizes, full);
@@ -184,24 +184,30 @@ fn main() {
     }
 }
 
-type Row = (String, u32, Perf, String);
+/// Server, offered rate, perfdhcp's result, notes, server CPU seconds during the step.
+type Row = (String, u32, Perf, String, f64);
 
 fn table(rows: &[Row]) {
-    println!("| server | offered DORA/s | achieved DORA/s | DISCOVER→OFFER | REQUEST→ACK | drops |");
-    println!("|---|---|---|---|---|---|");
-    for (who, rate, p, _) in rows {
+    println!(
+        "| server | offered DORA/s | achieved DORA/s | DISCOVER→OFFER | REQUEST→ACK | drops | of which lost by the server | server CPU s | DORA per server CPU-second |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (who, rate, p, _, cpu) in rows {
         println!(
-            "| {who} | {rate} | {:.0} | {}/{} | {}/{} | {:.3} % |",
+            "| {who} | {rate} | {:.0} | {}/{} | {}/{} | {:.3} % | {:.3} % | {:.1} | {:.0} |",
             p.rate,
             p.recv_offer,
             p.sent_discover,
             p.recv_ack,
             p.sent_request,
-            p.drop_pct()
+            p.drop_pct(),
+            server_loss_pct(p),
+            cpu,
+            per_cpu(p, *cpu)
         );
     }
     println!();
-    for (who, rate, _, note) in rows {
+    for (who, rate, _, note, _) in rows {
         println!("- {who} at {rate}/s: {note}");
     }
 }
@@ -230,6 +236,58 @@ fn summary(rows: &[Row], ours: &str, goal: f64) {
         best("Kea", 0.1),
         ratio(best(ours, 0.1), best("Kea", 0.1)),
     );
+    // perfdhcp's drops include replies it did not read in time (its own receive buffer
+    // overflowing, counted by the kernel in its namespace). What the server itself
+    // lost is the rest: the highest offered rate at which that stays < 0.1 %.
+    let clean_offered = |name: &str| {
+        rows.iter()
+            .filter(|r| r.0.starts_with(name) && server_loss_pct(&r.2) < 0.1)
+            .map(|r| r.1)
+            .max()
+            .unwrap_or(0)
+    };
+    let (ours_clean, kea_clean) = (clean_offered(ours), clean_offered("Kea"));
+    println!(
+        "highest offered rate the server answered with < 0.1 % loss of its own: wulfpack {ours_clean}/s, \
+         Kea {kea_clean}/s; wulfpack's against Kea's peak achieved rate: {:.2}×",
+        ratio(f64::from(ours_clean), kea_peak)
+    );
+    // What each server could do with the machine to itself: completed exchanges per
+    // second of its own CPU, at the highest offered rate where both still answered
+    // with < 1 % drops (so neither is measured while drowning).
+    let eff = |name: &str| {
+        rows.iter()
+            .filter(|r| r.0.starts_with(name) && r.2.drop_pct() < 1.0)
+            .max_by_key(|r| r.1)
+            .map(|r| (r.1, per_cpu(&r.2, r.4)))
+    };
+    if let (Some((kr, ke)), Some((or, oe))) = (eff("Kea"), eff(ours)) {
+        println!(
+            "server CPU efficiency: wulfpack {oe:.0} DORA per CPU-second (at {or}/s offered), Kea {ke:.0} \
+             (at {kr}/s) ({:.2}×)",
+            ratio(oe, ke)
+        );
+    }
+}
+
+/// Requests the server lost, in % of requests sent: perfdhcp's missing replies minus
+/// those the kernel dropped in perfdhcp's own receive buffer.
+fn server_loss_pct(p: &Perf) -> f64 {
+    let sent = p.sent_discover + p.sent_request;
+    let got = p.recv_offer + p.recv_ack + p.client_rcvbuf_drops;
+    if sent == 0 {
+        return 0.0;
+    }
+    100.0 * sent.saturating_sub(got) as f64 / sent as f64
+}
+
+/// Completed exchanges (ACKs perfdhcp received) per second of the server's CPU time.
+fn per_cpu(p: &Perf, cpu: f64) -> f64 {
+    if cpu > 0.0 {
+        p.recv_ack as f64 / cpu
+    } else {
+        0.0
+    }
 }
 
 struct PoolRun {
@@ -267,13 +325,13 @@ fn pool_part(srv: &NetNs, cli: &NetNs, dir: &std::path::Path, sizes: &Sizes, ful
     let mut rows = Vec::new();
     for &rate in &sizes.rates {
         let srv0 = udp_rcvbuf_errors(srv);
-        let kea = run_kea(srv, cli, dir, "kea-pool.json", rate, sizes.secs, None, clients);
+        let (kea, kea_cpu) = run_kea(srv, cli, dir, "kea-pool.json", rate, sizes.secs, None, clients);
         let note = format!(
             "server-side UDP receive-buffer drops {}; {}",
             udp_rcvbuf_errors(srv) - srv0,
             client_note(&kea, sizes.secs)
         );
-        rows.push(("Kea 2.2 (memfile, pool)".into(), rate, kea, note));
+        rows.push(("Kea 2.2 (memfile, pool)".into(), rate, kea, note, kea_cpu));
 
         let cluster = rt.block_on(harness::Cluster::start(1, harness::settings()));
         let leases = Arc::new(RaftLeases::start(cluster.addr(0), 1, &cfg, rt.handle().clone()));
@@ -315,7 +373,7 @@ fn pool_part(srv: &NetNs, cli: &NetNs, dir: &std::path::Path, sizes: &Sizes, ful
             flushed,
             client_note(&p, sizes.secs)
         );
-        rows.push(("wulfpack (pool through Raft)".into(), rate, p, note));
+        rows.push(("wulfpack (pool through Raft)".into(), rate, p, note, cpu));
         drop(leases);
         rt.block_on(cluster.shutdown());
     }
@@ -376,7 +434,12 @@ fn client_note(p: &Perf, secs: u32) -> String {
 
 /// User + system CPU seconds of this process so far.
 fn process_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_secs("/proc/self/stat")
+}
+
+/// utime + stime of the process whose `stat` file this is, in seconds.
+fn cpu_secs(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
@@ -395,7 +458,7 @@ fn run_kea(
     secs: u32,
     macs: Option<&std::path::Path>,
     n: usize,
-) -> Perf {
+) -> (Perf, f64) {
     let server_ip: Ipv4Addr = "10.78.0.1".parse().unwrap();
     let d = dir.display().to_string();
     let conf = format!("{d}/{conf_name}");
@@ -418,7 +481,9 @@ fn run_kea(
         "Kea did not start: {}",
         std::fs::read_to_string(dir.join("kea.out")).unwrap_or_default()
     );
+    let cpu0 = cpu_secs(&format!("/proc/{pid}/stat"));
     let p = perfdhcp(cli, "c0", server_ip, rate, secs, macs, n);
+    let cpu = cpu_secs(&format!("/proc/{pid}/stat")) - cpu0;
     srv.kill(pid);
-    p
+    (p, cpu)
 }
