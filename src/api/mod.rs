@@ -380,6 +380,14 @@ impl pb::admin_server::Admin for AdminService {
     async fn write(&self, req: GrpcRequest<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
         let req = req.into_inner();
         let cmd: Request = serde_json::from_slice(&req.command_json).map_err(|e| error::bad_json("command", e))?;
+        // A brand-new cluster answers before its founding head's `Init` (name and
+        // `default` profile) is applied; a node write then would fail with "profile
+        // default does not exist". Unavailable makes the client retry until it is.
+        if cmd.cmd.needs_init() && !self.ctx.sm.read(State::initialised) {
+            return Err(Status::unavailable(
+                "the cluster is still initialising (its founding head is recording the cluster name and the default profile); retry in a moment",
+            ));
+        }
         match self.ctx.raft.client_write(cmd).await {
             Ok(resp) => match resp.data.0 {
                 Ok(outcome) => Ok(Response::new(pb::WriteReply {

@@ -167,6 +167,8 @@ impl HeadConfig {
                 self.id
             )));
         }
+        crate::model::validate_name("cluster", &self.cluster_name)
+            .map_err(|e| DaemonError::Invalid(format!("cluster_name: {e}")))?;
         self.raft
             .to_config(&self.cluster_name)
             .map_err(|e| DaemonError::Invalid(format!("raft: {e}")))?;

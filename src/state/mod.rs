@@ -122,6 +122,26 @@ pub enum Command {
     Init { name: String },
 }
 
+impl Command {
+    /// Whether this command can only be decided once the cluster is initialised
+    /// (`Init` applied): node and profile writes refer to the `default` profile that
+    /// `Init` creates. Internal commands (head registration, pools, discovery, images)
+    /// do not wait.
+    pub fn needs_init(&self) -> bool {
+        matches!(
+            self,
+            Command::Add { .. } | Command::Put { .. } | Command::Patch { .. } | Command::Import { .. }
+        )
+    }
+}
+
+impl State {
+    /// True once `Init` has been applied (the cluster has its name).
+    pub fn initialised(&self) -> bool {
+        !self.cluster.name.is_empty()
+    }
+}
+
 /// A command with the client's request id (for exactly-once retries).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {

@@ -2,6 +2,7 @@
 //! snapshots, and refused input leaving the state untouched.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::harness::{eventually, settings, Cluster};
 use wulfpack::client::Client;
@@ -269,5 +270,39 @@ async fn heads_register_http_and_fetch_blobs_from_each_other() {
         .unwrap();
     assert_eq!(got, d);
     assert_eq!(c.ctx(2).cas.verify(&d).unwrap(), data.len() as u64);
+    c.shutdown().await;
+}
+
+/// A brand-new cluster answers `wwctl` before its founding head has recorded the
+/// cluster name and the `default` profile (`Init`): a node write sent then waits (the
+/// head says Unavailable, the client retries) instead of failing with "profile default
+/// does not exist". Two founders with only the first running: Raft is initialised but
+/// nothing can commit until the second starts, and both `Init` and the write are then
+/// retrying at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_writes_wait_until_a_new_cluster_is_initialised() {
+    let mut c = Cluster::start_some(2, settings(), |_| {}, 1).await;
+    let client = c.client_of(0).with_deadline(Duration::from_secs(30));
+    let node = NodeConf {
+        profiles: vec!["default".into()],
+        ..Default::default()
+    };
+    let write = tokio::spawn(async move {
+        client
+            .write(Command::Add {
+                kind: Kind::Node,
+                items: vec![("early".into(), node)],
+            })
+            .await
+    });
+    c.restart(1).await;
+    let r = write.await.unwrap();
+    assert!(
+        r.is_ok(),
+        "the early write succeeds once the cluster is initialised: {r:?}"
+    );
+    let got = c.client().read(&Query::nodes(Selector::All), true).await.unwrap();
+    assert_eq!(got.nodes["early"].value.profiles, vec!["default".to_string()]);
+    assert_eq!(got.cluster.name, "test");
     c.shutdown().await;
 }

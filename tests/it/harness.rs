@@ -34,6 +34,14 @@ impl Cluster {
 
     /// Start `n` founding heads, adjusting each config first.
     pub async fn start_with(n: usize, raft: RaftSettings, adjust: impl Fn(&mut HeadConfig)) -> Cluster {
+        let c = Self::start_some(n, raft, adjust, n).await;
+        c.wait_ready().await;
+        c
+    }
+
+    /// Configure `n` founding heads but launch only the first `running` (the rest start
+    /// with [`Cluster::restart`]); does not wait for the cluster to be ready.
+    pub async fn start_some(n: usize, raft: RaftSettings, adjust: impl Fn(&mut HeadConfig), running: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut listeners = Vec::new();
         for _ in 0..n {
@@ -73,10 +81,11 @@ impl Cluster {
             cfgs,
             heads: Vec::new(),
         };
-        for (cfg, l) in c.cfgs.clone().into_iter().zip(listeners) {
-            c.heads.push(Some(launch(cfg, l).await));
+        for (i, (cfg, l)) in c.cfgs.clone().into_iter().zip(listeners).enumerate() {
+            // Heads not launched yet give their ports back; `restart` binds them again.
+            c.heads
+                .push(if i < running { Some(launch(cfg, l).await) } else { None });
         }
-        c.wait_ready().await;
         c
     }
 
