@@ -11,7 +11,7 @@ use crate::netns::NetNs;
 
 /// What one `dhclient` run got.
 pub struct Lease {
-    /// Whether the interface got `want_cidr` within the timeout.
+    /// Whether the interface got an address matching `want_cidr` within the timeout.
     pub bound: bool,
     /// `new_*` variables of the BOUND event (`key=value` lines), empty if none.
     pub env: String,
@@ -31,8 +31,9 @@ impl Lease {
     }
 }
 
-/// Runs `dhclient -4 -1` on `iface` in `ns` until it has `want_cidr` (e.g.
-/// `10.77.0.50/24`) or `timeout` passes; the client is killed either way.
+/// Runs `dhclient -4 -1` on `iface` in `ns` until `ip addr` shows an address starting
+/// with `want_cidr` (`10.77.0.50/24`, or a prefix such as `10.79.0.10` for any of
+/// .100–.109) or `timeout` passes; the client is killed either way.
 pub fn run(ns: &NetNs, iface: &str, want_cidr: &str, timeout: Duration) -> Lease {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| -> PathBuf { dir.path().join(n) };

@@ -148,6 +148,39 @@ impl LabServer {
         }
     }
 
+    /// The production entry point ([`dhcp::run_with`]): every interface of `cfg`,
+    /// each bound (and re-bound) by the server itself, a fixed view, an in-memory
+    /// allocator. Returns at once; interfaces come up as they exist.
+    pub fn start_supervised(ns: &NetNs, cfg: DhcpConfig, view: BootView) -> LabServer {
+        let (vtx, vrx) = watch::channel(Arc::new(view));
+        drop(vtx);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stats: Arc<Stats> = Arc::default();
+        let st = stats.clone();
+        let thread = ns.enter(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let opts = ServeOptions {
+                    stats: st,
+                    ..Default::default()
+                };
+                dhcp::run_with(cfg, vrx, Arc::new(MemoryAllocator::new()), opts, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+        });
+        LabServer {
+            stop: Some(stop),
+            thread: Some(thread),
+            stats,
+        }
+    }
+
     /// Stop and join; panics if the server failed.
     pub fn stop(mut self) {
         self.shutdown();

@@ -17,6 +17,7 @@ mod boot_http;
 mod cli;
 mod cluster;
 mod dhcp;
+mod dhcp_ifaces;
 mod dhcp_relay;
 mod images;
 mod oci;

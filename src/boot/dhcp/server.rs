@@ -14,12 +14,18 @@
 //!   address, never to the packet's source address (which anyone can forge).
 //! - Each interface's loop reads the latest [`BootView`](crate::boot::view::BootView)
 //!   per packet (an `Arc` clone) so view republishes apply without a restart.
+//! - **Each interface is supervised on its own** ([`run`]): an interface that is missing
+//!   at start (a VLAN not created yet, a typo) is logged and retried every
+//!   [`REBIND_EVERY`] while the others serve; one that disappears or is re-created (its
+//!   index changes, which silently deafens a device-bound socket) is bound again. One
+//!   rack's link never takes DHCP away from the head's other racks.
 //! - `run(…, shutdown)` / `run_on(socket, …)` follow the servers' convention: tests bind
 //!   their own socket and stop the server by resolving `shutdown`.
 
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +125,10 @@ pub fn bind_interface(iface: &str, port: u16) -> Result<std::net::UdpSocket, Dhc
     Ok(s.into())
 }
 
+/// How often a missing interface is tried again, and how often a served one is checked
+/// for having been re-created.
+pub const REBIND_EVERY: Duration = Duration::from_secs(2);
+
 /// Serve every configured interface until `shutdown` resolves. With no interfaces
 /// configured DHCP is off and this returns at once.
 pub async fn run(
@@ -127,22 +137,100 @@ pub async fn run(
     leases: Arc<dyn LeaseAllocator>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DhcpError> {
+    run_with(cfg, view, leases, ServeOptions::default(), shutdown).await
+}
+
+/// [`run`] with options (reply ports, shared counters).
+pub async fn run_with(
+    cfg: DhcpConfig,
+    view: ViewRx,
+    leases: Arc<dyn LeaseAllocator>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DhcpError> {
     if !cfg.enabled() {
         tracing::info!("DHCP is off: boot.dhcp.interfaces is empty");
         return Ok(());
     }
-    let mut sockets = Vec::new();
-    for i in &cfg.interfaces {
-        let std = bind_interface(&i.name, 67)?;
-        let sock = UdpSocket::from_std(std).map_err(|source| DhcpError::Bind {
-            iface: i.name.clone(),
-            port: 67,
-            source,
-        })?;
-        tracing::info!(iface = %i.name, "DHCP serving");
-        sockets.push((i.name.clone(), sock));
+    let names: Vec<String> = cfg.interfaces.iter().map(|i| i.name.clone()).collect();
+    let cfg = Arc::new(cfg);
+    let chain = Arc::new(Chain::standard());
+    let loops = names.into_iter().map(|name| {
+        supervise(
+            name,
+            cfg.clone(),
+            view.clone(),
+            leases.clone(),
+            chain.clone(),
+            opts.clone(),
+        )
+    });
+    tokio::select! {
+        _ = futures::future::join_all(loops) => {}
+        _ = shutdown => {}
     }
-    run_sockets(sockets, cfg, view, leases, ServeOptions::default(), shutdown).await
+    Ok(())
+}
+
+/// Keep one interface served for as long as the server runs (see the module notes).
+async fn supervise(
+    iface: String,
+    cfg: Arc<DhcpConfig>,
+    view: ViewRx,
+    leases: Arc<dyn LeaseAllocator>,
+    chain: Arc<Chain>,
+    opts: ServeOptions,
+) {
+    let mut failing = false;
+    loop {
+        let bound = bind_interface(&iface, opts.ports.server).and_then(|s| {
+            UdpSocket::from_std(s).map_err(|source| DhcpError::Bind {
+                iface: iface.clone(),
+                port: opts.ports.server,
+                source,
+            })
+        });
+        match bound {
+            Ok(sock) => {
+                // The index the socket is bound to; a re-created interface gets a new one.
+                let index = rustix::net::netdevice::name_to_index(&sock, &iface).ok();
+                if failing {
+                    tracing::info!(%iface, "DHCP serving again");
+                } else {
+                    tracing::info!(%iface, "DHCP serving");
+                }
+                failing = false;
+                let check = sock.as_fd().try_clone_to_owned();
+                tokio::select! {
+                    _ = serve(sock, iface.clone(), cfg.clone(), view.clone(), leases.clone(), chain.clone(), opts.clone()) => {}
+                    _ = interface_changed(check, &iface, index) => {
+                        tracing::warn!(%iface, "interface disappeared or was re-created; re-opening its DHCP socket");
+                    }
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!(%iface, "{e}; DHCP keeps serving the other interfaces and retries this one every {}s",
+                        REBIND_EVERY.as_secs());
+                }
+                failing = true;
+            }
+        }
+        tokio::time::sleep(REBIND_EVERY).await;
+    }
+}
+
+/// Resolves once `iface` no longer has `index` (gone, or re-created with a new one).
+async fn interface_changed(fd: io::Result<std::os::fd::OwnedFd>, iface: &str, index: Option<u32>) {
+    let Ok(fd) = fd else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(REBIND_EVERY).await;
+        if rustix::net::netdevice::name_to_index(&fd, iface).ok() != index {
+            return;
+        }
+    }
 }
 
 /// Serve one socket the caller bound, as if it were interface `iface`'s.
