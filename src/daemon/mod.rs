@@ -370,14 +370,36 @@ fn boot_http_state(cfg: &HeadConfig, ctx: &HeadCtx) -> Result<crate::boot::http:
     Ok(b)
 }
 
+/// TFTP on `boot.tftp.listen`. A bad configuration stops start-up; an address that
+/// cannot be bound yet (the rack interface is not up, another TFTP server holds the
+/// port) is logged and retried every 2 s, so the head keeps serving Raft, `wwctl`
+/// and its other racks meanwhile.
 fn start_tftp(cfg: &HeadConfig, stop: &CancellationToken) -> Result<(), DaemonError> {
     if !cfg.boot.tftp.enabled {
         return Ok(());
     }
-    let socket =
-        crate::boot::tftp::bind(&cfg.boot.tftp).map_err(|e| DaemonError::Invalid(format!("boot.tftp: {e}")))?;
+    cfg.boot
+        .tftp
+        .validate()
+        .map_err(|e| DaemonError::Invalid(format!("boot.tftp: {e}")))?;
     let (tcfg, stop) = (cfg.boot.tftp.clone(), stop.clone());
     tokio::spawn(async move {
+        let mut failing = false;
+        let socket = loop {
+            match crate::boot::tftp::bind(&tcfg) {
+                Ok(s) => break s,
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(listen = %tcfg.listen, "TFTP cannot start yet: {e}; retrying every 2 s");
+                        failing = true;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        };
         if let Err(e) = crate::boot::tftp::run(socket, tcfg, stop.cancelled_owned()).await {
             tracing::error!("TFTP stopped: {e}");
         }

@@ -28,7 +28,8 @@ const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
 const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
 const MAC: &str = "52:54:00:12:34:57";
 
-fn wwctl(ns: &NetNs, args: &[&str]) -> (bool, String) {
+/// `wwctl` against the head at 127.0.0.1:9701 inside `ns`: success and output.
+pub fn wwctl(ns: &NetNs, args: &[&str]) -> (bool, String) {
     let out = ns
         .command(WWCTL)
         .args(["--heads", "127.0.0.1:9701", "--timeout", "5"])

@@ -344,3 +344,58 @@ fn windowsize_blksize_and_tsize_are_negotiated() {
         assert!(oack.contains(&format!("windowsize={granted}")), "{oack}");
     }
 }
+
+/// A head whose rack address is not up yet: `wulfd` starts anyway (Raft and `wwctl`
+/// work), logs why TFTP waits, and serves TFTP as soon as the address exists. A real
+/// `wulfd` process and `curl tftp://` in a namespace the test creates.
+#[test]
+fn wulfd_serves_tftp_once_its_listen_address_appears() {
+    if let Some(why) = crate::netns::skip_reason(&[("ip", "iproute2"), ("curl", "curl")]) {
+        eprintln!("SKIP wulfd_serves_tftp_once_its_listen_address_appears: {why}");
+        return;
+    }
+    let ns = crate::netns::NetNs::new("tfl");
+    ns.ok("ip link add br0 type bridge && ip link set br0 up");
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(root.join("boot.bin"), &payload).unwrap();
+    let cfg = work.path().join("wulfd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "id: 1\ndata_dir: {}\nlisten: 127.0.0.1:9701\nhttp_listen: 127.0.0.1:9873\n\
+             bootstrap:\n  - {{id: 1, addr: 127.0.0.1:9701}}\n\
+             boot:\n  tftp: {{enabled: true, listen: \"10.98.0.1:69\", root: {}}}\n",
+            work.path().join("data").display(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let log = work.path().join("wulfd.log");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wulfd = ns.spawn(
+        &[env!("CARGO_BIN_EXE_wulfd"), "--config", cfg.to_str().unwrap()],
+        Some(&log),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !crate::pxe::wwctl(&ns, &["profile", "list"]).1.contains("default") {
+        assert!(Instant::now() < deadline, "wulfd did not come up: {}", read_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(read_log().contains("TFTP cannot start yet"), "{}", read_log());
+
+    ns.ok("ip addr add 10.98.0.1/24 dev br0");
+    let got = work.path().join("got.bin");
+    let fetched = ns.wait_for(
+        &format!(
+            "curl -sS --max-time 5 -o {0} tftp://10.98.0.1/boot.bin && cmp -s {0} {1}",
+            got.display(),
+            root.join("boot.bin").display()
+        ),
+        Duration::from_secs(30),
+    );
+    ns.kill(wulfd);
+    assert!(fetched, "TFTP did not start once 10.98.0.1 existed: {}", read_log());
+}
