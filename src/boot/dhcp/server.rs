@@ -233,7 +233,8 @@ async fn interface_changed(fd: io::Result<std::os::fd::OwnedFd>, iface: &str, in
     }
 }
 
-/// Serve one socket the caller bound, as if it were interface `iface`'s.
+/// Serve one socket the caller bound, as if it were interface `iface`'s (not
+/// supervised: the caller owns the socket).
 pub async fn run_on(
     socket: UdpSocket,
     iface: &str,
@@ -243,37 +244,14 @@ pub async fn run_on(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DhcpError> {
-    run_sockets(vec![(iface.to_owned(), socket)], cfg, view, leases, opts, shutdown).await
-}
-
-async fn run_sockets(
-    sockets: Vec<(String, UdpSocket)>,
-    cfg: DhcpConfig,
-    view: ViewRx,
-    leases: Arc<dyn LeaseAllocator>,
-    opts: ServeOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DhcpError> {
-    for (name, _) in &sockets {
-        if cfg.interface(name).is_none() {
-            return Err(DhcpError::NotConfigured { iface: name.clone() });
-        }
+    if cfg.interface(iface).is_none() {
+        return Err(DhcpError::NotConfigured {
+            iface: iface.to_owned(),
+        });
     }
-    let cfg = Arc::new(cfg);
     let chain = Arc::new(Chain::standard());
-    let loops = sockets.into_iter().map(|(name, sock)| {
-        serve(
-            sock,
-            name,
-            cfg.clone(),
-            view.clone(),
-            leases.clone(),
-            chain.clone(),
-            opts.clone(),
-        )
-    });
     tokio::select! {
-        _ = futures::future::join_all(loops) => {}
+        _ = serve(socket, iface.to_owned(), Arc::new(cfg), view, leases, chain, opts) => {}
         _ = shutdown => {}
     }
     Ok(())
