@@ -344,26 +344,15 @@ pub fn kea_config(iface: &str, network: &str, router: Ipv4Addr, nodes: &[LabNode
         .iter()
         .map(|n| serde_json::json!({"hw-address": n.mac, "ip-address": n.ip.to_string(), "hostname": n.name}))
         .collect();
-    serde_json::json!({
-        "Dhcp4": {
-            "interfaces-config": {"interfaces": [iface], "dhcp-socket-type": "udp"},
-            "lease-database": {"type": "memfile", "persist": false},
-            "valid-lifetime": 7200,
-            "host-reservation-identifiers": ["hw-address"],
-            "subnet4": [{
-                "id": 1,
-                "subnet": network,
-                "reservations": reservations,
-                "option-data": [{"name": "routers", "data": router.to_string()}],
-            }],
-            "loggers": [{
-                "name": "kea-dhcp4",
-                "severity": "WARN",
-                "output_options": [{"output": dir.join("kea.log").display().to_string()}],
-            }],
-        }
-    })
-    .to_string()
+    kea_json(
+        iface,
+        network,
+        router,
+        7200,
+        dir,
+        serde_json::json!({"reservations": reservations}),
+        serde_json::json!({"host-reservation-identifiers": ["hw-address"]}),
+    )
 }
 
 /// A Kea 2.2 configuration serving the dynamic pool `first - last` on `iface` (memfile,
@@ -377,23 +366,49 @@ pub fn kea_pool_config(
     lease_secs: u32,
     dir: &std::path::Path,
 ) -> String {
-    serde_json::json!({
-        "Dhcp4": {
-            "interfaces-config": {"interfaces": [iface], "dhcp-socket-type": "udp"},
-            "lease-database": {"type": "memfile", "persist": false},
-            "valid-lifetime": lease_secs,
-            "subnet4": [{
-                "id": 1,
-                "subnet": network,
-                "pools": [{"pool": format!("{first} - {last}")}],
-                "option-data": [{"name": "routers", "data": router.to_string()}],
-            }],
-            "loggers": [{
-                "name": "kea-dhcp4",
-                "severity": "WARN",
-                "output_options": [{"output": dir.join("kea.log").display().to_string()}],
-            }],
+    kea_json(
+        iface,
+        network,
+        router,
+        lease_secs,
+        dir,
+        serde_json::json!({"pools": [{"pool": format!("{first} - {last}")}]}),
+        serde_json::json!({}),
+    )
+}
+
+/// The Kea configuration both baselines share, plus their subnet and top-level keys.
+fn kea_json(
+    iface: &str,
+    network: &str,
+    router: Ipv4Addr,
+    lease_secs: u32,
+    dir: &std::path::Path,
+    subnet_extra: serde_json::Value,
+    dhcp4_extra: serde_json::Value,
+) -> String {
+    let mut subnet = serde_json::json!({
+        "id": 1,
+        "subnet": network,
+        "option-data": [{"name": "routers", "data": router.to_string()}],
+    });
+    let mut dhcp4 = serde_json::json!({
+        "interfaces-config": {"interfaces": [iface], "dhcp-socket-type": "udp"},
+        "lease-database": {"type": "memfile", "persist": false},
+        "valid-lifetime": lease_secs,
+        "loggers": [{
+            "name": "kea-dhcp4",
+            "severity": "WARN",
+            "output_options": [{"output": dir.join("kea.log").display().to_string()}],
+        }],
+    });
+    let merge = |into: &mut serde_json::Value, from: serde_json::Value| {
+        if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
+            a.extend(b);
         }
-    })
-    .to_string()
+    };
+    merge(&mut subnet, subnet_extra);
+    merge(&mut dhcp4, dhcp4_extra);
+    dhcp4["subnet4"] = serde_json::json!([subnet]);
+    serde_json::json!({ "Dhcp4": dhcp4 }).to_string()
 }
