@@ -66,7 +66,8 @@ fn fetch_child() {
     std::fs::write(format!("{}.oack", p[4]), oack.join("\n")).unwrap();
 }
 
-/// RRQ with blksize, tsize and windowsize (RFC 7440); ACK the last block of each window.
+/// RRQ with blksize, tsize, timeout (RFC 2349: 3 s) and windowsize (RFC 7440); ACK
+/// the last block of each window.
 pub fn raw_fetch(
     server: SocketAddr,
     file: &str,
@@ -83,6 +84,8 @@ pub fn raw_fetch(
         &blksize.to_string(),
         "tsize",
         "0",
+        "timeout",
+        "3",
         "windowsize",
         &window.to_string(),
     ] {
@@ -340,6 +343,7 @@ fn windowsize_blksize_and_tsize_are_negotiated() {
         let oack = std::fs::read_to_string(format!("{}.oack", dest.display())).unwrap();
         assert!(oack.contains(&format!("blksize={bs}")), "{oack}");
         assert!(oack.contains(&format!("tsize={}", big.len())), "{oack}");
+        assert!(oack.lines().any(|l| l == "timeout=3"), "{oack}");
         let granted = win.min(TftpConfig::default().max_window_size);
         assert!(oack.contains(&format!("windowsize={granted}")), "{oack}");
     }
