@@ -100,52 +100,25 @@ impl LabServer {
         vrx: ViewRx,
         leases: Arc<dyn LeaseAllocator>,
     ) -> LabServer {
-        let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        let stats: Arc<Stats> = Arc::default();
-        let st = stats.clone();
         let iface = iface.to_owned();
-        let thread = ns.enter(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let sock = match dhcp::bind_interface(&iface, 67).and_then(|s| {
-                    tokio::net::UdpSocket::from_std(s).map_err(|e| dhcp::DhcpError::Bind {
-                        iface: iface.clone(),
-                        port: 67,
-                        source: e,
-                    })
-                }) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return Err(e.to_string());
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let opts = ServeOptions {
-                    stats: st,
-                    ..Default::default()
-                };
-                dhcp::run_on(sock, &iface, cfg, vrx, leases, opts, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .map_err(|e| e.to_string())
-            })
+        let server = Self::spawn(ns, move |opts, stopped| async move {
+            let sock = match dhcp::bind_interface(&iface, 67) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return Err(e);
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            dhcp::run_on(sock, &iface, cfg, vrx, leases, opts, stopped).await
         });
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("DHCP server did not start: {e}"),
             Err(e) => panic!("DHCP server did not start: {e}"),
         }
-        LabServer {
-            stop: Some(stop),
-            thread: Some(thread),
-            stats,
-        }
+        server
     }
 
     /// The production entry point ([`dhcp::run_with`]): every interface of `cfg`,
@@ -154,25 +127,35 @@ impl LabServer {
     pub fn start_supervised(ns: &NetNs, cfg: DhcpConfig, view: BootView) -> LabServer {
         let (vtx, vrx) = watch::channel(Arc::new(view));
         drop(vtx);
+        Self::spawn(ns, move |opts, stopped| {
+            dhcp::run_with(cfg, vrx, Arc::new(MemoryAllocator::new()), opts, stopped)
+        })
+    }
+
+    /// Runs `serve(options with this server's counters, stop signal)` on a
+    /// current-thread runtime on a thread inside `ns`.
+    fn spawn<F, Fut>(ns: &NetNs, serve: F) -> LabServer
+    where
+        F: FnOnce(ServeOptions, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = Result<(), dhcp::DhcpError>>,
+    {
         let (stop, stopped) = oneshot::channel::<()>();
         let stats: Arc<Stats> = Arc::default();
-        let st = stats.clone();
+        let opts = ServeOptions {
+            stats: stats.clone(),
+            ..Default::default()
+        };
         let thread = ns.enter(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let opts = ServeOptions {
-                    stats: st,
-                    ..Default::default()
-                };
-                dhcp::run_with(cfg, vrx, Arc::new(MemoryAllocator::new()), opts, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .map_err(|e| e.to_string())
-            })
+            let stopped = Box::pin(async move {
+                let _ = stopped.await;
+            });
+            rt.block_on(serve(opts, stopped)).map_err(|e| e.to_string())
         });
         LabServer {
             stop: Some(stop),

@@ -107,7 +107,8 @@ pub struct Stats {
 
 /// A UDP socket on `0.0.0.0:port` that only sees and sends on `iface`, with broadcast
 /// allowed and a large receive buffer (PXE storms after a rack power-on are bursts).
-pub fn bind_interface(iface: &str, port: u16) -> Result<std::net::UdpSocket, DhcpError> {
+/// Registered with the current tokio runtime.
+pub fn bind_interface(iface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
     let err = |source| DhcpError::Bind {
         iface: iface.to_owned(),
         port,
@@ -122,7 +123,7 @@ pub fn bind_interface(iface: &str, port: u16) -> Result<std::net::UdpSocket, Dhc
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
         .map_err(err)?;
-    Ok(s.into())
+    UdpSocket::from_std(s.into()).map_err(err)
 }
 
 /// How often a missing interface is tried again, and how often a served one is checked
@@ -183,14 +184,7 @@ async fn supervise(
 ) {
     let mut failing = false;
     loop {
-        let bound = bind_interface(&iface, opts.ports.server).and_then(|s| {
-            UdpSocket::from_std(s).map_err(|source| DhcpError::Bind {
-                iface: iface.clone(),
-                port: opts.ports.server,
-                source,
-            })
-        });
-        match bound {
+        match bind_interface(&iface, opts.ports.server) {
             Ok(sock) => {
                 // The index the socket is bound to; a re-created interface gets a new one.
                 let index = rustix::net::netdevice::name_to_index(&sock, &iface).ok();
