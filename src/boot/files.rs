@@ -12,6 +12,16 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+/// One version of one file: device, inode, size, mtime (s, ns). A file replaced on
+/// disk (a package upgrade) has a new key, so caches keyed by it never serve stale data.
+pub type FileKey = (u64, u64, u64, i64, i64);
+
+/// The [`FileKey`] of a file's metadata.
+pub fn file_key(meta: &std::fs::Metadata) -> FileKey {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec())
+}
+
 /// Why a request was refused before any file was opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {

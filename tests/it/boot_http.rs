@@ -424,6 +424,16 @@ async fn efiboot_serves_the_ipxe_binary_for_uefi_http_boot() {
     assert_eq!((st, body.as_slice()), (StatusCode::PARTIAL_CONTENT, &b.efi[10..20]));
     let (st, _, _) = get_with(&b, "/efiboot/snponly.efi", &[("if-none-match", &etag)]).await;
     assert_eq!(st, StatusCode::NOT_MODIFIED);
+    // A replaced binary (package upgrade) is served with its new digest, not a cached one.
+    let newer: Vec<u8> = b.efi.iter().rev().copied().collect();
+    std::fs::write(b._dir.path().join("ipxe/snponly.efi"), &newer).unwrap();
+    let (st, h, body) = get(&b, "/efiboot/snponly.efi").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body == newer, "the replaced file is served");
+    assert_eq!(
+        h[reqwest::header::ETAG].to_str().unwrap(),
+        format!("\"sha256:{}\"", Digest::of(&newer).hex())
+    );
     // The client's address is n1's: its status shows the EFI stage.
     let s = b.status.get("n1").unwrap();
     assert_eq!((s.stage, s.sent.as_str()), (Stage::Efi, "snponly.efi"));

@@ -37,6 +37,7 @@
 pub mod blob;
 pub mod ipxe;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,7 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use self::blob::Verifier;
 use self::ipxe::{IpxeContext, IpxeError, IpxeTemplates, DEFAULT_TEMPLATE, UNCONFIGURED_TEMPLATE};
-use super::files::{BootDir, Refusal};
+use super::files::{file_key, BootDir, FileKey, Refusal};
 use super::status::{Stage, StatusBoard};
 use super::view::{BootNode, BootView, ViewRx};
 use crate::cas::{Cas, CasError, Digest};
@@ -103,6 +104,9 @@ impl BootHttp {
 struct Shared {
     boot: BootHttp,
     verifier: Verifier,
+    /// Digests of `/efiboot/` files by version, so a rack booting at once hashes each
+    /// binary once, not once per node.
+    efi_digests: std::sync::Mutex<HashMap<PathBuf, (FileKey, Digest)>>,
 }
 
 /// Stages a route or `?stage=` can name (Warewulf's, with its aliases).
@@ -240,6 +244,7 @@ pub fn router(state: BootHttp) -> Router {
     let shared = Arc::new(Shared {
         verifier: Verifier::new(state.cas.clone()),
         boot: state,
+        efi_digests: Default::default(),
     });
     let mut r = Router::new()
         .route("/status", get(status_json))
@@ -468,7 +473,7 @@ async fn efiboot(
         None => Err(BootError::NoEfiDir),
         Some(dir) => match dir.resolve(&file) {
             Err(r) => Err(BootError::EfiFile(r)),
-            Ok(path) => open_hashed(path).await,
+            Ok(path) => open_hashed(&s, path).await,
         },
     };
     let (sent, resp) = match result {
@@ -484,13 +489,19 @@ async fn efiboot(
     resp
 }
 
-/// Open a small file and hash it (on the blocking pool): file rewound, length, digest.
-async fn open_hashed(path: PathBuf) -> Result<(std::fs::File, u64, Digest), BootError> {
+/// Open a small file (on the blocking pool) with its length and digest; the file is
+/// hashed only the first time this version of it is served.
+async fn open_hashed(s: &Shared, path: PathBuf) -> Result<(std::fs::File, u64, Digest), BootError> {
     let shown = path.display().to_string();
+    let known = s.efi_digests.lock().expect("efi digests").get(&path).copied();
     let res = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
         use sha2::Digest as _;
         use std::io::{Read, Seek};
         let mut f = std::fs::File::open(&path)?;
+        let key = file_key(&f.metadata()?);
+        if let Some((k, d)) = known.filter(|(k, _)| *k == key) {
+            return Ok((f, k.2, d, path, k));
+        }
         let mut h = sha2::Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut len = 0u64;
@@ -503,11 +514,17 @@ async fn open_hashed(path: PathBuf) -> Result<(std::fs::File, u64, Digest), Boot
             len += n as u64;
         }
         f.rewind()?;
-        Ok((f, len, Digest(h.finalize().into())))
+        Ok((f, len, Digest(h.finalize().into()), path, key))
     })
     .await;
     match res {
-        Ok(Ok(v)) => Ok(v),
+        Ok(Ok((f, len, digest, path, key))) => {
+            // Only a file that did not change while it was hashed is remembered.
+            if key.2 == len {
+                s.efi_digests.lock().expect("efi digests").insert(path, (key, digest));
+            }
+            Ok((f, len, digest))
+        }
         Ok(Err(source)) => Err(BootError::Io { path: shown, source }),
         Err(e) => Err(BootError::Io {
             path: shown,

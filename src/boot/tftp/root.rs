@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -31,8 +30,8 @@ use std::task::{Context, Poll};
 use async_tftp::packet;
 use bytes::Bytes;
 
-use crate::boot::files::BootDir;
 pub use crate::boot::files::Refusal;
+use crate::boot::files::{file_key, BootDir, FileKey};
 
 impl Refusal {
     /// The TFTP error the client sees. (An inherent impl here rather than in
@@ -45,8 +44,6 @@ impl Refusal {
         }
     }
 }
-
-type FileKey = (u64, u64, u64, i64, i64); // dev, ino, size, mtime s, mtime ns
 
 /// Resolves names under a root and serves their bytes (see the module notes).
 pub struct Root {
@@ -99,7 +96,7 @@ impl Root {
         let not_found = || Refusal::NotFound(requested.to_owned());
         let file = File::open(&path).map_err(|_| not_found())?;
         let meta = file.metadata().map_err(|_| not_found())?;
-        let key: FileKey = (meta.dev(), meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
+        let key = file_key(&meta);
         if let Some((k, data)) = self.cache.get(&path) {
             if *k == key {
                 return Ok((
