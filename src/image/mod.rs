@@ -32,13 +32,14 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use crate::cas::{self, Cas, Digest};
 use crate::client::{Client, ClientError};
+use crate::state::unix_now as now;
 use crate::state::{Artifact, Command, ImageCommand, ImageEntry, KernelRef, LayerRef, Query, Selector, Versioned};
 
 /// Version of the build recipe; part of every build key.
@@ -155,13 +156,6 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.map.lock().expect("busy map").remove(&self.name);
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Images {

@@ -135,6 +135,15 @@ impl Command {
     }
 }
 
+/// Unix seconds now: the time a proposing head puts into commands (`now`, `created`,
+/// `updated`), so that applying them stays deterministic.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 impl State {
     /// True once `Init` has been applied (the cluster has its name).
     pub fn initialised(&self) -> bool {

@@ -43,6 +43,7 @@ use super::MacAddr;
 use crate::boot::view::BootView;
 use crate::client::{Client, ClientError};
 use crate::state::leases::HOLDER_TTL_SECS;
+use crate::state::unix_now as now;
 use crate::state::{Command, LeaseOp};
 
 /// How long an offered address waits for the client's REQUEST.
@@ -123,13 +124,6 @@ struct Local {
     /// Offer deadlines in order: (until, mac, ip).
     offers: VecDeque<(u64, MacAddr, Ipv4Addr)>,
     pending: VecDeque<LeaseOp>,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn new_holder(head: u64) -> u64 {
