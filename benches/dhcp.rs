@@ -334,7 +334,11 @@ fn pool_part(srv: &NetNs, cli: &NetNs, dir: &std::path::Path, sizes: &Sizes, ful
         rows.push(("Kea 2.2 (memfile, pool)".into(), rate, kea, note, kea_cpu));
 
         let cluster = rt.block_on(harness::Cluster::start(1, harness::settings()));
-        let leases = Arc::new(RaftLeases::start(cluster.addr(0), 1, &cfg, rt.handle().clone()));
+        let leases = Arc::new(RaftLeases::start(
+            cluster.ctx(0).cluster.clone(),
+            &cfg,
+            rt.handle().clone(),
+        ));
         // The first block is reserved when the allocator starts, as on a head.
         let t = Instant::now();
         while leases.free(pool) == 0 && t.elapsed() < Duration::from_secs(30) {

@@ -1,22 +1,41 @@
 //! # Client of the admin API (used by `wwctl`, tests and benchmarks)
 //!
-//! Holds a list of heads and fails over between them: a head that cannot be
-//! reached, or answers `Unavailable` (no leader yet, shutting down), is skipped for
-//! the next one until a deadline. Each write carries a fresh request id that stays
-//! the same across retries, so a write whose answer was lost (the head died after
-//! committing it) is applied once, not twice (see `state::DEDUP_WINDOW`).
+//! Holds a list of heads and fails over between them. A call goes to the head that
+//! answered last; if it has not answered within [`HEDGE_AFTER`], the same call also
+//! goes to the next head, and so on: the first answer wins. So a head that accepts TCP
+//! but never answers (a stopped process, a frozen VM) costs a fraction of a second,
+//! though `wwctl` remembers nothing between runs. A head that answers `Unavailable`
+//! (no leader, no majority, starting) is skipped at once for the next.
+//!
+//! Sending one write to two heads is safe: each write carries a request id that stays
+//! the same across heads and retries, and the state machine applies an id once and
+//! answers repeats with the first outcome (see `state::DEDUP_WINDOW`).
+//!
+//! Deadlines: every call ends by its deadline ([`Client::with_deadline`], per call) and
+//! by the client's overall end ([`Client::until`], what `wwctl --timeout` sets for the
+//! whole command). Each attempt tells the head how long is left (`grpc-timeout`), so the
+//! head stops forwarding or waiting for a majority at the same moment.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::api::error::is_retryable;
+use crate::error::{is_retryable, ErrorKind};
 use crate::pb::admin as pb;
 use crate::pb::admin::admin_client::AdminClient;
 use crate::state::{Command, Outcome, Query, QueryResult, Request};
+
+/// A call not answered within this goes to the next head as well.
+pub const HEDGE_AFTER: Duration = Duration::from_millis(400);
+/// Streaming calls (image operations) are not sent twice: an attempt that has not
+/// started streaming within this is abandoned for the next head.
+const STREAM_ATTEMPT: Duration = Duration::from_secs(2);
+/// Pause after every head refused a call (an election is probably running).
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -24,8 +43,8 @@ pub enum ClientError {
     NoHeads,
     #[error("{message}")]
     Refused { code: Code, message: String },
-    #[error("no head answered within {secs} s (last error from {head}: {message}); check `wwctl cluster status` and that a majority of heads run")]
-    Unavailable { secs: u64, head: String, message: String },
+    #[error("no head answered within {secs:.1} s (last error from {head}: {message}); check `wwctl cluster status` and that a majority of heads run")]
+    Unavailable { secs: f64, head: String, message: String },
     #[error("head sent an undecodable answer: {0}")]
     Decode(#[from] serde_json::Error),
 }
@@ -35,6 +54,17 @@ impl ClientError {
         match self {
             ClientError::Refused { code, .. } => Some(*code),
             _ => None,
+        }
+    }
+}
+
+impl crate::error::Classify for ClientError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ClientError::NoHeads => ErrorKind::Invalid,
+            ClientError::Refused { code, .. } => ErrorKind::from_grpc(*code),
+            ClientError::Unavailable { .. } => ErrorKind::Unavailable,
+            ClientError::Decode(_) => ErrorKind::Internal,
         }
     }
 }
@@ -52,7 +82,24 @@ pub struct Client {
     heads: Arc<Vec<(String, Channel)>>,
     /// Index of the head that answered last; tried first next time.
     current: Arc<AtomicUsize>,
-    deadline: Duration,
+    per_call: Duration,
+    until: Option<Instant>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let heads: Vec<&str> = self.heads.iter().map(|(h, _)| h.as_str()).collect();
+        f.debug_struct("Client").field("heads", &heads).finish_non_exhaustive()
+    }
+}
+
+/// How a call may be spread over heads.
+#[derive(Clone, Copy, PartialEq)]
+enum Spread {
+    /// Idempotent (reads, writes with request ids): a slow head gets company.
+    Hedged,
+    /// Not to be started twice (streams): a slow head is abandoned for the next.
+    OneAtATime,
 }
 
 impl Client {
@@ -71,76 +118,136 @@ impl Client {
         Client {
             heads: Arc::new(heads),
             current: Arc::default(),
-            deadline: Duration::from_secs(15),
+            per_call: Duration::from_secs(15),
+            until: None,
         }
     }
 
-    /// How long to keep trying heads before giving up.
+    /// How long one call may take, over all heads and retries.
     pub fn with_deadline(mut self, d: Duration) -> Self {
-        self.deadline = d;
+        self.per_call = d;
         self
     }
 
-    /// Run `call` against the current head, moving on to the next on transient errors.
-    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    /// No call of this client runs past `end` (a whole `wwctl` command's budget).
+    pub fn until(mut self, end: Instant) -> Self {
+        self.until = Some(end);
+        self
+    }
+
+    fn deadline(&self) -> Instant {
+        let d = Instant::now() + self.per_call;
+        self.until.map_or(d, |u| u.min(d))
+    }
+
+    /// Run `call` on the heads until one answers or the deadline passes (see the
+    /// module doc). `call` gets the time left, to send as the call's own deadline.
+    async fn retry<T, F, Fut>(&self, spread: Spread, call: F) -> Result<T, ClientError>
     where
-        F: FnMut(AdminClient<Channel>) -> Fut,
+        F: Fn(AdminClient<Channel>, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        if self.heads.is_empty() {
+        let n = self.heads.len();
+        if n == 0 {
             return Err(ClientError::NoHeads);
         }
-        let start = Instant::now();
-        let mut i = self.current.load(Ordering::Relaxed) % self.heads.len();
-        let mut round = 0usize;
+        let begun = Instant::now();
+        let deadline = self.deadline();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut started = 0usize;
+        let mut attempts = FuturesUnordered::new();
+        let mut next_start = Instant::now();
+        let mut last: Option<(usize, Status)> = None;
+        let give_up = |last: Option<(usize, Status)>| {
+            let (head, message) = match last {
+                Some((i, s)) => (self.heads[i].0.clone(), s.message().to_string()),
+                None => (self.heads[first].0.clone(), "no answer".to_string()),
+            };
+            ClientError::Unavailable {
+                secs: begun.elapsed().as_secs_f64(),
+                head,
+                message,
+            }
+        };
         loop {
-            let (name, ch) = &self.heads[i];
-            let c = AdminClient::new(ch.clone()).max_decoding_message_size(usize::MAX);
-            match call(c).await {
-                Ok(r) => {
-                    self.current.store(i, Ordering::Relaxed);
-                    return Ok(r.into_inner());
-                }
-                Err(s) if is_retryable(&s) => {
-                    if start.elapsed() >= self.deadline {
-                        return Err(ClientError::Unavailable {
-                            secs: self.deadline.as_secs(),
-                            head: name.clone(),
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(give_up(last));
+            }
+            if now >= next_start && (attempts.is_empty() || spread == Spread::Hedged) {
+                let i = (first + started) % n;
+                started += 1;
+                let left = deadline - now;
+                let budget = match spread {
+                    Spread::Hedged => left,
+                    Spread::OneAtATime => left.min(STREAM_ATTEMPT),
+                };
+                let c = AdminClient::new(self.heads[i].1.clone()).max_decoding_message_size(usize::MAX);
+                let fut = call(c, budget);
+                attempts.push(async move {
+                    let r = match tokio::time::timeout(budget, fut).await {
+                        Ok(r) => r,
+                        Err(_) => Err(Status::deadline_exceeded(format!(
+                            "no answer within {:.1} s",
+                            budget.as_secs_f64()
+                        ))),
+                    };
+                    (i, r)
+                });
+                // After a whole round of refusals, pause before the next round.
+                next_start = if started.is_multiple_of(n) {
+                    Instant::now() + ROUND_PAUSE.max(HEDGE_AFTER)
+                } else {
+                    Instant::now() + HEDGE_AFTER
+                };
+            }
+            let wake = if attempts.is_empty() || spread == Spread::Hedged {
+                next_start.min(deadline)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                Some((i, r)) = attempts.next(), if !attempts.is_empty() => match r {
+                    Ok(r) => {
+                        self.current.store(i, Ordering::Relaxed);
+                        return Ok(r.into_inner());
+                    }
+                    Err(s) if is_retryable(&s) => {
+                        tracing::debug!(head = %self.heads[i].0, "{}", s.message());
+                        last = Some((i, s));
+                        // Move on at once, unless a whole round has just failed.
+                        if attempts.is_empty() && !started.is_multiple_of(n) {
+                            next_start = Instant::now();
+                        } else if attempts.is_empty() {
+                            next_start = next_start.min(Instant::now() + ROUND_PAUSE);
+                        }
+                    }
+                    Err(s) => {
+                        return Err(ClientError::Refused {
+                            code: s.code(),
                             message: s.message().to_string(),
-                        });
+                        })
                     }
-                    i = (i + 1) % self.heads.len();
-                    round += 1;
-                    if round.is_multiple_of(self.heads.len()) {
-                        // Every head tried: an election is probably running; back off a little.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                Err(s) => {
-                    return Err(ClientError::Refused {
-                        code: s.code(),
-                        message: s.message().to_string(),
-                    })
-                }
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
     }
 
-    /// Apply a command through Raft (exactly once, even across retries).
+    /// Apply a command through Raft (exactly once, even across retries and heads).
     pub async fn write(&self, cmd: Command) -> Result<Written, ClientError> {
-        let req = Request {
-            id: Some(request_id()),
-            cmd,
-        };
-        let body = serde_json::to_vec(&req)?;
+        let body = serde_json::to_vec(&Request::with_new_id(cmd))?;
         let r = self
-            .retry(|mut c| {
+            .retry(Spread::Hedged, |mut c, t| {
                 let body = body.clone();
                 async move {
-                    c.write(pb::WriteRequest {
-                        command_json: body,
-                        hops: 0,
-                    })
+                    c.write(timed(
+                        pb::WriteRequest {
+                            command_json: body,
+                            hops: 0,
+                        },
+                        t,
+                    ))
                     .await
                 }
             })
@@ -155,14 +262,17 @@ impl Client {
     pub async fn read(&self, q: &Query, linearizable: bool) -> Result<QueryResult, ClientError> {
         let body = serde_json::to_vec(q)?;
         let r = self
-            .retry(|mut c| {
+            .retry(Spread::Hedged, |mut c, t| {
                 let body = body.clone();
                 async move {
-                    c.read(pb::ReadRequest {
-                        query_json: body,
-                        linearizable,
-                        hops: 0,
-                    })
+                    c.read(timed(
+                        pb::ReadRequest {
+                            query_json: body,
+                            linearizable,
+                            hops: 0,
+                        },
+                        t,
+                    ))
                     .await
                 }
             })
@@ -171,21 +281,25 @@ impl Client {
     }
 
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusReply, ClientError> {
-        self.retry(|mut c| async move { c.cluster_status(pb::Empty {}).await })
-            .await
+        self.retry(Spread::Hedged, |mut c, t| async move {
+            c.cluster_status(timed(pb::Empty {}, t)).await
+        })
+        .await
     }
 
     pub async fn add_head(&self, id: u64, addr: &str, learner_only: bool) -> Result<pb::MembershipReply, ClientError> {
-        let addr = addr.to_string();
-        self.retry(|mut c| {
-            let addr = addr.clone();
+        self.retry(Spread::Hedged, |mut c, t| {
+            let addr = addr.to_string();
             async move {
-                c.add_head(pb::AddHeadRequest {
-                    id,
-                    addr,
-                    learner_only,
-                    hops: 0,
-                })
+                c.add_head(timed(
+                    pb::AddHeadRequest {
+                        id,
+                        addr,
+                        learner_only,
+                        hops: 0,
+                    },
+                    t,
+                ))
                 .await
             }
         })
@@ -193,19 +307,39 @@ impl Client {
     }
 
     pub async fn remove_head(&self, id: u64) -> Result<pb::MembershipReply, ClientError> {
-        self.retry(|mut c| async move { c.remove_head(pb::RemoveHeadRequest { id, hops: 0 }).await })
-            .await
+        self.retry(Spread::Hedged, |mut c, t| async move {
+            c.remove_head(timed(pb::RemoveHeadRequest { id, hops: 0 }, t)).await
+        })
+        .await
     }
-}
 
-impl Client {
+    /// Boot status of every node, merged over all heads by last-seen time, and the
+    /// heads that did not answer.
+    pub async fn node_status(&self) -> Result<(Vec<crate::boot::status::HeadNodeStatus>, Vec<u64>), ClientError> {
+        let r = self
+            .retry(Spread::Hedged, |mut c, t| async move {
+                c.node_status(timed(pb::NodeStatusRequest { all_heads: true }, t)).await
+            })
+            .await?;
+        Ok((serde_json::from_slice(&r.json)?, r.unreachable))
+    }
+
+    pub async fn image_kernels(&self, name: &str) -> Result<pb::ImageKernelsReply, ClientError> {
+        self.retry(Spread::Hedged, |mut c, t| {
+            let name = name.to_string();
+            async move { c.image_kernels(timed(pb::ImageNameRequest { name }, t)).await }
+        })
+        .await
+    }
+
     /// Start an import on the first head that answers; the stream carries progress
-    /// and ends with the catalog entry (or an error). The work runs on that head.
+    /// and ends with the catalog entry (or an error). The work runs on that head, and
+    /// the stream is not bound by the call's deadline (imports take minutes).
     pub async fn image_import(
         &self,
         req: pb::ImageImportRequest,
     ) -> Result<tonic::Streaming<pb::ImageEvent>, ClientError> {
-        self.retry(|mut c| {
+        self.retry(Spread::OneAtATime, |mut c, _| {
             let req = req.clone();
             async move { c.image_import(req).await }
         })
@@ -213,45 +347,26 @@ impl Client {
     }
 
     pub async fn image_build(&self, name: &str, force: bool) -> Result<tonic::Streaming<pb::ImageEvent>, ClientError> {
-        let name = name.to_string();
-        self.retry(|mut c| {
-            let name = name.clone();
+        self.retry(Spread::OneAtATime, |mut c, _| {
+            let name = name.to_string();
             async move { c.image_build(pb::ImageBuildRequest { name, force }).await }
         })
         .await
     }
 
-    pub async fn image_kernels(&self, name: &str) -> Result<pb::ImageKernelsReply, ClientError> {
-        let name = name.to_string();
-        self.retry(|mut c| {
-            let name = name.clone();
-            async move { c.image_kernels(pb::ImageNameRequest { name }).await }
-        })
-        .await
-    }
-
     pub async fn image_exec_prepare(&self, name: &str) -> Result<pb::ImageExecPrepareReply, ClientError> {
-        let name = name.to_string();
-        self.retry(|mut c| {
-            let name = name.clone();
-            async move { c.image_exec_prepare(pb::ImageNameRequest { name }).await }
+        self.retry(Spread::OneAtATime, |mut c, t| {
+            let name = name.to_string();
+            async move { c.image_exec_prepare(timed(pb::ImageNameRequest { name }, t)).await }
         })
         .await
-    }
-
-    /// Boot status of every node, merged over all heads by last-seen time.
-    pub async fn node_status(&self) -> Result<(Vec<crate::api::HeadNodeStatus>, Vec<u64>), ClientError> {
-        let r = self
-            .retry(|mut c| async move { c.node_status(pb::NodeStatusRequest { all_heads: true }).await })
-            .await?;
-        Ok((serde_json::from_slice(&r.json)?, r.unreachable))
     }
 
     pub async fn image_exec_finish(
         &self,
         req: pb::ImageExecFinishRequest,
     ) -> Result<tonic::Streaming<pb::ImageEvent>, ClientError> {
-        self.retry(|mut c| {
+        self.retry(Spread::OneAtATime, |mut c, _| {
             let req = req.clone();
             async move { c.image_exec_finish(req).await }
         })
@@ -259,17 +374,9 @@ impl Client {
     }
 }
 
-/// A request id unique enough across clients: time, process and a counter.
-fn request_id() -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{:x}-{:x}-{:x}",
-        nanos,
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+/// A request that tells the head how long the caller waits.
+fn timed<T>(msg: T, t: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(t);
+    r
 }

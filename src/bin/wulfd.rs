@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let cfg = wulfpack::daemon::HeadConfig::load(&args.config)?;
+    let cfg = wulfpack::daemon::Settings::load(&args.config)?;
     let grpc = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", cfg.listen))?;

@@ -192,6 +192,27 @@ pub struct WarewulfNodeStatus {
     pub last_seen: i64,
 }
 
+/// One node's boot status as one head saw it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeadNodeStatus {
+    pub head: u64,
+    pub status: NodeStatus,
+}
+
+/// Keep, per node, the most recent event of any head.
+pub fn merge_status(all: impl IntoIterator<Item = HeadNodeStatus>) -> Vec<HeadNodeStatus> {
+    let mut best: BTreeMap<String, HeadNodeStatus> = BTreeMap::new();
+    for s in all {
+        match best.get(&s.status.node) {
+            Some(b) if b.status.last_seen >= s.status.last_seen => {}
+            _ => {
+                best.insert(s.status.node.clone(), s);
+            }
+        }
+    }
+    best.into_values().collect()
+}
+
 /// Keep `board` to the nodes in the cluster: after every new view, drop what was
 /// recorded for nodes that were deleted, so `node status` and `/status` stop showing
 /// them and a head that sees many short-lived nodes does not keep them forever.
@@ -209,6 +230,35 @@ pub fn forget_deleted_nodes(board: Arc<StatusBoard>, mut view: ViewRx) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn st(head: u64, node: &str, stage: Stage, secs: u64) -> HeadNodeStatus {
+        HeadNodeStatus {
+            head,
+            status: NodeStatus {
+                node: node.into(),
+                stage,
+                sent: "x".into(),
+                client: "10.0.0.1".parse().unwrap(),
+                uuid: None,
+                last_seen: UNIX_EPOCH + Duration::from_secs(secs),
+            },
+        }
+    }
+
+    #[test]
+    fn merged_status_keeps_the_latest_event_per_node() {
+        let m = merge_status([
+            st(1, "n1", Stage::Ipxe, 10),
+            st(2, "n1", Stage::Image, 30),
+            st(3, "n1", Stage::Kernel, 20),
+            st(3, "n2", Stage::Ipxe, 5),
+        ]);
+        let got: Vec<(String, Stage, u64)> = m
+            .iter()
+            .map(|s| (s.status.node.clone(), s.status.stage, s.head))
+            .collect();
+        assert_eq!(got, vec![("n1".into(), Stage::Image, 2), ("n2".into(), Stage::Ipxe, 3)]);
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

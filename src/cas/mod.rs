@@ -97,6 +97,12 @@ pub struct Cas {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+impl std::fmt::Debug for Cas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cas").field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
 impl Cas {
     /// Open (creating) the store under `dir` (normally `<data_dir>/cas`).
     pub fn open(dir: &Path) -> Result<Cas, CasError> {

@@ -272,7 +272,7 @@ fn leak_role(s: &str) -> &'static str {
 }
 
 /// `wwctl node status`: the most recent boot event per node, over all heads.
-pub fn node_status(rows: &[crate::api::HeadNodeStatus], unreachable: &[u64], fmt: Format) -> Result<String> {
+pub fn node_status(rows: &[crate::boot::status::HeadNodeStatus], unreachable: &[u64], fmt: Format) -> Result<String> {
     let now = std::time::SystemTime::now();
     Ok(match fmt {
         Format::Json => serde_json::to_string_pretty(rows)? + "\n",

@@ -32,13 +32,14 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use crate::cas::{self, Cas, Digest};
-use crate::client::{Client, ClientError};
+use crate::cluster::{Cluster, ClusterError};
+use crate::error::{Classify, ErrorKind};
 use crate::state::unix_now as now;
 use crate::state::{Artifact, Command, ImageCommand, ImageEntry, KernelRef, LayerRef, Query, Selector, Versioned};
 
@@ -67,7 +68,7 @@ pub enum ImageError {
     #[error(transparent)]
     Cas(#[from] cas::CasError),
     #[error("catalog: {0}")]
-    Catalog(#[from] ClientError),
+    Catalog(#[from] ClusterError),
     #[error("image {name}: {path}: {source}")]
     Io {
         name: String,
@@ -76,6 +77,24 @@ pub enum ImageError {
     },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// How long a catalog read or write may wait for the cluster (an election, a lagging
+/// majority) before the operation fails.
+const CATALOG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Classify for ImageError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ImageError::Exists(_) => ErrorKind::Exists,
+            ImageError::NotFound(_) => ErrorKind::NotFound,
+            ImageError::Busy(_) => ErrorKind::Conflict,
+            ImageError::Invalid(_) | ImageError::Layer(_) | ImageError::Oci(_) => ErrorKind::Invalid,
+            ImageError::Kernel(_) | ImageError::Build(_) => ErrorKind::InUse,
+            ImageError::Catalog(e) => e.kind(),
+            ImageError::Cas(_) | ImageError::Io { .. } => ErrorKind::Internal,
+        }
+    }
 }
 
 /// A progress report to whoever started the operation.
@@ -127,12 +146,18 @@ impl Progress {
 pub struct Images {
     cas: Cas,
     dir: PathBuf,
-    /// The head's own admin API: catalog writes are forwarded to the leader.
-    catalog: Client,
+    /// The head's cluster handle: catalog reads and writes (forwarded to the leader).
+    catalog: Cluster,
     http: reqwest::Client,
     busy: Arc<Mutex<HashMap<String, ()>>>,
     /// Open `image exec` sessions: name → token.
     sessions: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl std::fmt::Debug for Images {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Images").field("dir", &self.dir).finish_non_exhaustive()
+    }
 }
 
 /// Where `wwctl image exec` may run its command.
@@ -159,12 +184,12 @@ impl Drop for Busy {
 }
 
 impl Images {
-    /// `data_dir`: the head's data directory; `own_addr`: its gRPC address.
-    pub fn new(cas: Cas, data_dir: &Path, own_addr: String) -> Self {
+    /// `data_dir`: the head's data directory; `catalog`: its cluster handle.
+    pub fn new(cas: Cas, data_dir: &Path, catalog: Cluster) -> Self {
         Images {
             cas,
             dir: data_dir.join("images"),
-            catalog: Client::new(vec![own_addr]).with_deadline(std::time::Duration::from_secs(30)),
+            catalog,
             http: reqwest::Client::new(),
             busy: Arc::default(),
             sessions: Arc::default(),
@@ -194,9 +219,10 @@ impl Images {
     }
 
     async fn entry(&self, name: &str) -> Result<Versioned<ImageEntry>, ImageError> {
-        let r = self
+        let q = Query::images(Selector::Names(vec![name.into()]));
+        let (r, _) = self
             .catalog
-            .read(&Query::images(Selector::Names(vec![name.into()])), true)
+            .read(&q, true, 0, Instant::now() + CATALOG_DEADLINE)
             .await?;
         r.images
             .get(name)
@@ -205,11 +231,10 @@ impl Images {
     }
 
     /// HTTP addresses of the other heads, for blob fetches.
-    async fn peers(&self) -> Vec<String> {
-        match self.catalog.read(&Query::images(Selector::None), false).await {
-            Ok(r) => r.cluster.heads.values().map(|h| h.http.clone()).collect(),
-            Err(_) => vec![],
-        }
+    fn peers(&self) -> Vec<String> {
+        self.catalog
+            .state()
+            .read(|s| s.cluster.heads.values().map(|h| h.http.clone()).collect())
     }
 
     /// Import an image from a source and (by default) build it.
@@ -274,11 +299,14 @@ impl Images {
     /// (0: the name must still be free), so a concurrent change is never overwritten.
     async fn record(&self, name: &str, entry: ImageEntry, expect: u64) -> Result<ImageEntry, ImageError> {
         self.catalog
-            .write(Command::Image(ImageCommand::Put {
-                name: name.into(),
-                entry: Box::new(entry.clone()),
-                expect: Some(expect),
-            }))
+            .write_within(
+                Command::Image(ImageCommand::Put {
+                    name: name.into(),
+                    entry: Box::new(entry.clone()),
+                    expect: Some(expect),
+                }),
+                CATALOG_DEADLINE,
+            )
             .await?;
         Ok(entry)
     }
@@ -401,7 +429,7 @@ impl Images {
             .filter(|d| !self.cas.contains(d))
             .collect();
         if !missing.is_empty() {
-            let peers = self.peers().await;
+            let peers = self.peers();
             for (i, d) in missing.iter().enumerate() {
                 progress.send(
                     "fetch",

@@ -161,7 +161,7 @@ async fn two_heads_serve_one_pool_without_handing_out_an_address_twice() {
     let cfg = DhcpConfig::from_yaml(POOL_CFG).unwrap();
     let rt = tokio::runtime::Handle::current();
     let heads: Vec<std::sync::Arc<RaftLeases>> = (0..2)
-        .map(|i| std::sync::Arc::new(RaftLeases::start(c.addr(i), i as u64 + 1, &cfg, rt.clone())))
+        .map(|i| std::sync::Arc::new(RaftLeases::start(c.ctx(i).cluster.clone(), &cfg, rt.clone())))
         .collect();
     let per_head = 300;
     // Both heads at once, each to its own clients, through the real chain.

@@ -124,7 +124,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             for h in self.heads.iter().flatten() {
-                let st = h.head.ctx.head_status();
+                let st = h.head.parts.head_status();
                 if st.role == "Leader" {
                     return (st.id - 1) as usize;
                 }
@@ -134,12 +134,12 @@ impl Cluster {
         }
     }
 
-    pub fn ctx(&self, i: usize) -> &wulfpack::api::HeadCtx {
-        &self.heads[i].as_ref().expect("head running").head.ctx
+    pub fn ctx(&self, i: usize) -> &wulfpack::daemon::Parts {
+        &self.heads[i].as_ref().expect("head running").head.parts
     }
 
-    pub fn status(&self, i: usize) -> wulfpack::pb::admin::HeadStatusReply {
-        self.heads[i].as_ref().expect("head running").head.ctx.head_status()
+    pub fn status(&self, i: usize) -> wulfpack::cluster::HeadStatus {
+        self.heads[i].as_ref().expect("head running").head.parts.head_status()
     }
 
     /// Stop head `i` (server and Raft); its data stays.
@@ -201,7 +201,7 @@ async fn bind_pair() -> Listeners {
 
 async fn launch(cfg: HeadConfig, l: Listeners) -> Running {
     let (tx, rx) = oneshot::channel::<()>();
-    let head = Head::start(cfg, l, async {
+    let head = Head::start(cfg.try_into().expect("valid head config"), l, async {
         let _ = rx.await;
     })
     .await

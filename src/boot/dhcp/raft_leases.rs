@@ -41,7 +41,8 @@ use super::config::{DhcpConfig, Pool, Subnet};
 use super::lease::{LeaseAllocator, LeaseError};
 use super::MacAddr;
 use crate::boot::view::BootView;
-use crate::client::{Client, ClientError};
+use crate::cluster::Cluster;
+use crate::error::{Classify, ErrorKind};
 use crate::state::leases::HOLDER_TTL_SECS;
 use crate::state::unix_now as now;
 use crate::state::{Command, LeaseOp};
@@ -72,7 +73,7 @@ pub struct RaftLeases {
 }
 
 struct Inner {
-    client: Client,
+    cluster: Cluster,
     head: u64,
     rt: Handle,
     local: Mutex<Local>,
@@ -196,18 +197,17 @@ impl Local {
 }
 
 impl RaftLeases {
-    /// Start the allocator of head `head` whose admin API is `own_grpc` (writes are
+    /// Start the allocator of the head whose cluster handle is `cluster` (writes are
     /// forwarded to the leader); reserves a first block for every pool in `cfg` at once.
-    pub fn start(own_grpc: String, head: u64, cfg: &DhcpConfig, rt: Handle) -> RaftLeases {
+    pub fn start(cluster: Cluster, cfg: &DhcpConfig, rt: Handle) -> RaftLeases {
+        let head = cluster.id();
         let pools = cfg
             .subnets
             .iter()
             .filter_map(|s| s.pool.map(|p| PoolLocal::new(p, u64::from(s.lease_secs))))
             .collect();
-        // The client's channels live on that runtime (callers may be outside any).
-        let _rt = rt.enter();
         let inner = Arc::new(Inner {
-            client: Client::new(vec![own_grpc]).with_deadline(Duration::from_secs(10)),
+            cluster,
             head,
             rt,
             local: Mutex::new(Local {
@@ -253,9 +253,9 @@ impl RaftLeases {
         {
             return;
         }
-        let (client, me) = (inner.client.clone(), inner.clone());
+        let (cluster, me) = (inner.cluster.clone(), inner.clone());
         inner.rt.spawn(async move {
-            if let Err(e) = client.write(cmd).await {
+            if let Err(e) = cluster.write(cmd).await {
                 tracing::info!(%key, "DHCP decision not taken: {e}");
             }
             me.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
@@ -315,7 +315,7 @@ async fn reserver(inner: Arc<Inner>) {
                 lease_secs,
                 now,
             };
-            let res = inner.client.write(cmd).await;
+            let res = inner.cluster.write(cmd).await;
             let mut l = inner.lock();
             if l.holder != holder {
                 continue; // reset meanwhile: these addresses belong to the old holder
@@ -328,7 +328,7 @@ async fn reserver(inner: Arc<Inner>) {
                         .extend(w.outcome.changed.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()));
                     l.valid_until = l.valid_until.max(now + HOLDER_TTL_SECS);
                 }
-                Err(e) if e.code() == Some(tonic::Code::ResourceExhausted) => {
+                Err(e) if e.kind() == ErrorKind::Exhausted => {
                     tracing::warn!("DHCP pool: {e}");
                     p.exhausted_until = Some(Instant::now() + Duration::from_secs(5));
                 }
@@ -372,7 +372,7 @@ async fn flusher(inner: Arc<Inner>) {
         }
         let now = now();
         let res = inner
-            .client
+            .cluster
             .write(Command::RecordLeases {
                 holder,
                 now,
@@ -389,10 +389,8 @@ async fn flusher(inner: Arc<Inner>) {
                 }
                 recorded(&mut l, &ops, &refused);
             }
-            Err(ClientError::Refused {
-                code: tonic::Code::NotFound,
-                message,
-            }) => {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let message = e.to_string();
                 // The cluster returned this holder's blocks (it was silent too long):
                 // start over as a new holder; recorded leases stay valid.
                 tracing::warn!("DHCP pool holder expired ({message}); reserving new blocks");

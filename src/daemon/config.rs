@@ -1,0 +1,248 @@
+//! `wulfd.yaml`: the wire form ([`HeadConfig`], what the file says) and the validated
+//! form ([`Settings`], what a head starts from).
+//!
+//! The file is parsed and checked once, completely, before anything starts: every
+//! section is converted to its module's validated type (`raft` → openraft's config,
+//! `boot.dhcp` → `DhcpConfig`, `boot.tftp` checked, `boot.http.ipxe_templates` parsed),
+//! so a typo in an iPXE template is reported with the other config errors, not after
+//! Raft is up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::DaemonError;
+use crate::boot::dhcp::config::DhcpConfig;
+use crate::boot::http::ipxe::IpxeTemplates;
+use crate::raft::RaftSettings;
+use crate::store::StoreConfig;
+
+/// A founding member of a new cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// `wulfd.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    /// This head's Raft id (≥ 1, unique in the cluster, never reused).
+    pub id: u64,
+    /// Where the sled database lives.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (Raft and admin API).
+    pub listen: String,
+    /// Address peers and `wwctl` use to reach this head (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// HTTP listen address: blobs between heads (and boot files, later).
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
+    /// Address peers use for HTTP (default: `http_listen`, with the host of
+    /// `advertise` when `http_listen` is a wildcard address).
+    #[serde(default)]
+    pub http_advertise: Option<String>,
+    /// Cluster name, set once by the bootstrapping head.
+    #[serde(default = "default_cluster_name")]
+    pub cluster_name: String,
+    /// Founding members of a new cluster; empty for a head that will be joined.
+    #[serde(default)]
+    pub bootstrap: Vec<Member>,
+    #[serde(default)]
+    pub raft: RaftSettings,
+    /// Bound on sled's page cache.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u64,
+    /// Blobs no catalog entry references are deleted once older than this, so an
+    /// import in progress (blobs written, entry not yet committed) keeps its blobs.
+    #[serde(default = "default_gc_grace")]
+    pub cas_gc_grace_secs: u64,
+    /// How often the blob GC runs (0 = never).
+    #[serde(default = "default_gc_interval")]
+    pub cas_gc_interval_secs: u64,
+    /// Boot services: DHCP and TFTP are off unless configured here.
+    #[serde(default)]
+    pub boot: BootConfig,
+}
+
+/// `boot:` in `wulfd.yaml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    #[serde(default)]
+    pub dhcp: crate::boot::dhcp::config::DhcpConfigWire,
+    #[serde(default)]
+    pub tftp: crate::boot::tftp::TftpConfig,
+    #[serde(default)]
+    pub http: crate::boot::http::BootHttpConfig,
+}
+
+fn default_gc_grace() -> u64 {
+    3600
+}
+fn default_gc_interval() -> u64 {
+    600
+}
+
+fn default_http_listen() -> String {
+    "0.0.0.0:9873".into()
+}
+
+fn default_cluster_name() -> String {
+    "wulfpack".into()
+}
+fn default_cache_mib() -> u64 {
+    64
+}
+
+impl HeadConfig {
+    /// Parse a config file (not yet validated: see [`Settings::load`]).
+    pub fn load(path: &Path) -> Result<Self, DaemonError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DaemonError::ReadConfig {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        serde_yaml_ng::from_str(&text).map_err(|e| DaemonError::ParseConfig {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn advertise_addr(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.clone())
+    }
+
+    pub fn http_advertise_addr(&self) -> String {
+        if let Some(a) = &self.http_advertise {
+            return a.clone();
+        }
+        match self.http_listen.parse::<std::net::SocketAddr>() {
+            Ok(sa) if sa.ip().is_unspecified() => {
+                let host = self
+                    .advertise_addr()
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.to_string())
+                    .unwrap_or_else(|| "127.0.0.1".into());
+                format!("{host}:{}", sa.port())
+            }
+            _ => self.http_listen.clone(),
+        }
+    }
+}
+
+/// A head's validated settings: everything [`super::Head::start`] needs, checked.
+#[derive(Clone)]
+pub struct Settings {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// gRPC listen address (the caller binds it).
+    pub listen: String,
+    /// How peers and `wwctl` reach this head's gRPC.
+    pub advertise: String,
+    /// HTTP listen address (the caller binds it).
+    pub http_listen: String,
+    /// How peers reach this head's HTTP (blobs).
+    pub http_advertise: String,
+    pub cluster_name: String,
+    /// Founding members of a new cluster; empty for a head that will be joined.
+    pub bootstrap: Vec<Member>,
+    pub raft: Arc<openraft::Config>,
+    pub store: StoreConfig,
+    /// How often the blob GC runs and the age below which it keeps unreferenced
+    /// blobs; `None`: never.
+    pub gc: Option<(Duration, Duration)>,
+    /// DHCP, when configured on at least one interface.
+    pub dhcp: Option<DhcpConfig>,
+    /// TFTP, when enabled.
+    pub tftp: Option<crate::boot::tftp::TftpConfig>,
+    /// The iPXE directory: served by TFTP and at `/efiboot/` (UEFI HTTP boot).
+    pub ipxe_dir: PathBuf,
+    pub ipxe_templates: Arc<IpxeTemplates>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("id", &self.id)
+            .field("data_dir", &self.data_dir)
+            .field("advertise", &self.advertise)
+            .field("http_advertise", &self.http_advertise)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Settings, DaemonError> {
+        Settings::try_from(HeadConfig::load(path)?).map_err(|e| match e {
+            DaemonError::Invalid(m) => DaemonError::Invalid(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+}
+
+impl TryFrom<HeadConfig> for Settings {
+    type Error = DaemonError;
+
+    fn try_from(c: HeadConfig) -> Result<Settings, DaemonError> {
+        let invalid = |section: &str, e: &dyn std::fmt::Display| DaemonError::Invalid(format!("{section}: {e}"));
+        if c.id == 0 {
+            return Err(DaemonError::Invalid("id must be 1 or more".into()));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for m in &c.bootstrap {
+            if m.id == 0 || !ids.insert(m.id) {
+                return Err(DaemonError::Invalid(format!(
+                    "bootstrap member id {} is 0 or listed twice",
+                    m.id
+                )));
+            }
+        }
+        if !c.bootstrap.is_empty() && !ids.contains(&c.id) {
+            return Err(DaemonError::Invalid(format!(
+                "bootstrap lists ids {ids:?} but this head is id {}; a founding head must list itself",
+                c.id
+            )));
+        }
+        crate::model::validate_name("cluster", &c.cluster_name).map_err(|e| invalid("cluster_name", &e))?;
+        let raft = c.raft.to_config(&c.cluster_name).map_err(|e| invalid("raft", &e))?;
+        let dhcp = DhcpConfig::try_from(c.boot.dhcp.clone()).map_err(|e| invalid("boot.dhcp", &e))?;
+        let tftp = if c.boot.tftp.enabled {
+            c.boot.tftp.validate().map_err(|e| invalid("boot.tftp", &e))?;
+            Some(c.boot.tftp.clone())
+        } else {
+            None
+        };
+        let ipxe_templates = IpxeTemplates::load(c.boot.http.ipxe_templates.as_deref())
+            .map_err(|e| invalid("boot.http.ipxe_templates", &e))?;
+        Ok(Settings {
+            advertise: c.advertise_addr(),
+            http_advertise: c.http_advertise_addr(),
+            id: c.id,
+            data_dir: c.data_dir,
+            listen: c.listen,
+            http_listen: c.http_listen,
+            cluster_name: c.cluster_name,
+            bootstrap: c.bootstrap,
+            raft: Arc::new(raft),
+            store: StoreConfig {
+                cache_capacity_bytes: c.cache_mib * 1024 * 1024,
+            },
+            gc: (c.cas_gc_interval_secs > 0).then(|| {
+                (
+                    Duration::from_secs(c.cas_gc_interval_secs),
+                    Duration::from_secs(c.cas_gc_grace_secs),
+                )
+            }),
+            dhcp: dhcp.enabled().then_some(dhcp),
+            tftp,
+            ipxe_dir: c.boot.tftp.root,
+            ipxe_templates: Arc::new(ipxe_templates),
+        })
+    }
+}
