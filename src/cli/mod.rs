@@ -43,7 +43,8 @@ pub struct Cli {
     /// Output format of list/status commands.
     #[arg(short = 'o', long, value_enum, global = true)]
     pub output: Option<Format>,
-    /// Give up when no head answered within this many seconds.
+    /// Give up after this many seconds: bounds the whole command, including a write
+    /// that cannot reach a majority of heads (it may still be applied later).
     #[arg(long, default_value_t = 15, global = true)]
     pub timeout: u64,
     #[command(subcommand)]
@@ -216,7 +217,11 @@ fn heads(cli: &Cli) -> Result<Vec<String>> {
 
 /// Run `wwctl` with parsed arguments, writing to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
-    let client = Client::new(heads(&cli)?).with_deadline(std::time::Duration::from_secs(cli.timeout));
+    // `--timeout` bounds the whole command, over all its calls and heads.
+    let timeout = std::time::Duration::from_secs(cli.timeout);
+    let client = Client::new(heads(&cli)?)
+        .with_deadline(timeout)
+        .until(std::time::Instant::now() + timeout);
     let fmt = cli.output;
     match cli.cmd {
         Top::Node(c) => obj_cmd(&client, Kind::Node, c, fmt, out).await,
