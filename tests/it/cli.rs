@@ -193,6 +193,17 @@ async fn bad_input_is_refused_and_changes_nothing() {
 
     let e = ww(&c, &["node", "add", "bad/name"]).await.unwrap_err();
     assert!(e.contains("bad/name"), "{e}");
+    // Names that would break hostnames and paths: the message says what is wrong and
+    // what is allowed.
+    let long = "n".repeat(64);
+    for (name, what) in [("..", "only of dots"), (long.as_str(), "64 characters long")] {
+        let e = ww(&c, &["node", "add", name]).await.unwrap_err();
+        assert!(
+            e.contains("invalid node name") && e.contains(what) && e.contains("1 to 63 of the characters"),
+            "{e}"
+        );
+        assert_eq!(e.matches("invalid node name").count(), 1, "said once: {e}");
+    }
 
     let e = ww(&c, &["node", "add", "gpu01"]).await.unwrap_err();
     assert!(e.contains("already exists"), "{e}");

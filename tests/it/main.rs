@@ -20,6 +20,7 @@ mod dhcp;
 mod dhcp_ifaces;
 mod dhcp_relay;
 mod images;
+mod names;
 mod oci;
 mod procs;
 mod pxe;
