@@ -166,6 +166,15 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert!(e.contains("not valid"), "{e}");
+    // The file, line and column of the syntax error, not an unknown field `n1` of an
+    // object called `nodes`.
+    assert!(e.contains("bad.yaml is not valid (line 3, column 1)"), "{e}");
+    assert!(!e.contains("unknown field"), "{e}");
+    std::fs::write(&bad, "nodes:\n  n1:\n\tcomment: x\n").unwrap();
+    let e = ww(&c, &["profile", "import", bad.to_str().unwrap(), "-y"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("(line 3, column 1)") && e.contains("tabs"), "{e}");
 
     std::fs::write(&bad, "nodes:\n  n1:\n    imagename: typo\n").unwrap();
     let e = ww(&c, &["node", "import", bad.to_str().unwrap(), "-y"])
