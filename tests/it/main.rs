@@ -24,4 +24,5 @@ mod names;
 mod oci;
 mod procs;
 mod pxe;
+mod raft_golden;
 mod tftp;
