@@ -398,7 +398,7 @@ async fn obj_cmd(client: &Client, kind: Kind, c: ObjCmd, fmt: Option<Format>, ou
         }
         ObjCmd::Import { file, yes } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let conf = parse_import(kind, &text)?;
+            let conf = parse_import(kind, &text, &file.display().to_string())?;
             let n = conf.nodes.len() + conf.nodeprofiles.len();
             if !yes {
                 confirm(&format!(
@@ -467,14 +467,12 @@ pub fn build_new(kind: Kind, patterns: &[String], fields: &FieldFlags) -> Result
 }
 
 /// `import` accepts a nodes.conf document or a bare map of objects of `kind`.
-fn parse_import(kind: Kind, text: &str) -> Result<NodesConf> {
-    let is_doc = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
-        .map(|v| v.get("nodes").is_some() || v.get("nodeprofiles").is_some())
-        .unwrap_or(false);
-    if is_doc {
-        return Ok(model::parse_nodes_conf(text)?);
-    }
-    let map = model::parse_conf_map(text)?;
+/// `what` names the file in errors.
+fn parse_import(kind: Kind, text: &str, what: &str) -> Result<NodesConf> {
+    let map = match model::parse_import(text, what)? {
+        model::ImportDoc::NodesConf(conf) => return Ok(conf),
+        model::ImportDoc::Objects(map) => map,
+    };
     if map.is_empty() {
         bail!("the file holds no objects; expected a nodes.conf document or a map of name: fields");
     }

@@ -62,7 +62,7 @@ pub enum ModelError {
         profile: String,
     },
     /// A node, profile, network device, tag or similar name is malformed.
-    #[error("invalid {kind} name {name:?}: {reason}")]
+    #[error("invalid {kind} name {}: {reason}", shown_name(.name))]
     InvalidName {
         /// What the name is for (`node`, `profile`, `network device`, ...).
         kind: String,
@@ -148,6 +148,16 @@ fn location(line: &Option<usize>, column: &Option<usize>) -> String {
         (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
         (Some(l), None) => format!(" (line {l})"),
         _ => String::new(),
+    }
+}
+
+/// A rejected name as shown in a message: quoted, and cut short when long (the reason says how
+/// long it was), so a 300-character name does not flood the terminal.
+fn shown_name(name: &str) -> String {
+    const SHOWN: usize = 40;
+    match name.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}...", &name[..cut]),
+        None => format!("{name:?}"),
     }
 }
 

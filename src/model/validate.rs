@@ -1,9 +1,9 @@
 //! Validation of names and field values, and cross-node uniqueness of MAC/IP addresses.
 //!
 //! Design notes:
-//! - Syntax checks use only `std` (no regex crate): names are `[A-Za-z0-9._:-]+`, addresses are
-//!   parsed with `std::net`, MACs by hand. Errors name the node/profile and the field in
-//!   `wwctl node list -a` notation (`NetDevs[default].Hwaddr`) so operators can find them.
+//! - Syntax checks use only `std` (no regex crate): names follow [`validate_name`] (safe as
+//!   hostnames, DNS labels and file names), addresses are parsed with `std::net`, MACs by hand.
+//!   Errors name the node/profile and the field in `wwctl node list -a` notation (`NetDevs[default].Hwaddr`) so operators can find them.
 //! - Warewulf 4.6 validates very little at load time; we validate on every write instead, so a
 //!   replicated state machine never stores a value that later breaks an overlay template.
 //! - Uniqueness is factored into [`unique_keys`] (normalised per node) so a state machine holding
@@ -38,24 +38,67 @@ impl fmt::Display for UniqueKey {
     }
 }
 
-/// Check a node, profile, network device, ... name: non-empty, only letters, digits, `-`, `.`,
-/// `_` and `:`. `kind` is used in the message ("node", "profile", "network device").
+/// The longest name [`validate_name`] accepts: one DNS label (RFC 1035), and one less
+/// than Linux's `HOST_NAME_MAX` (64), so a node name always fits as its hostname.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// What [`validate_name`] allows, for error messages.
+const NAME_RULE: &str = "a name is 1 to 63 of the characters A-Z a-z 0-9 '-' '.' '_' ':', \
+     does not start with '-' or '.', does not end with '.' and has no '..'";
+
+/// Check a node, profile, image, overlay, network device, ... name. `kind` is used in the
+/// message ("node", "profile", "image", ...).
+///
+/// Names become hostnames, DNS labels, file names and path components (overlay and image
+/// directories, URLs), so the rule is what all of those accept, within Warewulf's own
+/// character set (`[A-Za-z0-9._:-]`, kept so that Warewulf's nodes.conf files import):
+/// - 1 to [`MAX_NAME_LEN`] characters;
+/// - only ASCII letters, digits, `-`, `.`, `_`, `:` (so no `/`, whitespace, control characters);
+/// - no leading `-` (it would read as a command-line option, and is not a hostname);
+/// - dots only between labels: no leading or trailing `.`, no `..`, which also rules out
+///   `.` and `..` themselves (this and the parent directory in paths).
+///
+/// Dots inside are allowed: a node called `n1.rack1` is a fully qualified hostname, as in
+/// Warewulf (see docs/COMPATIBILITY.md).
 pub fn validate_name(kind: &str, name: &str) -> Result<(), ModelError> {
-    let bad = |reason: String| ModelError::InvalidName {
+    let bad = |what: String| ModelError::InvalidName {
         kind: kind.to_owned(),
         name: name.to_owned(),
-        reason,
+        reason: format!("{what}; {NAME_RULE}"),
     };
     if name.is_empty() {
-        return Err(bad("it is empty; give a non-empty name".to_owned()));
+        return Err(bad("it is empty".to_owned()));
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')))
     {
-        return Err(bad(format!(
-            "character {c:?} is not allowed; use only letters, digits, '-', '.', '_' and ':'"
-        )));
+        let what = if c.is_control() {
+            format!("it contains the control character {c:?}")
+        } else if c.is_whitespace() {
+            format!("it contains whitespace ({c:?})")
+        } else {
+            format!("the character {c:?} is not allowed")
+        };
+        return Err(bad(what));
+    }
+    // Only ASCII from here on, so bytes are characters.
+    if name.len() > MAX_NAME_LEN {
+        return Err(bad(format!("it is {} characters long", name.len())));
+    }
+    if name.bytes().all(|b| b == b'.') {
+        return Err(bad(
+            "it consists only of dots ('.' and '..' mean directories in paths)".to_owned()
+        ));
+    }
+    if name.starts_with('-') {
+        return Err(bad("it starts with '-'".to_owned()));
+    }
+    if name.starts_with('.') || name.ends_with('.') {
+        return Err(bad("it starts or ends with '.'".to_owned()));
+    }
+    if name.contains("..") {
+        return Err(bad("it contains '..'".to_owned()));
     }
     Ok(())
 }
@@ -200,12 +243,20 @@ impl Checker<'_> {
     }
 }
 
-/// Check the syntax of every value in one node or profile: profile and network-device names, MAC
-/// and IP addresses, netmasks, MTU, IPMI port, partition numbers and sizes.
+/// Check the syntax of every value in one node or profile: the names it refers to (profiles,
+/// image, overlays, network devices, partitions), MAC and IP addresses, netmasks, MTU, IPMI
+/// port, partition numbers and sizes.
 pub fn validate_conf(name: &str, conf: &NodeConf) -> Result<(), ModelError> {
     let c = Checker { owner: name };
+    // `~x` in a list removes an inherited `x` (see merge), so the name is what follows `~`.
     for p in &conf.profiles {
         c.name("profile", p.strip_prefix('~').unwrap_or(p))?;
+    }
+    if let Some(image) = &conf.image_name {
+        c.name("image", image)?;
+    }
+    for o in conf.system_overlay.iter().chain(&conf.runtime_overlay) {
+        c.name("overlay", o.strip_prefix('~').unwrap_or(o))?;
     }
     if let Some(ipmi) = &conf.ipmi {
         c.ip("Ipmi.Ipaddr", &ipmi.ipaddr)?;
@@ -363,18 +414,93 @@ mod tests {
         n
     }
 
+    fn name_error(name: &str) -> String {
+        validate_name("node", name).unwrap_err().to_string()
+    }
+
     #[test]
-    fn names() {
-        for ok in ["n1", "node-001", "a.b_c:d", "N0"] {
-            validate_name("node", ok).unwrap();
+    fn accepted_names() {
+        let longest = "a".repeat(MAX_NAME_LEN);
+        let dotted_longest = format!("n1.{}", "b".repeat(MAX_NAME_LEN - 3));
+        for ok in [
+            "n1",
+            "node-001",
+            "a.b_c:d",
+            "N0",
+            "n0001.rack12.cluster",
+            "x",
+            "0",
+            "_x",
+            "n1-",
+            longest.as_str(),
+            dotted_longest.as_str(),
+        ] {
+            validate_name("node", ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
-        let e = validate_name("node", "bad name").unwrap_err().to_string();
-        assert!(e.contains("invalid node name \"bad name\""), "{e}");
-        assert!(e.contains("' '"), "{e}");
-        assert!(validate_name("node", "").unwrap_err().to_string().contains("empty"));
-        assert!(validate_name("profile", "p/1").is_err());
-        assert!(validate_name("profile", "~p").is_err());
-        assert!(validate_name("node", "nöde").is_err());
+    }
+
+    #[test]
+    fn every_rejected_class_says_what_is_wrong_and_what_is_allowed() {
+        let rule = "1 to 63 of the characters A-Z a-z 0-9";
+        let cases: Vec<(String, &str)> = vec![
+            (String::new(), "it is empty"),
+            (".".into(), "only of dots"),
+            ("..".into(), "only of dots"),
+            ("...".into(), "only of dots"),
+            ("a".repeat(64), "64 characters long"),
+            ("a".repeat(300), "300 characters long"),
+            ("p/1".into(), "'/' is not allowed"),
+            ("../etc".into(), "'/' is not allowed"),
+            ("bad name".into(), "whitespace (' ')"),
+            ("n1\t".into(), "control character '\\t'"),
+            ("n\n1".into(), "control character '\\n'"),
+            ("n1\0".into(), "control character '\\0'"),
+            ("n\u{7f}".into(), "control character '\\u{7f}'"),
+            ("n\u{a0}1".into(), "whitespace"),
+            ("~p".into(), "'~' is not allowed"),
+            ("nöde".into(), "'ö' is not allowed"),
+            ("-n1".into(), "starts with '-'"),
+            (".hidden".into(), "starts or ends with '.'"),
+            ("n1.".into(), "starts or ends with '.'"),
+            ("a..b".into(), "contains '..'"),
+        ];
+        for (name, what) in &cases {
+            let e = name_error(name);
+            assert!(e.starts_with("invalid node name \""), "{name:?}: {e}");
+            assert!(e.contains(what), "{name:?}: expected {what:?} in {e}");
+            assert!(e.contains(rule), "{name:?}: the rule is missing from {e}");
+        }
+        // A long name is cut short in the message; the reason gives its length.
+        let e = name_error(&"a".repeat(300));
+        assert!(e.len() < 300, "{e}");
+        assert!(e.contains(&format!("\"{}\"...", "a".repeat(40))), "{e}");
+        // The kind is part of the message.
+        let e = validate_name("image", "..").unwrap_err().to_string();
+        assert!(e.starts_with("invalid image name \"..\""), "{e}");
+    }
+
+    #[test]
+    fn names_a_node_refers_to_are_checked() {
+        let refs = |f: &dyn Fn(&mut NodeConf)| {
+            let mut n = NodeConf::default();
+            f(&mut n);
+            validate_conf("n1", &n).map_err(|e| e.to_string())
+        };
+        let e = refs(&|n| n.image_name = Some("../rocky".into())).unwrap_err();
+        assert!(e.contains("image (in n1) name \"../rocky\""), "{e}");
+        let e = refs(&|n| n.system_overlay = vec!["wwinit".into(), "..".into()]).unwrap_err();
+        assert!(e.contains("overlay (in n1) name \"..\""), "{e}");
+        let e = refs(&|n| n.runtime_overlay = vec!["~a/b".into()]).unwrap_err();
+        assert!(e.contains("overlay (in n1) name \"a/b\""), "{e}");
+        let long = "o".repeat(64);
+        let e = refs(&|n| n.runtime_overlay = vec![long.clone()]).unwrap_err();
+        assert!(e.contains("64 characters long"), "{e}");
+        refs(&|n| {
+            n.image_name = Some("rockylinux-9".into());
+            n.system_overlay = vec!["wwinit".into(), "~generic".into()];
+            n.runtime_overlay = vec!["ssh.authorized_keys".into()];
+        })
+        .unwrap();
     }
 
     #[test]

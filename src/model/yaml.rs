@@ -8,7 +8,11 @@
 //! - Output uses `serde_yaml_ng`'s block style; maps are `BTreeMap`s so output is sorted and
 //!   byte-for-byte deterministic (important for replicated state and diffs).
 //! - `wwctl node edit` works on a map of name → [`NodeConf`]; [`parse_conf_map`] and
-//!   [`to_conf_map_yaml`] serve that.
+//!   [`to_conf_map_yaml`] serve that. `import` takes either shape ([`parse_import`]); it
+//!   decides which from a syntax-only parse, so a syntax error is reported as such, at its
+//!   line and column, instead of as an unknown field of the shape it was not.
+//! - Every error is reported against the original text: a parse that goes through `Value`
+//!   loses positions, so it is used only to decide the shape and for YAML merge keys.
 
 use std::collections::BTreeMap;
 
@@ -40,10 +44,40 @@ pub fn to_node_conf_yaml(conf: &NodeConf) -> Result<String, ModelError> {
 
 /// Parse a map of name → node/profile, the format `wwctl node edit` / `profile edit` show.
 pub fn parse_conf_map(text: &str) -> Result<BTreeMap<String, NodeConf>, ModelError> {
+    parse_conf_map_as(text, "node list")
+}
+
+fn parse_conf_map_as(text: &str, what: &str) -> Result<BTreeMap<String, NodeConf>, ModelError> {
     #[derive(Default, serde::Deserialize)]
     #[serde(transparent)]
     struct M(#[serde(deserialize_with = "super::node::lenient::map_of")] BTreeMap<String, NodeConf>);
-    parse_doc::<M>(text, "node list").map(|m| m.0)
+    parse_doc::<M>(text, what).map(|m| m.0)
+}
+
+/// What `wwctl node import` / `profile import` read (see [`parse_import`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImportDoc {
+    /// A whole `nodes.conf` (`nodeprofiles:` and/or `nodes:` at the top).
+    NodesConf(NodesConf),
+    /// A bare map of name → node or profile, as `export` and `edit` write it.
+    Objects(BTreeMap<String, NodeConf>),
+}
+
+/// Parse an import file, a `nodes.conf` document or a map of name → object; `what` names
+/// it in errors (the file name). Errors carry the line and column of the problem.
+pub fn parse_import(text: &str, what: &str) -> Result<ImportDoc, ModelError> {
+    // Syntax first: had the syntax error been left to the typed parse below, a broken
+    // `nodes:` document would be read as a map of objects and reported as an object
+    // named `nodes` with an unknown field.
+    let value: Option<serde_yaml_ng::Value> = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(what, &e, text))?;
+    let is_nodes_conf = value
+        .as_ref()
+        .is_some_and(|v| v.get("nodes").is_some() || v.get("nodeprofiles").is_some());
+    if is_nodes_conf {
+        parse_doc(text, what).map(ImportDoc::NodesConf)
+    } else {
+        parse_conf_map_as(text, what).map(ImportDoc::Objects)
+    }
 }
 
 /// Serialise a map of name → node/profile (see [`parse_conf_map`]).
@@ -62,12 +96,12 @@ fn parse_doc<T: DeserializeOwned + Default>(text: &str, what: &str) -> Result<T,
         Err(e) if text.contains("<<") => parse_with_merge_keys(text).map_err(|e2| {
             // Report the merged document's own error, unless the failure is unrelated to `<<`.
             if e.to_string().contains("`<<`") {
-                yaml_error(what, &e2)
+                yaml_error(what, &e2, text)
             } else {
-                yaml_error(what, &e)
+                yaml_error(what, &e, text)
             }
         }),
-        Err(e) => Err(yaml_error(what, &e)),
+        Err(e) => Err(yaml_error(what, &e, text)),
     }
 }
 
@@ -84,15 +118,16 @@ fn emit<T: Serialize>(value: &T, what: &str) -> Result<String, ModelError> {
     })
 }
 
-/// Convert a serde_yaml_ng error into [`ModelError::Yaml`], splitting out the `path: ` prefix
-/// and the ` at line L column C` suffix that the library embeds in its message.
-pub(crate) fn yaml_error(what: &str, e: &serde_yaml_ng::Error) -> ModelError {
+/// Convert a serde_yaml_ng error on `text` into [`ModelError::Yaml`], splitting out the
+/// `path: ` prefix and the ` at line L column C` that the library embeds in its message (the
+/// location is shown once, from the fields), and explaining a tab where the parser stopped.
+pub(crate) fn yaml_error(what: &str, e: &serde_yaml_ng::Error, text: &str) -> ModelError {
     let loc = e.location();
     let mut message = e.to_string();
     if let Some(l) = &loc {
-        let suffix = format!(" at line {} column {}", l.line(), l.column());
-        if let Some(stripped) = message.strip_suffix(&suffix) {
-            message = stripped.to_owned();
+        message = message.replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1);
+        if char_at(text, l.line(), l.column()) == Some('\t') {
+            message.push_str("; YAML does not allow tabs for indentation, indent with spaces");
         }
     }
     let mut path = None;
@@ -110,6 +145,14 @@ pub(crate) fn yaml_error(what: &str, e: &serde_yaml_ng::Error) -> ModelError {
         column: loc.as_ref().map(|l| l.column()),
         path,
     }
+}
+
+/// The character at 1-based `line` and `column` (counted in characters) of `text`.
+fn char_at(text: &str, line: usize, column: usize) -> Option<char> {
+    text.lines()
+        .nth(line.checked_sub(1)?)?
+        .chars()
+        .nth(column.checked_sub(1)?)
 }
 
 /// Whether the text before the first `": "` of a serde_yaml_ng message is a field path
@@ -227,6 +270,110 @@ mod tests {
             err.to_string().contains("nodes.n1.tags") || err.to_string().contains("tags"),
             "{err}"
         );
+    }
+
+    /// `(document, line, column, words the message must contain)`.
+    const MALFORMED_IMPORTS: &[(&str, usize, usize, &[&str])] = &[
+        // Bad indentation: a key less indented than its siblings.
+        (
+            "nodes:\n  n1:\n    comment: x\n   kernel: {}\n",
+            4,
+            4,
+            &["did not find expected key"],
+        ),
+        // Bad indentation: a key more indented than its siblings.
+        (
+            "nodes:\n  n1:\n    comment: x\n      kernel: {}\n",
+            4,
+            13,
+            &["mapping values are not allowed"],
+        ),
+        // A tab used for indentation, in each shape.
+        ("nodes:\n  n1:\n\tcomment: x\n", 3, 1, &["tabs", "indent with spaces"]),
+        ("nodes:\n  n1:\n    comment: x\n\tkernel: {}\n", 4, 1, &["tab"]),
+        ("n1:\n\tcomment: x\n", 2, 1, &["tabs", "indent with spaces"]),
+        // An unclosed flow sequence.
+        ("nodes:\n  n1: [unclosed\n", 3, 1, &["']'"]),
+        // A wrong type for known fields.
+        (
+            "nodes:\n  n1:\n    discoverable: maybe\n",
+            3,
+            19,
+            &["nodes.n1.discoverable", "invalid boolean \"maybe\""],
+        ),
+        (
+            "nodeprofiles:\n  p:\n    network devices: [eth0]\n",
+            3,
+            22,
+            &["nodeprofiles.p.network devices", "expected a map"],
+        ),
+        ("n1:\n  kernel: 5\n", 2, 11, &["n1.kernel", "invalid type: integer `5`"]),
+        // A name given twice.
+        (
+            "nodes:\n  n1: {}\n  n1: {}\n",
+            2,
+            3,
+            &["duplicate entry with key \"n1\""],
+        ),
+        // Unknown fields are refused, by name.
+        (
+            "nodes:\n  n1:\n    imagename: x\n",
+            3,
+            5,
+            &["at nodes.n1", "unknown field `imagename`", "`image name`"],
+        ),
+        (
+            "n1:\n  ipmi:\n    adress: x\n",
+            3,
+            5,
+            &["at n1.ipmi", "unknown field `adress`"],
+        ),
+    ];
+
+    #[test]
+    fn import_errors_name_the_line_and_column() {
+        for (doc, line, column, words) in MALFORMED_IMPORTS {
+            let err = parse_import(doc, "bad.yaml").unwrap_err();
+            let msg = err.to_string();
+            match &err {
+                ModelError::Yaml { line: l, column: c, .. } => {
+                    assert_eq!((*l, *c), (Some(*line), Some(*column)), "{doc:?}: {msg}")
+                }
+                other => panic!("{doc:?}: unexpected {other:?}"),
+            }
+            assert!(
+                msg.starts_with(&format!("bad.yaml is not valid (line {line}, column {column})")),
+                "{doc:?}: {msg}"
+            );
+            for w in *words {
+                assert!(msg.contains(w), "{doc:?}: expected {w:?} in {msg}");
+            }
+            // The position is said once (a parser's context, "while parsing a block mapping
+            // at line 2 column 3", may follow), and a syntax error is not reported as a
+            // field of an object that does not exist.
+            assert!(
+                !msg.contains(&format!("at line {line} column {column}")),
+                "{doc:?}: {msg}"
+            );
+            assert!(!msg.contains("unknown field `n1`"), "{doc:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn import_takes_either_shape() {
+        let conf = parse_nodes_conf(NODES_CONF).unwrap();
+        assert_eq!(
+            parse_import(NODES_CONF, "f").unwrap(),
+            ImportDoc::NodesConf(conf.clone())
+        );
+        let map = to_conf_map_yaml(&conf.nodes).unwrap();
+        assert_eq!(parse_import(&map, "f").unwrap(), ImportDoc::Objects(conf.nodes));
+        let only_profiles = "nodeprofiles:\n  p: {comment: x}\n";
+        assert!(matches!(
+            parse_import(only_profiles, "f").unwrap(),
+            ImportDoc::NodesConf(c) if c.nodeprofiles.contains_key("p") && c.nodes.is_empty()
+        ));
+        assert_eq!(parse_import("", "f").unwrap(), ImportDoc::Objects(BTreeMap::new()));
     }
 
     #[test]

@@ -166,6 +166,15 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert!(e.contains("not valid"), "{e}");
+    // The file, line and column of the syntax error, not an unknown field `n1` of an
+    // object called `nodes`.
+    assert!(e.contains("bad.yaml is not valid (line 3, column 1)"), "{e}");
+    assert!(!e.contains("unknown field"), "{e}");
+    std::fs::write(&bad, "nodes:\n  n1:\n\tcomment: x\n").unwrap();
+    let e = ww(&c, &["profile", "import", bad.to_str().unwrap(), "-y"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("(line 3, column 1)") && e.contains("tabs"), "{e}");
 
     std::fs::write(&bad, "nodes:\n  n1:\n    imagename: typo\n").unwrap();
     let e = ww(&c, &["node", "import", bad.to_str().unwrap(), "-y"])
@@ -193,6 +202,17 @@ async fn bad_input_is_refused_and_changes_nothing() {
 
     let e = ww(&c, &["node", "add", "bad/name"]).await.unwrap_err();
     assert!(e.contains("bad/name"), "{e}");
+    // Names that would break hostnames and paths: the message says what is wrong and
+    // what is allowed.
+    let long = "n".repeat(64);
+    for (name, what) in [("..", "only of dots"), (long.as_str(), "64 characters long")] {
+        let e = ww(&c, &["node", "add", name]).await.unwrap_err();
+        assert!(
+            e.contains("invalid node name") && e.contains(what) && e.contains("1 to 63 of the characters"),
+            "{e}"
+        );
+        assert_eq!(e.matches("invalid node name").count(), 1, "said once: {e}");
+    }
 
     let e = ww(&c, &["node", "add", "gpu01"]).await.unwrap_err();
     assert!(e.contains("already exists"), "{e}");
