@@ -214,7 +214,12 @@ impl Client {
                     }
                     Err(s) if is_retryable(&s) => {
                         tracing::debug!(head = %self.heads[i].0, "{}", s.message());
-                        last = Some((i, s));
+                        // A head's own answer ("no majority…") says more than a
+                        // missed deadline of another head: keep it for the report.
+                        let silent = matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled);
+                        if !silent || last.as_ref().is_none_or(|(_, l)| matches!(l.code(), Code::DeadlineExceeded | Code::Cancelled)) {
+                            last = Some((i, s));
+                        }
                         // Move on at once, unless a whole round has just failed.
                         if attempts.is_empty() && !started.is_multiple_of(n) {
                             next_start = Instant::now();

@@ -10,12 +10,13 @@
 //! to decide whether to try another head.
 //!
 //! ## How errors are displayed
-//! An error's message is complete: it says what was wrong and what to do, and embeds the
-//! message of its cause (if any) exactly once. Wrapping variants are therefore either
-//! `#[error(transparent)]` or carry the cause's text in their own message *without*
-//! exposing it again as `source()`. Binaries print the top error with `{}` — never the
-//! `source()` chain — so no message repeats its cause. (Before this rule `wulfd` and
-//! `wwctl` printed causes twice: once in the message, once from the chain.)
+//! An error's message says what was wrong and what to do. Library errors usually embed
+//! their cause's message (`"cannot read {path}: {cause}"`), so that a message logged
+//! alone is complete; binaries add context with `anyhow`. Printing both the message
+//! and its `source()` chain would then repeat causes — which `wulfd` and `wwctl` did.
+//! So binaries print errors only through [`report`]: the top message, then each cause
+//! in the chain *whose text the line does not already contain*. Every cause appears
+//! exactly once, whichever style the error that carries it uses.
 
 use tonic::{Code, Status};
 
@@ -108,9 +109,54 @@ pub fn is_retryable(s: &Status) -> bool {
     ErrorKind::from_grpc(s.code()).is_retryable()
 }
 
+/// An error and its causes on one line, each cause once (see the module doc).
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("disk full")]
+        Full,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        /// Embeds its cause's text and exposes it as source (thiserror's `source` field).
+        #[error("cannot write /x: {source}")]
+        Embeds { source: Inner },
+        /// Only exposes it.
+        #[error("cannot write /y")]
+        Chains { source: Inner },
+    }
+
+    #[test]
+    fn report_prints_every_cause_once() {
+        assert_eq!(
+            report(&Outer::Embeds { source: Inner::Full }),
+            "cannot write /x: disk full"
+        );
+        assert_eq!(
+            report(&Outer::Chains { source: Inner::Full }),
+            "cannot write /y: disk full"
+        );
+        let a = anyhow::Error::new(Outer::Embeds { source: Inner::Full }).context("import failed");
+        assert_eq!(report(a.as_ref()), "import failed: cannot write /x: disk full");
+    }
 
     const ALL: [ErrorKind; 8] = [
         ErrorKind::Invalid,

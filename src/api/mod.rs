@@ -106,9 +106,11 @@ pub struct GatedRaft {
     pub gate: Gate<RaftService>,
 }
 
-/// When the work for `req` must be done by.
+/// When the work for `req` must be done by: a little before the caller stops
+/// waiting, so that the head's own answer ("no majority…") reaches it in time.
 fn deadline<T>(req: &GrpcRequest<T>) -> Instant {
-    Instant::now() + grpc_deadline(req.metadata()).unwrap_or(DEFAULT_CALL_DEADLINE)
+    let budget = grpc_deadline(req.metadata()).unwrap_or(DEFAULT_CALL_DEADLINE);
+    Instant::now() + budget - (budget / 10).min(Duration::from_millis(200))
 }
 
 fn bad_json(what: &str, e: serde_json::Error) -> Status {

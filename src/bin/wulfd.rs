@@ -16,8 +16,15 @@ struct Args {
     config: PathBuf,
 }
 
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("wulfd: {}", wulfpack::error::report(e.as_ref()));
+        std::process::exit(1);
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

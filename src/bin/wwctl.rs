@@ -10,7 +10,7 @@ async fn main() {
     let cli = wulfpack::cli::Cli::parse();
     let mut out = std::io::stdout().lock();
     if let Err(e) = wulfpack::cli::run(cli, &mut out).await {
-        eprintln!("ERROR: {e:#}");
+        eprintln!("ERROR: {}", wulfpack::error::report(e.as_ref()));
         std::process::exit(1);
     }
 }

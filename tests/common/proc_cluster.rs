@@ -95,6 +95,20 @@ impl ProcCluster {
         c.wait().unwrap();
     }
 
+    /// SIGSTOP (`hung: true`) or SIGCONT head `i`: a head that hangs instead of dying
+    /// keeps its sockets open and answers nothing.
+    #[allow(dead_code)] // used by the tests, not by the benchmark that shares this file
+    pub fn hang(&self, i: usize, hung: bool) {
+        let c = self.children[i].as_ref().expect("head running");
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).expect("a child's pid is positive");
+        let sig = if hung {
+            rustix::process::Signal::STOP
+        } else {
+            rustix::process::Signal::CONT
+        };
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
     pub fn all_heads(&self) -> String {
         self.addrs.join(",")
     }

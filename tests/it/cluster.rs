@@ -306,3 +306,69 @@ async fn node_writes_wait_until_a_new_cluster_is_initialised() {
     assert_eq!(got.cluster.name, "test");
     c.shutdown().await;
 }
+
+/// A head that is still opening its store (or replaying its log) answers at once,
+/// `Unavailable` with how far it is, instead of leaving callers hanging on an open
+/// port; it serves as soon as it is ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_starting_head_says_so_instead_of_hanging() {
+    use wulfpack::daemon::{Head, HeadConfig, Listeners, Member, Settings};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("head1");
+    // Another holder of the data directory's lock keeps the head in "opening".
+    let held = wulfpack::store::open::<wulfpack::raft::TypeConfig, wulfpack::state::State>(
+        &data,
+        &wulfpack::store::StoreConfig::default(),
+    )
+    .unwrap();
+    let l = Listeners {
+        grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let addr = l.grpc.local_addr().unwrap().to_string();
+    let cfg = HeadConfig {
+        id: 1,
+        data_dir: data,
+        listen: addr.clone(),
+        advertise: None,
+        http_listen: l.http.local_addr().unwrap().to_string(),
+        http_advertise: None,
+        cluster_name: "test".into(),
+        bootstrap: vec![Member {
+            id: 1,
+            addr: addr.clone(),
+        }],
+        raft: Default::default(),
+        cache_mib: 16,
+        cas_gc_grace_secs: 3600,
+        cas_gc_interval_secs: 0,
+        boot: Default::default(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(Head::start(Settings::try_from(cfg).unwrap(), l, async {
+        let _ = stop_rx.await;
+    }));
+    let c = Client::new(vec![addr]).with_deadline(Duration::from_millis(700));
+    let t = std::time::Instant::now();
+    let e = c.read(&Query::profiles(Selector::All), false).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(2), "answered in {:?}", t.elapsed());
+    assert!(
+        e.to_string()
+            .contains("this head is starting (opening its data directory)"),
+        "{e}"
+    );
+    drop(held);
+    let head = starting
+        .await
+        .unwrap()
+        .expect("the head starts once the directory is free");
+    let c = c.with_deadline(Duration::from_secs(15));
+    eventually(15, "the started head serves", || async {
+        c.read(&Query::profiles(Selector::All), true)
+            .await
+            .is_ok_and(|r| r.profiles.contains_key("default"))
+    })
+    .await;
+    let _ = stop_tx.send(());
+    head.join().await.unwrap();
+}

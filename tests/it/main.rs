@@ -19,6 +19,7 @@ mod cluster;
 mod dhcp;
 mod dhcp_ifaces;
 mod dhcp_relay;
+mod hung;
 mod images;
 mod layering;
 mod names;
