@@ -9,8 +9,11 @@
 use super::*;
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt};
+use std::path::PathBuf;
 
+use rustix::io::Errno;
 use tar::{EntryType, Header};
 
 const LAYER: &str = "sha256:test-layer";
