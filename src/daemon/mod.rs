@@ -421,7 +421,10 @@ fn start_dhcp(cfg: &HeadConfig, ctx: &HeadCtx, stop: &CancellationToken) -> Resu
     ));
     let (view, stop) = (ctx.view.clone(), stop.clone());
     tokio::spawn(async move {
-        if let Err(e) = crate::boot::dhcp::server::run(dcfg, view, leases, stop.cancelled_owned()).await {
+        if let Err(e) = crate::boot::dhcp::DhcpServer::new(dcfg, view, leases)
+            .run(stop.cancelled_owned())
+            .await
+        {
             tracing::error!("DHCP stopped: {e}");
         }
     });

@@ -45,7 +45,7 @@ use std::fmt;
 pub use config::{DhcpConfig, DhcpConfigError, DhcpConfigWire, Interface, Pool, Subnet};
 pub use handlers::{handle_packet, Action, Chain, Context, Destination, Handler, Outcome, Reply, Skip};
 pub use lease::{LeaseAllocator, LeaseError, MemoryAllocator};
-pub use server::{bind_interface, run, run_on, run_with, DhcpError, Ports, ServeOptions, Stats};
+pub use server::{bind_interface, DhcpError, DhcpServer, Ports, Stats};
 
 /// An Ethernet hardware address (DHCP `chaddr` with `htype` 1, `hlen` 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
