@@ -384,21 +384,11 @@ fn start_tftp(cfg: &HeadConfig, stop: &CancellationToken) -> Result<(), DaemonEr
         .map_err(|e| DaemonError::Invalid(format!("boot.tftp: {e}")))?;
     let (tcfg, stop) = (cfg.boot.tftp.clone(), stop.clone());
     tokio::spawn(async move {
-        let mut failing = false;
-        let socket = loop {
-            match crate::boot::tftp::bind(&tcfg) {
-                Ok(s) => break s,
-                Err(e) => {
-                    if !failing {
-                        tracing::error!(listen = %tcfg.listen, "TFTP cannot start yet: {e}; retrying every 2 s");
-                        failing = true;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
+        let what = format!("TFTP cannot start yet on {}", tcfg.listen);
+        let bind = || std::future::ready(crate::boot::tftp::bind(&tcfg));
+        let Some(socket) = crate::boot::retry::retry_every(Duration::from_secs(2), &what, stop.cancelled(), bind).await
+        else {
+            return;
         };
         if let Err(e) = crate::boot::tftp::run(socket, tcfg, stop.cancelled_owned()).await {
             tracing::error!("TFTP stopped: {e}");
@@ -470,19 +460,13 @@ fn register(id: u64, grpc: String, http: String, stop: CancellationToken) {
             info: HeadInfo { http },
         };
         // Bounded: one attempt every 2 s for a day, or until shutdown.
-        for _ in 0..43_200 {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                r = client.write(cmd.clone()) => match r {
-                    Ok(_) => return,
-                    Err(e) => tracing::debug!("registering HTTP address: {e}"),
-                },
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
-        }
+        crate::boot::retry::RetryEvery::new(Duration::from_secs(2))
+            .at_most(43_200)
+            .first_failure_at(tracing::Level::DEBUG)
+            .run("registering HTTP address", stop.cancelled(), || {
+                client.write(cmd.clone())
+            })
+            .await;
     });
 }
 

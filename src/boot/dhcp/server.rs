@@ -15,8 +15,8 @@
 //! - Each interface's loop reads the latest [`BootView`](crate::boot::view::BootView)
 //!   per packet (an `Arc` clone) so view republishes apply without a restart.
 //! - **Each interface is supervised on its own** ([`DhcpServer::run`]): an interface that is missing
-//!   at start (a VLAN not created yet, a typo) is logged and retried every
-//!   [`REBIND_EVERY`] while the others serve; one that disappears or is re-created (its
+//!   at start (a VLAN not created yet, a typo) is logged once and retried every
+//!   [`REBIND_EVERY`] ([`retry_every`]) while the others serve; one that disappears or is re-created (its
 //!   index changes, which silently deafens a device-bound socket) is bound again. One
 //!   rack's link never takes DHCP away from the head's other racks.
 //! - A server is a value, [`DhcpServer`] (config, view, allocator, reply ports, counters):
@@ -39,6 +39,7 @@ use tokio::net::UdpSocket;
 use super::config::DhcpConfig;
 use super::handlers::{handle_packet, Chain, Destination, Outcome};
 use super::lease::LeaseAllocator;
+use crate::boot::retry::retry_every;
 use crate::boot::view::ViewRx;
 
 /// Server failures an operator must act on.
@@ -219,32 +220,21 @@ impl DhcpServer {
 impl Serving {
     /// Keep one interface served for as long as the server runs (see the module notes).
     async fn supervise(self: Arc<Self>, iface: String) {
-        let mut failing = false;
+        let what = format!("DHCP on interface {iface} (the other interfaces keep serving)");
+        // Bounded by the server's shutdown, which drops this future.
         loop {
-            match bind_interface(&iface, self.server.ports.server) {
-                Ok(sock) => {
-                    // The index the socket is bound to; a re-created interface gets a new one.
-                    let index = rustix::net::netdevice::name_to_index(&sock, &iface).ok();
-                    if failing {
-                        tracing::info!(%iface, "DHCP serving again");
-                    } else {
-                        tracing::info!(%iface, "DHCP serving");
-                    }
-                    failing = false;
-                    let check = sock.as_fd().try_clone_to_owned();
-                    tokio::select! {
-                        _ = self.serve(sock, &iface) => {}
-                        _ = interface_changed(check, &iface, index) => {
-                            tracing::warn!(%iface, "interface disappeared or was re-created; re-opening its DHCP socket");
-                        }
-                    }
-                }
-                Err(e) => {
-                    if !failing {
-                        tracing::error!(%iface, "{e}; DHCP keeps serving the other interfaces and retries this one every {}s",
-                            REBIND_EVERY.as_secs());
-                    }
-                    failing = true;
+            let bind = || std::future::ready(bind_interface(&iface, self.server.ports.server));
+            let Some(sock) = retry_every(REBIND_EVERY, &what, std::future::pending(), bind).await else {
+                return; // not reached: no bound, no stop; the server's shutdown drops this future
+            };
+            // The index the socket is bound to; a re-created interface gets a new one.
+            let index = rustix::net::netdevice::name_to_index(&sock, &iface).ok();
+            tracing::info!(%iface, "DHCP serving");
+            let check = sock.as_fd().try_clone_to_owned();
+            tokio::select! {
+                _ = self.serve(sock, &iface) => {}
+                _ = interface_changed(check, &iface, index) => {
+                    tracing::warn!(%iface, "interface disappeared or was re-created; re-opening its DHCP socket");
                 }
             }
             tokio::time::sleep(REBIND_EVERY).await;
