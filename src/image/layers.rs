@@ -73,7 +73,7 @@ use self::tree::Tree;
 
 pub use self::budget::HEADER_BUDGET;
 pub use self::compression::Compression;
-pub use self::error::{LayerError, Refusal};
+pub use self::error::{LayerError, UnsafeEntry};
 
 /// Knobs for [`apply_layer`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,7 +37,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::config::DhcpConfig;
-use super::handlers::{handle_packet, Chain, Destination, Outcome};
+use super::handlers::{handle_packet, Chain, Destination, Verdict};
 use super::lease::LeaseAllocator;
 use crate::boot::retry::retry_every;
 use crate::boot::view::ViewRx;
@@ -267,7 +267,7 @@ impl Serving {
             stats.received.fetch_add(1, Ordering::Relaxed);
             let v = view.borrow().clone();
             match handle_packet(&buf[..n], interface, config, &v, leases.as_ref(), &self.chain) {
-                Outcome::Reply(r) => {
+                Verdict::Reply(r) => {
                     let bytes = match r.msg.to_vec() {
                         Ok(b) => b,
                         Err(e) => {
@@ -286,7 +286,7 @@ impl Serving {
                         }
                     }
                 }
-                Outcome::Skip(s) => {
+                Verdict::Skip(s) => {
                     stats.skipped.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%iface, %src, reason = s.as_str(), "DHCP request not answered");
                 }

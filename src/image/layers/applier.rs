@@ -19,7 +19,7 @@ use super::budget::{HeaderBudget, HEADER_BUDGET};
 use super::meta::{gid, uid, Meta};
 use super::path::{normalize, symlink_stays_inside, PathProblem};
 use super::tree::{self, lstat_at, parent_of, Tree, WalkError, DIR_FLAGS};
-use super::{ApplyOptions, ApplyStats, LayerError, Refusal};
+use super::{ApplyOptions, ApplyStats, LayerError, UnsafeEntry};
 
 /// Directory metadata deferred to the end of the layer.
 pub(super) struct DirMeta {
@@ -29,7 +29,7 @@ pub(super) struct DirMeta {
 }
 
 /// What became of an entry.
-pub(super) enum Outcome {
+pub(super) enum Effect {
     Written,
     Whiteout,
     Skipped,
@@ -88,9 +88,9 @@ impl<'a> Applier<'a> {
                 };
                 let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
                 match self.apply_entry(&mut entry, &name)? {
-                    Outcome::Written => self.stats.entries += 1,
-                    Outcome::Whiteout => self.stats.whiteouts += 1,
-                    Outcome::Skipped => self.stats.skipped += 1,
+                    Effect::Written => self.stats.entries += 1,
+                    Effect::Whiteout => self.stats.whiteouts += 1,
+                    Effect::Skipped => self.stats.skipped += 1,
                 }
                 // Whatever the entry carried that we did not use (data of a whiteout, a hardlink, ...).
                 io::copy(&mut entry, &mut io::sink()).map_err(|e| self.stream(&Some(name.clone()), e))?;
@@ -102,7 +102,7 @@ impl<'a> Applier<'a> {
         self.finish_dirs()
     }
 
-    fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Outcome, LayerError> {
+    fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Effect, LayerError> {
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() || kind.as_byte() == b'V' {
             tracing::debug!(
@@ -110,7 +110,7 @@ impl<'a> Applier<'a> {
                 entry = name,
                 "skipping PAX global header / volume label"
             );
-            return Ok(Outcome::Skipped);
+            return Ok(Effect::Skipped);
         }
         let rel = normalize(&entry.path_bytes()).map_err(|p| self.path_problem(name, p))?;
 
@@ -120,7 +120,7 @@ impl<'a> Applier<'a> {
             let bytes = comp.as_bytes();
             if bytes.starts_with(b".wh..wh.") && !(comps.peek().is_none() && bytes == b".wh..wh..opq") {
                 tracing::debug!(layer = self.layer, entry = name, "skipping AUFS metadata entry");
-                return Ok(Outcome::Skipped);
+                return Ok(Effect::Skipped);
             }
             if bytes.starts_with(b".wh.") {
                 if comps.peek().is_some() {
@@ -128,7 +128,7 @@ impl<'a> Applier<'a> {
                 }
                 self.keep_times_of_ancestors(&rel, None);
                 self.whiteout(&rel, name)?;
-                return Ok(Outcome::Whiteout);
+                return Ok(Effect::Whiteout);
             }
         }
 
@@ -152,7 +152,7 @@ impl<'a> Applier<'a> {
                 })
             }
         };
-        if let Outcome::Written = outcome {
+        if let Effect::Written = outcome {
             self.mark_created(&rel);
         }
         Ok(outcome)
@@ -166,7 +166,7 @@ impl<'a> Applier<'a> {
         rel: &Path,
         name: &str,
         meta: &Meta,
-    ) -> Result<Outcome, LayerError> {
+    ) -> Result<Effect, LayerError> {
         let (parent, base) = self.parent_for_write(rel, name)?;
         self.clear_slot(parent.as_fd(), base, rel, name, false)?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -202,10 +202,10 @@ impl<'a> Applier<'a> {
         rfs::fchmod(&file, Mode::from_raw_mode(meta.mode)).map_err(|e| self.io(name, "set the file mode", e.into()))?;
         self.xattrs_fd(file.as_fd(), name, meta)?;
         rfs::futimens(&file, &meta.times).map_err(|e| self.io(name, "set the file times", e.into()))?;
-        Ok(Outcome::Written)
+        Ok(Effect::Written)
     }
 
-    fn dir(&mut self, rel: &Path, name: &str, meta: &Meta) -> Result<Outcome, LayerError> {
+    fn dir(&mut self, rel: &Path, name: &str, meta: &Meta) -> Result<Effect, LayerError> {
         let fd = match rel.file_name() {
             None => self.open_dir(Path::new(""), name)?,
             Some(base) => {
@@ -232,7 +232,7 @@ impl<'a> Applier<'a> {
                 times: meta.times.clone(),
             },
         );
-        Ok(Outcome::Written)
+        Ok(Effect::Written)
     }
 
     fn symlink<R: Read>(
@@ -241,30 +241,30 @@ impl<'a> Applier<'a> {
         rel: &Path,
         name: &str,
         meta: &Meta,
-    ) -> Result<Outcome, LayerError> {
+    ) -> Result<Effect, LayerError> {
         let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
         if target.is_empty() || target.contains(&0) {
             return Err(self.malformed(name, "the symlink has an empty target or one containing NUL"));
         }
         if !symlink_stays_inside(rel, &target) {
             let target = String::from_utf8_lossy(&target).into_owned();
-            return Err(self.refused(name, Refusal::SymlinkEscapes { target }));
+            return Err(self.refused(name, UnsafeEntry::SymlinkEscapes { target }));
         }
         let (parent, base) = self.parent_for_write(rel, name)?;
         self.clear_slot(parent.as_fd(), base, rel, name, false)?;
         rfs::symlinkat(OsStr::from_bytes(&target), &parent, base)
             .map_err(|e| self.io(name, "create the symlink", e.into()))?;
         self.finish_non_fd(parent.as_fd(), base, name, meta, None)?;
-        Ok(Outcome::Written)
+        Ok(Effect::Written)
     }
 
-    fn hardlink<R: Read>(&mut self, entry: &tar::Entry<'_, R>, rel: &Path, name: &str) -> Result<Outcome, LayerError> {
+    fn hardlink<R: Read>(&mut self, entry: &tar::Entry<'_, R>, rel: &Path, name: &str) -> Result<Effect, LayerError> {
         let raw = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let target = match normalize(&raw) {
             Ok(t) => t,
             Err(PathProblem::Refused(_)) => {
-                return Err(self.refused(name, Refusal::HardlinkEscapes { target: shown.clone() }))
+                return Err(self.refused(name, UnsafeEntry::HardlinkEscapes { target: shown.clone() }))
             }
             Err(PathProblem::Malformed(p)) => return Err(self.malformed(name, &format!("hardlink target: {p}"))),
         };
@@ -286,7 +286,7 @@ impl<'a> Applier<'a> {
                 let component = p.display().to_string();
                 return Err(self.refused(
                     name,
-                    Refusal::HardlinkThroughSymlink {
+                    UnsafeEntry::HardlinkThroughSymlink {
                         target: shown.clone(),
                         component,
                     },
@@ -306,14 +306,14 @@ impl<'a> Applier<'a> {
         let (parent, base) = self.parent_for_write(rel, name)?;
         if let Ok(st) = rfs::statat(&parent, base, AtFlags::SYMLINK_NOFOLLOW) {
             if st.st_dev == target_stat.st_dev && st.st_ino == target_stat.st_ino {
-                return Ok(Outcome::Written); // already that very file
+                return Ok(Effect::Written); // already that very file
             }
         }
         self.clear_slot(parent.as_fd(), base, rel, name, false)?;
         rfs::linkat(&target_parent, target_base, &parent, base, AtFlags::empty())
             .map_err(|e| self.io(name, &format!("hardlink to {shown:?}"), e.into()))?;
         // The link shares the target's inode, whose metadata the target's own entry already set.
-        Ok(Outcome::Written)
+        Ok(Effect::Written)
     }
 
     fn node<R: Read>(
@@ -323,7 +323,7 @@ impl<'a> Applier<'a> {
         rel: &Path,
         name: &str,
         meta: &Meta,
-    ) -> Result<Outcome, LayerError> {
+    ) -> Result<Effect, LayerError> {
         let (file_type, dev) = if kind == tar::EntryType::Fifo {
             (FileType::Fifo, 0)
         } else {
@@ -351,12 +351,12 @@ impl<'a> Applier<'a> {
                     entry = name,
                     "skipping device node: this process may not create devices (needs CAP_MKNOD)"
                 );
-                return Ok(Outcome::Skipped);
+                return Ok(Effect::Skipped);
             }
             Err(e) => return Err(self.io(name, "create the device node or FIFO", e.into())),
         }
         self.finish_non_fd(parent.as_fd(), base, name, meta, Some(meta.mode))?;
-        Ok(Outcome::Written)
+        Ok(Effect::Written)
     }
 
     // ----- helpers -----
@@ -413,7 +413,7 @@ impl<'a> Applier<'a> {
     /// The directory that will hold `rel` (created if missing) and `rel`'s last component.
     fn parent_for_write<'p>(&self, rel: &'p Path, name: &str) -> Result<(OwnedFd, &'p OsStr), LayerError> {
         let Some(base) = rel.file_name() else {
-            return Err(self.refused(name, Refusal::ReplacesRoot));
+            return Err(self.refused(name, UnsafeEntry::ReplacesRoot));
         };
         Ok((self.open_dir_create(parent_of(rel), name)?, base))
     }
@@ -436,7 +436,7 @@ impl<'a> Applier<'a> {
         }
     }
 
-    fn refused(&self, entry: &str, reason: Refusal) -> LayerError {
+    fn refused(&self, entry: &str, reason: UnsafeEntry) -> LayerError {
         LayerError::Refused {
             layer: self.layer.to_owned(),
             entry: entry.to_owned(),
@@ -472,7 +472,7 @@ impl<'a> Applier<'a> {
         match e {
             WalkError::Symlink(p) => self.refused(
                 entry,
-                Refusal::SymlinkParent {
+                UnsafeEntry::SymlinkParent {
                     component: p.display().to_string(),
                 },
             ),

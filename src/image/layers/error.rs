@@ -1,4 +1,4 @@
-//! What can go wrong applying a layer: [`LayerError`], which names the layer and tar entry, and [`Refusal`],
+//! What can go wrong applying a layer: [`LayerError`], which names the layer and tar entry, and [`UnsafeEntry`],
 //! why an entry was refused as unsafe.
 
 use std::io;
@@ -9,7 +9,7 @@ use rustix::io::Errno;
 /// Why an entry was refused as unsafe.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Refusal {
+pub enum UnsafeEntry {
     #[error("its path is absolute; layer paths must be relative to the image root (\"etc/x\" or \"./etc/x\")")]
     AbsolutePath,
     #[error("its path climbs out of the image root with \"..\"")]
@@ -66,7 +66,7 @@ pub enum LayerError {
     Refused {
         layer: String,
         entry: String,
-        reason: Refusal,
+        reason: UnsafeEntry,
     },
 
     #[error("layer {layer}: entry {entry:?} is malformed: {problem}")]
@@ -152,7 +152,7 @@ mod tests {
         let e = LayerError::Refused {
             layer: "sha256:abc".into(),
             entry: "x/etc/passwd".into(),
-            reason: Refusal::SymlinkParent { component: "x".into() },
+            reason: UnsafeEntry::SymlinkParent { component: "x".into() },
         };
         let s = e.to_string();
         assert!(

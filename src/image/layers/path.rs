@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use super::tree::parent_of;
-use super::Refusal;
+use super::UnsafeEntry;
 
 /// Longest path (bytes) and path component accepted, as Linux's PATH_MAX (incl. NUL) and NAME_MAX.
 const PATH_MAX: usize = 4095;
@@ -27,7 +27,7 @@ pub(super) fn normalize(raw: &[u8]) -> Result<PathBuf, PathProblem> {
         if raw.iter().all(|b| *b == b'/') {
             return Ok(PathBuf::new());
         }
-        return Err(PathProblem::Refused(Refusal::AbsolutePath));
+        return Err(PathProblem::Refused(UnsafeEntry::AbsolutePath));
     }
     let mut parts: Vec<&[u8]> = Vec::new();
     for comp in raw.split(|b| *b == b'/') {
@@ -35,7 +35,7 @@ pub(super) fn normalize(raw: &[u8]) -> Result<PathBuf, PathProblem> {
             b"" | b"." => {}
             b".." => {
                 if parts.pop().is_none() {
-                    return Err(PathProblem::Refused(Refusal::EscapesRoot));
+                    return Err(PathProblem::Refused(UnsafeEntry::EscapesRoot));
                 }
             }
             c if c.len() > NAME_MAX => {
@@ -81,7 +81,7 @@ pub(super) fn symlink_stays_inside(link: &Path, target: &[u8]) -> bool {
 /// A problem found while normalising a path.
 #[derive(Debug)]
 pub(super) enum PathProblem {
-    Refused(Refusal),
+    Refused(UnsafeEntry),
     Malformed(String),
 }
 
@@ -103,12 +103,12 @@ mod tests {
             Err(PathProblem::Refused(r)) => r,
             other => panic!("{s}: {other:?}"),
         };
-        assert_eq!(refused("../escape"), Refusal::EscapesRoot);
-        assert_eq!(refused("a/../../escape"), Refusal::EscapesRoot);
-        assert_eq!(refused("./.."), Refusal::EscapesRoot);
-        assert_eq!(refused("/abs"), Refusal::AbsolutePath);
-        assert_eq!(refused("/etc/passwd"), Refusal::AbsolutePath);
-        assert_eq!(refused("//etc"), Refusal::AbsolutePath);
+        assert_eq!(refused("../escape"), UnsafeEntry::EscapesRoot);
+        assert_eq!(refused("a/../../escape"), UnsafeEntry::EscapesRoot);
+        assert_eq!(refused("./.."), UnsafeEntry::EscapesRoot);
+        assert_eq!(refused("/abs"), UnsafeEntry::AbsolutePath);
+        assert_eq!(refused("/etc/passwd"), UnsafeEntry::AbsolutePath);
+        assert_eq!(refused("//etc"), UnsafeEntry::AbsolutePath);
         assert!(matches!(normalize(b""), Err(PathProblem::Malformed(_))));
         assert!(matches!(normalize(b"a\0b"), Err(PathProblem::Malformed(_))));
         assert!(matches!(normalize(&[b'a'; 300]), Err(PathProblem::Malformed(_))));

@@ -434,9 +434,9 @@ pub struct Pulled {
     pub manifest: Option<Digest>,
 }
 
-/// Progress of an import. `total` is 0 when unknown (a directory being tarred).
+/// Progress of a pull (an import's first step). `total` is 0 when unknown (a directory being tarred).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
+pub enum PullProgress {
     Layer {
         index: usize,
         count: usize,
@@ -447,12 +447,18 @@ pub enum Progress {
     Message(String),
 }
 
+/// The old name, kept only for `image/mod.rs` (`oci::Progress::…` at its two match
+/// arms), which is being rewritten; `image::Progress` is a different thing (the event
+/// sender of an operation). Remove once that file says `PullProgress`.
+#[doc(hidden)]
+pub use self::PullProgress as Progress;
+
 /// Import `source` into `cas`, choosing `platform` from multi-platform images.
 pub async fn pull(
     source: &Source,
     cas: &Cas,
     platform: &Platform,
-    progress: &(dyn Fn(Progress) + Send + Sync),
+    progress: &(dyn Fn(PullProgress) + Send + Sync),
 ) -> Result<Pulled, OciError> {
     match source {
         Source::Registry {
@@ -487,7 +493,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Handed to blocking import code: sends progress to the async side, tells of cancellation.
 pub(crate) struct Reporter {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<PullProgress>>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -500,7 +506,7 @@ impl Reporter {
         }
     }
 
-    pub(crate) fn send(&self, p: Progress) {
+    pub(crate) fn send(&self, p: PullProgress) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(p);
         }
@@ -523,7 +529,7 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn run_blocking<T, F>(progress: &(dyn Fn(Progress) + Send + Sync), f: F) -> Result<T, OciError>
+async fn run_blocking<T, F>(progress: &(dyn Fn(PullProgress) + Send + Sync), f: F) -> Result<T, OciError>
 where
     T: Send + 'static,
     F: FnOnce(&Reporter) -> Result<T, OciError> + Send + 'static,
@@ -562,7 +568,7 @@ pub(crate) fn copy_exact(
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     let mut last = 0u64;
-    let layer = |done| Progress::Layer {
+    let layer = |done| PullProgress::Layer {
         index,
         count,
         digest: digest.to_string(),
