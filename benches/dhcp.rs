@@ -393,7 +393,7 @@ fn pool_part(srv: &NetNs, cli: &NetNs, dir: &std::path::Path, sizes: &Sizes, ful
 fn chain_capacity(cfg: &DhcpConfig, view: &wulfpack::boot::view::BootView, lab: &[dhcp_lab::LabNode], n: usize) -> f64 {
     use dhcproto::v4::{DhcpOption, Message, MessageType};
     use dhcproto::Encodable;
-    use wulfpack::boot::dhcp::{handle_packet, Chain, MemoryAllocator, Outcome};
+    use wulfpack::boot::dhcp::{handle_packet, Chain, MemoryAllocator, Verdict};
     let giaddr: Ipv4Addr = "10.78.0.2".parse().unwrap();
     let packets: Vec<Vec<u8>> = lab
         .iter()
@@ -419,7 +419,7 @@ fn chain_capacity(cfg: &DhcpConfig, view: &wulfpack::boot::view::BootView, lab: 
     let t = Instant::now();
     let mut replies = 0usize;
     for i in 0..n {
-        if let Outcome::Reply(r) = handle_packet(&packets[i % packets.len()], iface, cfg, view, &leases, &chain) {
+        if let Verdict::Reply(r) = handle_packet(&packets[i % packets.len()], iface, cfg, view, &leases, &chain) {
             replies += r.msg.to_vec().map(|b| b.len().min(1)).unwrap_or(0);
         }
     }

@@ -94,9 +94,17 @@ fn main() {
         let mut set = Vec::new();
         for i in 0..runs {
             list.push(timed(heads, &["node", "list"]));
-            set.push(timed(heads, &["node", "set", "n001", "--comment", &format!("c{i}"), "-y"]));
+            set.push(timed(
+                heads,
+                &["node", "set", "n001", "--comment", &format!("c{i}"), "-y"],
+            ));
         }
-        (pct(&mut list, 0.5), pct(&mut list, 0.99), pct(&mut set, 0.5), pct(&mut set, 0.99))
+        (
+            pct(&mut list, 0.5),
+            pct(&mut list, 0.99),
+            pct(&mut set, 0.5),
+            pct(&mut set, 0.99),
+        )
     };
     let l = leader(&p);
     let f = (l + 1) % 3;

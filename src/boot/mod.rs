@@ -11,10 +11,12 @@
 //! | [`tftp`] | read-only TFTP of the iPXE binaries (async-tftp on its own thread) |
 //! | [`http`] | Warewulf's boot routes: iPXE scripts (Tera), kernels and images streamed from the CAS, `/status` |
 //! | [`status`] | per-node boot status in this head's memory |
+//! | [`retry`] | `retry_every`: the head's one "retry every 2 s, log once" loop (binds, registration) |
 
 pub mod dhcp;
 pub mod files;
 pub mod http;
+pub mod retry;
 pub mod status;
 pub mod tftp;
 pub mod view;

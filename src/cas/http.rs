@@ -1,45 +1,35 @@
-//! Blobs over HTTP between heads: `GET /blob/sha256:<hex>` serves a verified blob;
+//! Blobs over HTTP between heads: `GET /blob/sha256:<hex>` serves a verified blob
+//! (with Range and ETag, see [`serve`]);
 //! [`fetch_from_peers`] pulls one from the first peer that has it and stores it only
 //! if its content matches the digest.
 
-use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use super::serve::{self, Verifier};
 use super::{Cas, CasError, Digest};
 
-/// Routes serving this head's blobs.
+/// Routes serving this head's blobs, through the same Range/ETag code as the boot
+/// routes ([`serve::respond`]), so a peer can resume or revalidate a transfer.
 pub fn router(cas: Cas) -> Router {
-    Router::new().route("/blob/{digest}", get(get_blob)).with_state(cas)
+    Router::new()
+        .route("/blob/{digest}", get(get_blob))
+        .with_state(Verifier::new(cas))
 }
 
-async fn get_blob(State(cas): State<Cas>, UrlPath(digest): UrlPath<String>) -> Response {
+async fn get_blob(State(verifier): State<Verifier>, UrlPath(digest): UrlPath<String>, headers: HeaderMap) -> Response {
     let d: Digest = match digest.parse() {
         Ok(d) => d,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let c = cas.clone();
-    let verified = tokio::task::spawn_blocking(move || c.open_verified(&d)).await;
-    match verified {
-        Ok(Ok(file)) => {
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
-            (
-                [
-                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                    (header::CONTENT_LENGTH, len.to_string()),
-                ],
-                Body::from_stream(stream),
-            )
-                .into_response()
-        }
-        Ok(Err(CasError::Missing(_))) => (StatusCode::NOT_FOUND, format!("blob {d} not here")).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    match verifier.open(d).await {
+        Ok((file, len)) => serve::respond(file, len, &d, &headers),
+        Err(CasError::Missing(_)) => (StatusCode::NOT_FOUND, format!("blob {d} not here")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

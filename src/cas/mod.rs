@@ -23,6 +23,7 @@
 //!   committed) is never collected under it.
 
 pub mod http;
+pub mod serve;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

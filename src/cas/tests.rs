@@ -171,3 +171,55 @@ async fn peer_serving_wrong_content_is_rejected() {
     assert!(!b.contains(&want));
     server.abort();
 }
+
+/// The peer route answers through `serve::respond`: a resumed transfer gets 206 with
+/// the asked bytes, a revalidation with the blob's ETag gets 304, HEAD the length only.
+#[tokio::test]
+async fn blob_route_answers_range_if_none_match_and_head() {
+    use axum::http::{header, StatusCode};
+    let (_t, a) = store();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let d = a.put_bytes(&data).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/blob/{d}", l.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(l, http::router(a)).await });
+    let client = reqwest::Client::new();
+
+    let full = client.get(&url).send().await.unwrap();
+    assert_eq!(full.status(), StatusCode::OK);
+    let tag = full.headers()[header::ETAG].to_str().unwrap().to_owned();
+    assert_eq!(tag, serve::etag(&d));
+    assert_eq!(full.bytes().await.unwrap(), data);
+
+    let part = client
+        .get(&url)
+        .header(header::RANGE, "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.headers()[header::CONTENT_RANGE], "bytes 1000-1999/100000");
+    assert_eq!(part.bytes().await.unwrap(), &data[1000..2000]);
+
+    let same = client
+        .get(&url)
+        .header(header::IF_NONE_MATCH, &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status(), StatusCode::NOT_MODIFIED);
+    assert!(same.bytes().await.unwrap().is_empty());
+
+    let head = client.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()[header::CONTENT_LENGTH], "100000");
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    let missing = client
+        .get(url.replace(&d.to_string(), &Digest::of(b"absent").to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    server.abort();
+}

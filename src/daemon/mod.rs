@@ -282,21 +282,11 @@ fn start_tftp(cfg: &Settings, stop: &CancellationToken) {
     let Some(tcfg) = cfg.tftp.clone() else { return };
     let stop = stop.clone();
     tokio::spawn(async move {
-        let mut failing = false;
-        let socket = loop {
-            match crate::boot::tftp::bind(&tcfg) {
-                Ok(s) => break s,
-                Err(e) => {
-                    if !failing {
-                        tracing::error!(listen = %tcfg.listen, "TFTP cannot start yet: {e}; retrying every 2 s");
-                        failing = true;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
+        let what = format!("TFTP cannot start yet on {}", tcfg.listen);
+        let bind = || std::future::ready(crate::boot::tftp::bind(&tcfg));
+        let Some(socket) = crate::boot::retry::retry_every(Duration::from_secs(2), &what, stop.cancelled(), bind).await
+        else {
+            return;
         };
         if let Err(e) = crate::boot::tftp::run(socket, tcfg, stop.cancelled_owned()).await {
             tracing::error!("TFTP stopped: {e}");
@@ -313,7 +303,10 @@ fn start_dhcp(cfg: &Settings, parts: &Parts, stop: &CancellationToken) {
     ));
     let (view, stop) = (parts.view.clone(), stop.clone());
     tokio::spawn(async move {
-        if let Err(e) = crate::boot::dhcp::server::run(dcfg, view, leases, stop.cancelled_owned()).await {
+        if let Err(e) = crate::boot::dhcp::DhcpServer::new(dcfg, view, leases)
+            .run(stop.cancelled_owned())
+            .await
+        {
             tracing::error!("DHCP stopped: {e}");
         }
     });
@@ -355,22 +348,17 @@ fn register(cluster: Cluster, http: String, stop: CancellationToken) {
         let id = cluster.id();
         let info = HeadInfo { http };
         // Bounded: one attempt every 2 s for a day, or until shutdown.
-        for _ in 0..43_200 {
-            if cluster.state().read(|s| s.cluster.heads.get(&id) == Some(&info)) {
-                return;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                r = cluster.write(Command::RegisterHead { id, info: info.clone() }) => match r {
-                    Ok(_) => return,
-                    Err(e) => tracing::debug!("registering HTTP address: {e}"),
-                },
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
+        if cluster.state().read(|s| s.cluster.heads.get(&id) == Some(&info)) {
+            return;
         }
+        let cmd = Command::RegisterHead { id, info };
+        crate::boot::retry::RetryEvery::new(Duration::from_secs(2))
+            .at_most(43_200)
+            .first_failure_at(tracing::Level::DEBUG)
+            .run("registering HTTP address", stop.cancelled(), || {
+                cluster.write(cmd.clone())
+            })
+            .await;
     });
 }
 

@@ -257,7 +257,7 @@ impl Images {
         progress.send("pull", format!("pulling {}", req.source), 0, 0);
         let p2 = progress.clone();
         let pulled = oci::pull(&source, &self.cas, &platform, &move |ev| match ev {
-            oci::Progress::Layer {
+            oci::PullProgress::Layer {
                 index,
                 count,
                 digest,
@@ -269,7 +269,7 @@ impl Images {
                 done,
                 total,
             ),
-            oci::Progress::Message(m) => p2.send("pull", m, 0, 0),
+            oci::PullProgress::Message(m) => p2.send("pull", m, 0, 0),
         })
         .await?;
         let layers: Vec<LayerRef> = pulled.layers.iter().map(LayerRef::from).collect();

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
-use wulfpack::boot::dhcp::{self, DhcpConfig, LeaseAllocator, MemoryAllocator, ServeOptions, Stats};
+use wulfpack::boot::dhcp::{self, DhcpConfig, DhcpServer, LeaseAllocator, MemoryAllocator, Stats};
 use wulfpack::boot::view::{BootView, ViewRx};
 use wulfpack::model::{NetDev, NodeConf, NodesConf};
 use wulfpack::state::{Command, Request, State};
@@ -102,7 +102,7 @@ impl LabServer {
     ) -> LabServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let iface = iface.to_owned();
-        let server = Self::spawn(ns, move |opts, stopped| async move {
+        let server = Self::spawn(ns, move |stats, stopped| async move {
             let sock = match dhcp::bind_interface(&iface, 67) {
                 Ok(s) => s,
                 Err(e) => {
@@ -111,7 +111,12 @@ impl LabServer {
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            dhcp::run_on(sock, &iface, cfg, vrx, leases, opts, stopped).await
+            DhcpServer {
+                stats,
+                ..DhcpServer::new(cfg, vrx, leases)
+            }
+            .run_on(sock, &iface, stopped)
+            .await
         });
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => {}
@@ -121,32 +126,31 @@ impl LabServer {
         server
     }
 
-    /// The production entry point ([`dhcp::run_with`]): every interface of `cfg`,
+    /// The production entry point ([`DhcpServer::run`]): every interface of `cfg`,
     /// each bound (and re-bound) by the server itself, a fixed view, an in-memory
     /// allocator. Returns at once; interfaces come up as they exist.
     pub fn start_supervised(ns: &NetNs, cfg: DhcpConfig, view: BootView) -> LabServer {
         let (vtx, vrx) = watch::channel(Arc::new(view));
         drop(vtx);
-        Self::spawn(ns, move |opts, stopped| {
-            dhcp::run_with(cfg, vrx, Arc::new(MemoryAllocator::new()), opts, stopped)
+        Self::spawn(ns, move |stats, stopped| {
+            DhcpServer {
+                stats,
+                ..DhcpServer::new(cfg, vrx, Arc::new(MemoryAllocator::new()))
+            }
+            .run(stopped)
         })
     }
 
-    /// Runs `serve(options with this server's counters, stop signal)` on a
+    /// Runs `serve(this server's counters, stop signal)` on a
     /// current-thread runtime on a thread inside `ns`.
     fn spawn<F, Fut>(ns: &NetNs, serve: F) -> LabServer
     where
-        F: FnOnce(ServeOptions, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut
-            + Send
-            + 'static,
+        F: FnOnce(Arc<Stats>, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<(), dhcp::DhcpError>>,
     {
         let (stop, stopped) = oneshot::channel::<()>();
         let stats: Arc<Stats> = Arc::default();
-        let opts = ServeOptions {
-            stats: stats.clone(),
-            ..Default::default()
-        };
+        let counters = stats.clone();
         let thread = ns.enter(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -155,7 +159,7 @@ impl LabServer {
             let stopped = Box::pin(async move {
                 let _ = stopped.await;
             });
-            rt.block_on(serve(opts, stopped)).map_err(|e| e.to_string())
+            rt.block_on(serve(counters, stopped)).map_err(|e| e.to_string())
         });
         LabServer {
             stop: Some(stop),

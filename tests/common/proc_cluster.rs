@@ -89,6 +89,7 @@ impl ProcCluster {
     }
 
     /// SIGKILL head `i` and reap it.
+    #[allow(dead_code)] // not every benchmark that shares this file kills heads
     pub fn kill(&mut self, i: usize) {
         let mut c = self.children[i].take().expect("head running");
         c.kill().unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use dhcproto::{Decodable, Encodable};
 use wulfpack::boot::dhcp::raft_leases::RaftLeases;
-use wulfpack::boot::dhcp::{handle_packet, Chain, DhcpConfig, LeaseAllocator, Outcome, Skip};
+use wulfpack::boot::dhcp::{handle_packet, Chain, DhcpConfig, LeaseAllocator, Skip, Verdict};
 use wulfpack::boot::view::ViewRx;
 
 use crate::harness::{eventually, settings, Cluster};
@@ -130,11 +130,11 @@ fn exchange(
 ) -> Result<(MessageType, Ipv4Addr), Skip> {
     let v = view.borrow().clone();
     match handle_packet(bytes, cfg.interface("s0").unwrap(), cfg, &v, leases, &Chain::standard()) {
-        Outcome::Reply(r) => {
+        Verdict::Reply(r) => {
             let m = Message::from_bytes(&r.msg.to_vec().unwrap()).unwrap();
             Ok((m.opts().msg_type().unwrap(), m.yiaddr()))
         }
-        Outcome::Skip(s) => Err(s),
+        Verdict::Skip(s) => Err(s),
     }
 }
 

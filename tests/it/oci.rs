@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use wulfpack::cas::{Cas, Digest};
-use wulfpack::image::oci::{self, Layer, OciError, Platform, Progress, Pulled, Source};
+use wulfpack::image::oci::{self, Layer, OciError, Platform, PullProgress, Pulled, Source};
 
 use crate::registry::{self, build_multiarch_image, build_test_image, Registry};
 
@@ -25,7 +25,11 @@ async fn pull(source: &Source, cas: &Cas, platform: &Platform) -> Result<Pulled,
 }
 
 /// Pull and record the progress events.
-async fn pull_recording(source: &Source, cas: &Cas, platform: &Platform) -> (Result<Pulled, OciError>, Vec<Progress>) {
+async fn pull_recording(
+    source: &Source,
+    cas: &Cas,
+    platform: &Platform,
+) -> (Result<Pulled, OciError>, Vec<PullProgress>) {
     let events = Mutex::new(Vec::new());
     let r = oci::pull(source, cas, platform, &|p| events.lock().unwrap().push(p)).await;
     (r, events.into_inner().unwrap())
@@ -130,7 +134,7 @@ async fn registry_pull_two_layers_with_whiteout() {
         assert!(
             events
                 .iter()
-                .any(|e| matches!(e, Progress::Layer { index, count: 2, done, total, .. }
+                .any(|e| matches!(e, PullProgress::Layer { index, count: 2, done, total, .. }
                 if *index == i && done == total && *total == l.size)),
             "no final progress for layer {i}: {events:?}"
         );
@@ -141,7 +145,7 @@ async fn registry_pull_two_layers_with_whiteout() {
     assert_eq!(again.unwrap(), pulled);
     let skipped = events
         .iter()
-        .filter(|e| matches!(e, Progress::Message(m) if m.contains("already in the store")))
+        .filter(|e| matches!(e, PullProgress::Message(m) if m.contains("already in the store")))
         .count();
     assert_eq!(skipped, 2, "{events:?}");
 
@@ -313,7 +317,7 @@ async fn archives_hold_the_same_image() {
     assert_eq!(docker_pulled.platform, host.to_string());
     assert!(events
         .iter()
-        .any(|e| matches!(e, Progress::Layer { index: 1, done, total, .. } if done == total)));
+        .any(|e| matches!(e, PullProgress::Layer { index: 1, done, total, .. } if done == total)));
     for (i, (d, o)) in docker_pulled.layers.iter().zip(&oci_pulled.layers).enumerate() {
         // skopeo stores docker-archive layers uncompressed: their digest is the diff_id.
         if d.media_type.ends_with(".tar") {
@@ -364,7 +368,7 @@ async fn registry_docker_v2s2_manifest_and_big_layer_progress() {
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, Progress::Layer { index: 1, done, total, .. } if *done > 0 && done < total)),
+            .any(|e| matches!(e, PullProgress::Layer { index: 1, done, total, .. } if *done > 0 && done < total)),
         "{events:?}"
     );
 }
@@ -521,7 +525,7 @@ async fn directory_import_is_deterministic_and_round_trips() {
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, Progress::Message(m) if m.contains("socket"))),
+            .any(|e| matches!(e, PullProgress::Message(m) if m.contains("socket"))),
         "{events:?}"
     );
 

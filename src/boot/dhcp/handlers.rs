@@ -143,7 +143,7 @@ pub struct Reply {
 
 /// The result of one request.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum Verdict {
     Reply(Box<Reply>),
     Skip(Skip),
 }
@@ -161,7 +161,7 @@ pub enum Origin {
 
 /// What the client is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Client {
+pub struct Assignment {
     pub addr: Ipv4Addr,
     pub netmask: Ipv4Addr,
     pub router: Option<Ipv4Addr>,
@@ -198,7 +198,7 @@ pub struct Context<'a> {
     pub candidates: Vec<&'a Subnet>,
     /// The subnet the client is in (set with `client`).
     pub subnet: Option<&'a Subnet>,
-    pub client: Option<Client>,
+    pub client: Option<Assignment>,
     pub boot: Option<Boot>,
     pub resp: Option<Message>,
 }
@@ -295,21 +295,21 @@ impl Chain {
         self.0.iter().map(|h| h.name()).collect()
     }
 
-    pub fn run(&self, ctx: &mut Context<'_>) -> Outcome {
+    pub fn run(&self, ctx: &mut Context<'_>) -> Verdict {
         for h in &self.0 {
             match h.handle(ctx) {
                 Action::Continue => {}
-                Action::NoResponse(s) => return Outcome::Skip(s),
+                Action::NoResponse(s) => return Verdict::Skip(s),
                 Action::Respond => {
                     let (Some(msg), Some(subnet)) = (ctx.resp.take(), ctx.subnet) else {
-                        return Outcome::Skip(Skip::Internal);
+                        return Verdict::Skip(Skip::Internal);
                     };
                     let dest = destination(ctx.req, &msg, subnet);
-                    return Outcome::Reply(Box::new(Reply { msg, dest }));
+                    return Verdict::Reply(Box::new(Reply { msg, dest }));
                 }
             }
         }
-        Outcome::Skip(Skip::Internal)
+        Verdict::Skip(Skip::Internal)
     }
 }
 
@@ -322,21 +322,21 @@ pub fn handle_packet(
     view: &BootView,
     leases: &dyn LeaseAllocator,
     chain: &Chain,
-) -> Outcome {
+) -> Verdict {
     // 236 bytes of BOOTP header + 4 of magic cookie; anything shorter is not DHCP.
     if bytes.len() < 240 || bytes[236..240] != [99, 130, 83, 99] || !options_well_formed(&bytes[240..]) {
-        return Outcome::Skip(Skip::Malformed);
+        return Verdict::Skip(Skip::Malformed);
     }
     catch_unwind(AssertUnwindSafe(|| {
         let Ok(req) = Message::from_bytes(bytes) else {
-            return Outcome::Skip(Skip::Malformed);
+            return Verdict::Skip(Skip::Malformed);
         };
         match Context::new(&req, iface, cfg, view, leases) {
             Ok(mut ctx) => chain.run(&mut ctx),
-            Err(s) => Outcome::Skip(s),
+            Err(s) => Verdict::Skip(s),
         }
     }))
-    .unwrap_or(Outcome::Skip(Skip::Internal))
+    .unwrap_or(Verdict::Skip(Skip::Internal))
 }
 
 /// Walk the option TLVs before dhcproto decodes them: every option must fit in the
@@ -417,14 +417,14 @@ fn parse_ip(s: Option<&str>) -> Option<Ipv4Addr> {
 }
 
 /// The parameters of a node's device in `subnet`.
-fn node_client(node: &BootNode, dev: &NetDev, addr: Ipv4Addr, subnet: &Subnet, origin: Origin) -> Client {
+fn node_client(node: &BootNode, dev: &NetDev, addr: Ipv4Addr, subnet: &Subnet, origin: Origin) -> Assignment {
     let dns: Vec<Ipv4Addr> = node
         .conf
         .tags
         .get("dns")
         .map(|t| t.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_default();
-    Client {
+    Assignment {
         addr,
         netmask: parse_ip(dev.netmask.as_deref()).unwrap_or(subnet.network.netmask()),
         router: parse_ip(dev.gateway.as_deref()).or(subnet.router),
@@ -479,7 +479,7 @@ impl Handler for ReleaseDecline {
             _ => return Action::Continue,
         };
         let node = match &ctx.client {
-            Some(Client {
+            Some(Assignment {
                 origin: Origin::Node(n),
                 ..
             }) => Some(n.as_str()),
@@ -550,7 +550,7 @@ impl Handler for UnknownClient {
         let Some(subnet) = subnet.filter(|s| s.pool.is_some()) else {
             return Action::NoResponse(Skip::UnknownClient);
         };
-        let pool_client = |addr| Client {
+        let pool_client = |addr| Assignment {
             addr,
             netmask: subnet.network.netmask(),
             router: subnet.router,
@@ -805,7 +805,7 @@ fn nak(ctx: &Context<'_>, subnet: &Subnet) -> Message {
     m
 }
 
-fn full_reply(ctx: &Context<'_>, subnet: &Subnet, c: &Client, kind: MessageType) -> Message {
+fn full_reply(ctx: &Context<'_>, subnet: &Subnet, c: &Assignment, kind: MessageType) -> Message {
     let req = ctx.req;
     let mut m = base_reply(req, ctx.mac, kind, subnet);
     let inform = ctx.kind == MessageType::Inform;

@@ -8,7 +8,7 @@
 //!   on (or, when relayed, for a subnet that accepts relays and contains `giaddr`). A head
 //!   on a shared network must never become a rogue DHCP server.
 //! - **Sans-IO core.** [`handlers`] turns one received datagram into zero or one reply
-//!   ([`Outcome`]) with no sockets, clocks or tasks: an ordered chain of handlers over one
+//!   ([`Verdict`]) with no sockets, clocks or tasks: an ordered chain of handlers over one
 //!   request [`Context`] (the shape of bluecatengineering/dora), each returning continue,
 //!   respond or no-response. Every protocol decision — which subnet, which address,
 //!   which boot file, where the reply goes — is unit-testable from fabricated packets.
@@ -43,9 +43,9 @@ mod tests;
 use std::fmt;
 
 pub use config::{DhcpConfig, DhcpConfigError, DhcpConfigWire, Interface, Pool, Subnet};
-pub use handlers::{handle_packet, Action, Chain, Context, Destination, Handler, Outcome, Reply, Skip};
+pub use handlers::{handle_packet, Action, Chain, Context, Destination, Handler, Reply, Skip, Verdict};
 pub use lease::{LeaseAllocator, LeaseError, MemoryAllocator};
-pub use server::{bind_interface, run, run_on, run_with, DhcpError, Ports, ServeOptions, Stats};
+pub use server::{bind_interface, DhcpError, DhcpServer, Ports, Stats};
 
 /// An Ethernet hardware address (DHCP `chaddr` with `htype` 1, `hlen` 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -14,13 +14,15 @@
 //!   address, never to the packet's source address (which anyone can forge).
 //! - Each interface's loop reads the latest [`BootView`](crate::boot::view::BootView)
 //!   per packet (an `Arc` clone) so view republishes apply without a restart.
-//! - **Each interface is supervised on its own** ([`run`]): an interface that is missing
-//!   at start (a VLAN not created yet, a typo) is logged and retried every
-//!   [`REBIND_EVERY`] while the others serve; one that disappears or is re-created (its
+//! - **Each interface is supervised on its own** ([`DhcpServer::run`]): an interface that is missing
+//!   at start (a VLAN not created yet, a typo) is logged once and retried every
+//!   [`REBIND_EVERY`] ([`retry_every`]) while the others serve; one that disappears or is re-created (its
 //!   index changes, which silently deafens a device-bound socket) is bound again. One
 //!   rack's link never takes DHCP away from the head's other racks.
-//! - `run(…, shutdown)` / `run_on(socket, …)` follow the servers' convention: tests bind
-//!   their own socket and stop the server by resolving `shutdown`.
+//! - A server is a value, [`DhcpServer`] (config, view, allocator, reply ports, counters):
+//!   `server.run(shutdown)` serves every configured interface, `server.run_on(socket, iface,
+//!   shutdown)` one socket the caller bound (tests do). Both follow the servers' convention
+//!   and stop when `shutdown` resolves.
 
 use std::future::Future;
 use std::io;
@@ -35,8 +37,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::config::DhcpConfig;
-use super::handlers::{handle_packet, Chain, Destination, Outcome};
+use super::handlers::{handle_packet, Chain, Destination, Verdict};
 use super::lease::LeaseAllocator;
+use crate::boot::retry::retry_every;
 use crate::boot::view::ViewRx;
 
 /// Server failures an operator must act on.
@@ -89,13 +92,6 @@ impl Ports {
     }
 }
 
-/// How a server started with [`run_on`] addresses replies and where it counts.
-#[derive(Debug, Clone, Default)]
-pub struct ServeOptions {
-    pub ports: Ports,
-    pub stats: Arc<Stats>,
-}
-
 /// Counters of one server (all interfaces), for status and benchmarks.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -130,87 +126,172 @@ pub fn bind_interface(iface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
 /// for having been re-created.
 pub const REBIND_EVERY: Duration = Duration::from_secs(2);
 
-/// Serve every configured interface until `shutdown` resolves. With no interfaces
-/// configured DHCP is off and this returns at once.
-pub async fn run(
-    cfg: DhcpConfig,
-    view: ViewRx,
-    leases: Arc<dyn LeaseAllocator>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DhcpError> {
-    run_with(cfg, view, leases, ServeOptions::default(), shutdown).await
+/// A DHCP server: what it serves, where it reads nodes and leases, how it addresses
+/// replies, and where it counts. Build it with [`DhcpServer::new`] (or a struct literal
+/// to change `ports`/`stats`), then [`run`](Self::run) or [`run_on`](Self::run_on).
+#[derive(Clone)]
+pub struct DhcpServer {
+    /// `boot: dhcp:`: the interfaces and subnets served.
+    pub config: DhcpConfig,
+    /// The boot view, read per packet (republishes apply without a restart).
+    pub view: ViewRx,
+    /// Dynamic pool leases and discovery of unknown MACs.
+    pub leases: Arc<dyn LeaseAllocator>,
+    /// Reply ports and broadcast address; tests move them off 67/68 and broadcast.
+    pub ports: Ports,
+    /// Counters of this server (all interfaces), for status and benchmarks.
+    pub stats: Arc<Stats>,
 }
 
-/// [`run`] with options (reply ports, shared counters).
-pub async fn run_with(
-    cfg: DhcpConfig,
-    view: ViewRx,
-    leases: Arc<dyn LeaseAllocator>,
-    opts: ServeOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DhcpError> {
-    if !cfg.enabled() {
-        tracing::info!("DHCP is off: boot.dhcp.interfaces is empty");
-        return Ok(());
+impl std::fmt::Debug for DhcpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DhcpServer")
+            .field("config", &self.config)
+            .field("ports", &self.ports)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
     }
-    let names: Vec<String> = cfg.interfaces.iter().map(|i| i.name.clone()).collect();
-    let cfg = Arc::new(cfg);
-    let chain = Arc::new(Chain::standard());
-    let loops = names.into_iter().map(|name| {
-        supervise(
-            name,
-            cfg.clone(),
-            view.clone(),
-            leases.clone(),
-            chain.clone(),
-            opts.clone(),
-        )
-    });
-    tokio::select! {
-        _ = futures::future::join_all(loops) => {}
-        _ = shutdown => {}
-    }
-    Ok(())
 }
 
-/// Keep one interface served for as long as the server runs (see the module notes).
-async fn supervise(
-    iface: String,
-    cfg: Arc<DhcpConfig>,
-    view: ViewRx,
-    leases: Arc<dyn LeaseAllocator>,
-    chain: Arc<Chain>,
-    opts: ServeOptions,
-) {
-    let mut failing = false;
-    loop {
-        match bind_interface(&iface, opts.ports.server) {
-            Ok(sock) => {
-                // The index the socket is bound to; a re-created interface gets a new one.
-                let index = rustix::net::netdevice::name_to_index(&sock, &iface).ok();
-                if failing {
-                    tracing::info!(%iface, "DHCP serving again");
-                } else {
-                    tracing::info!(%iface, "DHCP serving");
+/// A server while it runs: its value and the handler chain, shared by the interfaces' loops.
+struct Serving {
+    server: DhcpServer,
+    chain: Chain,
+}
+
+impl DhcpServer {
+    /// A server on the standard ports with fresh counters.
+    pub fn new(config: DhcpConfig, view: ViewRx, leases: Arc<dyn LeaseAllocator>) -> DhcpServer {
+        DhcpServer {
+            config,
+            view,
+            leases,
+            ports: Ports::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Serve every configured interface, each supervised on its own, until `shutdown`
+    /// resolves. With no interfaces configured DHCP is off and this returns at once.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DhcpError> {
+        if !self.config.enabled() {
+            tracing::info!("DHCP is off: boot.dhcp.interfaces is empty");
+            return Ok(());
+        }
+        let names: Vec<String> = self.config.interfaces.iter().map(|i| i.name.clone()).collect();
+        let serving = Arc::new(self.serving());
+        let loops = names.into_iter().map(|name| serving.clone().supervise(name));
+        tokio::select! {
+            _ = futures::future::join_all(loops) => {}
+            _ = shutdown => {}
+        }
+        Ok(())
+    }
+
+    /// Serve one socket the caller bound, as if it were interface `iface`'s (not
+    /// supervised: the caller owns the socket), until `shutdown` resolves.
+    pub async fn run_on(
+        self,
+        socket: UdpSocket,
+        iface: &str,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), DhcpError> {
+        if self.config.interface(iface).is_none() {
+            return Err(DhcpError::NotConfigured {
+                iface: iface.to_owned(),
+            });
+        }
+        let serving = self.serving();
+        tokio::select! {
+            _ = serving.serve(socket, iface) => {}
+            _ = shutdown => {}
+        }
+        Ok(())
+    }
+
+    fn serving(self) -> Serving {
+        Serving {
+            server: self,
+            chain: Chain::standard(),
+        }
+    }
+}
+
+impl Serving {
+    /// Keep one interface served for as long as the server runs (see the module notes).
+    async fn supervise(self: Arc<Self>, iface: String) {
+        let what = format!("DHCP on interface {iface} (the other interfaces keep serving)");
+        // Bounded by the server's shutdown, which drops this future.
+        loop {
+            let bind = || std::future::ready(bind_interface(&iface, self.server.ports.server));
+            let Some(sock) = retry_every(REBIND_EVERY, &what, std::future::pending(), bind).await else {
+                return; // not reached: no bound, no stop; the server's shutdown drops this future
+            };
+            // The index the socket is bound to; a re-created interface gets a new one.
+            let index = rustix::net::netdevice::name_to_index(&sock, &iface).ok();
+            tracing::info!(%iface, "DHCP serving");
+            let check = sock.as_fd().try_clone_to_owned();
+            tokio::select! {
+                _ = self.serve(sock, &iface) => {}
+                _ = interface_changed(check, &iface, index) => {
+                    tracing::warn!(%iface, "interface disappeared or was re-created; re-opening its DHCP socket");
                 }
-                failing = false;
-                let check = sock.as_fd().try_clone_to_owned();
-                tokio::select! {
-                    _ = serve(sock, iface.clone(), cfg.clone(), view.clone(), leases.clone(), chain.clone(), opts.clone()) => {}
-                    _ = interface_changed(check, &iface, index) => {
-                        tracing::warn!(%iface, "interface disappeared or was re-created; re-opening its DHCP socket");
+            }
+            tokio::time::sleep(REBIND_EVERY).await;
+        }
+    }
+
+    /// The receive loop of one socket: one datagram in, at most one out.
+    async fn serve(&self, sock: UdpSocket, iface: &str) {
+        let DhcpServer {
+            config,
+            view,
+            leases,
+            ports,
+            stats,
+        } = &self.server;
+        let Some(interface) = config.interface(iface) else {
+            return;
+        };
+        // Large enough for any datagram; DHCP messages are ≤ 576 bytes unless jumbo options.
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, src) = match sock.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(%iface, "DHCP receive failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            stats.received.fetch_add(1, Ordering::Relaxed);
+            let v = view.borrow().clone();
+            match handle_packet(&buf[..n], interface, config, &v, leases.as_ref(), &self.chain) {
+                Verdict::Reply(r) => {
+                    let bytes = match r.msg.to_vec() {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(%iface, "cannot encode DHCP reply: {e}");
+                            continue;
+                        }
+                    };
+                    let to = ports.addr(r.dest);
+                    match sock.send_to(&bytes, to).await {
+                        Ok(_) => {
+                            stats.replied.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%iface, %to, "DHCP send failed: {e}");
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::error!(%iface, "{e}; DHCP keeps serving the other interfaces and retries this one every {}s",
-                        REBIND_EVERY.as_secs());
+                Verdict::Skip(s) => {
+                    stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%iface, %src, reason = s.as_str(), "DHCP request not answered");
                 }
-                failing = true;
             }
         }
-        tokio::time::sleep(REBIND_EVERY).await;
     }
 }
 
@@ -223,84 +304,6 @@ async fn interface_changed(fd: io::Result<std::os::fd::OwnedFd>, iface: &str, in
         tokio::time::sleep(REBIND_EVERY).await;
         if rustix::net::netdevice::name_to_index(&fd, iface).ok() != index {
             return;
-        }
-    }
-}
-
-/// Serve one socket the caller bound, as if it were interface `iface`'s (not
-/// supervised: the caller owns the socket).
-pub async fn run_on(
-    socket: UdpSocket,
-    iface: &str,
-    cfg: DhcpConfig,
-    view: ViewRx,
-    leases: Arc<dyn LeaseAllocator>,
-    opts: ServeOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DhcpError> {
-    if cfg.interface(iface).is_none() {
-        return Err(DhcpError::NotConfigured {
-            iface: iface.to_owned(),
-        });
-    }
-    let chain = Arc::new(Chain::standard());
-    tokio::select! {
-        _ = serve(socket, iface.to_owned(), Arc::new(cfg), view, leases, chain, opts) => {}
-        _ = shutdown => {}
-    }
-    Ok(())
-}
-
-async fn serve(
-    sock: UdpSocket,
-    iface: String,
-    cfg: Arc<DhcpConfig>,
-    view: ViewRx,
-    leases: Arc<dyn LeaseAllocator>,
-    chain: Arc<Chain>,
-    opts: ServeOptions,
-) {
-    let (ports, stats) = (opts.ports, opts.stats);
-    let Some(interface) = cfg.interface(&iface) else {
-        return;
-    };
-    // Large enough for any datagram; DHCP messages are ≤ 576 bytes unless jumbo options.
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(%iface, "DHCP receive failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        stats.received.fetch_add(1, Ordering::Relaxed);
-        let v = view.borrow().clone();
-        match handle_packet(&buf[..n], interface, &cfg, &v, leases.as_ref(), &chain) {
-            Outcome::Reply(r) => {
-                let bytes = match r.msg.to_vec() {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(%iface, "cannot encode DHCP reply: {e}");
-                        continue;
-                    }
-                };
-                let to = ports.addr(r.dest);
-                match sock.send_to(&bytes, to).await {
-                    Ok(_) => {
-                        stats.replied.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%iface, %to, "DHCP send failed: {e}");
-                    }
-                }
-            }
-            Outcome::Skip(s) => {
-                stats.skipped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%iface, %src, reason = s.as_str(), "DHCP request not answered");
-            }
         }
     }
 }
@@ -340,27 +343,19 @@ mod tests {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let server_addr = server.local_addr().unwrap();
         let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let opts = ServeOptions {
+        let (_vtx, vrx) = watch::channel(Arc::new(view()));
+        let dhcp = DhcpServer {
             ports: Ports {
                 server: relay.local_addr().unwrap().port(),
                 ..Ports::default()
             },
-            stats: Arc::default(),
+            ..DhcpServer::new(cfg, vrx, Arc::new(MemoryAllocator::new()))
         };
-        let stats = opts.stats.clone();
-        let (_vtx, vrx) = watch::channel(Arc::new(view()));
+        let stats = dhcp.stats.clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run_on(
-            server,
-            "lo",
-            cfg,
-            vrx,
-            Arc::new(MemoryAllocator::new()),
-            opts,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let task = tokio::spawn(dhcp.run_on(server, "lo", async {
+            let _ = stopped.await;
+        }));
         let u = Ipv4Addr::UNSPECIFIED;
         let mut m = Message::new_with_id(7, u, u, u, Ipv4Addr::LOCALHOST, &[2, 0, 0, 0, 0, 1]);
         m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
@@ -389,26 +384,15 @@ mod tests {
     async fn off_without_interfaces_and_refuses_unconfigured_sockets() {
         let (_vtx, vrx) = watch::channel(Arc::new(BootView::default()));
         let leases: Arc<dyn LeaseAllocator> = Arc::new(MemoryAllocator::new());
-        run(
-            DhcpConfig::default(),
-            vrx.clone(),
-            leases.clone(),
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+        DhcpServer::new(DhcpConfig::default(), vrx.clone(), leases.clone())
+            .run(std::future::pending())
+            .await
+            .unwrap();
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let e = run_on(
-            sock,
-            "eth7",
-            DhcpConfig::default(),
-            vrx,
-            leases,
-            ServeOptions::default(),
-            std::future::pending(),
-        )
-        .await
-        .unwrap_err();
+        let e = DhcpServer::new(DhcpConfig::default(), vrx, leases)
+            .run_on(sock, "eth7", std::future::pending())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("eth7"), "{e}");
     }
 

@@ -107,12 +107,12 @@ fn pxe(mut m: Message, arch: u16) -> Message {
 }
 
 impl Env {
-    fn on(&self, iface: &str, m: &Message) -> Outcome {
+    fn on(&self, iface: &str, m: &Message) -> Verdict {
         let bytes = m.to_vec().unwrap();
         self.raw(iface, &bytes)
     }
 
-    fn raw(&self, iface: &str, bytes: &[u8]) -> Outcome {
+    fn raw(&self, iface: &str, bytes: &[u8]) -> Verdict {
         let i = self.cfg.interface(iface).unwrap();
         handle_packet(bytes, i, &self.cfg, &self.view, &self.leases, &self.chain)
     }
@@ -120,18 +120,18 @@ impl Env {
     /// The reply, re-decoded from its wire form as a client would see it.
     fn reply(&self, iface: &str, m: &Message) -> (Message, Destination) {
         match self.on(iface, m) {
-            Outcome::Reply(r) => {
+            Verdict::Reply(r) => {
                 let wire = r.msg.to_vec().unwrap();
                 (Message::from_bytes(&wire).unwrap(), r.dest)
             }
-            Outcome::Skip(s) => panic!("expected a reply, got no response: {}", s.as_str()),
+            Verdict::Skip(s) => panic!("expected a reply, got no response: {}", s.as_str()),
         }
     }
 
     fn skip(&self, iface: &str, m: &Message) -> Skip {
         match self.on(iface, m) {
-            Outcome::Skip(s) => s,
-            Outcome::Reply(r) => panic!("expected no response, got {:?}", r.msg.opts().msg_type()),
+            Verdict::Skip(s) => s,
+            Verdict::Reply(r) => panic!("expected no response, got {:?}", r.msg.opts().msg_type()),
         }
     }
 }
@@ -352,7 +352,7 @@ fn unconfigured_subnets_get_no_reply() {
     };
     let bytes = msg(MessageType::Discover, N1).to_vec().unwrap();
     let out = handle_packet(&bytes, &lonely, &e.cfg, &e.view, &e.leases, &e.chain);
-    assert_eq!(out, Outcome::Skip(Skip::InterfaceNotServed));
+    assert_eq!(out, Verdict::Skip(Skip::InterfaceNotServed));
 }
 
 #[test]
@@ -539,8 +539,8 @@ fn malformed_bytes_never_panic_and_never_get_a_reply() {
             b[236..240].copy_from_slice(&[99, 130, 83, 99]);
         }
         match e.raw("br0", &b) {
-            Outcome::Skip(s) => assert_ne!(s, Skip::Internal, "a panic was caught for {b:02x?}"),
-            Outcome::Reply(r) => panic!("garbage got a reply: {r:?}"),
+            Verdict::Skip(s) => assert_ne!(s, Skip::Internal, "a panic was caught for {b:02x?}"),
+            Verdict::Reply(r) => panic!("garbage got a reply: {r:?}"),
         }
     }
     // Every truncation of a valid request, and single-byte corruptions of it.
@@ -550,18 +550,18 @@ fn malformed_bytes_never_panic_and_never_get_a_reply() {
         .insert(DhcpOption::RelayAgentInformation(Default::default()));
     let good = m.to_vec().unwrap();
     for n in 0..good.len() {
-        if let Outcome::Skip(s) = e.raw("br0", &good[..n]) {
+        if let Verdict::Skip(s) = e.raw("br0", &good[..n]) {
             assert_ne!(s, Skip::Internal);
         }
     }
-    assert!(matches!(e.raw("br0", &good[..239]), Outcome::Skip(Skip::Malformed)));
+    assert!(matches!(e.raw("br0", &good[..239]), Verdict::Skip(Skip::Malformed)));
     for _ in 0..5000 {
         let mut b = good.clone();
         for _ in 0..(1 + rng.next() % 4) {
             let at = (rng.next() as usize) % b.len();
             b[at] = rng.next() as u8;
         }
-        if let Outcome::Skip(s) = e.raw("br0", &b) {
+        if let Verdict::Skip(s) = e.raw("br0", &b) {
             assert_ne!(s, Skip::Internal, "a panic was caught for {b:02x?}");
         }
     }

@@ -28,13 +28,12 @@
 //!   says what is missing and what an operator can do about it, because the only
 //!   person who sees a 404 body is the one debugging a node that will not boot.
 //! - **Big files stream from the CAS** with Range, `If-None-Match` and `If-Range`
-//!   ([`blob`]); the ETag is the content digest.
+//!   ([`crate::cas::serve`], shared with the peer blob route); the ETag is the content digest.
 //! - **A missing blob is not this head's failure to hide**: the response is a 404
 //!   naming the blob, the iPXE script moves on to the next head, and the
 //!   [`MissingBlobHook`] tells the daemon to fetch it from a peer.
 //! - **Status is recorded per send** in the head's [`StatusBoard`] (no Raft write).
 
-pub mod blob;
 pub mod ipxe;
 
 use std::collections::HashMap;
@@ -50,11 +49,11 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use self::blob::Verifier;
 use self::ipxe::{IpxeContext, IpxeError, IpxeTemplates, DEFAULT_TEMPLATE, UNCONFIGURED_TEMPLATE};
 use super::files::{file_key, BootDir, FileKey, Refusal};
 use super::status::{Stage, StatusBoard};
 use super::view::{BootNode, BootView, ViewRx};
+use crate::cas::serve::{self, Verifier};
 use crate::cas::{Cas, CasError, Digest};
 use crate::model;
 use crate::state::{ImageEntry, KernelRef};
@@ -477,7 +476,7 @@ async fn efiboot(
         },
     };
     let (sent, resp) = match result {
-        Ok((f, len, digest)) => (file.clone(), blob::respond(f, len, &digest, req.headers())),
+        Ok((f, len, digest)) => (file.clone(), serve::respond(f, len, &digest, req.headers())),
         Err(e) => {
             tracing::warn!(%client, file = %file, "UEFI HTTP boot request refused: {e}");
             ("NOT_FOUND".to_owned(), e.into_response())
@@ -703,7 +702,7 @@ pub fn pick_kernel<'e>(n: &BootNode, image: &str, entry: &'e ImageEntry) -> Resu
 
 async fn send_blob(s: &Shared, digest: Digest, what: &str, headers: &HeaderMap) -> Result<Response, BootError> {
     match s.verifier.open(digest).await {
-        Ok((file, len)) => Ok(blob::respond(file, len, &digest, headers)),
+        Ok((file, len)) => Ok(serve::respond(file, len, &digest, headers)),
         // A corrupt blob was quarantined by `verify`: it is now missing here too.
         Err(CasError::Missing(_)) | Err(CasError::Corrupt { .. }) => Err(BootError::BlobMissing {
             what: what.to_owned(),

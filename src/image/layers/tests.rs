@@ -9,8 +9,11 @@
 use super::*;
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt};
+use std::path::PathBuf;
 
+use rustix::io::Errno;
 use tar::{EntryType, Header};
 
 const LAYER: &str = "sha256:test-layer";
@@ -570,7 +573,7 @@ fn refuses_dotdot_escape() {
             matches!(
                 err,
                 LayerError::Refused {
-                    reason: Refusal::EscapesRoot,
+                    reason: UnsafeEntry::EscapesRoot,
                     ..
                 }
             ),
@@ -592,7 +595,7 @@ fn refuses_absolute_names() {
             matches!(
                 err,
                 LayerError::Refused {
-                    reason: Refusal::AbsolutePath,
+                    reason: UnsafeEntry::AbsolutePath,
                     ..
                 }
             ),
@@ -618,7 +621,7 @@ fn refuses_escaping_symlinks() {
             matches!(
                 err,
                 LayerError::Refused {
-                    reason: Refusal::SymlinkEscapes { .. },
+                    reason: UnsafeEntry::SymlinkEscapes { .. },
                     ..
                 }
             ),
@@ -641,7 +644,7 @@ fn refuses_writes_through_a_symlinked_parent() {
     l.symlink("x", "/").file(&through, b"pwned");
     let err = assert_refused(apply(&sb.root, &l.bytes(), Compression::Gzip, "evil"), &through);
     assert!(
-        matches!(&err, LayerError::Refused { reason: Refusal::SymlinkParent { component }, .. } if component == "x")
+        matches!(&err, LayerError::Refused { reason: UnsafeEntry::SymlinkParent { component }, .. } if component == "x")
     );
     assert_eq!(fs::read_link(sb.root.join("x")).unwrap(), Path::new("/"));
 
@@ -665,7 +668,7 @@ fn refuses_writes_through_a_symlinked_parent() {
             matches!(
                 err,
                 LayerError::Refused {
-                    reason: Refusal::SymlinkParent { .. },
+                    reason: UnsafeEntry::SymlinkParent { .. },
                     ..
                 }
             ),
@@ -685,7 +688,7 @@ fn refuses_escaping_hardlinks() {
         matches!(
             err,
             LayerError::Refused {
-                reason: Refusal::HardlinkEscapes { .. },
+                reason: UnsafeEntry::HardlinkEscapes { .. },
                 ..
             }
         ),
@@ -700,7 +703,7 @@ fn refuses_escaping_hardlinks() {
         matches!(
             err,
             LayerError::Refused {
-                reason: Refusal::HardlinkEscapes { .. },
+                reason: UnsafeEntry::HardlinkEscapes { .. },
                 ..
             }
         ),
@@ -714,7 +717,7 @@ fn refuses_escaping_hardlinks() {
     l.symlink("s", &via).hardlink("h", "s/canary");
     let err = assert_refused(apply(&sb.root, &l.bytes(), Compression::None, "evil"), "h");
     assert!(
-        matches!(&err, LayerError::Refused { reason: Refusal::HardlinkThroughSymlink { component, .. }, .. } if component == "s"),
+        matches!(&err, LayerError::Refused { reason: UnsafeEntry::HardlinkThroughSymlink { component, .. }, .. } if component == "s"),
         "{err}"
     );
     assert!(fs::symlink_metadata(sb.root.join("h")).is_err());
@@ -759,7 +762,7 @@ fn refuses_replacing_the_root() {
         matches!(
             err,
             LayerError::Refused {
-                reason: Refusal::ReplacesRoot,
+                reason: UnsafeEntry::ReplacesRoot,
                 ..
             }
         ),

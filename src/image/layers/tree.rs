@@ -6,7 +6,7 @@
 //! `/etc/passwd`". Checking with `lstat` first and then writing by path is racy and easy to get subtly wrong.
 //!
 //! So every operation here is *descriptor relative*:
-//! - [`Tree::open_dir`] turns a normalised relative path (no `.`/`..`, no leading `/`; see `layers::normalize`)
+//! - [`Tree::open_dir`] turns a normalised relative path (no `.`/`..`, no leading `/`; see `layers::path::normalize`)
 //!   into a directory descriptor whose every component was a real directory. Fast path: one
 //!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)` (Linux >= 5.6). If the kernel or
 //!   a seccomp filter refuses `openat2` (`ENOSYS`/`EPERM`) we switch to the fallback for the rest of the layer;

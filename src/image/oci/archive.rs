@@ -29,7 +29,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     cas_err, copy_exact, io_err, parse_document, reported_platform, select_manifest, sniff_layer_media_type,
-    Descriptor, Document, ImageConfig, Layer, OciError, Platform, Progress, Pulled, Reporter, MAX_JSON, MAX_NESTING,
+    Descriptor, Document, ImageConfig, Layer, OciError, Platform, PullProgress, Pulled, Reporter, MAX_JSON,
+    MAX_NESTING,
 };
 use crate::cas::{Cas, Digest};
 
@@ -305,7 +306,7 @@ pub(super) fn pull_oci_archive(
     reporter: &Reporter,
 ) -> Result<Pulled, OciError> {
     let image = format!("oci-archive:{}", path.display());
-    reporter.send(Progress::Message(format!("reading {image}")));
+    reporter.send(PullProgress::Message(format!("reading {image}")));
     let idx = TarIndex::build(path, reporter)?;
     if !idx.has("index.json") {
         let reason = if idx.has("manifest.json") {
@@ -389,7 +390,7 @@ pub(super) fn pull_oci_archive(
         reporter.check()?;
         let digest = d.cas_digest(&image)?;
         let size = if cas.contains(&digest) && cas.verify(&digest).is_ok() {
-            reporter.send(Progress::Message(format!(
+            reporter.send(PullProgress::Message(format!(
                 "layer {}/{count} {} already in the store",
                 index + 1,
                 d.digest
@@ -397,7 +398,7 @@ pub(super) fn pull_oci_archive(
             let size = cas
                 .size(&digest)
                 .map_err(cas_err(format!("layer {}", d.digest), &image))?;
-            reporter.send(Progress::Layer {
+            reporter.send(PullProgress::Layer {
                 index,
                 count,
                 digest: d.digest.clone(),
@@ -535,7 +536,7 @@ pub(super) fn pull_docker_archive(
     reporter: &Reporter,
 ) -> Result<Pulled, OciError> {
     let image = format!("docker-archive:{}", path.display());
-    reporter.send(Progress::Message(format!("reading {image}")));
+    reporter.send(PullProgress::Message(format!("reading {image}")));
     let idx = TarIndex::build(path, reporter)?;
     if !idx.has("manifest.json") {
         let reason = if idx.has("index.json") {

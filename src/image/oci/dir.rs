@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use tar::{EntryType, Header};
 
 use super::{
-    cas_err, io_err, Layer, OciError, Platform, Progress, Pulled, Reporter, MEDIA_TYPE_LAYER_TAR, PROGRESS_STEP,
+    cas_err, io_err, Layer, OciError, Platform, PullProgress, Pulled, Reporter, MEDIA_TYPE_LAYER_TAR, PROGRESS_STEP,
 };
 use crate::cas::Cas;
 
@@ -65,7 +65,7 @@ pub(super) fn pull_directory(
         .inner
         .commit(None)
         .map_err(cas_err("the directory layer", &image))?;
-    reporter.send(Progress::Layer {
+    reporter.send(PullProgress::Layer {
         index: 0,
         count: 1,
         digest: digest.to_string(),
@@ -99,7 +99,7 @@ impl<W: Write> Write for Counted<'_, W> {
         self.done += n as u64;
         if self.done - self.last >= PROGRESS_STEP {
             self.last = self.done;
-            self.reporter.send(Progress::Layer {
+            self.reporter.send(PullProgress::Layer {
                 index: 0,
                 count: 1,
                 digest: String::new(),
@@ -149,7 +149,7 @@ fn tar_tree<W: Write>(root: &Path, out: W, reporter: &Reporter) -> Result<W, Oci
         append(&mut b, &abs, &rel, &meta, &mut links, reporter)?;
         if meta.is_dir() {
             if meta.dev() != root_meta.dev() {
-                reporter.send(Progress::Message(format!(
+                reporter.send(PullProgress::Message(format!(
                     "{} is another file system (a mount point); its contents are not imported",
                     abs.display()
                 )));
@@ -181,7 +181,7 @@ fn append<W: Write>(
 ) -> Result<(), OciError> {
     let ft = meta.file_type();
     if ft.is_socket() {
-        reporter.send(Progress::Message(format!(
+        reporter.send(PullProgress::Message(format!(
             "{} is a socket, which a tar layer cannot hold; skipped",
             abs.display()
         )));
@@ -238,7 +238,7 @@ fn append<W: Write>(
         h.set_device_minor(dev_minor(rdev))
             .map_err(io_err("cannot archive", abs))?;
     } else {
-        reporter.send(Progress::Message(format!(
+        reporter.send(PullProgress::Message(format!(
             "{} has a file type a tar layer cannot hold; skipped",
             abs.display()
         )));

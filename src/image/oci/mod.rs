@@ -434,9 +434,9 @@ pub struct Pulled {
     pub manifest: Option<Digest>,
 }
 
-/// Progress of an import. `total` is 0 when unknown (a directory being tarred).
+/// Progress of a pull (an import's first step). `total` is 0 when unknown (a directory being tarred).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
+pub enum PullProgress {
     Layer {
         index: usize,
         count: usize,
@@ -452,7 +452,7 @@ pub async fn pull(
     source: &Source,
     cas: &Cas,
     platform: &Platform,
-    progress: &(dyn Fn(Progress) + Send + Sync),
+    progress: &(dyn Fn(PullProgress) + Send + Sync),
 ) -> Result<Pulled, OciError> {
     match source {
         Source::Registry {
@@ -487,7 +487,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Handed to blocking import code: sends progress to the async side, tells of cancellation.
 pub(crate) struct Reporter {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<PullProgress>>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -500,7 +500,7 @@ impl Reporter {
         }
     }
 
-    pub(crate) fn send(&self, p: Progress) {
+    pub(crate) fn send(&self, p: PullProgress) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(p);
         }
@@ -523,7 +523,7 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn run_blocking<T, F>(progress: &(dyn Fn(Progress) + Send + Sync), f: F) -> Result<T, OciError>
+async fn run_blocking<T, F>(progress: &(dyn Fn(PullProgress) + Send + Sync), f: F) -> Result<T, OciError>
 where
     T: Send + 'static,
     F: FnOnce(&Reporter) -> Result<T, OciError> + Send + 'static,
@@ -562,7 +562,7 @@ pub(crate) fn copy_exact(
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     let mut last = 0u64;
-    let layer = |done| Progress::Layer {
+    let layer = |done| PullProgress::Layer {
         index,
         count,
         digest: digest.to_string(),

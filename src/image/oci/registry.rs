@@ -29,7 +29,7 @@ use tokio::io::AsyncWrite;
 
 use super::{
     cas_err, parse_document, reported_platform, select_manifest, Descriptor, Document, ImageConfig, Layer, OciError,
-    Platform, Progress, Pulled, MAX_JSON, MAX_NESTING, PROGRESS_STEP,
+    Platform, PullProgress, Pulled, MAX_JSON, MAX_NESTING, PROGRESS_STEP,
 };
 use crate::cas::{AsyncBlobWriter, Cas, CasError, Digest};
 
@@ -154,7 +154,7 @@ pub(super) async fn pull(
     auth: Option<&(String, String)>,
     cas: &Cas,
     platform: &Platform,
-    progress: &(dyn Fn(Progress) + Send + Sync),
+    progress: &(dyn Fn(PullProgress) + Send + Sync),
 ) -> Result<Pulled, OciError> {
     let image_ref: Reference = reference.parse().map_err(|e| OciError::BadUri {
         uri: format!("docker://{reference}"),
@@ -259,7 +259,7 @@ pub(super) async fn pull(
     let jobs = layer_descs.iter().enumerate().map(|(index, desc)| async move {
         let digest = desc.cas_digest(image)?;
         let layer_progress = |done: u64| {
-            progress(Progress::Layer {
+            progress(PullProgress::Layer {
                 index,
                 count,
                 digest: desc.digest.clone(),
@@ -268,7 +268,7 @@ pub(super) async fn pull(
             })
         };
         if present_and_sound(cas, &digest).await? {
-            progress(Progress::Message(format!(
+            progress(PullProgress::Message(format!(
                 "layer {}/{count} {} already in the store",
                 index + 1,
                 desc.digest

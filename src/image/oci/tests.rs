@@ -340,7 +340,7 @@ fn pull_future_is_send() {
     let (_t, cas) = store();
     let src = Source::Directory("/nonexistent".into());
     let p = amd64();
-    let progress = |_: Progress| {};
+    let progress = |_: PullProgress| {};
     let fut = pull(&src, &cas, &p, &progress);
     assert_send(&fut);
 }
@@ -377,7 +377,7 @@ async fn oci_archive_single_image() {
     let events = events.into_inner().unwrap();
     assert!(events
         .iter()
-        .any(|e| matches!(e, Progress::Layer { index: 1, count: 2, done, total, .. } if done == total)));
+        .any(|e| matches!(e, PullProgress::Layer { index: 1, count: 2, done, total, .. } if done == total)));
 
     // Asked for another platform, the single-platform image is refused with a hint.
     let e = pull_quiet(
@@ -400,7 +400,7 @@ async fn oci_archive_single_image() {
         .into_inner()
         .unwrap()
         .iter()
-        .any(|e| matches!(e, Progress::Message(m) if m.contains("already in the store"))));
+        .any(|e| matches!(e, PullProgress::Message(m) if m.contains("already in the store"))));
 }
 
 #[tokio::test]
@@ -719,9 +719,9 @@ async fn directory_layer_is_deterministic() {
     let events = events.into_inner().unwrap();
     assert!(events
         .iter()
-        .any(|e| matches!(e, Progress::Layer { total: 0, done, .. } if *done > 0)));
+        .any(|e| matches!(e, PullProgress::Layer { total: 0, done, .. } if *done > 0)));
     assert!(
-        matches!(events.last(), Some(Progress::Layer { digest, .. }) if *digest == one.layers[0].digest.to_string())
+        matches!(events.last(), Some(PullProgress::Layer { digest, .. }) if *digest == one.layers[0].digest.to_string())
     );
 
     let names: Vec<String> = tar::Archive::new(cas.open_verified(&one.layers[0].digest).unwrap())

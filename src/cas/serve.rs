@@ -1,11 +1,16 @@
-//! Kernels and images straight from the CAS: verified once, streamed, resumable.
+//! Serving blobs over HTTP: verified once, streamed, resumable. Both the head's
+//! peer route (`/blob/<digest>`, [`super::http`]) and the boot server's kernel,
+//! image and UEFI routes (`boot::http`) answer through [`respond`], so Range,
+//! entity tags and streaming are written once. It lives in `cas`, below `boot`,
+//! so that both can use it.
 //!
 //! Why not `tower_http::services::ServeFile`: it has Range and `If-Modified-Since`
 //! but no entity tags, and here the natural validator is the content digest — the
 //! same URL (`/image/<mac>`) names different bytes after an image rebuild, while
 //! the digest names exactly one. So this module answers `If-None-Match`,
 //! `If-Range` and single `Range` requests itself (RFC 9110 §13–14) with
-//! `ETag: "sha256:<hex>"`, in a few dozen lines.
+//! `ETag: "sha256:<hex>"`, in a few dozen lines. `HEAD` is axum's: a `get` route
+//! answers it with the same headers (Content-Length included) and no body.
 //!
 //! Why reads in chunks on the blocking pool with one chunk of read-ahead: a blob
 //! may be gigabytes and thousands of nodes may stream it at once, so nothing is
@@ -36,7 +41,7 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::task::JoinHandle;
 
-use crate::cas::{Cas, CasError, Digest};
+use super::{Cas, CasError, Digest};
 
 /// Bytes per read (and per body frame).
 pub const CHUNK: usize = 256 * 1024;

@@ -1,0 +1,481 @@
+//! `wwctl node …` and `wwctl profile …`: one set of verbs for both kinds (`add`, `set`,
+//! `unset`, `list`, `delete`, `edit`, `import`, `export`, `status`), as in Warewulf.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use super::confirm;
+use super::fields::{self, FieldFlags};
+use super::output::{self, Format};
+use crate::client::Client;
+use crate::model::{self, NodeConf, NodesConf};
+use crate::state::{Command, Kind, Put, Query, QueryResult, Selector};
+
+#[derive(Subcommand, Debug)]
+pub enum ObjCmd {
+    /// Add objects (hostlist patterns like n[001-100]; --ipaddr/--ipmiaddr auto-increment).
+    Add {
+        /// Names or hostlist patterns.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        fields: FieldFlags,
+    },
+    /// Change fields of existing objects (value UNDEF clears a field).
+    Set {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
+        #[command(flatten)]
+        fields: FieldFlags,
+    },
+    /// Clear fields of existing objects: `unset n1 image kernelargs`, `unset n1 -n eth hwaddr`.
+    Unset {
+        /// Object name or hostlist pattern.
+        name: String,
+        /// Field names (flag names of `set`, or tags, nettags, ipmitags, network, ipmi, kernel).
+        #[arg(required = true)]
+        fields: Vec<String>,
+        /// Network device the network fields refer to.
+        #[arg(short = 'n', long, default_value = "default")]
+        netname: String,
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+    /// List objects (all, or those matching the hostlist patterns).
+    #[command(alias = "ls")]
+    List(ListArgs),
+    /// Delete objects.
+    #[command(alias = "rm")]
+    Delete {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+    /// Edit objects as YAML in $EDITOR; refused if someone changed them meanwhile.
+    Edit {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Import objects from a YAML file (a nodes.conf document or a map name → fields).
+    Import {
+        file: PathBuf,
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+    /// Print objects as YAML (importable with `import`).
+    Export { names: Vec<String> },
+    /// Boot status of nodes (stage, file sent, address, seconds since last seen), from every head.
+    Status {
+        /// Names or hostlist patterns (default: all seen).
+        names: Vec<String>,
+        /// Refresh every this many seconds until interrupted.
+        #[arg(short, long, value_name = "SECS")]
+        watch: Option<u64>,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ListArgs {
+    /// Names or hostlist patterns (default: all).
+    pub names: Vec<String>,
+    /// Show every field with where its value comes from.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Show kernel, image and overlays.
+    #[arg(short = 'l', long)]
+    pub long: bool,
+    /// Show network devices.
+    #[arg(short = 'n', long)]
+    pub net: bool,
+    /// Show IPMI settings.
+    #[arg(short = 'i', long)]
+    pub ipmi: bool,
+    /// Print the stored objects as YAML.
+    #[arg(short = 'y', long)]
+    pub yaml: bool,
+    /// Print the stored objects as JSON.
+    #[arg(short = 'j', long)]
+    pub json: bool,
+}
+
+/// Expand hostlist patterns into names.
+fn expand(patterns: &[String]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for p in patterns {
+        names.extend(model::expand_hostlist(p)?);
+    }
+    Ok(names)
+}
+
+fn selector(kind: Kind, names: Vec<String>) -> Query {
+    let sel = Selector::Names(names);
+    match kind {
+        Kind::Node => Query::nodes(sel),
+        Kind::Profile => Query::profiles(sel),
+    }
+}
+
+fn objects(kind: Kind, r: &QueryResult) -> &BTreeMap<String, crate::state::Versioned<NodeConf>> {
+    match kind {
+        Kind::Node => &r.nodes,
+        Kind::Profile => &r.profiles,
+    }
+}
+
+/// Read the named objects; every name must exist.
+async fn fetch_existing(client: &Client, kind: Kind, patterns: &[String]) -> Result<QueryResult> {
+    let names = expand(patterns)?;
+    let r = client.read(&selector(kind, names), true).await?;
+    if !r.missing.is_empty() {
+        bail!(
+            "{} not found: {}; check the names with `wwctl {} list`",
+            kind.as_str(),
+            short_list(&r.missing),
+            kind.as_str()
+        );
+    }
+    Ok(r)
+}
+
+fn short_list(names: &[String]) -> String {
+    if names.len() <= 10 {
+        names.join(", ")
+    } else {
+        format!("{} and {} more", names[..10].join(", "), names.len() - 10)
+    }
+}
+
+pub(super) async fn obj_cmd(
+    client: &Client,
+    kind: Kind,
+    c: ObjCmd,
+    fmt: Option<Format>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let k = kind.as_str();
+    match c {
+        ObjCmd::Add { names, fields } => {
+            let items = build_new(kind, &names, &fields)?;
+            let n = items.len();
+            client.write(Command::Add { kind, items }).await?;
+            writeln!(out, "Added {n} {k}(s)")?;
+        }
+        ObjCmd::Set { names, yes, fields } => {
+            if fields.is_empty() {
+                bail!("nothing to set; give at least one field flag (see `wwctl {k} set --help`)");
+            }
+            let patch = fields.to_patch().map_err(|e| anyhow!(e))?;
+            let names = expand(&names)?;
+            if !yes {
+                confirm(&format!("Are you sure you want to modify {} {k}(s)", names.len()))?;
+            }
+            let w = client.write(Command::Patch { kind, names, patch }).await?;
+            writeln!(out, "Modified {} {k}(s)", w.outcome.changed.len())?;
+        }
+        ObjCmd::Unset {
+            name,
+            fields,
+            netname,
+            yes,
+        } => {
+            let patch = fields
+                .iter()
+                .map(|f| fields::unset_path(f, &netname).map(|path| model::PatchOp::Unset { path }))
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|e| anyhow!(e))?;
+            let names = expand(&[name])?;
+            if !yes && names.len() > 1 {
+                confirm(&format!("Are you sure you want to modify {} {k}(s)", names.len()))?;
+            }
+            let w = client.write(Command::Patch { kind, names, patch }).await?;
+            writeln!(out, "Modified {} {k}(s)", w.outcome.changed.len())?;
+        }
+        ObjCmd::List(args) => list(client, kind, args, fmt, out).await?,
+        ObjCmd::Delete { names, yes } => {
+            let names = expand(&names)?;
+            if !yes {
+                confirm(&format!("Are you sure you want to delete {} {k}(s)", names.len()))?;
+            }
+            let w = client.write(Command::Delete { kind, names }).await?;
+            writeln!(out, "Deleted {} {k}(s)", w.outcome.deleted.len())?;
+        }
+        ObjCmd::Edit { names } => edit(client, kind, &names, out).await?,
+        ObjCmd::Status { names, watch } => {
+            if kind != Kind::Node {
+                bail!("status exists for nodes only: wwctl node status");
+            }
+            let filter: Option<std::collections::HashSet<String>> = (!names.is_empty())
+                .then(|| expand(&names))
+                .transpose()?
+                .map(|v| v.into_iter().collect());
+            loop {
+                let (rows, unreachable) = client.node_status().await?;
+                let rows: Vec<_> = rows
+                    .into_iter()
+                    .filter(|r| filter.as_ref().is_none_or(|f| f.contains(&r.status.node)))
+                    .collect();
+                let text = output::node_status(&rows, &unreachable, fmt.unwrap_or(Format::Table))?;
+                if watch.is_some() {
+                    write!(out, "\x1b[2J\x1b[H")?;
+                }
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+                match watch {
+                    Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
+                    None => break,
+                }
+            }
+        }
+        ObjCmd::Import { file, yes } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let conf = parse_import(kind, &text, &file.display().to_string())?;
+            let n = conf.nodes.len() + conf.nodeprofiles.len();
+            if !yes {
+                confirm(&format!(
+                    "Import {n} object(s) from {}, replacing those that exist",
+                    file.display()
+                ))?;
+            }
+            client.write(Command::Import { conf }).await?;
+            writeln!(out, "Imported {n} object(s)")?;
+        }
+        ObjCmd::Export { names } => {
+            let r = if names.is_empty() {
+                client.read(&selector_all(kind), true).await?
+            } else {
+                fetch_existing(client, kind, &names).await?
+            };
+            let map: BTreeMap<String, NodeConf> = objects(kind, &r)
+                .iter()
+                .map(|(n, v)| (n.clone(), v.value.clone()))
+                .collect();
+            out.write_all(model::to_conf_map_yaml(&map)?.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+fn selector_all(kind: Kind) -> Query {
+    match kind {
+        // Nodes are shown merged, so their profiles come along.
+        Kind::Node => Query {
+            profiles: Selector::All,
+            ..Query::nodes(Selector::All)
+        },
+        Kind::Profile => Query::profiles(Selector::All),
+    }
+}
+
+/// New objects for `add`: profiles default to `default` for nodes; `--ipaddr` and
+/// `--ipmiaddr` count up from the given address for each further name.
+pub fn build_new(kind: Kind, patterns: &[String], fields: &FieldFlags) -> Result<Vec<(String, NodeConf)>> {
+    let names = expand(patterns)?;
+    let bases: Vec<(&str, std::net::IpAddr)> = ["ipaddr", "ipmiaddr"]
+        .into_iter()
+        .filter_map(|f| fields.get(f).and_then(|v| v.last()).map(|v| (f, v)))
+        .map(|(f, v)| {
+            v.parse()
+                .map(|ip| (f, ip))
+                .map_err(|_| anyhow!("--{f} {v:?} is not an IP address"))
+        })
+        .collect::<Result<_>>()?;
+    let mut items = Vec::with_capacity(names.len());
+    for (i, name) in names.into_iter().enumerate() {
+        let mut f = fields.clone();
+        for (flag, base) in &bases {
+            f.set_one(flag, model::ip_add(*base, i as u64)?.to_string());
+        }
+        let mut conf = NodeConf::default();
+        if kind == Kind::Node && f.get("profile").is_none() {
+            conf.profiles = vec!["default".into()];
+        }
+        let patch = f.to_patch().map_err(|e| anyhow!(e))?;
+        model::apply_patch(&mut conf, &patch).with_context(|| format!("{} {name}", kind.as_str()))?;
+        items.push((name, conf));
+    }
+    Ok(items)
+}
+
+/// `import` accepts a nodes.conf document or a bare map of objects of `kind`.
+/// `what` names the file in errors.
+fn parse_import(kind: Kind, text: &str, what: &str) -> Result<NodesConf> {
+    let map = match model::parse_import(text, what)? {
+        model::ImportDoc::NodesConf(conf) => return Ok(conf),
+        model::ImportDoc::Objects(map) => map,
+    };
+    if map.is_empty() {
+        bail!("the file holds no objects; expected a nodes.conf document or a map of name: fields");
+    }
+    Ok(match kind {
+        Kind::Node => NodesConf {
+            nodes: map,
+            ..Default::default()
+        },
+        Kind::Profile => NodesConf {
+            nodeprofiles: map,
+            ..Default::default()
+        },
+    })
+}
+
+async fn list(client: &Client, kind: Kind, args: ListArgs, fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
+    let mut q = selector_all(kind);
+    if !args.names.is_empty() {
+        let names = expand(&args.names)?;
+        match kind {
+            Kind::Node => q.nodes = Selector::Names(names),
+            Kind::Profile => q.profiles = Selector::Names(names),
+        }
+    }
+    let r = client.read(&q, true).await?;
+    let raw: BTreeMap<String, NodeConf> = objects(kind, &r)
+        .iter()
+        .map(|(n, v)| (n.clone(), v.value.clone()))
+        .collect();
+    let fmt = if args.yaml {
+        Format::Yaml
+    } else if args.json {
+        Format::Json
+    } else {
+        fmt.unwrap_or(Format::Table)
+    };
+    match fmt {
+        Format::Yaml => {
+            out.write_all(model::to_conf_map_yaml(&raw)?.as_bytes())?;
+            return Ok(());
+        }
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, &raw)?;
+            writeln!(out)?;
+            return Ok(());
+        }
+        Format::Table => {}
+    }
+    let profiles: BTreeMap<String, NodeConf> = r.profiles.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect();
+    let view = if args.all {
+        output::View::All
+    } else if args.net {
+        output::View::Net
+    } else if args.ipmi {
+        output::View::Ipmi
+    } else if args.long {
+        output::View::Long
+    } else {
+        output::View::Default
+    };
+    let merged = raw
+        .iter()
+        .map(|(name, conf)| match kind {
+            Kind::Node => model::merge(name, conf, &profiles),
+            // A profile is shown as it is stored (profiles do not inherit in listings).
+            Kind::Profile => model::merge(name, &without_profiles(conf), &BTreeMap::new()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    output::list(kind, view, &merged, &raw, out)
+}
+
+fn without_profiles(conf: &NodeConf) -> NodeConf {
+    NodeConf {
+        profiles: vec![],
+        ..conf.clone()
+    }
+}
+
+async fn edit(client: &Client, kind: Kind, patterns: &[String], out: &mut dyn Write) -> Result<()> {
+    let r = fetch_existing(client, kind, patterns).await?;
+    let objs = objects(kind, &r);
+    let before: BTreeMap<String, NodeConf> = objs.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect();
+    let text = model::to_conf_map_yaml(&before)?;
+    let tmp = tempfile_in_tmp()?;
+    std::fs::write(
+        &tmp.0,
+        format!(
+            "# Edit {}s; save and quit to apply, or quit unchanged to abort.\n{text}",
+            kind.as_str()
+        ),
+    )?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    loop {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("sh")
+            .arg(&tmp.0)
+            .status()
+            .with_context(|| format!("cannot run editor {editor:?}"))?;
+        if !status.success() {
+            bail!("editor {editor:?} failed ({status}); nothing changed");
+        }
+        let edited = std::fs::read_to_string(&tmp.0)?;
+        let after = match model::parse_conf_map(&edited) {
+            Ok(a) => a,
+            Err(e) if std::io::stdin().is_terminal() => {
+                eprintln!("{e}");
+                confirm("Edit again")?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut items = Vec::new();
+        for (name, conf) in &after {
+            match objs.get(name) {
+                Some(v) if v.value == *conf => {}
+                Some(v) => items.push(Put {
+                    name: name.clone(),
+                    conf: conf.clone(),
+                    expect: Some(v.version),
+                }),
+                None => items.push(Put {
+                    name: name.clone(),
+                    conf: conf.clone(),
+                    expect: Some(0),
+                }),
+            }
+        }
+        let dropped: Vec<String> = before.keys().filter(|n| !after.contains_key(*n)).cloned().collect();
+        if !dropped.is_empty() {
+            eprintln!(
+                "note: {} removed from the file but not deleted (use `wwctl {} delete`)",
+                short_list(&dropped),
+                kind.as_str()
+            );
+        }
+        if items.is_empty() {
+            writeln!(out, "No changes")?;
+            return Ok(());
+        }
+        let n = items.len();
+        client.write(Command::Put { kind, items }).await?;
+        writeln!(out, "Updated {n} {}(s)", kind.as_str())?;
+        return Ok(());
+    }
+}
+
+/// A temp file removed on drop.
+struct TmpFile(PathBuf);
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+fn tempfile_in_tmp() -> Result<TmpFile> {
+    let p = std::env::temp_dir().join(format!(
+        "wwctl-edit-{}-{}.yaml",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    Ok(TmpFile(p))
+}
