@@ -52,32 +52,6 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn leader(p: &ProcCluster) -> usize {
-    let mut found = None;
-    wait_until(20, "a leader", || {
-        let (ok, out, _) = wwctl(&p.all_heads(), &["--timeout", "2", "cluster", "status", "-o", "json"]);
-        if !ok {
-            return false;
-        }
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        found = v["heads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["role"] == "Leader")
-            .map(|h| h["id"].as_u64().unwrap() as usize - 1);
-        found.is_some()
-    });
-    found.unwrap()
-}
-
-fn heads_from(p: &ProcCluster, first: usize) -> String {
-    (0..3)
-        .map(|j| p.addrs[(first + j) % 3].clone())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (runs, rounds) = if full { (21, 10) } else { (1, 1) };
@@ -106,19 +80,19 @@ fn main() {
             pct(&mut set, 0.99),
         )
     };
-    let l = leader(&p);
+    let l = p.leader(Path::new(WWCTL));
     let f = (l + 1) % 3;
-    let healthy = measure(&heads_from(&p, f));
+    let healthy = measure(&p.heads_from(f));
     p.hang(f, true);
-    let hung = measure(&heads_from(&p, f));
+    let hung = measure(&p.heads_from(f));
     p.hang(f, false);
 
     let mut takeover = Vec::new();
     for r in 0..rounds {
-        let l = leader(&p);
+        let l = p.leader(Path::new(WWCTL));
         p.hang(l, true);
         takeover.push(timed(
-            &heads_from(&p, l),
+            &p.heads_from(l),
             &["node", "set", "n002", "--comment", &format!("r{r}"), "-y"],
         ));
         p.hang(l, false);

@@ -17,7 +17,7 @@ use tonic::{Request as GrpcRequest, Response, Status};
 
 use crate::boot::status::{merge_status, HeadNodeStatus, StatusBoard};
 use crate::cluster::{grpc_deadline, Cluster, HeadStatus, Membership};
-use crate::error::status;
+use crate::error::{status, Classify, ErrorKind};
 use crate::image::{self, Images, Progress};
 use crate::pb::admin as pb;
 use crate::pb::raft as raft_pb;
@@ -85,12 +85,9 @@ impl<T> Gate<T> {
     }
 
     fn get(&self) -> Result<&T, Status> {
-        self.ready.get().ok_or_else(|| {
-            Status::unavailable(format!(
-                "this head is starting ({}); use another head or retry shortly",
-                (self.starting)()
-            ))
-        })
+        self.ready
+            .get()
+            .ok_or_else(|| status(&ApiError::Starting((self.starting)())))
     }
 }
 
@@ -113,8 +110,29 @@ fn deadline<T>(req: &GrpcRequest<T>) -> Instant {
     Instant::now() + budget - (budget / 10).min(Duration::from_millis(200))
 }
 
-fn bad_json(what: &str, e: serde_json::Error) -> Status {
-    Status::invalid_argument(format!("malformed {what}: {e}"))
+/// What the adapter itself refuses (everything else comes from the layers below).
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("malformed {what}: {message}")]
+    Malformed { what: &'static str, message: String },
+    #[error("this head is starting ({0}); use another head or retry shortly")]
+    Starting(String),
+}
+
+impl Classify for ApiError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ApiError::Malformed { .. } => ErrorKind::Invalid,
+            ApiError::Starting(_) => ErrorKind::Unavailable,
+        }
+    }
+}
+
+fn bad_json(what: &'static str, e: serde_json::Error) -> Status {
+    status(&ApiError::Malformed {
+        what,
+        message: e.to_string(),
+    })
 }
 
 /// A server stream of image progress events.
@@ -430,5 +448,33 @@ impl raft_pb::raft_server::Raft for GatedRaft {
         req: GrpcRequest<raft_pb::SnapshotChunk>,
     ) -> Result<Response<raft_pb::RaftPayload>, Status> {
         self.gate.get()?.install_snapshot(req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_gate_says_how_far_start_up_is_then_opens() {
+        let applied = Arc::new(std::sync::atomic::AtomicU64::new(3));
+        let a = applied.clone();
+        let gate: Gate<&str> = Gate::new(move || {
+            format!(
+                "replaying its log: {} of 10 entries applied",
+                a.load(std::sync::atomic::Ordering::Relaxed)
+            )
+        });
+        let e = gate.get().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "clients move on to another head");
+        assert!(
+            e.message()
+                .contains("starting (replaying its log: 3 of 10 entries applied)"),
+            "{e}"
+        );
+        applied.store(7, std::sync::atomic::Ordering::Relaxed);
+        assert!(gate.get().unwrap_err().message().contains("7 of 10"));
+        gate.clone().open("served");
+        assert_eq!(gate.get().unwrap(), &"served", "clones share the gate");
     }
 }

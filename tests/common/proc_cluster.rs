@@ -114,6 +114,51 @@ impl ProcCluster {
         self.addrs.join(",")
     }
 
+    /// The head list with head `first` first (then the others in order).
+    #[allow(dead_code)] // used by the tests, not by every benchmark that shares this file
+    pub fn heads_from(&self, first: usize) -> String {
+        let n = self.addrs.len();
+        (0..n)
+            .map(|j| self.addrs[(first + j) % n].clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Index of the leading head, as `wwctl cluster status` reports it; waits up to 20 s.
+    #[allow(dead_code)] // used by the tests, not by every benchmark that shares this file
+    pub fn leader(&self, wwctl: &Path) -> usize {
+        let mut found = None;
+        wait_until(20, "a leader", || {
+            let out = Command::new(wwctl)
+                .args([
+                    "--heads",
+                    &self.all_heads(),
+                    "--timeout",
+                    "2",
+                    "cluster",
+                    "status",
+                    "-o",
+                    "json",
+                ])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .unwrap();
+            if !out.status.success() {
+                return false;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            found = v["heads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["role"] == "Leader")
+                .map(|h| h["id"].as_u64().unwrap() as usize - 1);
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
     #[allow(dead_code)] // used by the tests, not by the benchmark that shares this file
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("wulfd{i}.log"))).unwrap_or_default()

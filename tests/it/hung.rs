@@ -41,37 +41,14 @@ fn ok(heads: &str, args: &[&str]) -> Run {
     r
 }
 
-/// Ready, and the index of the leader.
+/// Ready (initialised), and the index of the leader.
 fn ready(p: &ProcCluster) -> usize {
     let all = p.all_heads();
     wait_until(30, "cluster initialised", || {
         let r = wwctl(&all, &["--timeout", "2", "profile", "list"]);
         r.code == 0 && r.stdout.lines().any(|l| l.starts_with("default"))
     });
-    let mut leader = None;
-    wait_until(15, "a leader", || {
-        let r = wwctl(&all, &["cluster", "status", "-o", "json"]);
-        if r.code != 0 {
-            return false;
-        }
-        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-        leader = v["heads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["role"] == "Leader")
-            .map(|h| h["id"].as_u64().unwrap() as usize - 1);
-        leader.is_some()
-    });
-    leader.unwrap()
-}
-
-/// The head list with head `first` first.
-fn heads_from(p: &ProcCluster, first: usize) -> String {
-    (0..3)
-        .map(|j| p.addrs[(first + j) % 3].clone())
-        .collect::<Vec<_>>()
-        .join(",")
+    p.leader(Path::new(WWCTL))
 }
 
 #[test]
@@ -81,7 +58,7 @@ fn a_hung_follower_listed_first_costs_under_a_second_per_command() {
     ok(&p.all_heads(), &["node", "add", "n[1-3]", "--ipaddr", "10.3.0.1"]);
     let follower = (leader + 1) % 3;
     p.hang(follower, true);
-    let heads = heads_from(&p, follower);
+    let heads = p.heads_from(follower);
     for (i, args) in [
         vec!["node", "list"],
         vec!["node", "set", "n1", "--comment", "while a head hangs", "-y"],
@@ -111,7 +88,7 @@ fn a_hung_leader_costs_one_election_then_writes_go_on() {
     ok(&p.all_heads(), &["node", "add", "n1"]);
     p.hang(leader, true);
     // Through the followers (the hung leader listed first, as an operator may have it).
-    let heads = heads_from(&p, leader);
+    let heads = p.heads_from(leader);
     let r = ok(&heads, &["node", "set", "n1", "--comment", "after the hang", "-y"]);
     // The followers elect a new leader after 1.2–1.6 s of silence (see DECISIONS.md,
     // Raft timing); the write must not wait for the hung one beyond that.
@@ -141,7 +118,7 @@ fn timeout_bounds_a_write_that_cannot_reach_a_majority() {
     p.hang(b, true);
     for secs in [2u64, 3] {
         let r = wwctl(
-            &heads_from(&p, leader),
+            &p.heads_from(leader),
             &[
                 "--timeout",
                 &secs.to_string(),
@@ -170,7 +147,7 @@ fn timeout_bounds_a_write_that_cannot_reach_a_majority() {
         assert!(first.starts_with("ERROR: "), "{first}");
     }
     // Reads say so too, within their timeout.
-    let r = wwctl(&heads_from(&p, leader), &["--timeout", "2", "node", "list"]);
+    let r = wwctl(&p.heads_from(leader), &["--timeout", "2", "node", "list"]);
     assert_eq!(r.code, 1);
     assert!(r.took <= Duration::from_millis(2500), "read took {:?}", r.took);
     p.hang(a, false);

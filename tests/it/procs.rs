@@ -35,25 +35,6 @@ fn status_json(heads: &str) -> serde_json::Value {
     serde_json::from_str(&ok(heads, &["cluster", "status", "-o", "json"])).unwrap()
 }
 
-fn leader_index(p: &ProcCluster) -> usize {
-    let mut found = None;
-    wait_until(15, "a leader", || {
-        let (success, out, _) = wwctl(&p.all_heads(), &["cluster", "status", "-o", "json"]);
-        if !success {
-            return false;
-        }
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        found = v["heads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["role"] == "Leader")
-            .map(|h| h["id"].as_u64().unwrap() as usize - 1);
-        found.is_some()
-    });
-    found.unwrap()
-}
-
 fn node_names(list_output: &str) -> Vec<String> {
     list_output
         .lines()
@@ -88,7 +69,7 @@ fn three_wulfd_processes_survive_sigkill_of_leader_and_of_all() {
     }
 
     // SIGKILL the leader; wwctl with the head list keeps working.
-    let leader = leader_index(&p);
+    let leader = p.leader(Path::new(WWCTL));
     p.kill(leader);
     for j in 0..10 {
         let name = format!("after-kill-{j:02}");
