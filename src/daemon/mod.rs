@@ -435,4 +435,18 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("raft"), "{e}");
     }
+
+    #[test]
+    fn a_broken_ipxe_template_is_a_config_error_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.ipxe"), "#!ipxe\n{{ broken\n").unwrap();
+        let e = parse(&format!(
+            "id: 1\ndata_dir: /nonexistent/never-created\nlisten: 127.0.0.1:1\nboot:\n  http:\n    ipxe_templates: {}\n",
+            dir.path().display()
+        ))
+        .unwrap_err();
+        assert!(e.contains("boot.http.ipxe_templates"), "{e}");
+        assert!(e.contains("default.ipxe"), "names the file: {e}");
+        assert!(!std::path::Path::new("/nonexistent/never-created").exists());
+    }
 }
