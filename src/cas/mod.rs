@@ -312,6 +312,7 @@ impl Cas {
 }
 
 /// Writes a blob to a temp file while hashing it.
+#[derive(Debug)]
 pub struct BlobWriter {
     cas: Cas,
     tmp: PathBuf,
@@ -365,6 +366,7 @@ impl Drop for BlobWriter {
 }
 
 /// Async twin of [`BlobWriter`].
+#[derive(Debug)]
 pub struct AsyncBlobWriter {
     cas: Cas,
     tmp: PathBuf,

@@ -47,7 +47,7 @@ use super::{Cas, CasError, Digest};
 pub const CHUNK: usize = 256 * 1024;
 
 /// Verifies blobs through [`Cas::verify`], one hash per digest at a time.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Verifier {
     cas: Cas,
     inflight: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
@@ -219,6 +219,7 @@ pub fn respond(file: File, len: u64, digest: &Digest, req: &HeaderMap) -> Respon
 }
 
 /// `len` bytes of `file` from `offset`, read a chunk ahead on the blocking pool.
+#[derive(Debug)]
 pub struct BlobStream {
     file: Arc<File>,
     offset: u64,

@@ -119,7 +119,7 @@ pub struct ImportRequest {
 }
 
 /// Sends progress without ever blocking the work (a slow client just misses updates).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Progress(Option<mpsc::Sender<Event>>);
 
 impl Progress {

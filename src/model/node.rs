@@ -559,12 +559,12 @@ pub(crate) mod lenient {
     }
 
     /// Optional string; numbers and booleans are accepted and kept as text; `""` is unset.
-    pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    pub(crate) fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         d.deserialize_any(ScalarText)
     }
 
     /// Parse Warewulf's boolean spellings (Go `strconv.ParseBool` plus yes/no).
-    pub fn parse_bool(s: &str) -> Option<bool> {
+    pub(crate) fn parse_bool(s: &str) -> Option<bool> {
         match s.to_ascii_lowercase().as_str() {
             "true" | "t" | "1" | "yes" | "y" | "on" => Some(true),
             "false" | "f" | "0" | "no" | "n" | "off" => Some(false),
@@ -573,7 +573,7 @@ pub(crate) mod lenient {
     }
 
     /// Optional boolean accepting `true`, `"true"`, `"yes"`, ... (Warewulf's `WWbool` is a string).
-    pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    pub(crate) fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Option<bool>;
@@ -674,17 +674,17 @@ pub(crate) mod lenient {
     }
 
     /// Profiles, overlays, mkfs options: a list, or one comma-separated string.
-    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    pub(crate) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         list_with(d, split_commas)
     }
 
     /// Kernel args: a list, or one string split on whitespace (like `wwctl upgrade nodes`).
-    pub fn args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    pub(crate) fn args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         list_with(d, split_whitespace)
     }
 
     /// A string→string map whose values may be any scalar; `null` map is empty.
-    pub fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    pub(crate) fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
         let m: Option<BTreeMap<String, Scalar>> = Option::deserialize(d)?;
         Ok(m.unwrap_or_default()
             .into_iter()
@@ -693,7 +693,7 @@ pub(crate) mod lenient {
     }
 
     /// A map whose values may be `null` (meaning an empty entry, e.g. `n1:` with no body).
-    pub fn map_of<'de, D, T>(d: D) -> Result<BTreeMap<String, T>, D::Error>
+    pub(crate) fn map_of<'de, D, T>(d: D) -> Result<BTreeMap<String, T>, D::Error>
     where
         D: Deserializer<'de>,
         T: Deserialize<'de> + Default,

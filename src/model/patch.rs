@@ -32,7 +32,7 @@ pub enum PatchOp {
         /// The field (YAML keys).
         path: Vec<String>,
         /// The new value; `null` unsets.
-        value: serde_json::Value,
+        value: Value,
     },
     /// Remove the field or map entry at `path`.
     Unset {

@@ -267,6 +267,22 @@ pub trait Handler: Send + Sync {
 /// An ordered list of handlers.
 pub struct Chain(Vec<Box<dyn Handler>>);
 
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Chain").field(&self.names()).finish()
+    }
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("kind", &self.kind)
+            .field("mac", &self.mac_text)
+            .field("iface", &self.iface.name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for Chain {
     fn default() -> Self {
         Chain::standard()
@@ -387,6 +403,7 @@ pub fn destination(req: &Message, resp: &Message, subnet: &Subnet) -> Destinatio
 }
 
 /// Step 1: the subnets this request may be served from.
+#[derive(Debug)]
 pub struct SelectSubnets;
 
 impl Handler for SelectSubnets {
@@ -435,6 +452,7 @@ fn node_client(node: &BootNode, dev: &NetDev, addr: Ipv4Addr, subnet: &Subnet, o
 }
 
 /// Step 2: a node with a network device of this MAC.
+#[derive(Debug)]
 pub struct KnownNode;
 
 impl Handler for KnownNode {
@@ -465,6 +483,7 @@ impl Handler for KnownNode {
 }
 
 /// Step 3: RELEASE and DECLINE are never answered.
+#[derive(Debug)]
 pub struct ReleaseDecline;
 
 impl Handler for ReleaseDecline {
@@ -530,6 +549,7 @@ fn is_boot_client(req: &Message) -> bool {
 }
 
 /// Step 4: unknown MACs, only where a pool is configured.
+#[derive(Debug)]
 pub struct UnknownClient;
 
 impl Handler for UnknownClient {
@@ -664,6 +684,7 @@ const IPXE_ENCAP: u8 = 175;
 const IPXE_NO_PXEDHCP: u8 = 176;
 
 /// Step 5: the boot file.
+#[derive(Debug)]
 pub struct PxeBoot;
 
 impl Handler for PxeBoot {
@@ -715,6 +736,7 @@ impl Handler for PxeBoot {
 }
 
 /// Step 6: build the reply for the message type.
+#[derive(Debug)]
 pub struct Respond;
 
 impl Handler for Respond {

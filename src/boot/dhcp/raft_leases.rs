@@ -72,6 +72,14 @@ pub struct RaftLeases {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for RaftLeases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftLeases")
+            .field("head", &self.inner.head)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     cluster: Cluster,
     head: u64,

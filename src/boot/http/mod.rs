@@ -85,6 +85,15 @@ pub struct BootHttp {
     pub efi_dir: Option<BootDir>,
 }
 
+impl std::fmt::Debug for BootHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootHttp")
+            .field("head_id", &self.head_id)
+            .field("efi_dir", &self.efi_dir)
+            .finish_non_exhaustive()
+    }
+}
+
 impl BootHttp {
     /// Built-in templates, no missing-blob hook.
     pub fn new(view: ViewRx, cas: Cas, status: Arc<StatusBoard>, head_id: u64) -> BootHttp {

@@ -46,6 +46,7 @@ impl Refusal {
 }
 
 /// Resolves names under a root and serves their bytes (see the module notes).
+#[derive(Debug)]
 pub struct Root {
     dir: BootDir,
     memory_limit: u64,
@@ -54,6 +55,7 @@ pub struct Root {
 }
 
 /// What an open returns: bytes from memory, or a file read as the transfer goes.
+#[derive(Debug)]
 pub enum TftpReader {
     Memory { data: Bytes, pos: usize },
     File(File),
@@ -141,6 +143,7 @@ impl Root {
 }
 
 /// The async-tftp handler: reads through [`Root`], refuses every write.
+#[derive(Debug)]
 pub struct RootHandler {
     pub(crate) root: Root,
 }

@@ -237,7 +237,7 @@ impl ExcludeSet {
 }
 
 /// Warewulf's normalisation: `strings.Trim(pattern, "/")`.
-pub fn normalize(pattern: &str) -> &str {
+pub(super) fn normalize(pattern: &str) -> &str {
     pattern.trim_matches('/')
 }
 

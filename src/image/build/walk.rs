@@ -80,8 +80,8 @@ impl Entry {
     }
 
     /// A symlink's target (what the archive stores as its body, and the digest hashes).
-    pub(crate) fn link_target(&self) -> Result<std::path::PathBuf, super::BuildError> {
-        std::fs::read_link(&self.path).map_err(|source| super::BuildError::Io {
+    pub(crate) fn link_target(&self) -> Result<PathBuf, BuildError> {
+        fs::read_link(&self.path).map_err(|source| BuildError::Io {
             action: "read the symlink",
             path: self.path.clone(),
             source,

@@ -636,7 +636,7 @@ impl Descriptor {
     }
 
     /// The sha256 digest as the CAS names it.
-    pub fn cas_digest(&self, image: &str) -> Result<Digest, OciError> {
+    pub(crate) fn cas_digest(&self, image: &str) -> Result<Digest, OciError> {
         if !self.digest.starts_with("sha256:") {
             return Err(OciError::Unsupported {
                 image: image.to_string(),
@@ -653,7 +653,7 @@ impl Descriptor {
         })
     }
 
-    pub fn ref_name(&self) -> Option<&str> {
+    pub(crate) fn ref_name(&self) -> Option<&str> {
         self.annotations
             .as_ref()?
             .get("org.opencontainers.image.ref.name")
@@ -840,7 +840,7 @@ pub(crate) struct RootFs {
 }
 
 impl ImageConfig {
-    pub fn parse(bytes: &[u8], image: &str) -> Result<ImageConfig, OciError> {
+    pub(crate) fn parse(bytes: &[u8], image: &str) -> Result<ImageConfig, OciError> {
         serde_json::from_slice(bytes).map_err(|e| OciError::BadManifest {
             image: image.to_string(),
             what: "the image config".into(),
@@ -849,7 +849,7 @@ impl ImageConfig {
     }
 
     /// `os/arch[/variant]` if the config says.
-    pub fn platform(&self) -> Option<String> {
+    pub(crate) fn platform(&self) -> Option<String> {
         match (&self.os, &self.architecture) {
             (Some(os), Some(arch)) if !os.is_empty() && !arch.is_empty() => {
                 Some(describe_platform(os, arch, self.variant.as_deref()))
@@ -859,7 +859,7 @@ impl ImageConfig {
     }
 
     /// Refuse an image built for another platform than `wanted`.
-    pub fn check_platform(&self, wanted: &Platform, image: &str) -> Result<(), OciError> {
+    pub(crate) fn check_platform(&self, wanted: &Platform, image: &str) -> Result<(), OciError> {
         match (&self.os, &self.architecture) {
             (Some(os), Some(arch)) if !os.is_empty() && !arch.is_empty() => {
                 if wanted.matches(os, arch, self.variant.as_deref()) {
