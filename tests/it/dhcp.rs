@@ -227,3 +227,50 @@ async fn two_heads_serve_one_pool_without_handing_out_an_address_twice() {
     drop(heads);
     c.shutdown().await;
 }
+
+/// An idle head writes (almost) nothing: with DHCP on and no pool (static nodes only)
+/// no Raft entry at all, and with a pool one keep-alive per period — idled here for
+/// many keep-alive periods (200 ms instead of 150 s) and counted. (A holder that never
+/// reserved a block used to retry a refused keep-alive every 5 ms: ~140 entries/s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_head_writes_no_raft_entries_but_its_keepalives() {
+    let c = Cluster::start(1, settings()).await;
+    c.wait_ready().await;
+    let rt = tokio::runtime::Handle::current();
+    let keepalive = Duration::from_millis(200);
+    let idle = Duration::from_secs(3);
+    let applied = || c.ctx(0).sm.last_applied().map_or(0, |l| l.index);
+
+    let static_only = DhcpConfig::from_yaml(
+        "interfaces: [{name: s0, subnets: [lab]}]\n\
+         subnets: {lab: {network: 10.80.0.0/16, server: 10.80.0.1, lease_time: 1h}}",
+    )
+    .unwrap();
+    let leases = RaftLeases::start_with_keepalive(c.ctx(0).cluster.clone(), &static_only, rt.clone(), keepalive);
+    // Let start-up writes (registration) settle first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = applied();
+    tokio::time::sleep(idle).await;
+    assert_eq!(applied() - before, 0, "a head without pools writes nothing while idle");
+    drop(leases);
+
+    let pooled = DhcpConfig::from_yaml(POOL_CFG).unwrap();
+    let leases = RaftLeases::start_with_keepalive(c.ctx(0).cluster.clone(), &pooled, rt, keepalive);
+    eventually(10, "first block reserved", || async {
+        leases.free(wulfpack::boot::dhcp::Pool {
+            start: "10.79.1.0".parse().unwrap(),
+            end: "10.79.8.255".parse().unwrap(),
+        }) > 0
+    })
+    .await;
+    let before = applied();
+    tokio::time::sleep(idle).await;
+    let written = applied() - before;
+    let periods = (idle.as_millis() / keepalive.as_millis()) as u64;
+    assert!(
+        written <= periods + 1,
+        "{written} entries in {} keep-alive periods of an idle head with a pool",
+        periods
+    );
+    assert!(written >= 1, "the holder of a block keeps it alive");
+}

@@ -60,6 +60,9 @@ const MAX_BATCH: usize = 4096;
 const MAX_PENDING: usize = 200_000;
 /// Back-off after a failed write.
 const RETRY: Duration = Duration::from_millis(500);
+/// Back-off after a failed keep-alive (nothing queued: no hurry, and every attempt is
+/// a log entry on the leader).
+const KEEPALIVE_RETRY: Duration = Duration::from_secs(5);
 /// How long the flusher lets a batch fill before writing it (unless it is already
 /// large): bounds Raft entries to a few hundred per second at any DHCP rate.
 const LINGER: Duration = Duration::from_millis(5);
@@ -208,6 +211,12 @@ impl RaftLeases {
     /// Start the allocator of the head whose cluster handle is `cluster` (writes are
     /// forwarded to the leader); reserves a first block for every pool in `cfg` at once.
     pub fn start(cluster: Cluster, cfg: &DhcpConfig, rt: Handle) -> RaftLeases {
+        Self::start_with_keepalive(cluster, cfg, rt, Duration::from_secs(HOLDER_TTL_SECS / 4))
+    }
+
+    /// [`RaftLeases::start`] with another keep-alive period (tests idle past it in
+    /// seconds instead of minutes).
+    pub fn start_with_keepalive(cluster: Cluster, cfg: &DhcpConfig, rt: Handle, keepalive: Duration) -> RaftLeases {
         let head = cluster.id();
         let pools = cfg
             .subnets
@@ -232,7 +241,7 @@ impl RaftLeases {
             inflight: Mutex::default(),
         });
         inner.rt.spawn(reserver(inner.clone()));
-        inner.rt.spawn(flusher(inner.clone()));
+        inner.rt.spawn(flusher(inner.clone(), keepalive));
         RaftLeases { inner }
     }
 
@@ -355,9 +364,10 @@ async fn reserver(inner: Arc<Inner>) {
     }
 }
 
-/// Write queued ops in batches; keep the holder alive when idle.
-async fn flusher(inner: Arc<Inner>) {
-    let keepalive = Duration::from_secs(HOLDER_TTL_SECS / 4);
+/// Write queued ops in batches; keep the holder alive when idle — but only a holder
+/// that owns addresses: one that never reserved a block (a head with no pool, or whose
+/// blocks the cluster took back) has nothing to keep, and an idle head must not write.
+async fn flusher(inner: Arc<Inner>, keepalive: Duration) {
     let mut last_write = Instant::now();
     loop {
         if inner.lock().pending.len() < MAX_BATCH / 4 && !inner.closed() {
@@ -373,8 +383,13 @@ async fn flusher(inner: Arc<Inner>) {
                 return;
             }
             let idle = last_write.elapsed();
-            if idle < keepalive {
-                let _ = tokio::time::timeout(keepalive - idle, inner.flush_wake.notified()).await;
+            let owns_addresses = inner.lock().valid_until > 0;
+            if idle < keepalive || !owns_addresses {
+                let wait = keepalive.saturating_sub(idle).max(LINGER);
+                let _ = tokio::time::timeout(wait, inner.flush_wake.notified()).await;
+                if !owns_addresses {
+                    last_write = Instant::now();
+                }
                 continue;
             }
         }
@@ -411,6 +426,16 @@ async fn flusher(inner: Arc<Inner>) {
                 l.by_mac.retain(|_, b| matches!(b.state, Bound::Recorded { .. }));
                 l.offers.clear();
                 inner.reserve_wake.notify_one();
+            }
+            Err(e) if ops.is_empty() => {
+                tracing::warn!(
+                    "cannot renew this head's DHCP pool blocks, retrying in {} s: {e}",
+                    KEEPALIVE_RETRY.as_secs()
+                );
+                if inner.closed() {
+                    return;
+                }
+                let _ = tokio::time::timeout(KEEPALIVE_RETRY, inner.flush_wake.notified()).await;
             }
             Err(e) => {
                 tracing::warn!(ops = ops.len(), "cannot record DHCP leases, retrying: {e}");
