@@ -9,6 +9,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! //! | [`logging`] | log output of the binaries: text or JSON lines, colour only on a terminal |
 //! | [`model`] | nodes and profiles (nodes.conf YAML), merge with value origins, validation, hostlists, field patches |
 //! | [`state`] | the pure replicated state machine: commands, queries, versions, exactly-once |
 //! | [`store`] | sled-backed Raft log, vote and state-machine snapshots (openraft storage v2) |
@@ -30,6 +31,7 @@
 
 pub mod cas;
 pub mod image;
+pub mod logging;
 pub mod model;
 pub mod raft;
 pub mod state;

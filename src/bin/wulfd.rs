@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use wulfpack::logging::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -14,18 +15,23 @@ struct Args {
     /// Head config file (YAML); see cluster/examples/wulfd.yaml.
     #[arg(short, long, env = "WULFD_CONFIG", default_value = "/etc/wulfpack/wulfd.yaml")]
     config: PathBuf,
+    /// Log lines on stderr: `text` (colour only on a terminal and without NO_COLOR) or
+    /// `json` (one object per line, for journald/collectors). Levels and targets come from
+    /// RUST_LOG (e.g. `RUST_LOG=info,wulfpack::raft=debug`); see docs/OPERATIONS.md.
+    #[arg(long, env = "WULFD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
+
+/// The filter when RUST_LOG is unset. `openraft::replication` is off because it logs every
+/// failed RPC to a down peer (several lines a second, for as long as it is down); the
+/// transport logs those collapsed instead (`wulfpack::raft::network`). Storage errors seen by
+/// replication still reach openraft's core, which logs them.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::replication=off,sled=warn,h2=warn,tower=warn";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    wulfpack::logging::init(args.log_format, "RUST_LOG", DEFAULT_LOG_FILTER);
     let cfg = wulfpack::daemon::HeadConfig::load(&args.config)?;
     let grpc = tokio::net::TcpListener::bind(&cfg.listen)
         .await
