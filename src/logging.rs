@@ -7,7 +7,11 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing::Metadata;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// `--log-format` of `wulfd`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -26,19 +30,35 @@ pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) 
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
-/// Install the global subscriber writing to stderr. `filter` comes from the environment
-/// variable `env_var` (`RUST_LOG` syntax) if it is set and valid, else `default_filter`.
-pub fn init(format: LogFormat, env_var: &str, default_filter: &str) {
-    let filter = EnvFilter::try_from_env(env_var).unwrap_or_else(|_| EnvFilter::new(default_filter));
+/// What to log when the filter variable is unset: `RUST_LOG`-style directives, and events
+/// to drop although their level and target pass (see `raft::is_openraft_peer_rpc_error`).
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub directives: String,
+    pub drop: Option<fn(&Metadata<'_>) -> bool>,
+}
+
+/// Install the global subscriber writing to stderr. Levels and targets come from the
+/// environment variable `env_var` (`RUST_LOG` syntax) when it is set and valid; else from
+/// `defaults`, whose `drop` applies only then (whoever sets the variable sees everything
+/// it selects).
+pub fn init(format: LogFormat, env_var: &str, defaults: Defaults) {
+    let (filter, drop) = match EnvFilter::try_from_env(env_var) {
+        Ok(f) => (f, None),
+        Err(_) => (EnvFilter::new(&defaults.directives), defaults.drop),
+    };
     let colour = use_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(colour).init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_ansi(colour).boxed(),
         // JSON never carries escape codes, whatever the terminal.
-        LogFormat::Json => builder.json().with_ansi(false).init(),
-    }
+        LogFormat::Json => fmt.json().with_ansi(false).boxed(),
+    };
+    let keep = filter_fn(move |meta| !drop.is_some_and(|d| d(meta)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt.with_filter(keep))
+        .init();
 }
 
 #[cfg(test)]

@@ -22,16 +22,22 @@ struct Args {
     log_format: LogFormat,
 }
 
-/// The filter when RUST_LOG is unset. `openraft::replication` is off because it logs every
-/// failed RPC to a down peer (several lines a second, for as long as it is down); the
-/// transport logs those collapsed instead (`wulfpack::raft::network`). Storage errors seen by
-/// replication still reach openraft's core, which logs them.
-const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::replication=off,sled=warn,h2=warn,tower=warn";
+/// What wulfd logs when RUST_LOG is unset: info, except chatty dependencies; openraft's
+/// per-RPC failure lines are left to the transport, which logs peer outages collapsed.
+fn default_logging() -> wulfpack::logging::Defaults {
+    wulfpack::logging::Defaults {
+        directives: format!(
+            "info,{},sled=warn,h2=warn,tower=warn",
+            wulfpack::raft::OPENRAFT_LOG_DIRECTIVES
+        ),
+        drop: Some(wulfpack::raft::is_openraft_peer_rpc_error),
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    wulfpack::logging::init(args.log_format, "RUST_LOG", DEFAULT_LOG_FILTER);
+    wulfpack::logging::init(args.log_format, "RUST_LOG", default_logging());
     let cfg = wulfpack::daemon::HeadConfig::load(&args.config)?;
     let grpc = tokio::net::TcpListener::bind(&cfg.listen)
         .await

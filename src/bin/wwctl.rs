@@ -4,7 +4,14 @@ use clap::Parser;
 #[tokio::main]
 async fn main() {
     // Text, colour only on a terminal; levels from WWCTL_LOG (RUST_LOG syntax).
-    wulfpack::logging::init(wulfpack::logging::LogFormat::Text, "WWCTL_LOG", "error");
+    wulfpack::logging::init(
+        wulfpack::logging::LogFormat::Text,
+        "WWCTL_LOG",
+        wulfpack::logging::Defaults {
+            directives: "error".into(),
+            drop: None,
+        },
+    );
     let cli = wulfpack::cli::Cli::parse();
     let mut out = std::io::stdout().lock();
     if let Err(e) = wulfpack::cli::run(cli, &mut out).await {

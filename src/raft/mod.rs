@@ -25,7 +25,10 @@ use crate::store::StateMachineCore;
 pub mod network;
 pub mod settings;
 
-pub use network::{endpoint, Network, NetworkClient, OutageLine, OutageLog, SUMMARY_EVERY};
+pub use network::{
+    endpoint, is_openraft_peer_rpc_error, Network, NetworkClient, OutageLine, OutageLog, OPENRAFT_LOG_DIRECTIVES,
+    SUMMARY_EVERY,
+};
 pub use settings::{RaftSettings, INSTALL_SNAPSHOT_TIMEOUT_MS};
 
 openraft::declare_raft_types!(

@@ -111,9 +111,46 @@ impl Failure {
     fn reason(&self) -> String {
         match self {
             Failure::NoAnswer(d) => format!("no answer within {} ms", d.as_millis()),
-            Failure::Status(s) => s.message().to_string(),
+            Failure::Status(s) => status_reason(s),
         }
     }
+}
+
+/// A status's message and its causes, e.g. "tcp connect error: Connection refused (os error 111)".
+fn status_reason(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // Transport errors often repeat their inner error's text; print each part once.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// `RUST_LOG` directives for openraft that leave peer RPC failures to this module: without
+/// them openraft logs every failed RPC to a down peer at WARN/ERROR (replication stream,
+/// progress update), several lines a second for as long as it is down. Storage errors are
+/// not lost: the replication stream hands them to openraft's core, which logs them and stops.
+pub const OPENRAFT_LOG_DIRECTIVES: &str =
+    "openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=error";
+
+/// openraft's core logs a failed RPC to one peer at ERROR as an event with exactly the fields
+/// `target`, `error` and `message`: the leadership check behind every linearizable read
+/// ("timeout while confirming leadership", once per read while a head is down) and the vote
+/// requests of an election. Those failures are logged here, collapsed; a log filter drops
+/// these events by this test (their text is not visible to a filter, their fields are).
+pub fn is_openraft_peer_rpc_error(meta: &tracing::Metadata<'_>) -> bool {
+    if !meta.is_event() || *meta.level() != tracing::Level::ERROR || meta.target() != "openraft::core::raft_core" {
+        return false;
+    }
+    let mut names: Vec<&str> = meta.fields().iter().map(|f| f.name()).collect();
+    names.sort_unstable();
+    names == ["error", "message", "target"]
 }
 
 /// Per-peer state shared by all clients of one peer.

@@ -23,4 +23,5 @@ mod images;
 mod oci;
 mod procs;
 mod pxe;
+mod raft_ops;
 mod tftp;
