@@ -5,7 +5,9 @@
 //!
 //! `cargo bench --bench spine` runs the full sizes. `cargo bench --bench spine -- failover`
 //! runs only the failover rounds (30 SIGKILLs of the leader, p50/p99 and how many needed
-//! more than one election). `SPINE_HEAD_YAML` is appended to every head's config, to try
+//! more than one election; `SPINE_SLOW_LOGS=DIR` keeps the heads' logs of rounds over 2 s);
+//! `SPINE_FAILOVER_WRITERS=N` keeps N writers busy through the
+//! kills (default 0). `SPINE_HEAD_YAML` is appended to every head's config, to try
 //! other timings (e.g. `SPINE_HEAD_YAML=$'raft:\n  heartbeat_ms: 150\n'`). Under `cargo
 //! test` (no `--bench` argument) it runs tiny sizes as a smoke test of the harness itself.
 
@@ -117,8 +119,30 @@ async fn all_caught_up(client: &Client) {
 /// SIGKILL the leader `rounds` times; per round, the time until a write sent to the two
 /// survivors is acknowledged, and how many terms it took (1 = one election; more = a
 /// split vote or a failed election).
-async fn failovers(p: &mut ProcCluster, client: &Client, rounds: usize) -> Vec<(Duration, u64)> {
+async fn failovers(p: &mut ProcCluster, client: &Client, rounds: usize, writers: usize) -> Vec<(Duration, u64)> {
     let mut out = Vec::new();
+    // Optional background load: writers that go on through every kill (as an operator's
+    // scripts would), so survivors' logs differ and fsyncs compete with vote fsyncs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..writers)
+        .map(|w| {
+            let c = Client::new(p.addrs.clone()).with_deadline(Duration::from_secs(30));
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c
+                        .write(Cmd::Add {
+                            kind: Kind::Node,
+                            items: vec![(format!("load{w}-{i}"), node(3_000_000 + w * 100_000 + i))],
+                        })
+                        .await;
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
     for round in 0..rounds {
         all_caught_up(client).await;
         let l = leader(client).await;
@@ -136,20 +160,36 @@ async fn failovers(p: &mut ProcCluster, client: &Client, rounds: usize) -> Vec<(
         let gap = killed.elapsed();
         let terms = max_term(&c).await - term_before;
         eprintln!("failover round {round}: {} ({terms} term(s))", ms(gap));
+        if let (true, Ok(dir)) = (gap > Duration::from_secs(2), std::env::var("SPINE_SLOW_LOGS")) {
+            // Keep the heads' logs of a slow round to see why (e.g. with RUST_LOG=openraft=info).
+            let dir = Path::new(&dir).join(format!("round{round}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..3 {
+                std::fs::write(dir.join(format!("head{}.log", i + 1)), p.log(i)).unwrap();
+            }
+        }
         out.push((gap, terms));
         p.spawn(l);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in load {
+        total += t.await.unwrap();
+    }
+    if writers > 0 {
+        eprintln!("{writers} background writers made {total} writes");
     }
     all_caught_up(client).await;
     out
 }
 
-fn failover_line(rounds: &[(Duration, u64)]) -> String {
+fn failover_line(rounds: &[(Duration, u64)], writers: usize) -> String {
     let mut gaps: Vec<Duration> = rounds.iter().map(|r| r.0).collect();
     gaps.sort();
     let extra = rounds.iter().filter(|r| r.1 > 1).count();
     let over = gaps.iter().filter(|g| **g > Duration::from_secs(2)).count();
     format!(
-        "| writes accepted again after SIGKILL of the leader ({} rounds) | p50 {} p99 {} max {} | {} over 2 s; {} needed more than one election |",
+        "| writes accepted again after SIGKILL of the leader ({} rounds, {writers} background writers) | p50 {} p99 {} max {} | {} over 2 s; {} needed more than one election |",
         gaps.len(),
         ms(pct(&gaps, 0.5)),
         ms(pct(&gaps, 0.99)),
@@ -198,6 +238,10 @@ async fn main() {
         }
     };
     let head_yaml = std::env::var("SPINE_HEAD_YAML").unwrap_or_default();
+    let writers = std::env::var("SPINE_FAILOVER_WRITERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
     let mut p = ProcCluster::start(Path::new(WULFD), 3, &head_yaml);
     let all = p.all_heads();
     let client = Client::new(p.addrs.clone()).with_deadline(Duration::from_secs(30));
@@ -220,8 +264,8 @@ async fn main() {
         line(format!("head config added: {head_yaml:?}"));
     }
     if only_failover {
-        let rounds = failovers(&mut p, &client, s.failovers).await;
-        line(failover_line(&rounds));
+        let rounds = failovers(&mut p, &client, s.failovers, writers).await;
+        line(failover_line(&rounds, writers));
         return;
     }
 
@@ -343,7 +387,7 @@ async fn main() {
     ));
 
     // 4. Failover: SIGKILL the leader, time until a write is accepted again.
-    let rounds = failovers(&mut p, &client, s.failovers).await;
-    line(failover_line(&rounds));
+    let rounds = failovers(&mut p, &client, s.failovers, writers).await;
+    line(failover_line(&rounds, writers));
     let _ = report;
 }

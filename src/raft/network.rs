@@ -4,14 +4,14 @@
 //! - **Deadlines.** openraft gives each RPC a time-to-live in [`RPCOption`] (AppendEntries:
 //!   the heartbeat period; Vote: the minimum election timeout; InstallSnapshot:
 //!   [`super::settings::INSTALL_SNAPSHOT_TIMEOUT_MS`]) and drops the call at `hard_ttl`. We
-//!   give up at `soft_ttl` (earlier) ourselves, so the failure is *ours* to classify and
+//!   give up a little earlier ourselves, so the failure is *ours* to classify and
 //!   count, and send the deadline to the peer (`grpc-timeout`) so it stops working on an
 //!   answer nobody waits for. A peer that accepts TCP but never answers (SIGSTOP, a frozen
 //!   VM) therefore costs one deadline per RPC, not HTTP/2 keep-alive's seconds.
-//! - **Error kinds.** A connection failure, or a second missed deadline in a row, is
+//! - **Error kinds.** A connection failure, or a third missed deadline in a row, is
 //!   [`Unreachable`]: openraft then backs off from that peer ([`NetworkClient::backoff`])
-//!   instead of retrying at every heartbeat. A single missed deadline is a [`NetworkError`]
-//!   (retried at the next heartbeat), because one slow fsync on a healthy peer is normal.
+//!   instead of retrying at every heartbeat. Fewer missed deadlines are a [`NetworkError`]
+//!   (retried at the next heartbeat), because a slow fsync on a healthy peer is normal.
 //! - **Logs.** openraft logs every failed replication RPC (WARN and ERROR, several a second
 //!   per dead peer); the daemon's default filter silences `openraft::replication` and this
 //!   module logs instead, per peer, through an [`OutageLog`]: the first failure, a summary
@@ -34,6 +34,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{NodeId, TypeConfig};
 use crate::pb::raft as pb;
+
+/// Missed deadlines in a row after which a peer counts as unreachable (openraft backs off).
+/// Fewer would back off from a healthy follower during one slow fsync or two.
+const MISSED_DEADLINES_UNREACHABLE: u32 = 3;
 
 /// How often a continuing outage of one peer is summarised in the log.
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(30);
@@ -171,10 +175,12 @@ impl NetworkClient {
         }
     }
 
-    /// The deadline we hold an RPC to: openraft's soft TTL, so that we, not openraft's
-    /// outer `hard_ttl` timer, see (and count, and classify) the failure.
+    /// The deadline we hold an RPC to: 9/10 of openraft's `hard_ttl`, so that we, not
+    /// openraft's outer timer (started a moment before ours), see the failure and can count
+    /// and classify it. Not `soft_ttl` (3/4): AppendEntries' TTL is only the heartbeat
+    /// period, and a follower's fsync needs every millisecond of it.
     fn deadline(option: &RPCOption) -> Duration {
-        option.soft_ttl().max(Duration::from_millis(1))
+        (option.hard_ttl() * 9 / 10).max(Duration::from_millis(1))
     }
 
     /// Run one RPC under `deadline`, record the outcome for this peer, and decode the answer.
@@ -220,7 +226,7 @@ impl NetworkClient {
         match failure {
             Failure::NoAnswer(_) => {
                 peer.missed_deadlines += 1;
-                if peer.missed_deadlines >= 2 {
+                if peer.missed_deadlines >= MISSED_DEADLINES_UNREACHABLE {
                     RPCError::Unreachable(Unreachable::new(&e))
                 } else {
                     RPCError::Network(NetworkError::new(&e))

@@ -36,8 +36,8 @@ impl Default for RaftSettings {
     fn default() -> Self {
         RaftSettings {
             heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
             snapshot_after_logs: 5000,
             keep_logs_after_snapshot: 500,
         }

@@ -140,7 +140,10 @@ fn leader_logs_a_dead_head_collapsed_and_its_return() {
         noisy.join("\n")
     );
     assert!(!during.contains('\x1b'), "colour codes in a log file:\n{during}");
-    println!("leader's WARN/ERROR lines in 10 s with head {victim_id} dead:\n{}", noisy.join("\n"));
+    println!(
+        "leader's WARN/ERROR lines in 10 s with head {victim_id} dead:\n{}",
+        noisy.join("\n")
+    );
 
     p.spawn(victim);
     let back = format!("head {victim_id} at {} reachable again after", p.addrs[victim]);
