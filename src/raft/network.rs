@@ -192,6 +192,8 @@ impl NetworkClient {
     {
         let res = match tokio::time::timeout(deadline, rpc).await {
             Err(_elapsed) => Err(Failure::NoAnswer(deadline)),
+            // The peer enforcing the same deadline (`grpc-timeout`) is the same failure.
+            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => Err(Failure::NoAnswer(deadline)),
             Ok(Err(s)) => Err(Failure::Status(s)),
             Ok(Ok(reply)) => Ok(reply.into_inner()),
         };
@@ -235,10 +237,9 @@ impl NetworkClient {
             Failure::Status(s) => {
                 peer.missed_deadlines = 0;
                 match s.code() {
-                    tonic::Code::Unavailable
-                    | tonic::Code::Unknown
-                    | tonic::Code::Cancelled
-                    | tonic::Code::DeadlineExceeded => RPCError::Unreachable(Unreachable::new(&e)),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    }
                     _ => RPCError::Network(NetworkError::new(&e)),
                 }
             }
