@@ -3,8 +3,13 @@
 //! accepted again after SIGKILL of the leader, and `wwctl node set` / `node list`
 //! at 10,000 nodes. Prints a Markdown report for docs/PERFORMANCE.md.
 //!
-//! `cargo bench --bench spine` runs the full sizes. Under `cargo test` (no `--bench`
-//! argument) it runs tiny sizes as a smoke test of the harness itself.
+//! `cargo bench --bench spine` runs the full sizes. `cargo bench --bench spine -- failover`
+//! runs only the failover rounds (30 SIGKILLs of the leader, p50/p99 and how many needed
+//! more than one election; `SPINE_SLOW_LOGS=DIR` keeps the heads' logs of rounds over 2 s);
+//! `SPINE_FAILOVER_WRITERS=N` keeps N writers busy through the
+//! kills (default 0). `SPINE_HEAD_YAML` is appended to every head's config, to try
+//! other timings (e.g. `SPINE_HEAD_YAML=$'raft:\n  heartbeat_ms: 150\n'`). Under `cargo
+//! test` (no `--bench` argument) it runs tiny sizes as a smoke test of the harness itself.
 
 #[path = "../tests/common/proc_cluster.rs"]
 mod proc_cluster;
@@ -82,6 +87,118 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// The highest Raft term any reachable head reports.
+async fn max_term(client: &Client) -> u64 {
+    let st = client.cluster_status().await.unwrap();
+    st.heads
+        .iter()
+        .filter_map(|h| h.status.as_ref().map(|s| s.term))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Wait (≤ 30 s) until every head answers and all have applied the same index.
+async fn all_caught_up(client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(st) = client.cluster_status().await {
+            let applied: Vec<u64> = st
+                .heads
+                .iter()
+                .filter_map(|h| h.status.as_ref().map(|s| s.applied_index))
+                .collect();
+            if applied.len() == st.heads.len() && applied.iter().all(|a| *a == applied[0]) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("heads did not catch up within 30 s");
+}
+
+/// SIGKILL the leader `rounds` times; per round, the time until a write sent to the two
+/// survivors is acknowledged, and how many terms it took (1 = one election; more = a
+/// split vote or a failed election).
+async fn failovers(p: &mut ProcCluster, client: &Client, rounds: usize, writers: usize) -> Vec<(Duration, u64)> {
+    let mut out = Vec::new();
+    // Optional background load: writers that go on through every kill (as an operator's
+    // scripts would), so survivors' logs differ and fsyncs compete with vote fsyncs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..writers)
+        .map(|w| {
+            let c = Client::new(p.addrs.clone()).with_deadline(Duration::from_secs(30));
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c
+                        .write(Cmd::Add {
+                            kind: Kind::Node,
+                            items: vec![(format!("load{w}-{i}"), node(3_000_000 + w * 100_000 + i))],
+                        })
+                        .await;
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    for round in 0..rounds {
+        all_caught_up(client).await;
+        let l = leader(client).await;
+        let term_before = max_term(client).await;
+        let survivors: Vec<String> = (0..3).filter(|i| *i != l).map(|i| p.addrs[i].clone()).collect();
+        let c = Client::new(survivors).with_deadline(Duration::from_secs(30));
+        let killed = Instant::now();
+        p.kill(l);
+        c.write(Cmd::Add {
+            kind: Kind::Node,
+            items: vec![(format!("failover{round}"), node(2_000_000 + round))],
+        })
+        .await
+        .unwrap();
+        let gap = killed.elapsed();
+        let terms = max_term(&c).await - term_before;
+        eprintln!("failover round {round}: {} ({terms} term(s))", ms(gap));
+        if let (true, Ok(dir)) = (gap > Duration::from_secs(2), std::env::var("SPINE_SLOW_LOGS")) {
+            // Keep the heads' logs of a slow round to see why (e.g. with RUST_LOG=openraft=info).
+            let dir = Path::new(&dir).join(format!("round{round}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..3 {
+                std::fs::write(dir.join(format!("head{}.log", i + 1)), p.log(i)).unwrap();
+            }
+        }
+        out.push((gap, terms));
+        p.spawn(l);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in load {
+        total += t.await.unwrap();
+    }
+    if writers > 0 {
+        eprintln!("{writers} background writers made {total} writes");
+    }
+    all_caught_up(client).await;
+    out
+}
+
+fn failover_line(rounds: &[(Duration, u64)], writers: usize) -> String {
+    let mut gaps: Vec<Duration> = rounds.iter().map(|r| r.0).collect();
+    gaps.sort();
+    let extra = rounds.iter().filter(|r| r.1 > 1).count();
+    let over = gaps.iter().filter(|g| **g > Duration::from_secs(2)).count();
+    format!(
+        "| writes accepted again after SIGKILL of the leader ({} rounds, {writers} background writers) | p50 {} p99 {} max {} | {} over 2 s; {} needed more than one election |",
+        gaps.len(),
+        ms(pct(&gaps, 0.5)),
+        ms(pct(&gaps, 0.99)),
+        ms(*gaps.last().unwrap()),
+        over,
+        extra
+    )
+}
+
 async fn leader(client: &Client) -> usize {
     loop {
         if let Ok(st) = client.cluster_status().await {
@@ -100,13 +217,14 @@ async fn leader(client: &Client) -> usize {
 #[tokio::main]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    let only_failover = std::env::args().any(|a| a == "failover");
     let s = if full {
         Sizes {
             seq_writes: 500,
             par_writers: 32,
             par_writes_each: 100,
             nodes: 10_000,
-            failovers: 5,
+            failovers: 30,
             cli_runs: 11,
         }
     } else {
@@ -119,7 +237,12 @@ async fn main() {
             cli_runs: 1,
         }
     };
-    let mut p = ProcCluster::start(Path::new(WULFD), 3, "");
+    let head_yaml = std::env::var("SPINE_HEAD_YAML").unwrap_or_default();
+    let writers = std::env::var("SPINE_FAILOVER_WRITERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut p = ProcCluster::start(Path::new(WULFD), 3, &head_yaml);
     let all = p.all_heads();
     let client = Client::new(p.addrs.clone()).with_deadline(Duration::from_secs(30));
     let probe = Query::profiles(Selector::All);
@@ -137,6 +260,14 @@ async fn main() {
         if full { "full" } else { "smoke" },
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     ));
+    if !head_yaml.is_empty() {
+        line(format!("head config added: {head_yaml:?}"));
+    }
+    if only_failover {
+        let rounds = failovers(&mut p, &client, s.failovers, writers).await;
+        line(failover_line(&rounds, writers));
+        return;
+    }
 
     // 1. Sequential write latency (one client, one write in flight).
     let mut lat = Vec::with_capacity(s.seq_writes);
@@ -256,30 +387,7 @@ async fn main() {
     ));
 
     // 4. Failover: SIGKILL the leader, time until a write is accepted again.
-    let mut gaps = Vec::new();
-    for round in 0..s.failovers {
-        let l = leader(&client).await;
-        let survivors: Vec<String> = (0..3).filter(|i| *i != l).map(|i| p.addrs[i].clone()).collect();
-        let c = Client::new(survivors).with_deadline(Duration::from_secs(30));
-        let killed = Instant::now();
-        p.kill(l);
-        c.write(Cmd::Add {
-            kind: Kind::Node,
-            items: vec![(format!("failover{round}"), node(2_000_000 + round))],
-        })
-        .await
-        .unwrap();
-        gaps.push(killed.elapsed());
-        p.spawn(l);
-        // Let the restarted head catch up before the next round.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    gaps.sort();
-    line(format!(
-        "| writes accepted again after SIGKILL of the leader ({} rounds) | median {} | max {} |",
-        s.failovers,
-        ms(median(gaps.clone())),
-        ms(*gaps.last().unwrap())
-    ));
+    let rounds = failovers(&mut p, &client, s.failovers, writers).await;
+    line(failover_line(&rounds, writers));
     let _ = report;
 }

@@ -11,6 +11,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`error`] | one error classification ([`error::ErrorKind`]) and the one place kinds become gRPC/HTTP codes; the display policy |
+//! | [`logging`] | log output of the binaries: text or JSON lines, colour only on a terminal |
 //! | [`model`] | nodes and profiles (nodes.conf YAML), merge with value origins, validation, hostlists, field patches |
 //! | [`state`] | the pure replicated state machine: commands, queries, versions, exactly-once |
 //! | [`store`] | sled-backed Raft log, vote and state-machine snapshots (openraft storage v2) |
@@ -33,6 +34,7 @@
 
 pub mod cas;
 pub mod error;
+pub mod logging;
 pub mod model;
 pub mod state;
 pub mod store;

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use wulfpack::logging::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -14,6 +15,23 @@ struct Args {
     /// Head config file (YAML); see cluster/examples/wulfd.yaml.
     #[arg(short, long, env = "WULFD_CONFIG", default_value = "/etc/wulfpack/wulfd.yaml")]
     config: PathBuf,
+    /// Log lines on stderr: `text` (colour only on a terminal and without NO_COLOR) or
+    /// `json` (one object per line, for journald/collectors). Levels and targets come from
+    /// RUST_LOG (e.g. `RUST_LOG=info,wulfpack::raft=debug`); see docs/OPERATIONS.md.
+    #[arg(long, env = "WULFD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// What wulfd logs when RUST_LOG is unset: info, except chatty dependencies; openraft's
+/// per-RPC failure lines are left to the transport, which logs peer outages collapsed.
+fn default_logging() -> wulfpack::logging::Defaults {
+    wulfpack::logging::Defaults {
+        directives: format!(
+            "info,{},sled=warn,h2=warn,tower=warn",
+            wulfpack::raft::OPENRAFT_LOG_DIRECTIVES
+        ),
+        drop: Some(wulfpack::raft::is_openraft_peer_rpc_error),
+    }
 }
 
 fn main() {
@@ -25,14 +43,8 @@ fn main() {
 
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    wulfpack::logging::init(args.log_format, "RUST_LOG", default_logging());
     let cfg = wulfpack::daemon::Settings::load(&args.config)?;
     let grpc = tokio::net::TcpListener::bind(&cfg.listen)
         .await

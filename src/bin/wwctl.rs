@@ -3,10 +3,15 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WWCTL_LOG").unwrap_or_else(|_| "error".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    // Text, colour only on a terminal; levels from WWCTL_LOG (RUST_LOG syntax).
+    wulfpack::logging::init(
+        wulfpack::logging::LogFormat::Text,
+        "WWCTL_LOG",
+        wulfpack::logging::Defaults {
+            directives: "error".into(),
+            drop: None,
+        },
+    );
     let cli = wulfpack::cli::Cli::parse();
     let mut out = std::io::stdout().lock();
     if let Err(e) = wulfpack::cli::run(cli, &mut out).await {

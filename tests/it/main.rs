@@ -27,4 +27,5 @@ mod oci;
 mod procs;
 mod pxe;
 mod raft_golden;
+mod raft_ops;
 mod tftp;

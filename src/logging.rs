@@ -1,0 +1,82 @@
+//! Log output of the binaries (`wulfd`, `wwctl`): plain text for people, JSON lines for
+//! collectors, and colour only where a person reads a terminal.
+//!
+//! Colour codes are written only when stderr is a terminal and `NO_COLOR` is unset
+//! (<https://no-color.org>): under systemd, stderr is a journald stream, and escape codes
+//! there and in files are noise that breaks `grep`.
+
+use std::io::IsTerminal;
+
+use tracing::Metadata;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// `--log-format` of `wulfd`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event (time, level, target, message, fields).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`)
+    /// and the enclosing `span`s, for journald/Vector/Fluent Bit/Loki.
+    Json,
+}
+
+/// Whether to write ANSI colour codes: only to a terminal, and never when `NO_COLOR` is set
+/// to a non-empty value.
+pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// What to log when the filter variable is unset: `RUST_LOG`-style directives, and events
+/// to drop although their level and target pass (see `raft::is_openraft_peer_rpc_error`).
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub directives: String,
+    pub drop: Option<fn(&Metadata<'_>) -> bool>,
+}
+
+/// Install the global subscriber writing to stderr. Levels and targets come from the
+/// environment variable `env_var` (`RUST_LOG` syntax) when it is set and valid; else from
+/// `defaults`, whose `drop` applies only then (whoever sets the variable sees everything
+/// it selects).
+pub fn init(format: LogFormat, env_var: &str, defaults: Defaults) {
+    let (filter, drop) = match EnvFilter::try_from_env(env_var) {
+        Ok(f) => (f, None),
+        Err(_) => (EnvFilter::new(&defaults.directives), defaults.drop),
+    };
+    let colour = use_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_ansi(colour).boxed(),
+        // JSON never carries escape codes, whatever the terminal.
+        LogFormat::Json => fmt.json().with_ansi(false).boxed(),
+    };
+    let keep = filter_fn(move |meta| !drop.is_some_and(|d| d(meta)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt.with_filter(keep))
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(
+            !use_colour(false, None),
+            "a file, a pipe or journald gets no escape codes"
+        );
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(
+            use_colour(true, Some(OsStr::new(""))),
+            "NO_COLOR= (empty) does not count"
+        );
+    }
+}
