@@ -367,8 +367,10 @@ pub enum OutageLine {
 
 /// Collapses a stream of RPC outcomes to one peer into few log lines: the first failure,
 /// then at most one summary per `every` while failures continue, then one "back" line.
-/// Rate-limited: an outage that starts within `every` of the previous Down/Still line is
-/// not announced by itself (a flapping peer); it is counted and mentioned in the next line.
+/// Rate-limited: an outage that starts within `every / 6` (5 s by default) of the previous
+/// Down/Still line is not announced by itself (a flapping peer); it is counted and
+/// mentioned in the next line. (Not the whole `every`: a head that died a few seconds
+/// after a start-up blip must be reported at once, not half a minute later.)
 /// Pure (the caller passes the time), so it is tested without sleeping.
 #[derive(Debug)]
 pub struct OutageLog {
@@ -401,14 +403,15 @@ impl OutageLog {
         }
     }
 
-    fn may_warn(&self, now: Instant) -> bool {
-        self.last_warn
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.every)
+    fn may_warn(&self, now: Instant, after: Duration) -> bool {
+        self.last_warn.is_none_or(|t| now.saturating_duration_since(t) >= after)
     }
 
     /// An RPC to the peer failed at `now` because of `reason`.
     pub fn failure(&mut self, now: Instant, reason: &str) -> Option<OutageLine> {
-        let may_warn = self.may_warn(now);
+        // A new outage may be announced sooner than a summary of a known one.
+        let announced = self.outage.as_ref().is_some_and(|o| o.announced);
+        let may_warn = self.may_warn(now, if announced { self.every } else { self.every / 6 });
         match &mut self.outage {
             None => {
                 self.outage = Some(Outage {
@@ -539,18 +542,18 @@ mod tests {
             Some(OutageLine::Down { blips: 0, .. })
         ));
         assert!(matches!(log.success(t0 + ms(1000)), Some(OutageLine::Back { .. })));
-        // Five more short outages within the same 30 s: silent.
-        for k in 0..5u64 {
-            let at = t0 + ms(2000 + k * 4000);
+        // Four more short outages within the next 5 s: silent.
+        for k in 0..4u64 {
+            let at = t0 + ms(1500 + k * 800);
             assert_eq!(log.failure(at, "timeout"), None);
-            assert_eq!(log.success(at + ms(500)), None);
+            assert_eq!(log.success(at + ms(300)), None);
         }
-        // The next outage after the period is announced, with the silent ones counted.
+        // The next outage after the flap window is announced, the silent ones counted.
         assert_eq!(
-            log.failure(t0 + ms(31_000), "timeout"),
+            log.failure(t0 + ms(5_000), "timeout"),
             Some(OutageLine::Down {
                 reason: "timeout".into(),
-                blips: 5
+                blips: 4
             })
         );
     }
@@ -561,22 +564,24 @@ mod tests {
         let mut log = OutageLog::new(Duration::from_secs(30));
         assert!(log.failure(t0, "refused").is_some());
         assert!(log.success(t0 + ms(100)).is_some());
-        // Starts within the period: silent, but it goes on; at 30 s it gets a Down line,
-        // (not "still", since nothing said it began), and the end is reported.
-        assert_eq!(log.failure(t0 + ms(5000), "refused"), None);
-        assert_eq!(log.failure(t0 + ms(20_000), "refused"), None);
+        // Starts within the flap window (5 s): silent, but it goes on; at 5 s it gets a
+        // Down line (not "still", since nothing said it began), and the end is reported.
+        assert_eq!(log.failure(t0 + ms(1000), "refused"), None);
+        assert_eq!(log.failure(t0 + ms(3000), "refused"), None);
         assert_eq!(
-            log.failure(t0 + ms(30_000), "refused"),
+            log.failure(t0 + ms(5000), "refused"),
             Some(OutageLine::Down {
                 reason: "refused".into(),
                 blips: 0
             })
         );
+        // Then summaries only every 30 s.
+        assert_eq!(log.failure(t0 + ms(20_000), "refused"), None);
         assert_eq!(
-            log.success(t0 + ms(31_000)),
+            log.success(t0 + ms(21_000)),
             Some(OutageLine::Back {
-                lasted: ms(26_000),
-                failures: 3
+                lasted: ms(20_000),
+                failures: 4
             })
         );
     }

@@ -24,11 +24,32 @@ impl Drop for ProcCluster {
     }
 }
 
+/// `n` free ports *below* Linux's ephemeral range (32768–60999). A killed head's
+/// port must stay dead: a port handed out by `bind(0)` goes back to the ephemeral
+/// pool and another test (or process) asking for any port may get it while the head
+/// is down — its peers would then talk to a stranger instead of being refused.
 fn free_ports(n: usize) -> Vec<String> {
-    let ls: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOW: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 7);
+    let mut held = Vec::new();
+    for _ in 0..SPAN {
+        if held.len() == n {
+            break;
+        }
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (seed.wrapping_add(k.wrapping_mul(7919))) % SPAN;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "no {n} free ports in {LOW}..{}", LOW + SPAN);
+    held.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
 }
 
 impl ProcCluster {
