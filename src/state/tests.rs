@@ -567,12 +567,23 @@ fn many(n: usize) -> State {
         let items = chunk
             .iter()
             .map(|&i| {
-                let mac = format!("52:54:00:{:02x}:{:02x}:{:02x}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+                let mac = format!(
+                    "52:54:00:{:02x}:{:02x}:{:02x}",
+                    (i >> 16) & 255,
+                    (i >> 8) & 255,
+                    i & 255
+                );
                 let ip = format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255);
                 (format!("b{i:05}"), node(&mac, &ip))
             })
             .collect();
-        let r = s.apply(10 + c as u64, &req(Command::Add { kind: Kind::Node, items }));
+        let r = s.apply(
+            10 + c as u64,
+            &req(Command::Add {
+                kind: Kind::Node,
+                items,
+            }),
+        );
         assert!(r.0.is_ok(), "{r:?}");
     }
     s

@@ -290,10 +290,16 @@ mod tests {
         c.applied(1, Duration::from_millis(20));
         c.appended(30);
         let s = c.get();
-        assert_eq!((s.entries, s.apply_time, s.log_bytes, s.snapshots), (3, Duration::from_millis(50), 100, 0));
+        assert_eq!(
+            (s.entries, s.apply_time, s.log_bytes, s.snapshots),
+            (3, Duration::from_millis(50), 100, 0)
+        );
         c.reset();
         let s = c.get();
-        assert_eq!((s.entries, s.apply_time, s.log_bytes, s.snapshots), (0, Duration::ZERO, 0, 1));
+        assert_eq!(
+            (s.entries, s.apply_time, s.log_bytes, s.snapshots),
+            (0, Duration::ZERO, 0, 1)
+        );
         assert!(s.age < Duration::from_secs(5));
     }
 }

@@ -26,6 +26,12 @@
 //!   On [`open`], the state machine is restored from that snapshot and [`StateMachineCore::rebuilt`]
 //!   is called.
 //!
+//! * **When to snapshot, and replay progress.** A restart re-applies every committed entry
+//!   after the snapshot before the head serves, so the store counts the apply time, log bytes
+//!   and age since the last snapshot and [`spawn_snapshot_trigger`] asks openraft for one when
+//!   [`SnapshotPolicy`] says so (see `compaction.rs`). [`StateReader::replay_progress`] tells
+//!   how many of the entries to replay are applied, while `Raft::new` replays them.
+//!
 //! * **Durability.** Every write that openraft relies on is flushed before it is acknowledged:
 //!   `append` writes its whole batch with one sled `Batch` and flushes once before invoking the
 //!   `LogFlushed` callback (group commit: one fsync per `append` call, however many entries);

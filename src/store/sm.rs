@@ -475,7 +475,10 @@ where
                 last_applied: a.last_applied,
                 last_membership: a.last_membership.clone(),
             };
-            (encode_payload(&payload), (payload.last_applied, payload.last_membership))
+            (
+                encode_payload(&payload),
+                (payload.last_applied, payload.last_membership),
+            )
         });
         let (last_applied, last_membership) = payload;
         let data = encoded.map_err(|e| storage_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;

@@ -284,7 +284,9 @@ async fn work_since_snapshot_is_counted_reset_and_restored() {
 
         sm.apply(log.try_get_log_entries(4..=4).await.unwrap()).await.unwrap();
         assert_eq!(reader.since_snapshot().entries, 1);
-        tail_bytes = serde_json::to_vec(&normal_ent(1, 4, set("key", "value"))).unwrap().len() as u64;
+        tail_bytes = serde_json::to_vec(&normal_ent(1, 4, set("key", "value")))
+            .unwrap()
+            .len() as u64;
     }
     // After a restart the log after the snapshot (index 3) is work not covered yet.
     let (_log, sm) = reopen_kv(dir.path());
@@ -328,7 +330,11 @@ async fn trigger_asks_for_a_snapshot_when_the_policy_says_so() {
     assert!(asked.try_recv().is_err(), "asked below every bound");
 
     // Past it: asked once, and not again while no snapshot was built (retry_after).
-    append(&mut log, (2..=6).map(|i| normal_ent(1, i, set("a", "a much longer value")))).await;
+    append(
+        &mut log,
+        (2..=6).map(|i| normal_ent(1, i, set("a", "a much longer value"))),
+    )
+    .await;
     sm.apply(log.try_get_log_entries(2..=6).await.unwrap()).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), asked.recv())
         .await
@@ -344,5 +350,8 @@ async fn trigger_asks_for_a_snapshot_when_the_policy_says_so() {
     assert!(asked.try_recv().is_err(), "asked right after a snapshot");
 
     stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
