@@ -88,6 +88,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// Part 1: the state machine alone.
 fn in_process(s: &Sizes, line: &mut impl FnMut(String)) {
+    let rss_start = rss(std::process::id());
     let mut st = State::default();
     let mut index = 0u64;
     let mut apply = |st: &mut State, id: String, cmd: Cmd| {
@@ -99,10 +100,34 @@ fn in_process(s: &Sizes, line: &mut impl FnMut(String)) {
     apply(&mut st, "init".into(), Cmd::Init { name: "bench".into() });
     for (c, chunk) in (0..s.nodes).collect::<Vec<_>>().chunks(1000).enumerate() {
         let items = chunk.iter().map(|&i| (name(i), node(i))).collect();
-        apply(&mut st, format!("add{c}"), Cmd::Add { kind: Kind::Node, items });
+        apply(
+            &mut st,
+            format!("add{c}"),
+            Cmd::Add {
+                kind: Kind::Node,
+                items,
+            },
+        );
     }
     let size_before = serde_json::to_vec(&st).unwrap().len() as u64;
     let names: Vec<String> = (0..s.nodes).map(name).collect();
+
+    // What one copy of each in-memory form costs (RSS of this process grows by it).
+    let rss_state = rss(std::process::id()) - rss_start;
+    let r0 = rss(std::process::id());
+    let copy = st.clone();
+    let rss_clone = rss(std::process::id()) - r0;
+    let r0 = rss(std::process::id());
+    let view = wulfpack::boot::view::BootView::from_state(&st, 1);
+    let rss_view = rss(std::process::id()) - r0;
+    drop((copy, view));
+    line(format!(
+        "| memory of {} nodes in one process: the state / one clone of it / one boot view | {} / {} / {} |",
+        s.nodes,
+        mib(rss_state),
+        mib(rss_clone),
+        mib(rss_view)
+    ));
 
     let mut patch_times = Vec::new();
     for round in 0..s.bulk_sets {
@@ -155,10 +180,17 @@ fn main() {
     let s = if full {
         Sizes {
             nodes: 10_000,
-            bulk_sets: 150,
+            // Fewer for quick comparisons; the report names the count.
+            bulk_sets: std::env::var("WULFPACK_BENCH_BULK_SETS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(150),
         }
     } else {
-        Sizes { nodes: 300, bulk_sets: 3 }
+        Sizes {
+            nodes: 300,
+            bulk_sets: 3,
+        }
     };
     let mut report = String::new();
     let mut line = |s: String| {
@@ -173,7 +205,9 @@ fn main() {
         s.bulk_sets,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     ));
-    in_process(&s, &mut line);
+    if std::env::var_os("WULFPACK_BENCH_PROCESSES_ONLY").is_none() {
+        in_process(&s, &mut line);
+    }
     if std::env::var_os("WULFPACK_BENCH_IN_PROCESS_ONLY").is_none() {
         real_processes(&s, &mut line);
     }
@@ -199,9 +233,27 @@ fn rss_list(v: &[u64]) -> String {
     v.iter().map(|&b| mib(b)).collect::<Vec<_>>().join(", ")
 }
 
-/// Size of the last snapshot head `i` built or installed, from its log.
+/// `s` without ANSI colour sequences (`ESC [ … m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Size of the last snapshot head `i` built, from its log.
 fn last_snapshot_bytes(p: &ProcCluster, i: usize) -> Option<u64> {
-    p.log(i)
+    strip_ansi(&p.log(i))
         .lines()
         .filter(|l| l.contains("built snapshot") || l.contains("persisted snapshot"))
         .filter_map(|l| l.split("bytes=").nth(1))
@@ -242,7 +294,10 @@ fn first_write(heads: &str, since: Instant, limit: Duration, comment: &str) -> D
         if wwctl(heads, 2, &["node", "set", "n00000", "-y", "--comment", comment]) {
             return since.elapsed();
         }
-        assert!(since.elapsed() < limit, "no write accepted through {heads} within {limit:?}");
+        assert!(
+            since.elapsed() < limit,
+            "no write accepted through {heads} within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -267,7 +322,10 @@ fn leader(client: &Client, rt: &tokio::runtime::Runtime) -> usize {
 /// Part 2: three real heads.
 fn real_processes(s: &Sizes, line: &mut impl FnMut(String)) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut p = ProcCluster::start(Path::new(WULFD), 3, "");
+    let _in_rt = rt.enter(); // the client's channels need a runtime to be made in
+                             // Extra head configuration, to compare settings (e.g. "cache_mib: 16\n").
+    let extra = std::env::var("WULFPACK_BENCH_HEAD_YAML").unwrap_or_default();
+    let mut p = ProcCluster::start(Path::new(WULFD), 3, &extra);
     let all = p.all_heads();
     let client = Client::new(p.addrs.clone()).with_deadline(Duration::from_secs(60));
     let probe = Query::profiles(Selector::All);
@@ -277,7 +335,11 @@ fn real_processes(s: &Sizes, line: &mut impl FnMut(String)) {
     let rss_empty = rss_all(&p);
     for chunk in (0..s.nodes).collect::<Vec<_>>().chunks(1000) {
         let items = chunk.iter().map(|&i| (name(i), node(i))).collect();
-        rt.block_on(client.write(Cmd::Add { kind: Kind::Node, items })).unwrap();
+        rt.block_on(client.write(Cmd::Add {
+            kind: Kind::Node,
+            items,
+        }))
+        .unwrap();
     }
     // Settle: let followers apply and any snapshot finish.
     std::thread::sleep(Duration::from_secs(3));
@@ -287,7 +349,11 @@ fn real_processes(s: &Sizes, line: &mut impl FnMut(String)) {
     let t = Instant::now();
     for round in 0..s.bulk_sets {
         assert!(
-            wwctl(&all, 60, &["node", "set", &hostlist, "-y", "--comment", &format!("bulk {round}")]),
+            wwctl(
+                &all,
+                60,
+                &["node", "set", &hostlist, "-y", "--comment", &format!("bulk {round}")]
+            ),
             "bulk set {round} failed"
         );
     }
@@ -350,5 +416,8 @@ fn real_processes(s: &Sizes, line: &mut impl FnMut(String)) {
         ms(everyone)
     ));
     std::thread::sleep(Duration::from_secs(2));
-    line(format!("| RSS per head after the full restart | {} |", rss_list(&rss_all(&p))));
+    line(format!(
+        "| RSS per head after the full restart | {} |",
+        rss_list(&rss_all(&p))
+    ));
 }
