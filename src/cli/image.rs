@@ -239,7 +239,7 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                     to: to.clone(),
                 }))
                 .await?;
-            let moved = w.outcome.changed.len().saturating_sub(1);
+            let moved = w.outcome.changed_count().saturating_sub(1);
             writeln!(out, "Renamed image {from} to {to} ({moved} node(s)/profile(s) updated)")?;
         }
         ImageCmd::Kernels { names } => {

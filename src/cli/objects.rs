@@ -178,7 +178,7 @@ pub(super) async fn obj_cmd(
                 confirm(&format!("Are you sure you want to modify {} {k}(s)", names.len()))?;
             }
             let w = client.write(Command::Patch { kind, names, patch }).await?;
-            writeln!(out, "Modified {} {k}(s)", w.outcome.changed.len())?;
+            writeln!(out, "Modified {} {k}(s)", w.outcome.changed_count())?;
         }
         ObjCmd::Unset {
             name,
@@ -196,7 +196,7 @@ pub(super) async fn obj_cmd(
                 confirm(&format!("Are you sure you want to modify {} {k}(s)", names.len()))?;
             }
             let w = client.write(Command::Patch { kind, names, patch }).await?;
-            writeln!(out, "Modified {} {k}(s)", w.outcome.changed.len())?;
+            writeln!(out, "Modified {} {k}(s)", w.outcome.changed_count())?;
         }
         ObjCmd::List(args) => list(client, kind, args, fmt, out).await?,
         ObjCmd::Delete { names, yes } => {
@@ -205,7 +205,7 @@ pub(super) async fn obj_cmd(
                 confirm(&format!("Are you sure you want to delete {} {k}(s)", names.len()))?;
             }
             let w = client.write(Command::Delete { kind, names }).await?;
-            writeln!(out, "Deleted {} {k}(s)", w.outcome.deleted.len())?;
+            writeln!(out, "Deleted {} {k}(s)", w.outcome.deleted_count())?;
         }
         ObjCmd::Edit { names } => edit(client, kind, &names, out).await?,
         ObjCmd::Status { names, watch } => {

@@ -152,6 +152,8 @@ pub struct Settings {
     /// Founding members of a new cluster; empty for a head that will be joined.
     pub bootstrap: Vec<Member>,
     pub raft: Arc<openraft::Config>,
+    /// When to snapshot besides openraft's entry count (bounds restart replay).
+    pub snapshots: crate::store::SnapshotPolicy,
     pub store: StoreConfig,
     /// How often the blob GC runs and the age below which it keeps unreferenced
     /// blobs; `None`: never.
@@ -230,6 +232,7 @@ impl TryFrom<HeadConfig> for Settings {
             cluster_name: c.cluster_name,
             bootstrap: c.bootstrap,
             raft: Arc::new(raft),
+            snapshots: crate::store::SnapshotPolicy::default(),
             store: StoreConfig {
                 cache_capacity_bytes: c.cache_mib * 1024 * 1024,
             },

@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::storage::RaftLogStorage;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -109,18 +108,14 @@ impl Head {
         });
 
         // Serve at once, behind the gate: callers get "starting" instead of a hang.
-        let progress = Arc::new(std::sync::Mutex::new(None::<(StateReader<State>, u64, u64)>));
+        let progress = Arc::new(std::sync::OnceLock::<StateReader<State>>::new());
         let starting = {
             let progress = progress.clone();
-            move || match &*progress.lock().unwrap_or_else(|e| e.into_inner()) {
+            move || match progress.get() {
                 None => "opening its data directory".to_string(),
-                Some((sm, from, to)) => {
-                    let at = sm.last_applied().map_or(0, |l| l.index);
-                    format!(
-                        "replaying its log: {} of {} entries applied",
-                        at.saturating_sub(*from),
-                        to.saturating_sub(*from)
-                    )
+                Some(sm) => {
+                    let p = sm.replay_progress();
+                    format!("replaying its log: {} of {} entries applied", p.applied, p.total)
                 }
             }
         };
@@ -146,19 +141,14 @@ impl Head {
 
         let cas =
             Cas::open(&cfg.data_dir.join("cas")).map_err(|e| DaemonError::Invalid(format!("content store: {e}")))?;
-        let (mut log, sm) = open_store_with_retry(&cfg).await?;
+        let (log, sm) = open_store_with_retry(&cfg).await?;
         let reader = sm.reader();
-        // What openraft will re-apply inside `Raft::new`: from the snapshot to `committed`.
-        let from = reader.last_applied().map_or(0, |l| l.index);
-        let to = log
-            .read_committed()
-            .await
-            .map_err(|e| DaemonError::Raft(e.to_string()))?
-            .map_or(from, |l| l.index);
-        if to > from {
-            tracing::info!(entries = to - from, "replaying the log since the last snapshot");
+        // openraft re-applies the log from the snapshot to `committed` inside `Raft::new`.
+        let replay = reader.replay_progress();
+        if replay.total > 0 {
+            tracing::info!(entries = replay.total, "replaying the log since the last snapshot");
         }
-        *progress.lock().unwrap_or_else(|e| e.into_inner()) = Some((reader.clone(), from, to));
+        let _ = progress.set(reader.clone());
 
         // The boot side reads the state as it is replayed (local reads never wait).
         let view = crate::boot::view::publish_for(&sm);
@@ -178,6 +168,14 @@ impl Head {
         let raft = Raft::new(cfg.id, cfg.raft.clone(), Network::default(), log, sm)
             .await
             .map_err(|e| DaemonError::Raft(e.to_string()))?;
+        // Snapshots by apply work, log bytes and age (not only entry count), so the next
+        // restart's replay stays short whatever the history.
+        store::spawn_snapshot_trigger(
+            raft.clone(),
+            reader.clone(),
+            cfg.snapshots.clone(),
+            stop.clone().cancelled_owned(),
+        );
         let cluster = Cluster::new(cfg.id, cfg.advertise.clone(), raft.clone(), reader.clone());
         let images = Images::new(cas.clone(), &cfg.data_dir, cluster.clone());
         let parts = Parts {

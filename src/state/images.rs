@@ -155,6 +155,7 @@ impl State {
                 Ok(Outcome {
                     changed: vec![],
                     deleted: vec![name.clone()],
+                    summary: None,
                 })
             }
             ImageCommand::Rename { from, to } | ImageCommand::Copy { from, to } => {
@@ -214,6 +215,7 @@ fn changed(name: &str) -> Outcome {
     Outcome {
         changed: vec![name.to_string()],
         deleted: vec![],
+        summary: None,
     }
 }
 

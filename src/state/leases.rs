@@ -261,6 +261,7 @@ impl State {
         Ok(Outcome {
             changed: got.iter().map(|ip| ip.to_string()).collect(),
             deleted: vec![],
+            summary: None,
         })
     }
 
@@ -292,6 +293,7 @@ impl State {
         Ok(Outcome {
             changed: vec![],
             deleted: refused,
+            summary: None,
         })
     }
 
@@ -304,6 +306,7 @@ impl State {
             return Ok(Outcome {
                 changed: vec![owner.clone()],
                 deleted: vec![],
+                summary: None,
             });
         }
         let profiles: BTreeMap<String, NodeConf> = self
@@ -334,6 +337,7 @@ impl State {
         Ok(Outcome {
             changed: vec![name],
             deleted: vec![],
+            summary: None,
         })
     }
 }

@@ -15,7 +15,8 @@
 //! - **Exactly once.** A client may retry a write whose answer it lost (the head died
 //!   after committing). Requests carry a client-chosen id; the last
 //!   [`DEDUP_WINDOW`] outcomes are remembered, so a retry returns the first answer
-//!   instead of applying twice.
+//!   instead of applying twice. A bulk write's answer is counts and a digest, not its
+//!   list of names ([`Outcome`]), so this memory stays small whatever the history.
 //! - **Uniqueness index.** MACs and IPs must be unique across nodes. The index is
 //!   derived state (not serialized) and rebuilt after a snapshot install, so a write
 //!   checks only the nodes it changes, not all 10,000.
@@ -123,6 +124,20 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the caller needs the exact names of this command's [`Outcome`], even on a
+    /// retry: the addresses of a reserved pool block, the refused lease ops, the node a
+    /// MAC was assigned to. These lists are bounded (`leases::MAX_BLOCK`, the lease batch
+    /// size), so they are never summarized.
+    fn answer_is_list(&self) -> bool {
+        matches!(
+            self,
+            Command::ReservePoolBlock { .. }
+                | Command::RecordLeases { .. }
+                | Command::Discover { .. }
+                | Command::RegisterHead { .. }
+        )
+    }
+
     /// Whether this command can only be decided once the cluster is initialised
     /// (`Init` applied): node and profile writes refer to the `default` profile that
     /// `Init` creates. Internal commands (head registration, pools, discovery, images)
@@ -179,12 +194,99 @@ impl Request {
 }
 
 /// What a successful command did.
+///
+/// Small outcomes list every name. A bulk write over more than [`OUTCOME_KEEP_NAMES`]
+/// names answers with counts and a digest instead ([`Outcome::summary`], lists empty):
+/// the answer is remembered for exactly-once retries ([`DEDUP_WINDOW`] of them, inside
+/// the replicated state and its snapshots), and 4,096 lists of 10,000 names made memory
+/// and snapshots grow with history instead of with the cluster. Read the counts with
+/// [`Outcome::changed_count`] / [`Outcome::deleted_count`], which work for both forms.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
-    /// Names created or changed.
+    /// Names created or changed (empty when summarized).
     pub changed: Vec<String>,
-    /// Names removed.
+    /// Names removed (empty when summarized).
     pub deleted: Vec<String>,
+    /// Set instead of the lists when they were too long to keep. Optional and absent
+    /// from the JSON of small outcomes, so older logs and snapshots stay readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<OutcomeSummary>,
+}
+
+/// Counts and digest standing in for the name lists of a large [`Outcome`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeSummary {
+    /// How many names were created or changed.
+    pub changed: u64,
+    /// How many names were removed.
+    pub deleted: u64,
+    /// `sha256:<hex>` over the lists (see [`Outcome::digest`]): lets a caller check
+    /// that two answers name the same objects without shipping the names.
+    pub digest: String,
+}
+
+/// Outcomes naming at most this many objects (changed + deleted) keep their lists;
+/// larger ones are summarized. Commands whose list *is* the answer (pool blocks,
+/// refused lease ops, discovery, head registration) always keep it: they are bounded
+/// by `leases::MAX_BLOCK` and the lease batch size.
+pub const OUTCOME_KEEP_NAMES: usize = 256;
+
+impl Outcome {
+    /// How many objects were created or changed.
+    pub fn changed_count(&self) -> u64 {
+        match &self.summary {
+            Some(s) => s.changed,
+            None => self.changed.len() as u64,
+        }
+    }
+
+    /// How many objects were removed.
+    pub fn deleted_count(&self) -> u64 {
+        match &self.summary {
+            Some(s) => s.deleted,
+            None => self.deleted.len() as u64,
+        }
+    }
+
+    /// True if the name lists were replaced by a [`OutcomeSummary`].
+    pub fn is_summarized(&self) -> bool {
+        self.summary.is_some()
+    }
+
+    /// `sha256:<hex>` of the name lists: each changed name then each deleted name,
+    /// every name followed by a NUL byte, the two lists separated by a `0x01` byte
+    /// (names cannot contain either).
+    pub fn digest(changed: &[String], deleted: &[String]) -> String {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for n in changed {
+            h.update(n.as_bytes());
+            h.update([0u8]);
+        }
+        h.update([1u8]);
+        for n in deleted {
+            h.update(n.as_bytes());
+            h.update([0u8]);
+        }
+        model::Digest(h.finalize().into()).to_string()
+    }
+
+    /// This outcome with its lists replaced by counts and a digest if it names more than
+    /// `keep` objects; unchanged otherwise.
+    pub fn summarized(self, keep: usize) -> Outcome {
+        if self.summary.is_some() || self.changed.len() + self.deleted.len() <= keep {
+            return self;
+        }
+        Outcome {
+            summary: Some(OutcomeSummary {
+                changed: self.changed.len() as u64,
+                deleted: self.deleted.len() as u64,
+                digest: Outcome::digest(&self.changed, &self.deleted),
+            }),
+            changed: Vec::new(),
+            deleted: Vec::new(),
+        }
+    }
 }
 
 /// Why a command was refused. The state is unchanged when one is returned.
@@ -320,7 +422,13 @@ impl State {
                 return prev.clone();
             }
         }
-        let res = ApplyResult(self.apply_cmd(index, &req.cmd));
+        let res = ApplyResult(self.apply_cmd(index, &req.cmd).map(|o| {
+            if req.cmd.answer_is_list() {
+                o
+            } else {
+                o.summarized(OUTCOME_KEEP_NAMES)
+            }
+        }));
         if let Some(id) = &req.id {
             self.dedup.insert(id.clone(), res.clone());
             self.dedup_order.push_back(id.clone());
@@ -447,6 +555,7 @@ impl State {
                 return Ok(Outcome {
                     changed: vec![format!("head {id}")],
                     deleted: vec![],
+                    summary: None,
                 });
             }
             Command::Init { name } => {

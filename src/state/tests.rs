@@ -559,3 +559,147 @@ fn discovery_assigns_a_mac_exactly_once_in_name_order() {
     ));
     assert!(e.to_string().contains("spare1"), "{e}");
 }
+
+/// A state with a `default` profile and `n` nodes named `b00000`…, each with its own MAC/IP.
+fn many(n: usize) -> State {
+    let mut s = base();
+    for (c, chunk) in (0..n).collect::<Vec<_>>().chunks(1000).enumerate() {
+        let items = chunk
+            .iter()
+            .map(|&i| {
+                let mac = format!(
+                    "52:54:00:{:02x}:{:02x}:{:02x}",
+                    (i >> 16) & 255,
+                    (i >> 8) & 255,
+                    i & 255
+                );
+                let ip = format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255);
+                (format!("b{i:05}"), node(&mac, &ip))
+            })
+            .collect();
+        let r = s.apply(
+            10 + c as u64,
+            &req(Command::Add {
+                kind: Kind::Node,
+                items,
+            }),
+        );
+        assert!(r.0.is_ok(), "{r:?}");
+    }
+    s
+}
+
+fn bulk_comment(s: &State, round: usize) -> Command {
+    Command::Patch {
+        kind: Kind::Node,
+        names: s.nodes.keys().cloned().collect(),
+        patch: vec![PatchOp::Set {
+            path: vec!["comment".into()],
+            value: serde_json::Value::String(format!("round {round}")),
+        }],
+    }
+}
+
+#[test]
+fn bulk_outcome_is_counts_and_digest_and_a_retry_answers_the_same() {
+    let mut s = many(OUTCOME_KEEP_NAMES + 50);
+    let names: Vec<String> = s.nodes.keys().cloned().collect();
+    let r = Request {
+        id: Some("bulk-1".into()),
+        cmd: bulk_comment(&s, 1),
+    };
+    let first = s.apply(100, &r).0.unwrap();
+    assert!(first.is_summarized());
+    assert!(first.changed.is_empty() && first.deleted.is_empty(), "{first:?}");
+    assert_eq!(first.changed_count(), names.len() as u64);
+    assert_eq!(first.deleted_count(), 0);
+    assert_eq!(first.summary.as_ref().unwrap().digest, Outcome::digest(&names, &[]));
+
+    let retry = s.apply(101, &r).0.unwrap();
+    assert_eq!(retry, first, "a retry answers the first outcome");
+    assert_eq!(retry.changed_count(), names.len() as u64);
+    assert!(s.nodes.values().all(|v| v.version == 100), "the retry applied nothing");
+
+    // Deleting them all: counted in `deleted`.
+    let del = s
+        .apply(
+            102,
+            &req(Command::Delete {
+                kind: Kind::Node,
+                names: names.clone(),
+            }),
+        )
+        .0
+        .unwrap();
+    assert_eq!((del.changed_count(), del.deleted_count()), (0, names.len() as u64));
+    assert_eq!(del.summary.unwrap().digest, Outcome::digest(&[], &names));
+}
+
+#[test]
+fn small_outcomes_keep_their_lists_and_their_json() {
+    let mut s = many(OUTCOME_KEEP_NAMES - 2); // plus n1 and n2 from `base`
+    let o = s.apply(100, &req(bulk_comment(&s, 1))).0.unwrap();
+    assert!(!o.is_summarized());
+    assert_eq!(o.changed.len(), OUTCOME_KEEP_NAMES);
+    assert_eq!(o.changed_count(), OUTCOME_KEEP_NAMES as u64);
+    // Small outcomes serialize exactly as before `summary` existed, and old JSON reads.
+    let small = Outcome {
+        changed: vec!["n1".into()],
+        deleted: vec!["n2".into()],
+        summary: None,
+    };
+    assert_eq!(
+        serde_json::to_string(&small).unwrap(),
+        r#"{"changed":["n1"],"deleted":["n2"]}"#
+    );
+    let old: Outcome = serde_json::from_str(r#"{"changed":["n1"],"deleted":["n2"]}"#).unwrap();
+    assert_eq!(old, small);
+    let big: Outcome =
+        serde_json::from_str(r#"{"changed":[],"deleted":[],"summary":{"changed":7,"deleted":1,"digest":"sha256:00"}}"#)
+            .unwrap();
+    assert_eq!((big.changed_count(), big.deleted_count()), (7, 1));
+}
+
+#[test]
+fn a_large_pool_block_keeps_its_addresses_on_retry() {
+    let mut s = State::default();
+    let r = Request {
+        id: Some("reserve-1".into()),
+        cmd: Command::ReservePoolBlock {
+            holder: 7,
+            head: 1,
+            first: "10.1.0.1".parse().unwrap(),
+            last: "10.1.255.254".parse().unwrap(),
+            size: leases::MAX_BLOCK,
+            lease_secs: 3600,
+            now: 1000,
+        },
+    };
+    let first = s.apply(1, &r).0.unwrap();
+    assert_eq!(first.changed.len(), leases::MAX_BLOCK as usize);
+    assert!(!first.is_summarized());
+    assert_eq!(s.apply(2, &r).0.unwrap(), first, "the retry names the same addresses");
+}
+
+/// Memory proportional to the cluster, not to its history: 150 bulk `set`s over every
+/// node (each remembered for exactly-once retries) at most double the snapshot. 1,000
+/// nodes keep the debug-build test short while still failing clearly if lists were
+/// remembered (8× the state); `cargo bench --bench restart` measures 10,000.
+#[test]
+fn exactly_once_memory_stays_small_after_bulk_writes() {
+    let mut s = many(1_000);
+    let before = serde_json::to_vec(&s).unwrap().len();
+    for round in 0..150 {
+        let r = Request {
+            id: Some(format!("bulk-{round}")),
+            cmd: bulk_comment(&s, round),
+        };
+        assert!(s.apply(1000 + round as u64, &r).0.is_ok());
+    }
+    assert_eq!(s.dedup.len(), 150, "every bulk write is remembered");
+    let after = serde_json::to_vec(&s).unwrap().len();
+    assert!(
+        after <= 2 * before,
+        "state grew from {before} to {after} bytes after 150 bulk sets"
+    );
+}

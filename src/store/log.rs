@@ -25,13 +25,15 @@ use std::fmt::Debug;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{flush, storage_err, storage_msg, StoreTypeConfig};
+use super::compaction::WorkCounters;
+use super::{flush, storage_err, storage_msg, StoreError, StoreTypeConfig};
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -42,6 +44,8 @@ pub struct LogStore<C> {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// Bytes appended since the last snapshot, for the snapshot trigger.
+    work: Arc<WorkCounters>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -51,6 +55,7 @@ impl<C> Clone for LogStore<C> {
             db: self.db.clone(),
             log: self.log.clone(),
             meta: self.meta.clone(),
+            work: Arc::clone(&self.work),
             _config: PhantomData,
         }
     }
@@ -93,13 +98,42 @@ fn key_range(range: &impl RangeBounds<u64>) -> Option<KeyRange> {
 }
 
 impl<C: StoreTypeConfig> LogStore<C> {
-    pub(super) fn new(db: sled::Db, log: sled::Tree, meta: sled::Tree) -> Self {
+    pub(super) fn new(db: sled::Db, log: sled::Tree, meta: sled::Tree, work: Arc<WorkCounters>) -> Self {
         Self {
             db,
             log,
             meta,
+            work,
             _config: PhantomData,
         }
+    }
+
+    /// At open: the persisted committed index (the end of the start-up replay) and the bytes
+    /// of the log entries after `applied` (work a snapshot does not cover yet).
+    pub(super) fn open_counts(&self, applied: u64) -> Result<(u64, u64), StoreError> {
+        let committed = match self.meta.get(KEY_COMMITTED).map_err(|source| StoreError::Sled {
+            context: "reading the committed index",
+            source,
+        })? {
+            None => 0,
+            Some(bytes) => {
+                let id: LogId<u64> = serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                    what: "committed log id",
+                    source,
+                })?;
+                id.index
+            }
+        };
+        let mut bytes = 0u64;
+        let after = (Bound::Excluded(index_key(applied)), Bound::Unbounded);
+        for kv in self.log.range(after) {
+            let (_, v) = kv.map_err(|source| StoreError::Sled {
+                context: "measuring the log after the snapshot",
+                source,
+            })?;
+            bytes += v.len() as u64;
+        }
+        Ok((committed, bytes))
     }
 
     /// Decodes one stored entry and checks it sits under the right key.
@@ -247,10 +281,12 @@ impl<C: StoreTypeConfig> RaftLogStorage<C> for LogStore<C> {
     {
         let mut batch = sled::Batch::default();
         let mut count = 0usize;
+        let mut size = 0u64;
         let mut last = None;
         for entry in entries {
             let bytes = serde_json::to_vec(&entry)
                 .map_err(|e| storage_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, &e))?;
+            size += bytes.len() as u64;
             batch.insert(&index_key(entry.log_id.index), bytes);
             last = Some(entry.log_id);
             count += 1;
@@ -268,6 +304,7 @@ impl<C: StoreTypeConfig> RaftLogStorage<C> for LogStore<C> {
             callback.log_io_completed(Err(io::Error::other(e.to_string())));
             return Err(e);
         }
+        self.work.appended(size);
         tracing::trace!(count, %last, "appended and flushed log entries");
         callback.log_io_completed(Ok(()));
         Ok(())

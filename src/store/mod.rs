@@ -26,6 +26,12 @@
 //!   On [`open`], the state machine is restored from that snapshot and [`StateMachineCore::rebuilt`]
 //!   is called.
 //!
+//! * **When to snapshot, and replay progress.** A restart re-applies every committed entry
+//!   after the snapshot before the head serves, so the store counts the apply time, log bytes
+//!   and age since the last snapshot and [`spawn_snapshot_trigger`] asks openraft for one when
+//!   [`SnapshotPolicy`] says so (see `compaction.rs`). [`StateReader::replay_progress`] tells
+//!   how many of the entries to replay are applied, while `Raft::new` replays them.
+//!
 //! * **Durability.** Every write that openraft relies on is flushed before it is acknowledged:
 //!   `append` writes its whole batch with one sled `Batch` and flushes once before invoking the
 //!   `LogFlushed` callback (group commit: one fsync per `append` call, however many entries);
@@ -76,6 +82,7 @@
     reason = "openraft::StorageError is the error type openraft's storage traits require"
 )]
 
+mod compaction;
 mod log;
 mod sm;
 mod snapshot;
@@ -87,14 +94,18 @@ mod tests;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use openraft::{AnyError, BasicNode, Entry, ErrorSubject, ErrorVerb, RaftTypeConfig};
 use openraft::{StorageError, StorageIOError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use self::compaction::{
+    run_snapshot_trigger, spawn_snapshot_trigger, SinceSnapshot, SnapshotPolicy, SnapshotReason,
+};
 pub use self::log::LogStore;
-pub use self::sm::{SmSnapshotBuilder, StateMachineStore, StateReader};
+pub use self::sm::{ReplayProgress, SmSnapshotBuilder, StateMachineStore, StateReader};
 
 /// The application's deterministic state machine (pure, sans-IO). The store persists it via
 /// snapshots (JSON, via its `Serialize`/`Deserialize` impls).
@@ -283,11 +294,18 @@ where
 
     check_format(&meta_tree)?;
 
-    let log_store = LogStore::new(db.clone(), log_tree, meta_tree);
-    let sm_store = StateMachineStore::restore(snapshot::SnapshotStore::new(db, snapshot_tree)?)?;
+    let work = Arc::new(compaction::WorkCounters::new());
+    let log_store = LogStore::new(db.clone(), log_tree, meta_tree, Arc::clone(&work));
+    let sm_store = StateMachineStore::restore(snapshot::SnapshotStore::new(db, snapshot_tree)?, Arc::clone(&work))?;
+    let applied = sm_store.last_applied().map_or(0, |id| id.index);
+    let (committed, tail_bytes) = log_store.open_counts(applied)?;
+    work.appended(tail_bytes);
+    sm_store.set_replay_target(committed);
     tracing::info!(
         dir = %dir.display(),
         last_applied = ?sm_store.last_applied(),
+        replay = committed.saturating_sub(applied),
+        tail_bytes,
         "opened raft store"
     );
     Ok((log_store, sm_store))

@@ -131,6 +131,12 @@ impl ProcCluster {
         rustix::process::kill_process(pid, sig).unwrap();
     }
 
+    /// Process id of head `i`, if it runs.
+    #[allow(dead_code)] // used by the restart benchmark
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(Child::id)
+    }
+
     pub fn all_heads(&self) -> String {
         self.addrs.join(",")
     }

@@ -351,6 +351,19 @@ fn apply_results_match_golden_json() {
             ApplyResult(Ok(Outcome {
                 changed: vec!["n1".into(), "n2".into()],
                 deleted: vec!["old".into()],
+                summary: None,
+            })),
+        ),
+        (
+            "ok_summarized",
+            ApplyResult(Ok(Outcome {
+                changed: vec![],
+                deleted: vec![],
+                summary: Some(wulfpack::state::OutcomeSummary {
+                    changed: 10_000,
+                    deleted: 0,
+                    digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
+                }),
             })),
         ),
         ("ok_empty", ApplyResult(Ok(Outcome::default()))),
