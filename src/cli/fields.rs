@@ -372,6 +372,25 @@ pub fn is_unset_word(v: &str) -> bool {
     matches!(v, "UNDEF" | "UNSET" | "undef" | "unset")
 }
 
+/// Flags whose value is an IP address (or mask).
+const IP_FLAGS: &[&str] = &[
+    "ipaddr",
+    "netmask",
+    "gateway",
+    "ipaddr6",
+    "gateway6",
+    "ipmiaddr",
+    "ipminetmask",
+    "ipmigateway",
+];
+
+/// Warewulf keeps addresses as IPs and never stores the unspecified one, so
+/// `--ipaddr=0.0.0.0` (or `::`) clears the field like UNDEF does.
+fn clears(field: &Field, v: &str) -> bool {
+    is_unset_word(v)
+        || (IP_FLAGS.contains(&field.flag) && v.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()))
+}
+
 pub const NETNAME: &str = "netname";
 
 /// Field flags parsed from the command line, in table order.
@@ -408,7 +427,7 @@ impl FieldFlags {
             match field.kind {
                 Str => {
                     let v = last(raw);
-                    patch.push(if is_unset_word(v) {
+                    patch.push(if clears(field, v) {
                         PatchOp::Unset { path }
                     } else {
                         PatchOp::Set {
@@ -666,6 +685,30 @@ mod tests {
         let p = patch(&["--tagadd", "x=1,y=2", "--tagdel", "z"]).unwrap();
         assert_eq!(p.len(), 3);
         assert!(patch(&["--tagadd", "novalue"]).unwrap_err().contains("key=value"));
+    }
+
+    #[test]
+    fn unspecified_address_clears() {
+        let p = patch(&["--ipaddr=0.0.0.0", "--ipaddr6", "::", "--ipmiaddr", "0.0.0.0"]).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                PatchOp::Unset {
+                    path: vec!["ipmi".into(), "ipaddr".into()]
+                },
+                PatchOp::Unset {
+                    path: vec!["network devices".into(), "default".into(), "ipaddr".into()]
+                },
+                PatchOp::Unset {
+                    path: vec!["network devices".into(), "default".into(), "ipaddr6".into()]
+                },
+            ]
+        );
+        // Only for addresses: other fields keep the text.
+        assert_eq!(
+            patch(&["--comment", "0.0.0.0"]).unwrap(),
+            vec![set(&["comment"], Value::String("0.0.0.0".into()))]
+        );
     }
 
     #[test]

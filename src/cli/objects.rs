@@ -281,11 +281,14 @@ pub fn build_new(kind: Kind, patterns: &[String], fields: &FieldFlags) -> Result
     let bases: Vec<(&str, std::net::IpAddr)> = ["ipaddr", "ipmiaddr"]
         .into_iter()
         .filter_map(|f| fields.get(f).and_then(|v| v.last()).map(|v| (f, v)))
+        // UNDEF and 0.0.0.0 clear the field on every node; nothing to count up.
+        .filter(|(_, v)| !fields::is_unset_word(v))
         .map(|(f, v)| {
             v.parse()
                 .map(|ip| (f, ip))
                 .map_err(|_| anyhow!("--{f} {v:?} is not an IP address"))
         })
+        .filter(|r| !matches!(r, Ok((_, ip)) if std::net::IpAddr::is_unspecified(ip)))
         .collect::<Result<_>>()?;
     let mut items = Vec::with_capacity(names.len());
     for (i, name) in names.into_iter().enumerate() {
