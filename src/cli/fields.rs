@@ -412,6 +412,15 @@ impl FieldFlags {
         self.values.is_empty()
     }
 
+    /// The boolean flags given (`--onboot`, `--discoverable`, ...), as `--name`.
+    pub fn bool_flags(&self) -> Vec<String> {
+        self.values
+            .iter()
+            .filter(|(f, _)| f.kind == Bool)
+            .map(|(f, _)| format!("--{}", f.flag))
+            .collect()
+    }
+
     /// Replace the single value of `flag` (used for IP auto-increment).
     pub fn set_one(&mut self, flag: &str, value: String) {
         if let Some((_, v)) = self.values.iter_mut().find(|(f, _)| f.flag == flag) {
@@ -583,8 +592,9 @@ impl clap::Args for FieldFlags {
                 a = a.alias(*alias);
             }
             if field.kind == Bool {
-                // `--discoverable` alone means true, as in Warewulf.
-                a = a.num_args(0..=1).default_missing_value("true");
+                // `--discoverable` alone means true, and a value needs `=`, as in Warewulf:
+                // `--ipmiwrite n01` sets the flag on n01 instead of reading `n01` as a boolean.
+                a = a.num_args(0..=1).require_equals(true).default_missing_value("true");
             }
             cmd = cmd.arg(a);
         }
@@ -711,9 +721,39 @@ mod tests {
         );
     }
 
+    #[derive(Parser)]
+    struct WithNames {
+        names: Vec<String>,
+        #[command(flatten)]
+        f: FieldFlags,
+    }
+
+    #[test]
+    fn bool_flag_value_needs_equals() {
+        let t = WithNames::try_parse_from(["t", "--ipmiwrite", "n01"]).unwrap();
+        assert_eq!(t.names, ["n01"]);
+        assert_eq!(
+            t.f.to_patch().unwrap(),
+            vec![set(&["ipmi", "write"], Value::Bool(true))]
+        );
+        let t = WithNames::try_parse_from(["t", "--discoverable=false", "n01"]).unwrap();
+        assert_eq!(t.names, ["n01"]);
+        assert_eq!(
+            t.f.to_patch().unwrap(),
+            vec![set(&["discoverable"], Value::Bool(false))]
+        );
+        assert_eq!(t.f.bool_flags(), ["--discoverable"]);
+        let t = WithNames::try_parse_from(["t", "n01", "--onboot"]).unwrap();
+        assert_eq!(t.names, ["n01"]);
+        assert_eq!(
+            t.f.to_patch().unwrap(),
+            vec![set(&["network devices", "default", "onboot"], Value::Bool(true))]
+        );
+    }
+
     #[test]
     fn bad_bool_is_an_error() {
-        assert!(patch(&["--onboot", "maybe"]).unwrap_err().contains("true or false"));
+        assert!(patch(&["--onboot=maybe"]).unwrap_err().contains("true or false"));
     }
 
     #[test]

@@ -145,6 +145,25 @@ async fn fetch_existing(client: &Client, kind: Kind, patterns: &[String]) -> Res
     Ok(r)
 }
 
+/// A boolean flag takes its value only after `=` (Warewulf's rule), so in
+/// `--onboot false n1` the `false` is a name. Say so instead of acting on a node or
+/// profile called `false`.
+fn check_no_bool_words(names: &[String], fields: &FieldFlags) -> Result<()> {
+    let flags = fields.bool_flags();
+    if flags.is_empty() {
+        return Ok(());
+    }
+    if let Some(word) = names.iter().find(|n| fields::parse_bool("", n).is_ok()) {
+        bail!(
+            "{word:?} is read as a name, not as the value of {}: a boolean flag takes its value after '=' \
+             (e.g. {}={word}), or means true alone",
+            flags.join("/"),
+            flags[0]
+        );
+    }
+    Ok(())
+}
+
 fn short_list(names: &[String]) -> String {
     if names.len() <= 10 {
         names.join(", ")
@@ -163,6 +182,7 @@ pub(super) async fn obj_cmd(
     let k = kind.as_str();
     match c {
         ObjCmd::Add { names, fields } => {
+            check_no_bool_words(&names, &fields)?;
             let items = build_new(kind, &names, &fields)?;
             let n = items.len();
             client.write(Command::Add { kind, items }).await?;
@@ -172,6 +192,7 @@ pub(super) async fn obj_cmd(
             if fields.is_empty() {
                 bail!("nothing to set; give at least one field flag (see `wwctl {k} set --help`)");
             }
+            check_no_bool_words(&names, &fields)?;
             let patch = fields.to_patch().map_err(|e| anyhow!(e))?;
             let names = expand(&names)?;
             if !yes {
