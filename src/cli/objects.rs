@@ -106,8 +106,20 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// Expand hostlist patterns into names.
+/// Expand hostlist patterns into names; patterns that name nothing (`,`) are an error.
 fn expand(patterns: &[String]) -> Result<Vec<String>> {
+    let names = expand_or_none(patterns)?;
+    if names.is_empty() {
+        bail!(
+            "{:?} names no object; give at least one name or hostlist pattern",
+            patterns.join(" ")
+        );
+    }
+    Ok(names)
+}
+
+/// Expand hostlist patterns into names; may be empty (`list ,` lists everything, as in Warewulf).
+fn expand_or_none(patterns: &[String]) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for p in patterns {
         names.extend(model::expand_hostlist(p)?);
@@ -352,8 +364,8 @@ fn parse_import(kind: Kind, text: &str, what: &str) -> Result<NodesConf> {
 
 async fn list(client: &Client, kind: Kind, args: ListArgs, fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
     let mut q = selector_all(kind);
-    if !args.names.is_empty() {
-        let names = expand(&args.names)?;
+    let names = expand_or_none(&args.names)?;
+    if !names.is_empty() {
         match kind {
             Kind::Node => q.nodes = Selector::Names(names),
             Kind::Profile => q.profiles = Selector::Names(names),
