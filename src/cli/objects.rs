@@ -234,6 +234,20 @@ pub(super) async fn obj_cmd(
         ObjCmd::List(args) => list(client, kind, args, fmt, out).await?,
         ObjCmd::Delete { names, yes } => {
             let names = expand(&names)?;
+            // As in Warewulf, deleting what does not exist is not an error (the end state
+            // is the one asked for), but it is reported so a typo does not go unnoticed.
+            let r = client.read(&selector(kind, names.clone()), true).await?;
+            if !r.missing.is_empty() {
+                eprintln!(
+                    "WARNING: {k}(s) not found, nothing to delete: {}",
+                    short_list(&r.missing)
+                );
+            }
+            let names: Vec<String> = names.into_iter().filter(|n| !r.missing.contains(n)).collect();
+            if names.is_empty() {
+                writeln!(out, "Deleted 0 {k}(s)")?;
+                return Ok(());
+            }
             if !yes {
                 confirm(&format!("Are you sure you want to delete {} {k}(s)", names.len()))?;
             }
