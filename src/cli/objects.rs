@@ -176,6 +176,34 @@ fn check_no_bool_words(names: &[String], fields: &FieldFlags) -> Result<()> {
     Ok(())
 }
 
+/// `--profile` must name profiles that exist. Warewulf stores a dangling reference and
+/// skips it when merging, which silently drops configuration (often after a typo); the
+/// head refuses it too, this only says how to fix it before sending anything.
+async fn check_profiles_exist(client: &Client, fields: &FieldFlags) -> Result<()> {
+    let Some(raw) = fields.get("profile") else {
+        return Ok(());
+    };
+    let wanted: Vec<String> = raw
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(|p| p.trim().trim_start_matches('~'))
+        .filter(|p| !p.is_empty() && !fields::is_unset_word(p))
+        .map(String::from)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let r = client.read(&Query::profiles(Selector::Names(wanted)), true).await?;
+    if let Some(first) = r.missing.first() {
+        bail!(
+            "profile(s) {} do not exist; create them first (wwctl profile add {first}) or fix the name \
+             (wwctl profile list)",
+            short_list(&r.missing)
+        );
+    }
+    Ok(())
+}
+
 fn short_list(names: &[String]) -> String {
     if names.len() <= 10 {
         names.join(", ")
@@ -195,7 +223,16 @@ pub(super) async fn obj_cmd(
     match c {
         ObjCmd::Add { names, fields } => {
             check_no_bool_words(&names, &fields)?;
-            let items = build_new(kind, &names, &fields)?;
+            check_profiles_exist(client, &fields).await?;
+            // Warewulf gives a new node the `default` profile only when that profile exists.
+            let with_default = kind == Kind::Node
+                && fields.get("profile").is_none()
+                && client
+                    .read(&Query::profiles(Selector::Names(vec!["default".into()])), true)
+                    .await?
+                    .missing
+                    .is_empty();
+            let items = build_new(kind, &names, &fields, with_default)?;
             let n = items.len();
             client.write(Command::Add { kind, items }).await?;
             writeln!(out, "Added {n} {k}(s)")?;
@@ -205,6 +242,7 @@ pub(super) async fn obj_cmd(
                 bail!("nothing to set; give at least one field flag (see `wwctl {k} set --help`)");
             }
             check_no_bool_words(&names, &fields)?;
+            check_profiles_exist(client, &fields).await?;
             let patch = fields.to_patch().map_err(|e| anyhow!(e))?;
             let names = expand(&names)?;
             if !yes {
@@ -321,9 +359,15 @@ fn selector_all(kind: Kind) -> Query {
     }
 }
 
-/// New objects for `add`: profiles default to `default` for nodes; `--ipaddr` and
-/// `--ipmiaddr` count up from the given address for each further name.
-pub fn build_new(kind: Kind, patterns: &[String], fields: &FieldFlags) -> Result<Vec<(String, NodeConf)>> {
+/// New objects for `add`: a node without `--profile` gets `default` when `with_default`
+/// (Warewulf: when that profile exists); `--ipaddr` and `--ipmiaddr` count up from the
+/// given address for each further name.
+pub fn build_new(
+    kind: Kind,
+    patterns: &[String],
+    fields: &FieldFlags,
+    with_default: bool,
+) -> Result<Vec<(String, NodeConf)>> {
     let names = expand(patterns)?;
     let bases: Vec<(&str, std::net::IpAddr)> = ["ipaddr", "ipmiaddr"]
         .into_iter()
@@ -344,7 +388,7 @@ pub fn build_new(kind: Kind, patterns: &[String], fields: &FieldFlags) -> Result
             f.set_one(flag, model::ip_add(*base, i as u64)?.to_string());
         }
         let mut conf = NodeConf::default();
-        if kind == Kind::Node && f.get("profile").is_none() {
+        if with_default && kind == Kind::Node && f.get("profile").is_none() {
             conf.profiles = vec!["default".into()];
         }
         let patch = f.to_patch().map_err(|e| anyhow!(e))?;
