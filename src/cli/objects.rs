@@ -321,7 +321,8 @@ pub(super) async fn obj_cmd(
         }
         ObjCmd::Import { file, yes } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let conf = parse_import(kind, &text, &file.display().to_string())?;
+            let mut conf = parse_import(kind, &text, &file.display().to_string())?;
+            define_missing_profiles(client, &mut conf).await?;
             let n = conf.nodes.len() + conf.nodeprofiles.len();
             if !yes {
                 confirm(&format!(
@@ -396,6 +397,37 @@ pub fn build_new(
         items.push((name, conf));
     }
     Ok(items)
+}
+
+/// Profiles the file refers to but neither defines nor finds in the cluster. Warewulf
+/// keeps such a reference and skips it when merging; wulfpack refuses dangling references,
+/// so a real Warewulf file would not import. Define each one empty instead (which merges
+/// exactly like Warewulf's skipped reference) and say so, so the operator can fill it in.
+async fn define_missing_profiles(client: &Client, conf: &mut NodesConf) -> Result<()> {
+    let mut wanted: Vec<String> = Vec::new();
+    for obj in conf.nodes.values().chain(conf.nodeprofiles.values()) {
+        for p in &obj.profiles {
+            let p = p.trim_start_matches('~');
+            if !p.is_empty() && !conf.nodeprofiles.contains_key(p) && !wanted.iter().any(|w| w == p) {
+                wanted.push(p.to_owned());
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let r = client.read(&Query::profiles(Selector::Names(wanted)), true).await?;
+    if r.missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "WARNING: profile(s) referenced but not defined, created empty: {}; fill them in with `wwctl profile set`",
+        short_list(&r.missing)
+    );
+    for p in r.missing {
+        conf.nodeprofiles.insert(p, NodeConf::default());
+    }
+    Ok(())
 }
 
 /// `import` accepts a nodes.conf document or a bare map of objects of `kind`.
