@@ -412,13 +412,39 @@ impl FieldFlags {
         self.values.is_empty()
     }
 
-    /// The boolean flags given (`--onboot`, `--discoverable`, ...), as `--name`.
-    pub fn bool_flags(&self) -> Vec<String> {
-        self.values
-            .iter()
-            .filter(|(f, _)| f.kind == Bool)
-            .map(|(f, _)| format!("--{}", f.flag))
-            .collect()
+    /// A boolean flag takes its value only after `=` (Warewulf's rule), so in
+    /// `--ipmiwrite true n01` the `true` lands among the names. Warewulf then ignores a
+    /// node called `true`; here, when one boolean flag was given bare and one name is a
+    /// boolean word, that word becomes the flag's value (so `--onboot false n1` means
+    /// false, where Warewulf would set true). Anything more tangled is refused with the fix.
+    pub fn take_bool_word(&mut self, names: &mut Vec<String>) -> Result<(), String> {
+        let words: Vec<usize> = (0..names.len())
+            .filter(|&i| parse_bool("", &names[i]).is_ok())
+            .collect();
+        if words.is_empty() {
+            return Ok(());
+        }
+        let bools: Vec<usize> = (0..self.values.len())
+            .filter(|&i| self.values[i].0.kind == Bool)
+            .collect();
+        if bools.is_empty() {
+            return Ok(());
+        }
+        if let ([b], [w]) = (bools.as_slice(), words.as_slice()) {
+            if self.values[*b].1 == ["true"] {
+                self.values[*b].1 = vec![names.remove(*w)];
+                return Ok(());
+            }
+        }
+        let flags: Vec<String> = bools.iter().map(|&i| format!("--{}", self.values[i].0.flag)).collect();
+        Err(format!(
+            "{:?} is read as a name, not as the value of {}: give a boolean flag its value after '=' \
+             (e.g. {}={}), or alone for true",
+            names[words[0]],
+            flags.join("/"),
+            flags[0],
+            names[words[0]],
+        ))
     }
 
     /// Replace the single value of `flag` (used for IP auto-increment).
@@ -742,13 +768,45 @@ mod tests {
             t.f.to_patch().unwrap(),
             vec![set(&["discoverable"], Value::Bool(false))]
         );
-        assert_eq!(t.f.bool_flags(), ["--discoverable"]);
+
         let t = WithNames::try_parse_from(["t", "n01", "--onboot"]).unwrap();
         assert_eq!(t.names, ["n01"]);
         assert_eq!(
             t.f.to_patch().unwrap(),
             vec![set(&["network devices", "default", "onboot"], Value::Bool(true))]
         );
+    }
+
+    #[test]
+    fn a_bare_bool_flag_takes_a_boolean_word_from_the_names() {
+        let take = |args: &[&str]| {
+            let mut v = vec!["t"];
+            v.extend_from_slice(args);
+            let mut t = WithNames::try_parse_from(v).unwrap();
+            t.f.take_bool_word(&mut t.names)
+                .map(|()| (t.names, t.f.to_patch().unwrap()))
+        };
+        // Warewulf's own case: `--ipmiwrite true n01`.
+        let (names, p) = take(&["--ipmiwrite", "true", "n01"]).unwrap();
+        assert_eq!(names, ["n01"]);
+        assert_eq!(p, vec![set(&["ipmi", "write"], Value::Bool(true))]);
+        let (names, p) = take(&["--onboot", "false", "n01"]).unwrap();
+        assert_eq!(names, ["n01"]);
+        assert_eq!(
+            p,
+            vec![set(&["network devices", "default", "onboot"], Value::Bool(false))]
+        );
+        // Without a bare boolean flag, names are names.
+        let (names, _) = take(&["--comment", "x", "no"]).unwrap();
+        assert_eq!(names, ["no"]);
+        // Ambiguous: two boolean flags, or one given a value other than the bare `true`.
+        for args in [
+            &["--onboot", "--ipmiwrite", "false", "n01"][..],
+            &["--onboot=no", "false", "n01"],
+        ] {
+            let e = take(args).unwrap_err();
+            assert!(e.contains("\"false\" is read as a name") && e.contains("=false"), "{e}");
+        }
     }
 
     #[test]

@@ -157,25 +157,6 @@ async fn fetch_existing(client: &Client, kind: Kind, patterns: &[String]) -> Res
     Ok(r)
 }
 
-/// A boolean flag takes its value only after `=` (Warewulf's rule), so in
-/// `--onboot false n1` the `false` is a name. Say so instead of acting on a node or
-/// profile called `false`.
-fn check_no_bool_words(names: &[String], fields: &FieldFlags) -> Result<()> {
-    let flags = fields.bool_flags();
-    if flags.is_empty() {
-        return Ok(());
-    }
-    if let Some(word) = names.iter().find(|n| fields::parse_bool("", n).is_ok()) {
-        bail!(
-            "{word:?} is read as a name, not as the value of {}: a boolean flag takes its value after '=' \
-             (e.g. {}={word}), or means true alone",
-            flags.join("/"),
-            flags[0]
-        );
-    }
-    Ok(())
-}
-
 /// `--profile` must name profiles that exist. Warewulf stores a dangling reference and
 /// skips it when merging, which silently drops configuration (often after a typo); the
 /// head refuses it too, this only says how to fix it before sending anything.
@@ -221,8 +202,8 @@ pub(super) async fn obj_cmd(
 ) -> Result<()> {
     let k = kind.as_str();
     match c {
-        ObjCmd::Add { names, fields } => {
-            check_no_bool_words(&names, &fields)?;
+        ObjCmd::Add { mut names, mut fields } => {
+            fields.take_bool_word(&mut names).map_err(|e| anyhow!(e))?;
             check_profiles_exist(client, &fields).await?;
             // Warewulf gives a new node the `default` profile only when that profile exists.
             let with_default = kind == Kind::Node
@@ -237,11 +218,15 @@ pub(super) async fn obj_cmd(
             client.write(Command::Add { kind, items }).await?;
             writeln!(out, "Added {n} {k}(s)")?;
         }
-        ObjCmd::Set { names, yes, fields } => {
+        ObjCmd::Set {
+            mut names,
+            yes,
+            mut fields,
+        } => {
             if fields.is_empty() {
                 bail!("nothing to set; give at least one field flag (see `wwctl {k} set --help`)");
             }
-            check_no_bool_words(&names, &fields)?;
+            fields.take_bool_word(&mut names).map_err(|e| anyhow!(e))?;
             check_profiles_exist(client, &fields).await?;
             let patch = fields.to_patch().map_err(|e| anyhow!(e))?;
             let names = expand(&names)?;
