@@ -372,6 +372,25 @@ pub fn is_unset_word(v: &str) -> bool {
     matches!(v, "UNDEF" | "UNSET" | "undef" | "unset")
 }
 
+/// Flags whose value is an IP address (or mask).
+const IP_FLAGS: &[&str] = &[
+    "ipaddr",
+    "netmask",
+    "gateway",
+    "ipaddr6",
+    "gateway6",
+    "ipmiaddr",
+    "ipminetmask",
+    "ipmigateway",
+];
+
+/// Warewulf keeps addresses as IPs and never stores the unspecified one, so
+/// `--ipaddr=0.0.0.0` (or `::`) clears the field like UNDEF does.
+fn clears(field: &Field, v: &str) -> bool {
+    is_unset_word(v)
+        || (IP_FLAGS.contains(&field.flag) && v.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()))
+}
+
 pub const NETNAME: &str = "netname";
 
 /// Field flags parsed from the command line, in table order.
@@ -393,6 +412,41 @@ impl FieldFlags {
         self.values.is_empty()
     }
 
+    /// A boolean flag takes its value only after `=` (Warewulf's rule), so in
+    /// `--ipmiwrite true n01` the `true` lands among the names. Warewulf then ignores a
+    /// node called `true`; here, when one boolean flag was given bare and one name is a
+    /// boolean word, that word becomes the flag's value (so `--onboot false n1` means
+    /// false, where Warewulf would set true). Anything more tangled is refused with the fix.
+    pub fn take_bool_word(&mut self, names: &mut Vec<String>) -> Result<(), String> {
+        let words: Vec<usize> = (0..names.len())
+            .filter(|&i| parse_bool("", &names[i]).is_ok())
+            .collect();
+        if words.is_empty() {
+            return Ok(());
+        }
+        let bools: Vec<usize> = (0..self.values.len())
+            .filter(|&i| self.values[i].0.kind == Bool)
+            .collect();
+        if bools.is_empty() {
+            return Ok(());
+        }
+        if let ([b], [w]) = (bools.as_slice(), words.as_slice()) {
+            if self.values[*b].1 == ["true"] {
+                self.values[*b].1 = vec![names.remove(*w)];
+                return Ok(());
+            }
+        }
+        let flags: Vec<String> = bools.iter().map(|&i| format!("--{}", self.values[i].0.flag)).collect();
+        Err(format!(
+            "{:?} is read as a name, not as the value of {}: give a boolean flag its value after '=' \
+             (e.g. {}={}), or alone for true",
+            names[words[0]],
+            flags.join("/"),
+            flags[0],
+            names[words[0]],
+        ))
+    }
+
     /// Replace the single value of `flag` (used for IP auto-increment).
     pub fn set_one(&mut self, flag: &str, value: String) {
         if let Some((_, v)) = self.values.iter_mut().find(|(f, _)| f.flag == flag) {
@@ -408,7 +462,7 @@ impl FieldFlags {
             match field.kind {
                 Str => {
                     let v = last(raw);
-                    patch.push(if is_unset_word(v) {
+                    patch.push(if clears(field, v) {
                         PatchOp::Unset { path }
                     } else {
                         PatchOp::Set {
@@ -564,8 +618,9 @@ impl clap::Args for FieldFlags {
                 a = a.alias(*alias);
             }
             if field.kind == Bool {
-                // `--discoverable` alone means true, as in Warewulf.
-                a = a.num_args(0..=1).default_missing_value("true");
+                // `--discoverable` alone means true, and a value needs `=`, as in Warewulf:
+                // `--ipmiwrite n01` sets the flag on n01 instead of reading `n01` as a boolean.
+                a = a.num_args(0..=1).require_equals(true).default_missing_value("true");
             }
             cmd = cmd.arg(a);
         }
@@ -669,8 +724,94 @@ mod tests {
     }
 
     #[test]
+    fn unspecified_address_clears() {
+        let p = patch(&["--ipaddr=0.0.0.0", "--ipaddr6", "::", "--ipmiaddr", "0.0.0.0"]).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                PatchOp::Unset {
+                    path: vec!["ipmi".into(), "ipaddr".into()]
+                },
+                PatchOp::Unset {
+                    path: vec!["network devices".into(), "default".into(), "ipaddr".into()]
+                },
+                PatchOp::Unset {
+                    path: vec!["network devices".into(), "default".into(), "ipaddr6".into()]
+                },
+            ]
+        );
+        // Only for addresses: other fields keep the text.
+        assert_eq!(
+            patch(&["--comment", "0.0.0.0"]).unwrap(),
+            vec![set(&["comment"], Value::String("0.0.0.0".into()))]
+        );
+    }
+
+    #[derive(Parser)]
+    struct WithNames {
+        names: Vec<String>,
+        #[command(flatten)]
+        f: FieldFlags,
+    }
+
+    #[test]
+    fn bool_flag_value_needs_equals() {
+        let t = WithNames::try_parse_from(["t", "--ipmiwrite", "n01"]).unwrap();
+        assert_eq!(t.names, ["n01"]);
+        assert_eq!(
+            t.f.to_patch().unwrap(),
+            vec![set(&["ipmi", "write"], Value::Bool(true))]
+        );
+        let t = WithNames::try_parse_from(["t", "--discoverable=false", "n01"]).unwrap();
+        assert_eq!(t.names, ["n01"]);
+        assert_eq!(
+            t.f.to_patch().unwrap(),
+            vec![set(&["discoverable"], Value::Bool(false))]
+        );
+
+        let t = WithNames::try_parse_from(["t", "n01", "--onboot"]).unwrap();
+        assert_eq!(t.names, ["n01"]);
+        assert_eq!(
+            t.f.to_patch().unwrap(),
+            vec![set(&["network devices", "default", "onboot"], Value::Bool(true))]
+        );
+    }
+
+    #[test]
+    fn a_bare_bool_flag_takes_a_boolean_word_from_the_names() {
+        let take = |args: &[&str]| {
+            let mut v = vec!["t"];
+            v.extend_from_slice(args);
+            let mut t = WithNames::try_parse_from(v).unwrap();
+            t.f.take_bool_word(&mut t.names)
+                .map(|()| (t.names, t.f.to_patch().unwrap()))
+        };
+        // Warewulf's own case: `--ipmiwrite true n01`.
+        let (names, p) = take(&["--ipmiwrite", "true", "n01"]).unwrap();
+        assert_eq!(names, ["n01"]);
+        assert_eq!(p, vec![set(&["ipmi", "write"], Value::Bool(true))]);
+        let (names, p) = take(&["--onboot", "false", "n01"]).unwrap();
+        assert_eq!(names, ["n01"]);
+        assert_eq!(
+            p,
+            vec![set(&["network devices", "default", "onboot"], Value::Bool(false))]
+        );
+        // Without a bare boolean flag, names are names.
+        let (names, _) = take(&["--comment", "x", "no"]).unwrap();
+        assert_eq!(names, ["no"]);
+        // Ambiguous: two boolean flags, or one given a value other than the bare `true`.
+        for args in [
+            &["--onboot", "--ipmiwrite", "false", "n01"][..],
+            &["--onboot=no", "false", "n01"],
+        ] {
+            let e = take(args).unwrap_err();
+            assert!(e.contains("\"false\" is read as a name") && e.contains("=false"), "{e}");
+        }
+    }
+
+    #[test]
     fn bad_bool_is_an_error() {
-        assert!(patch(&["--onboot", "maybe"]).unwrap_err().contains("true or false"));
+        assert!(patch(&["--onboot=maybe"]).unwrap_err().contains("true or false"));
     }
 
     #[test]

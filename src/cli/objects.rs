@@ -106,8 +106,20 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// Expand hostlist patterns into names.
+/// Expand hostlist patterns into names; patterns that name nothing (`,`) are an error.
 fn expand(patterns: &[String]) -> Result<Vec<String>> {
+    let names = expand_or_none(patterns)?;
+    if names.is_empty() {
+        bail!(
+            "{:?} names no object; give at least one name or hostlist pattern",
+            patterns.join(" ")
+        );
+    }
+    Ok(names)
+}
+
+/// Expand hostlist patterns into names; may be empty (`list ,` lists everything, as in Warewulf).
+fn expand_or_none(patterns: &[String]) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for p in patterns {
         names.extend(model::expand_hostlist(p)?);
@@ -145,6 +157,34 @@ async fn fetch_existing(client: &Client, kind: Kind, patterns: &[String]) -> Res
     Ok(r)
 }
 
+/// `--profile` must name profiles that exist. Warewulf stores a dangling reference and
+/// skips it when merging, which silently drops configuration (often after a typo); the
+/// head refuses it too, this only says how to fix it before sending anything.
+async fn check_profiles_exist(client: &Client, fields: &FieldFlags) -> Result<()> {
+    let Some(raw) = fields.get("profile") else {
+        return Ok(());
+    };
+    let wanted: Vec<String> = raw
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(|p| p.trim().trim_start_matches('~'))
+        .filter(|p| !p.is_empty() && !fields::is_unset_word(p))
+        .map(String::from)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let r = client.read(&Query::profiles(Selector::Names(wanted)), true).await?;
+    if let Some(first) = r.missing.first() {
+        bail!(
+            "profile(s) {} do not exist; create them first (wwctl profile add {first}) or fix the name \
+             (wwctl profile list)",
+            short_list(&r.missing)
+        );
+    }
+    Ok(())
+}
+
 fn short_list(names: &[String]) -> String {
     if names.len() <= 10 {
         names.join(", ")
@@ -162,16 +202,32 @@ pub(super) async fn obj_cmd(
 ) -> Result<()> {
     let k = kind.as_str();
     match c {
-        ObjCmd::Add { names, fields } => {
-            let items = build_new(kind, &names, &fields)?;
+        ObjCmd::Add { mut names, mut fields } => {
+            fields.take_bool_word(&mut names).map_err(|e| anyhow!(e))?;
+            check_profiles_exist(client, &fields).await?;
+            // Warewulf gives a new node the `default` profile only when that profile exists.
+            let with_default = kind == Kind::Node
+                && fields.get("profile").is_none()
+                && client
+                    .read(&Query::profiles(Selector::Names(vec!["default".into()])), true)
+                    .await?
+                    .missing
+                    .is_empty();
+            let items = build_new(kind, &names, &fields, with_default)?;
             let n = items.len();
             client.write(Command::Add { kind, items }).await?;
             writeln!(out, "Added {n} {k}(s)")?;
         }
-        ObjCmd::Set { names, yes, fields } => {
+        ObjCmd::Set {
+            mut names,
+            yes,
+            mut fields,
+        } => {
             if fields.is_empty() {
                 bail!("nothing to set; give at least one field flag (see `wwctl {k} set --help`)");
             }
+            fields.take_bool_word(&mut names).map_err(|e| anyhow!(e))?;
+            check_profiles_exist(client, &fields).await?;
             let patch = fields.to_patch().map_err(|e| anyhow!(e))?;
             let names = expand(&names)?;
             if !yes {
@@ -201,6 +257,20 @@ pub(super) async fn obj_cmd(
         ObjCmd::List(args) => list(client, kind, args, fmt, out).await?,
         ObjCmd::Delete { names, yes } => {
             let names = expand(&names)?;
+            // As in Warewulf, deleting what does not exist is not an error (the end state
+            // is the one asked for), but it is reported so a typo does not go unnoticed.
+            let r = client.read(&selector(kind, names.clone()), true).await?;
+            if !r.missing.is_empty() {
+                eprintln!(
+                    "WARNING: {k}(s) not found, nothing to delete: {}",
+                    short_list(&r.missing)
+                );
+            }
+            let names: Vec<String> = names.into_iter().filter(|n| !r.missing.contains(n)).collect();
+            if names.is_empty() {
+                writeln!(out, "Deleted 0 {k}(s)")?;
+                return Ok(());
+            }
             if !yes {
                 confirm(&format!("Are you sure you want to delete {} {k}(s)", names.len()))?;
             }
@@ -236,7 +306,8 @@ pub(super) async fn obj_cmd(
         }
         ObjCmd::Import { file, yes } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let conf = parse_import(kind, &text, &file.display().to_string())?;
+            let mut conf = parse_import(kind, &text, &file.display().to_string())?;
+            define_missing_profiles(client, &mut conf).await?;
             let n = conf.nodes.len() + conf.nodeprofiles.len();
             if !yes {
                 confirm(&format!(
@@ -274,18 +345,27 @@ fn selector_all(kind: Kind) -> Query {
     }
 }
 
-/// New objects for `add`: profiles default to `default` for nodes; `--ipaddr` and
-/// `--ipmiaddr` count up from the given address for each further name.
-pub fn build_new(kind: Kind, patterns: &[String], fields: &FieldFlags) -> Result<Vec<(String, NodeConf)>> {
+/// New objects for `add`: a node without `--profile` gets `default` when `with_default`
+/// (Warewulf: when that profile exists); `--ipaddr` and `--ipmiaddr` count up from the
+/// given address for each further name.
+pub fn build_new(
+    kind: Kind,
+    patterns: &[String],
+    fields: &FieldFlags,
+    with_default: bool,
+) -> Result<Vec<(String, NodeConf)>> {
     let names = expand(patterns)?;
     let bases: Vec<(&str, std::net::IpAddr)> = ["ipaddr", "ipmiaddr"]
         .into_iter()
         .filter_map(|f| fields.get(f).and_then(|v| v.last()).map(|v| (f, v)))
+        // UNDEF and 0.0.0.0 clear the field on every node; nothing to count up.
+        .filter(|(_, v)| !fields::is_unset_word(v))
         .map(|(f, v)| {
             v.parse()
                 .map(|ip| (f, ip))
                 .map_err(|_| anyhow!("--{f} {v:?} is not an IP address"))
         })
+        .filter(|r| !matches!(r, Ok((_, ip)) if std::net::IpAddr::is_unspecified(ip)))
         .collect::<Result<_>>()?;
     let mut items = Vec::with_capacity(names.len());
     for (i, name) in names.into_iter().enumerate() {
@@ -294,7 +374,7 @@ pub fn build_new(kind: Kind, patterns: &[String], fields: &FieldFlags) -> Result
             f.set_one(flag, model::ip_add(*base, i as u64)?.to_string());
         }
         let mut conf = NodeConf::default();
-        if kind == Kind::Node && f.get("profile").is_none() {
+        if with_default && kind == Kind::Node && f.get("profile").is_none() {
             conf.profiles = vec!["default".into()];
         }
         let patch = f.to_patch().map_err(|e| anyhow!(e))?;
@@ -302,6 +382,37 @@ pub fn build_new(kind: Kind, patterns: &[String], fields: &FieldFlags) -> Result
         items.push((name, conf));
     }
     Ok(items)
+}
+
+/// Profiles the file refers to but neither defines nor finds in the cluster. Warewulf
+/// keeps such a reference and skips it when merging; wulfpack refuses dangling references,
+/// so a real Warewulf file would not import. Define each one empty instead (which merges
+/// exactly like Warewulf's skipped reference) and say so, so the operator can fill it in.
+async fn define_missing_profiles(client: &Client, conf: &mut NodesConf) -> Result<()> {
+    let mut wanted: Vec<String> = Vec::new();
+    for obj in conf.nodes.values().chain(conf.nodeprofiles.values()) {
+        for p in &obj.profiles {
+            let p = p.trim_start_matches('~');
+            if !p.is_empty() && !conf.nodeprofiles.contains_key(p) && !wanted.iter().any(|w| w == p) {
+                wanted.push(p.to_owned());
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let r = client.read(&Query::profiles(Selector::Names(wanted)), true).await?;
+    if r.missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "WARNING: profile(s) referenced but not defined, created empty: {}; fill them in with `wwctl profile set`",
+        short_list(&r.missing)
+    );
+    for p in r.missing {
+        conf.nodeprofiles.insert(p, NodeConf::default());
+    }
+    Ok(())
 }
 
 /// `import` accepts a nodes.conf document or a bare map of objects of `kind`.
@@ -328,8 +439,8 @@ fn parse_import(kind: Kind, text: &str, what: &str) -> Result<NodesConf> {
 
 async fn list(client: &Client, kind: Kind, args: ListArgs, fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
     let mut q = selector_all(kind);
-    if !args.names.is_empty() {
-        let names = expand(&args.names)?;
+    let names = expand_or_none(&args.names)?;
+    if !names.is_empty() {
         match kind {
             Kind::Node => q.nodes = Selector::Names(names),
             Kind::Profile => q.profiles = Selector::Names(names),

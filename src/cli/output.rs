@@ -75,6 +75,12 @@ pub fn list(
         Kind::Node => "NODE NAME",
         Kind::Profile => "PROFILE NAME",
     };
+    // Warewulf heads its `-n` and `-i` tables with a bare NODE (as `-a` does), and the
+    // default and `-l` tables with NODE NAME.
+    let short_col = match kind {
+        Kind::Node => "NODE",
+        Kind::Profile => "PROFILE",
+    };
     let text = match view {
         View::All => {
             let rows = merged.iter().map(|m| match kind {
@@ -129,7 +135,7 @@ pub fn list(
             }),
         ),
         View::Net => table(
-            &[name_col, "NETWORK", "HWADDR", "IPADDR", "GATEWAY", "DEVICE"],
+            &[short_col, "NETWORK", "HWADDR", "IPADDR", "GATEWAY", "DEVICE"],
             merged.iter().flat_map(|m| {
                 let rows: Vec<Vec<String>> = if m.conf.network_devices.is_empty() {
                     vec![vec![
@@ -160,7 +166,7 @@ pub fn list(
             }),
         ),
         View::Ipmi => table(
-            &[name_col, "IPMI IPADDR", "IPMI PORT", "IPMI USERNAME", "IPMI INTERFACE"],
+            &[short_col, "IPMI IPADDR", "IPMI PORT", "IPMI USERNAME", "IPMI INTERFACE"],
             merged.iter().map(|m| {
                 let i = m.conf.ipmi.clone().unwrap_or_default();
                 vec![

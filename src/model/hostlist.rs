@@ -7,7 +7,9 @@
 //!   width of the range start (`[01-10]` → `01..10`). Order is preserved and duplicates are kept,
 //!   as in Warewulf.
 //! - Unlike Warewulf, which silently returns partial or empty results for bad input, every syntax
-//!   problem is an error that says what to write instead.
+//!   problem is an error that says what to write instead (`n[-1]`, which Warewulf reads as
+//!   `n0,n1`, included). Empty items between commas are skipped as in Warewulf: `n1,` is `n1`,
+//!   and `,` expands to no names (callers decide what an empty list means).
 //! - The size of the result is computed *before* expanding, so a typo like `n[1-999999999]`
 //!   fails fast instead of allocating gigabytes; the cap is [`MAX_HOSTLIST`] names.
 
@@ -94,11 +96,10 @@ fn split_top_level(pattern: &str) -> Result<Vec<&str>, ModelError> {
     let mut out = Vec::with_capacity(parts.len());
     for p in parts {
         let p = p.trim();
+        // `n1,` and `n1,,n2` name n1 (and n2), and a lone `,` names nothing, as in Warewulf:
+        // an extra comma loses nothing, so it is not worth an error.
         if p.is_empty() {
-            return Err(err(
-                pattern,
-                "it contains an empty name (two commas in a row or a trailing comma); remove the extra comma",
-            ));
+            continue;
         }
         if p.contains(char::is_whitespace) {
             return Err(err(
@@ -258,7 +259,10 @@ mod tests {
         assert!(ex_err("n[a-c]").contains("not a number"));
         assert!(ex_err("n[-1]").contains("not a number"));
         assert!(ex_err("n[]").contains("empty"));
-        assert!(ex_err("n1,,n2").contains("empty name"));
+        // Extra commas are skipped (Warewulf 4.7).
+        assert_eq!(ex("n1,,n2"), ["n1", "n2"]);
+        assert_eq!(ex("n01,"), ["n01"]);
+        assert_eq!(ex(","), Vec::<String>::new());
         assert!(ex_err("").contains("empty"));
         assert!(ex_err("n1 n2").contains("whitespace"));
         assert!(ex_err("n[99999999999999999999999]").contains("too large"));

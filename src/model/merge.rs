@@ -15,6 +15,8 @@
 //!   `x` and the `~x` entries themselves. Duplicates in those lists are kept, as in Warewulf.
 //! - `discoverable` and `asset key` are node-only (Warewulf's profile type lacks them); values in
 //!   profiles are ignored here and rejected by `validate_profile_conf`.
+//! - `comment` is not inherited (Warewulf 4.7): a profile's comment describes the profile, so a
+//!   node shows only its own.
 //! - `primary network` defaults to the alphabetically first network device when unset or naming
 //!   a device that does not exist (Warewulf's `updatePrimaryNetDev`).
 //! - Origins follow Warewulf's `Field.Set`: a scalar's origin is the last profile that set it,
@@ -290,8 +292,9 @@ impl Pass<'_> {
         if is_node {
             self.opt(&mut dst.discoverable, &src.discoverable, || "Discoverable".into());
             self.opt(&mut dst.asset_key, &src.asset_key, || "AssetKey".into());
+            // Warewulf 4.7 stopped inheriting a profile's comment: it describes the profile.
+            self.opt(&mut dst.comment, &src.comment, || "Comment".into());
         }
-        self.opt(&mut dst.comment, &src.comment, || "Comment".into());
         self.opt(&mut dst.cluster_name, &src.cluster_name, || "ClusterName".into());
         self.opt(&mut dst.image_name, &src.image_name, || "ImageName".into());
         self.opt(&mut dst.ipxe_template, &src.ipxe_template, || "Ipxe".into());
@@ -658,23 +661,17 @@ mod tests {
             "nodeprofiles:\n  default:\n    comment: profilecomment\nnodes:\n  n01:\n    profiles:\n    - default\n",
             "n01",
         );
-        assert_eq!(mg.conf.comment.as_deref(), Some("profilecomment"));
+        // A profile's comment is not inherited (Warewulf 4.7).
+        assert_eq!(mg.conf.comment, None);
         assert_eq!(mg.applied_profiles, ["default"]);
         let rows = mg.field_rows();
         assert_eq!(
             rows,
-            vec![
-                FieldRow {
-                    field: "Profiles".into(),
-                    origin: "--".into(),
-                    value: "default".into()
-                },
-                FieldRow {
-                    field: "Comment".into(),
-                    origin: "default".into(),
-                    value: "profilecomment".into()
-                },
-            ]
+            vec![FieldRow {
+                field: "Profiles".into(),
+                origin: "--".into(),
+                value: "default".into()
+            },]
         );
     }
 
@@ -682,13 +679,14 @@ mod tests {
     fn right_most_profile_wins_and_node_supersedes() {
         let y = "nodeprofiles:\n  p1:\n    comment: p1 comment\n    init: /p1\n  p2:\n    comment: p2 comment\nnodes:\n  n1:\n    profiles: [p1, p2]\n  n2:\n    profiles: [p1, p2]\n    comment: n2 comment\n";
         let a = m(y, "n1");
-        assert_eq!(a.conf.comment.as_deref(), Some("p2 comment"));
-        assert_eq!(row(&a, "Comment"), rv("p2", "p2 comment"));
+        assert_eq!(a.conf.comment, None, "comments are not inherited");
+        assert_eq!(row(&a, "Comment"), None);
         assert_eq!(row(&a, "Init"), rv("p1", "/p1"));
         let b = m(y, "n2");
         assert_eq!(b.conf.comment.as_deref(), Some("n2 comment"));
-        assert_eq!(row(&b, "Comment"), rv("SUPERSEDED", "n2 comment"));
-        assert_eq!(b.origin("Comment"), Some("SUPERSEDED"));
+        // The node's own comment supersedes nothing: profiles' comments do not take part.
+        assert_eq!(row(&b, "Comment"), rv("--", "n2 comment"));
+        assert_eq!(b.origin("Comment"), Some(""));
     }
 
     #[test]
@@ -715,7 +713,7 @@ mod tests {
         let y = "nodeprofiles:\n  p1:\n    profiles: [p2]\n    comment: p1\n  p2:\n    profiles: [p3]\n    comment: p2\n    root: p2root\n  p3:\n    root: p3root\n    init: p3init\nnodes:\n  n1:\n    profiles: [p1]\n";
         let mg = m(y, "n1");
         assert_eq!(mg.applied_profiles, ["p3", "p2", "p1"]);
-        assert_eq!(row(&mg, "Comment"), rv("p1", "p1"));
+        assert_eq!(row(&mg, "Comment"), None);
         assert_eq!(row(&mg, "Root"), rv("p2", "p2root"));
         assert_eq!(row(&mg, "Init"), rv("p3", "p3init"));
         // The node's own profile list is what Warewulf keeps in the merged node.

@@ -13,7 +13,7 @@
 //!   `Set onboot` to `"yes"` stores `true`.
 //! - All or nothing: the patch is applied to a copy; on any error `conf` is left untouched.
 //! - After applying: MAC addresses are normalised to lowercase colon form, empty `kernel`/`ipmi`
-//!   blocks are dropped, and [`validate_conf`] runs, so invalid values never get stored.
+//!   blocks and network devices the patch emptied are dropped, and [`validate_conf`] runs, so invalid values never get stored.
 //! - `Set` with `null` is the same as `Unset`; `Unset` of a missing value is a no-op (idempotent
 //!   replay); `Append` skips values already present; `Remove` deletes every occurrence and drops
 //!   the list when it becomes empty.
@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{display_path, normalize_mac, validate_conf, ModelError, NodeConf};
+use super::{display_path, normalize_mac, validate_conf, ModelError, NetDev, NodeConf};
 
 /// One edit of one field. `path` uses `nodes.conf` YAML keys, e.g. `["image name"]`,
 /// `["network devices", "default", "hwaddr"]`, `["kernel", "args"]`, `["tags", "foo"]`.
@@ -133,6 +133,16 @@ pub fn apply_patch_named(name: &str, conf: &mut NodeConf, patch: &[PatchOp]) -> 
         Ok(c) => c,
         Err(_) => return Err(find_failing_op(original, patch)),
     };
+    // A network device the patch left with no field at all is dropped, as Warewulf does:
+    // `unset n1 ipaddr` on a device that held only an address removes the device, so it is
+    // no longer listed or rendered. Devices the patch did not touch stay as they are.
+    for op in patch {
+        if let [first, dev, ..] = op.path() {
+            if first == "network devices" && new.network_devices.get(dev).is_some_and(|d| *d == NetDev::default()) {
+                new.network_devices.remove(dev);
+            }
+        }
+    }
     for nd in new.network_devices.values_mut() {
         if let Some(mac) = &mut nd.hwaddr {
             if let Ok(norm) = normalize_mac(mac) {
@@ -380,6 +390,22 @@ mod tests {
         assert!(c.network_devices["default"].hwaddr.is_some());
         let c = patched(&[PatchOp::unset(&["network devices", "default"])]);
         assert!(c.network_devices.is_empty());
+        // Unsetting a device's last fields removes the device (Warewulf 4.7).
+        let c = patched(&[
+            PatchOp::unset(&["network devices", "default", "ipaddr"]),
+            PatchOp::unset(&["network devices", "default", "hwaddr"]),
+        ]);
+        assert!(c.network_devices.is_empty(), "{c:?}");
+        // ... also when the last thing was a tag.
+        let c = patched(&[PatchOp::set(&["network devices", "ib0", "tags", "x"], "y")]);
+        let mut c2 = c.clone();
+        apply_patch(&mut c2, &[PatchOp::unset(&["network devices", "ib0", "tags", "x"])]).unwrap();
+        assert!(!c2.network_devices.contains_key("ib0"), "{c2:?}");
+        assert!(c2.network_devices.contains_key("default"));
+        // An empty device the patch does not touch is kept (an imported file may name one).
+        let mut c3 = parse_node_conf("network devices:\n  eth9: {}\n").unwrap();
+        apply_patch(&mut c3, &[PatchOp::set(&["comment"], "x")]).unwrap();
+        assert!(c3.network_devices.contains_key("eth9"), "{c3:?}");
         // Whole netdev at once.
         let c = patched(&[PatchOp::set(
             &["network devices", "eth1"],

@@ -69,15 +69,81 @@ pub fn parse_import(text: &str, what: &str) -> Result<ImportDoc, ModelError> {
     // Syntax first: had the syntax error been left to the typed parse below, a broken
     // `nodes:` document would be read as a map of objects and reported as an object
     // named `nodes` with an unknown field.
-    let value: Option<serde_yaml_ng::Value> = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(what, &e, text))?;
+    let mut value: Option<serde_yaml_ng::Value> =
+        serde_yaml_ng::from_str(text).map_err(|e| yaml_error(what, &e, text))?;
     let is_nodes_conf = value
         .as_ref()
         .is_some_and(|v| v.get("nodes").is_some() || v.get("nodeprofiles").is_some());
+    if let Some(v) = value.as_mut().filter(|_| text.contains("id:")) {
+        if strip_ids(v, is_nodes_conf, what)? {
+            // Rare: parse the edited document (line numbers are lost, paths are not).
+            let v = value.take();
+            return if is_nodes_conf {
+                serde_yaml_ng::from_value::<Option<NodesConf>>(v.unwrap_or_default())
+                    .map(|c| ImportDoc::NodesConf(c.unwrap_or_default()))
+                    .map_err(|e| yaml_error(what, &e, text))
+            } else {
+                #[derive(serde::Deserialize)]
+                #[serde(transparent)]
+                struct M(#[serde(deserialize_with = "super::node::lenient::map_of")] BTreeMap<String, NodeConf>);
+                serde_yaml_ng::from_value::<Option<M>>(v.unwrap_or_default())
+                    .map(|m| ImportDoc::Objects(m.map(|m| m.0).unwrap_or_default()))
+                    .map_err(|e| yaml_error(what, &e, text))
+            };
+        }
+    }
     if is_nodes_conf {
         parse_doc(text, what).map(ImportDoc::NodesConf)
     } else {
         parse_conf_map_as(text, what).map(ImportDoc::Objects)
     }
+}
+
+/// Warewulf's import files may repeat each object's name as `id:` (Warewulf ignores it).
+/// Drop an `id` that equals its object's name; one that differs is an error, since it is
+/// not clear which name was meant. Returns whether anything was dropped.
+fn strip_ids(doc: &mut serde_yaml_ng::Value, is_nodes_conf: bool, what: &str) -> Result<bool, ModelError> {
+    use serde_yaml_ng::Value;
+    let mut maps: Vec<(&str, &mut serde_yaml_ng::Mapping)> = Vec::new();
+    if let Value::Mapping(top) = doc {
+        if is_nodes_conf {
+            for (section, objs) in top.iter_mut() {
+                if let (Some(section), Value::Mapping(objs)) = (section.as_str(), objs) {
+                    maps.push((section, objs));
+                }
+            }
+        } else {
+            maps.push(("", top));
+        }
+    }
+    let mut dropped = false;
+    for (section, objs) in maps {
+        for (name, obj) in objs.iter_mut() {
+            let Value::Mapping(obj) = obj else { continue };
+            let Some(id) = obj.get("id") else { continue };
+            let name = name.as_str().unwrap_or_default();
+            if id.as_str() != Some(name) {
+                let prefix = if section.is_empty() {
+                    String::new()
+                } else {
+                    format!("{section}.")
+                };
+                return Err(ModelError::Yaml {
+                    what: what.to_owned(),
+                    message: format!(
+                        "`id` ({}) differs from the object's name {name:?}; remove the `id` key or rename the object",
+                        serde_yaml_ng::to_string(id).unwrap_or_default().trim()
+                    ),
+                    line: None,
+                    column: None,
+                    path: Some(format!("{prefix}{name}")),
+                });
+            }
+            obj.remove("id");
+            dropped = true;
+        }
+    }
+    Ok(dropped)
 }
 
 /// Serialise a map of name → node/profile (see [`parse_conf_map`]).
@@ -374,6 +440,34 @@ mod tests {
             ImportDoc::NodesConf(c) if c.nodeprofiles.contains_key("p") && c.nodes.is_empty()
         ));
         assert_eq!(parse_import("", "f").unwrap(), ImportDoc::Objects(BTreeMap::new()));
+    }
+
+    #[test]
+    fn import_drops_an_id_that_repeats_the_name() {
+        // Warewulf's own import test file carries `id:`.
+        let text = "n1:\n  id: n1\n  profiles:\n  - default\n  network devices:\n    eth0:\n      ipaddr: 10.0.0.1\n";
+        let ImportDoc::Objects(m) = parse_import(text, "f").unwrap() else {
+            panic!("a map of objects")
+        };
+        assert_eq!(m["n1"].profiles, ["default"]);
+        assert_eq!(m["n1"].network_devices["eth0"].ipaddr.as_deref(), Some("10.0.0.1"));
+        let ImportDoc::NodesConf(c) = parse_import("nodes:\n  n2:\n    id: n2\n    comment: x\n", "f").unwrap() else {
+            panic!("a nodes.conf")
+        };
+        assert_eq!(c.nodes["n2"].comment.as_deref(), Some("x"));
+        // An id naming another object is refused, saying which.
+        let e = parse_import("nodes:\n  n2:\n    id: n3\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("n3") && e.contains("nodes.n2") && e.contains("remove the `id` key"),
+            "{e}"
+        );
+        // Other unknown keys are still errors after the id is dropped.
+        let e = parse_import("n1:\n  id: n1\n  imagename: x\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("imagename"), "{e}");
     }
 
     #[test]

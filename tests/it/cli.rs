@@ -270,3 +270,124 @@ async fn edit_applies_changes_and_detects_concurrent_edits() {
     );
     c.shutdown().await;
 }
+
+/// Behaviour matched to Warewulf 4.7's own tests (the shared conformance runner checks
+/// the same; this keeps it covered where that data is absent), and the deviations
+/// docs/COMPATIBILITY.md lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warewulf_47_behaviour() {
+    let c = Cluster::start(1, settings()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let export = |name: &'static str| {
+        let c = &c;
+        async move { ok(c, &["node", "export", name]).await }
+    };
+
+    // No `default` profile (a new cluster has one): a new node gets none.
+    ok(&c, &["profile", "delete", "default", "-y"]).await;
+    ok(&c, &["node", "add", "n01"]).await;
+    assert_eq!(export("n01").await, "n01: {}\n");
+    // With one, a node added without --profile gets it.
+    ok(&c, &["profile", "add", "default"]).await;
+    ok(&c, &["node", "add", "n02"]).await;
+    assert!(
+        export("n02").await.contains("profiles:\n  - default"),
+        "{}",
+        export("n02").await
+    );
+
+    // --profile naming a missing profile: refused, saying how to create it.
+    let e = ww(&c, &["node", "set", "n01", "-y", "--profile=foo"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("wwctl profile add foo"), "{e}");
+    let e = ww(&c, &["node", "add", "n09", "--profile", "default,foo"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("wwctl profile add foo"), "{e}");
+
+    // A bare boolean flag does not swallow the node name; a boolean word is its value.
+    ok(&c, &["node", "set", "--ipmiwrite", "n01", "-y"]).await;
+    ok(&c, &["node", "add", "--discoverable", "n03"]).await;
+    assert!(export("n01").await.contains("write: true"), "{}", export("n01").await);
+    assert!(export("n03").await.contains("discoverable: true"));
+    ok(&c, &["node", "set", "--ipmiwrite", "false", "n01", "-y"]).await;
+    assert!(export("n01").await.contains("write: false"), "{}", export("n01").await);
+
+    // A profile's comment is not inherited.
+    ok(&c, &["profile", "set", "default", "-y", "--comment", "profile comment"]).await;
+    let all = ok(&c, &["node", "list", "-a", "n02"]).await;
+    assert!(!all.contains("profile comment") && !all.contains("Comment"), "{all}");
+
+    // A network device emptied by unset/set is dropped, not kept and listed.
+    ok(
+        &c,
+        &[
+            "node",
+            "set",
+            "n01",
+            "-y",
+            "--ipaddr",
+            "10.0.0.1",
+            "--netmask",
+            "255.0.0.0",
+        ],
+    )
+    .await;
+    ok(&c, &["node", "unset", "n01", "ipaddr", "netmask", "-y"]).await;
+    assert!(
+        !export("n01").await.contains("network devices"),
+        "{}",
+        export("n01").await
+    );
+    let net = ok(&c, &["node", "list", "-n", "n01"]).await;
+    assert!(!net.contains("default"), "{net}");
+    ok(&c, &["node", "set", "n01", "-y", "--nettagadd", "dns=1"]).await;
+    ok(&c, &["node", "set", "n01", "-y", "--nettagdel", "dns"]).await;
+    assert!(
+        !export("n01").await.contains("network devices"),
+        "{}",
+        export("n01").await
+    );
+    // --ipaddr=0.0.0.0 clears the address (and so the device it emptied).
+    ok(&c, &["node", "set", "n01", "-y", "--ipaddr", "10.0.0.1"]).await;
+    ok(&c, &["node", "set", "n01", "-y", "--ipaddr=0.0.0.0"]).await;
+    assert!(
+        !export("n01").await.contains("network devices"),
+        "{}",
+        export("n01").await
+    );
+
+    // -n and -i tables are headed NODE.
+    let ipmi = ok(&c, &["node", "list", "-i", "n01"]).await;
+    assert!(ipmi.starts_with("NODE  "), "{ipmi}");
+    assert!(net.starts_with("NODE  "), "{net}");
+
+    // Extra commas: `n01,` is n01, a lone `,` lists everything; other verbs refuse it.
+    let one = ok(&c, &["node", "list", "n01,"]).await;
+    assert!(one.contains("n01") && !one.contains("n02"), "{one}");
+    let every = ok(&c, &["node", "list", ","]).await;
+    assert!(every.contains("n01") && every.contains("n03"), "{every}");
+    let e = ww(&c, &["node", "delete", ",", "-y"]).await.unwrap_err();
+    assert!(e.contains("names no object"), "{e}");
+    // n[-1] stays an error (Warewulf would expand it to n0,n1).
+    assert!(ww(&c, &["node", "add", "node[-1]"]).await.is_err());
+
+    // Deleting a missing node succeeds and deletes the others.
+    ok(&c, &["node", "delete", "-y", "doesnotexist"]).await;
+    let out = ok(&c, &["node", "delete", "-y", "n03", "doesnotexist"]).await;
+    assert!(out.contains("Deleted 1"), "{out}");
+
+    // Import of a Warewulf file: `id:` repeating the name is accepted, an undefined
+    // referenced profile is created empty.
+    let f = dir.path().join("importFile");
+    std::fs::write(
+        &f,
+        "n1:\n  id: n1\n  profiles:\n  - rack\n  network devices:\n    eth0:\n      ipaddr: 192.168.1.10\n",
+    )
+    .unwrap();
+    ok(&c, &["node", "import", f.to_str().unwrap(), "-y"]).await;
+    assert!(export("n1").await.contains("- rack"), "{}", export("n1").await);
+    assert_eq!(ok(&c, &["profile", "export", "rack"]).await, "rack: {}\n");
+    c.shutdown().await;
+}
