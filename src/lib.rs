@@ -31,6 +31,7 @@
 // openraft's error types (StorageError, RPCError, ConfigError) are large and fixed by
 // its trait signatures; boxing them at every call would only add noise.
 #![allow(clippy::result_large_err)]
+#![warn(unreachable_pub, missing_debug_implementations, unused_qualifications)]
 
 pub mod cas;
 pub mod error;
@@ -40,7 +41,13 @@ pub mod state;
 pub mod store;
 pub mod pb {
     //! Generated from `proto/`.
-    #![allow(clippy::all, missing_docs)]
+    #![allow(
+        clippy::all,
+        missing_docs,
+        unused_qualifications,
+        unreachable_pub,
+        missing_debug_implementations
+    )]
     pub mod raft {
         tonic::include_proto!("wulfpack.raft.v1");
     }

@@ -337,7 +337,7 @@ mod tests {
 
     #[test]
     fn retain_forgets_deleted_nodes_and_concurrent_records_are_safe() {
-        let b = std::sync::Arc::new(StatusBoard::new());
+        let b = Arc::new(StatusBoard::new());
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let b = b.clone();

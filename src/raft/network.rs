@@ -51,6 +51,12 @@ pub struct Network {
     peers: Arc<StdMutex<HashMap<NodeId, PeerHealth>>>,
 }
 
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network").finish_non_exhaustive()
+    }
+}
+
 impl Network {
     async fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.channels.lock().await;
@@ -95,6 +101,15 @@ pub struct NetworkClient {
     node: BasicNode,
     channel: Result<Channel, String>,
     peers: Arc<StdMutex<HashMap<NodeId, PeerHealth>>>,
+}
+
+impl std::fmt::Debug for NetworkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkClient")
+            .field("target", &self.target)
+            .field("addr", &self.node.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -457,6 +457,12 @@ pub struct SmSnapshotBuilder<C, S> {
     store: StateMachineStore<C, S>,
 }
 
+impl<C, S> Debug for SmSnapshotBuilder<C, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmSnapshotBuilder").finish_non_exhaustive()
+    }
+}
+
 impl<C, S> RaftSnapshotBuilder<C> for SmSnapshotBuilder<C, S>
 where
     C: StoreTypeConfig,

@@ -5,6 +5,9 @@
 //! a `rebuilt_calls` counter so tests can check that [`StateMachineCore::rebuilt`] runs after a
 //! snapshot install or restart, and a request that panics to test panic containment.
 
+// openraft's `declare_raft_types!` makes its types `pub`; this module is test-only.
+#![allow(unreachable_pub)]
+
 use std::collections::BTreeMap;
 use std::io::Cursor;
 

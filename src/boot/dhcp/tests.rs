@@ -252,8 +252,8 @@ fn ipxe_gets_the_script_url_of_its_mac() {
     let (r, _) = e.reply("br0", &m);
     assert_eq!(fname(&r), want);
     // iPXE is told not to wait for ProxyDHCP offers (175.176 no-pxedhcp = 1), on the wire.
-    let wire = dhcproto::Encodable::to_vec(&r).unwrap();
-    let back = <Message as dhcproto::Decodable>::from_bytes(&wire).unwrap();
+    let wire = Encodable::to_vec(&r).unwrap();
+    let back = <Message as Decodable>::from_bytes(&wire).unwrap();
     assert_eq!(
         opt(&back, OptionCode::Unknown(175)),
         Some(&DhcpOption::Unknown(UnknownOption::new(

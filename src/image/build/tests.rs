@@ -813,9 +813,9 @@ $bb poweroff -f
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start qemu");
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(180);
     let mut text = String::new();
-    while std::time::Instant::now() < deadline {
+    while Instant::now() < deadline {
         text = fs::read_to_string(&log).unwrap_or_default();
         if text.contains("WULFPACK-INITRAMFS-") || qemu.try_wait().unwrap().is_some() {
             break;

@@ -279,14 +279,14 @@ impl Read for Exact {
 pub(super) mod tests_support {
     use super::*;
 
-    pub fn exact(path: &Path, n: u64) -> impl Read {
+    pub(crate) fn exact(path: &Path, n: u64) -> impl Read {
         Exact {
             inner: File::open(path).expect("open"),
             remaining: n,
         }
     }
 
-    pub fn split_dev(rdev: u64) -> (u32, u32) {
+    pub(crate) fn split_dev(rdev: u64) -> (u32, u32) {
         (dev_major(rdev), dev_minor(rdev))
     }
 }

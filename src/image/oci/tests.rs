@@ -745,8 +745,8 @@ fn shrinking_file_is_an_error_not_a_corrupt_layer() {
     std::fs::write(&f, "12345").unwrap();
     let mut r = dir::tests_support::exact(&f, 10);
     let mut out = Vec::new();
-    let e = std::io::copy(&mut r, &mut out).unwrap_err();
-    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    let e = io::copy(&mut r, &mut out).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     assert!(e.to_string().contains("shrank"), "{e}");
 }
 
