@@ -12,29 +12,16 @@
 mod proc_cluster;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use proc_cluster::{wait_until, ProcCluster};
+use proc_cluster::{run_wwctl, wait_until, ProcCluster};
 
 const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
 const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
 
 fn wwctl(heads: &str, args: &[&str]) -> (bool, String, Duration) {
-    let t = Instant::now();
-    let out = Command::new(WWCTL)
-        .arg("--heads")
-        .arg(heads)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        t.elapsed(),
-    )
+    let r = run_wwctl(Path::new(WWCTL), heads, args);
+    (r.ok(), r.stdout, r.took)
 }
 
 fn timed(heads: &str, args: &[&str]) -> Duration {

@@ -14,6 +14,8 @@
 //! `cargo bench --bench restart` runs the full sizes. Under `cargo test` (no `--bench`
 //! argument) it runs tiny sizes as a smoke test of the harness itself.
 
+#[path = "common/nodes.rs"]
+mod nodes;
 #[path = "../tests/common/proc_cluster.rs"]
 mod proc_cluster;
 
@@ -21,9 +23,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nodes::node;
 use proc_cluster::{wait_until, ProcCluster};
 use wulfpack::client::Client;
-use wulfpack::model::{NetDev, NodeConf, PatchOp};
+use wulfpack::model::PatchOp;
 use wulfpack::state::{Command as Cmd, Kind, Query, Request, Selector, State};
 
 const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
@@ -32,30 +35,6 @@ const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
 struct Sizes {
     nodes: usize,
     bulk_sets: usize,
-}
-
-fn node(i: usize) -> NodeConf {
-    let mut c = NodeConf {
-        profiles: vec!["default".into()],
-        image_name: Some("rocky-9".into()),
-        ..Default::default()
-    };
-    c.network_devices.insert(
-        "default".into(),
-        NetDev {
-            hwaddr: Some(format!(
-                "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
-                (i >> 24) & 255,
-                (i >> 16) & 255,
-                (i >> 8) & 255,
-                i & 255
-            )),
-            ipaddr: Some(format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255)),
-            device: Some("eth0".into()),
-            ..Default::default()
-        },
-    );
-    c
 }
 
 fn name(i: usize) -> String {

@@ -192,6 +192,41 @@ impl ProcCluster {
     }
 }
 
+/// One `wwctl` run as an operator sees it.
+#[allow(dead_code)] // not every user reads every field
+pub struct WwctlRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+#[allow(dead_code)] // not every benchmark that shares this file runs wwctl through it
+impl WwctlRun {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+}
+
+/// Run `wwctl --heads HEADS ARGS…` (no stdin) and wait for it.
+#[allow(dead_code)] // not every benchmark that shares this file runs wwctl through it
+pub fn run_wwctl(wwctl: &Path, heads: &str, args: &[&str]) -> WwctlRun {
+    let t = Instant::now();
+    let out = Command::new(wwctl)
+        .arg("--heads")
+        .arg(heads)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    WwctlRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+        took: t.elapsed(),
+    }
+}
+
 /// Poll `f` every 100 ms until true; panic after `secs`.
 pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);

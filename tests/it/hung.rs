@@ -3,39 +3,18 @@
 //! bounds a command that cannot reach a majority.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::proc_cluster::{wait_until, ProcCluster};
+use crate::proc_cluster::{run_wwctl, wait_until, ProcCluster, WwctlRun};
 
 const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
 const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    took: Duration,
+fn wwctl(heads: &str, args: &[&str]) -> WwctlRun {
+    run_wwctl(Path::new(WWCTL), heads, args)
 }
 
-fn wwctl(heads: &str, args: &[&str]) -> Run {
-    let t = Instant::now();
-    let out = Command::new(WWCTL)
-        .arg("--heads")
-        .arg(heads)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-        took: t.elapsed(),
-    }
-}
-
-fn ok(heads: &str, args: &[&str]) -> Run {
+fn ok(heads: &str, args: &[&str]) -> WwctlRun {
     let r = wwctl(heads, args);
     assert_eq!(r.code, 0, "wwctl {args:?} via {heads} failed: {}", r.stderr);
     r

@@ -2,27 +2,16 @@
 //! SIGKILL of the leader and later of every head; no acknowledged write is lost.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use crate::proc_cluster::{wait_until, ProcCluster};
+use crate::proc_cluster::{run_wwctl, wait_until, ProcCluster};
 
 const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
 const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
 
 /// Run wwctl; returns (success, stdout, stderr).
 fn wwctl(heads: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(WWCTL)
-        .arg("--heads")
-        .arg(heads)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let r = run_wwctl(Path::new(WWCTL), heads, args);
+    (r.ok(), r.stdout, r.stderr)
 }
 
 fn ok(heads: &str, args: &[&str]) -> String {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proc_cluster::{wait_until, ProcCluster};
+use crate::proc_cluster::{run_wwctl, wait_until, ProcCluster};
 
 const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
 const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
@@ -22,18 +22,8 @@ fn idle_secs() -> u64 {
 }
 
 fn wwctl(heads: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(WWCTL)
-        .arg("--heads")
-        .arg(heads)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let r = run_wwctl(Path::new(WWCTL), heads, args);
+    (r.ok(), r.stdout, r.stderr)
 }
 
 /// (leader id, highest term) as the cluster reports it, if a leader is known.
