@@ -29,16 +29,17 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use dhcproto::Encodable;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::config::DhcpConfig;
-use super::handlers::{handle_packet, Chain, Destination, Verdict};
+use super::handlers::{handle_packet, Chain, Destination, Skip, Verdict};
 use super::lease::LeaseAllocator;
+use super::observe::{Observer, SUMMARY_EVERY};
 use crate::boot::retry::retry_every;
 use crate::boot::view::ViewRx;
 
@@ -92,13 +93,38 @@ impl Ports {
     }
 }
 
-/// Counters of one server (all interfaces), for status and benchmarks.
+/// Counters of one server (all interfaces), for status, metrics and benchmarks.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub received: AtomicU64,
     pub replied: AtomicU64,
+    /// Requests dropped (no reply), all reasons; per reason in [`Stats::dropped`].
     pub skipped: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Requests dropped per reason, indexed by `Skip as usize` (see [`Skip::ALL`]).
+    dropped: [AtomicU64; Skip::ALL.len()],
+}
+
+impl Stats {
+    /// Requests dropped so far for `reason`.
+    pub fn dropped(&self, reason: Skip) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every reason with a non-zero count, in [`Skip::ALL`] order.
+    pub fn drops(&self) -> Vec<(Skip, u64)> {
+        Skip::ALL
+            .iter()
+            .map(|&s| (s, self.dropped(s)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
+    /// Count one dropped request.
+    pub(crate) fn count_drop(&self, reason: Skip) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A UDP socket on `0.0.0.0:port` that only sees and sends on `iface`, with broadcast
@@ -153,10 +179,13 @@ impl std::fmt::Debug for DhcpServer {
     }
 }
 
-/// A server while it runs: its value and the handler chain, shared by the interfaces' loops.
+/// A server while it runs: its value, the handler chain and the observer (logs and
+/// drop counts, see [`observe`](super::observe)), shared by the interfaces' loops.
 struct Serving {
     server: DhcpServer,
     chain: Chain,
+    /// Held only for the bookkeeping of one request, never across an await.
+    observer: Mutex<Observer>,
 }
 
 impl DhcpServer {
@@ -183,6 +212,7 @@ impl DhcpServer {
         let loops = names.into_iter().map(|name| serving.clone().supervise(name));
         tokio::select! {
             _ = futures::future::join_all(loops) => {}
+            _ = serving.summaries() => {}
             _ = shutdown => {}
         }
         Ok(())
@@ -204,6 +234,7 @@ impl DhcpServer {
         let serving = self.serving();
         tokio::select! {
             _ = serving.serve(socket, iface) => {}
+            _ = serving.summaries() => {}
             _ = shutdown => {}
         }
         Ok(())
@@ -213,11 +244,30 @@ impl DhcpServer {
         Serving {
             server: self,
             chain: Chain::standard(),
+            observer: Mutex::new(Observer::new(Instant::now())),
         }
     }
 }
 
 impl Serving {
+    /// Every [`SUMMARY_EVERY`], the info line of the requests dropped since the last
+    /// one, if any (an idle head writes nothing). Runs until the server stops.
+    async fn summaries(&self) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SUMMARY_EVERY, SUMMARY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some(line) = self.observer().summary(Instant::now()) {
+                tracing::info!("{line}");
+            }
+        }
+    }
+
+    fn observer(&self) -> std::sync::MutexGuard<'_, Observer> {
+        // A panic while observing leaves counters, not invariants: keep going.
+        self.observer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Keep one interface served for as long as the server runs (see the module notes).
     async fn supervise(self: Arc<Self>, iface: String) {
         let what = format!("DHCP on interface {iface} (the other interfaces keep serving)");
@@ -256,7 +306,7 @@ impl Serving {
         // Large enough for any datagram; DHCP messages are ≤ 576 bytes unless jumbo options.
         let mut buf = vec![0u8; 65536];
         loop {
-            let (n, src) = match sock.recv_from(&mut buf).await {
+            let (n, _) = match sock.recv_from(&mut buf).await {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(%iface, "DHCP receive failed: {e}");
@@ -266,7 +316,10 @@ impl Serving {
             };
             stats.received.fetch_add(1, Ordering::Relaxed);
             let v = view.borrow().clone();
-            match handle_packet(&buf[..n], interface, config, &v, leases.as_ref(), &self.chain) {
+            let verdict = handle_packet(&buf[..n], interface, config, &v, leases.as_ref(), &self.chain);
+            self.observer()
+                .observe(stats, iface, &buf[..n], &verdict, Instant::now());
+            match verdict {
                 Verdict::Reply(r) => {
                     let bytes = match r.msg.to_vec() {
                         Ok(b) => b,
@@ -286,10 +339,8 @@ impl Serving {
                         }
                     }
                 }
-                Verdict::Skip(s) => {
-                    stats.skipped.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%iface, %src, reason = s.as_str(), "DHCP request not answered");
-                }
+                // Counted and logged (rate-limited) by the observer.
+                Verdict::Skip(_) => {}
             }
         }
     }
