@@ -432,6 +432,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_running_server_counts_drops_per_reason() {
+        let cfg = DhcpConfig::from_yaml(
+            "interfaces: [{name: lo, subnets: [lo]}]\nsubnets: {lo: {network: 127.0.0.0/8, server: 127.0.0.1, relayed: true}}",
+        )
+        .unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (_vtx, vrx) = watch::channel(Arc::new(view()));
+        let dhcp = DhcpServer {
+            ports: Ports {
+                server: relay.local_addr().unwrap().port(),
+                ..Ports::default()
+            },
+            ..DhcpServer::new(cfg, vrx, Arc::new(MemoryAllocator::new()))
+        };
+        let stats = dhcp.stats.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(dhcp.run_on(server, "lo", async {
+            let _ = stopped.await;
+        }));
+        let u = Ipv4Addr::UNSPECIFIED;
+        let discover = |mac: [u8; 6], giaddr: Ipv4Addr| {
+            let mut m = Message::new_with_id(7, u, u, u, giaddr, &mac);
+            m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+            m.to_vec().unwrap()
+        };
+        // Drops first: one socket is served in order, so once the OFFER for the last
+        // datagram is back, all of them have been decided.
+        relay.send_to(&[0u8; 300], server_addr).await.unwrap();
+        relay
+            .send_to(&discover([2, 0, 0, 0, 0, 0x99], Ipv4Addr::LOCALHOST), server_addr)
+            .await
+            .unwrap();
+        relay
+            .send_to(&discover([2, 0, 0, 0, 0, 1], Ipv4Addr::new(10, 9, 0, 1)), server_addr)
+            .await
+            .unwrap();
+        relay
+            .send_to(&discover([2, 0, 0, 0, 0, 1], Ipv4Addr::LOCALHOST), server_addr)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
+            .await
+            .expect("an OFFER within 5 s")
+            .unwrap();
+        assert_eq!(
+            Message::from_bytes(&buf[..n]).unwrap().opts().msg_type(),
+            Some(MessageType::Offer)
+        );
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops on shutdown")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stats.drops(),
+            vec![
+                (Skip::Malformed, 1),
+                (Skip::RelayNotAccepted, 1),
+                (Skip::UnknownClient, 1)
+            ]
+        );
+        assert_eq!(stats.skipped.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.received.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.replied.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
     async fn off_without_interfaces_and_refuses_unconfigured_sockets() {
         let (_vtx, vrx) = watch::channel(Arc::new(BootView::default()));
         let leases: Arc<dyn LeaseAllocator> = Arc::new(MemoryAllocator::new());
