@@ -19,6 +19,9 @@
 //!   [`REBIND_EVERY`] ([`retry_every`]) while the others serve; one that disappears or is re-created (its
 //!   index changes, which silently deafens a device-bound socket) is bound again. One
 //!   rack's link never takes DHCP away from the head's other racks.
+//! - **Every request leaves a trace** ([`observe`](super::observe)): drops are counted per
+//!   reason in [`Stats`], drops and answers are logged at debug (rate-limited), and a
+//!   summary of the drops is logged at info every minute while there are any.
 //! - A server is a value, [`DhcpServer`] (config, view, allocator, reply ports, counters):
 //!   `server.run(shutdown)` serves every configured interface, `server.run_on(socket, iface,
 //!   shutdown)` one socket the caller bound (tests do). Both follow the servers' convention
