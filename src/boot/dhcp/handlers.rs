@@ -98,27 +98,53 @@ pub enum Skip {
 }
 
 impl Skip {
+    /// Every reason, in declaration order (`Skip::ALL[s as usize] == s`), for per-reason
+    /// counters.
+    pub const ALL: [Skip; 19] = [
+        Skip::Malformed,
+        Skip::NotRequest,
+        Skip::NotEthernet,
+        Skip::NoMessageType,
+        Skip::UnhandledType,
+        Skip::TooManyHops,
+        Skip::RelayNotAccepted,
+        Skip::InterfaceNotServed,
+        Skip::NotServedHere,
+        Skip::UnknownClient,
+        Skip::PoolExhausted,
+        Skip::PoolPending,
+        Skip::PoolConflict,
+        Skip::AllocatorError,
+        Skip::OtherServer,
+        Skip::NoRequestedAddress,
+        Skip::Released,
+        Skip::Declined,
+        Skip::Internal,
+    ];
+
+    /// What an operator reads in logs and the drop summary. The reasons about a relay or
+    /// an interface are followed there by its address or name.
     pub fn as_str(self) -> &'static str {
         match self {
-            Skip::Malformed => "malformed",
-            Skip::NotRequest => "not a request",
+            Skip::Malformed => "malformed packet",
+            Skip::NotRequest => "not a request (BOOTREPLY)",
             Skip::NotEthernet => "not ethernet",
-            Skip::NoMessageType => "bootp (no message type)",
-            Skip::UnhandledType => "unhandled message type",
-            Skip::TooManyHops => "too many relay hops",
-            Skip::RelayNotAccepted => "relay not accepted",
-            Skip::InterfaceNotServed => "interface not served",
-            Skip::NotServedHere => "address not in a served subnet",
-            Skip::UnknownClient => "unknown client, no pool",
+            Skip::NoMessageType => "BOOTP without a DHCP message type",
+            Skip::UnhandledType => "message type a server does not answer",
+            Skip::TooManyHops => "more than 16 relay hops",
+            Skip::RelayNotAccepted => "no subnet for relay",
+            Skip::InterfaceNotServed => "no subnet for interface",
+            Skip::NotServedHere => "node address not in a subnet served here",
+            Skip::UnknownClient => "unknown MAC (no pool)",
             Skip::PoolExhausted => "pool exhausted",
             Skip::PoolPending => "pool block not reserved yet",
             Skip::PoolConflict => "pool address belongs to a node",
             Skip::AllocatorError => "lease store error",
             Skip::OtherServer => "client chose another server",
-            Skip::NoRequestedAddress => "request without an address",
-            Skip::Released => "release",
-            Skip::Declined => "decline",
-            Skip::Internal => "internal error",
+            Skip::NoRequestedAddress => "REQUEST without an address",
+            Skip::Released => "RELEASE (never answered)",
+            Skip::Declined => "DECLINE (never answered)",
+            Skip::Internal => "internal error (a bug)",
         }
     }
 }

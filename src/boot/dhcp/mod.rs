@@ -30,11 +30,13 @@
 //! | [`config`] | `boot: dhcp:` section of `wulfd.yaml`: wire format, validation |
 //! | [`handlers`] | request context, handler chain, reply building and addressing |
 //! | [`lease`] | [`LeaseAllocator`] (pools, discovery) and the in-memory implementation |
+//! | [`observe`] | per-reason drop counts, rate-limited debug lines, the info summary |
 //! | [`server`] | UDP sockets per interface, the receive loop, shutdown |
 
 pub mod config;
 pub mod handlers;
 pub mod lease;
+pub mod observe;
 pub mod raft_leases;
 pub mod server;
 #[cfg(test)]

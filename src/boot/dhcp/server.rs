@@ -19,6 +19,9 @@
 //!   [`REBIND_EVERY`] ([`retry_every`]) while the others serve; one that disappears or is re-created (its
 //!   index changes, which silently deafens a device-bound socket) is bound again. One
 //!   rack's link never takes DHCP away from the head's other racks.
+//! - **Every request leaves a trace** ([`observe`](super::observe)): drops are counted per
+//!   reason in [`Stats`], drops and answers are logged at debug (rate-limited), and a
+//!   summary of the drops is logged at info every minute while there are any.
 //! - A server is a value, [`DhcpServer`] (config, view, allocator, reply ports, counters):
 //!   `server.run(shutdown)` serves every configured interface, `server.run_on(socket, iface,
 //!   shutdown)` one socket the caller bound (tests do). Both follow the servers' convention
@@ -29,16 +32,17 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use dhcproto::Encodable;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::config::DhcpConfig;
-use super::handlers::{handle_packet, Chain, Destination, Verdict};
+use super::handlers::{handle_packet, Chain, Destination, Skip, Verdict};
 use super::lease::LeaseAllocator;
+use super::observe::{Observer, SUMMARY_EVERY};
 use crate::boot::retry::retry_every;
 use crate::boot::view::ViewRx;
 
@@ -92,13 +96,38 @@ impl Ports {
     }
 }
 
-/// Counters of one server (all interfaces), for status and benchmarks.
+/// Counters of one server (all interfaces), for status, metrics and benchmarks.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub received: AtomicU64,
     pub replied: AtomicU64,
+    /// Requests dropped (no reply), all reasons; per reason in [`Stats::dropped`].
     pub skipped: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Requests dropped per reason, indexed by `Skip as usize` (see [`Skip::ALL`]).
+    dropped: [AtomicU64; Skip::ALL.len()],
+}
+
+impl Stats {
+    /// Requests dropped so far for `reason`.
+    pub fn dropped(&self, reason: Skip) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every reason with a non-zero count, in [`Skip::ALL`] order.
+    pub fn drops(&self) -> Vec<(Skip, u64)> {
+        Skip::ALL
+            .iter()
+            .map(|&s| (s, self.dropped(s)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
+    /// Count one dropped request.
+    pub(crate) fn count_drop(&self, reason: Skip) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A UDP socket on `0.0.0.0:port` that only sees and sends on `iface`, with broadcast
@@ -153,10 +182,13 @@ impl std::fmt::Debug for DhcpServer {
     }
 }
 
-/// A server while it runs: its value and the handler chain, shared by the interfaces' loops.
+/// A server while it runs: its value, the handler chain and the observer (logs and
+/// drop counts, see [`observe`](super::observe)), shared by the interfaces' loops.
 struct Serving {
     server: DhcpServer,
     chain: Chain,
+    /// Held only for the bookkeeping of one request, never across an await.
+    observer: Mutex<Observer>,
 }
 
 impl DhcpServer {
@@ -183,6 +215,7 @@ impl DhcpServer {
         let loops = names.into_iter().map(|name| serving.clone().supervise(name));
         tokio::select! {
             _ = futures::future::join_all(loops) => {}
+            _ = serving.summaries() => {}
             _ = shutdown => {}
         }
         Ok(())
@@ -204,6 +237,7 @@ impl DhcpServer {
         let serving = self.serving();
         tokio::select! {
             _ = serving.serve(socket, iface) => {}
+            _ = serving.summaries() => {}
             _ = shutdown => {}
         }
         Ok(())
@@ -213,11 +247,30 @@ impl DhcpServer {
         Serving {
             server: self,
             chain: Chain::standard(),
+            observer: Mutex::new(Observer::new(Instant::now())),
         }
     }
 }
 
 impl Serving {
+    /// Every [`SUMMARY_EVERY`], the info line of the requests dropped since the last
+    /// one, if any (an idle head writes nothing). Runs until the server stops.
+    async fn summaries(&self) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SUMMARY_EVERY, SUMMARY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some(line) = self.observer().summary(Instant::now()) {
+                tracing::info!("{line}");
+            }
+        }
+    }
+
+    fn observer(&self) -> std::sync::MutexGuard<'_, Observer> {
+        // A panic while observing leaves counters, not invariants: keep going.
+        self.observer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Keep one interface served for as long as the server runs (see the module notes).
     async fn supervise(self: Arc<Self>, iface: String) {
         let what = format!("DHCP on interface {iface} (the other interfaces keep serving)");
@@ -256,7 +309,7 @@ impl Serving {
         // Large enough for any datagram; DHCP messages are ≤ 576 bytes unless jumbo options.
         let mut buf = vec![0u8; 65536];
         loop {
-            let (n, src) = match sock.recv_from(&mut buf).await {
+            let (n, _) = match sock.recv_from(&mut buf).await {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(%iface, "DHCP receive failed: {e}");
@@ -266,7 +319,10 @@ impl Serving {
             };
             stats.received.fetch_add(1, Ordering::Relaxed);
             let v = view.borrow().clone();
-            match handle_packet(&buf[..n], interface, config, &v, leases.as_ref(), &self.chain) {
+            let verdict = handle_packet(&buf[..n], interface, config, &v, leases.as_ref(), &self.chain);
+            self.observer()
+                .observe(stats, iface, &buf[..n], &verdict, Instant::now());
+            match verdict {
                 Verdict::Reply(r) => {
                     let bytes = match r.msg.to_vec() {
                         Ok(b) => b,
@@ -286,10 +342,8 @@ impl Serving {
                         }
                     }
                 }
-                Verdict::Skip(s) => {
-                    stats.skipped.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%iface, %src, reason = s.as_str(), "DHCP request not answered");
-                }
+                // Counted and logged (rate-limited) by the observer.
+                Verdict::Skip(_) => {}
             }
         }
     }
@@ -378,6 +432,77 @@ mod tests {
             .unwrap();
         assert_eq!(stats.replied.load(Ordering::Relaxed), 1);
         assert!(stats.received.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[tokio::test]
+    async fn the_running_server_counts_drops_per_reason() {
+        let cfg = DhcpConfig::from_yaml(
+            "interfaces: [{name: lo, subnets: [lo]}]\nsubnets: {lo: {network: 127.0.0.0/8, server: 127.0.0.1, relayed: true}}",
+        )
+        .unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (_vtx, vrx) = watch::channel(Arc::new(view()));
+        let dhcp = DhcpServer {
+            ports: Ports {
+                server: relay.local_addr().unwrap().port(),
+                ..Ports::default()
+            },
+            ..DhcpServer::new(cfg, vrx, Arc::new(MemoryAllocator::new()))
+        };
+        let stats = dhcp.stats.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(dhcp.run_on(server, "lo", async {
+            let _ = stopped.await;
+        }));
+        let u = Ipv4Addr::UNSPECIFIED;
+        let discover = |mac: [u8; 6], giaddr: Ipv4Addr| {
+            let mut m = Message::new_with_id(7, u, u, u, giaddr, &mac);
+            m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+            m.to_vec().unwrap()
+        };
+        // Drops first: one socket is served in order, so once the OFFER for the last
+        // datagram is back, all of them have been decided.
+        relay.send_to(&[0u8; 300], server_addr).await.unwrap();
+        relay
+            .send_to(&discover([2, 0, 0, 0, 0, 0x99], Ipv4Addr::LOCALHOST), server_addr)
+            .await
+            .unwrap();
+        relay
+            .send_to(&discover([2, 0, 0, 0, 0, 1], Ipv4Addr::new(10, 9, 0, 1)), server_addr)
+            .await
+            .unwrap();
+        relay
+            .send_to(&discover([2, 0, 0, 0, 0, 1], Ipv4Addr::LOCALHOST), server_addr)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
+            .await
+            .expect("an OFFER within 5 s")
+            .unwrap();
+        assert_eq!(
+            Message::from_bytes(&buf[..n]).unwrap().opts().msg_type(),
+            Some(MessageType::Offer)
+        );
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops on shutdown")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stats.drops(),
+            vec![
+                (Skip::Malformed, 1),
+                (Skip::RelayNotAccepted, 1),
+                (Skip::UnknownClient, 1)
+            ]
+        );
+        assert_eq!(stats.skipped.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.received.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.replied.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -594,3 +594,155 @@ fn relay_agent_information_and_client_id_are_echoed() {
         Some(&DhcpOption::ClientIdentifier(vec![1, 0xaa, 0xbb, 0xcc, 0, 0, 3]))
     );
 }
+
+#[test]
+fn skip_all_lists_every_reason_in_index_order() {
+    for (i, s) in Skip::ALL.iter().enumerate() {
+        assert_eq!(*s as usize, i, "{s:?}");
+    }
+    // `Internal` is declared last: a reason added after it must be added to ALL too.
+    assert_eq!(Skip::ALL.len(), Skip::Internal as usize + 1);
+}
+
+/// Runs packets through the standard chain and the server's observer, as the receive
+/// loop does, at a time the test chooses.
+struct Observed {
+    e: Env,
+    stats: Stats,
+    obs: observe::Observer,
+    t0: std::time::Instant,
+}
+
+impl Observed {
+    fn new() -> Observed {
+        let t0 = std::time::Instant::now();
+        Observed {
+            e: env(),
+            stats: Stats::default(),
+            obs: observe::Observer::new(t0),
+            t0,
+        }
+    }
+
+    fn feed(&mut self, iface: &str, bytes: &[u8], at_ms: u64) -> Verdict {
+        let v = self.e.raw(iface, bytes);
+        let now = self.t0 + std::time::Duration::from_millis(at_ms);
+        self.obs.observe(&self.stats, iface, bytes, &v, now);
+        v
+    }
+}
+
+#[test]
+fn drops_are_counted_per_reason_through_the_chain_and_summarised() {
+    let mut o = Observed::new();
+    for mac in [STRANGER, [2, 0, 0, 0, 0, 0x98], [2, 0, 0, 0, 0, 0x97]] {
+        let b = msg(MessageType::Discover, mac).to_vec().unwrap();
+        o.feed("br0", &b, 0);
+    }
+    let mut relayed = msg(MessageType::Discover, R1);
+    relayed.set_giaddr(ip("10.60.0.1"));
+    let relayed = relayed.to_vec().unwrap();
+    o.feed("br0", &relayed, 0);
+    o.feed("br0", &relayed, 0);
+    o.feed("br0", &[0u8; 300], 0);
+    o.feed("br0", &msg(MessageType::Release, N1).to_vec().unwrap(), 0);
+    let answered = o.feed("br0", &msg(MessageType::Discover, N1).to_vec().unwrap(), 0);
+    assert!(matches!(answered, Verdict::Reply(_)));
+
+    let s = &o.stats;
+    assert_eq!(s.dropped(Skip::UnknownClient), 3);
+    assert_eq!(s.dropped(Skip::RelayNotAccepted), 2);
+    assert_eq!(s.dropped(Skip::Malformed), 1);
+    assert_eq!(s.dropped(Skip::Released), 1);
+    assert_eq!(s.dropped(Skip::PoolPending), 0);
+    assert_eq!(s.skipped.load(std::sync::atomic::Ordering::Relaxed), 7);
+    assert_eq!(
+        s.drops(),
+        vec![
+            (Skip::Malformed, 1),
+            (Skip::RelayNotAccepted, 2),
+            (Skip::UnknownClient, 3),
+            (Skip::Released, 1),
+        ]
+    );
+    assert_eq!(
+        o.obs.summary(o.t0 + std::time::Duration::from_secs(60)).as_deref(),
+        Some(
+            "DHCP: 7 requests dropped in the last 60 s: 3 unknown MAC (no pool), 2 no subnet for relay 10.60.0.1, \
+             1 RELEASE (never answered), 1 malformed packet"
+        )
+    );
+    // The answered request is not a drop, and the next minute without drops is silent.
+    assert_eq!(o.obs.summary(o.t0 + std::time::Duration::from_secs(120)), None);
+}
+
+/// A writer into a shared buffer, for reading what the observer logged.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self, containing: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(containing))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[test]
+fn debug_lines_name_the_request_and_a_flood_is_rate_limited() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(sub, || {
+        let mut o = Observed::new();
+        let flood = msg(MessageType::Discover, STRANGER).to_vec().unwrap();
+        // 50 retries within 5 s, then one after the 10 s period.
+        for i in 0..50 {
+            o.feed("br0", &flood, i * 100);
+        }
+        o.feed("br0", &flood, 10_000);
+        let mut relayed = msg(MessageType::Discover, R1);
+        relayed.set_giaddr(ip("10.60.0.1"));
+        o.feed("br0", &relayed.to_vec().unwrap(), 10_000);
+        o.feed("br0", &msg(MessageType::Discover, N1).to_vec().unwrap(), 10_000);
+        assert_eq!(o.stats.dropped(Skip::UnknownClient), 51, "every drop is counted");
+    });
+    let dropped = out.lines("DHCP request dropped");
+    let unknown: Vec<_> = dropped.iter().filter(|l| l.contains("unknown MAC (no pool)")).collect();
+    assert_eq!(unknown.len(), 2, "{dropped:#?}");
+    let first = unknown[0];
+    assert!(
+        first.contains("mac=02:00:00:00:00:99") && first.contains("iface=br0") && first.contains("kind=DISCOVER"),
+        "{first}"
+    );
+    assert!(first.contains("giaddr=-") && !first.contains("suppressed"), "{first}");
+    assert!(unknown[1].contains("(49 more like this suppressed)"), "{}", unknown[1]);
+    let relay: Vec<_> = dropped.iter().filter(|l| l.contains("no subnet for relay")).collect();
+    assert_eq!(relay.len(), 1, "{dropped:#?}");
+    assert!(relay[0].contains("giaddr=10.60.0.1"), "{}", relay[0]);
+    let answered = out.lines("DHCP request answered");
+    assert_eq!(answered.len(), 1, "{answered:#?}");
+    assert!(
+        answered[0].contains("mac=aa:bb:cc:00:00:01")
+            && answered[0].contains("reply=OFFER")
+            && answered[0].contains("addr=10.99.0.11"),
+        "{}",
+        answered[0]
+    );
+}
