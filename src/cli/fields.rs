@@ -9,7 +9,7 @@
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use serde_json::Value;
 
-use crate::model::{Patch, PatchOp};
+use crate::model::{NodeConf, Patch, PatchOp};
 
 /// How a flag's text becomes a value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,11 +24,15 @@ pub enum ValueKind {
     TagDel,
 }
 
-/// Where a field lives: on the object, on the selected network device, or on its IPMI.
+/// Where a field lives: on the object, on the selected network device (`--netname`), on
+/// the disk `--diskname`, on its partition `--partname`, or on the filesystem `--fsname`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scope {
     Top,
     NetDev,
+    Disk,
+    Part,
+    Fs,
 }
 
 #[derive(Debug, PartialEq)]
@@ -365,7 +369,146 @@ pub const FIELDS: &[Field] = &[
         TagDel,
         "Delete tags from the device (keys)",
     ),
+    f(
+        "netdel",
+        None,
+        &["network devices"],
+        Top,
+        TagDel,
+        "Delete network devices (names)",
+    ),
+    f(
+        "diskwipe",
+        None,
+        &["wipe_table"],
+        Disk,
+        Bool,
+        "Wipe the partition table of --diskname (true/false)",
+    ),
+    f(
+        "partnumber",
+        None,
+        &["number"],
+        Part,
+        Str,
+        "Set the number of partition --partname on --diskname",
+    ),
+    f(
+        "partsize",
+        None,
+        &["size_mib"],
+        Part,
+        Str,
+        "Set the partition's size in MiB",
+    ),
+    f(
+        "parttype",
+        None,
+        &["type_guid"],
+        Part,
+        Str,
+        "Set the partition's type GUID",
+    ),
+    f(
+        "partcreate",
+        None,
+        &["should_exist"],
+        Part,
+        Bool,
+        "Create the partition if it does not exist (true/false)",
+    ),
+    f(
+        "partwipe",
+        None,
+        &["wipe_partition_entry"],
+        Part,
+        Bool,
+        "Replace a partition that does not match (true/false)",
+    ),
+    f(
+        "fsformat",
+        None,
+        &["format"],
+        Fs,
+        Str,
+        "Set the format of filesystem --fsname (ext4, btrfs, swap, ...)",
+    ),
+    f(
+        "fspath",
+        None,
+        &["path"],
+        Fs,
+        Str,
+        "Set the mount point of filesystem --fsname",
+    ),
+    f(
+        "fswipe",
+        None,
+        &["wipe_filesystem"],
+        Fs,
+        Bool,
+        "Recreate filesystem --fsname at boot (true/false)",
+    ),
 ];
+
+pub const DISKNAME: &str = "diskname";
+pub const PARTNAME: &str = "partname";
+pub const FSNAME: &str = "fsname";
+pub const DISKDEL: &str = "diskdel";
+pub const PARTDEL: &str = "partdel";
+pub const FSDEL: &str = "fsdel";
+
+/// The entries that scoped fields refer to: `--netname`, `--diskname`, `--partname`, `--fsname`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scopes {
+    pub netname: String,
+    pub disk: Option<String>,
+    pub part: Option<String>,
+    pub fs: Option<String>,
+}
+
+impl Scopes {
+    /// Warewulf's rule: a filesystem is named by its block device; a name that is not a
+    /// `/dev` path is only accepted when it is the partition's label (`--fsname=var
+    /// --partname=var` is `/dev/disk/by-partlabel/var`).
+    pub fn fs_device(&self) -> Result<Option<String>, String> {
+        let Some(fs) = &self.fs else { return Ok(None) };
+        if fs.starts_with("/dev") {
+            return Ok(Some(fs.clone()));
+        }
+        if self.part.as_deref() == Some(fs.as_str()) {
+            return Ok(Some(format!("/dev/disk/by-partlabel/{fs}")));
+        }
+        Err(format!(
+            "--fsname {fs:?}: a filesystem needs a block device; give a /dev path, or the same name as \
+             --partname to use /dev/disk/by-partlabel/{fs}"
+        ))
+    }
+
+    /// The nodes.conf path of `field` under these scopes; an error names the missing scope flag.
+    pub fn path(&self, field: &Field) -> Result<Vec<String>, String> {
+        let need = |v: &Option<String>, flag: &str| {
+            v.clone()
+                .ok_or_else(|| format!("--{} needs --{flag} to say which entry it changes", field.flag))
+        };
+        let mut p: Vec<String> = match field.scope {
+            Top => Vec::new(),
+            NetDev => vec!["network devices".into(), self.netname.clone()],
+            Disk => vec!["disks".into(), need(&self.disk, DISKNAME)?],
+            Part => {
+                let disk = need(&self.disk, DISKNAME)?;
+                let part = need(&self.part, PARTNAME)?;
+                vec!["disks".into(), disk, "partitions".into(), part]
+            }
+            Fs => {
+                need(&self.fs, FSNAME)?;
+                vec!["filesystems".into(), self.fs_device()?.expect("checked")]
+            }
+        };
+        p.extend(field.path.iter().map(|s| s.to_string()));
+        Ok(p)
+    }
+}
 
 /// The value that clears a field, as in Warewulf.
 pub fn is_unset_word(v: &str) -> bool {
@@ -396,8 +539,13 @@ pub const NETNAME: &str = "netname";
 /// Field flags parsed from the command line, in table order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FieldFlags {
-    pub netname: String,
+    pub scopes: Scopes,
     pub values: Vec<(&'static Field, Vec<String>)>,
+    /// `--diskdel`, `--partdel`, `--fsdel`: entries to delete. They must exist, so the
+    /// command resolves them against the stored objects ([`FieldFlags::del_ops`]).
+    pub diskdel: Vec<String>,
+    pub partdel: Vec<String>,
+    pub fsdel: Vec<String>,
 }
 
 impl FieldFlags {
@@ -409,7 +557,54 @@ impl FieldFlags {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.values.is_empty() && !self.has_dels()
+    }
+
+    pub fn has_dels(&self) -> bool {
+        !(self.diskdel.is_empty() && self.partdel.is_empty() && self.fsdel.is_empty())
+    }
+
+    /// The ops deleting `--diskdel/--partdel/--fsdel` from `conf`, as Warewulf does: a
+    /// missing disk or filesystem is an error; `--partdel P` removes P from `--diskname`
+    /// when given, else from every disk holding it, and is an error when none does.
+    pub fn del_ops(&self, name: &str, conf: &NodeConf) -> Result<Patch, String> {
+        let mut ops = Vec::new();
+        for d in &self.diskdel {
+            if !conf.disks.contains_key(d) {
+                return Err(format!("{name}: no disk {d:?} to delete"));
+            }
+            ops.push(PatchOp::unset(&["disks", d]));
+        }
+        for p in &self.partdel {
+            let disks: Vec<&String> = match &self.scopes.disk {
+                Some(d) => {
+                    let disk = conf.disks.get(d).ok_or_else(|| format!("{name}: no disk {d:?}"))?;
+                    if !disk.partitions.contains_key(p) {
+                        return Err(format!("{name}: disk {d:?} has no partition {p:?} to delete"));
+                    }
+                    vec![d]
+                }
+                None => conf
+                    .disks
+                    .iter()
+                    .filter(|(_, disk)| disk.partitions.contains_key(p))
+                    .map(|(d, _)| d)
+                    .collect(),
+            };
+            if disks.is_empty() {
+                return Err(format!("{name}: no disk has a partition {p:?} to delete"));
+            }
+            for d in disks {
+                ops.push(PatchOp::unset(&["disks", d, "partitions", p]));
+            }
+        }
+        for f in &self.fsdel {
+            if !conf.filesystems.contains_key(f) {
+                return Err(format!("{name}: no filesystem {f:?} to delete"));
+            }
+            ops.push(PatchOp::unset(&["filesystems", f]));
+        }
+        Ok(ops)
     }
 
     /// A boolean flag takes its value only after `=` (Warewulf's rule), so in
@@ -457,8 +652,10 @@ impl FieldFlags {
     /// The patch these flags describe.
     pub fn to_patch(&self) -> Result<Patch, String> {
         let mut patch = Vec::new();
+        // A bad --fsname is an error even when no filesystem field is given.
+        self.scopes.fs_device()?;
         for (field, raw) in &self.values {
-            let path = full_path(field, &self.netname);
+            let path = self.scopes.path(field)?;
             match field.kind {
                 Str => {
                     let v = last(raw);
@@ -523,6 +720,12 @@ fn last(raw: &[String]) -> &str {
     raw.last().map(String::as_str).unwrap_or("")
 }
 
+/// Fields `node unset NAME FIELD` takes by name; disk fields need their scope flags, so
+/// they are cleared with the flag form (`unset --partnumber --diskname D --partname P`).
+fn positional_unset(f: &Field) -> bool {
+    f.kind != TagAdd && f.kind != TagDel && matches!(f.scope, Top | NetDev)
+}
+
 fn full_path(field: &Field, netname: &str) -> Vec<String> {
     let mut p = Vec::new();
     if field.scope == NetDev {
@@ -562,7 +765,7 @@ pub fn unset_path(name: &str, netname: &str) -> Result<Vec<String>, String> {
     }
     FIELDS
         .iter()
-        .filter(|f| f.kind != TagAdd && f.kind != TagDel)
+        .filter(|f| positional_unset(f))
         .find(|f| f.flag == name || f.aliases.contains(&name))
         .map(|f| full_path(f, netname))
         .or_else(|| match name {
@@ -572,11 +775,7 @@ pub fn unset_path(name: &str, netname: &str) -> Result<Vec<String>, String> {
             _ => None,
         })
         .ok_or_else(|| {
-            let names: Vec<&str> = FIELDS
-                .iter()
-                .filter(|f| f.kind != TagAdd && f.kind != TagDel)
-                .map(|f| f.flag)
-                .collect();
+            let names: Vec<&str> = FIELDS.iter().filter(|f| positional_unset(f)).map(|f| f.flag).collect();
             format!(
                 "unknown field {name:?}; known fields: {}, tags, nettags, ipmitags, network, ipmi, kernel",
                 names.join(", ")
@@ -594,6 +793,39 @@ impl clap::Args for FieldFlags {
                 .help("Network device the network flags apply to")
                 .help_heading("Network"),
         );
+        for (name, help) in [
+            (DISKNAME, "Disk the disk and partition flags apply to (e.g. /dev/vda)"),
+            (PARTNAME, "Partition (label) the partition flags apply to"),
+            (
+                FSNAME,
+                "Filesystem the filesystem flags apply to (a /dev path, or the --partname)",
+            ),
+        ] {
+            cmd = cmd.arg(
+                Arg::new(name)
+                    .long(name)
+                    .value_name("NAME")
+                    .help(help)
+                    .help_heading("Disks"),
+            );
+        }
+        for (name, help) in [
+            (DISKDEL, "Delete disks"),
+            (
+                PARTDEL,
+                "Delete partitions (from --diskname, or from every disk holding them)",
+            ),
+            (FSDEL, "Delete filesystems"),
+        ] {
+            cmd = cmd.arg(
+                Arg::new(name)
+                    .long(name)
+                    .value_name("NAME")
+                    .help(help)
+                    .action(ArgAction::Append)
+                    .help_heading("Disks"),
+            );
+        }
         for field in FIELDS {
             let mut a = Arg::new(field.flag)
                 .long(field.flag)
@@ -608,6 +840,7 @@ impl clap::Args for FieldFlags {
                 .action(ArgAction::Append)
                 .help_heading(match field.scope {
                     NetDev => "Network",
+                    Disk | Part | Fs => "Disks",
                     Top if field.path.first() == Some(&"ipmi") => "IPMI",
                     Top => "Fields",
                 });
@@ -633,12 +866,25 @@ impl clap::Args for FieldFlags {
 
 impl clap::FromArgMatches for FieldFlags {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let many = |n: &str| -> Vec<String> {
+            m.get_many::<String>(n)
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default()
+        };
         let mut out = FieldFlags {
-            netname: m
-                .get_one::<String>(NETNAME)
-                .cloned()
-                .unwrap_or_else(|| "default".into()),
+            scopes: Scopes {
+                netname: m
+                    .get_one::<String>(NETNAME)
+                    .cloned()
+                    .unwrap_or_else(|| "default".into()),
+                disk: m.get_one::<String>(DISKNAME).cloned(),
+                part: m.get_one::<String>(PARTNAME).cloned(),
+                fs: m.get_one::<String>(FSNAME).cloned(),
+            },
             values: Vec::new(),
+            diskdel: many(DISKDEL),
+            partdel: many(PARTDEL),
+            fsdel: many(FSDEL),
         };
         for field in FIELDS {
             if let Some(vals) = m.get_many::<String>(field.flag) {

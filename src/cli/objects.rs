@@ -27,8 +27,11 @@ pub enum ObjCmd {
     },
     /// Change fields of existing objects (value UNDEF clears a field).
     Set {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all")]
         names: Vec<String>,
+        /// Change every node (or profile) instead of the named ones.
+        #[arg(short = 'a', long, conflicts_with = "names")]
+        all: bool,
         /// Do not ask for confirmation.
         #[arg(short = 'y', long)]
         yes: bool,
@@ -220,6 +223,7 @@ pub(super) async fn obj_cmd(
         }
         ObjCmd::Set {
             mut names,
+            all,
             yes,
             mut fields,
         } => {
@@ -229,12 +233,40 @@ pub(super) async fn obj_cmd(
             fields.take_bool_word(&mut names).map_err(|e| anyhow!(e))?;
             check_profiles_exist(client, &fields).await?;
             let patch = fields.to_patch().map_err(|e| anyhow!(e))?;
-            let names = expand(&names)?;
+            let names = if all {
+                objects(kind, &client.read(&selector_all(kind), true).await?)
+                    .keys()
+                    .cloned()
+                    .collect()
+            } else {
+                expand(&names)?
+            };
             if !yes {
                 confirm(&format!("Are you sure you want to modify {} {k}(s)", names.len()))?;
             }
-            let w = client.write(Command::Patch { kind, names, patch }).await?;
-            writeln!(out, "Modified {} {k}(s)", w.outcome.changed_count())?;
+            // --diskdel/--partdel/--fsdel depend on what each object holds: resolve them
+            // against the stored objects, and send one patch per distinct result.
+            let groups = if fields.has_dels() {
+                let r = fetch_existing(client, kind, &names).await?;
+                let mut groups: Vec<(model::Patch, Vec<String>)> = Vec::new();
+                for (name, v) in objects(kind, &r) {
+                    let mut p = fields.del_ops(name, &v.value).map_err(|e| anyhow!(e))?;
+                    p.extend(patch.iter().cloned());
+                    match groups.iter_mut().find(|(g, _)| *g == p) {
+                        Some((_, n)) => n.push(name.clone()),
+                        None => groups.push((p, vec![name.clone()])),
+                    }
+                }
+                groups
+            } else {
+                vec![(patch, names)]
+            };
+            let mut changed = 0;
+            for (patch, names) in groups {
+                let w = client.write(Command::Patch { kind, names, patch }).await?;
+                changed += w.outcome.changed_count();
+            }
+            writeln!(out, "Modified {changed} {k}(s)")?;
         }
         ObjCmd::Unset {
             name,
