@@ -1061,6 +1061,119 @@ mod tests {
     }
 
     #[test]
+    fn disk_partition_and_filesystem_flags_use_their_scopes() {
+        let p = patch(&[
+            "--fsname=var",
+            "--fspath=/var",
+            "--fsformat=btrfs",
+            "--partname=var",
+            "--partnumber=1",
+            "--diskname=/dev/vda",
+            "--diskwipe",
+            "--partwipe=false",
+        ])
+        .unwrap();
+        assert_eq!(
+            p,
+            vec![
+                set(&["disks", "/dev/vda", "wipe_table"], Value::Bool(true)),
+                set(
+                    &["disks", "/dev/vda", "partitions", "var", "number"],
+                    Value::String("1".into())
+                ),
+                set(
+                    &["disks", "/dev/vda", "partitions", "var", "wipe_partition_entry"],
+                    Value::Bool(false)
+                ),
+                set(
+                    &["filesystems", "/dev/disk/by-partlabel/var", "format"],
+                    Value::String("btrfs".into())
+                ),
+                set(
+                    &["filesystems", "/dev/disk/by-partlabel/var", "path"],
+                    Value::String("/var".into())
+                ),
+            ]
+        );
+        // A /dev path is used as it is.
+        assert_eq!(
+            patch(&["--fsname=/dev/vda1", "--fspath=/var"]).unwrap(),
+            vec![set(&["filesystems", "/dev/vda1", "path"], Value::String("/var".into()))]
+        );
+    }
+
+    #[test]
+    fn scoped_fields_without_their_scope_are_refused() {
+        assert!(patch(&["--fsname=dev/vda1", "--fspath=/var"])
+            .unwrap_err()
+            .contains("needs a block device"));
+        assert!(patch(&["--partnumber=1", "--diskname=/dev/vda"])
+            .unwrap_err()
+            .contains("--partnumber needs --partname"));
+        assert!(patch(&["--diskwipe"])
+            .unwrap_err()
+            .contains("--diskwipe needs --diskname"));
+        assert!(patch(&["--fswipe"]).unwrap_err().contains("--fswipe needs --fsname"));
+    }
+
+    fn dels(args: &[&str], conf: &str) -> Result<Patch, String> {
+        let mut v = vec!["t"];
+        v.extend_from_slice(args);
+        let f = T::try_parse_from(v).unwrap().f;
+        f.del_ops("n01", &crate::model::parse_node_conf(conf).unwrap())
+    }
+
+    #[test]
+    fn deletions_resolve_against_the_object() {
+        let conf = "disks:\n  /dev/vda:\n    partitions:\n      var: {number: '1'}\n  /dev/vdb:\n    partitions:\n      var: {}\n      boot: {}\nfilesystems:\n  /dev/vda1: {path: /var}\n";
+        // Unscoped: from every disk holding it.
+        assert_eq!(
+            dels(&["--partdel=var"], conf).unwrap(),
+            vec![
+                PatchOp::unset(&["disks", "/dev/vda", "partitions", "var"]),
+                PatchOp::unset(&["disks", "/dev/vdb", "partitions", "var"]),
+            ]
+        );
+        assert_eq!(
+            dels(&["--partdel=boot"], conf).unwrap(),
+            vec![PatchOp::unset(&["disks", "/dev/vdb", "partitions", "boot"])]
+        );
+        // Scoped to --diskname.
+        assert_eq!(
+            dels(&["--partdel=var", "--diskname=/dev/vdb"], conf).unwrap(),
+            vec![PatchOp::unset(&["disks", "/dev/vdb", "partitions", "var"])]
+        );
+        assert_eq!(
+            dels(&["--diskdel=/dev/vda", "--fsdel=/dev/vda1"], conf).unwrap(),
+            vec![
+                PatchOp::unset(&["disks", "/dev/vda"]),
+                PatchOp::unset(&["filesystems", "/dev/vda1"]),
+            ]
+        );
+        // What is not there is an error, as in Warewulf.
+        for args in [
+            &["--partdel=nope"][..],
+            &["--partdel=boot", "--diskname=/dev/vda"],
+            &["--partdel=var", "--diskname=/dev/vdz"],
+            &["--diskdel=/dev/vdz"],
+            &["--fsdel=foo"],
+        ] {
+            assert!(dels(args, conf).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn netdel_removes_devices() {
+        assert_eq!(
+            patch(&["--netdel", "ib0,eth1"]).unwrap(),
+            vec![
+                PatchOp::unset(&["network devices", "ib0"]),
+                PatchOp::unset(&["network devices", "eth1"]),
+            ]
+        );
+    }
+
+    #[test]
     fn unset_paths() {
         assert_eq!(unset_path("image", "default").unwrap(), vec!["image name"]);
         assert_eq!(
