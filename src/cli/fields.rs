@@ -899,6 +899,209 @@ impl clap::FromArgMatches for FieldFlags {
     }
 }
 
+/// Warewulf's flag form of `unset`: each field flag of `set` given bare (`--image`,
+/// `--partnumber`), `--tag/--nettag/--ipmitag KEY`, and the scope flags. Naming only an
+/// entry (`--diskname D`, `--partname P`, `--fsname F`, `--netname N`) removes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UnsetFlags {
+    /// `--netname` as given (None: the `default` device, and no device removal).
+    pub netname: Option<String>,
+    pub disk: Option<String>,
+    pub part: Option<String>,
+    pub fs: Option<String>,
+    pub fields: Vec<&'static Field>,
+    pub tags: Vec<String>,
+    pub nettags: Vec<String>,
+    pub ipmitags: Vec<String>,
+}
+
+const UNSET_TAG_FLAGS: [(&str, &str); 3] = [
+    ("tag", "Delete a tag (key)"),
+    ("nettag", "Delete a tag of the --netname device (key)"),
+    ("ipmitag", "Delete an IPMI tag (key)"),
+];
+
+impl UnsetFlags {
+    pub fn is_empty(&self) -> bool {
+        self.netname.is_none()
+            && self.disk.is_none()
+            && self.part.is_none()
+            && self.fs.is_none()
+            && self.fields.is_empty()
+            && self.tags.is_empty()
+            && self.nettags.is_empty()
+            && self.ipmitags.is_empty()
+    }
+
+    pub fn netname(&self) -> &str {
+        self.netname.as_deref().unwrap_or("default")
+    }
+
+    fn scopes(&self) -> Scopes {
+        Scopes {
+            netname: self.netname().to_owned(),
+            disk: self.disk.clone(),
+            part: self.part.clone(),
+            fs: self.fs.clone(),
+        }
+    }
+
+    /// The ops clearing what these flags name on `conf` (object `name`), as Warewulf 4.7
+    /// does: a field flag of a disk, partition or filesystem clears that field of the entry
+    /// its scope flags name; without one, the named entries go. A missing disk or
+    /// filesystem is no error, a partition that is not there is (unscoped: on no disk); a
+    /// disk left with nothing goes too.
+    /// `positional`: the field names given the positional way (`unset n1 -n eth hwaddr`);
+    /// `--netname` then only scopes them.
+    pub fn ops(&self, name: &str, conf: &NodeConf, positional: &[String]) -> Result<Patch, String> {
+        let scopes = self.scopes();
+        let mut ops = Vec::new();
+        for f in positional {
+            ops.push(PatchOp::Unset {
+                path: unset_path(f, self.netname())?,
+            });
+        }
+        for field in &self.fields {
+            ops.push(PatchOp::Unset {
+                path: scopes.path(field)?,
+            });
+        }
+        for k in &self.tags {
+            ops.push(PatchOp::unset(&["tags", k]));
+        }
+        for k in &self.nettags {
+            ops.push(PatchOp::unset(&["network devices", self.netname(), "tags", k]));
+        }
+        for k in &self.ipmitags {
+            ops.push(PatchOp::unset(&["ipmi", "tags", k]));
+        }
+        let entry_fields = self.fields.iter().any(|f| matches!(f.scope, Disk | Part | Fs));
+        let net_fields = self.fields.iter().any(|f| f.scope == NetDev) || !self.nettags.is_empty();
+        if !entry_fields {
+            if let Some(p) = &self.part {
+                let disks: Vec<&String> = match &self.disk {
+                    Some(d) => {
+                        let disk = conf.disks.get(d).ok_or_else(|| format!("{name}: no disk {d:?}"))?;
+                        if !disk.partitions.contains_key(p) {
+                            return Err(format!("{name}: disk {d:?} has no partition {p:?}"));
+                        }
+                        vec![d]
+                    }
+                    None => conf
+                        .disks
+                        .iter()
+                        .filter(|(_, disk)| disk.partitions.contains_key(p))
+                        .map(|(d, _)| d)
+                        .collect(),
+                };
+                if disks.is_empty() {
+                    return Err(format!("{name}: no disk has a partition {p:?}"));
+                }
+                for d in disks {
+                    let mut left = conf.disks[d].clone();
+                    left.partitions.remove(p);
+                    ops.push(if left == crate::model::Disk::default() {
+                        PatchOp::unset(&["disks", d])
+                    } else {
+                        PatchOp::unset(&["disks", d, "partitions", p])
+                    });
+                }
+            } else if let Some(d) = &self.disk {
+                ops.push(PatchOp::unset(&["disks", d]));
+            }
+            if let Some(fs) = scopes.fs_device()? {
+                ops.push(PatchOp::unset(&["filesystems", &fs]));
+            }
+        }
+        if let Some(n) = &self.netname {
+            if !net_fields && positional.is_empty() {
+                ops.push(PatchOp::unset(&["network devices", n]));
+            }
+        }
+        Ok(ops)
+    }
+}
+
+impl clap::Args for UnsetFlags {
+    fn augment_args(mut cmd: Command) -> Command {
+        cmd = cmd.arg(
+            Arg::new(NETNAME)
+                .long(NETNAME)
+                .short('n')
+                .value_name("NAME")
+                .help("Network device the network fields refer to (default: default); alone, remove it"),
+        );
+        for (name, help) in [
+            (
+                DISKNAME,
+                "Disk the disk and partition fields refer to; alone, remove the disk",
+            ),
+            (
+                PARTNAME,
+                "Partition the partition fields refer to; alone, remove the partition",
+            ),
+            (FSNAME, "Filesystem the filesystem fields refer to; alone, remove it"),
+        ] {
+            cmd = cmd.arg(Arg::new(name).long(name).value_name("NAME").help(help));
+        }
+        for (name, help) in UNSET_TAG_FLAGS {
+            cmd = cmd.arg(
+                Arg::new(name)
+                    .long(name)
+                    .value_name("KEY")
+                    .help(help)
+                    .action(ArgAction::Append),
+            );
+        }
+        for field in FIELDS.iter().filter(|f| f.kind != TagAdd && f.kind != TagDel) {
+            let mut a = Arg::new(field.flag)
+                .long(field.flag)
+                .action(ArgAction::SetTrue)
+                .help_heading("Fields to clear");
+            if let Some(s) = field.short {
+                a = a.short(s);
+            }
+            for alias in field.aliases {
+                a = a.alias(*alias);
+            }
+            cmd = cmd.arg(a);
+        }
+        cmd
+    }
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for UnsetFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let one = |n: &str| m.get_one::<String>(n).cloned();
+        let many = |n: &str| -> Vec<String> {
+            m.get_many::<String>(n)
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default()
+        };
+        Ok(UnsetFlags {
+            netname: one(NETNAME),
+            disk: one(DISKNAME),
+            part: one(PARTNAME),
+            fs: one(FSNAME),
+            fields: FIELDS
+                .iter()
+                .filter(|f| f.kind != TagAdd && f.kind != TagDel && m.get_flag(f.flag))
+                .collect(),
+            // Comma-separated like Warewulf's string slices: `--tag=a,b`.
+            tags: split_list(&many("tag")),
+            nettags: split_list(&many("nettag")),
+            ipmitags: split_list(&many("ipmitag")),
+        })
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
