@@ -1376,6 +1376,98 @@ mod tests {
         );
     }
 
+    #[derive(Parser)]
+    struct U {
+        fields: Vec<String>,
+        #[command(flatten)]
+        u: UnsetFlags,
+    }
+
+    fn unset_ops(args: &[&str], conf: &str) -> Result<Patch, String> {
+        let mut v = vec!["t"];
+        v.extend_from_slice(args);
+        let t = U::try_parse_from(v).map_err(|e| e.to_string())?;
+        t.u.ops("n01", &crate::model::parse_node_conf(conf).unwrap(), &t.fields)
+    }
+
+    #[test]
+    fn unset_flags_clear_fields_and_tags() {
+        assert_eq!(
+            unset_ops(&["--image", "--tag=a,b", "--ipmitag", "c"], "").unwrap(),
+            vec![
+                PatchOp::unset(&["image name"]),
+                PatchOp::unset(&["tags", "a"]),
+                PatchOp::unset(&["tags", "b"]),
+                PatchOp::unset(&["ipmi", "tags", "c"]),
+            ]
+        );
+        // --netname scopes the network fields and tags; alone it removes the device.
+        assert_eq!(
+            unset_ops(&["--netname=ib", "--nettag=x", "-I"], "").unwrap(),
+            vec![
+                PatchOp::unset(&["network devices", "ib", "ipaddr"]),
+                PatchOp::unset(&["network devices", "ib", "tags", "x"]),
+            ]
+        );
+        assert_eq!(
+            unset_ops(&["--netname=ib"], "").unwrap(),
+            vec![PatchOp::unset(&["network devices", "ib"])]
+        );
+        // The positional form is unchanged by -n.
+        assert_eq!(
+            unset_ops(&["-n", "ib", "hwaddr"], "").unwrap(),
+            vec![PatchOp::unset(&["network devices", "ib", "hwaddr"])]
+        );
+    }
+
+    #[test]
+    fn unset_flags_remove_disks_partitions_and_filesystems() {
+        let conf = "disks:\n  /dev/vda:\n    partitions:\n      swap: {number: '1'}\n      root: {number: '2'}\n  /dev/vdb:\n    partitions:\n      swap: {number: '1'}\nfilesystems:\n  /dev/disk/by-partlabel/root: {format: ext4}\n";
+        // A disk left empty goes with its last partition.
+        assert_eq!(
+            unset_ops(&["--partname=swap"], conf).unwrap(),
+            vec![
+                PatchOp::unset(&["disks", "/dev/vda", "partitions", "swap"]),
+                PatchOp::unset(&["disks", "/dev/vdb"]),
+            ]
+        );
+        assert_eq!(
+            unset_ops(&["--partname=swap", "--diskname=/dev/vda"], conf).unwrap(),
+            vec![PatchOp::unset(&["disks", "/dev/vda", "partitions", "swap"])]
+        );
+        assert_eq!(
+            unset_ops(&["--diskname=/dev/vdz"], conf).unwrap(),
+            vec![PatchOp::unset(&["disks", "/dev/vdz"])]
+        );
+        // Field flags clear one field of the named entry instead.
+        assert_eq!(
+            unset_ops(&["--partnumber", "--diskname=/dev/vda", "--partname=root"], conf).unwrap(),
+            vec![PatchOp::unset(&["disks", "/dev/vda", "partitions", "root", "number"])]
+        );
+        assert_eq!(
+            unset_ops(&["--fsformat", "--fsname=root", "--partname=root"], conf).unwrap(),
+            vec![PatchOp::unset(&[
+                "filesystems",
+                "/dev/disk/by-partlabel/root",
+                "format"
+            ])]
+        );
+        assert_eq!(
+            unset_ops(&["--fsname=/dev/disk/by-partlabel/root"], conf).unwrap(),
+            vec![PatchOp::unset(&["filesystems", "/dev/disk/by-partlabel/root"])]
+        );
+        for args in [
+            &["--partname=nopart"][..],
+            &["--partname=swap", "--diskname=/dev/nonexistent"],
+            &["--partname=nopart", "--diskname=/dev/vda"],
+            &["--partnumber"],
+            &["--diskwipe"],
+            &["--fsformat"],
+        ] {
+            assert!(unset_ops(args, conf).is_err(), "{args:?}");
+        }
+    }
+
     #[test]
     fn unset_paths() {
         assert_eq!(unset_path("image", "default").unwrap(), vec!["image name"]);
