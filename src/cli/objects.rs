@@ -206,6 +206,9 @@ pub(super) async fn obj_cmd(
     let k = kind.as_str();
     match c {
         ObjCmd::Add { mut names, mut fields } => {
+            if fields.has_dels() {
+                bail!("--diskdel/--partdel/--fsdel delete from existing objects; use them with `wwctl {k} set`");
+            }
             fields.take_bool_word(&mut names).map_err(|e| anyhow!(e))?;
             check_profiles_exist(client, &fields).await?;
             // Warewulf gives a new node the `default` profile only when that profile exists.
