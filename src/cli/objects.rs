@@ -27,26 +27,29 @@ pub enum ObjCmd {
     },
     /// Change fields of existing objects (value UNDEF clears a field).
     Set {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all")]
         names: Vec<String>,
+        /// Change every node (or profile) instead of the named ones.
+        #[arg(short = 'a', long, conflicts_with = "names")]
+        all: bool,
         /// Do not ask for confirmation.
         #[arg(short = 'y', long)]
         yes: bool,
         #[command(flatten)]
         fields: FieldFlags,
     },
-    /// Clear fields of existing objects: `unset n1 image kernelargs`, `unset n1 -n eth hwaddr`.
+    /// Clear fields of existing objects: `unset n1 image kernelargs`, `unset n1 -n eth hwaddr`,
+    /// or with Warewulf's flags: `unset --image --tag K n1`, `unset --diskname /dev/vda n1`.
     Unset {
         /// Object name or hostlist pattern.
         name: String,
         /// Field names (flag names of `set`, or tags, nettags, ipmitags, network, ipmi, kernel).
-        #[arg(required = true)]
         fields: Vec<String>,
-        /// Network device the network fields refer to.
-        #[arg(short = 'n', long, default_value = "default")]
-        netname: String,
         #[arg(short = 'y', long)]
         yes: bool,
+        /// Warewulf's flag form: `--image`, `--tag K`, `--partnumber --diskname D --partname P`, ...
+        #[command(flatten)]
+        flags: fields::UnsetFlags,
     },
     /// List objects (all, or those matching the hostlist patterns).
     #[command(alias = "ls")]
@@ -203,6 +206,9 @@ pub(super) async fn obj_cmd(
     let k = kind.as_str();
     match c {
         ObjCmd::Add { mut names, mut fields } => {
+            if fields.has_dels() {
+                bail!("--diskdel/--partdel/--fsdel delete from existing objects; use them with `wwctl {k} set`");
+            }
             fields.take_bool_word(&mut names).map_err(|e| anyhow!(e))?;
             check_profiles_exist(client, &fields).await?;
             // Warewulf gives a new node the `default` profile only when that profile exists.
@@ -220,6 +226,7 @@ pub(super) async fn obj_cmd(
         }
         ObjCmd::Set {
             mut names,
+            all,
             yes,
             mut fields,
         } => {
@@ -229,30 +236,74 @@ pub(super) async fn obj_cmd(
             fields.take_bool_word(&mut names).map_err(|e| anyhow!(e))?;
             check_profiles_exist(client, &fields).await?;
             let patch = fields.to_patch().map_err(|e| anyhow!(e))?;
-            let names = expand(&names)?;
+            let names = if all {
+                objects(kind, &client.read(&selector_all(kind), true).await?)
+                    .keys()
+                    .cloned()
+                    .collect()
+            } else {
+                expand(&names)?
+            };
             if !yes {
                 confirm(&format!("Are you sure you want to modify {} {k}(s)", names.len()))?;
             }
-            let w = client.write(Command::Patch { kind, names, patch }).await?;
-            writeln!(out, "Modified {} {k}(s)", w.outcome.changed_count())?;
+            // --diskdel/--partdel/--fsdel depend on what each object holds: resolve them
+            // against the stored objects, and send one patch per distinct result.
+            let groups = if fields.has_dels() {
+                let r = fetch_existing(client, kind, &names).await?;
+                let mut groups: Vec<(model::Patch, Vec<String>)> = Vec::new();
+                for (name, v) in objects(kind, &r) {
+                    let mut p = fields.del_ops(name, &v.value).map_err(|e| anyhow!(e))?;
+                    p.extend(patch.iter().cloned());
+                    match groups.iter_mut().find(|(g, _)| *g == p) {
+                        Some((_, n)) => n.push(name.clone()),
+                        None => groups.push((p, vec![name.clone()])),
+                    }
+                }
+                groups
+            } else {
+                vec![(patch, names)]
+            };
+            let mut changed = 0;
+            for (patch, names) in groups {
+                let w = client.write(Command::Patch { kind, names, patch }).await?;
+                changed += w.outcome.changed_count();
+            }
+            writeln!(out, "Modified {changed} {k}(s)")?;
         }
         ObjCmd::Unset {
             name,
             fields,
-            netname,
             yes,
+            flags,
         } => {
-            let patch = fields
-                .iter()
-                .map(|f| fields::unset_path(f, &netname).map(|path| model::PatchOp::Unset { path }))
-                .collect::<Result<Vec<_>, String>>()
-                .map_err(|e| anyhow!(e))?;
+            if fields.is_empty() && flags.is_empty() {
+                bail!(
+                    "nothing to unset; name fields (`wwctl {k} unset NAME image`) or give flags \
+                     (`wwctl {k} unset --image NAME`, see `wwctl {k} unset --help`)"
+                );
+            }
             let names = expand(&[name])?;
             if !yes && names.len() > 1 {
                 confirm(&format!("Are you sure you want to modify {} {k}(s)", names.len()))?;
             }
-            let w = client.write(Command::Patch { kind, names, patch }).await?;
-            writeln!(out, "Modified {} {k}(s)", w.outcome.changed_count())?;
+            // Removing a partition depends on what each object holds (which disks have it,
+            // whether its disk is left empty): resolve per object, one patch per result.
+            let r = fetch_existing(client, kind, &names).await?;
+            let mut groups: Vec<(model::Patch, Vec<String>)> = Vec::new();
+            for (name, v) in objects(kind, &r) {
+                let p = flags.ops(name, &v.value, &fields).map_err(|e| anyhow!(e))?;
+                match groups.iter_mut().find(|(g, _)| *g == p) {
+                    Some((_, n)) => n.push(name.clone()),
+                    None => groups.push((p, vec![name.clone()])),
+                }
+            }
+            let mut changed = 0;
+            for (patch, names) in groups {
+                let w = client.write(Command::Patch { kind, names, patch }).await?;
+                changed += w.outcome.changed_count();
+            }
+            writeln!(out, "Modified {changed} {k}(s)")?;
         }
         ObjCmd::List(args) => list(client, kind, args, fmt, out).await?,
         ObjCmd::Delete { names, yes } => {

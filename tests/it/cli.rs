@@ -122,6 +122,130 @@ async fn set_unset_and_delete() {
     c.shutdown().await;
 }
 
+/// The stored object as YAML data.
+async fn exported(c: &Cluster, kind: &str, name: &str) -> serde_yaml_ng::Value {
+    let text = ok(c, &[kind, "export", name]).await;
+    let all: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    all[name].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_flags_set_all_netdel_and_unset_flag_form() {
+    let c = Cluster::start(1, settings()).await;
+    // --fsname naming the partition is its by-partlabel device, as in Warewulf.
+    ok(
+        &c,
+        &[
+            "node",
+            "add",
+            "n[01-02]",
+            "--fsname=var",
+            "--fspath=/var",
+            "--fsformat=btrfs",
+            "--partname=var",
+            "--diskname=/dev/vda",
+            "--partnumber=1",
+            "-n",
+            "ib",
+            "--netdev",
+            "ib0",
+        ],
+    )
+    .await;
+    let n = exported(&c, "node", "n01").await;
+    assert_eq!(n["disks"]["/dev/vda"]["partitions"]["var"]["number"], "1", "{n:?}");
+    assert_eq!(
+        n["filesystems"]["/dev/disk/by-partlabel/var"]["format"], "btrfs",
+        "{n:?}"
+    );
+    let e = ww(&c, &["node", "add", "n03", "--fsname=dev/vda1", "--fspath=/var"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("block device"), "{e}");
+    ok(&c, &["node", "set", "n01", "-y", "--diskwipe", "--diskname=/dev/vda"]).await;
+    assert_eq!(
+        exported(&c, "node", "n01").await["disks"]["/dev/vda"]["wipe_table"],
+        true
+    );
+    // Deleting what is not there is an error; nothing changes.
+    let e = ww(&c, &["node", "set", "n01", "-y", "--partdel=nope"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("no disk has a partition \"nope\""), "{e}");
+    ok(
+        &c,
+        &[
+            "node",
+            "set",
+            "n01",
+            "-y",
+            "--partdel=var",
+            "--fsdel=/dev/disk/by-partlabel/var",
+        ],
+    )
+    .await;
+    let n = exported(&c, "node", "n01").await;
+    assert!(n["disks"]["/dev/vda"]["partitions"].is_null(), "{n:?}");
+    assert!(n["filesystems"].is_null(), "{n:?}");
+
+    // --all changes every node; --netdel removes a device.
+    ok(&c, &["node", "set", "--all", "-y", "--comment=batch", "--netdel=ib"]).await;
+    for name in ["n01", "n02"] {
+        let n = exported(&c, "node", name).await;
+        assert_eq!(n["comment"], "batch", "{n:?}");
+        assert!(n["network devices"].is_null(), "{n:?}");
+    }
+
+    // Warewulf's flag form of unset.
+    ok(&c, &["node", "set", "n02", "-y", "--tagadd=a=1,b=2", "--image=rocky"]).await;
+    ok(&c, &["node", "unset", "--image", "--tag=a", "n02"]).await;
+    let n = exported(&c, "node", "n02").await;
+    assert!(n["image name"].is_null() && n["tags"]["a"].is_null(), "{n:?}");
+    assert_eq!(n["tags"]["b"], "2", "{n:?}");
+    ok(
+        &c,
+        &[
+            "node",
+            "unset",
+            "--partnumber",
+            "--diskname=/dev/vda",
+            "--partname=var",
+            "n02",
+        ],
+    )
+    .await;
+    let n = exported(&c, "node", "n02").await;
+    assert!(n["disks"]["/dev/vda"]["partitions"]["var"].is_mapping(), "{n:?}");
+    assert!(n["disks"]["/dev/vda"]["partitions"]["var"]["number"].is_null(), "{n:?}");
+    let e = ww(&c, &["node", "unset", "--partname=nope", "n02"]).await.unwrap_err();
+    assert!(e.contains("no disk has a partition"), "{e}");
+    // The last partition takes its disk along.
+    ok(&c, &["node", "unset", "--partname=var", "n02"]).await;
+    assert!(exported(&c, "node", "n02").await["disks"].is_null());
+    // The same flags on profiles.
+    ok(
+        &c,
+        &[
+            "profile",
+            "set",
+            "default",
+            "-y",
+            "--diskname=/dev/vdb",
+            "--partname=scratch",
+            "--partsize=1024",
+        ],
+    )
+    .await;
+    let p = exported(&c, "profile", "default").await;
+    assert_eq!(
+        p["disks"]["/dev/vdb"]["partitions"]["scratch"]["size_mib"], "1024",
+        "{p:?}"
+    );
+    ok(&c, &["profile", "unset", "--diskname=/dev/vdb", "default"]).await;
+    assert!(exported(&c, "profile", "default").await["disks"].is_null());
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn heads_from_config_file_and_cluster_membership_commands() {
     let mut c = Cluster::start(3, settings()).await;
