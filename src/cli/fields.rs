@@ -576,25 +576,7 @@ impl FieldFlags {
             ops.push(PatchOp::unset(&["disks", d]));
         }
         for p in &self.partdel {
-            let disks: Vec<&String> = match &self.scopes.disk {
-                Some(d) => {
-                    let disk = conf.disks.get(d).ok_or_else(|| format!("{name}: no disk {d:?}"))?;
-                    if !disk.partitions.contains_key(p) {
-                        return Err(format!("{name}: disk {d:?} has no partition {p:?} to delete"));
-                    }
-                    vec![d]
-                }
-                None => conf
-                    .disks
-                    .iter()
-                    .filter(|(_, disk)| disk.partitions.contains_key(p))
-                    .map(|(d, _)| d)
-                    .collect(),
-            };
-            if disks.is_empty() {
-                return Err(format!("{name}: no disk has a partition {p:?} to delete"));
-            }
-            for d in disks {
+            for d in disks_with_partition(conf, name, self.scopes.disk.as_ref(), p, " to delete")? {
                 ops.push(PatchOp::unset(&["disks", d, "partitions", p]));
             }
         }
@@ -979,25 +961,7 @@ impl UnsetFlags {
         let net_fields = self.fields.iter().any(|f| f.scope == NetDev) || !self.nettags.is_empty();
         if !entry_fields {
             if let Some(p) = &self.part {
-                let disks: Vec<&String> = match &self.disk {
-                    Some(d) => {
-                        let disk = conf.disks.get(d).ok_or_else(|| format!("{name}: no disk {d:?}"))?;
-                        if !disk.partitions.contains_key(p) {
-                            return Err(format!("{name}: disk {d:?} has no partition {p:?}"));
-                        }
-                        vec![d]
-                    }
-                    None => conf
-                        .disks
-                        .iter()
-                        .filter(|(_, disk)| disk.partitions.contains_key(p))
-                        .map(|(d, _)| d)
-                        .collect(),
-                };
-                if disks.is_empty() {
-                    return Err(format!("{name}: no disk has a partition {p:?}"));
-                }
-                for d in disks {
+                for d in disks_with_partition(conf, name, self.disk.as_ref(), p, "")? {
                     let mut left = conf.disks[d].clone();
                     left.partitions.remove(p);
                     ops.push(if left == crate::model::Disk::default() {
@@ -1100,6 +1064,37 @@ impl clap::FromArgMatches for UnsetFlags {
         *self = Self::from_arg_matches(m)?;
         Ok(())
     }
+}
+
+/// The disks of `conf` that partition `part` is on: `disk` alone when given (an error if
+/// it lacks the partition), else every disk that has it (an error if none does).
+/// `what` ends the error messages (" to delete").
+fn disks_with_partition<'a>(
+    conf: &'a NodeConf,
+    name: &str,
+    disk: Option<&'a String>,
+    part: &str,
+    what: &str,
+) -> Result<Vec<&'a String>, String> {
+    let disks: Vec<&String> = match disk {
+        Some(d) => {
+            let found = conf.disks.get(d).ok_or_else(|| format!("{name}: no disk {d:?}"))?;
+            if !found.partitions.contains_key(part) {
+                return Err(format!("{name}: disk {d:?} has no partition {part:?}{what}"));
+            }
+            vec![d]
+        }
+        None => conf
+            .disks
+            .iter()
+            .filter(|(_, found)| found.partitions.contains_key(part))
+            .map(|(d, _)| d)
+            .collect(),
+    };
+    if disks.is_empty() {
+        return Err(format!("{name}: no disk has a partition {part:?}{what}"));
+    }
+    Ok(disks)
 }
 
 #[cfg(test)]

@@ -388,15 +388,16 @@ mod tests {
         BootView::from_state(&st, 1)
     }
 
-    #[tokio::test]
-    async fn run_on_answers_a_relayed_discover_and_stops_on_shutdown() {
+    /// A server for relayed requests on loopback, its socket, and a socket acting as
+    /// the relay (the server answers relays on that socket's port).
+    async fn relayed_lo_server() -> (DhcpServer, UdpSocket, UdpSocket) {
         let cfg = DhcpConfig::from_yaml(
             "interfaces: [{name: lo, subnets: [lo]}]\nsubnets: {lo: {network: 127.0.0.0/8, server: 127.0.0.1, relayed: true}}",
         )
         .unwrap();
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let server_addr = server.local_addr().unwrap();
         let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // The view lives as long as the receiver: a dropped sender keeps the last value.
         let (_vtx, vrx) = watch::channel(Arc::new(view()));
         let dhcp = DhcpServer {
             ports: Ports {
@@ -405,6 +406,13 @@ mod tests {
             },
             ..DhcpServer::new(cfg, vrx, Arc::new(MemoryAllocator::new()))
         };
+        (dhcp, server, relay)
+    }
+
+    #[tokio::test]
+    async fn run_on_answers_a_relayed_discover_and_stops_on_shutdown() {
+        let (dhcp, server, relay) = relayed_lo_server().await;
+        let server_addr = server.local_addr().unwrap();
         let stats = dhcp.stats.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(dhcp.run_on(server, "lo", async {
@@ -436,21 +444,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_running_server_counts_drops_per_reason() {
-        let cfg = DhcpConfig::from_yaml(
-            "interfaces: [{name: lo, subnets: [lo]}]\nsubnets: {lo: {network: 127.0.0.0/8, server: 127.0.0.1, relayed: true}}",
-        )
-        .unwrap();
-        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (dhcp, server, relay) = relayed_lo_server().await;
         let server_addr = server.local_addr().unwrap();
-        let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let (_vtx, vrx) = watch::channel(Arc::new(view()));
-        let dhcp = DhcpServer {
-            ports: Ports {
-                server: relay.local_addr().unwrap().port(),
-                ..Ports::default()
-            },
-            ..DhcpServer::new(cfg, vrx, Arc::new(MemoryAllocator::new()))
-        };
         let stats = dhcp.stats.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(dhcp.run_on(server, "lo", async {
