@@ -72,13 +72,6 @@ impl<T> Gate<T> {
         }
     }
 
-    /// An open gate.
-    pub fn open_with(v: T) -> Self {
-        let g = Gate::new(String::new);
-        g.open(v);
-        g
-    }
-
     /// Serve `v` from now on (only the first call counts).
     pub fn open(&self, v: T) {
         let _ = self.ready.set(v);
