@@ -209,7 +209,8 @@ impl Cluster {
         if req.cmd.needs_init() && !self.inner.sm.read(State::initialised) {
             return Err(ClusterError::Initialising);
         }
-        let body = serde_json::to_vec(&req).expect("requests serialize");
+        // Encoded only when forwarded (a bulk command is large; the leader never needs it).
+        let body = std::sync::OnceLock::<Vec<u8>>::new();
         self.on_leader(
             Op::Write,
             hops,
@@ -230,7 +231,9 @@ impl Cluster {
                 }
             },
             |mut c, hops, timeout| {
-                let body = body.clone();
+                let body = body
+                    .get_or_init(|| serde_json::to_vec(&req).expect("requests serialize"))
+                    .clone();
                 async move {
                     let mut r = tonic::Request::new(pb::WriteRequest {
                         command_json: body,
@@ -268,7 +271,7 @@ impl Cluster {
         if !linearizable {
             return Ok(self.local_query(q));
         }
-        let body = serde_json::to_vec(q).expect("queries serialize");
+        let body = std::sync::OnceLock::<Vec<u8>>::new();
         let r = self
             .on_leader(
                 Op::Read,
@@ -304,7 +307,9 @@ impl Cluster {
                     }
                 },
                 |mut c, hops, timeout| {
-                    let body = body.clone();
+                    let body = body
+                        .get_or_init(|| serde_json::to_vec(q).expect("queries serialize"))
+                        .clone();
                     async move {
                         let mut r = tonic::Request::new(pb::ReadRequest {
                             query_json: body,
