@@ -389,7 +389,7 @@ impl pb::admin_server::Admin for AdminService {
         }));
         heads.sort_by_key(|h| h.id);
         Ok(Response::new(pb::ClusterStatusReply {
-            cluster_name: s.cluster.state().read(|st| st.cluster.name.clone()),
+            cluster_name: s.cluster.name(),
             answered_by: s.cluster.id(),
             heads,
         }))

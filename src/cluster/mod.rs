@@ -189,6 +189,18 @@ impl Cluster {
         &self.inner.raft
     }
 
+    /// The cluster's name: the replicated one, or (on a head that has not applied the
+    /// `Init` entry yet, e.g. a follower still catching up) the configured one, which is
+    /// what `Init` records.
+    pub fn name(&self) -> String {
+        let replicated = self.inner.sm.read(|s| s.cluster.name.clone());
+        if replicated.is_empty() {
+            self.inner.raft.config().cluster_name.clone()
+        } else {
+            replicated
+        }
+    }
+
     /// The locally applied state (never waits for the network; boot side, status).
     pub fn state(&self) -> &StateReader<State> {
         &self.inner.sm
