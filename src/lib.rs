@@ -20,6 +20,8 @@
 //! | [`raft`] | openraft type config, timing, tonic transport between heads |
 //! | [`cluster`] | the in-process cluster handle: writes and reads with leader forwarding and deadlines, members, head status |
 //! | [`image`] | OCI import, safe layer application, kernel detection, cpio.gz build; head-side image operations |
+//! | [`overlay`] | overlay trees and their catalog, `.ww` templates rendered with Warewulf's data and functions, per-node cpio.gz archives |
+//! | [`agent`] | `wwclient`, the node agent: fetches the runtime overlay from the heads of its rack and applies it atomically |
 //! | [`boot`] | the boot data plane: an immutable `BootView` that DHCP/TFTP/HTTP read; DHCP leases through the cluster handle |
 //! | [`api`] | the admin gRPC service: a thin adapter over the cluster handle, images and status |
 //! | [`client`] | admin API client with head failover and hedging (used by `wwctl`, tests, benchmarks) |
@@ -55,6 +57,7 @@ pub mod pb {
         tonic::include_proto!("wulfpack.admin.v1");
     }
 }
+pub mod agent;
 pub mod api;
 pub mod boot;
 pub mod cli;
@@ -62,4 +65,5 @@ pub mod client;
 pub mod cluster;
 pub mod daemon;
 pub mod image;
+pub mod overlay;
 pub mod raft;

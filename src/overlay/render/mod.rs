@@ -1,0 +1,1 @@
+//! `.ww` templates rendered with Tera over Warewulf's template data and functions.
