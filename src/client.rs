@@ -318,12 +318,23 @@ impl Client {
         .await
     }
 
-    /// Boot status of every node, merged over all heads by last-seen time, and the
-    /// heads that did not answer.
-    pub async fn node_status(&self) -> Result<(Vec<crate::boot::status::HeadNodeStatus>, Vec<u64>), ClientError> {
+    /// Boot status of every node, merged over all heads by last-seen time (with
+    /// `history`: every recent event of every head, by node and time), and the heads
+    /// that did not answer.
+    pub async fn node_status(
+        &self,
+        history: bool,
+    ) -> Result<(Vec<crate::boot::status::HeadNodeStatus>, Vec<u64>), ClientError> {
         let r = self
             .retry(Spread::Hedged, |mut c, t| async move {
-                c.node_status(timed(pb::NodeStatusRequest { all_heads: true }, t)).await
+                c.node_status(timed(
+                    pb::NodeStatusRequest {
+                        all_heads: true,
+                        history,
+                    },
+                    t,
+                ))
+                .await
             })
             .await?;
         Ok((serde_json::from_slice(&r.json)?, r.unreachable))

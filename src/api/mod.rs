@@ -214,18 +214,27 @@ impl pb::admin_server::Admin for AdminService {
             .saturating_duration_since(Instant::now())
             .min(NODE_STATUS_WAIT);
         let me = s.cluster.id();
-        let mut all: Vec<HeadNodeStatus> = s
-            .status
-            .snapshot()
+        let r = req.into_inner();
+        let history = r.history;
+        let mine = if history {
+            s.status.history(None)
+        } else {
+            s.status.snapshot()
+        };
+        let mut all: Vec<HeadNodeStatus> = mine
             .into_iter()
             .map(|status| HeadNodeStatus { head: me, status })
             .collect();
         let mut unreachable = Vec::new();
-        if req.into_inner().all_heads {
+        if r.all_heads {
             let answers = s
                 .cluster
                 .ask_peers(wait, |mut c| async move {
-                    c.node_status(pb::NodeStatusRequest { all_heads: false }).await
+                    c.node_status(pb::NodeStatusRequest {
+                        all_heads: false,
+                        history,
+                    })
+                    .await
                 })
                 .await;
             for (id, _, r) in answers {
@@ -238,8 +247,15 @@ impl pb::admin_server::Admin for AdminService {
                 }
             }
         }
+        let rows = if history {
+            // Every head's events of a node, interleaved in time.
+            all.sort_by(|a, b| (&a.status.node, a.status.last_seen).cmp(&(&b.status.node, b.status.last_seen)));
+            all
+        } else {
+            merge_status(all)
+        };
         Ok(Response::new(pb::NodeStatusReply {
-            json: serde_json::to_vec(&merge_status(all)).expect("status serializes"),
+            json: serde_json::to_vec(&rows).expect("status serializes"),
             unreachable,
         }))
     }

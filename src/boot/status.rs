@@ -18,8 +18,15 @@
 //! Memory is bounded by the number of configured nodes: only known nodes are
 //! recorded (an unknown MAC is logged, not stored, so a flood of made-up MACs cannot
 //! grow the map).
+//!
+//! Besides the last event, each node keeps its last [`HISTORY`] events, so that a
+//! failed system overlay is not hidden behind the image download that followed it
+//! (`wwctl node status --history`). An event from an address that is not the node's
+//! (a request that names the node's MAC or name from elsewhere) goes into the history,
+//! marked, but never replaces the node's row: a stray or forged request cannot make a
+//! node look booted, or hide that it is not.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -78,6 +85,10 @@ pub struct NodeStatus {
     /// The SMBIOS UUID the node reported (`uuid=` query parameter), if any.
     pub uuid: Option<String>,
     pub last_seen: SystemTime,
+    /// The request did not come from one of the node's addresses (kept in the history
+    /// only; see the module notes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub foreign: bool,
 }
 
 impl NodeStatus {
@@ -90,10 +101,22 @@ impl NodeStatus {
     }
 }
 
+/// Events kept per node for `--history` (a boot is 4–6 events; this holds the last
+/// two or three boots, or a few runtime-overlay refreshes after one).
+pub const HISTORY: usize = 16;
+
+#[derive(Debug)]
+struct Record {
+    /// The last event from the node's own address (`None`: only foreign ones so far).
+    last: Option<NodeStatus>,
+    /// The last [`HISTORY`] events, oldest first, foreign ones included.
+    history: VecDeque<NodeStatus>,
+}
+
 /// One head's boot status board. Cheap to share (`Arc<StatusBoard>`).
 #[derive(Debug, Default)]
 pub struct StatusBoard {
-    nodes: Mutex<HashMap<String, NodeStatus>>,
+    nodes: Mutex<HashMap<String, Record>>,
 }
 
 impl StatusBoard {
@@ -108,6 +131,26 @@ impl StatusBoard {
 
     /// Record an event at a given time (tests, replay).
     pub fn record_at(&self, node: &str, stage: Stage, sent: &str, client: IpAddr, uuid: Option<&str>, at: SystemTime) {
+        self.record_event(node, stage, sent, client, uuid, at, false);
+    }
+
+    /// Record an event whose request came from an address that is not the node's: it
+    /// joins the node's history but does not replace its row.
+    pub fn record_foreign(&self, node: &str, stage: Stage, sent: &str, client: IpAddr, uuid: Option<&str>) {
+        self.record_event(node, stage, sent, client, uuid, SystemTime::now(), true);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_event(
+        &self,
+        node: &str,
+        stage: Stage,
+        sent: &str,
+        client: IpAddr,
+        uuid: Option<&str>,
+        at: SystemTime,
+        foreign: bool,
+    ) {
         let st = NodeStatus {
             node: node.to_owned(),
             stage,
@@ -115,20 +158,41 @@ impl StatusBoard {
             client,
             uuid: uuid.filter(|u| !u.is_empty()).map(str::to_owned),
             last_seen: at,
+            foreign,
         };
-        self.lock().insert(node.to_owned(), st);
+        let mut nodes = self.lock();
+        let rec = nodes.entry(node.to_owned()).or_insert_with(|| Record {
+            last: None,
+            history: VecDeque::with_capacity(4),
+        });
+        if rec.history.len() == HISTORY {
+            rec.history.pop_front();
+        }
+        rec.history.push_back(st.clone());
+        if !foreign {
+            rec.last = Some(st);
+        }
     }
 
-    /// The last event of one node.
+    /// The last event of one node (from its own address).
     pub fn get(&self, node: &str) -> Option<NodeStatus> {
-        self.lock().get(node).cloned()
+        self.lock().get(node).and_then(|r| r.last.clone())
     }
 
     /// Every node's last event, by node name.
     pub fn snapshot(&self) -> Vec<NodeStatus> {
-        let mut v: Vec<NodeStatus> = self.lock().values().cloned().collect();
+        let mut v: Vec<NodeStatus> = self.lock().values().filter_map(|r| r.last.clone()).collect();
         v.sort_by(|a, b| a.node.cmp(&b.node));
         v
+    }
+
+    /// The recent events of the named nodes (all nodes when `nodes` is `None`), oldest
+    /// first per node, nodes by name.
+    pub fn history(&self, nodes: Option<&std::collections::HashSet<String>>) -> Vec<NodeStatus> {
+        let map = self.lock();
+        let mut names: Vec<&String> = map.keys().filter(|n| nodes.is_none_or(|f| f.contains(*n))).collect();
+        names.sort();
+        names.into_iter().flat_map(|n| map[n].history.iter().cloned()).collect()
     }
 
     /// Forget nodes that no longer exist (see [`forget_deleted_nodes`]).
@@ -152,7 +216,7 @@ impl StatusBoard {
                 )
             })
             .collect();
-        for st in recorded.values() {
+        for st in recorded.values().filter_map(|r| r.last.as_ref()) {
             nodes.insert(
                 st.node.clone(),
                 WarewulfNodeStatus {
@@ -167,7 +231,7 @@ impl StatusBoard {
         WarewulfStatus { nodes }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeStatus>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
         // A panic while holding this lock cannot leave the map half-updated (one
         // insert), so a poisoned lock is still safe to use.
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
@@ -241,6 +305,7 @@ mod tests {
                 client: "10.0.0.1".parse().unwrap(),
                 uuid: None,
                 last_seen: UNIX_EPOCH + Duration::from_secs(secs),
+                foreign: false,
             },
         }
     }
@@ -286,6 +351,51 @@ mod tests {
         assert_eq!(n1.uuid, None, "the newer event replaces the whole entry");
         assert_eq!(b.get("n0").unwrap().uuid, None, "an empty uuid is no uuid");
         assert!(b.get("nx").is_none());
+    }
+
+    #[test]
+    fn history_keeps_the_last_events_and_a_foreign_request_never_replaces_the_row() {
+        let b = StatusBoard::new();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        b.record_at("n1", Stage::SystemOverlay, "NOT_FOUND", ip("10.0.0.1"), None, at(1));
+        b.record_at("n1", Stage::Image, "image", ip("10.0.0.1"), None, at(2));
+        // Someone else asks with n1's MAC: in the history, marked, not in the row.
+        b.record_foreign("n1", Stage::RuntimeOverlay, "runtime", ip("10.9.9.9"), None);
+        let row = b.get("n1").unwrap();
+        assert_eq!((row.stage, row.client), (Stage::Image, ip("10.0.0.1")));
+        let h = b.history(None);
+        let got: Vec<(Stage, &str, bool)> = h.iter().map(|e| (e.stage, e.sent.as_str(), e.foreign)).collect();
+        assert_eq!(
+            got,
+            [
+                (Stage::SystemOverlay, "NOT_FOUND", false),
+                (Stage::Image, "image", false),
+                (Stage::RuntimeOverlay, "runtime", true)
+            ],
+            "the failed system overlay is still visible after the image download"
+        );
+        // A node seen only from elsewhere has history but no row.
+        b.record_foreign("n2", Stage::Ipxe, "ipxe", ip("10.9.9.9"), None);
+        assert!(b.get("n2").is_none());
+        assert_eq!(b.snapshot().len(), 1);
+        assert!(b.warewulf_json(["n2"]).nodes["n2"].stage.is_empty());
+        // Bounded: only the last HISTORY events stay, oldest dropped first.
+        for i in 0..(HISTORY as u64 + 5) {
+            b.record_at(
+                "n1",
+                Stage::RuntimeOverlay,
+                &format!("r{i}"),
+                ip("10.0.0.1"),
+                None,
+                at(10 + i),
+            );
+        }
+        let only: std::collections::HashSet<String> = ["n1".to_string()].into();
+        let h = b.history(Some(&only));
+        assert_eq!(h.len(), HISTORY);
+        assert_eq!(h.first().unwrap().sent, "r5");
+        assert_eq!(h.last().unwrap().sent, format!("r{}", HISTORY + 4));
     }
 
     #[test]

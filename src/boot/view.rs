@@ -121,6 +121,38 @@ impl BootView {
         self.nodes.values().filter(|n| n.discoverable())
     }
 
+    /// Whether `ip` is one of `node`'s addresses: a configured one of any network
+    /// device, or one a dynamic lease gave one of its MACs. `None` when the node has no
+    /// known address at all (then nobody can tell who is asking).
+    pub fn is_node_address(&self, node: &BootNode, ip: std::net::IpAddr) -> Option<bool> {
+        let mut known = false;
+        for d in node.conf.network_devices.values() {
+            let configured = [d.ipaddr.as_deref(), d.ipaddr6.as_deref()];
+            for a in configured.into_iter().flatten() {
+                // An address may carry a prefix length (`10.0.0.5/24`).
+                let a = a.split('/').next().unwrap_or(a);
+                if let Ok(a) = a.parse::<std::net::IpAddr>() {
+                    known = true;
+                    if a == ip {
+                        return Some(true);
+                    }
+                }
+            }
+            let leased = d
+                .hwaddr
+                .as_deref()
+                .and_then(|h| model::normalize_mac(h).ok())
+                .and_then(|m| self.leases.get(&m));
+            if let Some((a, _)) = leased {
+                known = true;
+                if std::net::IpAddr::V4(*a) == ip {
+                    return Some(true);
+                }
+            }
+        }
+        known.then_some(false)
+    }
+
     /// The image a node boots, if it names one that exists.
     pub fn image_of(&self, node: &BootNode) -> Option<&ImageEntry> {
         node.conf.image_name.as_deref().and_then(|i| self.images.get(i))

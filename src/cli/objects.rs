@@ -76,13 +76,36 @@ pub enum ObjCmd {
     /// Print objects as YAML (importable with `import`).
     Export { names: Vec<String> },
     /// Boot status of nodes (stage, file sent, address, seconds since last seen), from every head.
-    Status {
-        /// Names or hostlist patterns (default: all seen).
-        names: Vec<String>,
-        /// Refresh every this many seconds until interrupted.
-        #[arg(short, long, value_name = "SECS")]
-        watch: Option<u64>,
-    },
+    Status(StatusArgs),
+}
+
+/// `wwctl node status`: Warewulf's flags, plus `--history`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct StatusArgs {
+    /// Names or hostlist patterns (default: every node).
+    pub names: Vec<String>,
+    /// Refresh until interrupted, every `--update` milliseconds.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// The refresh period of `--watch`, in milliseconds.
+    #[arg(short = 'U', long, value_name = "MS", default_value_t = 500)]
+    pub update: u64,
+    /// Only nodes last seen at or after this Unix time (seconds), as Warewulf.
+    #[arg(short = 't', long, value_name = "SECS")]
+    pub time: Option<i64>,
+    /// Sort by the last check-in, most recent first.
+    #[arg(short = 'l', long)]
+    pub last: bool,
+    /// Reverse the name order.
+    #[arg(short = 'r', long)]
+    pub reverse: bool,
+    /// Only nodes that no head has seen.
+    #[arg(short = 'u', long)]
+    pub unknown: bool,
+    /// Every recent event of each node (stage, file, result, address, head, time),
+    /// oldest first, not only the last one.
+    #[arg(long)]
+    pub history: bool,
 }
 
 #[derive(Args, Debug, Default)]
@@ -329,30 +352,37 @@ pub(super) async fn obj_cmd(
             writeln!(out, "Deleted {} {k}(s)", w.outcome.deleted_count())?;
         }
         ObjCmd::Edit { names } => edit(client, kind, &names, out).await?,
-        ObjCmd::Status { names, watch } => {
+        ObjCmd::Status(args) => {
             if kind != Kind::Node {
                 bail!("status exists for nodes only: wwctl node status");
             }
-            let filter: Option<std::collections::HashSet<String>> = (!names.is_empty())
-                .then(|| expand(&names))
+            let filter: Option<std::collections::HashSet<String>> = (!args.names.is_empty())
+                .then(|| expand(&args.names))
                 .transpose()?
                 .map(|v| v.into_iter().collect());
             loop {
-                let (rows, unreachable) = client.node_status().await?;
-                let rows: Vec<_> = rows
-                    .into_iter()
-                    .filter(|r| filter.as_ref().is_none_or(|f| f.contains(&r.status.node)))
+                let (events, unreachable) = client.node_status(args.history).await?;
+                let known: Vec<String> = client
+                    .read(&Query::nodes(Selector::All), false)
+                    .await?
+                    .nodes
+                    .into_keys()
                     .collect();
-                let text = output::node_status(&rows, &unreachable, fmt.unwrap_or(Format::Table))?;
-                if watch.is_some() {
+                let text = output::node_status(
+                    &output::status_rows(events, &known, filter.as_ref(), &args),
+                    &unreachable,
+                    args.history,
+                    fmt.unwrap_or(Format::Table),
+                )?;
+                if args.watch {
                     write!(out, "\x1b[2J\x1b[H")?;
                 }
                 out.write_all(text.as_bytes())?;
                 out.flush()?;
-                match watch {
-                    Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
-                    None => break,
+                if !args.watch {
+                    break;
                 }
+                tokio::time::sleep(std::time::Duration::from_millis(args.update.max(100))).await;
             }
         }
         ObjCmd::Import { file, yes } => {

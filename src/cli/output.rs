@@ -277,25 +277,104 @@ fn leak_role(s: &str) -> &'static str {
     }
 }
 
-/// `wwctl node status`: the most recent boot event per node, over all heads.
-pub fn node_status(rows: &[crate::boot::status::HeadNodeStatus], unreachable: &[u64], fmt: Format) -> Result<String> {
+/// One row of `wwctl node status`: a node and an event (`None`: no head has seen it).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusRow {
+    pub node: String,
+    #[serde(flatten)]
+    pub event: Option<crate::boot::status::HeadNodeStatus>,
+}
+
+/// Warewulf's selection and order for `node status`: every known node (never-seen
+/// ones as `--`), filtered by names, `--time` and `--unknown`, sorted by name,
+/// reversed with `--reverse`, or most recent first with `--last`. With `--history`
+/// each event is a row (oldest first within a node).
+pub fn status_rows(
+    events: Vec<crate::boot::status::HeadNodeStatus>,
+    known: &[String],
+    names: Option<&std::collections::HashSet<String>>,
+    args: &super::objects::StatusArgs,
+) -> Vec<StatusRow> {
+    let wanted = |n: &str| names.is_none_or(|f| f.contains(n));
+    let mut seen = std::collections::HashSet::new();
+    let mut rows: Vec<StatusRow> = Vec::new();
+    for e in events {
+        if !wanted(&e.status.node) {
+            continue;
+        }
+        seen.insert(e.status.node.clone());
+        if args.unknown {
+            continue;
+        }
+        let at = e.status.last_seen_unix() as i64;
+        if args.time.is_some_and(|t| at < t) {
+            continue;
+        }
+        rows.push(StatusRow {
+            node: e.status.node.clone(),
+            event: Some(e),
+        });
+    }
+    // `--time` asks for check-ins after a moment; a node never seen has none.
+    if args.time.is_none() {
+        for n in known.iter().filter(|n| wanted(n) && !seen.contains(*n)) {
+            rows.push(StatusRow {
+                node: n.clone(),
+                event: None,
+            });
+        }
+    }
+    let last_seen = |r: &StatusRow| r.event.as_ref().map(|e| e.status.last_seen);
+    // A stable sort keeps each node's history in time order.
+    if args.last {
+        rows.sort_by(|a, b| last_seen(b).cmp(&last_seen(a)).then_with(|| a.node.cmp(&b.node)));
+    } else if args.reverse {
+        rows.sort_by(|a, b| b.node.cmp(&a.node));
+    } else {
+        rows.sort_by(|a, b| a.node.cmp(&b.node));
+    }
+    rows
+}
+
+/// `wwctl node status`: the most recent boot event per node over all heads, or with
+/// `history` every recent event.
+pub fn node_status(rows: &[StatusRow], unreachable: &[u64], history: bool, fmt: Format) -> Result<String> {
     let now = std::time::SystemTime::now();
     Ok(match fmt {
         Format::Json => serde_json::to_string_pretty(rows)? + "\n",
         Format::Yaml => serde_yaml_ng::to_string(rows)?,
         Format::Table => {
+            let mut header = vec!["NODE NAME", "STAGE", "SENT", "IPADDR", "LAST SEEN (s)", "HEAD"];
+            if history {
+                header.push("NOTE");
+            }
             let mut t = table(
-                &["NODE NAME", "STAGE", "SENT", "IPADDR", "LAST SEEN (s)", "HEAD"],
-                rows.iter().map(|r| {
-                    let ago = now.duration_since(r.status.last_seen).map(|d| d.as_secs()).unwrap_or(0);
-                    vec![
-                        r.status.node.clone(),
-                        r.status.stage.to_string(),
-                        r.status.sent.clone(),
-                        r.status.client.to_string(),
-                        ago.to_string(),
-                        r.head.to_string(),
-                    ]
+                &header,
+                rows.iter().map(|r| match &r.event {
+                    None => {
+                        let mut v = vec![r.node.clone()];
+                        v.extend(std::iter::repeat_n("--".to_string(), if history { 6 } else { 5 }));
+                        v
+                    }
+                    Some(e) => {
+                        let ago = now.duration_since(e.status.last_seen).map(|d| d.as_secs()).unwrap_or(0);
+                        let mut v = vec![
+                            r.node.clone(),
+                            e.status.stage.to_string(),
+                            e.status.sent.clone(),
+                            e.status.client.to_string(),
+                            ago.to_string(),
+                            e.head.to_string(),
+                        ];
+                        if history {
+                            v.push(if e.status.foreign {
+                                "not from the node's address".to_string()
+                            } else {
+                                String::new()
+                            });
+                        }
+                        v
+                    }
                 }),
             );
             if !unreachable.is_empty() {

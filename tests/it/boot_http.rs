@@ -46,6 +46,7 @@ nodes:
     network devices:
       default:
         hwaddr: aa:bb:cc:dd:ee:03
+        ipaddr: 10.0.0.3
   n4:
     image name: ghost
     network devices:
@@ -580,6 +581,18 @@ async fn status_json_has_warewulfs_shape() {
     let mut seen: Vec<String> = b.status.snapshot().into_iter().map(|s| s.node).collect();
     seen.sort();
     assert_eq!(seen, ["n1", "n2"]);
+
+    // n3 is 10.0.0.3: a request naming its MAC from 127.0.0.1 is served (boot files are
+    // not secret) but does not make n3 look booted; it is in n3's history, marked.
+    let (st, _, _) = get(&b, "/kernel/aa:bb:cc:dd:ee:03").await;
+    assert_eq!(st, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&get(&b, "/status").await.2).unwrap();
+    assert_eq!(doc["nodes"]["n3"]["stage"], "", "{doc}");
+    assert!(b.status.get("n3").is_none());
+    let only: std::collections::HashSet<String> = ["n3".to_string()].into();
+    let h = b.status.history(Some(&only));
+    assert_eq!(h.len(), 1);
+    assert!(h[0].foreign && h[0].stage == Stage::Kernel, "{h:?}");
 }
 
 #[tokio::test]

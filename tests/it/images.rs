@@ -385,5 +385,34 @@ async fn heads_serve_boot_routes_and_fetch_missing_blobs_from_peers() {
         ok(&c, &["node", "status", "nobody"]).await.lines().count() == 1,
         "filtered to nothing"
     );
+    // --history: every head's events of b1, in time order, the image from head 3 last.
+    let hist = ok(&c, &["node", "status", "b1", "--history"]).await;
+    let rows: Vec<Vec<&str>> = hist.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert!(
+        rows.len() >= 4,
+        "ipxe twice, the image, the kernel, head 3's image: {hist}"
+    );
+    assert!(rows.iter().all(|r| r[0] == "b1"), "{hist}");
+    assert!(
+        rows.iter().any(|r| r[5] == "1") && rows.iter().any(|r| r[5] == "3"),
+        "{hist}"
+    );
+    assert_eq!(
+        (rows.last().unwrap()[1], rows.last().unwrap()[5]),
+        ("IMAGE", "3"),
+        "{hist}"
+    );
+    // A node no head has seen: listed as `--`, alone with --unknown.
+    ok(&c, &["node", "add", "quiet1"]).await;
+    let all = ok(&c, &["node", "status"]).await;
+    assert!(
+        all.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["quiet1", "--", "--", "--", "--", "--"]),
+        "{all}"
+    );
+    let unknown = ok(&c, &["node", "status", "-u"]).await;
+    assert!(unknown.contains("quiet1") && !unknown.contains("b1"), "{unknown}");
+    let since = ok(&c, &["node", "status", "--time", "1"]).await;
+    assert!(since.contains("b1") && !since.contains("quiet1"), "{since}");
     c.shutdown().await;
 }

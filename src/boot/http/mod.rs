@@ -414,6 +414,17 @@ fn head_urls(view: &BootView, me: u64, host: Option<&str>) -> Vec<String> {
     out
 }
 
+/// Record a boot event on the status board; a request from an address that is not the
+/// node's goes only into its history (see `boot::status`).
+fn record(s: &Shared, view: &BootView, n: &BootNode, stage: Stage, sent: &str, r: &BootRequest) {
+    let uuid = r.uuid.as_deref();
+    if view.is_node_address(n, r.client) == Some(false) {
+        s.boot.status.record_foreign(&n.name, stage, sent, r.client, uuid);
+    } else {
+        s.boot.status.record(&n.name, stage, sent, r.client, uuid);
+    }
+}
+
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let view = s.boot.view.borrow().clone();
@@ -428,9 +439,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     match serve(&s, &view, node.as_deref(), &r, &parts.headers).await {
         Ok((resp, sent)) => {
             if let Some(n) = &node {
-                s.boot
-                    .status
-                    .record(&n.name, r.stage.status(), &sent, r.client, r.uuid.as_deref());
+                record(&s, &view, n, r.stage.status(), &sent, &r);
                 tracing::info!(node = %n.name, client = %r.client, stage = ?r.stage, "send {sent}");
             } else {
                 tracing::info!(wwid = %r.wwid, client = %r.client, "send {sent} to an unknown MAC");
@@ -444,7 +453,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
                     e if e.status_code() == StatusCode::NOT_FOUND => (r.stage.status(), "NOT_FOUND".to_owned()),
                     _ => (r.stage.status(), "ERROR".to_owned()),
                 };
-                s.boot.status.record(&n.name, stage, &sent, r.client, r.uuid.as_deref());
+                record(&s, &view, n, stage, &sent, &r);
             }
             if let BootError::BlobMissing { digest, .. } = &e {
                 if let Some(hook) = &s.boot.on_missing_blob {
