@@ -152,7 +152,31 @@ pub fn validate_name(name: &str) -> Result<(), ArchiveError> {
 /// Writes `entries` as one gzip member holding a newc archive into `out`; returns `out`.
 pub fn write<W: Write>(entries: &BTreeMap<String, Entry>, opts: &WriteOptions, out: W) -> Result<W, ArchiveError> {
     let mut gz = GzEncoder::new(out, Compression::new(opts.level.min(9)));
-    for (ino, (path, e)) in (1u32..).zip(entries) {
+    records(entries, 1, opts.mtime, &mut gz)?;
+    newc::trailer(&mut gz).map_err(ArchiveError::Write)?;
+    gz.finish().map_err(ArchiveError::Write)
+}
+
+/// The uncompressed newc records of `entries` (no trailer), inodes numbered from
+/// `first_ino`, mtime 0; returns the next free inode number. For archives assembled
+/// from parts (`overlay::build` compresses the part every node shares once).
+pub fn newc_records(entries: &BTreeMap<String, Entry>, first_ino: u32, out: &mut Vec<u8>) -> Result<u32, ArchiveError> {
+    records(entries, first_ino, 0, out)
+}
+
+/// newc's end-of-archive record.
+pub fn newc_trailer(out: &mut Vec<u8>) {
+    newc::trailer(out).expect("writing to memory cannot fail");
+}
+
+fn records<W: Write>(
+    entries: &BTreeMap<String, Entry>,
+    first_ino: u32,
+    mtime: u32,
+    out: &mut W,
+) -> Result<u32, ArchiveError> {
+    let mut next = first_ino;
+    for (path, e) in entries {
         validate_name(path)?;
         if e.mode & !PERM_BITS != 0 {
             return Err(ArchiveError::BadMode {
@@ -170,19 +194,19 @@ pub fn write<W: Write>(entries: &BTreeMap<String, Entry>, opts: &WriteOptions, o
             size: body.len(),
         })?;
         let mut w = newc::Builder::new(path)
-            .ino(ino)
+            .ino(next)
             .mode(ftype | e.mode)
             .uid(e.uid)
             .gid(e.gid)
             .nlink(nlink)
-            .mtime(opts.mtime)
-            .write(&mut gz, size);
+            .mtime(mtime)
+            .write(&mut *out, size);
         // `Writer::finish` pads only when the whole body was written, so write it all.
         w.write_all(body).map_err(ArchiveError::Write)?;
         w.finish().map_err(ArchiveError::Write)?;
+        next += 1;
     }
-    newc::trailer(&mut gz).map_err(ArchiveError::Write)?;
-    gz.finish().map_err(ArchiveError::Write)
+    Ok(next)
 }
 
 /// [`write`] into memory.

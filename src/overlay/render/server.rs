@@ -286,6 +286,8 @@ impl Default for PathsSection {
     }
 }
 
+// Written out (not derived) so each section's Warewulf defaults are visible here.
+#[allow(clippy::derivable_impls)]
 impl Default for ServerConf {
     fn default() -> Self {
         ServerConf {

@@ -1,0 +1,928 @@
+//! Per-node overlay builds: a node's system or runtime overlays rendered for it and
+//! packed as one `cpio` newc archive in one gzip member.
+//!
+//! Design notes:
+//! - **Cached by content.** A build's key is the digest of everything it reads: the
+//!   kind, the node's overlay list with each overlay's tree digest, the node's merged
+//!   fields, the head's settings, and — only when one of those overlays has a template
+//!   that reads `AllNodes` — every node's fields. Equal key, no render: a boot storm
+//!   renders each node once, and a change to one node rebuilds that node plus exactly
+//!   the nodes whose overlays read all nodes (`hosts`, `host`). Whether a template reads
+//!   `AllNodes` is decided from its variables (Tera lists the names a template uses),
+//!   so it errs towards rebuilding.
+//! - **One render per key, whatever the concurrency.** Builds of one node and kind are
+//!   serialized by a per-key lock; the second caller finds the first one's result.
+//! - **The shared part is compressed once.** The files that are not templates (a
+//!   multi-megabyte `wwclient` binary, scripts) are the same for every node with the
+//!   same overlay list. They go first in the archive and are deflated once, ended with a
+//!   full flush; each node's rendered files are deflated after them as a separate run of
+//!   blocks, and the gzip member's CRC and length are combined from the two parts. The
+//!   result is still one gzip member holding one newc archive (what the kernel, iPXE and
+//!   `wwclient` expect), but a node costs only its own rendered bytes.
+//! - **Nothing escapes.** Rendered names are validated like every overlay path; a
+//!   `file` output lands beside its template.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use flate2::{Compress, Compression, FlushCompress};
+use sha2::{Digest as _, Sha256};
+
+use super::archive::{self, ArchiveError};
+use super::render::{AccessPolicy, BuildData, BuildInfo, FileAccess, RenderError, ServerConf, Templates};
+use super::tree::{Entry, EntryKind, OverlayTree};
+use crate::model::{Digest, NodeConf};
+
+/// Which of a node's overlay lists a build is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OverlayKind {
+    /// Built at boot and unpacked by the kernel over the image (`system overlay`).
+    System,
+    /// Fetched again by `wwclient` while the node runs (`runtime overlay`).
+    Runtime,
+}
+
+impl OverlayKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverlayKind::System => "system",
+            OverlayKind::Runtime => "runtime",
+        }
+    }
+
+    /// The node's overlay names for this kind, in order.
+    pub fn names(self, conf: &NodeConf) -> &[String] {
+        match self {
+            OverlayKind::System => &conf.system_overlay,
+            OverlayKind::Runtime => &conf.runtime_overlay,
+        }
+    }
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("node {node} lists {kind} overlay {overlay:?}, which does not exist; create it (`wwctl overlay create`) or remove it from the node or its profile")]
+    NoSuchOverlay {
+        node: String,
+        kind: &'static str,
+        overlay: String,
+    },
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("overlay {overlay}: {source}")]
+    Archive {
+        overlay: String,
+        #[source]
+        source: ArchiveError,
+    },
+    #[error(
+        "node {node}: template {overlay}:{file} wrote {name:?}, which is not a valid path inside an overlay: {source}"
+    )]
+    BadOutput {
+        node: String,
+        overlay: String,
+        file: String,
+        name: String,
+        #[source]
+        source: ArchiveError,
+    },
+}
+
+impl crate::error::Classify for BuildError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            BuildError::NoSuchOverlay { .. } => ErrorKind::NotFound,
+            BuildError::Render(_) | BuildError::BadOutput { .. } | BuildError::Archive { .. } => ErrorKind::Invalid,
+        }
+    }
+}
+
+/// An overlay ready to build with: its tree and its templates compiled once.
+pub struct Compiled {
+    pub name: String,
+    pub digest: Digest,
+    pub tree: Arc<OverlayTree>,
+    templates: Templates,
+    /// Paths (relative) of the tree's templates.
+    template_paths: Vec<String>,
+    /// A template reads `AllNodes`: its output depends on every node.
+    reads_all_nodes: bool,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("templates", &self.template_paths.len())
+            .field("reads_all_nodes", &self.reads_all_nodes)
+            .finish()
+    }
+}
+
+fn is_template(path: &str, e: &Entry) -> bool {
+    path.ends_with(".ww") && matches!(e.kind, EntryKind::File(_))
+}
+
+impl Compiled {
+    /// Compile every `.ww` file of `tree`.
+    pub fn new(
+        name: &str,
+        digest: Digest,
+        tree: Arc<OverlayTree>,
+        access: Arc<dyn FileAccess>,
+        policy: AccessPolicy,
+    ) -> Result<Compiled, BuildError> {
+        let mut templates = Templates::new(access, policy);
+        let mut template_paths = Vec::new();
+        let mut reads_all_nodes = false;
+        for (path, e) in &tree.entries {
+            if !is_template(path, e) {
+                continue;
+            }
+            let EntryKind::File(bytes) = &e.kind else { continue };
+            let text = String::from_utf8_lossy(bytes);
+            let abs = format!("/{path}");
+            templates.add(name, &abs, &text)?;
+            reads_all_nodes |= templates.variables(name, &abs)?.iter().any(|v| v == "AllNodes");
+            template_paths.push(path.clone());
+        }
+        Ok(Compiled {
+            name: name.to_owned(),
+            digest,
+            tree,
+            templates,
+            template_paths,
+            reads_all_nodes,
+        })
+    }
+
+    pub fn reads_all_nodes(&self) -> bool {
+        self.reads_all_nodes
+    }
+
+    /// Render one template of this overlay for a node (`wwctl overlay show --render`).
+    pub fn render(
+        &self,
+        path: &str,
+        data: &mut super::render::NodeData,
+    ) -> Result<Vec<super::render::RenderedFile>, RenderError> {
+        self.templates
+            .render(&self.name, &format!("/{}", path.trim_start_matches('/')), data)
+    }
+
+    /// The variables template `path` reads (`wwctl overlay info`).
+    pub fn variables(&self, path: &str) -> Result<Vec<String>, RenderError> {
+        self.templates
+            .variables(&self.name, &format!("/{}", path.trim_start_matches('/')))
+    }
+}
+
+/// The cluster as one generation of builds sees it: the shared template data
+/// (settings, `AllNodes`) and the digests that key builds. Make one per boot view.
+pub struct Generation {
+    data: BuildData,
+    server: Digest,
+    /// Every node's merged fields, by name.
+    node_digests: HashMap<String, Digest>,
+    /// All of the above at once (for overlays that read `AllNodes`).
+    all_nodes: Digest,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("nodes", &self.node_digests.len())
+            .field("all_nodes", &self.all_nodes)
+            .finish()
+    }
+}
+
+fn json_digest<T: serde::Serialize>(v: &T) -> Digest {
+    Digest::of(&serde_json::to_vec(v).expect("node fields serialize"))
+}
+
+impl Generation {
+    /// `nodes`: every node of the cluster, merged with its profiles.
+    pub fn new<'a>(
+        server: &ServerConf,
+        nodes: impl IntoIterator<Item = (&'a str, &'a NodeConf)> + Clone,
+        build: &BuildInfo,
+    ) -> Generation {
+        let data = BuildData::new(server, nodes.clone(), build);
+        let mut node_digests = HashMap::new();
+        let mut all = Sha256::new();
+        let mut sorted: Vec<(&str, &NodeConf)> = nodes.into_iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, conf) in sorted {
+            let d = json_digest(conf);
+            all.update(name.as_bytes());
+            all.update([0]);
+            all.update(d.0);
+            node_digests.insert(name.to_owned(), d);
+        }
+        Generation {
+            data,
+            server: json_digest(server),
+            node_digests,
+            all_nodes: Digest(all.finalize().into()),
+        }
+    }
+
+    /// Template data for one node (`overlay show --render`).
+    pub fn node_data(&self, name: &str, conf: Option<&NodeConf>) -> super::render::NodeData {
+        self.data.node(name, conf)
+    }
+}
+
+/// A node's built overlay archive: the shared, pre-compressed head of the gzip member
+/// and this node's tail. Serve `parts()` in order.
+#[derive(Debug)]
+pub struct NodeArchive {
+    shared: Arc<SharedPart>,
+    /// This node's deflate blocks, then the gzip trailer (CRC-32, length).
+    tail: bytes::Bytes,
+    /// The build key: equal keys, equal bytes (an HTTP ETag).
+    pub key: Digest,
+    /// Files rendered for this node (not counting the shared ones).
+    pub rendered: usize,
+}
+
+impl NodeArchive {
+    /// The gzip member's bytes, in order.
+    pub fn parts(&self) -> [bytes::Bytes; 2] {
+        [self.shared.head.clone(), self.tail.clone()]
+    }
+
+    pub fn len(&self) -> u64 {
+        (self.shared.head.len() + self.tail.len()) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole gzip member in one buffer (tests, `overlay build` output to a file).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len() as usize);
+        v.extend_from_slice(&self.shared.head);
+        v.extend_from_slice(&self.tail);
+        v
+    }
+}
+
+/// The files every node with one overlay list shares, compressed once.
+#[derive(Debug)]
+struct SharedPart {
+    /// gzip header + deflate blocks of the shared newc records, ended by a full flush.
+    head: bytes::Bytes,
+    /// CRC-32 and length of the uncompressed shared records.
+    crc: crc32fast::Hasher,
+    len: u64,
+    /// The shared entries' paths (a rendered file may not repeat one).
+    paths: std::collections::HashSet<String>,
+    /// The first inode number the shared records left free.
+    inodes: u32,
+}
+
+/// A node and kind: what one cached build is for.
+type Slot = (String, OverlayKind);
+
+/// Resolves an overlay name to its compiled form; `None`: no such overlay.
+pub type Resolve<'a> = &'a dyn Fn(&str) -> Option<Result<Arc<Compiled>, BuildError>>;
+
+/// Counters of a builder (the benchmark and tests read them).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BuildStats {
+    /// Node builds that rendered (cache misses).
+    pub builds: u64,
+    /// Template renders.
+    pub renders: u64,
+    /// Builds answered from the cache.
+    pub hits: u64,
+}
+
+/// Builds and caches per-node overlay archives for one head.
+pub struct Builder {
+    access: Arc<dyn FileAccess>,
+    policy: AccessPolicy,
+    level: u32,
+    compiled: Mutex<HashMap<(String, Digest), Arc<Compiled>>>,
+    shared: Mutex<HashMap<Digest, Arc<SharedPart>>>,
+    built: Mutex<HashMap<Slot, Arc<NodeArchive>>>,
+    locks: Mutex<HashMap<Slot, Arc<Mutex<()>>>>,
+    builds: AtomicU64,
+    renders: AtomicU64,
+    hits: AtomicU64,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a map lookup or insert: a panic cannot leave
+    // a map half-changed, so a poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Builder {
+    /// Templates read host and image files through `access`, within `policy`.
+    pub fn new(access: Arc<dyn FileAccess>, policy: AccessPolicy) -> Builder {
+        Builder {
+            access,
+            policy,
+            level: 6,
+            compiled: Mutex::default(),
+            shared: Mutex::default(),
+            built: Mutex::default(),
+            locks: Mutex::default(),
+            builds: AtomicU64::new(0),
+            renders: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> BuildStats {
+        BuildStats {
+            builds: self.builds.load(Ordering::Relaxed),
+            renders: self.renders.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The compiled form of overlay `name` at `digest` (compiled once, then shared).
+    pub fn compiled(
+        &self,
+        name: &str,
+        digest: Digest,
+        tree: impl FnOnce() -> Arc<OverlayTree>,
+    ) -> Result<Arc<Compiled>, BuildError> {
+        let k = (name.to_owned(), digest);
+        if let Some(c) = lock(&self.compiled).get(&k) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Compiled::new(
+            name,
+            digest,
+            tree(),
+            self.access.clone(),
+            self.policy.clone(),
+        )?);
+        lock(&self.compiled).insert(k, c.clone());
+        Ok(c)
+    }
+
+    /// Forget cached builds of nodes that are gone and compiled overlays no longer
+    /// in the catalog (call when the view changes).
+    pub fn retain(&self, node: impl Fn(&str) -> bool, overlay: impl Fn(&str, &Digest) -> bool) {
+        lock(&self.built).retain(|(n, _), _| node(n));
+        lock(&self.locks).retain(|(n, _), _| node(n));
+        lock(&self.compiled).retain(|(n, d), _| overlay(n, d));
+    }
+
+    /// Build (or find cached) the `kind` overlay archive of node `name`. `overlay`
+    /// resolves a name to its compiled form (see [`Builder::compiled`]).
+    pub fn build(
+        &self,
+        generation: &Generation,
+        name: &str,
+        conf: &NodeConf,
+        kind: OverlayKind,
+        overlay: Resolve<'_>,
+    ) -> Result<Arc<NodeArchive>, BuildError> {
+        let mut list = Vec::new();
+        for o in kind.names(conf) {
+            match overlay(o) {
+                Some(c) => list.push(c?),
+                None => {
+                    return Err(BuildError::NoSuchOverlay {
+                        node: name.to_owned(),
+                        kind: kind.as_str(),
+                        overlay: o.clone(),
+                    })
+                }
+            }
+        }
+        let key = self.key(generation, name, conf, kind, &list);
+        let slot = (name.to_owned(), kind);
+        let per_key = lock(&self.locks).entry(slot.clone()).or_default().clone();
+        let _one_at_a_time = lock(&per_key);
+        if let Some(b) = lock(&self.built).get(&slot).filter(|b| b.key == key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b.clone());
+        }
+        let built = Arc::new(self.render_node(generation, name, conf, &list, key)?);
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        lock(&self.built).insert(slot, built.clone());
+        Ok(built)
+    }
+
+    fn key(&self, g: &Generation, name: &str, conf: &NodeConf, kind: OverlayKind, list: &[Arc<Compiled>]) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"wulfpack overlay build v1\0");
+        h.update(kind.as_str());
+        h.update(name.as_bytes());
+        h.update([0]);
+        for c in list {
+            h.update(c.name.as_bytes());
+            h.update([0]);
+            h.update(c.digest.0);
+        }
+        match g.node_digests.get(name) {
+            Some(d) => h.update(d.0),
+            None => h.update(json_digest(conf).0),
+        }
+        h.update(g.server.0);
+        if list.iter().any(|c| c.reads_all_nodes) {
+            h.update(g.all_nodes.0);
+        }
+        Digest(h.finalize().into())
+    }
+
+    /// The shared part for an overlay list: every non-template entry, the later overlay
+    /// winning a path, minus the paths a later overlay's template renders to.
+    fn shared_part(&self, list: &[Arc<Compiled>]) -> Result<Arc<SharedPart>, BuildError> {
+        let mut h = Sha256::new();
+        for c in list {
+            h.update(c.name.as_bytes());
+            h.update([0]);
+            h.update(c.digest.0);
+        }
+        let k = Digest(h.finalize().into());
+        if let Some(s) = lock(&self.shared).get(&k) {
+            return Ok(s.clone());
+        }
+        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        for c in list {
+            for (path, e) in &c.tree.entries {
+                if is_template(path, e) {
+                    entries.remove(path.strip_suffix(".ww").unwrap_or(path));
+                } else {
+                    entries.insert(path.clone(), e.clone());
+                }
+            }
+        }
+        let mut records = Vec::new();
+        let inodes = archive::newc_records(&entries, 1, &mut records).map_err(|source| BuildError::Archive {
+            overlay: list.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(","),
+            source,
+        })?;
+        let mut head = gzip_header();
+        deflate_into(&records, self.level, FlushCompress::Full, &mut head);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&records);
+        let part = Arc::new(SharedPart {
+            head: head.into(),
+            crc,
+            len: records.len() as u64,
+            paths: entries.into_keys().collect(),
+            inodes,
+        });
+        lock(&self.shared).insert(k, part.clone());
+        Ok(part)
+    }
+
+    fn render_node(
+        &self,
+        g: &Generation,
+        name: &str,
+        conf: &NodeConf,
+        list: &[Arc<Compiled>],
+        key: Digest,
+    ) -> Result<NodeArchive, BuildError> {
+        let shared = self.shared_part(list)?;
+        let known = g.node_digests.contains_key(name);
+        let mut data = g.data.node(name, if known { None } else { Some(conf) });
+        let mut rendered: BTreeMap<String, Entry> = BTreeMap::new();
+        for c in list {
+            for path in &c.template_paths {
+                let t = &c.tree.entries[path];
+                let files = c.render(path, &mut data)?;
+                self.renders.fetch_add(1, Ordering::Relaxed);
+                let dir = path.rsplit_once('/').map(|(d, _)| d);
+                let default = path.strip_suffix(".ww").unwrap_or(path);
+                for f in files.into_iter().filter(|f| f.write) {
+                    // `file NAME` writes beside the template, as in Warewulf.
+                    let out = if f.name == default || f.name.contains('/') {
+                        f.name.trim_start_matches('/').to_owned()
+                    } else {
+                        match dir {
+                            Some(d) => format!("{d}/{}", f.name),
+                            None => f.name.clone(),
+                        }
+                    };
+                    archive::validate_name(&out).map_err(|source| BuildError::BadOutput {
+                        node: name.to_owned(),
+                        overlay: c.name.clone(),
+                        file: path.clone(),
+                        name: out.clone(),
+                        source,
+                    })?;
+                    let kind = match f.symlink {
+                        Some(target) => EntryKind::Symlink(target),
+                        None => EntryKind::File(f.content.into_bytes()),
+                    };
+                    let mode = if matches!(kind, EntryKind::Symlink(_)) {
+                        0o777
+                    } else {
+                        t.mode
+                    };
+                    rendered.insert(
+                        out,
+                        Entry {
+                            kind,
+                            mode,
+                            uid: t.uid,
+                            gid: t.gid,
+                        },
+                    );
+                }
+            }
+        }
+        // A rendered file that repeats a shared path (a `file` output over a plain file
+        // of an earlier overlay): build this node without the shared part, so that no
+        // path appears twice in its archive.
+        if rendered.keys().any(|p| shared.paths.contains(p)) {
+            return self.render_alone(list, rendered, key);
+        }
+        let count = rendered.len();
+        let mut records = Vec::new();
+        archive::newc_records(&rendered, shared.inodes, &mut records).map_err(|source| BuildError::Archive {
+            overlay: name.to_owned(),
+            source,
+        })?;
+        archive::newc_trailer(&mut records);
+        let mut tail = Vec::with_capacity(records.len() / 3 + 64);
+        deflate_into(&records, self.level, FlushCompress::Finish, &mut tail);
+        let mut crc = shared.crc.clone();
+        let mut own = crc32fast::Hasher::new();
+        own.update(&records);
+        crc.combine(&own);
+        let total = shared.len + records.len() as u64;
+        tail.extend_from_slice(&crc.finalize().to_le_bytes());
+        tail.extend_from_slice(&(total as u32).to_le_bytes());
+        Ok(NodeArchive {
+            shared,
+            tail: tail.into(),
+            key,
+            rendered: count,
+        })
+    }
+
+    /// A node whose rendered files collide with shared ones: one plain archive.
+    fn render_alone(
+        &self,
+        list: &[Arc<Compiled>],
+        rendered: BTreeMap<String, Entry>,
+        key: Digest,
+    ) -> Result<NodeArchive, BuildError> {
+        let count = rendered.len();
+        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        for c in list {
+            for (path, e) in &c.tree.entries {
+                if !is_template(path, e) {
+                    entries.insert(path.clone(), e.clone());
+                }
+            }
+        }
+        entries.extend(rendered);
+        let bytes = archive::pack(
+            &entries,
+            &archive::WriteOptions {
+                level: self.level,
+                ..Default::default()
+            },
+        )
+        .map_err(|source| BuildError::Archive {
+            overlay: list.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(","),
+            source,
+        })?;
+        Ok(NodeArchive {
+            shared: Arc::new(SharedPart {
+                head: bytes.into(),
+                crc: crc32fast::Hasher::new(),
+                len: 0,
+                paths: Default::default(),
+                inodes: 0,
+            }),
+            tail: bytes::Bytes::new(),
+            key,
+            rendered: count,
+        })
+    }
+}
+
+/// A gzip member header: deflate, no name, mtime 0, unknown OS (RFC 1952), so equal
+/// contents give equal bytes on every head.
+fn gzip_header() -> Vec<u8> {
+    vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]
+}
+
+/// Raw deflate of `input` appended to `out`, ended with `flush` (`Full`: byte-aligned,
+/// no back-references across the boundary, more blocks may follow; `Finish`: the last
+/// block).
+fn deflate_into(input: &[u8], level: u32, flush: FlushCompress, out: &mut Vec<u8>) {
+    let mut z = Compress::new(Compression::new(level), false);
+    out.reserve(input.len() / 2 + 64);
+    let mut done = 0usize;
+    loop {
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(4096));
+        }
+        let before_in = z.total_in() as usize;
+        let status = z
+            .compress_vec(&input[done..], out, flush)
+            .expect("deflate into a growing buffer cannot fail");
+        done += z.total_in() as usize - before_in;
+        match (flush, status) {
+            (FlushCompress::Finish, flate2::Status::StreamEnd) => return,
+            (FlushCompress::Finish, _) => continue,
+            // A flush is complete when all input is taken and there was room left over.
+            (_, _) if done == input.len() && out.capacity() - out.len() >= 64 => return,
+            _ => continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::render::HostFs;
+
+    fn file(text: &[u8], mode: u32) -> Entry {
+        Entry {
+            kind: EntryKind::File(text.to_vec()),
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn tree(files: &[(&str, Entry)]) -> Arc<OverlayTree> {
+        Arc::new(OverlayTree {
+            entries: files.iter().map(|(p, e)| (p.to_string(), e.clone())).collect(),
+        })
+    }
+
+    fn nodes(yaml: &str) -> BTreeMap<String, NodeConf> {
+        let conf = crate::model::parse_nodes_conf(yaml).unwrap();
+        conf.nodes
+            .keys()
+            .map(|n| {
+                (
+                    n.clone(),
+                    crate::model::merge_effective(n, &conf.nodes[n], &conf.nodeprofiles).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    struct Fixture {
+        builder: Builder,
+        overlays: HashMap<String, (Digest, Arc<OverlayTree>)>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new(overlays: &[(&str, Arc<OverlayTree>)]) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let access = Arc::new(HostFs {
+                host_root: dir.path().to_path_buf(),
+                images_dir: dir.path().join("images"),
+            });
+            Fixture {
+                builder: Builder::new(access, AccessPolicy::default()),
+                overlays: overlays
+                    .iter()
+                    .map(|(n, t)| (n.to_string(), (json_digest(&**t), t.clone())))
+                    .collect(),
+                _dir: dir,
+            }
+        }
+
+        fn build(
+            &self,
+            g: &Generation,
+            all: &BTreeMap<String, NodeConf>,
+            node: &str,
+            kind: OverlayKind,
+        ) -> Arc<NodeArchive> {
+            let resolve = |name: &str| {
+                self.overlays
+                    .get(name)
+                    .map(|(d, t)| self.builder.compiled(name, *d, || t.clone()))
+            };
+            self.builder.build(g, node, &all[node], kind, &resolve).unwrap()
+        }
+    }
+
+    fn generation(all: &BTreeMap<String, NodeConf>) -> Generation {
+        let server = ServerConf::from_yaml("ipaddr: 10.0.0.1\nnetmask: 255.255.255.0\n").unwrap();
+        Generation::new(&server, all.iter().map(|(n, c)| (n.as_str(), c)), &BuildInfo::default())
+    }
+
+    fn unpack(a: &NodeArchive) -> BTreeMap<String, Entry> {
+        archive::read(&a.to_vec(), &archive::Limits::default()).unwrap()
+    }
+
+    fn text(e: &Entry) -> String {
+        match &e.kind {
+            EntryKind::File(b) => String::from_utf8(b.clone()).unwrap(),
+            k => panic!("not a file: {k:?}"),
+        }
+    }
+
+    const NODES: &str = "nodes:\n  n1:\n    system overlay: [base, names]\n    runtime overlay: [names]\n    tags: {color: red}\n  n2:\n    system overlay: [base, names]\n    runtime overlay: [names]\n";
+
+    fn overlays() -> Vec<(&'static str, Arc<OverlayTree>)> {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        vec![
+            (
+                "base",
+                tree(&[
+                    (
+                        "etc",
+                        Entry {
+                            kind: EntryKind::Dir,
+                            mode: 0o755,
+                            uid: 0,
+                            gid: 0,
+                        },
+                    ),
+                    ("etc/hostname.ww", file(b"{{ Id }}\n", 0o644)),
+                    ("etc/motd", file(b"plain\n", 0o644)),
+                    ("etc/secret.ww", file(b"key-of-{{ Id }}\n", 0o600)),
+                    (
+                        "bin",
+                        Entry {
+                            kind: EntryKind::Dir,
+                            mode: 0o755,
+                            uid: 0,
+                            gid: 0,
+                        },
+                    ),
+                    ("bin/agent", file(&big, 0o755)),
+                ]),
+            ),
+            (
+                "names",
+                tree(&[(
+                    "etc/hosts.ww",
+                    file(b"{% for n in AllNodes %}{{ n.Id }}\n{% endfor %}", 0o644),
+                )]),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_build_is_one_gzip_member_with_the_shared_files_and_the_nodes_own() {
+        let all = nodes(NODES);
+        let g = generation(&all);
+        let f = Fixture::new(&overlays());
+        let a = f.build(&g, &all, "n1", OverlayKind::System);
+        let files = unpack(&a);
+        assert_eq!(text(&files["etc/hostname"]), "n1\n");
+        assert_eq!(text(&files["etc/secret"]), "key-of-n1\n");
+        assert_eq!(files["etc/secret"].mode, 0o600, "a template's mode is kept");
+        assert_eq!(text(&files["etc/motd"]), "plain\n");
+        assert_eq!(files["bin/agent"].mode, 0o755);
+        assert_eq!(text(&files["etc/hosts"]), "n1\nn2\n");
+        assert!(!files.contains_key("etc/hostname.ww"), "templates are not shipped");
+        // The shared 200 kB are compressed once: n2's own tail is small.
+        let b = f.build(&g, &all, "n2", OverlayKind::System);
+        assert_eq!(text(&unpack(&b)["etc/hostname"]), "n2\n");
+        assert!(Arc::ptr_eq(&a.shared, &b.shared));
+        assert!(b.tail.len() < 1000, "{}", b.tail.len());
+        // GNU gzip agrees it is valid (CRC and length of the joined member), when present.
+        if let Ok(mut child) = std::process::Command::new("gzip")
+            .arg("-t")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+        {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(&a.to_vec()).unwrap();
+            assert!(child.wait().unwrap().success(), "gzip -t refused the joined member");
+        }
+    }
+
+    #[test]
+    fn builds_are_cached_by_what_they_read() {
+        let mut all = nodes(NODES);
+        let f = Fixture::new(&overlays());
+        let g = generation(&all);
+        for n in ["n1", "n2"] {
+            f.build(&g, &all, n, OverlayKind::System);
+            f.build(&g, &all, n, OverlayKind::Runtime);
+        }
+        let first = f.builder.stats();
+        assert_eq!((first.builds, first.hits), (4, 0));
+        // A new generation with nothing changed: no render at all.
+        let g = generation(&all);
+        for n in ["n1", "n2"] {
+            f.build(&g, &all, n, OverlayKind::System);
+            f.build(&g, &all, n, OverlayKind::Runtime);
+        }
+        let again = f.builder.stats();
+        assert_eq!((again.builds, again.renders, again.hits), (4, first.renders, 4));
+
+        // A tag of n1 changes: n1 rebuilds; n2's overlays read AllNodes, so they
+        // rebuild too (n1's fields are part of them).
+        all.get_mut("n1").unwrap().tags.insert("color".into(), "blue".into());
+        let g = generation(&all);
+        f.build(&g, &all, "n1", OverlayKind::System);
+        f.build(&g, &all, "n2", OverlayKind::System);
+        assert_eq!(f.builder.stats().builds, 6);
+
+        // Without an AllNodes template, a change to n1 leaves n2 alone.
+        let only_base = Fixture::new(&overlays()[..1]);
+        let mut solo = nodes(NODES);
+        for c in solo.values_mut() {
+            c.system_overlay = vec!["base".into()];
+        }
+        let g = generation(&solo);
+        only_base.build(&g, &solo, "n1", OverlayKind::System);
+        only_base.build(&g, &solo, "n2", OverlayKind::System);
+        solo.get_mut("n1").unwrap().tags.insert("color".into(), "green".into());
+        let g = generation(&solo);
+        only_base.build(&g, &solo, "n1", OverlayKind::System);
+        only_base.build(&g, &solo, "n2", OverlayKind::System);
+        let s = only_base.builder.stats();
+        assert_eq!((s.builds, s.hits), (3, 1), "only n1 rebuilt");
+    }
+
+    #[test]
+    fn concurrent_requests_for_one_node_render_once() {
+        let all = nodes(NODES);
+        let g = generation(&all);
+        let f = Fixture::new(&overlays());
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| f.build(&g, &all, "n1", OverlayKind::System));
+            }
+        });
+        let st = f.builder.stats();
+        assert_eq!((st.builds, st.hits), (1, 7));
+    }
+
+    #[test]
+    fn missing_overlays_and_bad_outputs_are_errors_that_say_what_to_do() {
+        let mut all = nodes(NODES);
+        all.get_mut("n1").unwrap().system_overlay.push("nope".into());
+        let g = generation(&all);
+        let f = Fixture::new(&overlays());
+        let resolve = |name: &str| {
+            f.overlays
+                .get(name)
+                .map(|(d, t)| f.builder.compiled(name, *d, || t.clone()))
+        };
+        let e = f
+            .builder
+            .build(&g, "n1", &all["n1"], OverlayKind::System, &resolve)
+            .unwrap_err();
+        assert!(e.to_string().contains("\"nope\", which does not exist"), "{e}");
+
+        // A template that names an output outside the overlay.
+        let evil = tree(&[("etc/x.ww", file(b"{{ file(name=\"../../etc/shadow\") }}owned\n", 0o644))]);
+        let f = Fixture::new(&[("evil", evil)]);
+        let mut all = nodes(NODES);
+        all.get_mut("n1").unwrap().system_overlay = vec!["evil".into()];
+        let g = generation(&all);
+        let resolve = |name: &str| {
+            f.overlays
+                .get(name)
+                .map(|(d, t)| f.builder.compiled(name, *d, || t.clone()))
+        };
+        let e = f
+            .builder
+            .build(&g, "n1", &all["n1"], OverlayKind::System, &resolve)
+            .unwrap_err();
+        // Refused by the template function, or by the build's own check of output names.
+        assert!(e.to_string().contains("../../etc/shadow"), "{e}");
+    }
+
+    #[test]
+    fn a_rendered_file_over_a_shared_one_replaces_it_once() {
+        // `names` renders etc/motd with `file`, over base's plain etc/motd.
+        let mut o = overlays();
+        o[1] = (
+            "names",
+            tree(&[(
+                "etc/gen.ww",
+                file(b"{{ file(name=\"motd\") }}rendered {{ Id }}\n", 0o644),
+            )]),
+        );
+        let all = nodes(NODES);
+        let g = generation(&all);
+        let f = Fixture::new(&o);
+        let files = unpack(&f.build(&g, &all, "n2", OverlayKind::System));
+        assert_eq!(text(&files["etc/motd"]), "rendered n2\n");
+    }
+}
