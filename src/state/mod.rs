@@ -181,19 +181,27 @@ impl Request {
     /// `cmd` with a fresh request id, unique enough across clients and heads: time,
     /// process and a counter. Proposers call this; `apply` never does.
     pub fn with_new_id(cmd: Command) -> Request {
+        Request {
+            id: Some(Request::new_id()),
+            cmd,
+        }
+    }
+
+    /// A fresh request id (see [`Request::with_new_id`]), for callers that send the
+    /// command through another layer (a head's own read-modify-write).
+    pub fn new_id() -> String {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let id = format!(
+        format!(
             "{:x}-{:x}-{:x}",
             nanos,
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        Request { id: Some(id), cmd }
+        )
     }
 }
 
