@@ -340,6 +340,38 @@ impl Client {
         Ok((serde_json::from_slice(&r.json)?, r.unreachable))
     }
 
+    /// Overlays with their file counts (and paths, with `files`), and the requested
+    /// names that do not exist.
+    pub async fn overlay_list(&self, names: &[String], files: bool) -> Result<pb::OverlayListReply, ClientError> {
+        self.retry(Spread::Hedged, |mut c, t| {
+            let names = names.to_vec();
+            async move { c.overlay_list(timed(pb::OverlayListRequest { names, files }, t)).await }
+        })
+        .await
+    }
+
+    /// One path of an overlay, with the catalog version read.
+    pub async fn overlay_file(&self, name: &str, path: &str) -> Result<pb::OverlayFileReply, ClientError> {
+        self.retry(Spread::Hedged, |mut c, t| {
+            let (name, path) = (name.to_string(), path.to_string());
+            async move { c.overlay_file(timed(pb::OverlayFileRequest { name, path }, t)).await }
+        })
+        .await
+    }
+
+    /// Create, delete or change an overlay. Runs on one head at a time (the head does
+    /// a read-modify-write); the request id makes a retry on another head apply once.
+    pub async fn overlay_change(&self, mut req: pb::OverlayChangeRequest) -> Result<pb::OverlayChangeReply, ClientError> {
+        if req.request_id.is_empty() {
+            req.request_id = Request::new_id();
+        }
+        self.retry(Spread::OneAtATime, |mut c, t| {
+            let req = req.clone();
+            async move { c.overlay_change(timed(req, t)).await }
+        })
+        .await
+    }
+
     pub async fn image_kernels(&self, name: &str) -> Result<pb::ImageKernelsReply, ClientError> {
         self.retry(Spread::Hedged, |mut c, t| {
             let name = name.to_string();

@@ -19,6 +19,8 @@ use crate::boot::status::{merge_status, HeadNodeStatus, StatusBoard};
 use crate::cluster::{grpc_deadline, Cluster, HeadStatus, Membership};
 use crate::error::{status, Classify, ErrorKind};
 use crate::image::{self, Images, Progress};
+use crate::overlay::store::{Change, Overlays};
+use crate::overlay::tree::{self, EntryKind};
 use crate::pb::admin as pb;
 use crate::pb::raft as raft_pb;
 use crate::raft::RaftService;
@@ -36,6 +38,7 @@ const NODE_STATUS_WAIT: Duration = Duration::from_secs(2);
 pub struct Services {
     pub cluster: Cluster,
     pub images: Images,
+    pub overlays: Overlays,
     /// Per-node boot status as this head saw it.
     pub status: Arc<StatusBoard>,
 }
@@ -195,6 +198,23 @@ fn head_status_pb(h: HeadStatus) -> pb::HeadStatusReply {
     }
 }
 
+fn overlay_path_pb(path: &str, e: &tree::Entry) -> pb::OverlayPath {
+    let (target, size) = match &e.kind {
+        EntryKind::Symlink(t) => (t.clone(), 0),
+        EntryKind::File(c) => (String::new(), c.len() as u64),
+        EntryKind::Dir => (String::new(), 0),
+    };
+    pb::OverlayPath {
+        path: path.to_string(),
+        kind: e.kind_name().into(),
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        target,
+        size,
+    }
+}
+
 fn membership_pb(m: Membership) -> pb::MembershipReply {
     pb::MembershipReply {
         log_index: m.log_index,
@@ -257,6 +277,87 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::NodeStatusReply {
             json: serde_json::to_vec(&rows).expect("status serializes"),
             unreachable,
+        }))
+    }
+
+    async fn overlay_list(
+        &self,
+        req: GrpcRequest<pb::OverlayListRequest>,
+    ) -> Result<Response<pb::OverlayListReply>, Status> {
+        let s = self.gate.get()?;
+        let r = req.into_inner();
+        let catalog = s.overlays.catalog().await.map_err(|e| status(&e))?;
+        let missing: Vec<String> = r.names.iter().filter(|n| !catalog.contains_key(*n)).cloned().collect();
+        let mut overlays = Vec::new();
+        for (name, v) in &catalog {
+            if !r.names.is_empty() && !r.names.contains(name) {
+                continue;
+            }
+            let Some(d) = v.value.effective() else { continue };
+            let t = s.overlays.tree(&d).await.map_err(|e| status(&e))?;
+            overlays.push(pb::OverlayInfo {
+                name: name.clone(),
+                site: v.value.is_site(),
+                distribution: v.value.distribution.is_some(),
+                digest: d.to_string(),
+                version: v.version,
+                updated: v.value.updated,
+                count: t.entries.len() as u64,
+                paths: if r.files {
+                    t.walk().into_iter().map(|(p, e)| overlay_path_pb(p, e)).collect()
+                } else {
+                    vec![]
+                },
+            });
+        }
+        Ok(Response::new(pb::OverlayListReply { overlays, missing }))
+    }
+
+    async fn overlay_file(
+        &self,
+        req: GrpcRequest<pb::OverlayFileRequest>,
+    ) -> Result<Response<pb::OverlayFileReply>, Status> {
+        let s = self.gate.get()?;
+        let r = req.into_inner();
+        let (v, e) = s.overlays.file(&r.name, &r.path).await.map_err(|e| status(&e))?;
+        let key = tree::normalize(&r.path).unwrap_or(r.path);
+        Ok(Response::new(pb::OverlayFileReply {
+            path: Some(overlay_path_pb(&key, &e)),
+            content: match e.kind {
+                EntryKind::File(c) => c,
+                _ => vec![],
+            },
+            version: v.version,
+            site: v.value.is_site(),
+        }))
+    }
+
+    async fn overlay_change(
+        &self,
+        req: GrpcRequest<pb::OverlayChangeRequest>,
+    ) -> Result<Response<pb::OverlayChangeReply>, Status> {
+        let s = self.gate.get()?;
+        let r = req.into_inner();
+        let id = (!r.request_id.is_empty()).then_some(r.request_id);
+        let done = match r.op.as_str() {
+            "create" => s.overlays.create(&r.name, id).await,
+            "delete" => s.overlays.delete(&r.name, r.force, r.expect, id).await,
+            "change" => {
+                let change: Change = serde_json::from_slice(&r.change_json).map_err(|e| bad_json("overlay change", e))?;
+                s.overlays.change(&r.name, &change, r.expect, id).await
+            }
+            other => {
+                return Err(status(&ApiError::Malformed {
+                    what: "overlay change",
+                    message: format!("unknown op {other:?} (create, delete, change)"),
+                }))
+            }
+        }
+        .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::OverlayChangeReply {
+            digest: done.digest.map(|d| d.to_string()).unwrap_or_default(),
+            version: done.version,
+            site_created: done.site_created,
         }))
     }
 

@@ -10,7 +10,7 @@
 //! to the current version; `edit` sends whole objects conditional on the version
 //! it read, so a concurrent change is reported instead of overwritten.
 //!
-//! One file per verb group: `objects.rs` (`node`, `profile`), [`image`], `cluster.rs`;
+//! One file per verb group: `objects.rs` (`node`, `profile`), [`image`], [`overlay`], `cluster.rs`;
 //! [`fields`] holds the object field flags, [`output`] tables/YAML/JSON.
 
 mod cluster;
@@ -18,6 +18,7 @@ pub mod fields;
 pub mod image;
 mod objects;
 pub mod output;
+pub mod overlay;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ pub enum Top {
     /// Manage images (root filesystems that nodes boot).
     #[command(subcommand, alias = "container")]
     Image(image::ImageCmd),
+    /// Manage overlays (files laid over a node's image, templates rendered per node).
+    #[command(subcommand)]
+    Overlay(overlay::OverlayCmd),
     /// Manage the heads of the cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -126,6 +130,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Node(c) => obj_cmd(&client, Kind::Node, c, fmt, out).await,
         Top::Profile(c) => obj_cmd(&client, Kind::Profile, c, fmt, out).await,
         Top::Image(c) => image::run(&client, c, fmt, out).await,
+        Top::Overlay(c) => overlay::run(&client, c, fmt, out).await,
         Top::Cluster(c) => cluster_cmd(&client, c, fmt, out).await,
     }
 }

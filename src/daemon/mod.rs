@@ -36,6 +36,7 @@ use crate::boot::view::ViewRx;
 use crate::cas::Cas;
 use crate::cluster::{Cluster, HeadStatus};
 use crate::image::Images;
+use crate::overlay::store::Overlays;
 use crate::pb;
 use crate::raft::{Network, Raft, RaftService, TypeConfig};
 use crate::state::{Command, HeadInfo, State};
@@ -73,6 +74,7 @@ pub struct Parts {
     pub sm: StateReader<State>,
     pub cas: Cas,
     pub images: Images,
+    pub overlays: Overlays,
     /// What the boot services read.
     pub view: ViewRx,
     /// Per-node boot status as this head saw it.
@@ -178,11 +180,13 @@ impl Head {
         );
         let cluster = Cluster::new(cfg.id, cfg.advertise.clone(), raft.clone(), reader.clone());
         let images = Images::new(cas.clone(), &cfg.data_dir, cluster.clone());
+        let overlays = Overlays::new(cas.clone(), cluster.clone());
         let parts = Parts {
             cluster: cluster.clone(),
             sm: reader,
             cas,
             images: images.clone(),
+            overlays: overlays.clone(),
             view,
             status: status.clone(),
         };
@@ -190,6 +194,7 @@ impl Head {
         admin_gate.open(Services {
             cluster: cluster.clone(),
             images,
+            overlays: overlays.clone(),
             status,
         });
         tracing::info!(id = cfg.id, "serving");
@@ -197,6 +202,7 @@ impl Head {
         start_tftp(&cfg, &stop);
         start_dhcp(&cfg, &parts, &stop);
         register(cluster.clone(), cfg.http_advertise.clone(), stop.clone());
+        register_overlays(overlays, stop.clone());
         if let Some((every, grace)) = cfg.gc {
             gc_loop(parts.clone(), every, grace, stop);
         }
@@ -320,7 +326,13 @@ fn gc_loop(parts: Parts, every: Duration, grace: Duration, stop: CancellationTok
             }
             let referenced: std::collections::HashSet<crate::cas::Digest> = parts
                 .sm
-                .read(|s| s.images.values().flat_map(|v| v.value.blobs()).collect());
+                .read(|s| {
+                    s.images
+                        .values()
+                        .flat_map(|v| v.value.blobs())
+                        .chain(s.overlays.values().flat_map(|v| v.value.blobs()))
+                        .collect()
+                });
             let cas = parts.cas.clone();
             match tokio::task::spawn_blocking(move || cas.gc(&referenced, grace)).await {
                 Ok(Ok(st)) if st.removed + st.temp_removed > 0 => tracing::info!(
@@ -357,6 +369,33 @@ fn register(cluster: Cluster, http: String, stop: CancellationToken) {
                 cluster.write(cmd.clone())
             })
             .await;
+    });
+}
+
+/// Store the distribution overlays compiled into this binary in the CAS and register
+/// them in the catalog where it differs (like the cluster name's `Init`, in the
+/// background, retrying until the head is part of a cluster with a leader).
+fn register_overlays(overlays: Overlays, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let set = match crate::overlay::store::distribution() {
+            Ok(s) => s,
+            Err(e) => {
+                // A build with a broken distribution overlay: serve the rest.
+                tracing::error!("distribution overlays not registered: {e}");
+                return;
+            }
+        };
+        // Bounded: one attempt every 2 s for a day, or until shutdown.
+        let changed = crate::boot::retry::RetryEvery::new(Duration::from_secs(2))
+            .at_most(43_200)
+            .first_failure_at(tracing::Level::DEBUG)
+            .run("registering the distribution overlays", stop.cancelled(), || {
+                overlays.register_distribution(&set)
+            })
+            .await;
+        if let Some(names) = changed.filter(|n| !n.is_empty()) {
+            tracing::info!(overlays = names.len(), "registered distribution overlays: {}", names.join(", "));
+        }
     });
 }
 

@@ -29,8 +29,10 @@ use crate::model::{self, NodeConf, NodesConf, Patch, UniqueKey};
 
 pub mod images;
 pub mod leases;
+pub mod overlays;
 pub use images::{Artifact, HeadInfo, ImageCommand, ImageEntry, KernelRef, LayerRef};
 pub use leases::{Holder, Lease, LeaseOp, PoolAddr, PoolTable};
+pub use overlays::{OverlayCommand, OverlayEntry};
 
 /// How many recent request ids are remembered for exactly-once retries.
 pub const DEDUP_WINDOW: usize = 4096;
@@ -94,6 +96,8 @@ pub enum Command {
     Import { conf: NodesConf },
     /// Image catalog changes.
     Image(ImageCommand),
+    /// Overlay catalog changes.
+    Overlay(OverlayCommand),
     /// Give a DHCP allocator run (`holder`, of head `head`) a block of up to `size`
     /// free addresses of the pool `first..=last` (see `state::leases`).
     ReservePoolBlock {
@@ -177,19 +181,27 @@ impl Request {
     /// `cmd` with a fresh request id, unique enough across clients and heads: time,
     /// process and a counter. Proposers call this; `apply` never does.
     pub fn with_new_id(cmd: Command) -> Request {
+        Request {
+            id: Some(Request::new_id()),
+            cmd,
+        }
+    }
+
+    /// A fresh request id (see [`Request::with_new_id`]), for callers that send the
+    /// command through another layer (a head's own read-modify-write).
+    pub fn new_id() -> String {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let id = format!(
+        format!(
             "{:x}-{:x}-{:x}",
             nanos,
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        Request { id: Some(id), cmd }
+        )
     }
 }
 
@@ -393,6 +405,10 @@ pub struct State {
     pub profiles: BTreeMap<String, Versioned<NodeConf>>,
     #[serde(default)]
     pub images: BTreeMap<String, Versioned<ImageEntry>>,
+    /// Overlay catalog: name → distribution and site tree digests. Left out of the
+    /// JSON while empty, so snapshots of clusters without overlays read as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overlays: BTreeMap<String, Versioned<OverlayEntry>>,
     /// Dynamic DHCP pools: heads' blocks and recorded leases.
     #[serde(default)]
     pub pool: PoolTable,
@@ -410,6 +426,7 @@ impl PartialEq for State {
             && self.nodes == o.nodes
             && self.profiles == o.profiles
             && self.images == o.images
+            && self.overlays == o.overlays
             && self.pool == o.pool
     }
 }
@@ -539,6 +556,7 @@ impl State {
                 }
             }
             Command::Image(c) => return self.apply_image(index, c),
+            Command::Overlay(c) => return self.apply_overlay(index, c),
             Command::ReservePoolBlock {
                 holder,
                 head,

@@ -21,7 +21,7 @@ use serde::Serialize;
 use wulfpack::model::{self, Digest, NodeConf, NodesConf, PatchOp};
 use wulfpack::state::{
     ApplyResult, Artifact, Command, CommandError, HeadInfo, ImageCommand, ImageEntry, KernelRef, Kind, LayerRef,
-    LeaseOp, Outcome, Put, Request, State,
+    LeaseOp, Outcome, OverlayCommand, Put, Request, State,
 };
 
 use crate::harness::golden;
@@ -118,6 +118,9 @@ fn command_variant(c: &Command) -> &'static str {
         Command::Image(ImageCommand::Delete { .. }) => "Image::Delete",
         Command::Image(ImageCommand::Rename { .. }) => "Image::Rename",
         Command::Image(ImageCommand::Copy { .. }) => "Image::Copy",
+        Command::Overlay(OverlayCommand::RegisterDistribution { .. }) => "Overlay::RegisterDistribution",
+        Command::Overlay(OverlayCommand::PutSite { .. }) => "Overlay::PutSite",
+        Command::Overlay(OverlayCommand::DeleteSite { .. }) => "Overlay::DeleteSite",
         Command::ReservePoolBlock { .. } => "ReservePoolBlock",
         Command::RecordLeases { .. } => "RecordLeases",
         Command::Discover { .. } => "Discover",
@@ -136,6 +139,9 @@ const ALL_COMMANDS: &[&str] = &[
     "Image::Delete",
     "Image::Rename",
     "Image::Copy",
+    "Overlay::RegisterDistribution",
+    "Overlay::PutSite",
+    "Overlay::DeleteSite",
     "ReservePoolBlock",
     "RecordLeases",
     "Discover",
@@ -295,6 +301,30 @@ fn requests() -> BTreeMap<String, Request> {
                 name: "cluster01".into(),
             },
         ),
+        (
+            "overlay_register_distribution",
+            Command::Overlay(OverlayCommand::RegisterDistribution {
+                set: [("hosts".to_string(), digest("hosts-tree")), ("wwinit".to_string(), digest("wwinit-tree"))]
+                    .into(),
+                now: NOW,
+            }),
+        ),
+        (
+            "overlay_put_site",
+            Command::Overlay(OverlayCommand::PutSite {
+                name: "hosts".into(),
+                digest: digest("hosts-site-tree"),
+                expect: Some(12),
+                now: NOW + 1,
+            }),
+        ),
+        (
+            "overlay_delete_site",
+            Command::Overlay(OverlayCommand::DeleteSite {
+                name: "hosts".into(),
+                expect: None,
+            }),
+        ),
     ];
     cmds.into_iter()
         .enumerate()
@@ -423,7 +453,7 @@ fn apply_results_match_golden_json() {
     golden_json("raft_apply_results.json", &results);
 }
 
-/// A small snapshot: a cluster with a head, a profile, a node, an image, a pool block and
+/// A small snapshot: a cluster with a head, a profile, a node, an image, an overlay, a pool block and
 /// a lease, built by applying commands. Only one request carries an id, so the
 /// exactly-once memory holds one entry and its JSON does not depend on hash order.
 #[test]
@@ -454,6 +484,16 @@ fn state_snapshot_matches_golden_json() {
             kind: Kind::Node,
             items: vec![("n1".into(), node)],
         },
+        Command::Overlay(OverlayCommand::RegisterDistribution {
+            set: [("hosts".to_string(), digest("hosts-tree"))].into(),
+            now: NOW,
+        }),
+        Command::Overlay(OverlayCommand::PutSite {
+            name: "hosts".into(),
+            digest: digest("hosts-site-tree"),
+            expect: Some(5),
+            now: NOW + 1,
+        }),
         Command::ReservePoolBlock {
             holder: 11,
             head: 1,
