@@ -10,12 +10,14 @@
 //! | [`files`] | the iPXE binary directory, contained; read by TFTP and HTTP `/efiboot/` |
 //! | [`tftp`] | read-only TFTP of the iPXE binaries (async-tftp on its own thread) |
 //! | [`http`] | Warewulf's boot routes: iPXE scripts (Tera), kernels and images streamed from the CAS, `/status` |
+//! | [`overlays`] | nodes' system and runtime overlay archives, built from the view on first request and cached |
 //! | [`status`] | per-node boot status in this head's memory |
 //! | [`retry`] | `retry_every`: the head's one "retry every 2 s, log once" loop (binds, registration) |
 
 pub mod dhcp;
 pub mod files;
 pub mod http;
+pub mod overlays;
 pub mod retry;
 pub mod status;
 pub mod tftp;

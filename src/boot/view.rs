@@ -55,6 +55,11 @@ pub struct BootView {
     pub leases: HashMap<String, (Ipv4Addr, u64)>,
     /// Nodes that failed to merge (e.g. a profile deleted under them), with why.
     pub broken: BTreeMap<String, String>,
+    /// The overlay catalog: name → the tree nodes get (site, else distribution).
+    pub overlays: BTreeMap<String, model::Digest>,
+    /// Digest of every node's and profile's version: equal value, same merged nodes
+    /// (what overlay builds share is rebuilt only when this changes).
+    pub nodes_version: model::Digest,
 }
 
 impl BootView {
@@ -67,6 +72,11 @@ impl BootView {
             cluster: s.cluster.name.clone(),
             images: s.images.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect(),
             heads: s.cluster.heads.clone(),
+            overlays: s
+                .overlays
+                .iter()
+                .filter_map(|(n, v)| v.value.effective().map(|d| (n.clone(), d)))
+                .collect(),
             leases: s
                 .pool
                 .leases()
@@ -74,6 +84,16 @@ impl BootView {
                 .collect(),
             ..Default::default()
         };
+        let mut versions = Vec::with_capacity((s.nodes.len() + s.profiles.len()) * 16);
+        for (kind, objs) in [(b'n', &s.nodes), (b'p', &s.profiles)] {
+            for (name, v) in objs {
+                versions.push(kind);
+                versions.extend_from_slice(name.as_bytes());
+                versions.push(0);
+                versions.extend_from_slice(&v.version.to_le_bytes());
+            }
+        }
+        view.nodes_version = model::Digest::of(&versions);
         for (name, v) in &s.nodes {
             let conf = match model::merge_effective(name, &v.value, &profiles) {
                 Ok(c) => c,

@@ -80,6 +80,36 @@ pub struct BootConfig {
     pub tftp: crate::boot::tftp::TftpConfig,
     #[serde(default)]
     pub http: crate::boot::http::BootHttpConfig,
+    #[serde(default)]
+    pub overlays: OverlaysConfig,
+}
+
+/// `boot: overlays:` in `wulfd.yaml`: what overlay templates read on this head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OverlaysConfig {
+    /// Build and serve `/system/` and `/runtime/` (default true).
+    pub enabled: bool,
+    /// Settings templates read (`Nfs`, `Ssh`, `Dhcp`, `Warewulf`, ...) as a Warewulf
+    /// `warewulf.conf`; an existing Warewulf file can be named as it is. Unset: Warewulf's
+    /// defaults. Either way the head's own address, port and secure mode come from this
+    /// file's other sections (`ipaddr` from the first DHCP subnet's `server` when the
+    /// file has none).
+    pub warewulf_conf: Option<PathBuf>,
+    /// The file system templates' `Include` reads host files from (tests point it at a
+    /// directory; only Warewulf's config dir, the account files, root's SSH keys and the
+    /// zone link are readable under it).
+    pub host_root: PathBuf,
+}
+
+impl Default for OverlaysConfig {
+    fn default() -> Self {
+        OverlaysConfig {
+            enabled: true,
+            warewulf_conf: None,
+            host_root: PathBuf::from("/"),
+        }
+    }
 }
 
 fn default_gc_grace() -> u64 {
@@ -165,6 +195,10 @@ pub struct Settings {
     /// The iPXE directory: served by TFTP and at `/efiboot/` (UEFI HTTP boot).
     pub ipxe_dir: PathBuf,
     pub ipxe_templates: Arc<IpxeTemplates>,
+    /// Runtime overlays only to privileged source ports.
+    pub secure: bool,
+    /// Overlay builds, when enabled: the settings templates read, and the host root.
+    pub overlays: Option<(crate::overlay::render::ServerConf, PathBuf)>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -222,7 +256,14 @@ impl TryFrom<HeadConfig> for Settings {
         };
         let ipxe_templates = IpxeTemplates::load(c.boot.http.ipxe_templates.as_deref())
             .map_err(|e| invalid("boot.http.ipxe_templates", &e))?;
+        let overlays = if c.boot.overlays.enabled {
+            Some((server_conf(&c, &dhcp)?, c.boot.overlays.host_root.clone()))
+        } else {
+            None
+        };
         Ok(Settings {
+            secure: c.boot.http.secure,
+            overlays,
             advertise: c.advertise_addr(),
             http_advertise: c.http_advertise_addr(),
             id: c.id,
@@ -248,4 +289,33 @@ impl TryFrom<HeadConfig> for Settings {
             ipxe_templates: Arc::new(ipxe_templates),
         })
     }
+}/// What overlay templates read as the head's settings: `boot.overlays.warewulf_conf`
+/// (or Warewulf's defaults), with this head's HTTP port and secure mode, and its address
+/// on the first DHCP subnet when the file names none.
+fn server_conf(c: &HeadConfig, dhcp: &DhcpConfig) -> Result<crate::overlay::render::ServerConf, DaemonError> {
+    let text = match &c.boot.overlays.warewulf_conf {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            DaemonError::Invalid(format!(
+                "boot.overlays.warewulf_conf: cannot read {}: {e}",
+                p.display()
+            ))
+        })?,
+        None => String::new(),
+    };
+    let mut server = crate::overlay::render::ServerConf::from_yaml(&text)
+        .map_err(|e| DaemonError::Invalid(format!("boot.overlays.warewulf_conf: {e}")))?;
+    if let Some(port) = c.http_listen.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) {
+        server.warewulf.port = port;
+    }
+    server.warewulf.secure = c.boot.http.secure;
+    if server.ipaddr.is_empty() {
+        if let Some(sub) = dhcp.subnets.first() {
+            server.ipaddr = sub.server.to_string();
+            server.netmask = sub.network.netmask().to_string();
+            server.network = sub.network.network().to_string();
+        }
+    }
+    Ok(server)
 }
+
+

@@ -265,6 +265,23 @@ fn boot_http_state(cfg: &Settings, cas: &Cas, view: &ViewRx, status: &Arc<Status
             None
         }
     };
+    b.secure = cfg.secure;
+    if let Some((server, host_root)) = &cfg.overlays {
+        let access = Arc::new(crate::overlay::render::HostFs {
+            host_root: host_root.clone(),
+            // Images are layers in the CAS, not trees on disk: `IncludeFrom` finds
+            // nothing until image trees are kept (docs/COMPATIBILITY.md, Overlays).
+            images_dir: cfg.data_dir.join("image-trees"),
+        });
+        let overlays = Arc::new(crate::boot::overlays::BootOverlays::new(
+            cas.clone(),
+            server.clone(),
+            access,
+            crate::overlay::render::AccessPolicy::default(),
+        ));
+        crate::boot::overlays::forget_stale(overlays.clone(), view.clone());
+        b.overlays = Some(overlays);
+    }
     let (cas, view) = (cas.clone(), view.clone());
     let http = reqwest::Client::new();
     b.on_missing_blob = Some(Arc::new(move |d| {

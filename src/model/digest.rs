@@ -14,8 +14,9 @@ fn bad(s: &str) -> ModelError {
     ModelError::BadDigest { value: s.into() }
 }
 
-/// A sha256 digest, written `sha256:<hex>` as in OCI.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A sha256 digest, written `sha256:<hex>` as in OCI. (`Default`: all zeros, a digest
+/// of nothing yet.)
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {

@@ -56,14 +56,27 @@ use super::view::{BootNode, BootView, ViewRx};
 use crate::cas::serve::{self, Verifier};
 use crate::cas::{Cas, CasError, Digest};
 use crate::model;
+use crate::overlay::build::OverlayKind;
 use crate::state::{ImageEntry, KernelRef};
 
 /// `boot: http:` in `wulfd.yaml` (the boot routes share the head's HTTP listener).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BootHttpConfig {
     /// Directory of `<name>.ipxe` Tera templates replacing or adding to the built-ins.
     pub ipxe_templates: Option<PathBuf>,
+    /// Warewulf's secure mode: the runtime overlay (it holds keys) only to requests
+    /// from a privileged source port (< 1024), as `wwclient` sends them. Default true.
+    pub secure: bool,
+}
+
+impl Default for BootHttpConfig {
+    fn default() -> Self {
+        BootHttpConfig {
+            ipxe_templates: None,
+            secure: true,
+        }
+    }
 }
 
 /// Called with a blob a boot request needed but this head lacks (or had corrupt):
@@ -83,6 +96,11 @@ pub struct BootHttp {
     /// The iPXE binaries `/efiboot/{file}` serves (the daemon passes `boot.tftp.root`);
     /// None: that route answers 404 saying so.
     pub efi_dir: Option<BootDir>,
+    /// Builds the overlay archives of `/system/` and `/runtime/`; None: those routes
+    /// answer 404 saying so.
+    pub overlays: Option<Arc<super::overlays::BootOverlays>>,
+    /// Runtime overlays only to privileged source ports (`boot.http.secure`).
+    pub secure: bool,
 }
 
 impl std::fmt::Debug for BootHttp {
@@ -105,6 +123,8 @@ impl BootHttp {
             templates: Arc::new(IpxeTemplates::builtin()),
             on_missing_blob: None,
             efi_dir: None,
+            overlays: None,
+            secure: true,
         }
     }
 }
@@ -176,8 +196,17 @@ pub enum BootError {
     },
     #[error("compress={compress} is not available for the {what}; request it without `compress`")]
     Compress { what: &'static str, compress: String },
-    #[error("{kind} overlay for node {node}: overlays are not built by this version of wulfpack yet (a later release renders them); the iPXE script boots without it")]
+    #[error("{kind} overlay for node {node}: this head serves no overlays (it was started without an overlay builder); the iPXE script boots without it")]
     NoOverlay { kind: &'static str, node: String },
+    #[error("runtime overlay of node {node} refused to {client}: {why}")]
+    Forbidden { node: String, client: SocketAddr, why: String },
+    #[error("{kind} overlay for node {node}: {source}")]
+    Overlay {
+        kind: &'static str,
+        node: String,
+        #[source]
+        source: super::overlays::OverlayServeError,
+    },
     #[error("{what} (blob {digest}) is not on this head yet; it has been requested from a peer head — retry, or let the iPXE script use the next head")]
     BlobMissing { what: String, digest: Digest },
     #[error(transparent)]
@@ -197,6 +226,15 @@ impl BootError {
         match self {
             BootError::BadRequest(_) => StatusCode::BAD_REQUEST,
             BootError::BadAssetKey { .. } => StatusCode::UNAUTHORIZED,
+            BootError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            BootError::Overlay { source, .. } => match source {
+                super::overlays::OverlayServeError::TreeMissing { .. } => StatusCode::NOT_FOUND,
+                super::overlays::OverlayServeError::Build(e) => match crate::error::Classify::kind(e) {
+                    crate::error::ErrorKind::NotFound => StatusCode::NOT_FOUND,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                },
+                super::overlays::OverlayServeError::Tree { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             BootError::UnknownNode(_)
             | BootError::NoImage(_)
             | BootError::UnknownImage { .. }
@@ -279,6 +317,8 @@ struct BootRequest {
     /// Normalised MAC if the wwid is one, else the wwid as given (lower case).
     wwid: String,
     client: IpAddr,
+    /// The client's source port (secure mode wants < 1024 for runtime overlays).
+    port: u16,
     assetkey: Option<String>,
     uuid: Option<String>,
     compress: Option<String>,
@@ -314,11 +354,12 @@ fn parse_wwid(raw: &str) -> String {
 }
 
 fn parse_request(parts: &axum::http::request::Parts, view: &BootView) -> Result<BootRequest, BootError> {
-    let client = parts
+    let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        .map(|c| c.0)
+        .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+    let client = peer.ip();
     let q: Vec<(String, String)> = match parts.uri.query() {
         Some(_) => Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
             .map(|Query(q)| q)
@@ -362,6 +403,7 @@ fn parse_request(parts: &axum::http::request::Parts, view: &BootView) -> Result<
         stage,
         wwid,
         client,
+        port: peer.port(),
         assetkey: first(&q, "assetkey").map(str::to_owned),
         uuid: nonempty("uuid"),
         compress: nonempty("compress"),
@@ -436,7 +478,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         }
     };
     let node = view.node_by_wwid(&r.wwid).cloned();
-    match serve(&s, &view, node.as_deref(), &r, &parts.headers).await {
+    match serve(&s, &view, node.as_ref(), &r, &parts.headers).await {
         Ok((resp, sent)) => {
             if let Some(n) = &node {
                 record(&s, &view, n, r.stage.status(), &sent, &r);
@@ -451,16 +493,29 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
                 let (stage, sent) = match &e {
                     BootError::BadAssetKey { .. } => (Stage::BadAsset, r.stage.status().as_str().to_owned()),
                     e if e.status_code() == StatusCode::NOT_FOUND => (r.stage.status(), "NOT_FOUND".to_owned()),
+                    BootError::Forbidden { .. } => (r.stage.status(), "FORBIDDEN".to_owned()),
                     _ => (r.stage.status(), "ERROR".to_owned()),
                 };
                 record(&s, &view, n, stage, &sent, &r);
             }
-            if let BootError::BlobMissing { digest, .. } = &e {
-                if let Some(hook) = &s.boot.on_missing_blob {
-                    hook(*digest);
-                }
+            let missing = match &e {
+                BootError::BlobMissing { digest, .. } => Some(*digest),
+                BootError::Overlay {
+                    source: super::overlays::OverlayServeError::TreeMissing { digest, .. },
+                    ..
+                } => Some(*digest),
+                _ => None,
+            };
+            if let (Some(d), Some(hook)) = (missing, &s.boot.on_missing_blob) {
+                hook(d);
             }
-            tracing::warn!(wwid = %r.wwid, client = %r.client, stage = ?r.stage, "boot request failed: {e}");
+            if matches!(e, BootError::Forbidden { .. }) {
+                // Expected once per boot in secure mode (iPXE fetches from an
+                // unprivileged port); the status board keeps the event.
+                tracing::info!(wwid = %r.wwid, client = %r.client, port = r.port, "boot request refused: {e}");
+            } else {
+                tracing::warn!(wwid = %r.wwid, client = %r.client, stage = ?r.stage, "boot request failed: {e}");
+            }
             e.into_response()
         }
     }
@@ -553,8 +608,8 @@ async fn open_hashed(s: &Shared, path: PathBuf) -> Result<(std::fs::File, u64, D
 /// Answer one parsed request: the response and what to record as sent.
 async fn serve(
     s: &Shared,
-    view: &BootView,
-    node: Option<&BootNode>,
+    view: &Arc<BootView>,
+    node: Option<&Arc<BootNode>>,
     r: &BootRequest,
     headers: &HeaderMap,
 ) -> Result<(Response, String), BootError> {
@@ -648,16 +703,95 @@ async fn serve(
         }
         BootStage::System | BootStage::Runtime => {
             let n = node.ok_or_else(|| BootError::UnknownNode(r.wwid.clone()))?;
-            Err(BootError::NoOverlay {
-                kind: if r.stage == BootStage::System {
-                    "system"
-                } else {
-                    "runtime"
-                },
-                node: n.name.clone(),
-            })
+            let kind = if r.stage == BootStage::System {
+                OverlayKind::System
+            } else {
+                authorize_runtime(s, view, n, r)?;
+                OverlayKind::Runtime
+            };
+            let Some(overlays) = s.boot.overlays.clone() else {
+                return Err(BootError::NoOverlay {
+                    kind: kind.as_str(),
+                    node: n.name.clone(),
+                });
+            };
+            let (v, node_arc) = (view.clone(), n.clone());
+            let built = tokio::task::spawn_blocking(move || overlays.build(&v, &node_arc, kind))
+                .await
+                .map_err(|e| BootError::Io {
+                    path: format!("{} overlay build", kind.as_str()),
+                    source: std::io::Error::other(e.to_string()),
+                })?
+                .map_err(|source| BootError::Overlay {
+                    kind: kind.as_str(),
+                    node: n.name.clone(),
+                    source,
+                })?;
+            let names = kind.names(&n.conf).join(",");
+            Ok((overlay_response(&built, headers), format!("{} overlay ({names})", kind.as_str())))
         }
     }
+}
+
+/// The runtime overlay holds a node's secrets (SSH host keys, passwords): only to the
+/// node itself. Its address must be one of the node's (configured, or leased to one of
+/// its MACs), and in secure mode the request must come from a privileged port, which
+/// only root on the node can bind (what `wwclient` does).
+fn authorize_runtime(s: &Shared, view: &BootView, n: &BootNode, r: &BootRequest) -> Result<(), BootError> {
+    let refuse = |why: String| BootError::Forbidden {
+        node: n.name.clone(),
+        client: SocketAddr::new(r.client, r.port),
+        why,
+    };
+    match view.is_node_address(n, r.client) {
+        Some(true) => {}
+        Some(false) => {
+            return Err(refuse(format!(
+                "{} is not an address of {} (runtime overlays go only to the node they are for)",
+                r.client, n.name
+            )))
+        }
+        None => {
+            return Err(refuse(format!(
+                "{} has no configured or leased address to check the request against; set its ipaddr",
+                n.name
+            )))
+        }
+    }
+    if s.boot.secure && r.port >= 1024 {
+        return Err(refuse(format!(
+            "secure mode: the request came from port {}, not a privileged port (< 1024) as wwclient sends it; \
+             iPXE's boot-time fetch is expected to be refused (set boot.http.secure: false to allow it)",
+            r.port
+        )));
+    }
+    Ok(())
+}
+
+/// A built overlay archive as an HTTP response (its build key is the ETag).
+fn overlay_response(built: &crate::overlay::build::NodeArchive, headers: &HeaderMap) -> Response {
+    let etag = format!("\"{}\"", built.key.hex());
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    let [head, tail] = built.parts();
+    let body = Body::from_stream(futures::stream::iter([
+        Ok::<_, std::convert::Infallible>(head),
+        Ok(tail),
+    ]));
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, built.len().to_string()),
+            (header::ETAG, etag),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn image_of<'v>(view: &'v BootView, n: &BootNode) -> Result<(&'v str, &'v ImageEntry), BootError> {

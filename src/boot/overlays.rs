@@ -1,0 +1,192 @@
+//! Overlays on the boot side: a node's system and runtime overlay archives, built from
+//! the boot view on first request and cached (see `overlay::build`).
+//!
+//! Design notes:
+//! - **Only the view.** The overlay catalog (name → tree digest) comes with the
+//!   [`BootView`]; the trees are CAS blobs, read once per digest and kept. Building
+//!   never touches Raft, so a head without a majority still serves overlays.
+//! - **One generation per node set.** The shared template data (`AllNodes`, the
+//!   head's settings) is rebuilt only when nodes or profiles change, not on every
+//!   applied entry (DHCP leases move the applied index all the time).
+//! - **CPU off the async threads.** A build renders templates and compresses; the
+//!   HTTP handler runs it on the blocking pool.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::view::{BootNode, BootView};
+use crate::cas::{Cas, CasError};
+use crate::model::Digest;
+use crate::overlay::build::{BuildError, Builder, Compiled, Generation, NodeArchive, OverlayKind};
+use crate::overlay::render::{AccessPolicy, BuildInfo, FileAccess, ServerConf};
+use crate::overlay::tree::OverlayTree;
+
+/// Why a node's overlay could not be built here.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayServeError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The tree's blob is not on this head (yet): the caller starts a peer fetch.
+    #[error("overlay {name} (tree {digest}) is not on this head yet; it has been requested from a peer head — retry, or let the node use the next head")]
+    TreeMissing { name: String, digest: Digest },
+    #[error("overlay {name}: reading its tree {digest}: {source}")]
+    Tree {
+        name: String,
+        digest: Digest,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Builds and caches the overlay archives this head serves.
+pub struct BootOverlays {
+    builder: Builder,
+    cas: Cas,
+    server: ServerConf,
+    trees: Mutex<HashMap<Digest, Arc<OverlayTree>>>,
+    /// The generation for the view's node set (`BootView::nodes_version`).
+    generation: Mutex<Option<(Digest, Arc<Generation>)>>,
+}
+
+impl std::fmt::Debug for BootOverlays {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootOverlays")
+            .field("builder", &self.builder)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Map inserts and lookups only: a panic cannot leave them half-done.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BootOverlays {
+    /// `server`: the head's settings as templates see them (warewulf.conf's form).
+    pub fn new(cas: Cas, server: ServerConf, access: Arc<dyn FileAccess>, policy: AccessPolicy) -> BootOverlays {
+        BootOverlays {
+            builder: Builder::new(access, policy),
+            cas,
+            server,
+            trees: Mutex::default(),
+            generation: Mutex::default(),
+        }
+    }
+
+    pub fn builder(&self) -> &Builder {
+        &self.builder
+    }
+
+    pub fn server(&self) -> &ServerConf {
+        &self.server
+    }
+
+    /// The shared template data for `view`'s nodes (made once per node set).
+    pub fn generation(&self, view: &BootView) -> Arc<Generation> {
+        let mut g = lock(&self.generation);
+        if let Some((v, gen)) = g.as_ref() {
+            if *v == view.nodes_version {
+                return gen.clone();
+            }
+        }
+        let gen = Arc::new(Generation::new(
+            &self.server,
+            view.nodes.iter().map(|(n, b)| (n.as_str(), &b.conf)),
+            &BuildInfo::now(),
+        ));
+        *g = Some((view.nodes_version, gen.clone()));
+        gen
+    }
+
+    /// Overlay `name` of the view's catalog, compiled; `None` when the catalog has no
+    /// such overlay.
+    pub fn compiled(&self, view: &BootView, name: &str) -> Option<Result<Arc<Compiled>, OverlayServeError>> {
+        let digest = *view.overlays.get(name)?;
+        let tree = match self.tree(name, digest) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(self.builder.compiled(name, digest, || tree).map_err(Into::into))
+    }
+
+    /// The tree with `digest`, from memory or the CAS.
+    pub fn tree(&self, name: &str, digest: Digest) -> Result<Arc<OverlayTree>, OverlayServeError> {
+        if let Some(t) = lock(&self.trees).get(&digest) {
+            return Ok(t.clone());
+        }
+        let bytes = match std::fs::read(self.cas.path(&digest)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OverlayServeError::TreeMissing {
+                    name: name.to_owned(),
+                    digest,
+                })
+            }
+            Err(e) => {
+                return Err(OverlayServeError::Tree {
+                    name: name.to_owned(),
+                    digest,
+                    source: Box::new(CasError::Io {
+                        path: self.cas.path(&digest),
+                        source: e,
+                    }),
+                })
+            }
+        };
+        if Digest::of(&bytes) != digest {
+            return Err(OverlayServeError::Tree {
+                name: name.to_owned(),
+                digest,
+                source: format!("the blob's content does not match its digest {digest}").into(),
+            });
+        }
+        let tree = OverlayTree::from_canonical(&bytes).map_err(|e| OverlayServeError::Tree {
+            name: name.to_owned(),
+            digest,
+            source: Box::new(e),
+        })?;
+        let tree = Arc::new(tree);
+        lock(&self.trees).insert(digest, tree.clone());
+        Ok(tree)
+    }
+
+    /// Build (or find cached) `node`'s `kind` overlay archive.
+    pub fn build(&self, view: &BootView, node: &BootNode, kind: OverlayKind) -> Result<Arc<NodeArchive>, OverlayServeError> {
+        let generation = self.generation(view);
+        // Resolve every overlay first: a tree this head lacks is reported as such (the
+        // caller fetches it from a peer), not as a build error.
+        let mut compiled: HashMap<&str, Arc<Compiled>> = HashMap::new();
+        for name in kind.names(&node.conf) {
+            match self.compiled(view, name) {
+                None => {} // the build names the missing overlay
+                Some(Ok(c)) => {
+                    compiled.insert(name, c);
+                }
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        let resolve = |name: &str| compiled.get(name).cloned().map(Ok);
+        Ok(self.builder.build(&generation, &node.name, &node.conf, kind, &resolve)?)
+    }
+
+    /// Drop cached builds of deleted nodes and trees no longer in the catalog.
+    pub fn retain(&self, view: &BootView) {
+        self.builder.retain(
+            |n| view.nodes.contains_key(n),
+            |name, d| view.overlays.get(name) == Some(d),
+        );
+        let live: std::collections::HashSet<Digest> = view.overlays.values().copied().collect();
+        lock(&self.trees).retain(|d, _| live.contains(d));
+    }
+}
+
+/// Keep `overlays`' caches to the cluster: after every new view, drop builds of
+/// deleted nodes and trees the catalog no longer names. Ends with the view's publisher.
+pub fn forget_stale(overlays: Arc<BootOverlays>, mut view: super::view::ViewRx) {
+    tokio::spawn(async move {
+        while view.changed().await.is_ok() {
+            let v = view.borrow_and_update().clone();
+            overlays.retain(&v);
+        }
+    });
+}
