@@ -69,8 +69,8 @@ pub enum OverlayCmd {
         /// Create any necessary parent directories.
         #[arg(short, long)]
         parents: bool,
-        /// Overwrite the file if it exists.
-        #[arg(short, long)]
+        /// Overwrite the file if it exists (Warewulf's `-o`, which is `--output` here).
+        #[arg(long)]
         overwrite: bool,
         /// Accepted for compatibility: overlays are rebuilt from their content when
         /// they are next needed, there is no separate update to skip.
@@ -538,6 +538,17 @@ fn parse_owner(uid: &str, gid: Option<&str>) -> Result<(Option<u32>, Option<u32>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_overlay_verbs_parse() {
+        use clap::{CommandFactory, Parser};
+        crate::cli::Cli::command().debug_assert();
+        let c = crate::cli::Cli::try_parse_from([
+            "wwctl", "overlay", "import", "o", "/etc/motd", "-p", "--overwrite", "-m", "0600", "-n",
+        ])
+        .unwrap();
+        assert!(matches!(c.cmd, crate::cli::Top::Overlay(OverlayCmd::Import { parents: true, overwrite: true, .. })));
+    }
 
     #[test]
     fn modes_owners_and_default_destinations() {

@@ -111,7 +111,7 @@ pub enum TreeError {
     BadMode { path: String, mode: u32 },
     #[error("{path} is not in the overlay; see `wwctl overlay list -a NAME`")]
     NotFound { path: String },
-    #[error("{path} already exists in the overlay; pass --overwrite (-o) to replace it")]
+    #[error("{path} already exists in the overlay; pass --overwrite to replace it")]
     Exists { path: String },
     #[error("directory {parent} does not exist in the overlay (needed for {path}); pass --parents (-p) to create it")]
     MissingParent { path: String, parent: String },
