@@ -35,17 +35,32 @@ async fn overlay_verbs_round_trip_and_are_seen_from_another_head() {
     let src = dir.path().join("motd");
     std::fs::write(&src, "hello\n").unwrap();
     // The import keeps the source's mode: make it independent of the umask.
-    std::fs::set_permissions(&src, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        &src,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+    )
+    .unwrap();
     let src = src.to_str().unwrap();
 
     ok(&c, &["overlay", "create", "site1"]).await;
     let e = ww(&c, &["overlay", "create", "site1"]).await.unwrap_err();
     assert!(e.contains("already exists"), "{e}");
     // A missing directory needs --parents, and the error says so.
-    let e = ww(&c, &["overlay", "import", "site1", src, "/etc/motd"]).await.unwrap_err();
-    assert!(e.contains("directory etc does not exist") && e.contains("--parents"), "{e}");
-    ok(&c, &["overlay", "import", "site1", src, "/etc/motd", "-p", "-m", "0640"]).await;
-    let e = ww(&c, &["overlay", "import", "site1", src, "/etc/motd"]).await.unwrap_err();
+    let e = ww(&c, &["overlay", "import", "site1", src, "/etc/motd"])
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("directory etc does not exist") && e.contains("--parents"),
+        "{e}"
+    );
+    ok(
+        &c,
+        &["overlay", "import", "site1", src, "/etc/motd", "-p", "-m", "0640"],
+    )
+    .await;
+    let e = ww(&c, &["overlay", "import", "site1", src, "/etc/motd"])
+        .await
+        .unwrap_err();
     assert!(e.contains("--overwrite"), "{e}");
     // Into an existing directory: the file keeps its name.
     ok(&c, &["overlay", "mkdir", "site1", "/etc/profile.d", "--mode", "0750"]).await;
@@ -60,21 +75,34 @@ async fn overlay_verbs_round_trip_and_are_seen_from_another_head() {
     assert_eq!(f.content, b"hello\n");
     let p = f.path.unwrap();
     assert_eq!((p.mode, p.uid, p.gid), (0o600, 7, 8));
-    assert_eq!(ok(&c, &["overlay", "show", "site1", "etc/profile.d/motd"]).await, "hello\n");
+    assert_eq!(
+        ok(&c, &["overlay", "show", "site1", "etc/profile.d/motd"]).await,
+        "hello\n"
+    );
     golden("overlay_list_site1.txt", &ok(&c, &["overlay", "list", "site1"]).await);
-    golden("overlay_list_all_site1.txt", &ok(&c, &["overlay", "list", "-a", "site1"]).await);
-    golden("overlay_list_long_site1.txt", &ok(&c, &["overlay", "list", "-l", "site1"]).await);
+    golden(
+        "overlay_list_all_site1.txt",
+        &ok(&c, &["overlay", "list", "-a", "site1"]).await,
+    );
+    golden(
+        "overlay_list_long_site1.txt",
+        &ok(&c, &["overlay", "list", "-l", "site1"]).await,
+    );
     let e = ww(&c, &["overlay", "list", "nope"]).await.unwrap_err();
     assert!(e.contains("\"nope\"") || e.contains("nope does not exist"), "{e}");
 
     // Deleting: a non-empty directory or overlay needs --force.
-    let e = ww(&c, &["overlay", "delete", "site1", "/etc/profile.d"]).await.unwrap_err();
+    let e = ww(&c, &["overlay", "delete", "site1", "/etc/profile.d"])
+        .await
+        .unwrap_err();
     assert!(e.contains("--force"), "{e}");
     ok(&c, &["overlay", "delete", "site1", "/etc/profile.d/motd", "--parents"]).await;
     let listed = other.overlay_list(&["site1".into()], true).await.unwrap();
     let paths: Vec<&str> = listed.overlays[0].paths.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(paths, ["etc", "etc/motd"], "the emptied directory went with --parents");
-    let e = ww(&c, &["overlay", "show", "site1", "/etc/profile.d/motd"]).await.unwrap_err();
+    let e = ww(&c, &["overlay", "show", "site1", "/etc/profile.d/motd"])
+        .await
+        .unwrap_err();
     assert!(e.contains("not in the overlay"), "{e}");
     let e = ww(&c, &["overlay", "delete", "site1"]).await.unwrap_err();
     assert!(e.contains("not empty") && e.contains("--force"), "{e}");
@@ -101,7 +129,14 @@ async fn editing_a_distribution_overlay_makes_a_site_copy_and_deleting_it_revert
     assert!(!entry(&c, 1, "test-dist").await.is_site(), "unchanged: no site copy");
     ok(
         &c,
-        &["overlay", "edit", "test-dist", "/etc/issue", "--editor", "sed -i s/old/new/"],
+        &[
+            "overlay",
+            "edit",
+            "test-dist",
+            "/etc/issue",
+            "--editor",
+            "sed -i s/old/new/",
+        ],
     )
     .await;
     let e = entry(&c, 2, "test-dist").await;
@@ -112,7 +147,10 @@ async fn editing_a_distribution_overlay_makes_a_site_copy_and_deleting_it_revert
         shipped.entry("etc/issue").unwrap(),
         &Entry::file(b"old issue\n".to_vec(), 0o644)
     );
-    assert_eq!(ok(&c, &["overlay", "show", "test-dist", "/etc/issue"]).await, "new issue\n");
+    assert_eq!(
+        ok(&c, &["overlay", "show", "test-dist", "/etc/issue"]).await,
+        "new issue\n"
+    );
     let list = ok(&c, &["overlay", "list", "test-dist"]).await;
     assert!(list.lines().nth(1).unwrap().ends_with("true"), "{list}");
 
@@ -127,9 +165,15 @@ async fn editing_a_distribution_overlay_makes_a_site_copy_and_deleting_it_revert
 
     // Deleting the site copy reverts to the shipped tree; the shipped one cannot go.
     ok(&c, &["overlay", "delete", "test-dist", "--force"]).await;
-    assert_eq!(ok(&c, &["overlay", "show", "test-dist", "/etc/issue"]).await, "old issue\n");
+    assert_eq!(
+        ok(&c, &["overlay", "show", "test-dist", "/etc/issue"]).await,
+        "old issue\n"
+    );
     let e = ww(&c, &["overlay", "delete", "test-dist", "-f"]).await.unwrap_err();
-    assert!(e.contains("distribution overlay") && e.contains("cannot be deleted"), "{e}");
+    assert!(
+        e.contains("distribution overlay") && e.contains("cannot be deleted"),
+        "{e}"
+    );
     // chmod and deleting a file also work on a copy.
     ok(&c, &["overlay", "chmod", "test-dist", "/etc/hosts.ww", "0600"]).await;
     ok(&c, &["overlay", "delete", "test-dist", "/etc/issue"]).await;
@@ -164,7 +208,9 @@ async fn deletes_in_use_escapes_conflicts_and_peer_fetch() {
             .unwrap_err();
         assert!(e.contains("not allowed in an overlay"), "{bad}: {e}");
     }
-    let e = ww(&c, &["overlay", "chmod", "o2", "../../etc/shadow", "0644"]).await.unwrap_err();
+    let e = ww(&c, &["overlay", "chmod", "o2", "../../etc/shadow", "0644"])
+        .await
+        .unwrap_err();
     assert!(e.contains("`..`"), "{e}");
     // A tree with an absolute path or an escaping link is never served, even when a
     // blob like that got into the catalog by other means.
@@ -250,15 +296,19 @@ async fn the_shipped_distribution_set_is_registered_on_start_on_every_head() {
         .map(|(n, t)| (n, t.digest()))
         .collect();
     for i in 0..3 {
-        eventually(20, "every head has the distribution set in its catalog and CAS", || async {
-            let have: BTreeMap<String, Digest> = c.ctx(i).sm.read(|s| {
-                s.overlays
-                    .iter()
-                    .filter_map(|(n, v)| v.value.distribution.map(|d| (n.clone(), d)))
-                    .collect()
-            });
-            have == want && want.values().all(|d| c.ctx(i).cas.contains(d))
-        })
+        eventually(
+            20,
+            "every head has the distribution set in its catalog and CAS",
+            || async {
+                let have: BTreeMap<String, Digest> = c.ctx(i).sm.read(|s| {
+                    s.overlays
+                        .iter()
+                        .filter_map(|(n, v)| v.value.distribution.map(|d| (n.clone(), d)))
+                        .collect()
+                });
+                have == want && want.values().all(|d| c.ctx(i).cas.contains(d))
+            },
+        )
         .await;
     }
     // Every shipped overlay is listed (Warewulf lists directories as `name/`).
