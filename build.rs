@@ -80,9 +80,15 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> Result<(), 
             walk(root, &p, out)?;
             format!("EmbeddedEntry {{ path: {rel:?}, kind: EmbeddedKind::Dir, mode: 0o755 }}")
         } else if m.is_file() {
-            let mode = if m.permissions().mode() & 0o111 != 0 { "0o755" } else { "0o644" };
+            let mode = if m.permissions().mode() & 0o111 != 0 {
+                "0o755"
+            } else {
+                "0o644"
+            };
             let abs = utf8(&p, p.as_os_str())?;
-            format!("EmbeddedEntry {{ path: {rel:?}, kind: EmbeddedKind::File(include_bytes!({abs:?})), mode: {mode} }}")
+            format!(
+                "EmbeddedEntry {{ path: {rel:?}, kind: EmbeddedKind::File(include_bytes!({abs:?})), mode: {mode} }}"
+            )
         } else {
             return Err(format!("{}: overlays hold files, directories and symlinks only", p.display()).into());
         };

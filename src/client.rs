@@ -361,7 +361,10 @@ impl Client {
 
     /// Create, delete or change an overlay. Runs on one head at a time (the head does
     /// a read-modify-write); the request id makes a retry on another head apply once.
-    pub async fn overlay_change(&self, mut req: pb::OverlayChangeRequest) -> Result<pb::OverlayChangeReply, ClientError> {
+    pub async fn overlay_change(
+        &self,
+        mut req: pb::OverlayChangeRequest,
+    ) -> Result<pb::OverlayChangeReply, ClientError> {
         if req.request_id.is_empty() {
             req.request_id = Request::new_id();
         }

@@ -343,7 +343,8 @@ impl pb::admin_server::Admin for AdminService {
             "create" => s.overlays.create(&r.name, id).await,
             "delete" => s.overlays.delete(&r.name, r.force, r.expect, id).await,
             "change" => {
-                let change: Change = serde_json::from_slice(&r.change_json).map_err(|e| bad_json("overlay change", e))?;
+                let change: Change =
+                    serde_json::from_slice(&r.change_json).map_err(|e| bad_json("overlay change", e))?;
                 s.overlays.change(&r.name, &change, r.expect, id).await
             }
             other => {

@@ -69,8 +69,8 @@ pub enum OverlayCmd {
         /// Create any necessary parent directories.
         #[arg(short, long)]
         parents: bool,
-        /// Overwrite the file if it exists.
-        #[arg(short, long)]
+        /// Overwrite the file if it exists (Warewulf's `-o`, which is `--output` here).
+        #[arg(long)]
         overwrite: bool,
         /// Accepted for compatibility: overlays are rebuilt from their content when
         /// they are next needed, there is no separate update to skip.
@@ -159,7 +159,15 @@ pub async fn run(client: &Client, c: OverlayCmd, fmt: Option<Format>, out: &mut 
             force,
             parents,
         } => {
-            change(client, &name, "change", Some(Change::Delete { path, force, parents }), false, None).await?;
+            change(
+                client,
+                &name,
+                "change",
+                Some(Change::Delete { path, force, parents }),
+                false,
+                None,
+            )
+            .await?;
             Ok(())
         }
         OverlayCmd::Import {
@@ -210,17 +218,41 @@ pub async fn run(client: &Client, c: OverlayCmd, fmt: Option<Format>, out: &mut 
         }
         OverlayCmd::Chmod { name, file, mode } => {
             let mode = parse_mode(&mode)?;
-            change(client, &name, "change", Some(Change::Chmod { path: file, mode }), false, None).await?;
+            change(
+                client,
+                &name,
+                "change",
+                Some(Change::Chmod { path: file, mode }),
+                false,
+                None,
+            )
+            .await?;
             Ok(())
         }
         OverlayCmd::Chown { name, file, uid, gid } => {
             let (uid, gid) = parse_owner(&uid, gid.as_deref())?;
-            change(client, &name, "change", Some(Change::Chown { path: file, uid, gid }), false, None).await?;
+            change(
+                client,
+                &name,
+                "change",
+                Some(Change::Chown { path: file, uid, gid }),
+                false,
+                None,
+            )
+            .await?;
             Ok(())
         }
         OverlayCmd::Mkdir { name, dir, mode } => {
             let mode = parse_mode(&mode)?;
-            change(client, &name, "change", Some(Change::Mkdir { path: dir, mode }), false, None).await?;
+            change(
+                client,
+                &name,
+                "change",
+                Some(Change::Mkdir { path: dir, mode }),
+                false,
+                None,
+            )
+            .await?;
             Ok(())
         }
     }
@@ -540,6 +572,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_overlay_verbs_parse() {
+        use clap::{CommandFactory, Parser};
+        crate::cli::Cli::command().debug_assert();
+        let c = crate::cli::Cli::try_parse_from([
+            "wwctl",
+            "overlay",
+            "import",
+            "o",
+            "/etc/motd",
+            "-p",
+            "--overwrite",
+            "-m",
+            "0600",
+            "-n",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.cmd,
+            crate::cli::Top::Overlay(OverlayCmd::Import {
+                parents: true,
+                overwrite: true,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn modes_owners_and_default_destinations() {
         assert_eq!(parse_mode("0644").unwrap(), 0o644);
         assert_eq!(parse_mode("4755").unwrap(), 0o4755);
@@ -554,6 +613,9 @@ mod tests {
         assert_eq!(perm_string(0o640), "-rw-r-----");
         assert_eq!(default_dest(Path::new("/etc/hosts")).unwrap(), "etc/hosts");
         assert_eq!(default_dest(Path::new("./motd")).unwrap(), "motd");
-        assert!(default_dest(Path::new("../x")).unwrap_err().to_string().contains("DEST"));
+        assert!(default_dest(Path::new("../x"))
+            .unwrap_err()
+            .to_string()
+            .contains("DEST"));
     }
 }

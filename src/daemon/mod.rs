@@ -341,15 +341,13 @@ fn gc_loop(parts: Parts, every: Duration, grace: Duration, stop: CancellationTok
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            let referenced: std::collections::HashSet<crate::cas::Digest> = parts
-                .sm
-                .read(|s| {
-                    s.images
-                        .values()
-                        .flat_map(|v| v.value.blobs())
-                        .chain(s.overlays.values().flat_map(|v| v.value.blobs()))
-                        .collect()
-                });
+            let referenced: std::collections::HashSet<crate::cas::Digest> = parts.sm.read(|s| {
+                s.images
+                    .values()
+                    .flat_map(|v| v.value.blobs())
+                    .chain(s.overlays.values().flat_map(|v| v.value.blobs()))
+                    .collect()
+            });
             let cas = parts.cas.clone();
             match tokio::task::spawn_blocking(move || cas.gc(&referenced, grace)).await {
                 Ok(Ok(st)) if st.removed + st.temp_removed > 0 => tracing::info!(
@@ -411,7 +409,11 @@ fn register_overlays(overlays: Overlays, stop: CancellationToken) {
             })
             .await;
         if let Some(names) = changed.filter(|n| !n.is_empty()) {
-            tracing::info!(overlays = names.len(), "registered distribution overlays: {}", names.join(", "));
+            tracing::info!(
+                overlays = names.len(),
+                "registered distribution overlays: {}",
+                names.join(", ")
+            );
         }
     });
 }

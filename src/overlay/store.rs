@@ -30,7 +30,9 @@ use super::tree::{self, Entry, EntryKind, OverlayTree, TreeError};
 use crate::cas::{self, Cas, Digest};
 use crate::cluster::{Cluster, ClusterError};
 use crate::error::{Classify, ErrorKind};
-use crate::state::{unix_now, Command, CommandError, OverlayCommand, OverlayEntry, Query, Request, Selector, Versioned};
+use crate::state::{
+    unix_now, Command, CommandError, OverlayCommand, OverlayEntry, Query, Request, Selector, Versioned,
+};
 
 /// How long a catalog read or write may wait for the cluster.
 const CATALOG_DEADLINE: Duration = Duration::from_secs(30);
@@ -100,7 +102,9 @@ pub enum OverlayError {
     NotFound(String),
     #[error("overlay {name}: {source}")]
     Tree { name: String, source: TreeError },
-    #[error("overlay {name} is not empty ({count} files and directories); pass --force (-f) to delete it with its files")]
+    #[error(
+        "overlay {name} is not empty ({count} files and directories); pass --force (-f) to delete it with its files"
+    )]
     NotEmpty { name: String, count: usize },
     #[error("overlay {name} was changed by someone else (now version {actual}, you read {expected}); read it again and retry")]
     Conflict { name: String, expected: u64, actual: u64 },
@@ -153,8 +157,14 @@ pub enum Change {
         name_in_dir: Option<String>,
     },
     /// `mkdir -p` with `mode`.
-    Mkdir { path: String, mode: u32 },
-    Chmod { path: String, mode: u32 },
+    Mkdir {
+        path: String,
+        mode: u32,
+    },
+    Chmod {
+        path: String,
+        mode: u32,
+    },
     Chown {
         path: String,
         uid: Option<u32>,
@@ -162,7 +172,11 @@ pub enum Change {
     },
     /// Delete a path (a non-empty directory only with `force`); `parents` removes the
     /// directories it leaves empty.
-    Delete { path: String, force: bool, parents: bool },
+    Delete {
+        path: String,
+        force: bool,
+        parents: bool,
+    },
 }
 
 impl Change {
@@ -234,7 +248,9 @@ pub struct Overlays {
 
 impl std::fmt::Debug for Overlays {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Overlays").field("cas", &self.cas).finish_non_exhaustive()
+        f.debug_struct("Overlays")
+            .field("cas", &self.cas)
+            .finish_non_exhaustive()
     }
 }
 
@@ -316,10 +332,12 @@ impl Overlays {
         .await
         .map_err(|e| OverlayError::Invalid(format!("reading an overlay tree failed: {e}")))?
         .map_err(cas_err)?;
-        let t = Arc::new(OverlayTree::from_canonical(&bytes).map_err(|source| OverlayError::Tree {
-            name: digest.to_string(),
-            source,
-        })?);
+        let t = Arc::new(
+            OverlayTree::from_canonical(&bytes).map_err(|source| OverlayError::Tree {
+                name: digest.to_string(),
+                source,
+            })?,
+        );
         let mut c = self.cache.lock().expect("tree cache");
         if c.len() >= CACHE_TREES {
             c.clear();
@@ -370,10 +388,7 @@ impl Overlays {
             },
             None => Request::with_new_id(Command::Overlay(cmd)),
         };
-        let w = self
-            .cluster
-            .submit(req, 0, Instant::now() + CATALOG_DEADLINE)
-            .await?;
+        let w = self.cluster.submit(req, 0, Instant::now() + CATALOG_DEADLINE).await?;
         Ok(w.log_index)
     }
 
@@ -497,7 +512,10 @@ impl Overlays {
     /// Store `set` (the distribution trees this head ships) in this head's CAS and
     /// register it in the catalog when the catalog differs. Returns the names whose
     /// registration changed.
-    pub async fn register_distribution(&self, set: &BTreeMap<String, OverlayTree>) -> Result<Vec<String>, OverlayError> {
+    pub async fn register_distribution(
+        &self,
+        set: &BTreeMap<String, OverlayTree>,
+    ) -> Result<Vec<String>, OverlayError> {
         let mut digests = BTreeMap::new();
         for (name, t) in set {
             t.validate().map_err(|source| tree_err(name, source))?;

@@ -111,7 +111,7 @@ pub enum TreeError {
     BadMode { path: String, mode: u32 },
     #[error("{path} is not in the overlay; see `wwctl overlay list -a NAME`")]
     NotFound { path: String },
-    #[error("{path} already exists in the overlay; pass --overwrite (-o) to replace it")]
+    #[error("{path} already exists in the overlay; pass --overwrite to replace it")]
     Exists { path: String },
     #[error("directory {parent} does not exist in the overlay (needed for {path}); pass --parents (-p) to create it")]
     MissingParent { path: String, parent: String },
@@ -334,11 +334,16 @@ impl OverlayTree {
     /// How many entries are under `path` (not counting itself).
     pub fn count_under(&self, path: &str) -> usize {
         let prefix = format!("{path}/");
-        self.entries.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).count()
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .count()
     }
 
     fn get(&self, path: &str) -> Result<&Entry, TreeError> {
-        self.entries.get(path).ok_or_else(|| TreeError::NotFound { path: path.to_string() })
+        self.entries
+            .get(path)
+            .ok_or_else(|| TreeError::NotFound { path: path.to_string() })
     }
 
     fn get_mut(&mut self, path: &str) -> Result<&mut Entry, TreeError> {
@@ -674,7 +679,9 @@ mod tests {
         t.put_file("opt/x/y", b"1".to_vec(), Some(0o600), Some((5, 6)), true, false)
             .unwrap();
         assert!(t.entry("opt").unwrap().is_dir() && t.entry("opt/x").unwrap().is_dir());
-        let e = t.put_file("opt/x/y", b"2".to_vec(), None, None, false, false).unwrap_err();
+        let e = t
+            .put_file("opt/x/y", b"2".to_vec(), None, None, false, false)
+            .unwrap_err();
         assert!(e.to_string().contains("--overwrite"), "{e}");
         t.put_file("opt/x/y", b"2".to_vec(), None, None, false, true).unwrap();
         let y = t.entry("opt/x/y").unwrap();
@@ -733,7 +740,10 @@ mod tests {
             v.entries.insert(k.clone(), e.clone());
         }
         assert_eq!(v.digest(), t.digest());
-        assert!(OverlayTree::from_canonical(b"{\"entries\":{\"/x\":{\"kind\":\"Dir\",\"mode\":493,\"uid\":0,\"gid\":0}}}").is_err());
+        assert!(OverlayTree::from_canonical(
+            b"{\"entries\":{\"/x\":{\"kind\":\"Dir\",\"mode\":493,\"uid\":0,\"gid\":0}}}"
+        )
+        .is_err());
     }
 
     #[test]
@@ -748,7 +758,10 @@ mod tests {
         let keys: Vec<&str> = t.walk().into_iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["etc", "etc/link", "etc/ssh", "etc/ssh/key.ww"]);
         assert_eq!(t.entry("etc/ssh/key.ww").unwrap().mode, 0o600);
-        assert_eq!(t.entry("etc/link").unwrap().kind, EntryKind::Symlink("ssh/key.ww".into()));
+        assert_eq!(
+            t.entry("etc/link").unwrap().kind,
+            EntryKind::Symlink("ssh/key.ww".into())
+        );
         std::os::unix::fs::symlink("../../outside", d.path().join("etc/bad")).unwrap();
         assert!(matches!(
             OverlayTree::from_dir(d.path(), false),

@@ -301,14 +301,27 @@ mod tests {
         // Two operators read version 5; the first write wins, the second must retry.
         apply(&mut s, 7, put("site1", "alice", Some(5))).unwrap();
         let e = apply(&mut s, 8, put("site1", "bob", Some(5))).unwrap_err();
-        assert!(matches!(e, CommandError::Conflict { expected: 5, actual: 7, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                CommandError::Conflict {
+                    expected: 5,
+                    actual: 7,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("retry"), "{e}");
         assert_eq!(s.overlays["site1"].value.site, Some(d("alice")));
         assert!(matches!(
             apply(&mut s, 9, put("nope", "x", Some(3))),
             Err(CommandError::NotFound { .. })
         ));
-        assert!(apply(&mut s, 10, put("../x", "x", None)).is_err(), "names are validated");
+        assert!(
+            apply(&mut s, 10, put("../x", "x", None)).is_err(),
+            "names are validated"
+        );
     }
 
     #[test]
@@ -324,9 +337,11 @@ mod tests {
                 cmd: Command::Init { name: "c".into() },
             },
         );
-        let mut node = model::NodeConf::default();
-        node.runtime_overlay = vec!["mine".into()];
-        node.system_overlay = vec!["wwinit".into()];
+        let node = model::NodeConf {
+            runtime_overlay: vec!["mine".into()],
+            system_overlay: vec!["wwinit".into()],
+            ..Default::default()
+        };
         let r = s.apply(
             5,
             &Request {
@@ -343,7 +358,10 @@ mod tests {
             expect: None,
         };
         let e = apply(&mut s, 6, del("mine")).unwrap_err();
-        assert!(matches!(&e, CommandError::InUse { users, .. } if users == "node n1"), "{e}");
+        assert!(
+            matches!(&e, CommandError::InUse { users, .. } if users == "node n1"),
+            "{e}"
+        );
         assert!(s.overlays.contains_key("mine"));
         // Only the site copy goes; the distribution overlay the node lists remains.
         apply(&mut s, 7, del("wwinit")).unwrap();

@@ -25,6 +25,7 @@ mod layering;
 mod names;
 mod oci;
 mod overlay_boot;
+mod overlays;
 mod procs;
 mod pxe;
 mod raft_golden;

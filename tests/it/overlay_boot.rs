@@ -135,7 +135,7 @@ async fn nodes_get_their_rendered_overlays_and_runtime_overlays_only_reach_their
 
     // An overlay change reaches the next build.
     let hostname = file("hostname.ww", "host {{ Id }}\n");
-    ok(&c, &["overlay", "import", "-o", "site1", &hostname, "/etc/hostname.ww"]).await;
+    ok(&c, &["overlay", "import", "--overwrite", "site1", &hostname, "/etc/hostname.ww"]).await;
     let http0 = c.cfgs[0].http_listen.clone();
     eventually(10, "the changed template is rendered", || {
         let http = http0.clone();

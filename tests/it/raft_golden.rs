@@ -304,8 +304,11 @@ fn requests() -> BTreeMap<String, Request> {
         (
             "overlay_register_distribution",
             Command::Overlay(OverlayCommand::RegisterDistribution {
-                set: [("hosts".to_string(), digest("hosts-tree")), ("wwinit".to_string(), digest("wwinit-tree"))]
-                    .into(),
+                set: [
+                    ("hosts".to_string(), digest("hosts-tree")),
+                    ("wwinit".to_string(), digest("wwinit-tree")),
+                ]
+                .into(),
                 now: NOW,
             }),
         ),
