@@ -151,7 +151,12 @@ impl BootOverlays {
     }
 
     /// Build (or find cached) `node`'s `kind` overlay archive.
-    pub fn build(&self, view: &BootView, node: &BootNode, kind: OverlayKind) -> Result<Arc<NodeArchive>, OverlayServeError> {
+    pub fn build(
+        &self,
+        view: &BootView,
+        node: &BootNode,
+        kind: OverlayKind,
+    ) -> Result<Arc<NodeArchive>, OverlayServeError> {
         let generation = self.generation(view);
         // Resolve every overlay first: a tree this head lacks is reported as such (the
         // caller fetches it from a peer), not as a build error.
@@ -166,7 +171,9 @@ impl BootOverlays {
             }
         }
         let resolve = |name: &str| compiled.get(name).cloned().map(Ok);
-        Ok(self.builder.build(&generation, &node.name, &node.conf, kind, &resolve)?)
+        Ok(self
+            .builder
+            .build(&generation, &node.name, &node.conf, kind, &resolve)?)
     }
 
     /// Drop cached builds of deleted nodes and trees no longer in the catalog.

@@ -289,16 +289,14 @@ impl TryFrom<HeadConfig> for Settings {
             ipxe_templates: Arc::new(ipxe_templates),
         })
     }
-}/// What overlay templates read as the head's settings: `boot.overlays.warewulf_conf`
+}
+/// What overlay templates read as the head's settings: `boot.overlays.warewulf_conf`
 /// (or Warewulf's defaults), with this head's HTTP port and secure mode, and its address
 /// on the first DHCP subnet when the file names none.
 fn server_conf(c: &HeadConfig, dhcp: &DhcpConfig) -> Result<crate::overlay::render::ServerConf, DaemonError> {
     let text = match &c.boot.overlays.warewulf_conf {
         Some(p) => std::fs::read_to_string(p).map_err(|e| {
-            DaemonError::Invalid(format!(
-                "boot.overlays.warewulf_conf: cannot read {}: {e}",
-                p.display()
-            ))
+            DaemonError::Invalid(format!("boot.overlays.warewulf_conf: cannot read {}: {e}", p.display()))
         })?,
         None => String::new(),
     };
@@ -317,5 +315,3 @@ fn server_conf(c: &HeadConfig, dhcp: &DhcpConfig) -> Result<crate::overlay::rend
     }
     Ok(server)
 }
-
-

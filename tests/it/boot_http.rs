@@ -335,20 +335,26 @@ async fn every_route_and_alias_answers() {
         assert_eq!(st, StatusCode::OK, "{path}");
         assert!(text(&body).contains(&format!("wwid={N1}")), "{path}");
     }
+    // This fixture has no overlay builder: system overlays are 404 saying so. Runtime
+    // overlays are refused before that: secure mode, and this client's port is not
+    // privileged.
     for path in [
         format!("/system/{N1}"),
-        format!("/runtime/{N1}?compress=gz"),
         format!("/overlay-system/{N1}"),
-        format!("/overlay-runtime/{N1}"),
         format!("/provision/{N1}?stage=system"),
     ] {
         let (st, _, body) = get(&b, &path).await;
         assert_eq!(st, StatusCode::NOT_FOUND, "{path}");
-        assert!(
-            text(&body).contains("overlays are not built"),
-            "{path}: {}",
-            text(&body)
-        );
+        assert!(text(&body).contains("serves no overlays"), "{path}: {}", text(&body));
+    }
+    for path in [
+        format!("/runtime/{N1}?compress=gz"),
+        format!("/overlay-runtime/{N1}"),
+        format!("/provision/{N1}?stage=runtime"),
+    ] {
+        let (st, _, body) = get(&b, &path).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{path}");
+        assert!(text(&body).contains("privileged port"), "{path}: {}", text(&body));
     }
     let (st, _, body) = get(&b, &format!("/provision/{N1}?stage=grub")).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
@@ -662,13 +668,12 @@ async fn curl_fetches_every_route() {
     assert_eq!(std::fs::read(f("old")).unwrap(), b.kernel13);
     assert_eq!(curl(&["-o", &f("efi"), &url("/efiboot/snponly.efi")]), "200");
     assert!(std::fs::read(f("efi")).unwrap() == b.efi);
-    for p in [format!("/system/{N1}"), format!("/runtime/{N1}")] {
-        assert_eq!(curl(&["-o", "/dev/null", &url(&p)]), "404", "{p}");
-    }
+    assert_eq!(curl(&["-o", "/dev/null", &url(&format!("/system/{N1}"))]), "404");
+    assert_eq!(curl(&["-o", "/dev/null", &url(&format!("/runtime/{N1}"))]), "403");
     assert_eq!(curl(&["-o", &f("status"), &url("/status")]), "200");
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(f("status")).unwrap()).unwrap();
     assert_eq!(doc["nodes"]["n1"]["stage"], "RUNTIME_OVERLAY");
-    assert_eq!(doc["nodes"]["n1"]["sent"], "NOT_FOUND");
+    assert_eq!(doc["nodes"]["n1"]["sent"], "FORBIDDEN");
     assert_eq!(b.addr.ip().to_string(), "127.0.0.1");
 }
 
@@ -747,7 +752,10 @@ async fn qemu_ipxe_boots_the_image_through_the_script() {
     assert_eq!(
         st.stage,
         Stage::RuntimeOverlay,
-        "the last request was the (missing) runtime overlay"
+        "the last request was the runtime overlay"
     );
-    assert_eq!(st.sent, "NOT_FOUND");
+    assert_eq!(
+        st.sent, "FORBIDDEN",
+        "iPXE cannot prove it is the node (no privileged port)"
+    );
 }

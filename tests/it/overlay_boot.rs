@@ -34,7 +34,8 @@ fn get_from(addr: &str, path: &str, local_port: u16) -> (u16, Vec<u8>) {
     let target: SocketAddr = addr.parse().unwrap();
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_reuse_address(true).unwrap();
-    sock.bind(&SocketAddr::from(([127, 0, 0, 1], local_port)).into()).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], local_port)).into())
+        .unwrap();
     sock.connect_timeout(&target.into(), Duration::from_secs(5)).unwrap();
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -135,7 +136,18 @@ async fn nodes_get_their_rendered_overlays_and_runtime_overlays_only_reach_their
 
     // An overlay change reaches the next build.
     let hostname = file("hostname.ww", "host {{ Id }}\n");
-    ok(&c, &["overlay", "import", "--overwrite", "site1", &hostname, "/etc/hostname.ww"]).await;
+    ok(
+        &c,
+        &[
+            "overlay",
+            "import",
+            "--overwrite",
+            "site1",
+            &hostname,
+            "/etc/hostname.ww",
+        ],
+    )
+    .await;
     let http0 = c.cfgs[0].http_listen.clone();
     eventually(10, "the changed template is rendered", || {
         let http = http0.clone();
@@ -158,7 +170,10 @@ async fn nodes_get_their_rendered_overlays_and_runtime_overlays_only_reach_their
     assert_eq!(st, 403, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("privileged port"));
     let status = ok(&c, &["node", "status", "n1"]).await;
-    assert!(status.contains("RUNTIME_OVERLAY") && status.contains("FORBIDDEN"), "{status}");
+    assert!(
+        status.contains("RUNTIME_OVERLAY") && status.contains("FORBIDDEN"),
+        "{status}"
+    );
 
     // ... and n2's runtime overlay never goes to 127.0.0.1, which is not n2's address;
     // the refusal is in n2's history, marked, and does not become its row.
@@ -171,7 +186,10 @@ async fn nodes_get_their_rendered_overlays_and_runtime_overlays_only_reach_their
     assert_eq!(st, 403);
     assert!(String::from_utf8_lossy(&body).contains("not an address of n2"));
     let hist = ok(&c, &["node", "status", "n2", "--history"]).await;
-    assert!(hist.contains("FORBIDDEN") && hist.contains("not from the node's address"), "{hist}");
+    assert!(
+        hist.contains("FORBIDDEN") && hist.contains("not from the node's address"),
+        "{hist}"
+    );
 
     // From a privileged port (root only), n1 gets its runtime overlay.
     if is_root() {
@@ -184,7 +202,10 @@ async fn nodes_get_their_rendered_overlays_and_runtime_overlays_only_reach_their
         assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
         assert_eq!(text(&unpack(&body)["etc/key"]), "secret of n1\n");
         let status = ok(&c, &["node", "status", "n1"]).await;
-        assert!(status.contains("RUNTIME_OVERLAY") && !status.contains("FORBIDDEN"), "{status}");
+        assert!(
+            status.contains("RUNTIME_OVERLAY") && !status.contains("FORBIDDEN"),
+            "{status}"
+        );
     } else {
         eprintln!("SKIP (part): a runtime overlay from a privileged port needs root");
     }

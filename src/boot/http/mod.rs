@@ -199,7 +199,11 @@ pub enum BootError {
     #[error("{kind} overlay for node {node}: this head serves no overlays (it was started without an overlay builder); the iPXE script boots without it")]
     NoOverlay { kind: &'static str, node: String },
     #[error("runtime overlay of node {node} refused to {client}: {why}")]
-    Forbidden { node: String, client: SocketAddr, why: String },
+    Forbidden {
+        node: String,
+        client: SocketAddr,
+        why: String,
+    },
     #[error("{kind} overlay for node {node}: {source}")]
     Overlay {
         kind: &'static str,
@@ -728,7 +732,10 @@ async fn serve(
                     source,
                 })?;
             let names = kind.names(&n.conf).join(",");
-            Ok((overlay_response(&built, headers), format!("{} overlay ({names})", kind.as_str())))
+            Ok((
+                overlay_response(&built, headers),
+                format!("{} overlay ({names})", kind.as_str()),
+            ))
         }
     }
 }
@@ -925,6 +932,6 @@ mod tests {
             kind: "system",
             node: "n1".into(),
         };
-        assert!(e.to_string().contains("not built by this version"), "{e}");
+        assert!(e.to_string().contains("serves no overlays"), "{e}");
     }
 }
