@@ -8,7 +8,7 @@
 //! | `/ipxe/{wwid}` | the node's iPXE script (template `ipxe template`, default `default`); an unknown MAC gets `unconfigured` |
 //! | `/kernel/{wwid}` | the image's kernel blob (or the `kernels` entry the node pins with `kernel.version`) |
 //! | `/image/{wwid}` (`/container/…`) | the image's `cpio.gz` artifact blob |
-//! | `/system/{wwid}`, `/runtime/{wwid}` (`/overlay-system/…`, `/overlay-runtime/…`) | overlays: not built yet (404 saying so; the scripts skip them) |
+//! | `/system/{wwid}`, `/runtime/{wwid}` (`/overlay-system/…`, `/overlay-runtime/…`) | the node's overlays rendered and packed (`boot::overlays`); runtime only to the node's address and, in secure mode, a privileged port (403 otherwise; the scripts skip what fails) |
 //! | `/provision/{wwid}?stage=…` | deprecated form of all of the above |
 //! | `/efiboot/{file}` | an iPXE binary for UEFI HTTP boot (DHCP's `http_boot_path`), from the iPXE directory TFTP serves |
 //! | `/status` | Warewulf's status JSON: every node's stage, sent, ipaddr, last seen |
