@@ -22,8 +22,14 @@ pub(crate) fn register(tera: &mut tera::Tera, access: Arc<dyn FileAccess>, polic
         let (a, p) = (access.clone(), policy.clone());
         tera.register_function("Include", move |kw: Kwargs, _: &State| -> TeraResult<String> {
             let path = kw.must_get::<&str>("path")?;
+            let optional = kw.get::<bool>("optional")?.unwrap_or(false);
             let full = p.host_path(path).map_err(err)?;
-            a.host_file(&full).map_err(err)
+            match a.host_file(&full) {
+                Err(AccessError::Io { source, .. }) if optional && source.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(String::new())
+                }
+                r => r.map_err(err),
+            }
         });
     }
     {
