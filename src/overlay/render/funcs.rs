@@ -10,7 +10,7 @@ use std::sync::Arc;
 use regex::Regex;
 use tera::{Kwargs, State, TeraResult, Value};
 
-use super::{image_path, marker, AccessPolicy, FileAccess};
+use super::{image_path, marker, AccessError, AccessPolicy, FileAccess};
 
 fn err(msg: impl ToString) -> tera::Error {
     tera::Error::message(msg)
@@ -22,8 +22,14 @@ pub(crate) fn register(tera: &mut tera::Tera, access: Arc<dyn FileAccess>, polic
         let (a, p) = (access.clone(), policy.clone());
         tera.register_function("Include", move |kw: Kwargs, _: &State| -> TeraResult<String> {
             let path = kw.must_get::<&str>("path")?;
+            let optional = kw.get::<bool>("optional")?.unwrap_or(false);
             let full = p.host_path(path).map_err(err)?;
-            a.host_file(&full).map_err(err)
+            match a.host_file(&full) {
+                Err(AccessError::Io { source, .. }) if optional && source.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(String::new())
+                }
+                r => r.map_err(err),
+            }
         });
     }
     {
@@ -32,8 +38,14 @@ pub(crate) fn register(tera: &mut tera::Tera, access: Arc<dyn FileAccess>, polic
             let path = kw.must_get::<&str>("path")?;
             let stop = kw.must_get::<&str>("abort")?;
             let full = p.host_path(path).map_err(err)?;
-            let text = a.host_file(&full).map_err(err)?;
-            Ok(include_block(&text, stop))
+            // A head without the file (a fresh /etc/hosts) gets just the generated block.
+            match a.host_file(&full) {
+                Ok(text) => Ok(include_block(&text, stop)),
+                Err(AccessError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(String::new())
+                }
+                Err(e) => Err(err(e)),
+            }
         });
     }
     {

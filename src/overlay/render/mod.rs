@@ -118,8 +118,9 @@ pub struct AccessPolicy {
 }
 
 impl Default for AccessPolicy {
-    /// Warewulf's config dir, the account files `syncuser` merges, root's SSH keys
-    /// (`ssh.authorized_keys`) and the zone link (`localtime`).
+    /// Warewulf's config dir, the account files `syncuser` merges, the head's `/etc/hosts`
+    /// (the `host` overlay keeps its top), root's SSH keys (`ssh.authorized_keys`) and the
+    /// zone link (`localtime`).
     fn default() -> Self {
         AccessPolicy {
             config_dir: "/etc/warewulf".into(),
@@ -127,6 +128,7 @@ impl Default for AccessPolicy {
                 "/etc/warewulf",
                 "/etc/passwd",
                 "/etc/group",
+                "/etc/hosts",
                 "/root/.ssh",
                 "/etc/localtime",
             ]

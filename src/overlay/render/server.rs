@@ -24,16 +24,22 @@ use super::RenderError;
 #[serde(default)]
 pub struct ServerConf {
     /// `ipaddr`: the head's address on the cluster network, optionally with `/prefix`.
+    #[serde(deserialize_with = "text")]
     pub ipaddr: String,
     /// `ipaddr6`: the head's IPv6 address, optionally with `/prefix`.
+    #[serde(deserialize_with = "text")]
     pub ipaddr6: String,
     /// `prefixlen6`: IPv6 prefix length when `ipaddr6` has none.
+    #[serde(deserialize_with = "text")]
     pub prefixlen6: String,
     /// `netmask`: the cluster network's mask (computed from `ipaddr`'s prefix when unset).
+    #[serde(deserialize_with = "text")]
     pub netmask: String,
     /// `network`: the cluster network's address (computed when unset).
+    #[serde(deserialize_with = "text")]
     pub network: String,
     /// `fqdn`: the head's name.
+    #[serde(deserialize_with = "text")]
     pub fqdn: String,
     /// `warewulf:` the service settings.
     pub warewulf: WarewulfSection,
@@ -74,6 +80,7 @@ pub struct WarewulfSection {
     #[serde(rename = "tls port")]
     pub tls_port: u16,
     /// `datastore`: where Warewulf keeps its data.
+    #[serde(deserialize_with = "text")]
     pub datastore: String,
 }
 
@@ -100,21 +107,22 @@ pub struct DhcpSection {
     /// `enabled` (true).
     pub enabled: bool,
     /// `template`: `default` (a range) or `static` (one host entry per node).
+    #[serde(deserialize_with = "text")]
     pub template: String,
     /// `range start`.
-    #[serde(rename = "range start")]
+    #[serde(rename = "range start", deserialize_with = "text")]
     pub range_start: String,
     /// `range end`.
-    #[serde(rename = "range end")]
+    #[serde(rename = "range end", deserialize_with = "text")]
     pub range_end: String,
     /// `range6 start`.
-    #[serde(rename = "range6 start")]
+    #[serde(rename = "range6 start", deserialize_with = "text")]
     pub range6_start: String,
     /// `range6 end`.
-    #[serde(rename = "range6 end")]
+    #[serde(rename = "range6 end", deserialize_with = "text")]
     pub range6_end: String,
     /// `systemd name` (dhcpd).
-    #[serde(rename = "systemd name")]
+    #[serde(rename = "systemd name", deserialize_with = "text")]
     pub systemd_name: String,
 }
 
@@ -139,9 +147,10 @@ pub struct TftpSection {
     /// `enabled` (true).
     pub enabled: bool,
     /// `tftproot` (/var/lib/tftpboot).
+    #[serde(deserialize_with = "text")]
     pub tftproot: String,
     /// `systemd name` (tftp).
-    #[serde(rename = "systemd name")]
+    #[serde(rename = "systemd name", deserialize_with = "text")]
     pub systemd_name: String,
     /// `ipxe`: DHCP client architecture (e.g. `00:07`) → iPXE binary.
     pub ipxe: BTreeMap<String, String>,
@@ -176,7 +185,7 @@ pub struct NfsSection {
     #[serde(rename = "export paths")]
     pub export_paths: Vec<NfsExport>,
     /// `systemd name` (nfsd).
-    #[serde(rename = "systemd name")]
+    #[serde(rename = "systemd name", deserialize_with = "text")]
     pub systemd_name: String,
 }
 
@@ -195,12 +204,13 @@ impl Default for NfsSection {
 #[serde(default)]
 pub struct NfsExport {
     /// `path`.
+    #[serde(deserialize_with = "text")]
     pub path: String,
     /// `export options` (rw,sync,no_subtree_check).
-    #[serde(rename = "export options")]
+    #[serde(rename = "export options", deserialize_with = "text")]
     pub export_options: String,
     /// `mount options` (defaults).
-    #[serde(rename = "mount options")]
+    #[serde(rename = "mount options", deserialize_with = "text")]
     pub mount_options: String,
     /// `mount`: nodes mount it (true).
     pub mount: bool,
@@ -239,30 +249,43 @@ impl Default for SshSection {
 #[serde(default)]
 pub struct PathsSection {
     /// `bindir` (/usr/bin).
+    #[serde(deserialize_with = "text")]
     pub bindir: String,
     /// `sysconfdir` (/etc).
+    #[serde(deserialize_with = "text")]
     pub sysconfdir: String,
     /// `localstatedir` (/var/lib).
+    #[serde(deserialize_with = "text")]
     pub localstatedir: String,
     /// `cachedir` (/var/cache).
+    #[serde(deserialize_with = "text")]
     pub cachedir: String,
     /// `ipxesource` (/usr/share/ipxe).
+    #[serde(deserialize_with = "text")]
     pub ipxesource: String,
     /// `srvdir` (/var/lib).
+    #[serde(deserialize_with = "text")]
     pub srvdir: String,
     /// `firewallddir` (/usr/lib/firewalld/services).
+    #[serde(deserialize_with = "text")]
     pub firewallddir: String,
     /// `systemddir` (/usr/lib/systemd/system).
+    #[serde(deserialize_with = "text")]
     pub systemddir: String,
     /// `datadir` (/usr/share).
+    #[serde(deserialize_with = "text")]
     pub datadir: String,
     /// `wwoverlaydir` (/var/lib/warewulf/overlays).
+    #[serde(deserialize_with = "text")]
     pub wwoverlaydir: String,
     /// `wwchrootdir` (/var/lib/warewulf/chroots).
+    #[serde(deserialize_with = "text")]
     pub wwchrootdir: String,
     /// `wwprovisiondir` (/var/lib/warewulf/provision).
+    #[serde(deserialize_with = "text")]
     pub wwprovisiondir: String,
     /// `wwclientdir` (/warewulf): where the node keeps wwclient and its config.
+    #[serde(deserialize_with = "text")]
     pub wwclientdir: String,
 }
 
@@ -417,6 +440,37 @@ pub(crate) fn cidr(addr: &str, netmask: &str) -> String {
         (Ok(a), Ok(m)) => format!("{a}/{}", prefix_of_mask(m)),
         _ => String::new(),
     }
+}
+
+/// A YAML scalar of any type as text (`prefixlen6: 64` is a number in YAML, a string in
+/// Warewulf's struct); `null` is "".
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string, number or boolean")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<String, E> {
+            Ok(String::new())
+        }
+    }
+    d.deserialize_any(V)
 }
 
 fn merge_yaml(dst: &mut serde_yaml_ng::Value, src: serde_yaml_ng::Value) {

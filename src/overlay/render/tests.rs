@@ -118,6 +118,14 @@ fn include_reads_config_dir_and_allowed_roots() {
     assert_eq!(one(r#"{{ Include(path="keys/k") }}"#), "KEY\n");
     assert_eq!(one(r#"{{ Include(path="/etc/passwd") }}"#), "root:x:0:0\n");
     assert_eq!(
+        one(r#"[{{ Include(path="/root/.ssh/none.pub", optional=true) }}]"#),
+        "[]"
+    );
+    let e = render(r#"{{ Include(path="/root/.ssh/none.pub") }}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("none.pub"), "{e}");
+    assert_eq!(
         one(r#"{{ IncludeFrom(image=ImageName, path="/etc/passwd") }}"#),
         "root:x:0:0:image\n"
     );
