@@ -212,13 +212,14 @@ impl Applier {
             match remove(&root, path, w) {
                 Ok(Removal::Removed) => report.removed += 1,
                 Ok(Removal::Gone) => {}
-                Ok(Removal::Kept(why)) => {
-                    // A directory still holding other files stays ours to remove later.
-                    if *w == Written::Dir && !entries.contains_key(path) {
+                // A directory still holding other files stays ours to remove later
+                // (silently: it would be logged every cycle).
+                Ok(Removal::NotEmpty) => {
+                    if !entries.contains_key(path) {
                         new.entries.insert(path.clone(), w.clone());
                     }
-                    report.kept.push(format!("{path}: {why}"));
                 }
+                Ok(Removal::Kept(why)) => report.kept.push(format!("{path}: {why}")),
                 Err(e) => {
                     new.entries.insert(path.clone(), w.clone());
                     report.errors.push(format!("{path}: cannot remove: {e}"));
@@ -473,6 +474,8 @@ enum Removal {
     Removed,
     /// Nothing there any more.
     Gone,
+    /// A directory wwclient made, still holding other files.
+    NotEmpty,
     /// Left in place, with why.
     Kept(String),
 }
@@ -521,7 +524,7 @@ fn remove(root: &OwnedFd, path: &str, w: &Written) -> io::Result<Removal> {
     match w {
         Written::Dir => match rustix::fs::unlinkat(&parent, base, AtFlags::REMOVEDIR) {
             Ok(()) => Ok(Removal::Removed),
-            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => Ok(Removal::Kept("directory not empty".into())),
+            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => Ok(Removal::NotEmpty),
             Err(e) => Err(io_err(e)),
         },
         _ => {
@@ -540,5 +543,158 @@ impl Write for HashSink<'_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn e(kind: EntryKind, mode: u32) -> Entry {
+        Entry {
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn file(data: &str, mode: u32) -> Entry {
+        e(EntryKind::File(data.as_bytes().to_vec()), mode)
+    }
+
+    fn tree(items: &[(&str, Entry)]) -> BTreeMap<String, Entry> {
+        items.iter().map(|(p, e)| (p.to_string(), e.clone())).collect()
+    }
+
+    #[test]
+    fn applies_files_dirs_symlinks_with_modes_then_removes_only_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let a = Applier::new(root);
+        let t1 = tree(&[
+            ("etc", e(EntryKind::Dir, 0o755)),
+            ("etc/hosts", file("h1\n", 0o644)),
+            ("etc/ssh/key", file("k", 0o600)),
+            ("etc/lt", e(EntryKind::Symlink("/usr/share/zoneinfo/UTC".into()), 0o777)),
+            ("srv", e(EntryKind::Dir, 0o750)),
+        ]);
+        let r = a.apply(&t1).unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(std::fs::read_to_string(root.join("etc/hosts")).unwrap(), "h1\n");
+        let mode = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("etc/ssh/key"), 0o600);
+        assert_eq!(mode("srv"), 0o750);
+        assert_eq!(mode("etc/ssh"), 0o755, "implicit parent");
+        assert_eq!(
+            std::fs::read_link(root.join("etc/lt")).unwrap(),
+            Path::new("/usr/share/zoneinfo/UTC")
+        );
+        // Same archive again: nothing rewritten.
+        let r = a.apply(&t1).unwrap();
+        assert_eq!((r.written, r.removed), (0, 0));
+        // A file the admin put there, and one wwclient wrote but someone changed since.
+        std::fs::write(root.join("etc/local.conf"), "mine").unwrap();
+        std::fs::write(root.join("srv/data"), "mine").unwrap();
+        let t2 = tree(&[("etc", e(EntryKind::Dir, 0o755)), ("etc/hosts", file("h2\n", 0o640))]);
+        std::fs::write(root.join("etc/ssh/key"), "edited").unwrap();
+        let r = a.apply(&t2).unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(std::fs::read_to_string(root.join("etc/hosts")).unwrap(), "h2\n");
+        assert_eq!(mode("etc/hosts"), 0o640);
+        assert!(!root.join("etc/lt").exists() && std::fs::symlink_metadata(root.join("etc/lt")).is_err());
+        assert_eq!(std::fs::read_to_string(root.join("etc/local.conf")).unwrap(), "mine");
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/ssh/key")).unwrap(),
+            "edited",
+            "changed since: kept"
+        );
+        assert!(
+            root.join("srv/data").exists(),
+            "srv is not empty: kept with its foreign file"
+        );
+        assert_eq!(r.kept.len(), 1, "{:?}", r.kept);
+        assert!(r.kept[0].starts_with("etc/ssh/key: changed since"), "{:?}", r.kept);
+        // Once srv is empty, the next apply removes the directory wwclient created.
+        std::fs::remove_file(root.join("srv/data")).unwrap();
+        a.apply(&t2).unwrap();
+        assert!(!root.join("srv").exists());
+        // No temporary files left behind.
+        let leftovers: Vec<_> = walk(root).into_iter().filter(|p| p.contains(".wwclient-")).collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    fn walk(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            out.push(e.path().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_symlink_planted_in_the_root_does_not_redirect_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(outside.join("passwd"), root.join("passwd")).unwrap();
+        let a = Applier::new(&root);
+        let r = a
+            .apply(&tree(&[("etc/hosts", file("x", 0o644)), ("passwd", file("p", 0o644))]))
+            .unwrap();
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert!(r.errors[0].contains("does not follow symlinks"), "{:?}", r.errors);
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing written outside"
+        );
+        // The planted symlink at a file's path is replaced, not written through.
+        let m = std::fs::symlink_metadata(root.join("passwd")).unwrap();
+        assert!(m.file_type().is_file());
+        assert_eq!(std::fs::read_to_string(root.join("passwd")).unwrap(), "p");
+    }
+
+    #[test]
+    fn owners_are_set_when_root() {
+        if !rustix::process::geteuid().is_root() {
+            println!("SKIP owners_are_set_when_root: not running as root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let mut f = file("x", 0o4750);
+        f.uid = 1234;
+        f.gid = 99;
+        let mut l = e(EntryKind::Symlink("x".into()), 0o777);
+        l.uid = 1234;
+        Applier::new(d.path()).apply(&tree(&[("su", f), ("l", l)])).unwrap();
+        let m = std::fs::metadata(d.path().join("su")).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (1234, 99, 0o4750),
+            "setuid kept after chown"
+        );
+        assert_eq!(std::fs::symlink_metadata(d.path().join("l")).unwrap().uid(), 1234);
+    }
+
+    #[test]
+    fn an_unreadable_manifest_removes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Applier::new(d.path());
+        a.apply(&tree(&[("a", file("1", 0o644))])).unwrap();
+        std::fs::write(d.path().join(MANIFEST_PATH), "not json").unwrap();
+        let r = a.apply(&tree(&[("b", file("2", 0o644))])).unwrap();
+        assert!(d.path().join("a").exists());
+        assert!(r.errors[0].contains("not a wwclient manifest"), "{:?}", r.errors);
+        // The new manifest is valid again.
+        assert_eq!(a.load_manifest().unwrap().entries.keys().collect::<Vec<_>>(), ["b"]);
     }
 }
