@@ -29,3 +29,4 @@ mod pxe;
 mod raft_golden;
 mod raft_ops;
 mod tftp;
+mod wwclient;
