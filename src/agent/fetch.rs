@@ -341,3 +341,91 @@ fn read_chunked<R: BufRead>(r: &mut R, limit: u64, strict: bool) -> Result<Vec<u
         read_line(r).map_err(BodyError::Io)?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A one-connection server that reads the request head and then writes `parts`,
+    /// pausing `gap` between them.
+    fn serve(parts: Vec<Vec<u8>>, gap: Duration) -> Head {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&b[..n]),
+                }
+            }
+            for p in parts {
+                if c.write_all(&p).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        });
+        Head::parse(&format!("http://127.0.0.1:{port}")).unwrap()
+    }
+
+    fn get1(h: &Head, timeout: Duration) -> Result<Response, FetchError> {
+        get(h, "/runtime/x", false, timeout, 1 << 20)
+    }
+
+    #[test]
+    fn chunked_and_sized_bodies() {
+        let h = serve(
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n".to_vec()],
+            Duration::ZERO,
+        );
+        assert_eq!(get1(&h, Duration::from_secs(5)).unwrap().body, b"abcde");
+        let h = serve(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz".to_vec()],
+            Duration::ZERO,
+        );
+        assert_eq!(get1(&h, Duration::from_secs(5)).unwrap().body, b"xyz");
+        // A body cut short is an error, not a short archive.
+        let h = serve(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nxyz".to_vec()],
+            Duration::ZERO,
+        );
+        let err = get1(&h, Duration::from_secs(5)).unwrap_err().to_string();
+        assert!(err.contains("body ended after 3 of 9 bytes"), "{err}");
+    }
+
+    #[test]
+    fn an_error_status_carries_the_heads_message() {
+        let h = serve(
+            vec![b"HTTP/1.1 403 Forbidden\r\nContent-Length: 26\r\n\r\nnot from a privileged port".to_vec()],
+            Duration::ZERO,
+        );
+        let err = get1(&h, Duration::from_secs(5)).unwrap_err().to_string();
+        assert_eq!(err, "answered 403: not from a privileged port");
+    }
+
+    #[test]
+    fn a_trickling_head_is_given_up_at_the_deadline() {
+        let mut parts = vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec()];
+        parts.extend((0..100).map(|_| b"x".to_vec()));
+        let h = serve(parts, Duration::from_millis(100));
+        let t = Instant::now();
+        let err = get1(&h, Duration::from_millis(700)).unwrap_err();
+        assert!(matches!(err, FetchError::Deadline(_)), "{err}");
+        assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn an_oversized_body_is_refused() {
+        let h = serve(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\n\r\n".to_vec()],
+            Duration::ZERO,
+        );
+        assert!(matches!(get1(&h, Duration::from_secs(5)), Err(FetchError::TooLarge(_))));
+    }
+}

@@ -112,18 +112,28 @@ struct LogLimiter {
 
 impl LogLimiter {
     fn failed(&mut self, head: &str, why: &str) {
+        if let Some(l) = self.line(head, &format!("head {head} failed: {why}")) {
+            eprintln!("wwclient: {l}");
+        }
+    }
+
+    /// The line to print for `key` now: `line` unless the same line for `key` was
+    /// printed less than [`LOG_EVERY`] ago (then None, and it is counted).
+    fn line(&mut self, key: &str, line: &str) -> Option<String> {
         let now = Instant::now();
-        match self.last.get_mut(head) {
-            Some((w, at, held)) if w == why && now.duration_since(*at) < LOG_EVERY => *held += 1,
+        match self.last.get_mut(key) {
+            Some((last, at, held)) if last == line && now.duration_since(*at) < LOG_EVERY => {
+                *held += 1;
+                None
+            }
             slot => {
                 let held = slot.map(|s| s.2).unwrap_or(0);
-                let more = if held > 0 {
-                    format!(" ({held} more failures since the last line)")
+                self.last.insert(key.to_owned(), (line.to_owned(), now, 0));
+                Some(if held > 0 {
+                    format!("{line} ({held} more like it since the last line)")
                 } else {
-                    String::new()
-                };
-                eprintln!("wwclient: head {head} failed: {why}{more}");
-                self.last.insert(head.to_owned(), (why.to_owned(), now, 0));
+                    line.to_owned()
+                })
             }
         }
     }
@@ -202,9 +212,12 @@ pub fn run(o: &Options) -> Result<(), AgentError> {
     );
     loop {
         if let Err(e) = cycle(&cfg, &path, &applier, &mut log, false) {
-            // Per-head reasons are already logged (rate-limited); apply errors are not.
+            // Per-head reasons are already logged; apply errors (a path that cannot be
+            // written stays so every cycle) once per reason and LOG_EVERY too.
             if let AgentError::Apply { .. } = e {
-                eprintln!("wwclient: {e}");
+                if let Some(l) = log.line("(apply)", &e.to_string()) {
+                    eprintln!("wwclient: {l}");
+                }
             }
         }
         match wake.recv_timeout(cfg.interval) {
@@ -247,4 +260,39 @@ fn hangups() -> Result<mpsc::Receiver<()>, AgentError> {
         })
         .map_err(AgentError::Signal)?;
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_lines_are_rate_limited_per_key_and_reason() {
+        let mut l = LogLimiter::default();
+        assert_eq!(l.line("h1", "down").as_deref(), Some("down"));
+        assert_eq!(l.line("h1", "down"), None);
+        assert_eq!(l.line("h1", "down"), None);
+        assert_eq!(l.line("h2", "down").as_deref(), Some("down"), "another head");
+        assert_eq!(
+            l.line("h1", "hung").as_deref(),
+            Some("hung (2 more like it since the last line)"),
+            "a new reason is printed at once"
+        );
+        // Once LOG_EVERY has passed, the same reason is printed again.
+        l.last.get_mut("h1").unwrap().1 = Instant::now() - LOG_EVERY;
+        assert_eq!(l.line("h1", "hung").as_deref(), Some("hung"));
+    }
+
+    #[test]
+    fn the_request_names_the_node_and_carries_the_asset_key() {
+        let cfg = Config {
+            assetkey: Some("a&b c".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            request_path("aa:bb:cc:dd:ee:ff", &cfg, Some("u-1")),
+            "/runtime/aa:bb:cc:dd:ee:ff?compress=gz&assetkey=a%26b%20c&uuid=u-1"
+        );
+        assert_eq!(request_path("x", &Config::default(), None), "/runtime/x?compress=gz");
+    }
 }
