@@ -32,3 +32,4 @@ mod pxe;
 mod raft_golden;
 mod raft_ops;
 mod tftp;
+mod wwclient;
