@@ -42,13 +42,25 @@ fn embed_overlays() -> Result<(), Box<dyn std::error::Error>> {
             let name = utf8(&dir, dir.file_name().expect("named"))?;
             writeln!(out, "    EmbeddedOverlay {{ name: {name:?}, entries: &[")?;
             let root = dir.join("rootfs");
+            let mut modes = read_modes(&dir)?;
             if root.is_dir() {
                 let mut entries = Vec::new();
                 walk(&root, &root, &mut entries)?;
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
-                for (_, line) in entries {
+                for (rel, line) in entries {
+                    let line = match modes.remove(&rel) {
+                        // The generated line ends in `mode: 0o644 }`: replace the mode.
+                        Some(m) => match line.rsplit_once("mode: ") {
+                            Some((head, _)) => format!("{head}mode: 0o{m:o} }}"),
+                            None => line,
+                        },
+                        None => line,
+                    };
                     writeln!(out, "        {line},")?;
                 }
+            }
+            if let Some(p) = modes.keys().next() {
+                return Err(format!("{}/modes names {p}, which is not in the overlay", dir.display()).into());
             }
             writeln!(out, "    ] }},")?;
         }
@@ -56,6 +68,32 @@ fn embed_overlays() -> Result<(), Box<dyn std::error::Error>> {
     out.push_str("]\n");
     std::fs::write(PathBuf::from(std::env::var("OUT_DIR")?).join("overlays.rs"), out)?;
     Ok(())
+}
+
+/// `cluster/overlays/<name>/modes`: permission modes git cannot keep (it stores only
+/// 0644 and 0755), one `MODE PATH` per line (`0600 warewulf/config.ww`), `#` comments.
+/// Files that hold secrets (keys, the IPMI password) are listed there as 0600.
+fn read_modes(dir: &Path) -> Result<std::collections::BTreeMap<String, u32>, Box<dyn std::error::Error>> {
+    let f = dir.join("modes");
+    let mut modes = std::collections::BTreeMap::new();
+    if !f.is_file() {
+        return Ok(modes);
+    }
+    for (n, line) in std::fs::read_to_string(&f)?.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (mode, path) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("{}:{}: expected `MODE PATH`", f.display(), n + 1))?;
+        let mode = u32::from_str_radix(mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| format!("{}:{}: {mode:?} is not an octal mode", f.display(), n + 1))?;
+        modes.insert(path.trim().trim_start_matches('/').to_string(), mode);
+    }
+    Ok(modes)
 }
 
 fn utf8(p: &Path, s: &std::ffi::OsStr) -> Result<String, Box<dyn std::error::Error>> {

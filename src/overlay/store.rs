@@ -581,6 +581,20 @@ mod tests {
     }
 
     #[test]
+    fn secrets_of_the_distribution_set_are_root_only() {
+        // `cluster/overlays/<name>/modes` sets what git cannot keep.
+        let set = distribution().unwrap();
+        let mode = |o: &str, p: &str| set[o].entries[p].mode;
+        assert_eq!(mode("ssh.host_keys", "etc/ssh/ssh_host_ed25519_key.ww"), 0o600);
+        assert_eq!(mode("ssh.host_keys", "etc/ssh/ssh_host_ed25519_key.pub.ww"), 0o644);
+        assert_eq!(
+            mode("wwinit", "warewulf/config.ww"),
+            0o600,
+            "it holds the IPMI password"
+        );
+    }
+
+    #[test]
     fn changes_travel_as_json_and_apply_to_operator_paths() {
         let c = Change::PutFile {
             path: "/etc/motd".into(),
