@@ -40,6 +40,8 @@ pub enum OverlayServeError {
 
 /// Builds and caches the overlay archives this head serves.
 pub struct BootOverlays {
+    /// This head (its own address goes first in `Heads`).
+    head_id: u64,
     builder: Builder,
     cas: Cas,
     server: ServerConf,
@@ -63,8 +65,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl BootOverlays {
     /// `server`: the head's settings as templates see them (warewulf.conf's form).
-    pub fn new(cas: Cas, server: ServerConf, access: Arc<dyn FileAccess>, policy: AccessPolicy) -> BootOverlays {
+    pub fn new(
+        head_id: u64,
+        cas: Cas,
+        server: ServerConf,
+        access: Arc<dyn FileAccess>,
+        policy: AccessPolicy,
+    ) -> BootOverlays {
         BootOverlays {
+            head_id,
             builder: Builder::new(access, policy),
             cas,
             server,
@@ -81,20 +90,30 @@ impl BootOverlays {
         &self.server
     }
 
-    /// The shared template data for `view`'s nodes (made once per node set).
+    /// The shared template data for `view`'s nodes (made once per node set and head
+    /// list). Besides Warewulf's variables every node gets `Heads`: the base URLs of
+    /// the heads (this one first, at its address in `ipaddr`), which `wwclient`'s
+    /// config lists.
     pub fn generation(&self, view: &BootView) -> Arc<Generation> {
+        let ip = self.server.derived().ipaddr;
+        let me = (!ip.is_empty()).then(|| format!("{ip}:{}", self.server.warewulf.port));
+        let heads = view.head_urls(self.head_id, me.as_deref());
+        let mut key = view.nodes_version.0.to_vec();
+        key.extend(heads.join("\n").bytes());
+        let key = Digest::of(&key);
         let mut g = lock(&self.generation);
         if let Some((v, gen)) = g.as_ref() {
-            if *v == view.nodes_version {
+            if *v == key {
                 return gen.clone();
             }
         }
-        let gen = Arc::new(Generation::new(
+        let gen = Arc::new(Generation::with_vars(
             &self.server,
             view.nodes.iter().map(|(n, b)| (n.as_str(), &b.conf)),
             &BuildInfo::now(),
+            vec![("Heads".to_owned(), serde_json::json!(heads))],
         ));
-        *g = Some((view.nodes_version, gen.clone()));
+        *g = Some((key, gen.clone()));
         gen
     }
 

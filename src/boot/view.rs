@@ -173,6 +173,44 @@ impl BootView {
         known.then_some(false)
     }
 
+    /// Base URLs of every head for a node (iPXE scripts, `wwclient`'s config): `host`
+    /// first — the address the node reached this head at, so one it can reach — else
+    /// head `me`'s registered one, then the others in id order. Heads registered under
+    /// a wildcard address are skipped.
+    pub fn head_urls(&self, me: u64, host: Option<&str>) -> Vec<String> {
+        let view = self;
+        let base = |a: &str| {
+            if a.contains("://") {
+                a.trim_end_matches('/').to_owned()
+            } else {
+                format!("http://{a}")
+            }
+        };
+        let reachable = |a: &str| {
+            let host = a.split_once("://").map(|(_, r)| r).unwrap_or(a);
+            match host.parse::<std::net::SocketAddr>() {
+                Ok(sa) => !sa.ip().is_unspecified(),
+                Err(_) => !host.is_empty(),
+            }
+        };
+        let mut out: Vec<String> = Vec::new();
+        match host {
+            Some(h) => out.push(base(h)),
+            None => {
+                if let Some(h) = view.heads.get(&me).filter(|h| reachable(&h.http)) {
+                    out.push(base(&h.http));
+                }
+            }
+        }
+        for (id, h) in &view.heads {
+            let url = base(&h.http);
+            if *id != me && reachable(&h.http) && !out.contains(&url) {
+                out.push(url);
+            }
+        }
+        out
+    }
+
     /// The image a node boots, if it names one that exists.
     pub fn image_of(&self, node: &BootNode) -> Option<&ImageEntry> {
         node.conf.image_name.as_deref().and_then(|i| self.images.get(i))
@@ -232,6 +270,33 @@ pub fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_urls_put_the_answering_head_first_and_skip_wildcards() {
+        use crate::state::HeadInfo;
+        let mut v = BootView::default();
+        for (id, http) in [
+            (1, "10.0.0.1:9870"),
+            (2, "10.0.0.2:9870"),
+            (3, "0.0.0.0:9870"),
+            (4, "http://h4:80/"),
+        ] {
+            v.heads.insert(id, HeadInfo { http: http.into() });
+        }
+        assert_eq!(
+            v.head_urls(2, Some("wulf2:9870")),
+            ["http://wulf2:9870", "http://10.0.0.1:9870", "http://h4:80"]
+        );
+        assert_eq!(
+            v.head_urls(2, None),
+            ["http://10.0.0.2:9870", "http://10.0.0.1:9870", "http://h4:80"]
+        );
+        assert_eq!(
+            v.head_urls(1, Some("10.0.0.1:9870")).len(),
+            3,
+            "no duplicate of this head"
+        );
+    }
     use crate::state::{Command, Request};
 
     fn state() -> State {

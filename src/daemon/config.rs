@@ -100,6 +100,10 @@ pub struct OverlaysConfig {
     /// directory; only Warewulf's config dir, the account files, root's SSH keys and the
     /// zone link are readable under it).
     pub host_root: PathBuf,
+    /// The `wwclient` binary the `wwclient` overlay installs on nodes as
+    /// `/warewulf/wwclient` (a static build: `.ci/run` shows how). Unset: `wwclient`
+    /// beside the running `wulfd`, if there is one.
+    pub wwclient: Option<PathBuf>,
 }
 
 impl Default for OverlaysConfig {
@@ -108,6 +112,7 @@ impl Default for OverlaysConfig {
             enabled: true,
             warewulf_conf: None,
             host_root: PathBuf::from("/"),
+            wwclient: None,
         }
     }
 }
@@ -199,6 +204,8 @@ pub struct Settings {
     pub secure: bool,
     /// Overlay builds, when enabled: the settings templates read, and the host root.
     pub overlays: Option<(crate::overlay::render::ServerConf, PathBuf)>,
+    /// The `wwclient` binary to ship in the `wwclient` overlay (see `OverlaysConfig`).
+    pub wwclient: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -261,7 +268,21 @@ impl TryFrom<HeadConfig> for Settings {
         } else {
             None
         };
+        let wwclient = match &c.boot.overlays.wwclient {
+            Some(p) if !p.is_file() => {
+                return Err(DaemonError::Invalid(format!(
+                    "boot.overlays.wwclient: {} is not a file; build it (cargo build --release --target x86_64-unknown-linux-musl --bin wwclient) or unset it",
+                    p.display()
+                )))
+            }
+            Some(p) => Some(p.clone()),
+            None => std::env::current_exe()
+                .ok()
+                .map(|e| e.with_file_name("wwclient"))
+                .filter(|p| p.is_file()),
+        };
         Ok(Settings {
+            wwclient,
             secure: c.boot.http.secure,
             overlays,
             advertise: c.advertise_addr(),

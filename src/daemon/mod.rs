@@ -202,7 +202,7 @@ impl Head {
         start_tftp(&cfg, &stop);
         start_dhcp(&cfg, &parts, &stop);
         register(cluster.clone(), cfg.http_advertise.clone(), stop.clone());
-        register_overlays(overlays, stop.clone());
+        register_overlays(overlays, cfg.wwclient.clone(), stop.clone());
         if let Some((every, grace)) = cfg.gc {
             gc_loop(parts.clone(), every, grace, stop);
         }
@@ -274,6 +274,7 @@ fn boot_http_state(cfg: &Settings, cas: &Cas, view: &ViewRx, status: &Arc<Status
             images_dir: cfg.data_dir.join("image-trees"),
         });
         let overlays = Arc::new(crate::boot::overlays::BootOverlays::new(
+            cfg.id,
             cas.clone(),
             server.clone(),
             access,
@@ -390,9 +391,9 @@ fn register(cluster: Cluster, http: String, stop: CancellationToken) {
 /// Store the distribution overlays compiled into this binary in the CAS and register
 /// them in the catalog where it differs (like the cluster name's `Init`, in the
 /// background, retrying until the head is part of a cluster with a leader).
-fn register_overlays(overlays: Overlays, stop: CancellationToken) {
+fn register_overlays(overlays: Overlays, wwclient: Option<PathBuf>, stop: CancellationToken) {
     tokio::spawn(async move {
-        let set = match crate::overlay::store::distribution() {
+        let mut set = match crate::overlay::store::distribution() {
             Ok(s) => s,
             Err(e) => {
                 // A build with a broken distribution overlay: serve the rest.
@@ -400,6 +401,20 @@ fn register_overlays(overlays: Overlays, stop: CancellationToken) {
                 return;
             }
         };
+        // The node agent travels in the `wwclient` overlay, as in Warewulf.
+        if let Some(t) = set.get_mut("wwclient") {
+            match wwclient.as_deref().map(|p| (p, std::fs::read(p))) {
+                Some((_, Ok(bin))) => {
+                    if let Err(e) = t.put_file("warewulf/wwclient", bin, Some(0o755), None, true, true) {
+                        tracing::error!("the wwclient binary cannot go into the wwclient overlay: {e}");
+                    }
+                }
+                Some((p, Err(e))) => tracing::error!("cannot read the wwclient binary {}: {e}", p.display()),
+                None => tracing::warn!(
+                    "no wwclient binary beside wulfd and none in boot.overlays.wwclient: the wwclient overlay ships without it, so nodes will not refresh their runtime overlays"
+                ),
+            }
+        }
         // Bounded: one attempt every 2 s for a day, or until shutdown.
         let changed = crate::boot::retry::RetryEvery::new(Duration::from_secs(2))
             .at_most(43_200)

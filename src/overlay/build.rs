@@ -185,6 +185,9 @@ impl Compiled {
 /// (settings, `AllNodes`) and the digests that key builds. Make one per boot view.
 pub struct Generation {
     data: BuildData,
+    /// Variables every node gets besides Warewulf's (e.g. `Heads`).
+    extra: Vec<(String, tera::Value)>,
+    /// The head's settings and `extra`.
     server: Digest,
     /// Every node's merged fields, by name.
     node_digests: HashMap<String, Digest>,
@@ -212,6 +215,17 @@ impl Generation {
         nodes: impl IntoIterator<Item = (&'a str, &'a NodeConf)> + Clone,
         build: &BuildInfo,
     ) -> Generation {
+        Self::with_vars(server, nodes, build, Vec::new())
+    }
+
+    /// [`Generation::new`] with more variables for every node (wulfpack's own, such as
+    /// `Heads`, the heads' base URLs that `wwclient`'s config lists).
+    pub fn with_vars<'a>(
+        server: &ServerConf,
+        nodes: impl IntoIterator<Item = (&'a str, &'a NodeConf)> + Clone,
+        build: &BuildInfo,
+        extra: Vec<(String, serde_json::Value)>,
+    ) -> Generation {
         let data = BuildData::new(server, nodes.clone(), build);
         let mut node_digests = HashMap::new();
         let mut all = Sha256::new();
@@ -224,9 +238,17 @@ impl Generation {
             all.update(d.0);
             node_digests.insert(name.to_owned(), d);
         }
+        let server = json_digest(&(server, &extra));
         Generation {
             data,
-            server: json_digest(server),
+            extra: extra
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = tera::Value::from_serializable(&v);
+                    (k, v)
+                })
+                .collect(),
+            server,
             node_digests,
             all_nodes: Digest(all.finalize().into()),
         }
@@ -234,7 +256,11 @@ impl Generation {
 
     /// Template data for one node (`overlay show --render`).
     pub fn node_data(&self, name: &str, conf: Option<&NodeConf>) -> super::render::NodeData {
-        self.data.node(name, conf)
+        let mut d = self.data.node(name, conf);
+        for (k, v) in &self.extra {
+            d.set(k, v);
+        }
+        d
     }
 }
 
@@ -500,7 +526,7 @@ impl Builder {
     ) -> Result<NodeArchive, BuildError> {
         let shared = self.shared_part(list)?;
         let known = g.node_digests.contains_key(name);
-        let mut data = g.data.node(name, if known { None } else { Some(conf) });
+        let mut data = g.node_data(name, if known { None } else { Some(conf) });
         let mut rendered: BTreeMap<String, Entry> = BTreeMap::new();
         for c in list {
             for path in &c.template_paths {

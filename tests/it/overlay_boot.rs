@@ -93,7 +93,7 @@ async fn nodes_get_their_rendered_overlays_and_runtime_overlays_only_reach_their
                 "--ipaddr",
                 ip,
                 "--system-overlays",
-                "site1",
+                "site1,wwclient",
                 "--runtime-overlays",
                 "site1",
             ],
@@ -124,6 +124,13 @@ async fn nodes_get_their_rendered_overlays_and_runtime_overlays_only_reach_their
         assert_eq!(text(&files["etc/key"]), "secret of n1\n");
         assert_eq!(files["etc/key"].mode, 0o600, "a secret keeps its template's mode");
         assert_eq!(text(&files["etc/motd"]), "plain file\n");
+        // The shipped wwclient overlay: its config lists every head, the serving one
+        // first, and is what the agent parses.
+        let conf = &files["etc/warewulf/wwclient.conf"];
+        assert_eq!(conf.mode, 0o600);
+        let parsed = wulfpack::agent::config::Config::parse(&text(conf)).expect("wwclient accepts its config");
+        assert_eq!(parsed.heads.len(), 3, "{}", text(conf));
+        assert!(parsed.secure, "secure mode is the default");
     }
     let (st, body) = tokio::task::spawn_blocking({
         let http = c.cfgs[0].http_listen.clone();

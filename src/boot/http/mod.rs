@@ -424,42 +424,6 @@ fn primary_mac(n: &BootNode) -> Option<String> {
         .find_map(|d| d.hwaddr.as_deref().and_then(|h| model::normalize_mac(h).ok()))
 }
 
-/// Base URLs of every head for the scripts: the one this request reached first
-/// (as the client named it, so it is an address the node can reach), then the
-/// others in id order. Heads registered under a wildcard address are skipped.
-fn head_urls(view: &BootView, me: u64, host: Option<&str>) -> Vec<String> {
-    let base = |a: &str| {
-        if a.contains("://") {
-            a.trim_end_matches('/').to_owned()
-        } else {
-            format!("http://{a}")
-        }
-    };
-    let reachable = |a: &str| {
-        let host = a.split_once("://").map(|(_, r)| r).unwrap_or(a);
-        match host.parse::<SocketAddr>() {
-            Ok(sa) => !sa.ip().is_unspecified(),
-            Err(_) => !host.is_empty(),
-        }
-    };
-    let mut out: Vec<String> = Vec::new();
-    match host {
-        Some(h) => out.push(base(h)),
-        None => {
-            if let Some(h) = view.heads.get(&me).filter(|h| reachable(&h.http)) {
-                out.push(base(&h.http));
-            }
-        }
-    }
-    for (id, h) in &view.heads {
-        let url = base(&h.http);
-        if *id != me && reachable(&h.http) && !out.contains(&url) {
-            out.push(url);
-        }
-    }
-    out
-}
-
 /// Record a boot event on the status board; a request from an address that is not the
 /// node's goes only into its history (see `boot::status`).
 fn record(s: &Shared, view: &BootView, n: &BootNode, stage: Stage, sent: &str, r: &BootRequest) {
@@ -639,7 +603,7 @@ async fn serve(
                     compress: c.clone(),
                 });
             }
-            let heads = head_urls(view, s.boot.head_id, host);
+            let heads = view.head_urls(s.boot.head_id, host);
             let (name, ctx) = match node {
                 None => (
                     UNCONFIGURED_TEMPLATE.to_owned(),
@@ -890,33 +854,6 @@ mod tests {
         assert_eq!(BootStage::parse("overlay-runtime"), Some(BootStage::Runtime));
         assert_eq!(BootStage::parse("provision"), Some(BootStage::Ipxe));
         assert_eq!(BootStage::parse("grub"), None);
-    }
-
-    #[test]
-    fn head_urls_put_the_answering_head_first_and_skip_wildcards() {
-        use crate::state::HeadInfo;
-        let mut v = BootView::default();
-        for (id, http) in [
-            (1, "10.0.0.1:9870"),
-            (2, "10.0.0.2:9870"),
-            (3, "0.0.0.0:9870"),
-            (4, "http://h4:80/"),
-        ] {
-            v.heads.insert(id, HeadInfo { http: http.into() });
-        }
-        assert_eq!(
-            head_urls(&v, 2, Some("wulf2:9870")),
-            ["http://wulf2:9870", "http://10.0.0.1:9870", "http://h4:80"]
-        );
-        assert_eq!(
-            head_urls(&v, 2, None),
-            ["http://10.0.0.2:9870", "http://10.0.0.1:9870", "http://h4:80"]
-        );
-        assert_eq!(
-            head_urls(&v, 1, Some("10.0.0.1:9870")).len(),
-            3,
-            "no duplicate of this head"
-        );
     }
 
     #[test]
