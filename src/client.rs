@@ -100,6 +100,9 @@ enum Spread {
     Hedged,
     /// Not to be started twice (streams): a slow head is abandoned for the next.
     OneAtATime,
+    /// Long work that another head would only repeat (`overlay build`): one head at a
+    /// time, each given all the time left; the next only after a refusal.
+    Whole,
 }
 
 impl Client {
@@ -179,7 +182,7 @@ impl Client {
                 started += 1;
                 let left = deadline - now;
                 let budget = match spread {
-                    Spread::Hedged => left,
+                    Spread::Hedged | Spread::Whole => left,
                     Spread::OneAtATime => left.min(STREAM_ATTEMPT),
                 };
                 let c = AdminClient::new(self.heads[i].1.clone()).max_decoding_message_size(usize::MAX);
@@ -355,6 +358,35 @@ impl Client {
         self.retry(Spread::Hedged, |mut c, t| {
             let (name, path) = (name.to_string(), path.to_string());
             async move { c.overlay_file(timed(pb::OverlayFileRequest { name, path }, t)).await }
+        })
+        .await
+    }
+
+    /// Render one template of an overlay for a node, on the head that answers.
+    pub async fn overlay_render(
+        &self,
+        name: &str,
+        path: &str,
+        node: &str,
+    ) -> Result<Vec<pb::RenderedFile>, ClientError> {
+        let r = self
+            .retry(Spread::Hedged, |mut c, t| {
+                let (name, path, node) = (name.to_string(), path.to_string(), node.to_string());
+                async move {
+                    c.overlay_render(timed(pb::OverlayRenderRequest { name, path, node }, t))
+                        .await
+                }
+            })
+            .await?;
+        Ok(r.files)
+    }
+
+    /// Build nodes' overlays (all when `nodes` is empty) into one head's cache. Not
+    /// hedged: a second head would only build the same again.
+    pub async fn overlay_build(&self, nodes: Vec<String>) -> Result<pb::OverlayBuildReply, ClientError> {
+        self.retry(Spread::Whole, |mut c, t| {
+            let nodes = nodes.clone();
+            async move { c.overlay_build(timed(pb::OverlayBuildRequest { nodes }, t)).await }
         })
         .await
     }

@@ -41,6 +41,10 @@ pub struct Services {
     pub overlays: Overlays,
     /// Per-node boot status as this head saw it.
     pub status: Arc<StatusBoard>,
+    /// This head's boot view (what `overlay show --render` and `overlay build` read).
+    pub view: crate::boot::view::ViewRx,
+    /// This head's overlay builder (None: overlays are off on this head).
+    pub boot_overlays: Option<Arc<crate::boot::overlays::BootOverlays>>,
 }
 
 /// A service that answers `Unavailable` until its head is ready to serve it.
@@ -332,6 +336,82 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn overlay_render(
+        &self,
+        req: GrpcRequest<pb::OverlayRenderRequest>,
+    ) -> Result<Response<pb::OverlayRenderReply>, Status> {
+        let s = self.gate.get()?;
+        let r = req.into_inner();
+        let ov = s.boot_overlays.clone().ok_or_else(overlays_off)?;
+        // The overlay as of the latest write (linearizable); nodes from this head's view.
+        let (entry, tree) = s.overlays.get(&r.name).await.map_err(|e| status(&e))?;
+        let digest = entry
+            .value
+            .effective()
+            .ok_or_else(|| Status::not_found(format!("overlay {} has no tree", r.name)))?;
+        let path = tree::normalize(&r.path).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let view = s.view.borrow().clone();
+        let files = tokio::task::spawn_blocking(move || {
+            let compiled = ov.builder().compiled(&r.name, digest, || tree)?;
+            if !compiled.tree.entries.contains_key(&path) {
+                return Err(crate::overlay::build::BuildError::Render(
+                    crate::overlay::render::RenderError::Unknown {
+                        overlay: r.name.clone(),
+                        file: format!("/{path}"),
+                    },
+                ));
+            }
+            let g = ov.generation(&view);
+            let conf = view.nodes.get(&r.node).map(|n| n.conf.clone());
+            // Warewulf renders a node that does not exist as a new, empty one.
+            let mut data = g.node_data(&r.node, conf.as_ref());
+            Ok(compiled.render(&path, &mut data)?)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::OverlayRenderReply {
+            files: files
+                .into_iter()
+                .map(|f| pb::RenderedFile {
+                    name: f.name,
+                    backup: f.backup,
+                    write: f.write,
+                    symlink: f.symlink,
+                    content: f.content,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn overlay_build(
+        &self,
+        req: GrpcRequest<pb::OverlayBuildRequest>,
+    ) -> Result<Response<pb::OverlayBuildReply>, Status> {
+        let s = self.gate.get()?;
+        let r = req.into_inner();
+        let ov = s.boot_overlays.clone().ok_or_else(overlays_off)?;
+        let view = s.view.borrow().clone();
+        for n in &r.nodes {
+            if !view.nodes.contains_key(n) {
+                return Err(Status::not_found(format!(
+                    "node {n} does not exist (on this head's view); check the name with `wwctl node list`"
+                )));
+            }
+        }
+        let reply = tokio::task::spawn_blocking(move || crate::boot::overlays::build_all(&ov, &view, &r.nodes))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::OverlayBuildReply {
+            nodes: reply.nodes,
+            built: reply.built,
+            cached: reply.cached,
+            failed: reply.failed,
+            millis: reply.elapsed.as_millis() as u64,
+            bytes: reply.bytes,
+        }))
+    }
+
     async fn overlay_change(
         &self,
         req: GrpcRequest<pb::OverlayChangeRequest>,
@@ -588,4 +668,10 @@ mod tests {
         gate.clone().open("served");
         assert_eq!(gate.get().unwrap(), &"served", "clones share the gate");
     }
+}
+
+fn overlays_off() -> Status {
+    Status::failed_precondition(
+        "overlays are off on this head (boot.overlays.enabled: false); ask another head or turn them on",
+    )
 }

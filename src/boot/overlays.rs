@@ -216,3 +216,73 @@ pub fn forget_stale(overlays: Arc<BootOverlays>, mut view: super::view::ViewRx) 
         }
     });
 }
+
+/// What [`build_all`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BuildReport {
+    /// Nodes asked for.
+    pub nodes: u64,
+    /// Archives rendered now, and those that were current already.
+    pub built: u64,
+    pub cached: u64,
+    /// `node kind: why` for each archive that failed.
+    pub failed: Vec<String>,
+    /// Bytes of all the archives.
+    pub bytes: u64,
+    pub elapsed: std::time::Duration,
+}
+
+/// Build the system and runtime overlays of `nodes` (every node when empty) into the
+/// cache, on every core (`wwctl overlay build`; a boot storm then renders nothing).
+pub fn build_all(ov: &BootOverlays, view: &BootView, nodes: &[String]) -> BuildReport {
+    let started = std::time::Instant::now();
+    let names: Vec<&BootNode> = if nodes.is_empty() {
+        view.nodes.values().map(|n| &**n).collect()
+    } else {
+        nodes.iter().filter_map(|n| view.nodes.get(n)).map(|n| &**n).collect()
+    };
+    // Compile once, before the threads race for it.
+    ov.generation(view);
+    let before = ov.builder.stats();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let chunk = names.len().div_ceil(workers).max(1);
+    let results: Vec<(Vec<String>, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let (mut failed, mut bytes) = (Vec::new(), 0u64);
+                    for n in part {
+                        for kind in [OverlayKind::System, OverlayKind::Runtime] {
+                            if kind.names(&n.conf).is_empty() {
+                                continue;
+                            }
+                            match ov.build(view, n, kind) {
+                                Ok(a) => bytes += a.len(),
+                                Err(e) => failed.push(format!("{} {}: {e}", n.name, kind.as_str())),
+                            }
+                        }
+                    }
+                    (failed, bytes)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("build threads do not panic"))
+            .collect()
+    });
+    let after = ov.builder.stats();
+    let mut report = BuildReport {
+        nodes: names.len() as u64,
+        built: after.builds - before.builds,
+        cached: after.hits - before.hits,
+        elapsed: started.elapsed(),
+        ..Default::default()
+    };
+    for (f, b) in results {
+        report.failed.extend(f);
+        report.bytes += b;
+    }
+    report
+}

@@ -145,6 +145,11 @@ fn expand(patterns: &[String]) -> Result<Vec<String>> {
 }
 
 /// Expand hostlist patterns into names; may be empty (`list ,` lists everything, as in Warewulf).
+/// Names from hostlist patterns (none for none).
+pub(super) fn expand_patterns(patterns: &[String]) -> Result<Vec<String>> {
+    expand_or_none(patterns)
+}
+
 fn expand_or_none(patterns: &[String]) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for p in patterns {

@@ -116,13 +116,30 @@ pub enum OverlayCmd {
         #[arg(short, long, default_value = "0755")]
         mode: String,
     },
+    /// Build nodes' system and runtime overlays now on the head asked (default: every
+    /// node), so that the next boots render nothing. Heads also build on demand.
+    Build {
+        /// Nodes (names or hostlist patterns).
+        nodes: Vec<String>,
+        /// Accepted for compatibility (Warewulf's build workers): every core is used.
+        #[arg(long, hide = true)]
+        workers: Option<i64>,
+    },
 }
 
-/// `overlay show`: the raw file today; the renderer adds `-r/--render NODE` here.
+/// `overlay show`: the raw file, or with `-r/--render NODE` the template rendered for
+/// that node by the head asked (Warewulf's `backupFile/writeFile/Filename` headers).
 #[derive(Args, Debug)]
 pub struct ShowArgs {
     pub name: String,
     pub file: String,
+    /// Render the template for this node (a name that is no node renders for a new,
+    /// empty node of that name, as Warewulf does).
+    #[arg(short = 'r', long = "render", value_name = "NODE")]
+    pub render: Option<String>,
+    /// With --render: only the rendered contents, no header lines.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 /// One overlay as `-o json|yaml` prints it.
@@ -240,6 +257,26 @@ pub async fn run(client: &Client, c: OverlayCmd, fmt: Option<Format>, out: &mut 
                 None,
             )
             .await?;
+            Ok(())
+        }
+        OverlayCmd::Build { nodes, workers: _ } => {
+            let names = super::objects::expand_patterns(&nodes)?;
+            let r = client.overlay_build(names).await?;
+            writeln!(
+                out,
+                "Built overlays of {} node(s) in {:.2} s: {} archive(s) rendered, {} already current, {} bytes",
+                r.nodes,
+                r.millis as f64 / 1000.0,
+                r.built,
+                r.cached,
+                r.bytes
+            )?;
+            if !r.failed.is_empty() {
+                for f in &r.failed {
+                    writeln!(out, "FAILED {f}")?;
+                }
+                bail!("{} overlay archive(s) could not be built (above)", r.failed.len());
+            }
             Ok(())
         }
         OverlayCmd::Mkdir { name, dir, mode } => {
@@ -383,6 +420,11 @@ async fn list(
 }
 
 async fn show(client: &Client, a: ShowArgs, out: &mut dyn Write) -> Result<()> {
+    if let Some(node) = &a.render {
+        let files = client.overlay_render(&a.name, &a.file, node).await?;
+        out.write_all(show_rendered(&files, a.quiet).as_bytes())?;
+        return Ok(());
+    }
     let r = client.overlay_file(&a.name, &a.file).await?;
     let p = r.path.unwrap_or_default();
     match p.kind.as_str() {
@@ -401,6 +443,32 @@ async fn show(client: &Client, a: ShowArgs, out: &mut dyn Write) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// What `overlay show --render` prints, as Warewulf: per output file its
+/// `backupFile`/`writeFile`/`Filename` (and `Symlink`) lines, then its contents ending
+/// in a newline; `quiet`: the contents only.
+pub fn show_rendered(files: &[pb::RenderedFile], quiet: bool) -> String {
+    let mut out = String::new();
+    for f in files {
+        if !quiet {
+            out.push_str(&format!(
+                "backupFile: {}\nwriteFile: {}\nFilename: {}\n",
+                f.backup, f.write, f.name
+            ));
+        }
+        if let Some(t) = &f.symlink {
+            if !quiet {
+                out.push_str(&format!("Symlink: {t}\n"));
+            }
+            continue;
+        }
+        out.push_str(&f.content);
+        if !f.content.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// What a new template starts with in the editor.

@@ -156,11 +156,18 @@ impl Head {
         let view = crate::boot::view::publish_for(&sm);
         let status = Arc::new(StatusBoard::new());
         crate::boot::status::forget_deleted_nodes(status.clone(), view.clone());
+        let boot_overlays = boot_overlays(&cfg, &cas, &view);
         let http = tokio::spawn(
             axum::serve(
                 listeners.http,
                 crate::cas::http::router(cas.clone())
-                    .merge(crate::boot::http::router(boot_http_state(&cfg, &cas, &view, &status)))
+                    .merge(crate::boot::http::router(boot_http_state(
+                        &cfg,
+                        &cas,
+                        &view,
+                        &status,
+                        boot_overlays.clone(),
+                    )))
                     .into_make_service_with_connect_info::<std::net::SocketAddr>(),
             )
             .with_graceful_shutdown(stop.clone().cancelled_owned())
@@ -187,7 +194,7 @@ impl Head {
             cas,
             images: images.clone(),
             overlays: overlays.clone(),
-            view,
+            view: view.clone(),
             status: status.clone(),
         };
         raft_gate.open(RaftService { raft: raft.clone() });
@@ -196,6 +203,8 @@ impl Head {
             images,
             overlays: overlays.clone(),
             status,
+            view,
+            boot_overlays,
         });
         tracing::info!(id = cfg.id, "serving");
 
@@ -253,7 +262,34 @@ async fn open_store_with_retry(
 
 /// The boot routes' state: this head's view, CAS and status board; a blob a node
 /// asks for that this head lacks is fetched from a peer in the background.
-fn boot_http_state(cfg: &Settings, cas: &Cas, view: &ViewRx, status: &Arc<StatusBoard>) -> crate::boot::http::BootHttp {
+/// The overlay builder this head's boot routes and `wwctl overlay show --render|build`
+/// share (none when `boot.overlays.enabled` is false).
+fn boot_overlays(cfg: &Settings, cas: &Cas, view: &ViewRx) -> Option<Arc<crate::boot::overlays::BootOverlays>> {
+    let (server, host_root) = cfg.overlays.as_ref()?;
+    let access = Arc::new(crate::overlay::render::HostFs {
+        host_root: host_root.clone(),
+        // Images are layers in the CAS, not trees on disk: `IncludeFrom` finds
+        // nothing until image trees are kept (docs/COMPATIBILITY.md, Overlays).
+        images_dir: cfg.data_dir.join("image-trees"),
+    });
+    let overlays = Arc::new(crate::boot::overlays::BootOverlays::new(
+        cfg.id,
+        cas.clone(),
+        server.clone(),
+        access,
+        crate::overlay::render::AccessPolicy::default(),
+    ));
+    crate::boot::overlays::forget_stale(overlays.clone(), view.clone());
+    Some(overlays)
+}
+
+fn boot_http_state(
+    cfg: &Settings,
+    cas: &Cas,
+    view: &ViewRx,
+    status: &Arc<StatusBoard>,
+    overlays: Option<Arc<crate::boot::overlays::BootOverlays>>,
+) -> crate::boot::http::BootHttp {
     let mut b = crate::boot::http::BootHttp::new(view.clone(), cas.clone(), status.clone(), cfg.id);
     b.templates = cfg.ipxe_templates.clone();
     // `/efiboot/` serves the same iPXE directory as TFTP, whether or not TFTP is on
@@ -266,23 +302,7 @@ fn boot_http_state(cfg: &Settings, cas: &Cas, view: &ViewRx, status: &Arc<Status
         }
     };
     b.secure = cfg.secure;
-    if let Some((server, host_root)) = &cfg.overlays {
-        let access = Arc::new(crate::overlay::render::HostFs {
-            host_root: host_root.clone(),
-            // Images are layers in the CAS, not trees on disk: `IncludeFrom` finds
-            // nothing until image trees are kept (docs/COMPATIBILITY.md, Overlays).
-            images_dir: cfg.data_dir.join("image-trees"),
-        });
-        let overlays = Arc::new(crate::boot::overlays::BootOverlays::new(
-            cfg.id,
-            cas.clone(),
-            server.clone(),
-            access,
-            crate::overlay::render::AccessPolicy::default(),
-        ));
-        crate::boot::overlays::forget_stale(overlays.clone(), view.clone());
-        b.overlays = Some(overlays);
-    }
+    b.overlays = overlays;
     let (cas, view) = (cas.clone(), view.clone());
     let http = reqwest::Client::new();
     b.on_missing_blob = Some(Arc::new(move |d| {
