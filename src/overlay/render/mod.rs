@@ -201,6 +201,8 @@ pub struct HostFs {
     pub host_root: std::path::PathBuf,
     /// Directory holding `<image>/rootfs`.
     pub images_dir: std::path::PathBuf,
+    /// The roots host reads must stay in after symlinks (give the [`Templates`]' policy).
+    pub policy: AccessPolicy,
 }
 
 impl HostFs {
@@ -233,7 +235,8 @@ impl HostFs {
 impl FileAccess for HostFs {
     fn host_file(&self, path: &str) -> Result<String, AccessError> {
         // The policy already checked `path`; a symlink must resolve to a policy root too.
-        let roots = AccessPolicy::default()
+        let roots = self
+            .policy
             .host_roots
             .iter()
             .filter_map(|r| self.host_root.join(r.trim_start_matches('/')).canonicalize().ok())
@@ -353,6 +356,47 @@ impl Templates {
         let mut v: Vec<String> = vars.into_iter().map(str::to_owned).collect();
         v.sort();
         Ok(v)
+    }
+}
+
+/// The top-level variables that hold the rendered node's own fields (see `data.rs`).
+const NODE_VARS: &[&str] = &[
+    "Id",
+    "Hostname",
+    "Comment",
+    "ClusterName",
+    "ImageName",
+    "ContainerName",
+    "Ipxe",
+    "RuntimeOverlay",
+    "SystemOverlay",
+    "Init",
+    "Root",
+    "AssetKey",
+    "Discoverable",
+    "Profiles",
+    "Tags",
+    "Kernel",
+    "Ipmi",
+    "PrimaryNetDev",
+    "NetDevs",
+    "Resources",
+    "Disks",
+    "DiskList",
+    "FileSystems",
+    "FileSystemList",
+    "ThisNode",
+];
+
+impl Templates {
+    /// Whether template `path` reads the rendered node's own fields. When it does not (e.g. a
+    /// `hosts` file built from `AllNodes` and the server settings only), its output is the
+    /// same for every node of a build, so a builder can render it once and reuse it.
+    pub fn reads_node(&self, overlay: &str, path: &str) -> Result<bool, RenderError> {
+        Ok(self
+            .variables(overlay, path)?
+            .iter()
+            .any(|v| NODE_VARS.contains(&v.as_str())))
     }
 }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::RenderError;
 
 /// `warewulf.conf` as templates see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ServerConf {
     /// `ipaddr`: the head's address on the cluster network, optionally with `/prefix`.
@@ -305,27 +305,6 @@ impl Default for PathsSection {
             wwchrootdir: "/var/lib/warewulf/chroots".into(),
             wwprovisiondir: "/var/lib/warewulf/provision".into(),
             wwclientdir: "/warewulf".into(),
-        }
-    }
-}
-
-// Written out (not derived) so each section's Warewulf defaults are visible here.
-#[allow(clippy::derivable_impls)]
-impl Default for ServerConf {
-    fn default() -> Self {
-        ServerConf {
-            ipaddr: String::new(),
-            ipaddr6: String::new(),
-            prefixlen6: String::new(),
-            netmask: String::new(),
-            network: String::new(),
-            fqdn: String::new(),
-            warewulf: WarewulfSection::default(),
-            dhcp: DhcpSection::default(),
-            tftp: TftpSection::default(),
-            nfs: NfsSection::default(),
-            ssh: SshSection::default(),
-            paths: PathsSection::default(),
         }
     }
 }

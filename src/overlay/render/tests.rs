@@ -250,6 +250,14 @@ fn variables_lists_what_a_template_reads() {
         "{v:?}"
     );
     assert!(t.variables("ov", "/nope.ww").is_err());
+    assert!(t.reads_node("ov", "/x.ww").unwrap());
+    t.add(
+        "ov",
+        "/all.ww",
+        "{% for n in AllNodes %}{{ n.Id }} {{ n.NetDevs | length }}{% endfor %}{{ Ipaddr }}",
+    )
+    .unwrap();
+    assert!(!t.reads_node("ov", "/all.ww").unwrap());
 }
 
 #[test]
@@ -275,6 +283,7 @@ fn host_fs_refuses_symlinks_out_of_roots() {
     let fs = HostFs {
         host_root: root.to_path_buf(),
         images_dir: root.join("images"),
+        policy: AccessPolicy::default(),
     };
     assert_eq!(fs.host_file("/etc/warewulf/ok").unwrap(), "fine");
     assert!(matches!(
@@ -285,4 +294,24 @@ fn host_fs_refuses_symlinks_out_of_roots() {
         fs.image_file("img", "/etc/evil"),
         Err(AccessError::Refused { .. })
     ));
+}
+
+#[test]
+fn compiled_set_and_build_data_are_shared_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Templates>();
+    shareable::<BuildData>();
+    // One compiled set, several threads rendering different nodes.
+    let mut t = Templates::new(Arc::new(mem()), AccessPolicy::default());
+    t.add("ov", "/h.ww", "{{ Id }}").unwrap();
+    let d = data();
+    std::thread::scope(|s| {
+        for name in ["n1", "n2"] {
+            let (t, d) = (&t, &d);
+            s.spawn(move || {
+                let mut nd = d.node(name, None);
+                assert_eq!(t.render("ov", "/h.ww", &mut nd).unwrap()[0].content, name);
+            });
+        }
+    });
 }
