@@ -253,7 +253,7 @@ pub fn node_value(name: &str, c: &NodeConf) -> Value {
     for (path, d) in &c.disks {
         let mut parts = BTreeMap::new();
         let mut part_list = Vec::new();
-        for (label, p) in &d.partitions {
+        for (label, p) in partition_order(&d.partitions) {
             let pv = obj(Fields::from([
                 ("Id", Value::from(label.as_str())),
                 ("Number", s(&p.number)),
@@ -301,6 +301,19 @@ pub fn node_value(name: &str, c: &NodeConf) -> Value {
     f.insert("FileSystems", Value::from(fss));
     f.insert("FileSystemList", Value::from(fs_list));
     obj(f)
+}
+
+/// Partitions in Warewulf's `PartitionList` order: those with a numeric `number` first, by
+/// number; then the rest; ties by label. Scripts that list partitions without numbers
+/// (sfdisk) rely on it: the n-th line becomes partition n.
+fn partition_order(parts: &BTreeMap<String, crate::model::Partition>) -> Vec<(&String, &crate::model::Partition)> {
+    let mut v: Vec<_> = parts.iter().collect();
+    // Stable over the map's label order, so equal numbers keep label order.
+    v.sort_by_key(|(_, p)| {
+        let n = p.number.as_deref().and_then(|n| n.parse::<i64>().ok());
+        (n.is_none(), n)
+    });
+    v
 }
 
 fn server_context(c: &ServerConf, b: &BuildInfo) -> Context {
@@ -419,4 +432,26 @@ fn server_context(c: &ServerConf, b: &BuildInfo) -> Context {
         ])),
     );
     ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_list_is_in_number_order_then_label() {
+        let conf = crate::model::parse_nodes_conf(
+            "nodes:\n  n1:\n    disks:\n      /dev/sda:\n        partitions:\n          a-last:\n            size_mib: \"1\"\n          boot:\n            number: \"3\"\n          root:\n            number: \"1\"\n          swap:\n            number: \"2\"\n          z-data:\n            number: \"10\"\n          b-last: {}\n",
+        )
+        .unwrap();
+        let v = node_value("n1", &conf.nodes["n1"]);
+        let parts = v.get_from_path("DiskList.0.PartitionList").unwrap();
+        let ids: Vec<String> = parts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.get_from_path("Id").unwrap().as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["root", "swap", "boot", "z-data", "a-last", "b-last"]);
+    }
 }
