@@ -642,6 +642,12 @@ impl raft_pb::raft_server::Raft for GatedRaft {
     }
 }
 
+fn overlays_off() -> Status {
+    Status::failed_precondition(
+        "overlays are off on this head (boot.overlays.enabled: false); ask another head or turn them on",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,10 +674,4 @@ mod tests {
         gate.clone().open("served");
         assert_eq!(gate.get().unwrap(), &"served", "clones share the gate");
     }
-}
-
-fn overlays_off() -> Status {
-    Status::failed_precondition(
-        "overlays are off on this head (boot.overlays.enabled: false); ask another head or turn them on",
-    )
 }

@@ -271,6 +271,7 @@ fn boot_overlays(cfg: &Settings, cas: &Cas, view: &ViewRx) -> Option<Arc<crate::
         // Images are layers in the CAS, not trees on disk: `IncludeFrom` finds
         // nothing until image trees are kept (docs/COMPATIBILITY.md, Overlays).
         images_dir: cfg.data_dir.join("image-trees"),
+        policy: crate::overlay::render::AccessPolicy::default(),
     });
     let overlays = Arc::new(crate::boot::overlays::BootOverlays::new(
         cfg.id,

@@ -723,6 +723,7 @@ mod tests {
             let access = Arc::new(HostFs {
                 host_root: dir.path().to_path_buf(),
                 images_dir: dir.path().join("images"),
+                policy: AccessPolicy::default(),
             });
             Fixture {
                 builder: Builder::new(access, AccessPolicy::default()),
