@@ -24,6 +24,7 @@ mod images;
 mod layering;
 mod names;
 mod oci;
+mod overlay_net;
 mod overlay_render;
 mod procs;
 mod pxe;
