@@ -25,6 +25,7 @@ mod layering;
 mod names;
 mod oci;
 mod overlay_boot;
+mod overlay_net;
 mod overlay_render;
 mod overlays;
 mod procs;
