@@ -271,7 +271,7 @@ impl TryFrom<HeadConfig> for Settings {
         let wwclient = match &c.boot.overlays.wwclient {
             Some(p) if !p.is_file() => {
                 return Err(DaemonError::Invalid(format!(
-                    "boot.overlays.wwclient: {} is not a file; build it (cargo build --release --target x86_64-unknown-linux-musl --bin wwclient) or unset it",
+                    "boot.overlays.wwclient: {} is not a file; build it (cargo build --profile node --target x86_64-unknown-linux-musl --bin wwclient) or unset it",
                     p.display()
                 )))
             }
