@@ -106,10 +106,14 @@ pub struct Compiled {
     pub digest: Digest,
     pub tree: Arc<OverlayTree>,
     templates: Templates,
-    /// Paths (relative) of the tree's templates.
-    template_paths: Vec<String>,
+    /// The tree's templates (relative paths) and whether each reads the node's own
+    /// fields: a template that does not (`hosts`) renders the same for every node, so
+    /// it is rendered once per generation and shared.
+    template_paths: Vec<(String, bool)>,
     /// A template reads `AllNodes`: its output depends on every node.
     reads_all_nodes: bool,
+    /// A per-node template reads `AllNodes`: each node's own part depends on every node.
+    per_node_reads_all: bool,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -138,7 +142,7 @@ impl Compiled {
     ) -> Result<Compiled, BuildError> {
         let mut templates = Templates::new(access, policy);
         let mut template_paths = Vec::new();
-        let mut reads_all_nodes = false;
+        let (mut reads_all_nodes, mut per_node_reads_all) = (false, false);
         for (path, e) in &tree.entries {
             if !is_template(path, e) {
                 continue;
@@ -147,8 +151,11 @@ impl Compiled {
             let text = String::from_utf8_lossy(bytes);
             let abs = format!("/{path}");
             templates.add(name, &abs, &text)?;
-            reads_all_nodes |= templates.variables(name, &abs)?.iter().any(|v| v == "AllNodes");
-            template_paths.push(path.clone());
+            let all = templates.variables(name, &abs)?.iter().any(|v| v == "AllNodes");
+            let per_node = templates.reads_node(name, &abs)?;
+            reads_all_nodes |= all;
+            per_node_reads_all |= all && per_node;
+            template_paths.push((path.clone(), per_node));
         }
         Ok(Compiled {
             name: name.to_owned(),
@@ -157,6 +164,7 @@ impl Compiled {
             templates,
             template_paths,
             reads_all_nodes,
+            per_node_reads_all,
         })
     }
 
@@ -178,6 +186,51 @@ impl Compiled {
     pub fn variables(&self, path: &str) -> Result<Vec<String>, RenderError> {
         self.templates
             .variables(&self.name, &format!("/{}", path.trim_start_matches('/')))
+    }
+
+    /// Render `path` and add its written outputs to `into` (the template's mode and
+    /// owner kept; a `file` output lands beside the template).
+    fn render_into(
+        &self,
+        node: &str,
+        path: &str,
+        data: &mut super::render::NodeData,
+        into: &mut BTreeMap<String, Entry>,
+    ) -> Result<(), BuildError> {
+        let t = &self.tree.entries[path];
+        let dir = path.rsplit_once('/').map(|(d, _)| d);
+        let default = path.strip_suffix(".ww").unwrap_or(path);
+        for f in self.render(path, data)?.into_iter().filter(|f| f.write) {
+            let out = if f.name == default || f.name.contains('/') {
+                f.name.trim_start_matches('/').to_owned()
+            } else {
+                match dir {
+                    Some(d) => format!("{d}/{}", f.name),
+                    None => f.name.clone(),
+                }
+            };
+            archive::validate_name(&out).map_err(|source| BuildError::BadOutput {
+                node: node.to_owned(),
+                overlay: self.name.clone(),
+                file: path.to_owned(),
+                name: out.clone(),
+                source,
+            })?;
+            let (kind, mode) = match f.symlink {
+                Some(target) => (EntryKind::Symlink(target), 0o777),
+                None => (EntryKind::File(f.content.into_bytes()), t.mode),
+            };
+            into.insert(
+                out,
+                Entry {
+                    kind,
+                    mode,
+                    uid: t.uid,
+                    gid: t.gid,
+                },
+            );
+        }
+        Ok(())
     }
 }
 
@@ -264,54 +317,78 @@ impl Generation {
     }
 }
 
-/// A node's built overlay archive: the shared, pre-compressed head of the gzip member
-/// and this node's tail. Serve `parts()` in order.
+/// A node's built overlay archive: the shared, pre-compressed head of the gzip member,
+/// this node's own deflate blocks, and the trailer. Serve `parts()` in order.
 #[derive(Debug)]
 pub struct NodeArchive {
     shared: Arc<SharedPart>,
-    /// This node's deflate blocks, then the gzip trailer (CRC-32, length).
-    tail: bytes::Bytes,
-    /// The build key: equal keys, equal bytes (an HTTP ETag).
+    own: Arc<NodePart>,
+    /// CRC-32 and length of the whole member (RFC 1952 trailer).
+    trailer: [u8; 8],
+    /// Equal keys, equal bytes (an HTTP ETag).
     pub key: Digest,
-    /// Files rendered for this node (not counting the shared ones).
-    pub rendered: usize,
 }
 
 impl NodeArchive {
     /// The gzip member's bytes, in order.
-    pub fn parts(&self) -> [bytes::Bytes; 2] {
-        [self.shared.head.clone(), self.tail.clone()]
+    pub fn parts(&self) -> [bytes::Bytes; 3] {
+        [
+            self.shared.head.clone(),
+            self.own.deflate.clone(),
+            bytes::Bytes::copy_from_slice(&self.trailer),
+        ]
     }
 
     pub fn len(&self) -> u64 {
-        (self.shared.head.len() + self.tail.len()) as u64
+        (self.shared.head.len() + self.own.deflate.len() + self.trailer.len()) as u64
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Files rendered for this node alone (not counting the shared ones).
+    pub fn rendered(&self) -> usize {
+        self.own.paths.len()
+    }
+
     /// The whole gzip member in one buffer (tests, `overlay build` output to a file).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len() as usize);
-        v.extend_from_slice(&self.shared.head);
-        v.extend_from_slice(&self.tail);
+        for p in self.parts() {
+            v.extend_from_slice(&p);
+        }
         v
     }
 }
 
-/// The files every node with one overlay list shares, compressed once.
+/// What every node with one overlay list shares in one generation: the plain files and
+/// the outputs of templates that do not read the node, compressed once.
 #[derive(Debug)]
 struct SharedPart {
-    /// gzip header + deflate blocks of the shared newc records, ended by a full flush.
+    key: Digest,
+    /// gzip header, then deflate blocks of the shared newc records ended by a full
+    /// flush (or, for a node built alone, its whole member without the trailer).
     head: bytes::Bytes,
     /// CRC-32 and length of the uncompressed shared records.
     crc: crc32fast::Hasher,
     len: u64,
-    /// The shared entries' paths (a rendered file may not repeat one).
-    paths: std::collections::HashSet<String>,
+    /// The shared entries, for the check that no node repeats a path.
+    entries: BTreeMap<String, Entry>,
     /// The first inode number the shared records left free.
     inodes: u32,
+}
+
+/// One node's own files: rendered, packed and deflated (raw, ended), without the
+/// archive trailer record's neighbours: re-linked to a new shared part without
+/// rendering again when only the shared part changed.
+#[derive(Debug)]
+struct NodePart {
+    key: Digest,
+    deflate: bytes::Bytes,
+    crc: crc32fast::Hasher,
+    len: u64,
+    paths: Vec<String>,
 }
 
 /// A node and kind: what one cached build is for.
@@ -323,12 +400,14 @@ pub type Resolve<'a> = &'a dyn Fn(&str) -> Option<Result<Arc<Compiled>, BuildErr
 /// Counters of a builder (the benchmark and tests read them).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BuildStats {
-    /// Node builds that rendered (cache misses).
+    /// Node parts rendered (cache misses).
     pub builds: u64,
-    /// Template renders.
+    /// Template renders, shared ones included.
     pub renders: u64,
-    /// Builds answered from the cache.
+    /// Node builds answered without rendering (their part was current).
     pub hits: u64,
+    /// Shared parts made (once per overlay list and generation).
+    pub shared: u64,
 }
 
 /// Builds and caches per-node overlay archives for one head.
@@ -338,18 +417,18 @@ pub struct Builder {
     level: u32,
     compiled: Mutex<HashMap<(String, Digest), Arc<Compiled>>>,
     shared: Mutex<HashMap<Digest, Arc<SharedPart>>>,
-    built: Mutex<HashMap<Slot, Arc<NodeArchive>>>,
+    built: Mutex<HashMap<Slot, Arc<NodePart>>>,
     locks: Mutex<HashMap<Slot, Arc<Mutex<()>>>>,
+    shared_lock: Mutex<()>,
     builds: AtomicU64,
     renders: AtomicU64,
     hits: AtomicU64,
+    shared_builds: AtomicU64,
 }
 
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builder")
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
+        f.debug_struct("Builder").field("stats", &self.stats()).finish_non_exhaustive()
     }
 }
 
@@ -358,6 +437,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // a map half-changed, so a poisoned lock is safe to keep using.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Shared parts kept at once (overlay lists × recent generations).
+const SHARED_KEPT: usize = 64;
 
 impl Builder {
     /// Templates read host and image files through `access`, within `policy`.
@@ -370,9 +452,11 @@ impl Builder {
             shared: Mutex::default(),
             built: Mutex::default(),
             locks: Mutex::default(),
+            shared_lock: Mutex::default(),
             builds: AtomicU64::new(0),
             renders: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            shared_builds: AtomicU64::new(0),
         }
     }
 
@@ -381,27 +465,17 @@ impl Builder {
             builds: self.builds.load(Ordering::Relaxed),
             renders: self.renders.load(Ordering::Relaxed),
             hits: self.hits.load(Ordering::Relaxed),
+            shared: self.shared_builds.load(Ordering::Relaxed),
         }
     }
 
     /// The compiled form of overlay `name` at `digest` (compiled once, then shared).
-    pub fn compiled(
-        &self,
-        name: &str,
-        digest: Digest,
-        tree: impl FnOnce() -> Arc<OverlayTree>,
-    ) -> Result<Arc<Compiled>, BuildError> {
+    pub fn compiled(&self, name: &str, digest: Digest, tree: impl FnOnce() -> Arc<OverlayTree>) -> Result<Arc<Compiled>, BuildError> {
         let k = (name.to_owned(), digest);
         if let Some(c) = lock(&self.compiled).get(&k) {
             return Ok(c.clone());
         }
-        let c = Arc::new(Compiled::new(
-            name,
-            digest,
-            tree(),
-            self.access.clone(),
-            self.policy.clone(),
-        )?);
+        let c = Arc::new(Compiled::new(name, digest, tree(), self.access.clone(), self.policy.clone())?);
         lock(&self.compiled).insert(k, c.clone());
         Ok(c)
     }
@@ -437,23 +511,40 @@ impl Builder {
                 }
             }
         }
-        let key = self.key(generation, name, conf, kind, &list);
+        let shared = self.shared_part(generation, &list)?;
+        let key = self.node_key(generation, name, conf, kind, &list);
         let slot = (name.to_owned(), kind);
         let per_key = lock(&self.locks).entry(slot.clone()).or_default().clone();
-        let _one_at_a_time = lock(&per_key);
-        if let Some(b) = lock(&self.built).get(&slot).filter(|b| b.key == key) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(b.clone());
+        let own = {
+            let _one_at_a_time = lock(&per_key);
+            let cached = lock(&self.built).get(&slot).filter(|b| b.key == key).cloned();
+            match cached {
+                Some(b) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    b
+                }
+                None => {
+                    let part = Arc::new(self.node_part(generation, name, conf, &list, key, shared.inodes)?);
+                    self.builds.fetch_add(1, Ordering::Relaxed);
+                    lock(&self.built).insert(slot, part.clone());
+                    part
+                }
+            }
+        };
+        // A rendered file that repeats a shared path (a `file` output over a plain file
+        // of an earlier overlay): build this node alone, so no path appears twice.
+        if own.paths.iter().any(|p| shared.entries.contains_key(p)) {
+            return self.alone(generation, name, conf, &list, &shared);
         }
-        let built = Arc::new(self.render_node(generation, name, conf, &list, key)?);
-        self.builds.fetch_add(1, Ordering::Relaxed);
-        lock(&self.built).insert(slot, built.clone());
-        Ok(built)
+        Ok(Arc::new(link(shared, own)))
     }
 
-    fn key(&self, g: &Generation, name: &str, conf: &NodeConf, kind: OverlayKind, list: &[Arc<Compiled>]) -> Digest {
+    /// What a node's own part depends on: the kind, the overlays, the node's fields,
+    /// the settings, and every node's fields only when one of its per-node templates
+    /// reads `AllNodes`.
+    fn node_key(&self, g: &Generation, name: &str, conf: &NodeConf, kind: OverlayKind, list: &[Arc<Compiled>]) -> Digest {
         let mut h = Sha256::new();
-        h.update(b"wulfpack overlay build v1\0");
+        h.update(b"wulfpack overlay node part v2\0");
         h.update(kind.as_str());
         h.update(name.as_bytes());
         h.update([0]);
@@ -467,26 +558,40 @@ impl Builder {
             None => h.update(json_digest(conf).0),
         }
         h.update(g.server.0);
-        if list.iter().any(|c| c.reads_all_nodes) {
+        if list.iter().any(|c| c.per_node_reads_all) {
             h.update(g.all_nodes.0);
         }
         Digest(h.finalize().into())
     }
 
-    /// The shared part for an overlay list: every non-template entry, the later overlay
-    /// winning a path, minus the paths a later overlay's template renders to.
-    fn shared_part(&self, list: &[Arc<Compiled>]) -> Result<Arc<SharedPart>, BuildError> {
+    /// The shared part for an overlay list in a generation: every non-template entry and
+    /// the outputs of the templates that do not read the node (a later overlay winning a
+    /// path; a template's output replaces a plain file of the same name).
+    fn shared_part(&self, g: &Generation, list: &[Arc<Compiled>]) -> Result<Arc<SharedPart>, BuildError> {
         let mut h = Sha256::new();
+        h.update(b"wulfpack overlay shared part v2\0");
         for c in list {
             h.update(c.name.as_bytes());
             h.update([0]);
             h.update(c.digest.0);
         }
+        let renders_shared = list.iter().any(|c| c.template_paths.iter().any(|(_, per_node)| !per_node));
+        if renders_shared {
+            h.update(g.server.0);
+            h.update(g.all_nodes.0);
+        }
         let k = Digest(h.finalize().into());
         if let Some(s) = lock(&self.shared).get(&k) {
             return Ok(s.clone());
         }
+        // One builder of a shared part at a time: a storm's first requests wait for it
+        // instead of rendering it each.
+        let _one = lock(&self.shared_lock);
+        if let Some(s) = lock(&self.shared).get(&k) {
+            return Ok(s.clone());
+        }
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut data = g.node_data("", Some(&NodeConf::default()));
         for c in list {
             for (path, e) in &c.tree.entries {
                 if is_template(path, e) {
@@ -495,10 +600,16 @@ impl Builder {
                     entries.insert(path.clone(), e.clone());
                 }
             }
+            for (path, per_node) in &c.template_paths {
+                if !per_node {
+                    c.render_into("(shared)", path, &mut data, &mut entries)?;
+                    self.renders.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         let mut records = Vec::new();
         let inodes = archive::newc_records(&entries, 1, &mut records).map_err(|source| BuildError::Archive {
-            overlay: list.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(","),
+            overlay: names(list),
             source,
         })?;
         let mut head = gzip_header();
@@ -506,143 +617,138 @@ impl Builder {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&records);
         let part = Arc::new(SharedPart {
+            key: k,
             head: head.into(),
             crc,
             len: records.len() as u64,
-            paths: entries.into_keys().collect(),
+            entries,
             inodes,
         });
-        lock(&self.shared).insert(k, part.clone());
+        self.shared_builds.fetch_add(1, Ordering::Relaxed);
+        let mut map = lock(&self.shared);
+        if map.len() >= SHARED_KEPT {
+            map.clear();
+        }
+        map.insert(k, part.clone());
         Ok(part)
     }
 
-    fn render_node(
+    /// Render a node's per-node templates into its own part.
+    fn node_part(
         &self,
         g: &Generation,
         name: &str,
         conf: &NodeConf,
         list: &[Arc<Compiled>],
         key: Digest,
-    ) -> Result<NodeArchive, BuildError> {
-        let shared = self.shared_part(list)?;
-        let known = g.node_digests.contains_key(name);
-        let mut data = g.node_data(name, if known { None } else { Some(conf) });
-        let mut rendered: BTreeMap<String, Entry> = BTreeMap::new();
-        for c in list {
-            for path in &c.template_paths {
-                let t = &c.tree.entries[path];
-                let files = c.render(path, &mut data)?;
-                self.renders.fetch_add(1, Ordering::Relaxed);
-                let dir = path.rsplit_once('/').map(|(d, _)| d);
-                let default = path.strip_suffix(".ww").unwrap_or(path);
-                for f in files.into_iter().filter(|f| f.write) {
-                    // `file NAME` writes beside the template, as in Warewulf.
-                    let out = if f.name == default || f.name.contains('/') {
-                        f.name.trim_start_matches('/').to_owned()
-                    } else {
-                        match dir {
-                            Some(d) => format!("{d}/{}", f.name),
-                            None => f.name.clone(),
-                        }
-                    };
-                    archive::validate_name(&out).map_err(|source| BuildError::BadOutput {
-                        node: name.to_owned(),
-                        overlay: c.name.clone(),
-                        file: path.clone(),
-                        name: out.clone(),
-                        source,
-                    })?;
-                    let kind = match f.symlink {
-                        Some(target) => EntryKind::Symlink(target),
-                        None => EntryKind::File(f.content.into_bytes()),
-                    };
-                    let mode = if matches!(kind, EntryKind::Symlink(_)) {
-                        0o777
-                    } else {
-                        t.mode
-                    };
-                    rendered.insert(
-                        out,
-                        Entry {
-                            kind,
-                            mode,
-                            uid: t.uid,
-                            gid: t.gid,
-                        },
-                    );
-                }
-            }
-        }
-        // A rendered file that repeats a shared path (a `file` output over a plain file
-        // of an earlier overlay): build this node without the shared part, so that no
-        // path appears twice in its archive.
-        if rendered.keys().any(|p| shared.paths.contains(p)) {
-            return self.render_alone(list, rendered, key);
-        }
-        let count = rendered.len();
+        first_ino: u32,
+    ) -> Result<NodePart, BuildError> {
+        let rendered = self.render_own(g, name, conf, list)?;
         let mut records = Vec::new();
-        archive::newc_records(&rendered, shared.inodes, &mut records).map_err(|source| BuildError::Archive {
+        // Inode numbers only tell hard links apart (nlink > 1), which overlays do not
+        // have; starting after the shared part's keeps them unique anyway.
+        archive::newc_records(&rendered, first_ino.max(1 << 20), &mut records).map_err(|source| BuildError::Archive {
             overlay: name.to_owned(),
             source,
         })?;
         archive::newc_trailer(&mut records);
-        let mut tail = Vec::with_capacity(records.len() / 3 + 64);
-        deflate_into(&records, self.level, FlushCompress::Finish, &mut tail);
-        let mut crc = shared.crc.clone();
-        let mut own = crc32fast::Hasher::new();
-        own.update(&records);
-        crc.combine(&own);
-        let total = shared.len + records.len() as u64;
-        tail.extend_from_slice(&crc.finalize().to_le_bytes());
-        tail.extend_from_slice(&(total as u32).to_le_bytes());
-        Ok(NodeArchive {
-            shared,
-            tail: tail.into(),
+        let mut deflate = Vec::with_capacity(records.len() / 3 + 64);
+        deflate_into(&records, self.level, FlushCompress::Finish, &mut deflate);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&records);
+        Ok(NodePart {
             key,
-            rendered: count,
+            deflate: deflate.into(),
+            crc,
+            len: records.len() as u64,
+            paths: rendered.into_keys().collect(),
         })
     }
 
-    /// A node whose rendered files collide with shared ones: one plain archive.
-    fn render_alone(
+    fn render_own(
         &self,
+        g: &Generation,
+        name: &str,
+        conf: &NodeConf,
         list: &[Arc<Compiled>],
-        rendered: BTreeMap<String, Entry>,
-        key: Digest,
-    ) -> Result<NodeArchive, BuildError> {
-        let count = rendered.len();
-        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    ) -> Result<BTreeMap<String, Entry>, BuildError> {
+        let known = g.node_digests.contains_key(name);
+        let mut data = g.node_data(name, if known { None } else { Some(conf) });
+        let mut rendered: BTreeMap<String, Entry> = BTreeMap::new();
         for c in list {
-            for (path, e) in &c.tree.entries {
-                if !is_template(path, e) {
-                    entries.insert(path.clone(), e.clone());
+            for (path, per_node) in &c.template_paths {
+                if *per_node {
+                    c.render_into(name, path, &mut data, &mut rendered)?;
+                    self.renders.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        entries.extend(rendered);
-        let bytes = archive::pack(
-            &entries,
-            &archive::WriteOptions {
-                level: self.level,
-                ..Default::default()
-            },
-        )
-        .map_err(|source| BuildError::Archive {
-            overlay: list.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(","),
+        Ok(rendered)
+    }
+
+    /// A node whose rendered files collide with shared ones: one plain archive, its
+    /// own files winning.
+    fn alone(
+        &self,
+        g: &Generation,
+        name: &str,
+        conf: &NodeConf,
+        list: &[Arc<Compiled>],
+        shared: &SharedPart,
+    ) -> Result<Arc<NodeArchive>, BuildError> {
+        let mut entries = shared.entries.clone();
+        entries.extend(self.render_own(g, name, conf, list)?);
+        let mut records = Vec::new();
+        archive::newc_records(&entries, 1, &mut records).map_err(|source| BuildError::Archive {
+            overlay: names(list),
             source,
         })?;
-        Ok(NodeArchive {
-            shared: Arc::new(SharedPart {
-                head: bytes.into(),
-                crc: crc32fast::Hasher::new(),
-                len: 0,
-                paths: Default::default(),
-                inodes: 0,
-            }),
-            tail: bytes::Bytes::new(),
-            key,
-            rendered: count,
-        })
+        archive::newc_trailer(&mut records);
+        let mut deflate = Vec::new();
+        deflate_into(&records, self.level, FlushCompress::Finish, &mut deflate);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&records);
+        let whole = SharedPart {
+            key: shared.key,
+            head: gzip_header().into(),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            entries: BTreeMap::new(),
+            inodes: 1,
+        };
+        let own = NodePart {
+            key: shared.key,
+            deflate: deflate.into(),
+            crc,
+            len: records.len() as u64,
+            paths: Vec::new(),
+        };
+        Ok(Arc::new(link(Arc::new(whole), Arc::new(own))))
+    }
+}
+
+fn names(list: &[Arc<Compiled>]) -> String {
+    list.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// Join a shared part and a node's part into one gzip member: the CRC of the whole
+/// is combined from the two parts' CRCs (no pass over the bytes).
+fn link(shared: Arc<SharedPart>, own: Arc<NodePart>) -> NodeArchive {
+    let mut crc = shared.crc.clone();
+    crc.combine(&own.crc);
+    let total = shared.len + own.len;
+    let mut trailer = [0u8; 8];
+    trailer[..4].copy_from_slice(&crc.finalize().to_le_bytes());
+    // RFC 1952: ISIZE is the length modulo 2^32.
+    trailer[4..].copy_from_slice(&(total as u32).to_le_bytes());
+    let mut h = Sha256::new();
+    h.update(shared.key.0);
+    h.update(own.key.0);
+    NodeArchive {
+        key: Digest(h.finalize().into()),
+        shared,
+        own,
+        trailer,
     }
 }
 
@@ -827,7 +933,7 @@ mod tests {
         let b = f.build(&g, &all, "n2", OverlayKind::System);
         assert_eq!(text(&unpack(&b)["etc/hostname"]), "n2\n");
         assert!(Arc::ptr_eq(&a.shared, &b.shared));
-        assert!(b.tail.len() < 1000, "{}", b.tail.len());
+        assert!(b.own.deflate.len() < 1000, "{}", b.own.deflate.len());
         // GNU gzip agrees it is valid (CRC and length of the joined member), when present.
         if let Ok(mut child) = std::process::Command::new("gzip")
             .arg("-t")
@@ -860,13 +966,18 @@ mod tests {
         let again = f.builder.stats();
         assert_eq!((again.builds, again.renders, again.hits), (4, first.renders, 4));
 
-        // A tag of n1 changes: n1 rebuilds; n2's overlays read AllNodes, so they
-        // rebuild too (n1's fields are part of them).
+        // A tag of n1 changes: n1's own part renders again. `hosts` reads AllNodes but
+        // not the node: it is rendered once into the shared part, so n2 renders
+        // nothing of its own, its archive is re-linked to the new shared part.
+        let shared_before = f.builder.stats().shared;
         all.get_mut("n1").unwrap().tags.insert("color".into(), "blue".into());
         let g = generation(&all);
         f.build(&g, &all, "n1", OverlayKind::System);
-        f.build(&g, &all, "n2", OverlayKind::System);
-        assert_eq!(f.builder.stats().builds, 6);
+        let n2 = f.build(&g, &all, "n2", OverlayKind::System);
+        let st = f.builder.stats();
+        assert_eq!((st.builds, st.hits), (5, 5), "only n1's own part rendered");
+        assert_eq!(st.shared, shared_before + 1, "hosts rendered once for both");
+        assert_eq!(text(&unpack(&n2)["etc/hosts"]), "n1\nn2\n");
 
         // Without an AllNodes template, a change to n1 leaves n2 alone.
         let only_base = Fixture::new(&overlays()[..1]);

@@ -749,11 +749,9 @@ fn overlay_response(built: &crate::overlay::build::NodeArchive, headers: &Header
     {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
-    let [head, tail] = built.parts();
-    let body = Body::from_stream(futures::stream::iter([
-        Ok::<_, std::convert::Infallible>(head),
-        Ok(tail),
-    ]));
+    let body = Body::from_stream(futures::stream::iter(
+        built.parts().map(Ok::<_, std::convert::Infallible>),
+    ));
     (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
