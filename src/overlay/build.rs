@@ -428,7 +428,9 @@ pub struct Builder {
 
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builder").field("stats", &self.stats()).finish_non_exhaustive()
+        f.debug_struct("Builder")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
     }
 }
 
@@ -470,12 +472,23 @@ impl Builder {
     }
 
     /// The compiled form of overlay `name` at `digest` (compiled once, then shared).
-    pub fn compiled(&self, name: &str, digest: Digest, tree: impl FnOnce() -> Arc<OverlayTree>) -> Result<Arc<Compiled>, BuildError> {
+    pub fn compiled(
+        &self,
+        name: &str,
+        digest: Digest,
+        tree: impl FnOnce() -> Arc<OverlayTree>,
+    ) -> Result<Arc<Compiled>, BuildError> {
         let k = (name.to_owned(), digest);
         if let Some(c) = lock(&self.compiled).get(&k) {
             return Ok(c.clone());
         }
-        let c = Arc::new(Compiled::new(name, digest, tree(), self.access.clone(), self.policy.clone())?);
+        let c = Arc::new(Compiled::new(
+            name,
+            digest,
+            tree(),
+            self.access.clone(),
+            self.policy.clone(),
+        )?);
         lock(&self.compiled).insert(k, c.clone());
         Ok(c)
     }
@@ -542,7 +555,14 @@ impl Builder {
     /// What a node's own part depends on: the kind, the overlays, the node's fields,
     /// the settings, and every node's fields only when one of its per-node templates
     /// reads `AllNodes`.
-    fn node_key(&self, g: &Generation, name: &str, conf: &NodeConf, kind: OverlayKind, list: &[Arc<Compiled>]) -> Digest {
+    fn node_key(
+        &self,
+        g: &Generation,
+        name: &str,
+        conf: &NodeConf,
+        kind: OverlayKind,
+        list: &[Arc<Compiled>],
+    ) -> Digest {
         let mut h = Sha256::new();
         h.update(b"wulfpack overlay node part v2\0");
         h.update(kind.as_str());
@@ -575,7 +595,9 @@ impl Builder {
             h.update([0]);
             h.update(c.digest.0);
         }
-        let renders_shared = list.iter().any(|c| c.template_paths.iter().any(|(_, per_node)| !per_node));
+        let renders_shared = list
+            .iter()
+            .any(|c| c.template_paths.iter().any(|(_, per_node)| !per_node));
         if renders_shared {
             h.update(g.server.0);
             h.update(g.all_nodes.0);
@@ -647,9 +669,11 @@ impl Builder {
         let mut records = Vec::new();
         // Inode numbers only tell hard links apart (nlink > 1), which overlays do not
         // have; starting after the shared part's keeps them unique anyway.
-        archive::newc_records(&rendered, first_ino.max(1 << 20), &mut records).map_err(|source| BuildError::Archive {
-            overlay: name.to_owned(),
-            source,
+        archive::newc_records(&rendered, first_ino.max(1 << 20), &mut records).map_err(|source| {
+            BuildError::Archive {
+                overlay: name.to_owned(),
+                source,
+            }
         })?;
         archive::newc_trailer(&mut records);
         let mut deflate = Vec::with_capacity(records.len() / 3 + 64);
