@@ -26,6 +26,7 @@ mod names;
 mod oci;
 mod overlay_boot;
 mod overlay_net;
+mod overlay_qemu;
 mod overlay_render;
 mod overlays;
 mod procs;
