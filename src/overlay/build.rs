@@ -1021,6 +1021,53 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_change_rebuilds_its_nodes_and_an_overlay_change_the_nodes_using_it() {
+        let conf = |color: &str| {
+            format!(
+                "nodeprofiles:\n  p1:\n    tags: {{color: {color}}}\n  p2: {{}}\nnodes:\n  \
+                 n1: {{profiles: [p1], system overlay: [base]}}\n  \
+                 n2: {{profiles: [p1], system overlay: [base]}}\n  \
+                 n3: {{profiles: [p2], system overlay: [other]}}\n"
+            )
+        };
+        let other = tree(&[(
+            "etc/name.ww",
+            file(b"{{ Id }} {{ Tags.color | default(value=\"none\") }}\n", 0o644),
+        )]);
+        let base = overlays()[0].1.clone();
+        let mut f = Fixture::new(&[("base", base.clone()), ("other", other)]);
+        let build_all = |f: &Fixture, all: &BTreeMap<String, NodeConf>| {
+            let g = generation(all);
+            for n in ["n1", "n2", "n3"] {
+                f.build(&g, all, n, OverlayKind::System);
+            }
+        };
+        let all = nodes(&conf("red"));
+        build_all(&f, &all);
+        assert_eq!(f.builder.stats().builds, 3);
+
+        // p1 changes: its two nodes rebuild, n3 (profile p2) does not.
+        let all = nodes(&conf("blue"));
+        build_all(&f, &all);
+        let st = f.builder.stats();
+        assert_eq!((st.builds, st.hits), (5, 1), "n1 and n2 rebuilt, n3 current");
+
+        // A file of overlay `base` changes: the nodes using it rebuild, n3 does not.
+        let mut changed = (*base).clone();
+        changed.entries.insert("etc/motd".into(), file(b"new\n", 0o644));
+        let changed = Arc::new(changed);
+        f.overlays.insert("base".into(), (json_digest(&*changed), changed));
+        build_all(&f, &all);
+        let st = f.builder.stats();
+        assert_eq!((st.builds, st.hits), (7, 2), "n1 and n2 rebuilt, n3 current");
+        let g = generation(&all);
+        assert_eq!(
+            text(&unpack(&f.build(&g, &all, "n1", OverlayKind::System))["etc/motd"]),
+            "new\n"
+        );
+    }
+
+    #[test]
     fn concurrent_requests_for_one_node_render_once() {
         let all = nodes(NODES);
         let g = generation(&all);
