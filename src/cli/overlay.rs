@@ -422,7 +422,17 @@ async fn list(
 async fn show(client: &Client, a: ShowArgs, out: &mut dyn Write) -> Result<()> {
     if let Some(node) = &a.render {
         let files = client.overlay_render(&a.name, &a.file, node).await?;
-        out.write_all(show_rendered(&files, a.quiet).as_bytes())?;
+        let files: Vec<crate::overlay::render::RenderedFile> = files
+            .into_iter()
+            .map(|f| crate::overlay::render::RenderedFile {
+                name: f.name,
+                backup: f.backup,
+                write: f.write,
+                symlink: f.symlink,
+                content: f.content,
+            })
+            .collect();
+        out.write_all(crate::overlay::render::show(&files, a.quiet).as_bytes())?;
         return Ok(());
     }
     let r = client.overlay_file(&a.name, &a.file).await?;
@@ -443,32 +453,6 @@ async fn show(client: &Client, a: ShowArgs, out: &mut dyn Write) -> Result<()> {
         ),
     }
     Ok(())
-}
-
-/// What `overlay show --render` prints, as Warewulf: per output file its
-/// `backupFile`/`writeFile`/`Filename` (and `Symlink`) lines, then its contents ending
-/// in a newline; `quiet`: the contents only.
-pub fn show_rendered(files: &[pb::RenderedFile], quiet: bool) -> String {
-    let mut out = String::new();
-    for f in files {
-        if !quiet {
-            out.push_str(&format!(
-                "backupFile: {}\nwriteFile: {}\nFilename: {}\n",
-                f.backup, f.write, f.name
-            ));
-        }
-        if let Some(t) = &f.symlink {
-            if !quiet {
-                out.push_str(&format!("Symlink: {t}\n"));
-            }
-            continue;
-        }
-        out.push_str(&f.content);
-        if !f.content.ends_with('\n') {
-            out.push('\n');
-        }
-    }
-    out
 }
 
 /// What a new template starts with in the editor.

@@ -167,6 +167,22 @@ async fn nodes_get_their_rendered_overlays_and_runtime_overlays_only_reach_their
     })
     .await;
 
+    // `overlay show --render` renders one template for a node on the head asked, in
+    // Warewulf's format; `overlay build` fills the head's cache for every node.
+    let shown = ok(&c, &["overlay", "show", "--render", "n1", "site1", "/etc/hostname.ww"]).await;
+    assert_eq!(
+        shown,
+        "backupFile: true\nwriteFile: true\nFilename: etc/hostname\nhost n1\n"
+    );
+    let quiet = ok(&c, &["overlay", "show", "-r", "n2", "-q", "site1", "etc/hostname.ww"]).await;
+    assert_eq!(quiet, "host n2\n");
+    let e = crate::harness::ww(&c, &["overlay", "show", "-r", "n1", "site1", "/etc/nothing.ww"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("nothing"), "{e}");
+    let built = ok(&c, &["overlay", "build"]).await;
+    assert!(built.starts_with("Built overlays of 2 node(s)"), "{built}");
+
     // Runtime: from an unprivileged port, secure mode (the default) refuses n1 ...
     let (st, body) = tokio::task::spawn_blocking({
         let http = http0.clone();

@@ -66,26 +66,6 @@ fn golden_dir() -> PathBuf {
     root().join("tests/it/golden/overlays")
 }
 
-/// What `wwctl overlay show --render` prints for the rendered files.
-fn show(files: &[RenderedFile]) -> String {
-    let mut out = String::new();
-    for f in files {
-        out.push_str(&format!(
-            "backupFile: {}\nwriteFile: {}\nFilename: {}\n",
-            f.backup, f.write, f.name
-        ));
-        if let Some(t) = &f.symlink {
-            out.push_str(&format!("Symlink: {t}\n"));
-            continue;
-        }
-        out.push_str(&f.content);
-        if !f.content.ends_with('\n') {
-            out.push('\n');
-        }
-    }
-    out
-}
-
 /// Render one template for node `n1` of the golden nodes.conf.
 fn render(overlay: &str, template: &str) -> Vec<RenderedFile> {
     let text = std::fs::read_to_string(golden_dir().join("net.nodes.conf")).expect("golden nodes.conf");
@@ -127,7 +107,7 @@ fn network_overlays_render_bonds_vlans_and_ipv6_as_the_golden_files() {
     let bless = std::env::var_os("WULFPACK_BLESS").is_some();
     let mut failures = Vec::new();
     for (overlay, template) in TEMPLATES {
-        let actual = show(&render(overlay, template));
+        let actual = wulfpack::overlay::render::show(&render(overlay, template), false);
         let golden = golden_dir().join(golden_name(overlay, template));
         if bless {
             std::fs::write(&golden, &actual).unwrap();

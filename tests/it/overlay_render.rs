@@ -18,9 +18,7 @@ use std::time::Instant;
 
 use serde_json::Value as Json;
 use wulfpack::model::{merge_effective, parse_nodes_conf, NodeConf, NodesConf};
-use wulfpack::overlay::render::{
-    AccessError, AccessPolicy, BuildData, BuildInfo, FileAccess, RenderedFile, ServerConf, Templates,
-};
+use wulfpack::overlay::render::{AccessError, AccessPolicy, BuildData, BuildInfo, FileAccess, ServerConf, Templates};
 
 /// Cases that must pass (raise when more pass; never lower to make a change pass).
 const FLOOR: usize = 97;
@@ -122,30 +120,6 @@ fn drop_key(v: &mut serde_yaml_ng::Value, field: &str) -> bool {
         }
     }
     false
-}
-
-/// What `wwctl overlay show --render` prints.
-fn show(files: &[RenderedFile], quiet: bool) -> String {
-    let mut out = String::new();
-    for f in files {
-        if !quiet {
-            out.push_str(&format!(
-                "backupFile: {}\nwriteFile: {}\nFilename: {}\n",
-                f.backup, f.write, f.name
-            ));
-        }
-        if let Some(t) = &f.symlink {
-            if !quiet {
-                out.push_str(&format!("Symlink: {t}\n"));
-            }
-            continue;
-        }
-        out.push_str(&f.content);
-        if !f.content.ends_with('\n') {
-            out.push('\n');
-        }
-    }
-    out
 }
 
 fn normalize(case: &Json, expected: &mut String, actual: &mut String) {
@@ -261,7 +235,7 @@ fn run_case(case: &Json, root: &Path) -> Outcome {
         Err(e) => return Outcome::Fail(e.to_string()),
     };
     let quiet = case["quiet"].as_bool().unwrap_or(false);
-    let mut actual = show(&files, quiet);
+    let mut actual = wulfpack::overlay::render::show(&files, quiet);
     let mut expected = case["expected"].as_str().unwrap_or("").to_owned();
     normalize(case, &mut expected, &mut actual);
     let same = if case["compare"] == "json" {

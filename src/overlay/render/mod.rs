@@ -400,6 +400,32 @@ impl Templates {
     }
 }
 
+/// What `wwctl overlay show --render` prints, as Warewulf: per output file its
+/// `backupFile`/`writeFile`/`Filename` (and `Symlink`) lines, then its contents ending in
+/// a newline; `quiet`: the contents only.
+pub fn show(files: &[RenderedFile], quiet: bool) -> String {
+    let mut out = String::new();
+    for f in files {
+        if !quiet {
+            out.push_str(&format!(
+                "backupFile: {}\nwriteFile: {}\nFilename: {}\n",
+                f.backup, f.write, f.name
+            ));
+        }
+        if let Some(t) = &f.symlink {
+            if !quiet {
+                out.push_str(&format!("Symlink: {t}\n"));
+            }
+            continue;
+        }
+        out.push_str(&f.content);
+        if !f.content.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The default output name: the template path without `.ww` and without a leading `/`.
 pub fn default_name(path: &str) -> String {
     let p = path.trim_start_matches('/');
