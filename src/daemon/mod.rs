@@ -425,9 +425,12 @@ fn register_overlays(overlays: Overlays, wwclient: Option<PathBuf>, stop: Cancel
         // The node agent travels in the `wwclient` overlay, as in Warewulf.
         if let Some(t) = set.get_mut("wwclient") {
             match wwclient.as_deref().map(|p| (p, std::fs::read(p))) {
-                Some((_, Ok(bin))) => {
+                Some((p, Ok(bin))) => {
                     if let Err(e) = t.put_file("warewulf/wwclient", bin, Some(0o755), None, true, true) {
-                        tracing::error!("the wwclient binary cannot go into the wwclient overlay: {e}");
+                        tracing::error!(
+                            "the wwclient binary {} cannot go into the wwclient overlay: {e}; build it small and static (cargo build --profile node --target x86_64-unknown-linux-musl --bin wwclient) and name it in boot.overlays.wwclient",
+                            p.display()
+                        );
                     }
                 }
                 Some((p, Err(e))) => tracing::error!("cannot read the wwclient binary {}: {e}", p.display()),
