@@ -167,9 +167,18 @@ fn main() {
     );
     rig.state = state;
     let view2 = rig.view();
+    // What the changed node's next request costs: the next generation (one node's data
+    // recomputed), the shared parts again (`hosts` reads every node), its own parts.
+    let changed_node = view2.nodes["n00001"].clone();
+    let t = Instant::now();
+    for kind in [OverlayKind::System, OverlayKind::Runtime] {
+        ov.build(&view2, &changed_node, kind).unwrap();
+    }
+    let one_node = t.elapsed().as_secs_f64();
+    // And `overlay build` of every node after it: everything else is current.
     let t = Instant::now();
     let r2 = build_all(&ov, &view2, &[]);
-    let one = t.elapsed().as_secs_f64();
+    let one = t.elapsed().as_secs_f64() + one_node;
 
     // Boot storm on a fresh builder: the first request of each of `storm` nodes.
     let fresh = rig.overlays();
@@ -209,7 +218,11 @@ fn main() {
     );
     {
         println!(
-            "| rebuild after one node's tag changed | {:.1} ms ({} node part(s) rendered, {} current) | goal ≤ 50 ms | — |",
+            "| one node's tag changed: that node's next system + runtime request | {:.1} ms | goal ≤ 50 ms | — |",
+            one_node * 1000.0
+        );
+        println!(
+            "| one node's tag changed: `overlay build` of every node | {:.1} ms ({} more rendered, {} current) | — | — |",
             one * 1000.0,
             r2.built,
             r2.cached

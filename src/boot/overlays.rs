@@ -107,9 +107,11 @@ impl BootOverlays {
                 return gen.clone();
             }
         }
-        let gen = Arc::new(Generation::with_vars(
+        let prev = g.as_ref().map(|(_, p)| p.clone());
+        let gen = Arc::new(Generation::next(
+            prev.as_deref(),
             &self.server,
-            view.nodes.iter().map(|(n, b)| (n.as_str(), &b.conf)),
+            view.nodes.iter().map(|(n, b)| (n.as_str(), &b.conf, b.version)),
             &BuildInfo::now(),
             vec![("Heads".to_owned(), serde_json::json!(heads))],
         ));

@@ -22,6 +22,9 @@ use crate::state::{HeadInfo, ImageEntry, State};
 pub struct BootNode {
     pub name: String,
     pub conf: NodeConf,
+    /// Digest of the versions of what `conf` was merged from (the node and the profiles
+    /// it expands to): equal value, equal `conf`, without comparing the fields.
+    pub version: model::Digest,
 }
 
 impl BootNode {
@@ -110,11 +113,20 @@ impl BootView {
                     view.by_ip.insert(ip, name.clone());
                 }
             }
+            let mut version = Vec::with_capacity(64);
+            version.extend_from_slice(&v.version.to_le_bytes());
+            for p in model::expand_profiles(name, &v.value, &profiles).unwrap_or_default() {
+                version.extend_from_slice(p.as_bytes());
+                version.push(0);
+                let pv = s.profiles.get(p).map(|p| p.version).unwrap_or(0);
+                version.extend_from_slice(&pv.to_le_bytes());
+            }
             view.nodes.insert(
                 name.clone(),
                 Arc::new(BootNode {
                     name: name.clone(),
                     conf,
+                    version: model::Digest::of(&version),
                 }),
             );
         }

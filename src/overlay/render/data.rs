@@ -86,6 +86,33 @@ impl BuildData {
         }
     }
 
+    /// [`BuildData::new`], taking each node's value from `prev` when `unchanged(name)`
+    /// says the node is the same as in `prev` (a generation after one node changed
+    /// recomputes one value, not every node's).
+    pub fn new_reusing<'a>(
+        server: &ServerConf,
+        nodes: impl IntoIterator<Item = (&'a str, &'a NodeConf)>,
+        build: &BuildInfo,
+        prev: &BuildData,
+        unchanged: impl Fn(&str) -> bool,
+    ) -> BuildData {
+        let mut values = BTreeMap::new();
+        for (name, conf) in nodes {
+            let v = match prev.nodes.get(name).filter(|_| unchanged(name)) {
+                Some(v) => v.clone(),
+                None => node_value(name, conf),
+            };
+            values.insert(name.to_owned(), v);
+        }
+        let all: Vec<Value> = values.values().cloned().collect();
+        let mut base = server_context(server, build);
+        base.insert_value("AllNodes", Value::from(all));
+        BuildData {
+            base,
+            nodes: Arc::new(values),
+        }
+    }
+
     /// The data for node `name`: its precomputed value when it is one of the build's nodes,
     /// else built from `conf` (Warewulf renders an unknown node as a new empty one).
     pub fn node(&self, name: &str, conf: Option<&NodeConf>) -> NodeData {
