@@ -581,6 +581,14 @@ mod tests {
     }
 
     #[test]
+    fn debian_interfaces_is_ifupdown_under_warewulfs_older_name() {
+        // Warewulf's default profile lists `debian.interfaces`: an imported nodes.conf
+        // that names it must build.
+        let set = distribution().unwrap();
+        assert_eq!(set["debian.interfaces"], set["ifupdown"]);
+    }
+
+    #[test]
     fn secrets_of_the_distribution_set_are_root_only() {
         // `cluster/overlays/<name>/modes` sets what git cannot keep.
         let set = distribution().unwrap();
