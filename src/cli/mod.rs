@@ -14,6 +14,7 @@
 //! [`fields`] holds the object field flags, [`output`] tables/YAML/JSON.
 
 mod cluster;
+pub mod configure;
 pub mod fields;
 pub mod image;
 mod objects;
@@ -76,6 +77,9 @@ pub enum Top {
     /// Manage the heads of the cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Configure this head's own services from the host overlay.
+    #[command(subcommand)]
+    Configure(configure::ConfigureCmd),
 }
 
 /// `wwctl`'s config file.
@@ -132,6 +136,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Image(c) => image::run(&client, c, fmt, out).await,
         Top::Overlay(c) => overlay::run(&client, c, fmt, out).await,
         Top::Cluster(c) => cluster_cmd(&client, c, fmt, out).await,
+        Top::Configure(c) => configure::run(&client, c, out).await,
     }
 }
 
