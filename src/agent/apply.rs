@@ -125,6 +125,21 @@ fn tmp_name() -> String {
     format!(".wwclient-{}.tmp", std::process::id())
 }
 
+/// A new, private (0600) temp file in directory `dir`, never through a symlink; a
+/// leftover of an earlier run of this process id is removed first.
+fn create_tmp(dir: &OwnedFd) -> io::Result<(String, File)> {
+    let tmp = tmp_name();
+    let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+    let fd = rustix::fs::openat(
+        dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(io_err)?;
+    Ok((tmp, File::from(fd)))
+}
+
 /// Applies archives to one root.
 #[derive(Debug)]
 pub struct Applier {
@@ -350,16 +365,7 @@ impl Applier {
                 if let Some(t @ FileType::Directory) = cur_type {
                     clear(t)?;
                 }
-                let tmp = tmp_name();
-                let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
-                let fd = rustix::fs::openat(
-                    &parent,
-                    tmp.as_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(io_err)?;
-                let mut f = File::from(fd);
+                let (tmp, mut f) = create_tmp(&parent)?;
                 let done = (|| {
                     f.write_all(data)?;
                     self.set_owner_mode(&f, e)?;
@@ -452,16 +458,7 @@ impl Applier {
         let (dir, base) = split(MANIFEST_PATH);
         let d = open_dir(root, dir, true, &mut Vec::new())?;
         let text = serde_json::to_vec_pretty(m).map_err(io::Error::other)?;
-        let tmp = tmp_name();
-        let _ = rustix::fs::unlinkat(&d, tmp.as_str(), AtFlags::empty());
-        let fd = rustix::fs::openat(
-            &d,
-            tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(io_err)?;
-        let mut f = File::from(fd);
+        let (tmp, mut f) = create_tmp(&d)?;
         f.write_all(&text)?;
         f.sync_all()?;
         rustix::fs::renameat(&d, tmp.as_str(), &d, base).map_err(io_err)?;

@@ -135,9 +135,18 @@ impl BootOverlays {
         if let Some(t) = lock(&self.trees).get(&digest) {
             return Ok(t.clone());
         }
-        let bytes = match std::fs::read(self.cas.path(&digest)) {
+        // Verified (a corrupt blob is quarantined and then missing, like any blob).
+        let read = self.cas.open_verified(&digest).and_then(|mut f| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|source| CasError::Io {
+                path: self.cas.path(&digest),
+                source,
+            })?;
+            Ok(bytes)
+        });
+        let bytes = match read {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(CasError::Missing(_)) => {
                 return Err(OverlayServeError::TreeMissing {
                     name: name.to_owned(),
                     digest,
@@ -147,20 +156,10 @@ impl BootOverlays {
                 return Err(OverlayServeError::Tree {
                     name: name.to_owned(),
                     digest,
-                    source: Box::new(CasError::Io {
-                        path: self.cas.path(&digest),
-                        source: e,
-                    }),
+                    source: Box::new(e),
                 })
             }
         };
-        if Digest::of(&bytes) != digest {
-            return Err(OverlayServeError::Tree {
-                name: name.to_owned(),
-                digest,
-                source: format!("the blob's content does not match its digest {digest}").into(),
-            });
-        }
         let tree = OverlayTree::from_canonical(&bytes).map_err(|e| OverlayServeError::Tree {
             name: name.to_owned(),
             digest,

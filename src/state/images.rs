@@ -196,18 +196,23 @@ impl State {
 
     /// Nodes and profiles whose own `image name` is `name`.
     pub fn image_users(&self, name: &str) -> Vec<String> {
-        let uses = |v: &Versioned<model::NodeConf>| v.value.image_name.as_deref() == Some(name);
-        self.nodes
+        self.users(|c| c.image_name.as_deref() == Some(name))
+    }
+
+    /// `node N` / `profile P` for every node and profile whose own fields satisfy `uses`
+    /// (what a delete refused as in use names).
+    pub(super) fn users(&self, uses: impl Fn(&model::NodeConf) -> bool) -> Vec<String> {
+        let nodes = self
+            .nodes
             .iter()
-            .filter(|(_, v)| uses(v))
-            .map(|(n, _)| format!("node {n}"))
-            .chain(
-                self.profiles
-                    .iter()
-                    .filter(|(_, v)| uses(v))
-                    .map(|(n, _)| format!("profile {n}")),
-            )
-            .collect()
+            .filter(|(_, v)| uses(&v.value))
+            .map(|(n, _)| format!("node {n}"));
+        let profiles = self
+            .profiles
+            .iter()
+            .filter(|(_, v)| uses(&v.value))
+            .map(|(n, _)| format!("profile {n}"));
+        nodes.chain(profiles).collect()
     }
 }
 

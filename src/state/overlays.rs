@@ -168,20 +168,7 @@ impl State {
     /// Nodes and profiles that list overlay `name` themselves, in `system overlay` or
     /// `runtime overlay` (a `~name` removal is not a use).
     pub fn overlay_users(&self, name: &str) -> Vec<String> {
-        let uses = |v: &Versioned<model::NodeConf>| {
-            v.value.system_overlay.iter().any(|o| o == name) || v.value.runtime_overlay.iter().any(|o| o == name)
-        };
-        self.nodes
-            .iter()
-            .filter(|(_, v)| uses(v))
-            .map(|(n, _)| format!("node {n}"))
-            .chain(
-                self.profiles
-                    .iter()
-                    .filter(|(_, v)| uses(v))
-                    .map(|(n, _)| format!("profile {n}")),
-            )
-            .collect()
+        self.users(|c| c.system_overlay.iter().any(|o| o == name) || c.runtime_overlay.iter().any(|o| o == name))
     }
 }
 

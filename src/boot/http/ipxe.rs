@@ -209,7 +209,7 @@ impl IpxeTemplates {
             tera.add_raw_template(&name, &text).map_err(|e| IpxeError::Parse {
                 name: name.clone(),
                 origin,
-                message: error_chain(&e),
+                message: crate::error::report(&e),
             })?;
             names.push(name);
         }
@@ -242,23 +242,11 @@ impl IpxeTemplates {
             },
             message,
         };
-        let context = tera::Context::from_serialize(ctx).map_err(|e| render_err(error_chain(&e)))?;
+        let context = tera::Context::from_serialize(ctx).map_err(|e| render_err(crate::error::report(&e)))?;
         self.tera
             .render(name, &context)
-            .map_err(|e| render_err(error_chain(&e)))
+            .map_err(|e| render_err(crate::error::report(&e)))
     }
-}
-
-/// Tera's message with its causes (the useful part is often a source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

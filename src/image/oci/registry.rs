@@ -83,7 +83,7 @@ impl Ctx {
             OciDistributionError::RequestError(re) if re.is_connect() || re.is_timeout() => OciError::Unreachable {
                 registry: registry.clone(),
                 scheme: self.scheme,
-                detail: error_chain(&re),
+                detail: crate::error::report(&re),
                 hint: if self.scheme == "https" {
                     "; if it serves plain HTTP, mark it insecure"
                 } else {
@@ -119,25 +119,10 @@ impl Ctx {
             OciDistributionError::DigestError(d) => other(format!(
                 "the content does not match its digest ({d}); the registry's copy is damaged or the transfer was cut"
             )),
-            OciDistributionError::RequestError(re) => other(error_chain(&re)),
+            OciDistributionError::RequestError(re) => other(crate::error::report(&re)),
             e => other(e.to_string()),
         }
     }
-}
-
-/// An error with its causes ("error sending request: ...: Connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 fn transient(e: &OciDistributionError) -> bool {
@@ -392,7 +377,7 @@ async fn fetch_blob(
                 return Ok(());
             }
             Err(e) if transient(&e) && attempt < BLOB_ATTEMPTS => {
-                tracing::warn!(blob = %desc.digest, attempt, error = %error_chain(&e), "blob download failed; retrying");
+                tracing::warn!(blob = %desc.digest, attempt, error = %crate::error::report(&e), "blob download failed; retrying");
                 drop(writer);
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
             }

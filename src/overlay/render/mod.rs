@@ -311,7 +311,7 @@ impl Templates {
             .map_err(|e| RenderError::Parse {
                 overlay: overlay.to_owned(),
                 file: path.to_owned(),
-                message: error_chain(&e),
+                message: crate::error::report(&e),
             })
     }
 
@@ -339,7 +339,7 @@ impl Templates {
                 .get("Id")
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
-            message: error_chain(&e),
+            message: crate::error::report(&e),
         })?;
         Ok(split_output(&default_name(path), &text))
     }
@@ -484,21 +484,6 @@ pub fn split_output(default: &str, text: &str) -> Vec<RenderedFile> {
         files.remove(0);
     }
     files
-}
-
-/// Tera's message with its causes.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
