@@ -419,7 +419,15 @@ fn chain_capacity(cfg: &DhcpConfig, view: &wulfpack::boot::view::BootView, lab: 
     let t = Instant::now();
     let mut replies = 0usize;
     for i in 0..n {
-        if let Verdict::Reply(r) = handle_packet(&packets[i % packets.len()], iface, cfg, view, &leases, &chain) {
+        if let Verdict::Reply(r) = handle_packet(
+            &packets[i % packets.len()],
+            iface,
+            cfg,
+            view,
+            &leases,
+            &wulfpack::boot::dhcp::AllServing,
+            &chain,
+        ) {
             replies += r.msg.to_vec().map(|b| b.len().min(1)).unwrap_or(0);
         }
     }

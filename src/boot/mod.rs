@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`view`] | merged nodes by MAC/IP, images, heads; republished after applies |
 //! | [`dhcp`] | built-in DHCPv4 server: config, sans-IO handler chain, per-interface sockets |
+//! | [`liveness`] | which peer heads are alive and serve which racks (HTTP probes), for DHCP's rack turn |
 //! | [`files`] | the iPXE binary directory, contained; read by TFTP and HTTP `/efiboot/` |
 //! | [`tftp`] | read-only TFTP of the iPXE binaries (async-tftp on its own thread) |
 //! | [`http`] | Warewulf's boot routes: iPXE scripts (Tera), kernels and images streamed from the CAS, `/status` |
@@ -17,6 +18,7 @@
 pub mod dhcp;
 pub mod files;
 pub mod http;
+pub mod liveness;
 pub mod overlays;
 pub mod retry;
 pub mod status;

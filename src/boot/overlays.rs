@@ -98,8 +98,19 @@ impl BootOverlays {
         let ip = self.server.derived().ipaddr;
         let me = (!ip.is_empty()).then(|| format!("{ip}:{}", self.server.warewulf.port));
         let heads = view.head_urls(self.head_id, me.as_deref());
+        // `Racks`: each rack's network and heads (at their rack addresses, in the rack's
+        // order), so `wwclient.conf` lists only the heads of the node's own rack.
+        let racks: Vec<serde_json::Value> = view
+            .racks
+            .iter()
+            .map(|(name, r)| {
+                let urls: Vec<String> = view.rack_urls(r).into_iter().map(|(_, u)| u).collect();
+                serde_json::json!({"name": name, "network": r.network.to_string(), "heads": urls})
+            })
+            .collect();
         let mut key = view.nodes_version.0.to_vec();
         key.extend(heads.join("\n").bytes());
+        key.extend(serde_json::to_vec(&racks).unwrap_or_default());
         let key = Digest::of(&key);
         let mut g = lock(&self.generation);
         if let Some((v, gen)) = g.as_ref() {
@@ -113,7 +124,10 @@ impl BootOverlays {
             &self.server,
             view.nodes.iter().map(|(n, b)| (n.as_str(), &b.conf, b.version)),
             &BuildInfo::now(),
-            vec![("Heads".to_owned(), serde_json::json!(heads))],
+            vec![
+                ("Heads".to_owned(), serde_json::json!(heads)),
+                ("Racks".to_owned(), serde_json::Value::Array(racks)),
+            ],
         ));
         *g = Some((key, gen.clone()));
         gen

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::model::{self, NodeConf};
-use crate::state::{HeadInfo, ImageEntry, State};
+use crate::state::{HeadInfo, ImageEntry, Rack, State};
 
 /// A node as the boot side sees it: merged with its profiles.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +63,8 @@ pub struct BootView {
     /// Digest of every node's and profile's version: equal value, same merged nodes
     /// (what overlay builds share is rebuilt only when this changes).
     pub nodes_version: model::Digest,
+    /// Racks by name (`wwctl rack`), shared between views while unchanged.
+    pub racks: Arc<BTreeMap<String, Rack>>,
 }
 
 impl BootView {
@@ -75,6 +77,13 @@ impl BootView {
             cluster: s.cluster.name.clone(),
             images: s.images.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect(),
             heads: s.cluster.heads.clone(),
+            racks: Arc::new(
+                s.cluster
+                    .racks
+                    .iter()
+                    .map(|(n, r)| (n.clone(), r.value.clone()))
+                    .collect(),
+            ),
             overlays: s
                 .overlays
                 .iter()
@@ -221,6 +230,74 @@ impl BootView {
             }
         }
         out
+    }
+
+    /// Base URLs of a rack's heads in the rack's order, each at its address on the rack
+    /// and its registered HTTP port (Warewulf's 9873 if it registered none).
+    pub fn rack_urls(&self, rack: &Rack) -> Vec<(u64, String)> {
+        rack.heads
+            .iter()
+            .map(|h| {
+                let port = self
+                    .heads
+                    .get(&h.id)
+                    .and_then(|i| {
+                        let hostport = i.http.split_once("://").map(|(_, r)| r).unwrap_or(&i.http);
+                        hostport.trim_end_matches('/').rsplit_once(':')?.1.parse::<u16>().ok()
+                    })
+                    .unwrap_or(crate::boot::dhcp::config::DEFAULT_HTTP_PORT);
+                (h.id, format!("http://{}:{port}", h.addr))
+            })
+            .collect()
+    }
+
+    /// Base URLs a node downloads from (iPXE scripts): for a node of a rack, the rack's
+    /// heads at their addresses on it — this head first, then the rack's order, heads
+    /// `down` says are down last (still listed: a stale verdict must not strand a node);
+    /// otherwise every head ([`BootView::head_urls`]).
+    pub fn boot_urls(
+        &self,
+        node: Option<&BootNode>,
+        me: u64,
+        host: Option<&str>,
+        down: impl Fn(u64) -> bool,
+    ) -> Vec<String> {
+        let Some((_, rack)) = node.and_then(|n| self.rack_of(n)) else {
+            return self.head_urls(me, host);
+        };
+        let urls = self.rack_urls(rack);
+        let mut out: Vec<String> = urls
+            .iter()
+            .filter(|(id, _)| *id == me)
+            .map(|(_, u)| u.clone())
+            .collect();
+        if out.is_empty() {
+            // This head does not serve the node's rack but was asked: the address the
+            // node used reaches it.
+            if let Some(h) = host {
+                out.push(format!("http://{h}"));
+            }
+        }
+        for (_, u) in urls.iter().filter(|(id, _)| *id != me && !down(*id)) {
+            out.push(u.clone());
+        }
+        for (_, u) in urls.iter().filter(|(id, _)| *id != me && down(*id)) {
+            out.push(u.clone());
+        }
+        out.dedup();
+        out
+    }
+
+    /// The rack a node belongs to: the one whose network holds one of its IPv4 addresses
+    /// (the first device in name order that has one in a rack).
+    pub fn rack_of(&self, node: &BootNode) -> Option<(&str, &Rack)> {
+        node.conf.network_devices.values().find_map(|d| {
+            let ip = d.ipaddr.as_deref()?.split('/').next()?.parse::<Ipv4Addr>().ok()?;
+            self.racks
+                .iter()
+                .find(|(_, r)| r.holds(ip))
+                .map(|(n, r)| (n.as_str(), r))
+        })
     }
 
     /// The image a node boots, if it names one that exists.

@@ -20,6 +20,7 @@ pub mod image;
 mod objects;
 pub mod output;
 pub mod overlay;
+pub mod rack;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ pub enum Top {
     /// Manage the heads of the cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Manage racks: boot networks and the heads that serve each, in order.
+    #[command(subcommand)]
+    Rack(rack::RackCmd),
     /// Configure this head's own services from the host overlay.
     #[command(subcommand)]
     Configure(configure::ConfigureCmd),
@@ -136,6 +140,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Image(c) => image::run(&client, c, fmt, out).await,
         Top::Overlay(c) => overlay::run(&client, c, fmt, out).await,
         Top::Cluster(c) => cluster_cmd(&client, c, fmt, out).await,
+        Top::Rack(c) => rack::run(&client, c, fmt, out).await,
         Top::Configure(c) => configure::run(&client, c, out).await,
     }
 }

@@ -137,6 +137,10 @@ pub struct HeadStatus {
     pub uptime: Duration,
 }
 
+/// A leader whose quorum last acknowledged it longer ago than this is cut off (ten
+/// heartbeats at the default timing; an election among the others takes about as long).
+pub const QUORUM_FRESH: Duration = Duration::from_millis(1000);
+
 /// The in-process handle of one head to the cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
@@ -473,6 +477,22 @@ impl Cluster {
                 learners: r.learners,
             },
         })
+    }
+
+    /// Whether this head is in contact with a quorum now: a leader whose last quorum
+    /// acknowledgement is recent ([`QUORUM_FRESH`]), or a follower or learner that knows a
+    /// leader (a follower cut off from it turns candidate within an election timeout and
+    /// forgets it). Boot services ask this before taking over another head's rack.
+    pub fn in_quorum(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        match m.state {
+            ServerState::Leader => m
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms < QUORUM_FRESH.as_millis() as u64),
+            ServerState::Follower | ServerState::Learner => m.current_leader.is_some_and(|l| l != self.inner.id),
+            ServerState::Candidate | ServerState::Shutdown => false,
+        }
     }
 
     /// This head's own view of Raft.

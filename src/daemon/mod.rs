@@ -79,6 +79,8 @@ pub struct Parts {
     pub view: ViewRx,
     /// Per-node boot status as this head saw it.
     pub status: Arc<StatusBoard>,
+    /// Which peer heads are alive and serve which racks.
+    pub liveness: Arc<crate::boot::liveness::Liveness>,
 }
 
 impl Parts {
@@ -103,6 +105,9 @@ impl Head {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Head, DaemonError> {
         let stop = CancellationToken::new();
+        // The cluster handle, once Raft is up (the liveness record asks it for quorum;
+        // it is created before, with the HTTP server that answers health probes).
+        let quorum: Arc<std::sync::OnceLock<Cluster>> = Arc::default();
         let trigger = stop.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -157,16 +162,22 @@ impl Head {
         let status = Arc::new(StatusBoard::new());
         crate::boot::status::forget_deleted_nodes(status.clone(), view.clone());
         let boot_overlays = boot_overlays(&cfg, &cas, &view);
+        let liveness = Arc::new(crate::boot::liveness::Liveness::new(cfg.id, {
+            let quorum = quorum.clone();
+            move || quorum.get().is_some_and(|c: &Cluster| c.in_quorum())
+        }));
         let http = tokio::spawn(
             axum::serve(
                 listeners.http,
                 crate::cas::http::router(cas.clone())
+                    .merge(crate::boot::liveness::router(liveness.clone()))
                     .merge(crate::boot::http::router(boot_http_state(
                         &cfg,
                         &cas,
                         &view,
                         &status,
                         boot_overlays.clone(),
+                        &liveness,
                     )))
                     .into_make_service_with_connect_info::<std::net::SocketAddr>(),
             )
@@ -186,6 +197,7 @@ impl Head {
             stop.clone().cancelled_owned(),
         );
         let cluster = Cluster::new(cfg.id, cfg.advertise.clone(), raft.clone(), reader.clone());
+        let _ = quorum.set(cluster.clone());
         let images = Images::new(cas.clone(), &cfg.data_dir, cluster.clone());
         let overlays = Overlays::new(cas.clone(), cluster.clone());
         let parts = Parts {
@@ -196,6 +208,7 @@ impl Head {
             overlays: overlays.clone(),
             view: view.clone(),
             status: status.clone(),
+            liveness: liveness.clone(),
         };
         raft_gate.open(RaftService { raft: raft.clone() });
         admin_gate.open(Services {
@@ -208,6 +221,7 @@ impl Head {
         });
         tracing::info!(id = cfg.id, "serving");
 
+        tokio::spawn(liveness.clone().run(parts.view.clone(), stop.clone().cancelled_owned()));
         start_tftp(&cfg, &stop);
         start_dhcp(&cfg, &parts, &stop);
         register(cluster.clone(), cfg.http_advertise.clone(), stop.clone());
@@ -290,6 +304,7 @@ fn boot_http_state(
     view: &ViewRx,
     status: &Arc<StatusBoard>,
     overlays: Option<Arc<crate::boot::overlays::BootOverlays>>,
+    liveness: &Arc<crate::boot::liveness::Liveness>,
 ) -> crate::boot::http::BootHttp {
     let mut b = crate::boot::http::BootHttp::new(view.clone(), cas.clone(), status.clone(), cfg.id);
     b.templates = cfg.ipxe_templates.clone();
@@ -304,6 +319,7 @@ fn boot_http_state(
     };
     b.secure = cfg.secure;
     b.overlays = overlays;
+    b.liveness = Some(liveness.clone());
     let (cas, view) = (cas.clone(), view.clone());
     let http = reqwest::Client::new();
     b.on_missing_blob = Some(Arc::new(move |d| {
@@ -345,11 +361,11 @@ fn start_dhcp(cfg: &Settings, parts: &Parts, stop: &CancellationToken) {
         tokio::runtime::Handle::current(),
     ));
     let (view, stop) = (parts.view.clone(), stop.clone());
+    let mut server = crate::boot::dhcp::DhcpServer::new(dcfg, view, leases);
+    server.head_id = Some(cfg.id);
+    server.health = parts.liveness.clone();
     tokio::spawn(async move {
-        if let Err(e) = crate::boot::dhcp::DhcpServer::new(dcfg, view, leases)
-            .run(stop.cancelled_owned())
-            .await
-        {
+        if let Err(e) = server.run(stop.cancelled_owned()).await {
             tracing::error!("DHCP stopped: {e}");
         }
     });

@@ -30,9 +30,11 @@ use crate::model::{self, NodeConf, NodesConf, Patch, UniqueKey};
 pub mod images;
 pub mod leases;
 pub mod overlays;
+pub mod racks;
 pub use images::{Artifact, HeadInfo, ImageCommand, ImageEntry, KernelRef, LayerRef};
 pub use leases::{Holder, Lease, LeaseOp, PoolAddr, PoolTable};
 pub use overlays::{OverlayCommand, OverlayEntry};
+pub use racks::{Rack, RackCommand, RackHead, RackPool};
 
 /// How many recent request ids are remembered for exactly-once retries.
 pub const DEDUP_WINDOW: usize = 4096;
@@ -98,6 +100,8 @@ pub enum Command {
     Image(ImageCommand),
     /// Overlay catalog changes.
     Overlay(OverlayCommand),
+    /// Rack changes (`wwctl rack`).
+    Rack(RackCommand),
     /// Give a DHCP allocator run (`holder`, of head `head`) a block of up to `size`
     /// free addresses of the pool `first..=last` (see `state::leases`).
     ReservePoolBlock {
@@ -339,13 +343,17 @@ impl Default for ApplyResult {
     }
 }
 
-/// Cluster-wide settings (later issues add racks and subnets here).
+/// Cluster-wide settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterConf {
     pub name: String,
     /// Heads by Raft id, with the addresses they registered.
     #[serde(default)]
     pub heads: BTreeMap<u64, HeadInfo>,
+    /// Racks by name (see [`racks`]). Left out of the JSON while empty, so snapshots of
+    /// clusters without racks read as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub racks: BTreeMap<String, Versioned<Rack>>,
 }
 
 /// A read of nodes, profiles and images.
@@ -557,6 +565,7 @@ impl State {
             }
             Command::Image(c) => return self.apply_image(index, c),
             Command::Overlay(c) => return self.apply_overlay(index, c),
+            Command::Rack(c) => return self.apply_rack(index, c),
             Command::ReservePoolBlock {
                 holder,
                 head,

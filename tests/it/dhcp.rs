@@ -14,7 +14,7 @@ use std::time::Duration;
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use dhcproto::{Decodable, Encodable};
 use wulfpack::boot::dhcp::raft_leases::RaftLeases;
-use wulfpack::boot::dhcp::{handle_packet, Chain, DhcpConfig, LeaseAllocator, Skip, Verdict};
+use wulfpack::boot::dhcp::{handle_packet, AllServing, Chain, DhcpConfig, LeaseAllocator, Skip, Verdict};
 use wulfpack::boot::view::ViewRx;
 
 use crate::harness::{eventually, settings, Cluster};
@@ -129,7 +129,15 @@ fn exchange(
     bytes: &[u8],
 ) -> Result<(MessageType, Ipv4Addr), Skip> {
     let v = view.borrow().clone();
-    match handle_packet(bytes, cfg.interface("s0").unwrap(), cfg, &v, leases, &Chain::standard()) {
+    match handle_packet(
+        bytes,
+        cfg.interface("s0").unwrap(),
+        cfg,
+        &v,
+        leases,
+        &AllServing,
+        &Chain::standard(),
+    ) {
         Verdict::Reply(r) => {
             let m = Message::from_bytes(&r.msg.to_vec().unwrap()).unwrap();
             Ok((m.opts().msg_type().unwrap(), m.yiaddr()))

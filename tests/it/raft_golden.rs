@@ -21,7 +21,7 @@ use serde::Serialize;
 use wulfpack::model::{self, Digest, NodeConf, NodesConf, PatchOp};
 use wulfpack::state::{
     ApplyResult, Artifact, Command, CommandError, HeadInfo, ImageCommand, ImageEntry, KernelRef, Kind, LayerRef,
-    LeaseOp, Outcome, OverlayCommand, Put, Request, State,
+    LeaseOp, Outcome, OverlayCommand, Put, Rack, RackCommand, RackHead, RackPool, Request, State,
 };
 
 use crate::harness::golden;
@@ -121,6 +121,8 @@ fn command_variant(c: &Command) -> &'static str {
         Command::Overlay(OverlayCommand::RegisterDistribution { .. }) => "Overlay::RegisterDistribution",
         Command::Overlay(OverlayCommand::PutSite { .. }) => "Overlay::PutSite",
         Command::Overlay(OverlayCommand::DeleteSite { .. }) => "Overlay::DeleteSite",
+        Command::Rack(RackCommand::Put { .. }) => "Rack::Put",
+        Command::Rack(RackCommand::Delete { .. }) => "Rack::Delete",
         Command::ReservePoolBlock { .. } => "ReservePoolBlock",
         Command::RecordLeases { .. } => "RecordLeases",
         Command::Discover { .. } => "Discover",
@@ -142,6 +144,8 @@ const ALL_COMMANDS: &[&str] = &[
     "Overlay::RegisterDistribution",
     "Overlay::PutSite",
     "Overlay::DeleteSite",
+    "Rack::Put",
+    "Rack::Delete",
     "ReservePoolBlock",
     "RecordLeases",
     "Discover",
@@ -326,6 +330,33 @@ fn requests() -> BTreeMap<String, Request> {
             Command::Overlay(OverlayCommand::DeleteSite {
                 name: "hosts".into(),
                 expect: None,
+            }),
+        ),
+        (
+            "rack_put",
+            Command::Rack(RackCommand::Put {
+                name: "rack1".into(),
+                rack: Rack {
+                    network: "10.10.0.0/24".parse().unwrap(),
+                    relayed: false,
+                    router: Some(ip(254)),
+                    dns: vec![ip(1)],
+                    domain: Some("cluster.local".into()),
+                    lease_secs: Some(7200),
+                    pool: Some(RackPool {
+                        start: ip(200),
+                        end: ip(250),
+                    }),
+                    heads: vec![RackHead { id: 1, addr: ip(1) }, RackHead { id: 2, addr: ip(2) }],
+                },
+                expect: Some(0),
+            }),
+        ),
+        (
+            "rack_delete",
+            Command::Rack(RackCommand::Delete {
+                name: "rack1".into(),
+                force: false,
             }),
         ),
     ];

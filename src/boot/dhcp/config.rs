@@ -207,8 +207,11 @@ fn bad(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String
 #[serde(try_from = "DhcpConfigWire")]
 pub struct DhcpConfig {
     pub interfaces: Vec<Interface>,
-    /// Subnets in name order; [`Interface::subnets`] index into this.
+    /// Subnets in name order, then racks (see [`DhcpConfig::with_racks`]);
+    /// [`Interface::subnets`] index into this.
     pub subnets: Vec<Subnet>,
+    /// Port of this head's boot HTTP server (the host is each subnet's `server`).
+    pub http_port: u16,
     pub ipxe: BTreeMap<u16, String>,
     pub ipxe_url_path: String,
     pub http_boot_path: String,
@@ -236,6 +239,26 @@ pub struct Subnet {
     pub relayed: bool,
     /// `http://host:port`, no trailing slash.
     pub http_base: String,
+    /// Set when the subnet is a rack of the replicated state: the heads that serve it in
+    /// order, so only the first healthy one answers (see `handlers::RackTurn`). `None`
+    /// for a subnet of `wulfd.yaml`, which this head always answers.
+    pub rack: Option<RackOrder>,
+}
+
+/// The order of the heads serving a rack, and this head's place in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RackOrder {
+    /// Raft ids of the rack's heads, first preferred.
+    pub heads: Vec<u64>,
+    /// This head's index in `heads`.
+    pub me: usize,
+}
+
+impl RackOrder {
+    /// The heads that answer before this one.
+    pub fn before_me(&self) -> &[u64] {
+        &self.heads[..self.me]
+    }
 }
 
 /// A dynamic range, both ends inclusive, inside its subnet.
@@ -262,6 +285,7 @@ impl Default for DhcpConfig {
         DhcpConfig {
             interfaces: Vec::new(),
             subnets: Vec::new(),
+            http_port: DEFAULT_HTTP_PORT,
             ipxe: default_ipxe_table(),
             ipxe_url_path: DEFAULT_IPXE_URL_PATH.to_owned(),
             http_boot_path: DEFAULT_HTTP_BOOT_PATH.to_owned(),
@@ -332,13 +356,8 @@ impl TryFrom<DhcpConfigWire> for DhcpConfig {
                     "list each interface once, with all its subnets",
                 ));
             }
-            if i.subnets.is_empty() {
-                return Err(bad(
-                    format!("{key}.subnets"),
-                    format!("interface {} serves no subnet", i.name),
-                    "name the subnets on this link, or remove the interface",
-                ));
-            }
+            // No subnets: the interface serves the racks (`wwctl rack`) whose address of
+            // this head is on it, and relayed requests that arrive on it.
             let mut idx = Vec::new();
             for s in &i.subnets {
                 let Some(&k) = index.get(s.as_str()) else {
@@ -406,6 +425,7 @@ impl TryFrom<DhcpConfigWire> for DhcpConfig {
         Ok(DhcpConfig {
             interfaces,
             subnets,
+            http_port,
             ipxe,
             ipxe_url_path,
             http_boot_path,
@@ -583,7 +603,96 @@ fn check_subnet(name: &str, s: &SubnetWire, http_port: u16) -> Result<Subnet, Dh
         pool,
         relayed: s.relayed,
         http_base,
+        rack: None,
     })
+}
+
+/// Interface name → its IPv4 addresses, as the system has them now.
+pub type IfAddrs = BTreeMap<String, Vec<Ipv4Addr>>;
+
+/// What [`DhcpConfig::with_racks`] made of the racks for this head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RackPlan {
+    /// The head's config with the racks it serves added as subnets.
+    pub config: DhcpConfig,
+    /// Racks listing this head that it can serve from its interfaces now.
+    pub served: BTreeSet<String>,
+    /// Why a rack listing this head is not served (for a warning each time it changes).
+    pub problems: Vec<String>,
+}
+
+impl DhcpConfig {
+    /// This head's (`me`) configuration with the racks of the replicated state added: a
+    /// rack listing this head becomes a subnet whose `server` is the head's address on the
+    /// rack. A direct rack is served on the configured interface that holds that address
+    /// (`addrs`), a relayed rack wherever its relay's requests arrive (an interface of
+    /// `boot.dhcp.interfaces`). A rack this head cannot serve is left out, with the reason
+    /// in [`RackPlan::problems`] — never served on some other link.
+    pub fn with_racks(&self, me: u64, racks: &BTreeMap<String, crate::state::Rack>, addrs: &IfAddrs) -> RackPlan {
+        let mut config = self.clone();
+        let mut served = BTreeSet::new();
+        let mut problems = Vec::new();
+        let on_iface = |ip: Ipv4Addr| addrs.iter().find(|(_, a)| a.contains(&ip)).map(|(n, _)| n.clone());
+        for (name, rack) in racks {
+            let (Some(me_at), Some(addr)) = (rack.position(me), rack.addr_of(me)) else {
+                continue;
+            };
+            if let Some(s) = self.subnets.iter().find(|s| {
+                s.name == *name
+                    || s.network.contains(&rack.network.network())
+                    || rack.network.contains(&s.network.network())
+            }) {
+                problems.push(format!(
+                    "rack {name} ({}) clashes with boot.dhcp.subnets.{} ({}) of wulfd.yaml; remove one of them",
+                    rack.network, s.name, s.network
+                ));
+                continue;
+            }
+            let Some(iface) = on_iface(addr) else {
+                problems.push(format!(
+                    "rack {name}: this head's address on the rack, {addr}, is on none of its interfaces; \
+                     configure it, or correct it with `wwctl rack set {name} --head {me}={addr}`"
+                ));
+                continue;
+            };
+            let Some(k) = config.interfaces.iter().position(|i| i.name == iface) else {
+                problems.push(format!(
+                    "rack {name}: this head's address {addr} is on interface {iface}, which is not in \
+                     boot.dhcp.interfaces; add `- {{name: {iface}}}` there to serve the rack"
+                ));
+                continue;
+            };
+            let idx = config.subnets.len();
+            config.subnets.push(Subnet {
+                name: name.clone(),
+                network: rack.network,
+                server: addr,
+                router: rack.router,
+                dns: rack.dns.clone(),
+                domain: rack.domain.clone(),
+                lease_secs: rack.lease_secs.unwrap_or(DEFAULT_LEASE.as_secs() as u32),
+                pool: rack.pool.map(|p| Pool {
+                    start: p.start,
+                    end: p.end,
+                }),
+                relayed: rack.relayed,
+                http_base: format!("http://{addr}:{}", self.http_port),
+                rack: Some(RackOrder {
+                    heads: rack.heads.iter().map(|h| h.id).collect(),
+                    me: me_at,
+                }),
+            });
+            if !rack.relayed {
+                config.interfaces[k].subnets.push(idx);
+            }
+            served.insert(name.clone());
+        }
+        RackPlan {
+            config,
+            served,
+            problems,
+        }
+    }
 }
 
 #[cfg(test)]

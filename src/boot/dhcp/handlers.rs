@@ -7,21 +7,24 @@
 //!
 //! 1. [`SelectSubnets`] — which subnets may be served: those of the receiving interface,
 //!    or for a relayed request (`giaddr` set) the relayed subnet containing `giaddr`.
-//! 2. [`KnownNode`] — the node whose network device has this MAC: its address (which must
+//! 2. [`RackTurn`] — of a rack's subnets (racks of the replicated state), keep those
+//!    where it is this head's turn: it is the rack's first head, or every head before it
+//!    is down or not serving the rack and this head is in contact with a quorum, or the
+//!    client has waited ([`WAITED_SECS`]). Subnets of `wulfd.yaml` are always kept.
+//! 3. [`KnownNode`] — the node whose network device has this MAC: its address (which must
 //!    lie in one of those subnets), netmask, gateway, DNS (`dns` tag), hostname.
-//! 3. [`ReleaseDecline`] — RELEASE/DECLINE are logged (and passed to the allocator for
+//! 4. [`ReleaseDecline`] — RELEASE/DECLINE are logged (and passed to the allocator for
 //!    pool clients); they never get an answer.
-//! 4. [`UnknownClient`] — unknown MACs only where a pool is configured: discovery of a
+//! 5. [`UnknownClient`] — unknown MACs only where a pool is configured: discovery of a
 //!    `discoverable` node for PXE clients, else a pool address, both via [`LeaseAllocator`]
 //!    (an ACK of a pool address is reported to it by [`Respond`] with `bind`).
-//! 5. [`PxeBoot`] — the boot file: iPXE script URL (option 77 "iPXE" or option 175), UEFI
+//! 6. [`PxeBoot`] — the boot file: iPXE script URL (option 77 "iPXE" or option 175), UEFI
 //!    HTTP boot URL (option 60 "HTTPClient", echoed), or the iPXE binary for the
 //!    client's architecture (option 93) from TFTP at `siaddr`.
-//! 6. [`Respond`] — DISCOVER→OFFER, REQUEST→ACK or NAK, INFORM→ACK without `yiaddr`.
+//! 7. [`Respond`] — DISCOVER→OFFER, REQUEST→ACK or NAK, INFORM→ACK without `yiaddr`.
 //!
-//! Keeping the decision pure makes every branch testable from fabricated packets and
-//! leaves room for the rack-failover rule (answer only as the first healthy head of the
-//! rack, or when `secs` shows the client has waited) as one more handler.
+//! Keeping the decision pure makes every branch testable from fabricated packets; what
+//! the rack rule knows of other heads comes in through [`RackHealth`].
 //!
 //! Where the reply goes ([`destination`], RFC 2131 §4.1): to the relay (`giaddr`, port
 //! 67) when relayed; NAKs are broadcast; to `ciaddr` (port 68) when the client has an
@@ -93,6 +96,13 @@ pub enum Skip {
     Released,
     /// DHCPDECLINE (never answered).
     Declined,
+    /// A rack's earlier head is alive and serves the rack: it answers, not this one.
+    NotOurTurn,
+    /// Every earlier head of the rack looks down, but this head is cut off from the
+    /// cluster's quorum, so it does not take the rack over (the majority side does).
+    NoQuorum,
+    /// This head lacks artifacts the rack's nodes need (it is still fetching them).
+    NotReady,
     /// The chain ended without a decision, or a handler panicked (a bug).
     Internal,
 }
@@ -100,7 +110,7 @@ pub enum Skip {
 impl Skip {
     /// Every reason, in declaration order (`Skip::ALL[s as usize] == s`), for per-reason
     /// counters.
-    pub const ALL: [Skip; 19] = [
+    pub const ALL: [Skip; 22] = [
         Skip::Malformed,
         Skip::NotRequest,
         Skip::NotEthernet,
@@ -119,6 +129,9 @@ impl Skip {
         Skip::NoRequestedAddress,
         Skip::Released,
         Skip::Declined,
+        Skip::NotOurTurn,
+        Skip::NoQuorum,
+        Skip::NotReady,
         Skip::Internal,
     ];
 
@@ -145,6 +158,9 @@ impl Skip {
             Skip::Released => "RELEASE (never answered)",
             Skip::Declined => "DECLINE (never answered)",
             Skip::Internal => "internal error (a bug)",
+            Skip::NotOurTurn => "an earlier head of the rack answers",
+            Skip::NoQuorum => "rack's earlier heads down, but no quorum to take over",
+            Skip::NotReady => "this head lacks artifacts the rack needs",
         }
     }
 }
@@ -220,6 +236,8 @@ pub struct Context<'a> {
     pub cfg: &'a DhcpConfig,
     pub view: &'a BootView,
     pub leases: &'a dyn LeaseAllocator,
+    /// What this head knows of the other heads (for racks).
+    pub health: &'a dyn RackHealth,
     /// Subnets that may be served for this request (set by [`SelectSubnets`]).
     pub candidates: Vec<&'a Subnet>,
     /// The subnet the client is in (set with `client`).
@@ -271,6 +289,7 @@ impl<'a> Context<'a> {
             cfg,
             view,
             leases,
+            health: &AllServing,
             candidates: Vec::new(),
             subnet: None,
             client: None,
@@ -320,6 +339,7 @@ impl Chain {
     pub fn standard() -> Chain {
         Chain(vec![
             Box::new(SelectSubnets),
+            Box::new(RackTurn),
             Box::new(KnownNode),
             Box::new(ReleaseDecline),
             Box::new(UnknownClient),
@@ -363,6 +383,7 @@ pub fn handle_packet(
     cfg: &DhcpConfig,
     view: &BootView,
     leases: &dyn LeaseAllocator,
+    health: &dyn RackHealth,
     chain: &Chain,
 ) -> Verdict {
     // 236 bytes of BOOTP header + 4 of magic cookie; anything shorter is not DHCP.
@@ -374,7 +395,10 @@ pub fn handle_packet(
             return Verdict::Skip(Skip::Malformed);
         };
         match Context::new(&req, iface, cfg, view, leases) {
-            Ok(mut ctx) => chain.run(&mut ctx),
+            Ok(mut ctx) => {
+                ctx.health = health;
+                chain.run(&mut ctx)
+            }
             Err(s) => Verdict::Skip(s),
         }
     }))
@@ -452,6 +476,95 @@ impl Handler for SelectSubnets {
             return Action::NoResponse(Skip::InterfaceNotServed);
         }
         Action::Continue
+    }
+}
+
+/// What the rack rule needs to know about the heads (see [`RackTurn`]). The daemon's
+/// implementation probes the other heads (`boot::liveness`); tests give fixed answers.
+pub trait RackHealth: Send + Sync {
+    /// Whether head `id` is alive and serving `rack` now.
+    fn serving(&self, id: u64, rack: &str) -> bool;
+    /// Whether this head is in contact with a quorum of the cluster (so it may take a
+    /// rack over from heads it cannot reach: the majority side of a partition does).
+    fn in_quorum(&self) -> bool;
+    /// Whether this head holds what `rack`'s nodes need (images, kernels, overlays): a
+    /// head that lacks them does not answer, so the rack's next head does.
+    fn ready(&self, _rack: &str) -> bool {
+        true
+    }
+    /// Told by the server which racks this head serves now (its interfaces and the
+    /// racks' addresses agree), so peers can learn it.
+    fn set_served(&self, _racks: &std::collections::BTreeSet<String>) {}
+}
+
+/// Every head alive and serving, quorum reached: only a rack's first head answers.
+#[derive(Debug, Clone, Copy)]
+pub struct AllServing;
+
+impl RackHealth for AllServing {
+    fn serving(&self, _id: u64, _rack: &str) -> bool {
+        true
+    }
+    fn in_quorum(&self) -> bool {
+        true
+    }
+}
+
+/// A client whose `secs` (seconds since it began acquiring) reached this has waited for
+/// an answer that did not come: every head of its rack in contact with the quorum
+/// answers it, whatever it knows of the earlier ones (a head may look alive to its peers
+/// and still not reach the rack). PXE ROMs, iPXE and dhclient retransmit after 4 s and
+/// later, so the primary has had its chance.
+pub const WAITED_SECS: u16 = 4;
+
+/// Step 2: whose turn a rack is (see the module documentation).
+#[derive(Debug)]
+pub struct RackTurn;
+
+impl RackTurn {
+    /// Whether this head answers for `subnet` now, else why not.
+    pub fn decide(subnet: &Subnet, secs: u16, health: &dyn RackHealth) -> Result<(), Skip> {
+        let Some(order) = &subnet.rack else {
+            return Ok(());
+        };
+        if !health.ready(&subnet.name) {
+            return Err(Skip::NotReady);
+        }
+        let before = order.before_me();
+        if before.is_empty() {
+            // The primary answers even without quorum: its last applied state knows the
+            // rack's nodes, and a partition must not leave the rack unserved.
+            return Ok(());
+        }
+        if secs < WAITED_SECS && before.iter().any(|&h| health.serving(h, &subnet.name)) {
+            return Err(Skip::NotOurTurn);
+        }
+        if !health.in_quorum() {
+            return Err(Skip::NoQuorum);
+        }
+        Ok(())
+    }
+}
+
+impl Handler for RackTurn {
+    fn name(&self) -> &'static str {
+        "rack-turn"
+    }
+
+    fn handle(&self, ctx: &mut Context<'_>) -> Action {
+        let (secs, health) = (ctx.req.secs(), ctx.health);
+        let mut why = None;
+        ctx.candidates.retain(|s| match RackTurn::decide(s, secs, health) {
+            Ok(()) => true,
+            Err(skip) => {
+                why.get_or_insert(skip);
+                false
+            }
+        });
+        match (ctx.candidates.is_empty(), why) {
+            (true, Some(skip)) => Action::NoResponse(skip),
+            _ => Action::Continue,
+        }
     }
 }
 

@@ -44,8 +44,10 @@ mod tests;
 
 use std::fmt;
 
-pub use config::{DhcpConfig, DhcpConfigError, DhcpConfigWire, Interface, Pool, Subnet};
-pub use handlers::{handle_packet, Action, Chain, Context, Destination, Handler, Reply, Skip, Verdict};
+pub use config::{DhcpConfig, DhcpConfigError, DhcpConfigWire, IfAddrs, Interface, Pool, RackOrder, RackPlan, Subnet};
+pub use handlers::{
+    handle_packet, Action, AllServing, Chain, Context, Destination, Handler, RackHealth, RackTurn, Reply, Skip, Verdict,
+};
 pub use lease::{LeaseAllocator, LeaseError, MemoryAllocator};
 pub use server::{bind_interface, DhcpError, DhcpServer, Ports, Stats};
 

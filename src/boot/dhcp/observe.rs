@@ -316,7 +316,11 @@ impl Observer {
         match verdict {
             Verdict::Skip(reason) => {
                 stats.count_drop(*reason);
-                self.summary.record(*reason, detail(*reason, &seen, iface));
+                // A backup standing by for its rack's primary is the normal case, not a
+                // drop to report every minute (counted, and logged at debug).
+                if *reason != Skip::NotOurTurn {
+                    self.summary.record(*reason, detail(*reason, &seen, iface));
+                }
                 if !debug {
                     return;
                 }

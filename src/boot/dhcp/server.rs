@@ -22,6 +22,10 @@
 //! - **Every request leaves a trace** ([`observe`](super::observe)): drops are counted per
 //!   reason in [`Stats`], drops and answers are logged at debug (rate-limited), and a
 //!   summary of the drops is logged at info every minute while there are any.
+//! - **Racks** (`wwctl rack`) are read from the view: per packet the server uses its
+//!   configuration plus the racks that list this head ([`DhcpConfig::with_racks`]),
+//!   rebuilt only when the racks or the interfaces' addresses (re-read every
+//!   [`ADDRS_EVERY`]) change; a rack it cannot serve is logged at warn once per change.
 //! - A server is a value, [`DhcpServer`] (config, view, allocator, reply ports, counters):
 //!   `server.run(shutdown)` serves every configured interface, `server.run_on(socket, iface,
 //!   shutdown)` one socket the caller bound (tests do). Both follow the servers' convention
@@ -39,12 +43,17 @@ use dhcproto::Encodable;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-use super::config::DhcpConfig;
-use super::handlers::{handle_packet, Chain, Destination, Skip, Verdict};
+use super::config::{DhcpConfig, IfAddrs, RackPlan};
+use super::handlers::{handle_packet, AllServing, Chain, Destination, RackHealth, Skip, Verdict};
 use super::lease::LeaseAllocator;
 use super::observe::{Observer, SUMMARY_EVERY};
 use crate::boot::retry::retry_every;
-use crate::boot::view::ViewRx;
+use crate::boot::view::{BootView, ViewRx};
+use crate::state::Rack;
+
+/// How often the interfaces' addresses are re-read (racks are matched to interfaces by
+/// this head's address on the rack).
+pub const ADDRS_EVERY: Duration = Duration::from_secs(2);
 
 /// Server failures an operator must act on.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +179,11 @@ pub struct DhcpServer {
     pub ports: Ports,
     /// Counters of this server (all interfaces), for status and benchmarks.
     pub stats: Arc<Stats>,
+    /// This head's Raft id: racks listing it are served. `None`: only the subnets of
+    /// `config` (tests, a head without racks).
+    pub head_id: Option<u64>,
+    /// What this head knows of the other heads, for the racks' turn rule.
+    pub health: Arc<dyn RackHealth>,
 }
 
 impl std::fmt::Debug for DhcpServer {
@@ -189,6 +203,17 @@ struct Serving {
     chain: Chain,
     /// Held only for the bookkeeping of one request, never across an await.
     observer: Mutex<Observer>,
+    /// The interfaces' addresses and a generation bumped when they change.
+    addrs: Mutex<(u64, Arc<IfAddrs>)>,
+    /// The configuration in effect and what it was built from.
+    plan: Mutex<Option<PlanCache>>,
+}
+
+/// The last [`RackPlan`] with its inputs (racks, address generation).
+struct PlanCache {
+    racks: Arc<std::collections::BTreeMap<String, Rack>>,
+    addrs_gen: u64,
+    plan: Arc<RackPlan>,
 }
 
 impl DhcpServer {
@@ -200,6 +225,8 @@ impl DhcpServer {
             leases,
             ports: Ports::default(),
             stats: Arc::default(),
+            head_id: None,
+            health: Arc::new(AllServing),
         }
     }
 
@@ -216,6 +243,7 @@ impl DhcpServer {
         tokio::select! {
             _ = futures::future::join_all(loops) => {}
             _ = serving.summaries() => {}
+            _ = serving.watch_addresses() => {}
             _ = shutdown => {}
         }
         Ok(())
@@ -238,6 +266,7 @@ impl DhcpServer {
         tokio::select! {
             _ = serving.serve(socket, iface) => {}
             _ = serving.summaries() => {}
+            _ = serving.watch_addresses() => {}
             _ = shutdown => {}
         }
         Ok(())
@@ -248,8 +277,29 @@ impl DhcpServer {
             server: self,
             chain: Chain::standard(),
             observer: Mutex::new(Observer::new(Instant::now())),
+            addrs: Mutex::new((0, Arc::default())),
+            plan: Mutex::new(None),
         }
     }
+}
+
+/// The IPv4 addresses of this network namespace's interfaces.
+fn read_addrs() -> IfAddrs {
+    let mut out = IfAddrs::new();
+    match if_addrs::get_if_addrs() {
+        Ok(list) => {
+            for i in list {
+                if let std::net::IpAddr::V4(ip) = i.ip() {
+                    out.entry(i.name).or_default().push(ip);
+                }
+            }
+        }
+        Err(e) => tracing::warn!("cannot read the interfaces' addresses (racks are matched by them): {e}"),
+    }
+    for a in out.values_mut() {
+        a.sort();
+    }
+    out
 }
 
 impl Serving {
@@ -264,6 +314,60 @@ impl Serving {
                 tracing::info!("{line}");
             }
         }
+    }
+
+    /// Re-read the interfaces' addresses every [`ADDRS_EVERY`] (only for a head that
+    /// serves racks). Read on this task's thread, so in the namespace the server runs in.
+    async fn watch_addresses(&self) {
+        if self.server.head_id.is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            let now = Arc::new(read_addrs());
+            {
+                let mut a = self.addrs.lock().unwrap_or_else(|p| p.into_inner());
+                if *a.1 != *now {
+                    *a = (a.0 + 1, now);
+                }
+            }
+            tokio::time::sleep(ADDRS_EVERY).await;
+        }
+    }
+
+    /// The configuration for a request under `view`: the head's own plus its racks.
+    fn plan(&self, view: &BootView) -> Arc<RackPlan> {
+        let (gen, addrs) = self.addrs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut cache = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.as_ref() {
+            if c.addrs_gen == gen && (Arc::ptr_eq(&c.racks, &view.racks) || *c.racks == *view.racks) {
+                return c.plan.clone();
+            }
+        }
+        let plan = Arc::new(match self.server.head_id {
+            Some(me) => self.server.config.with_racks(me, &view.racks, &addrs),
+            None => RackPlan {
+                config: self.server.config.clone(),
+                served: Default::default(),
+                problems: Vec::new(),
+            },
+        });
+        let old = cache.as_ref().map(|c| c.plan.clone());
+        if old.as_ref().map(|o| &o.problems) != Some(&plan.problems) {
+            for p in &plan.problems {
+                tracing::warn!("DHCP: {p}");
+            }
+        }
+        if old.as_ref().map(|o| &o.served) != Some(&plan.served) && self.server.head_id.is_some() {
+            let racks: Vec<&str> = plan.served.iter().map(String::as_str).collect();
+            tracing::info!(racks = %racks.join(","), "DHCP: racks served by this head");
+        }
+        self.server.health.set_served(&plan.served);
+        *cache = Some(PlanCache {
+            racks: view.racks.clone(),
+            addrs_gen: gen,
+            plan: plan.clone(),
+        });
+        plan
     }
 
     fn observer(&self) -> std::sync::MutexGuard<'_, Observer> {
@@ -302,10 +406,12 @@ impl Serving {
             leases,
             ports,
             stats,
+            health,
+            ..
         } = &self.server;
-        let Some(interface) = config.interface(iface) else {
+        if config.interface(iface).is_none() {
             return;
-        };
+        }
         // Large enough for any datagram; DHCP messages are ≤ 576 bytes unless jumbo options.
         let mut buf = vec![0u8; 65536];
         loop {
@@ -319,7 +425,19 @@ impl Serving {
             };
             stats.received.fetch_add(1, Ordering::Relaxed);
             let v = view.borrow().clone();
-            let verdict = handle_packet(&buf[..n], interface, config, &v, leases.as_ref(), &self.chain);
+            let plan = self.plan(&v);
+            let Some(interface) = plan.config.interface(iface) else {
+                continue;
+            };
+            let verdict = handle_packet(
+                &buf[..n],
+                interface,
+                &plan.config,
+                &v,
+                leases.as_ref(),
+                health.as_ref(),
+                &self.chain,
+            );
             self.observer()
                 .observe(stats, iface, &buf[..n], &verdict, Instant::now());
             match verdict {

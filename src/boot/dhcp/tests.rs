@@ -114,7 +114,7 @@ impl Env {
 
     fn raw(&self, iface: &str, bytes: &[u8]) -> Verdict {
         let i = self.cfg.interface(iface).unwrap();
-        handle_packet(bytes, i, &self.cfg, &self.view, &self.leases, &self.chain)
+        handle_packet(bytes, i, &self.cfg, &self.view, &self.leases, &AllServing, &self.chain)
     }
 
     /// The reply, re-decoded from its wire form as a client would see it.
@@ -151,6 +151,7 @@ fn chain_order_is_documented_order() {
         Chain::standard().names(),
         [
             "select-subnets",
+            "rack-turn",
             "known-node",
             "release-decline",
             "unknown-client",
@@ -351,7 +352,7 @@ fn unconfigured_subnets_get_no_reply() {
         subnets: vec![],
     };
     let bytes = msg(MessageType::Discover, N1).to_vec().unwrap();
-    let out = handle_packet(&bytes, &lonely, &e.cfg, &e.view, &e.leases, &e.chain);
+    let out = handle_packet(&bytes, &lonely, &e.cfg, &e.view, &e.leases, &AllServing, &e.chain);
     assert_eq!(out, Verdict::Skip(Skip::InterfaceNotServed));
 }
 
@@ -744,5 +745,251 @@ fn debug_lines_name_the_request_and_a_flood_is_rate_limited() {
             && answered[0].contains("addr=10.99.0.11"),
         "{}",
         answered[0]
+    );
+}
+
+// ---- Racks of the replicated state (`wwctl rack`) ----
+
+const RACK_NODES: &str = r#"
+nodes:
+  a1:
+    network devices:
+      default: {hwaddr: "aa:bb:cc:00:01:01", ipaddr: 10.1.0.11}
+  b1:
+    network devices:
+      default: {hwaddr: "aa:bb:cc:00:02:01", ipaddr: 10.7.0.11}
+"#;
+const A1: [u8; 6] = [0xaa, 0xbb, 0xcc, 0, 1, 1];
+const B1: [u8; 6] = [0xaa, 0xbb, 0xcc, 0, 2, 1];
+
+fn rack(net: &str, relayed: bool, heads: &[(u64, &str)]) -> crate::state::Rack {
+    crate::state::Rack {
+        network: net.parse().unwrap(),
+        relayed,
+        router: None,
+        dns: vec![],
+        domain: None,
+        lease_secs: None,
+        pool: None,
+        heads: heads
+            .iter()
+            .map(|(id, a)| crate::state::RackHead { id: *id, addr: ip(a) })
+            .collect(),
+    }
+}
+
+/// Racks: `direct` (10.1.0.0/24, heads 1 then 2), `far` (relayed 10.7.0.0/24, heads 2 then
+/// 1), `lost` (head 1 at an address no interface has), `other` (head 3 only). Interfaces:
+/// br0 holds 10.1.0.1 (head 1) / 10.1.0.2 (head 2), eth0 the uplink.
+fn rack_state() -> State {
+    let mut st = State::default();
+    let conf = crate::model::parse_nodes_conf(RACK_NODES).unwrap();
+    st.apply(
+        1,
+        &Request {
+            id: None,
+            cmd: Command::Import { conf },
+        },
+    )
+    .0
+    .unwrap();
+    let racks = [
+        (
+            "direct",
+            rack("10.1.0.0/24", false, &[(1, "10.1.0.1"), (2, "10.1.0.2")]),
+        ),
+        ("far", rack("10.7.0.0/24", true, &[(2, "10.0.0.2"), (1, "10.0.0.1")])),
+        ("lost", rack("10.3.0.0/24", false, &[(1, "10.3.0.1")])),
+        ("other", rack("10.4.0.0/24", false, &[(3, "10.4.0.1")])),
+    ];
+    for (i, (name, r)) in racks.into_iter().enumerate() {
+        let cmd = Command::Rack(crate::state::RackCommand::Put {
+            name: name.into(),
+            rack: r,
+            expect: None,
+        });
+        st.apply(2 + i as u64, &Request { id: None, cmd }).0.unwrap();
+    }
+    st
+}
+
+fn addrs(head: u64) -> IfAddrs {
+    let mut a = IfAddrs::new();
+    a.insert("br0".into(), vec![ip(&format!("10.1.0.{head}"))]);
+    a.insert("eth0".into(), vec![ip(&format!("10.0.0.{head}"))]);
+    a.insert("lo".into(), vec![ip("127.0.0.1")]);
+    a
+}
+
+fn rack_cfg() -> DhcpConfig {
+    DhcpConfig::from_yaml("interfaces:\n  - {name: br0}\n  - {name: eth0}\n").unwrap()
+}
+
+#[test]
+fn racks_become_subnets_on_the_interface_holding_the_heads_address() {
+    let st = rack_state();
+    let view = BootView::from_state(&st, 9);
+    let plan = rack_cfg().with_racks(1, &view.racks, &addrs(1));
+    assert_eq!(plan.served, ["direct".to_string(), "far".to_string()].into());
+    let direct = plan.config.subnets.iter().find(|s| s.name == "direct").unwrap();
+    assert_eq!(direct.server, ip("10.1.0.1"));
+    assert_eq!(direct.http_base, "http://10.1.0.1:9873");
+    assert_eq!(direct.rack.as_ref().unwrap().me, 0);
+    let br0 = plan.config.interface("br0").unwrap();
+    assert_eq!(br0.subnets.len(), 1, "only the direct rack is on br0");
+    assert!(
+        plan.config.interface("eth0").unwrap().subnets.is_empty(),
+        "relayed racks are matched by giaddr"
+    );
+    let far = plan.config.relayed_subnet(ip("10.7.0.1")).unwrap();
+    assert_eq!((far.server, far.rack.as_ref().unwrap().me), (ip("10.0.0.1"), 1));
+    assert_eq!(plan.problems.len(), 1, "{:?}", plan.problems);
+    assert!(plan.problems[0].contains("rack lost") && plan.problems[0].contains("10.3.0.1"));
+
+    // The address on an interface that is not configured: said so, never served there.
+    let mut a = addrs(1);
+    a.insert("br7".into(), vec![ip("10.3.0.1")]);
+    let plan = rack_cfg().with_racks(1, &view.racks, &a);
+    assert!(
+        plan.problems
+            .iter()
+            .any(|p| p.contains("br7") && p.contains("boot.dhcp.interfaces")),
+        "{:?}",
+        plan.problems
+    );
+    assert!(!plan.served.contains("lost"));
+}
+
+/// Fixed answers for the rack rule.
+struct Health {
+    down: Vec<u64>,
+    quorum: bool,
+    ready: bool,
+}
+
+impl RackHealth for Health {
+    fn serving(&self, id: u64, _rack: &str) -> bool {
+        !self.down.contains(&id)
+    }
+    fn in_quorum(&self) -> bool {
+        self.quorum
+    }
+    fn ready(&self, _rack: &str) -> bool {
+        self.ready
+    }
+}
+
+fn rack_verdict(head: u64, h: &Health, m: &Message, iface: &str) -> Verdict {
+    let st = rack_state();
+    let view = BootView::from_state(&st, 9);
+    let plan = rack_cfg().with_racks(head, &view.racks, &addrs(head));
+    let bytes = m.to_vec().unwrap();
+    let i = plan.config.interface(iface).unwrap();
+    handle_packet(
+        &bytes,
+        i,
+        &plan.config,
+        &view,
+        &MemoryAllocator::new(),
+        h,
+        &Chain::standard(),
+    )
+}
+
+fn offered(v: &Verdict) -> Option<Ipv4Addr> {
+    match v {
+        Verdict::Reply(r) => Some(r.msg.yiaddr()),
+        Verdict::Skip(_) => None,
+    }
+}
+
+#[test]
+fn only_the_first_healthy_head_of_a_rack_answers() {
+    let up = Health {
+        down: vec![],
+        quorum: true,
+        ready: true,
+    };
+    let d = msg(MessageType::Discover, A1);
+    assert_eq!(
+        offered(&rack_verdict(1, &up, &d, "br0")),
+        Some(ip("10.1.0.11")),
+        "primary answers"
+    );
+    assert_eq!(
+        rack_verdict(2, &up, &d, "br0"),
+        Verdict::Skip(Skip::NotOurTurn),
+        "backup stands by"
+    );
+
+    // Primary down: the backup in contact with the quorum takes over, with its own address.
+    let primary_down = Health {
+        down: vec![1],
+        quorum: true,
+        ready: true,
+    };
+    match rack_verdict(2, &primary_down, &pxe(msg(MessageType::Discover, A1), 0), "br0") {
+        Verdict::Reply(r) => {
+            assert_eq!(r.msg.yiaddr(), ip("10.1.0.11"));
+            assert_eq!(r.msg.siaddr(), ip("10.1.0.2"), "next-server is the backup on the rack");
+        }
+        v => panic!("backup should answer: {v:?}"),
+    }
+    // ... but not from a minority partition.
+    let cut_off = Health {
+        down: vec![1],
+        quorum: false,
+        ready: true,
+    };
+    assert_eq!(rack_verdict(2, &cut_off, &d, "br0"), Verdict::Skip(Skip::NoQuorum));
+    // The primary answers its rack's known nodes even without a quorum.
+    let alone = Health {
+        down: vec![2],
+        quorum: false,
+        ready: true,
+    };
+    assert_eq!(offered(&rack_verdict(1, &alone, &d, "br0")), Some(ip("10.1.0.11")));
+
+    // A client that has waited (secs ≥ WAITED_SECS) is answered by the backup too.
+    let mut waited = msg(MessageType::Discover, A1);
+    waited.set_secs(handlers::WAITED_SECS);
+    assert_eq!(offered(&rack_verdict(2, &up, &waited, "br0")), Some(ip("10.1.0.11")));
+    let mut early = msg(MessageType::Discover, A1);
+    early.set_secs(handlers::WAITED_SECS - 1);
+    assert_eq!(rack_verdict(2, &up, &early, "br0"), Verdict::Skip(Skip::NotOurTurn));
+
+    // A head that lacks the rack's artifacts does not answer, primary or not.
+    let fetching = Health {
+        down: vec![2],
+        quorum: true,
+        ready: false,
+    };
+    assert_eq!(rack_verdict(1, &fetching, &d, "br0"), Verdict::Skip(Skip::NotReady));
+}
+
+#[test]
+fn a_relayed_rack_is_answered_to_the_relay_by_its_first_head() {
+    let up = Health {
+        down: vec![],
+        quorum: true,
+        ready: true,
+    };
+    let mut d = pxe(msg(MessageType::Discover, B1), 0);
+    d.set_giaddr(ip("10.7.0.1")).set_hops(1);
+    // Head 2 is first for `far`; it receives the relayed request on its uplink.
+    match rack_verdict(2, &up, &d, "eth0") {
+        Verdict::Reply(r) => {
+            assert_eq!(r.dest, Destination::Relay(ip("10.7.0.1")));
+            assert_eq!(r.msg.yiaddr(), ip("10.7.0.11"));
+            assert_eq!(r.msg.siaddr(), ip("10.0.0.2"));
+        }
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(rack_verdict(1, &up, &d, "eth0"), Verdict::Skip(Skip::NotOurTurn));
+    // A broadcast from the uplink's own link is not a rack's request.
+    let direct = msg(MessageType::Discover, B1);
+    assert_eq!(
+        rack_verdict(2, &up, &direct, "eth0"),
+        Verdict::Skip(Skip::InterfaceNotServed)
     );
 }

@@ -101,6 +101,8 @@ pub struct BootHttp {
     pub overlays: Option<Arc<super::overlays::BootOverlays>>,
     /// Runtime overlays only to privileged source ports (`boot.http.secure`).
     pub secure: bool,
+    /// Which peer heads are down (their URLs go last in a node's iPXE script).
+    pub liveness: Option<Arc<crate::boot::liveness::Liveness>>,
 }
 
 impl std::fmt::Debug for BootHttp {
@@ -125,6 +127,7 @@ impl BootHttp {
             efi_dir: None,
             overlays: None,
             secure: true,
+            liveness: None,
         }
     }
 }
@@ -603,7 +606,8 @@ async fn serve(
                     compress: c.clone(),
                 });
             }
-            let heads = view.head_urls(s.boot.head_id, host);
+            let down = s.boot.liveness.as_ref().map(|l| l.down_peers()).unwrap_or_default();
+            let heads = view.boot_urls(node.map(|n| &**n), s.boot.head_id, host, |id| down.contains(&id));
             let (name, ctx) = match node {
                 None => (
                     UNCONFIGURED_TEMPLATE.to_owned(),

@@ -104,6 +104,16 @@ pub(crate) fn register(tera: &mut tera::Tera, access: Arc<dyn FileAccess>, polic
         let values = kw.must_get::<Vec<Value>>("values")?;
         Ok(values.into_iter().find(not_empty).unwrap_or_else(Value::none))
     });
+    // wulfpack's own: whether an address lies in a CIDR network (wwclient's config picks
+    // the heads of the node's rack with it). An address with a prefix (`10.0.0.5/24`)
+    // counts by its address; anything unparsable is simply not inside.
+    tera.register_function("in_network", |kw: Kwargs, _: &State| -> TeraResult<bool> {
+        let ip = kw.must_get::<&str>("ip")?;
+        let network = kw.must_get::<&str>("network")?;
+        let ip = ip.split('/').next().unwrap_or(ip).trim().parse::<std::net::Ipv4Addr>();
+        let net = network.trim().parse::<ipnet::Ipv4Net>();
+        Ok(matches!((ip, net), (Ok(ip), Ok(net)) if net.contains(&ip)))
+    });
     // Filters.
     tera.register_filter("basename", basename);
     tera.register_filter("dirname", dirname);
