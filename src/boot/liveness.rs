@@ -45,6 +45,10 @@ pub struct HealthReport {
     pub id: u64,
     /// Racks it serves now (DHCP can, and it holds their nodes' artifacts).
     pub racks: Vec<String>,
+    /// What it believes of the heads it probes: id → the racks that head serves, or
+    /// `None` while it counts that head as down (for operators and tests; peers ignore it).
+    #[serde(default)]
+    pub peers: BTreeMap<u64, Option<Vec<String>>>,
 }
 
 /// Whether this head holds what a rack's nodes need (images, kernels, overlays).
@@ -104,9 +108,17 @@ impl Liveness {
     /// What this head answers to `GET /health`.
     pub fn report(&self) -> HealthReport {
         let served = self.served.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let peers = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, p)| (*id, self.alive(p).then(|| p.racks.iter().cloned().collect())))
+            .collect();
         HealthReport {
             id: self.me,
             racks: served.into_iter().filter(|r| self.ready_for(r)).collect(),
+            peers,
         }
     }
 
@@ -272,11 +284,13 @@ mod tests {
             Ok(HealthReport {
                 id: 2,
                 racks: vec!["r1".into()],
+                peers: Default::default(),
             }),
         );
         assert!(l.serving(2, "r1"));
         assert!(!l.serving(2, "r2"), "a rack the peer does not serve");
         assert!(l.down_peers().is_empty());
+        assert_eq!(l.report().peers[&2], Some(vec!["r1".to_string()]));
     }
 
     #[test]

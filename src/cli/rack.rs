@@ -58,7 +58,7 @@ pub struct RackFields {
     /// A head serving the rack as ID=ADDRESS (its address on the rack, or for a relayed
     /// rack the address the relay forwards to). Repeat in order of preference; replaces
     /// the whole list on `set`.
-    #[arg(long = "head", value_name = "ID=ADDRESS")]
+    #[arg(long = "head", id = "rack_head", value_name = "ID=ADDRESS")]
     heads: Vec<String>,
     /// Requests arrive through a DHCP relay (giaddr in the rack's network).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]

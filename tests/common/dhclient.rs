@@ -35,6 +35,12 @@ impl Lease {
 /// with `want_cidr` (`10.77.0.50/24`, or a prefix such as `10.79.0.10` for any of
 /// .100–.109) or `timeout` passes; the client is killed either way.
 pub fn run(ns: &NetNs, iface: &str, want_cidr: &str, timeout: Duration) -> Lease {
+    run_with(ns, iface, want_cidr, timeout, "")
+}
+
+/// [`run`] with extra `dhclient.conf` statements (e.g. `initial-interval 1;` to
+/// retransmit like a PXE ROM instead of after 10 s).
+pub fn run_with(ns: &NetNs, iface: &str, want_cidr: &str, timeout: Duration, extra_conf: &str) -> Lease {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| -> PathBuf { dir.path().join(n) };
     let d = dir.path().display();
@@ -49,7 +55,7 @@ pub fn run(ns: &NetNs, iface: &str, want_cidr: &str, timeout: Duration) -> Lease
     std::fs::set_permissions(p("script"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::write(
         p("dhclient.conf"),
-        "timeout 30;\nrequest subnet-mask, broadcast-address, routers, domain-name, domain-name-servers, host-name;\n",
+        format!("timeout 30;\nrequest subnet-mask, broadcast-address, routers, domain-name, domain-name-servers, host-name;\n{extra_conf}\n"),
     )
     .unwrap();
     let s = |n: &str| p(n).to_string_lossy().into_owned();

@@ -31,6 +31,7 @@ mod overlay_render;
 mod overlays;
 mod procs;
 mod pxe;
+mod rack_ha;
 mod raft_golden;
 mod raft_ops;
 mod tftp;

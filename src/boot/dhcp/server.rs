@@ -316,12 +316,14 @@ impl Serving {
         }
     }
 
-    /// Re-read the interfaces' addresses every [`ADDRS_EVERY`] (only for a head that
-    /// serves racks). Read on this task's thread, so in the namespace the server runs in.
+    /// Re-read the interfaces' addresses every [`ADDRS_EVERY`] and rebuild the plan when
+    /// they or the racks change (only for a head that serves racks). Addresses are read
+    /// on this task's thread, so in the namespace the server runs in.
     async fn watch_addresses(&self) {
         if self.server.head_id.is_none() {
             return std::future::pending().await;
         }
+        let mut view = self.server.view.clone();
         loop {
             let now = Arc::new(read_addrs());
             {
@@ -330,7 +332,15 @@ impl Serving {
                     *a = (a.0 + 1, now);
                 }
             }
-            tokio::time::sleep(ADDRS_EVERY).await;
+            // Keep the plan (and the racks reported as served to peers) current without
+            // waiting for a request: a backup learns a primary serves a rack before the
+            // first node asks.
+            let v = view.borrow_and_update().clone();
+            self.plan(&v);
+            tokio::select! {
+                _ = tokio::time::sleep(ADDRS_EVERY) => {}
+                r = view.changed() => if r.is_err() { return std::future::pending().await },
+            }
         }
     }
 
