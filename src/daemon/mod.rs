@@ -33,6 +33,7 @@ pub use config::{HeadConfig, Member, Settings};
 use crate::api::{AdminService, Gate, GatedRaft, Services};
 use crate::boot::status::StatusBoard;
 use crate::boot::view::ViewRx;
+use crate::cas::sync::ArtifactSync;
 use crate::cas::Cas;
 use crate::cluster::{Cluster, HeadStatus};
 use crate::image::Images;
@@ -79,6 +80,8 @@ pub struct Parts {
     pub view: ViewRx,
     /// Per-node boot status as this head saw it.
     pub status: Arc<StatusBoard>,
+    /// Fetches every referenced blob from peers; reports what this head lacks.
+    pub artifacts: ArtifactSync,
 }
 
 impl Parts {
@@ -157,6 +160,9 @@ impl Head {
         let status = Arc::new(StatusBoard::new());
         crate::boot::status::forget_deleted_nodes(status.clone(), view.clone());
         let boot_overlays = boot_overlays(&cfg, &cas, &view);
+        // Every referenced blob from the peers, ahead of need (reads the state as it
+        // is replayed, like the boot view).
+        let artifacts = ArtifactSync::start(cas.clone(), reader.clone(), cfg.id, cfg.artifacts.clone(), stop.clone());
         let http = tokio::spawn(
             axum::serve(
                 listeners.http,
@@ -167,6 +173,7 @@ impl Head {
                         &view,
                         &status,
                         boot_overlays.clone(),
+                        &artifacts,
                     )))
                     .into_make_service_with_connect_info::<std::net::SocketAddr>(),
             )
@@ -186,6 +193,7 @@ impl Head {
             stop.clone().cancelled_owned(),
         );
         let cluster = Cluster::new(cfg.id, cfg.advertise.clone(), raft.clone(), reader.clone());
+        cluster.report_artifacts(artifacts.missing());
         let images = Images::new(cas.clone(), &cfg.data_dir, cluster.clone());
         let overlays = Overlays::new(cas.clone(), cluster.clone());
         let parts = Parts {
@@ -196,6 +204,7 @@ impl Head {
             overlays: overlays.clone(),
             view: view.clone(),
             status: status.clone(),
+            artifacts,
         };
         raft_gate.open(RaftService { raft: raft.clone() });
         admin_gate.open(Services {
@@ -260,8 +269,6 @@ async fn open_store_with_retry(
     }
 }
 
-/// The boot routes' state: this head's view, CAS and status board; a blob a node
-/// asks for that this head lacks is fetched from a peer in the background.
 /// The overlay builder this head's boot routes and `wwctl overlay show --render|build`
 /// share (none when `boot.overlays.enabled` is false).
 fn boot_overlays(cfg: &Settings, cas: &Cas, view: &ViewRx) -> Option<Arc<crate::boot::overlays::BootOverlays>> {
@@ -284,12 +291,15 @@ fn boot_overlays(cfg: &Settings, cas: &Cas, view: &ViewRx) -> Option<Arc<crate::
     Some(overlays)
 }
 
+/// The boot routes' state: this head's view, CAS and status board; a blob a node
+/// asks for that this head lacks goes to the front of the artifact sync's queue.
 fn boot_http_state(
     cfg: &Settings,
     cas: &Cas,
     view: &ViewRx,
     status: &Arc<StatusBoard>,
     overlays: Option<Arc<crate::boot::overlays::BootOverlays>>,
+    artifacts: &ArtifactSync,
 ) -> crate::boot::http::BootHttp {
     let mut b = crate::boot::http::BootHttp::new(view.clone(), cas.clone(), status.clone(), cfg.id);
     b.templates = cfg.ipxe_templates.clone();
@@ -304,17 +314,8 @@ fn boot_http_state(
     };
     b.secure = cfg.secure;
     b.overlays = overlays;
-    let (cas, view) = (cas.clone(), view.clone());
-    let http = reqwest::Client::new();
-    b.on_missing_blob = Some(Arc::new(move |d| {
-        let (cas, http) = (cas.clone(), http.clone());
-        let peers: Vec<String> = view.borrow().heads.values().map(|h| h.http.clone()).collect();
-        tokio::spawn(async move {
-            if let Err(e) = crate::cas::http::fetch_from_peers(&cas, &http, &d, &peers).await {
-                tracing::warn!("boot: {e}");
-            }
-        });
-    }));
+    let artifacts = artifacts.clone();
+    b.on_missing_blob = Some(Arc::new(move |d| artifacts.want(d)));
     b
 }
 
@@ -363,13 +364,9 @@ fn gc_loop(parts: Parts, every: Duration, grace: Duration, stop: CancellationTok
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            let referenced: std::collections::HashSet<crate::cas::Digest> = parts.sm.read(|s| {
-                s.images
-                    .values()
-                    .flat_map(|v| v.value.blobs())
-                    .chain(s.overlays.values().flat_map(|v| v.value.blobs()))
-                    .collect()
-            });
+            // The same set the artifact sync fetches: what one keeps the other never deletes.
+            let referenced: std::collections::HashSet<crate::cas::Digest> =
+                parts.sm.read(|s| crate::cas::sync::referenced(s).into_keys().collect());
             let cas = parts.cas.clone();
             match tokio::task::spawn_blocking(move || cas.gc(&referenced, grace)).await {
                 Ok(Ok(st)) if st.removed + st.temp_removed > 0 => tracing::info!(
