@@ -101,8 +101,9 @@ enum Attempt {
     /// The peer is down, hung or cut the transfer; `progress` when bytes arrived
     /// (kept in the partial file for the next attempt).
     Failed { error: String, progress: bool },
-    /// The whole file hashed to another digest: discarded.
-    Mismatch(CasError),
+    /// The whole file hashed to another digest: discarded. `resumed`: part of it was
+    /// an earlier attempt's (so not necessarily this peer's fault).
+    Mismatch { error: CasError, resumed: bool },
     /// A local problem (disk): no peer will fix it.
     Local(CasError),
 }
@@ -154,8 +155,10 @@ impl Fetcher {
 
     /// Fetch `digest` from any of `peers` and store it if its content hashes to
     /// `digest`. Several attempts in one call: a cut transfer continues from the next
-    /// peer (the same one when there is one); the call gives up once every peer
-    /// failed in a row without sending a byte, or after `2 × peers + 1` attempts.
+    /// peer (the same one when there is only one); the call gives up after
+    /// `peers + 1` attempts in a row that added no byte (every peer once, plus one
+    /// for a stale pooled connection or a discarded partial file), or after
+    /// `2 × peers + 1` attempts in all.
     pub async fn fetch(&self, cas: &Cas, digest: &Digest, peers: &[String]) -> Result<Digest, CasError> {
         if cas.contains(digest) {
             return Ok(*digest);
@@ -168,7 +171,7 @@ impl Fetcher {
         let mut errors = Vec::new();
         let mut fruitless = 0;
         for i in 0..(2 * order.len() + 1) {
-            if order.is_empty() || fruitless >= order.len() {
+            if order.is_empty() || fruitless > order.len() {
                 break;
             }
             let peer = &order[i % order.len()];
@@ -190,10 +193,12 @@ impl Fetcher {
                     }
                     errors.push(format!("{url}: {error}"));
                 }
-                Err(Attempt::Mismatch(e)) => {
+                Err(Attempt::Mismatch { error, resumed }) => {
                     fruitless += 1;
-                    self.suspect(peer, true);
-                    errors.push(format!("{url}: {e}"));
+                    if !resumed {
+                        self.suspect(peer, true);
+                    }
+                    errors.push(format!("{url}: {error}"));
                 }
             }
         }
@@ -289,10 +294,13 @@ impl Fetcher {
         let actual = Digest(hasher.finalize().into());
         if actual != *digest {
             let _ = tokio::fs::remove_file(&path).await;
-            return Err(Attempt::Mismatch(CasError::Mismatch {
-                expected: *digest,
-                actual,
-            }));
+            return Err(Attempt::Mismatch {
+                error: CasError::Mismatch {
+                    expected: *digest,
+                    actual,
+                },
+                resumed: start > 0,
+            });
         }
         let (cas2, d) = (cas.clone(), *digest);
         tokio::task::spawn_blocking(move || cas2.install(&cas2.partial_path(&d), &d))
@@ -355,3 +363,7 @@ pub async fn fetch_from_peers(
         .fetch(cas, digest, peers)
         .await
 }
+
+#[cfg(test)]
+#[path = "http_tests.rs"]
+mod tests;
