@@ -12,7 +12,7 @@ use crate::harness::{eventually, ok, settings, ww, Cluster};
 use crate::registry::{build_test_image, ensure_packages, is_root, Registry};
 
 /// A small root tree: files, a symlink, a hardlink, an excluded cache, a kernel.
-fn small_root(root: &Path) {
+pub(crate) fn small_root(root: &Path) {
     for d in [
         "etc/warewulf",
         "var/cache/apt",
