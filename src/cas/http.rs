@@ -216,10 +216,12 @@ impl Fetcher {
     async fn attempt(&self, cas: &Cas, digest: &Digest, url: &str) -> Result<Digest, Attempt> {
         let t = self.timeouts;
         let path = cas.partial_path(digest);
-        let local = |source: io::Error| Attempt::Local(CasError::Io {
-            path: path.clone(),
-            source,
-        });
+        let local = |source: io::Error| {
+            Attempt::Local(CasError::Io {
+                path: path.clone(),
+                source,
+            })
+        };
         let have = match tokio::fs::metadata(&path).await {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,

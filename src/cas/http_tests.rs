@@ -73,12 +73,10 @@ async fn blob(AxState(p): AxState<Peer>, headers: HeaderMap) -> Response {
     let stream: futures::stream::BoxStream<'static, Result<Bytes, io::Error>> = match p.fault {
         // The cut comes a moment after the bytes, so they reach the client first.
         Fault::CutFirstAt(at) if n == 0 => Box::pin(
-            futures::stream::iter(vec![Ok(Bytes::copy_from_slice(&body[..at]))]).chain(futures::stream::once(
-                async {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    Err(io::Error::other("cut"))
-                },
-            )),
+            futures::stream::iter(vec![Ok(Bytes::copy_from_slice(&body[..at]))]).chain(futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Err(io::Error::other("cut"))
+            })),
         ),
         Fault::StallFirstAt(at) if n == 0 => Box::pin(
             futures::stream::iter(vec![Ok(Bytes::copy_from_slice(&body[..at]))]).chain(futures::stream::pending()),
@@ -131,7 +129,11 @@ async fn a_cut_transfer_resumes_with_a_range_request_from_the_same_peer() {
     assert_eq!(f.fetch(&cas, &d, std::slice::from_ref(&addr)).await.unwrap(), d);
     assert_eq!(cas.verify(&d).unwrap(), data.len() as u64);
     let ranges = p.ranges.lock().unwrap().clone();
-    assert_eq!(ranges, [None, Some("bytes=100000-".to_string())], "resumed, not restarted");
+    assert_eq!(
+        ranges,
+        [None, Some("bytes=100000-".to_string())],
+        "resumed, not restarted"
+    );
     assert!(!cas.partial_path(&d).exists(), "the partial file became the blob");
     h.abort();
 }

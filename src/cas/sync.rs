@@ -599,7 +599,6 @@ pub fn scrub_pass(cas: &Cas, rate: u64, stop: &CancellationToken) -> Result<Scru
     Ok(st)
 }
 
-
 #[cfg(test)]
 #[path = "sync_tests.rs"]
 mod tests;

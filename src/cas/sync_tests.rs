@@ -110,10 +110,34 @@ fn referenced_is_every_image_and_overlay_blob_with_recorded_sizes() {
     assert_eq!(r.keys().copied().collect::<BTreeSet<_>>(), blobs);
     assert_eq!(r.len(), 2 * 6 + 2, "a shared image's blobs once");
     let e = entry(1);
-    assert_eq!(r[&e.layers[1].digest], Need { size: Some(20), boot: false });
-    assert_eq!(r[&e.config.unwrap()], Need { size: None, boot: false });
-    assert_eq!(r[&e.artifact.unwrap().digest], Need { size: Some(50), boot: true });
-    assert_eq!(r[&e.kernels[1].digest], Need { size: Some(60), boot: true });
+    assert_eq!(
+        r[&e.layers[1].digest],
+        Need {
+            size: Some(20),
+            boot: false
+        }
+    );
+    assert_eq!(
+        r[&e.config.unwrap()],
+        Need {
+            size: None,
+            boot: false
+        }
+    );
+    assert_eq!(
+        r[&e.artifact.unwrap().digest],
+        Need {
+            size: Some(50),
+            boot: true
+        }
+    );
+    assert_eq!(
+        r[&e.kernels[1].digest],
+        Need {
+            size: Some(60),
+            boot: true
+        }
+    );
     assert_eq!(r[&site], Need { size: None, boot: true });
 
     // Missing: counts and the bytes of what has a recorded size.
@@ -130,7 +154,7 @@ fn the_scrub_finds_silent_corruption_the_verify_cache_would_miss() {
     let good = cas.put_bytes(&vec![7u8; 3 << 20]).unwrap();
     let bad = cas.put_bytes(&vec![9u8; 1 << 20]).unwrap();
     cas.verify(&bad).unwrap(); // cached as good
-    // Flip a byte in place and put the mtime back: size, mtime and inode unchanged.
+                               // Flip a byte in place and put the mtime back: size, mtime and inode unchanged.
     let p = cas.path(&bad);
     let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
     {
@@ -139,7 +163,10 @@ fn the_scrub_finds_silent_corruption_the_verify_cache_would_miss() {
         f.write_at(&[0], 1000).unwrap();
         f.set_modified(mtime).unwrap();
     }
-    assert!(cas.verify(&bad).is_ok(), "the cache does not see it (why the scrub exists)");
+    assert!(
+        cas.verify(&bad).is_ok(),
+        "the cache does not see it (why the scrub exists)"
+    );
     let mut q = cas.quarantine_watch();
     let st = scrub_pass(&cas, 0, &CancellationToken::new()).unwrap();
     assert_eq!(
@@ -167,7 +194,11 @@ fn the_scrub_paces_its_reads() {
     let started = Instant::now();
     let st = scrub_pass(&cas, 8 << 20, &CancellationToken::new()).unwrap();
     assert_eq!(st.blobs, 4);
-    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
     // A stopped scrub does not wait.
     let stop = CancellationToken::new();
     stop.cancel();

@@ -248,8 +248,8 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
             let num = |reach: bool, v: u64| if reach { v.to_string() } else { "--".into() };
             let t = table(
                 &[
-                    "HEAD", "ADDRESS", "ROLE", "TERM", "LEADER", "LAST LOG", "COMMIT", "APPLIED", "SNAPSHOT", "MISSING",
-                    "HEALTH",
+                    "HEAD", "ADDRESS", "ROLE", "TERM", "LEADER", "LAST LOG", "COMMIT", "APPLIED", "SNAPSHOT",
+                    "MISSING", "HEALTH",
                 ],
                 rows.iter().map(|r| {
                     vec![

@@ -88,7 +88,10 @@ async fn every_head_holds_every_artifact_serves_without_the_importer_and_heals_c
     })
     .await;
     let table = ok(&c, &["cluster", "status"]).await;
-    assert!(table.lines().next().is_some_and(|_| table.contains("MISSING")), "{table}");
+    assert!(
+        table.lines().next().is_some_and(|_| table.contains("MISSING")),
+        "{table}"
+    );
     for i in 0..3 {
         let m = c.ctx(i).artifacts.current();
         assert_eq!(m.count(), 0, "head {}", i + 1);
