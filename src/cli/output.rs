@@ -429,3 +429,61 @@ pub fn node_status(rows: &[StatusRow], unreachable: &[u64], history: bool, fmt: 
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_artifacts_cell_counts_bytes_and_unknown_sizes() {
+        assert_eq!(missing_cell(0, Some(0), Some(0)), "0");
+        assert_eq!(missing_cell(2, Some(3 << 29), Some(0)), "2 (1.5 GiB)");
+        assert_eq!(missing_cell(3, Some(512), Some(1)), "3 (512 B + 1 of unknown size)");
+        assert_eq!(missing_cell(2, Some(0), Some(2)), "2 (size unknown)");
+    }
+
+    #[test]
+    fn cluster_status_shows_missing_per_head_and_dashes_for_the_unreachable() {
+        use crate::pb::admin::{ArtifactsStatus, HeadHealth, HeadStatusReply};
+        let head = |id: u64, reachable: bool, missing: u64| HeadHealth {
+            id,
+            addr: format!("10.0.0.{id}:9701"),
+            reachable,
+            error: if reachable { String::new() } else { "refused".into() },
+            status: reachable.then(|| HeadStatusReply {
+                id,
+                role: "Follower".into(),
+                artifacts: Some(ArtifactsStatus {
+                    referenced: 10,
+                    missing,
+                    missing_bytes: missing * 1024,
+                    missing_unknown_size: 0,
+                }),
+                ..Default::default()
+            }),
+        };
+        let st = ClusterStatusReply {
+            cluster_name: "hpc".into(),
+            answered_by: 1,
+            heads: vec![head(1, true, 0), head(2, true, 2), head(3, false, 0)],
+        };
+        let mut out = Vec::new();
+        cluster_status(&st, Format::Table, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("MISSING"), "{text}");
+        let row = |id: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(id))
+                .unwrap_or_else(|| panic!("{text}"))
+                .to_string()
+        };
+        assert!(row("2").contains("2 (2.0 KiB)"), "{text}");
+        assert!(row("3").contains("--") && row("3").contains("unreachable"), "{text}");
+        let mut out = Vec::new();
+        cluster_status(&st, Format::Json, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["heads"][0]["missing_blobs"], 0);
+        assert_eq!(v["heads"][1]["missing_bytes"], 2048);
+        assert!(v["heads"][2]["missing_blobs"].is_null());
+    }
+}
