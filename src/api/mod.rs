@@ -199,6 +199,12 @@ fn head_status_pb(h: HeadStatus) -> pb::HeadStatusReply {
         voters: h.voters,
         learners: h.learners,
         uptime_secs: h.uptime.as_secs(),
+        artifacts: h.artifacts.map(|a| pb::ArtifactsStatus {
+            referenced: a.referenced,
+            missing: a.missing,
+            missing_bytes: a.missing_bytes,
+            missing_unknown_size: a.missing_unknown_size,
+        }),
     }
 }
 

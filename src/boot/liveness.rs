@@ -51,9 +51,6 @@ pub struct HealthReport {
     pub peers: BTreeMap<u64, Option<Vec<String>>>,
 }
 
-/// Whether this head holds what a rack's nodes need (images, kernels, overlays).
-pub type ReadyCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
-
 /// What one peer last told us.
 #[derive(Debug, Clone, Default)]
 struct Peer {
@@ -69,7 +66,9 @@ pub struct Liveness {
     started: Instant,
     quorum: Box<dyn Fn() -> bool + Send + Sync>,
     served: RwLock<BTreeSet<String>>,
-    ready: RwLock<Option<ReadyCheck>>,
+    /// Racks whose nodes need a blob this head lacks (kept by the daemon from the
+    /// artifact sync's missing set).
+    not_ready: RwLock<BTreeSet<String>>,
     peers: RwLock<HashMap<u64, Peer>>,
 }
 
@@ -87,22 +86,29 @@ impl Liveness {
             started: Instant::now(),
             quorum: Box::new(quorum),
             served: RwLock::default(),
-            ready: RwLock::default(),
+            not_ready: RwLock::default(),
             peers: RwLock::default(),
         }
     }
 
-    /// Install the check of whether this head holds a rack's artifacts.
-    pub fn set_ready_check(&self, check: ReadyCheck) {
-        *self.ready.write().unwrap_or_else(|p| p.into_inner()) = Some(check);
+    /// Record the racks whose nodes need a blob this head lacks; logs the changes.
+    pub fn set_not_ready(&self, racks: BTreeSet<String>) {
+        let mut cur = self.not_ready.write().unwrap_or_else(|p| p.into_inner());
+        if *cur == racks {
+            return;
+        }
+        for r in racks.difference(&cur) {
+            tracing::warn!(rack = %r, "this head lacks artifacts the rack's nodes need; it does not answer the rack's DHCP until it has fetched them (wwctl cluster status: MISSING)");
+        }
+        for r in cur.difference(&racks) {
+            tracing::info!(rack = %r, "this head holds every artifact the rack's nodes need again");
+        }
+        *cur = racks;
     }
 
     /// Whether this head holds what `rack`'s nodes need.
     pub fn ready_for(&self, rack: &str) -> bool {
-        match &*self.ready.read().unwrap_or_else(|p| p.into_inner()) {
-            Some(check) => check(rack),
-            None => true,
-        }
+        !self.not_ready.read().unwrap_or_else(|p| p.into_inner()).contains(rack)
     }
 
     /// What this head answers to `GET /health`.
@@ -316,7 +322,7 @@ mod tests {
     fn the_report_lists_served_racks_this_head_is_ready_for() {
         let l = Liveness::new(1, || false);
         l.set_served(&["r1".to_string(), "r2".to_string()].into());
-        l.set_ready_check(Arc::new(|r: &str| r == "r2"));
+        l.set_not_ready(["r1".to_string()].into());
         assert_eq!(l.report().racks, vec!["r2".to_string()]);
         assert!(!l.serving(1, "r1"), "lacks r1's artifacts");
         assert!(!l.in_quorum());

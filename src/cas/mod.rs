@@ -24,6 +24,7 @@
 
 pub mod http;
 pub mod serve;
+pub mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -94,6 +95,12 @@ type VerifyKey = (u64, i64, i64, u64); // size, mtime s, mtime ns, inode
 pub struct Cas {
     root: Arc<PathBuf>,
     verified: Arc<Mutex<HashMap<Digest, VerifyKey>>>,
+    /// One peer transfer per digest at a time, whoever asks (the artifact sync, a
+    /// boot request, an image build): they share one resumable temp file.
+    fetching: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Counts quarantined blobs, so the artifact sync refetches one at once, whoever
+    /// found it corrupt (a verified read while serving, or the scrub).
+    quarantined: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -114,6 +121,8 @@ impl Cas {
         Ok(Cas {
             root: Arc::new(dir.to_path_buf()),
             verified: Arc::default(),
+            fetching: Arc::default(),
+            quarantined: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -204,6 +213,17 @@ impl Cas {
 
     /// Re-hash a blob; a mismatch quarantines it. Cached until the file changes.
     pub fn verify(&self, d: &Digest) -> Result<u64, CasError> {
+        self.verify_with(d, false, &mut |_| {})
+    }
+
+    /// Re-hash a blob whatever the cache says (the scrub: bits rot without changing
+    /// size, mtime or inode). `pace` is called with each chunk's length before it is
+    /// read, so the caller can bound the I/O rate. A mismatch quarantines the blob.
+    pub fn verify_fully(&self, d: &Digest, pace: &mut dyn FnMut(usize)) -> Result<u64, CasError> {
+        self.verify_with(d, true, pace)
+    }
+
+    fn verify_with(&self, d: &Digest, force: bool, pace: &mut dyn FnMut(usize)) -> Result<u64, CasError> {
         let p = self.path(d);
         let meta = match fs::metadata(&p) {
             Ok(m) => m,
@@ -211,13 +231,14 @@ impl Cas {
             Err(e) => return Err(io_err(&p)(e)),
         };
         let key = (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino());
-        if self.verified.lock().expect("verify cache").get(d) == Some(&key) {
+        if !force && self.verified.lock().expect("verify cache").get(d) == Some(&key) {
             return Ok(meta.len());
         }
         let mut f = File::open(&p).map_err(io_err(&p))?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
+            pace(buf.len());
             let n = f.read(&mut buf).map_err(io_err(&p))?;
             if n == 0 {
                 break;
@@ -226,6 +247,7 @@ impl Cas {
         }
         let actual = Digest(h.finalize().into());
         if actual != *d {
+            self.verified.lock().expect("verify cache").remove(d);
             let quarantine = self.root.join("corrupt").join(format!(
                 "{}-{}",
                 d.hex(),
@@ -236,6 +258,7 @@ impl Cas {
             ));
             fs::rename(&p, &quarantine).map_err(io_err(&p))?;
             tracing::error!(%d, %actual, "corrupt blob quarantined");
+            self.quarantined.send_modify(|n| *n += 1);
             return Err(CasError::Corrupt {
                 digest: *d,
                 actual,
@@ -244,6 +267,35 @@ impl Cas {
         }
         self.verified.lock().expect("verify cache").insert(*d, key);
         Ok(meta.len())
+    }
+
+    /// Changes whenever a corrupt blob is quarantined (the value counts them).
+    pub fn quarantine_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.quarantined.subscribe()
+    }
+
+    /// Where an interrupted peer transfer of `d` keeps its bytes, so the next
+    /// attempt (from any peer) resumes with a Range request instead of starting over.
+    pub fn partial_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("tmp").join(format!("{}.partial", d.hex()))
+    }
+
+    /// Hold this while transferring `d` from a peer (one transfer per digest).
+    pub(crate) async fn fetch_turn(&self, d: &Digest) -> FetchTurn {
+        let gate = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*d)
+            .or_default()
+            .clone();
+        let guard = gate.clone().lock_owned().await;
+        FetchTurn {
+            map: self.fetching.clone(),
+            digest: *d,
+            gate,
+            guard: Some(guard),
+        }
     }
 
     /// Open a blob for reading after verifying it.
@@ -308,6 +360,26 @@ impl Cas {
             }
         }
         Ok(st)
+    }
+}
+
+/// A turn at fetching one digest (see [`Cas::fetch_turn`]); the gate is dropped from
+/// the map when nobody else waits.
+pub(crate) struct FetchTurn {
+    map: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
+    digest: Digest,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for FetchTurn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and this turn hold the gate: nobody waits, drop it.
+        if Arc::strong_count(&self.gate) == 2 {
+            map.remove(&self.digest);
+        }
     }
 }
 

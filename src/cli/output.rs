@@ -197,6 +197,12 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
         commit: u64,
         applied: u64,
         snapshot: u64,
+        /// Blobs the catalog references that the head lacks (None: not reported).
+        missing_blobs: Option<u64>,
+        /// Their bytes, where the catalog records sizes.
+        missing_bytes: Option<u64>,
+        /// Missing blobs of unrecorded size (not in `missing_bytes`).
+        missing_unknown_size: Option<u64>,
     }
     let rows: Vec<Row> = st
         .heads
@@ -215,6 +221,9 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
                 commit: s.commit_index,
                 applied: s.applied_index,
                 snapshot: s.snapshot_index,
+                missing_blobs: s.artifacts.map(|a| a.missing),
+                missing_bytes: s.artifacts.map(|a| a.missing_bytes),
+                missing_unknown_size: s.artifacts.map(|a| a.missing_unknown_size),
             }
         })
         .collect();
@@ -239,7 +248,8 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
             let num = |reach: bool, v: u64| if reach { v.to_string() } else { "--".into() };
             let t = table(
                 &[
-                    "HEAD", "ADDRESS", "ROLE", "TERM", "LEADER", "LAST LOG", "COMMIT", "APPLIED", "SNAPSHOT", "HEALTH",
+                    "HEAD", "ADDRESS", "ROLE", "TERM", "LEADER", "LAST LOG", "COMMIT", "APPLIED", "SNAPSHOT",
+                    "MISSING", "HEALTH",
                 ],
                 rows.iter().map(|r| {
                     vec![
@@ -252,6 +262,10 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
                         num(r.reachable, r.commit),
                         num(r.reachable, r.applied),
                         num(r.reachable, r.snapshot),
+                        match (r.reachable, r.missing_blobs) {
+                            (true, Some(n)) => missing_cell(n, r.missing_bytes, r.missing_unknown_size),
+                            _ => "--".into(),
+                        },
                         if r.reachable {
                             "ok".to_string()
                         } else {
@@ -264,6 +278,35 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
         }
     }
     Ok(())
+}
+
+/// `0`, or `3 (1.5 GiB)`, or `3 (1.5 GiB + 1 of unknown size)`.
+fn missing_cell(n: u64, bytes: Option<u64>, unknown: Option<u64>) -> String {
+    if n == 0 {
+        return "0".into();
+    }
+    let unknown = unknown.unwrap_or(0);
+    let bytes = human_bytes(bytes.unwrap_or(0));
+    match (n == unknown, unknown) {
+        (true, _) => format!("{n} (size unknown)"),
+        (false, 0) => format!("{n} ({bytes})"),
+        (false, u) => format!("{n} ({bytes} + {u} of unknown size)"),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn leak_role(s: &str) -> &'static str {
@@ -385,4 +428,62 @@ pub fn node_status(rows: &[StatusRow], unreachable: &[u64], history: bool, fmt: 
             t
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_artifacts_cell_counts_bytes_and_unknown_sizes() {
+        assert_eq!(missing_cell(0, Some(0), Some(0)), "0");
+        assert_eq!(missing_cell(2, Some(3 << 29), Some(0)), "2 (1.5 GiB)");
+        assert_eq!(missing_cell(3, Some(512), Some(1)), "3 (512 B + 1 of unknown size)");
+        assert_eq!(missing_cell(2, Some(0), Some(2)), "2 (size unknown)");
+    }
+
+    #[test]
+    fn cluster_status_shows_missing_per_head_and_dashes_for_the_unreachable() {
+        use crate::pb::admin::{ArtifactsStatus, HeadHealth, HeadStatusReply};
+        let head = |id: u64, reachable: bool, missing: u64| HeadHealth {
+            id,
+            addr: format!("10.0.0.{id}:9701"),
+            reachable,
+            error: if reachable { String::new() } else { "refused".into() },
+            status: reachable.then(|| HeadStatusReply {
+                id,
+                role: "Follower".into(),
+                artifacts: Some(ArtifactsStatus {
+                    referenced: 10,
+                    missing,
+                    missing_bytes: missing * 1024,
+                    missing_unknown_size: 0,
+                }),
+                ..Default::default()
+            }),
+        };
+        let st = ClusterStatusReply {
+            cluster_name: "hpc".into(),
+            answered_by: 1,
+            heads: vec![head(1, true, 0), head(2, true, 2), head(3, false, 0)],
+        };
+        let mut out = Vec::new();
+        cluster_status(&st, Format::Table, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("MISSING"), "{text}");
+        let row = |id: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(id))
+                .unwrap_or_else(|| panic!("{text}"))
+                .to_string()
+        };
+        assert!(row("2").contains("2 (2.0 KiB)"), "{text}");
+        assert!(row("3").contains("--") && row("3").contains("unreachable"), "{text}");
+        let mut out = Vec::new();
+        cluster_status(&st, Format::Json, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["heads"][0]["missing_blobs"], 0);
+        assert_eq!(v["heads"][1]["missing_bytes"], 2048);
+        assert!(v["heads"][2]["missing_blobs"].is_null());
+    }
 }

@@ -135,6 +135,22 @@ pub struct HeadStatus {
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
     pub uptime: Duration,
+    /// What this head lacks of the blobs the catalog references (None: no artifact
+    /// sync reports to this handle).
+    pub artifacts: Option<ArtifactsStatus>,
+}
+
+/// A head's artifact completeness, from its artifact sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactsStatus {
+    /// Blobs the catalog references.
+    pub referenced: u64,
+    /// Of those, blobs not on this head.
+    pub missing: u64,
+    /// Bytes of the missing blobs whose size the catalog records.
+    pub missing_bytes: u64,
+    /// Missing blobs whose size the catalog does not record (OCI configs, overlay trees).
+    pub missing_unknown_size: u64,
 }
 
 /// A leader whose quorum last acknowledged it longer ago than this is cut off (ten
@@ -165,6 +181,8 @@ struct Inner {
     /// Admin API channels to other heads, by address.
     peers: Mutex<HashMap<String, Channel>>,
     started: Instant,
+    /// The artifact sync's missing set, once the daemon connects it.
+    artifacts: std::sync::OnceLock<tokio::sync::watch::Receiver<Arc<crate::cas::sync::Missing>>>,
 }
 
 impl Cluster {
@@ -177,6 +195,7 @@ impl Cluster {
                 sm,
                 peers: Mutex::default(),
                 started: Instant::now(),
+                artifacts: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -495,6 +514,12 @@ impl Cluster {
         }
     }
 
+    /// Report this artifact sync's missing set in [`Cluster::head_status`] (once; later
+    /// calls are ignored).
+    pub fn report_artifacts(&self, missing: tokio::sync::watch::Receiver<Arc<crate::cas::sync::Missing>>) {
+        let _ = self.inner.artifacts.set(missing);
+    }
+
     /// This head's own view of Raft.
     pub fn head_status(&self) -> HeadStatus {
         let m = self.inner.raft.metrics().borrow().clone();
@@ -523,6 +548,15 @@ impl Cluster {
             voters,
             learners,
             uptime: self.inner.started.elapsed(),
+            artifacts: self.inner.artifacts.get().map(|rx| {
+                let m = rx.borrow();
+                ArtifactsStatus {
+                    referenced: m.referenced as u64,
+                    missing: m.count() as u64,
+                    missing_bytes: m.known_bytes(),
+                    missing_unknown_size: m.unknown_sizes() as u64,
+                }
+            }),
         }
     }
 

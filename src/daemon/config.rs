@@ -68,6 +68,10 @@ pub struct HeadConfig {
     /// Boot services: DHCP and TFTP are off unless configured here.
     #[serde(default)]
     pub boot: BootConfig,
+    /// The artifact sync: every referenced blob fetched from peers ahead of need, and
+    /// the scrub that re-verifies stored blobs.
+    #[serde(default)]
+    pub artifacts: crate::cas::sync::ArtifactsConfig,
 }
 
 /// `boot:` in `wulfd.yaml`.
@@ -206,6 +210,8 @@ pub struct Settings {
     pub overlays: Option<(crate::overlay::render::ServerConf, PathBuf)>,
     /// The `wwclient` binary to ship in the `wwclient` overlay (see `OverlaysConfig`).
     pub wwclient: Option<PathBuf>,
+    /// The artifact sync and scrub.
+    pub artifacts: crate::cas::sync::SyncConfig,
 }
 
 impl std::fmt::Debug for Settings {
@@ -281,7 +287,9 @@ impl TryFrom<HeadConfig> for Settings {
                 .map(|e| e.with_file_name("wwclient"))
                 .filter(|p| p.is_file()),
         };
+        let artifacts = c.artifacts.validate().map_err(|e| invalid("artifacts", &e))?;
         Ok(Settings {
+            artifacts,
             wwclient,
             secure: c.boot.http.secure,
             overlays,

@@ -33,6 +33,7 @@ pub use config::{HeadConfig, Member, Settings};
 use crate::api::{AdminService, Gate, GatedRaft, Services};
 use crate::boot::status::StatusBoard;
 use crate::boot::view::ViewRx;
+use crate::cas::sync::ArtifactSync;
 use crate::cas::Cas;
 use crate::cluster::{Cluster, HeadStatus};
 use crate::image::Images;
@@ -81,6 +82,8 @@ pub struct Parts {
     pub status: Arc<StatusBoard>,
     /// Which peer heads are alive and serve which racks.
     pub liveness: Arc<crate::boot::liveness::Liveness>,
+    /// Fetches every referenced blob from peers; reports what this head lacks.
+    pub artifacts: ArtifactSync,
 }
 
 impl Parts {
@@ -166,6 +169,9 @@ impl Head {
             let quorum = quorum.clone();
             move || quorum.get().is_some_and(|c: &Cluster| c.in_quorum())
         }));
+        // Every referenced blob from the peers, ahead of need (reads the state as it
+        // is replayed, like the boot view).
+        let artifacts = ArtifactSync::start(cas.clone(), reader.clone(), cfg.id, cfg.artifacts.clone(), stop.clone());
         let http = tokio::spawn(
             axum::serve(
                 listeners.http,
@@ -178,6 +184,7 @@ impl Head {
                         &status,
                         boot_overlays.clone(),
                         &liveness,
+                        &artifacts,
                     )))
                     .into_make_service_with_connect_info::<std::net::SocketAddr>(),
             )
@@ -198,6 +205,7 @@ impl Head {
         );
         let cluster = Cluster::new(cfg.id, cfg.advertise.clone(), raft.clone(), reader.clone());
         let _ = quorum.set(cluster.clone());
+        cluster.report_artifacts(artifacts.missing());
         let images = Images::new(cas.clone(), &cfg.data_dir, cluster.clone());
         let overlays = Overlays::new(cas.clone(), cluster.clone());
         let parts = Parts {
@@ -209,6 +217,7 @@ impl Head {
             view: view.clone(),
             status: status.clone(),
             liveness: liveness.clone(),
+            artifacts,
         };
         raft_gate.open(RaftService { raft: raft.clone() });
         admin_gate.open(Services {
@@ -222,6 +231,7 @@ impl Head {
         tracing::info!(id = cfg.id, "serving");
 
         tokio::spawn(liveness.clone().run(parts.view.clone(), stop.clone().cancelled_owned()));
+        track_readiness(&parts, stop.clone());
         start_tftp(&cfg, &stop);
         start_dhcp(&cfg, &parts, &stop);
         register(cluster.clone(), cfg.http_advertise.clone(), stop.clone());
@@ -274,8 +284,6 @@ async fn open_store_with_retry(
     }
 }
 
-/// The boot routes' state: this head's view, CAS and status board; a blob a node
-/// asks for that this head lacks is fetched from a peer in the background.
 /// The overlay builder this head's boot routes and `wwctl overlay show --render|build`
 /// share (none when `boot.overlays.enabled` is false).
 fn boot_overlays(cfg: &Settings, cas: &Cas, view: &ViewRx) -> Option<Arc<crate::boot::overlays::BootOverlays>> {
@@ -298,6 +306,8 @@ fn boot_overlays(cfg: &Settings, cas: &Cas, view: &ViewRx) -> Option<Arc<crate::
     Some(overlays)
 }
 
+/// The boot routes' state: this head's view, CAS and status board; a blob a node
+/// asks for that this head lacks goes to the front of the artifact sync's queue.
 fn boot_http_state(
     cfg: &Settings,
     cas: &Cas,
@@ -305,6 +315,7 @@ fn boot_http_state(
     status: &Arc<StatusBoard>,
     overlays: Option<Arc<crate::boot::overlays::BootOverlays>>,
     liveness: &Arc<crate::boot::liveness::Liveness>,
+    artifacts: &ArtifactSync,
 ) -> crate::boot::http::BootHttp {
     let mut b = crate::boot::http::BootHttp::new(view.clone(), cas.clone(), status.clone(), cfg.id);
     b.templates = cfg.ipxe_templates.clone();
@@ -320,18 +331,45 @@ fn boot_http_state(
     b.secure = cfg.secure;
     b.overlays = overlays;
     b.liveness = Some(liveness.clone());
-    let (cas, view) = (cas.clone(), view.clone());
-    let http = reqwest::Client::new();
-    b.on_missing_blob = Some(Arc::new(move |d| {
-        let (cas, http) = (cas.clone(), http.clone());
-        let peers: Vec<String> = view.borrow().heads.values().map(|h| h.http.clone()).collect();
-        tokio::spawn(async move {
-            if let Err(e) = crate::cas::http::fetch_from_peers(&cas, &http, &d, &peers).await {
-                tracing::warn!("boot: {e}");
-            }
-        });
-    }));
+    let artifacts = artifacts.clone();
+    b.on_missing_blob = Some(Arc::new(move |d| artifacts.want(d)));
     b
+}
+
+/// Keep the liveness record's unready racks current: a rack is not ready while one of
+/// its nodes needs a blob this head lacks (its image's blobs, or an overlay tree). DHCP
+/// then leaves the rack to its next head and `/health` stops listing it, so a head that
+/// joined or lost a blob never answers a node it cannot boot.
+fn track_readiness(parts: &Parts, stop: CancellationToken) {
+    let (liveness, mut view, mut missing) = (parts.liveness.clone(), parts.view.clone(), parts.artifacts.missing());
+    let me = parts.cluster.id();
+    tokio::spawn(async move {
+        loop {
+            let lacking = missing.borrow_and_update().clone();
+            let v = view.borrow_and_update().clone();
+            let mut not_ready = std::collections::BTreeSet::new();
+            if lacking.count() > 0 {
+                let overlay_missing = v.overlays.values().any(|d| lacking.blobs.contains_key(d));
+                for name in v.racks.iter().filter(|(_, r)| r.position(me).is_some()).map(|(n, _)| n) {
+                    let needs_missing = overlay_missing
+                        || v.nodes.values().any(|n| {
+                            v.rack_of(n).is_some_and(|(r, _)| r == name)
+                                && v.image_of(n)
+                                    .is_some_and(|i| i.blobs().any(|d| lacking.blobs.contains_key(&d)))
+                        });
+                    if needs_missing {
+                        not_ready.insert(name.clone());
+                    }
+                }
+            }
+            liveness.set_not_ready(not_ready);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = missing.changed() => if r.is_err() { return },
+                r = view.changed() => if r.is_err() { return },
+            }
+        }
+    });
 }
 
 /// TFTP on `boot.tftp.listen`. An address that cannot be bound yet (the rack
@@ -379,13 +417,9 @@ fn gc_loop(parts: Parts, every: Duration, grace: Duration, stop: CancellationTok
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            let referenced: std::collections::HashSet<crate::cas::Digest> = parts.sm.read(|s| {
-                s.images
-                    .values()
-                    .flat_map(|v| v.value.blobs())
-                    .chain(s.overlays.values().flat_map(|v| v.value.blobs()))
-                    .collect()
-            });
+            // The same set the artifact sync fetches: what one keeps the other never deletes.
+            let referenced: std::collections::HashSet<crate::cas::Digest> =
+                parts.sm.read(|s| crate::cas::sync::referenced(s).into_keys().collect());
             let cas = parts.cas.clone();
             match tokio::task::spawn_blocking(move || cas.gc(&referenced, grace)).await {
                 Ok(Ok(st)) if st.removed + st.temp_removed > 0 => tracing::info!(

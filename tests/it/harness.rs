@@ -72,6 +72,7 @@ impl Cluster {
                 cas_gc_grace_secs: 3600,
                 cas_gc_interval_secs: 600,
                 boot: Default::default(),
+                artifacts: Default::default(),
             })
             .collect();
         let mut cfgs = cfgs;
@@ -176,6 +177,7 @@ impl Cluster {
             cas_gc_grace_secs: self.cfgs[0].cas_gc_grace_secs,
             cas_gc_interval_secs: self.cfgs[0].cas_gc_interval_secs,
             boot: Default::default(),
+            artifacts: Default::default(),
         };
         self.cfgs.push(cfg.clone());
         self.heads.push(Some(launch(cfg.clone(), l).await));

@@ -12,7 +12,7 @@ use crate::harness::{eventually, ok, settings, ww, Cluster};
 use crate::registry::{build_test_image, ensure_packages, is_root, Registry};
 
 /// A small root tree: files, a symlink, a hardlink, an excluded cache, a kernel.
-fn small_root(root: &Path) {
+pub(crate) fn small_root(root: &Path) {
     for d in [
         "etc/warewulf",
         "var/cache/apt",
@@ -62,7 +62,9 @@ fn unpack(blob: &Path, into: &Path) -> Option<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn directory_import_catalog_build_nodes_and_peer_rebuild() {
-    let c = Cluster::start(3, settings()).await;
+    // About fetching on demand: no prefetch, so the heads that did not write a blob
+    // lack it until something asks (tests/it/artifacts.rs covers the prefetch).
+    let c = Cluster::start_with(3, settings(), |cfg| cfg.artifacts.prefetch = false).await;
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     small_root(&src);
@@ -296,7 +298,9 @@ async fn blob_gc_removes_what_no_image_references() {
 /// CAS; a head lacking an image blob fetches it from a peer and then serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn heads_serve_boot_routes_and_fetch_missing_blobs_from_peers() {
-    let c = Cluster::start(3, settings()).await;
+    // About fetching on demand: no prefetch, so the heads that did not write a blob
+    // lack it until something asks (tests/it/artifacts.rs covers the prefetch).
+    let c = Cluster::start_with(3, settings(), |cfg| cfg.artifacts.prefetch = false).await;
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     small_root(&src);

@@ -13,6 +13,7 @@ mod proc_cluster;
 #[path = "../common/registry.rs"]
 mod registry;
 
+mod artifacts;
 mod boot_http;
 mod cli;
 mod cluster;

@@ -187,7 +187,9 @@ async fn editing_a_distribution_overlay_makes_a_site_copy_and_deleting_it_revert
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deletes_in_use_escapes_conflicts_and_peer_fetch() {
-    let c = Cluster::start(3, settings()).await;
+    // About fetching on demand: no prefetch, so the heads that did not write a blob
+    // lack it until something asks (tests/it/artifacts.rs covers the prefetch).
+    let c = Cluster::start_with(3, settings(), |cfg| cfg.artifacts.prefetch = false).await;
 
     // Deleting an overlay a node lists is refused, naming the node.
     ok(&c, &["overlay", "create", "o1"]).await;
