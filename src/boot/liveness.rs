@@ -49,6 +49,9 @@ pub struct HealthReport {
     /// `None` while it counts that head as down (for operators and tests; peers ignore it).
     #[serde(default)]
     pub peers: BTreeMap<u64, Option<Vec<String>>>,
+    /// Whether it is in contact with a quorum (may take racks over).
+    #[serde(default)]
+    pub quorum: bool,
 }
 
 /// What one peer last told us.
@@ -125,6 +128,7 @@ impl Liveness {
             id: self.me,
             racks: served.into_iter().filter(|r| self.ready_for(r)).collect(),
             peers,
+            quorum: (self.quorum)(),
         }
     }
 
@@ -291,6 +295,7 @@ mod tests {
                 id: 2,
                 racks: vec!["r1".into()],
                 peers: Default::default(),
+                quorum: true,
             }),
         );
         assert!(l.serving(2, "r1"));

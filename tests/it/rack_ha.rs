@@ -12,7 +12,9 @@
 //! 2 then 1; head 3 serves no rack but is a voter. Checked with a capture on the client's
 //! link: one OFFER per DISCOVER (from the primary); after the primary is SIGKILLed the
 //! backup answers; the relayed rack is answered to the relay by its first head; a restarted
-//! primary takes its rack back.
+//! primary takes its rack back; a hung (SIGSTOPped) primary is passed over like a dead one.
+//! A second test cuts one head's management link: a cut-off backup does not take over, a
+//! cut-off primary keeps serving its rack's known node while the majority serves it too.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -356,6 +358,127 @@ fn one_answer_per_discover_takeover_by_the_backup_and_a_relayed_rack() {
         vec!["10.10.0.1".to_string()],
         "the primary again, alone:\n{text}"
     );
+
+    // 5. A hung primary (SIGSTOP: sockets open, nothing answered) is passed over like a
+    //    dead one, and serves again when it resumes.
+    let pgid = lab.pids[0].expect("head 1 runs");
+    let group = rustix::process::Pid::from_raw(pgid as i32).expect("a pid");
+    rustix::process::kill_process_group(group, rustix::process::Signal::STOP).expect("SIGSTOP head 1");
+    lab.c1.ok("ip addr flush dev c0");
+    let stopped = Instant::now();
+    let lease = crate::dhclient::run_with(&lab.c1, "c0", "10.10.0.50/24", Duration::from_secs(30), PXE_LIKE);
+    let took = stopped.elapsed();
+    rustix::process::kill_process_group(group, rustix::process::Signal::CONT).expect("SIGCONT head 1");
+    assert!(
+        lease.bound,
+        "no takeover from a hung primary:\n{}\n{}",
+        lease.log,
+        lab.logs()
+    );
+    lease.expect("new_dhcp_server_identifier=10.10.0.2");
+    eprintln!(
+        "rack1 takeover from a hung primary: bound {:.1} s after SIGSTOP",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(8), "takeover from a hung head took {took:?}");
+    lab.wait("head 2 seeing head 1 serve rack1 after SIGCONT", 20, || {
+        lab.health(2).contains("\"1\":[\"rack1\",\"rack2\"]")
+    });
+    lab.c1.ok("ip addr flush dev c0");
+    let lease = crate::dhclient::run_with(&lab.c1, "c0", "10.10.0.50/24", Duration::from_secs(30), PXE_LIKE);
+    assert!(lease.bound, "{}\n{}", lease.log, lab.logs());
+    lease.expect("new_dhcp_server_identifier=10.10.0.1");
+    for i in 0..3 {
+        lab.kill(i);
+    }
+}
+
+#[test]
+fn partitions_minority_primary_keeps_its_rack_minority_backup_does_not_take_over() {
+    let tools = [
+        ("ip", "iproute2"),
+        ("dhclient", "isc-dhcp-client"),
+        ("tcpdump", "tcpdump"),
+        ("curl", "curl"),
+    ];
+    if let Some(why) = skip_reason(&tools) {
+        eprintln!("SKIP partitions_minority_primary_keeps_its_rack_minority_backup_does_not_take_over: {why}");
+        return;
+    }
+    let mut lab = Lab::build();
+    for i in 0..3 {
+        lab.start(i);
+    }
+    lab.wait("a cluster with a leader", 60, || {
+        let o = lab.wwctl("cluster status");
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Leader")
+    });
+    lab.wwctl_ok("rack add rack1 --network 10.10.0.0/24 --head 1=10.10.0.1 --head 2=10.10.0.2");
+    let m1 = lab.c1.mac("c0");
+    lab.wwctl_ok(&format!(
+        "node add n1 --ipaddr 10.10.0.50 --netmask 255.255.255.0 --hwaddr {m1}"
+    ));
+    // Health over the rack link (the management link is what gets cut).
+    let rack_health = |lab: &Lab, from: usize, id: u64| -> String {
+        let o = lab.heads[from].sh(&format!("curl -s -m 1 http://10.10.0.{id}:9873/health"));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    lab.wait("head 2 seeing head 1 serve rack1", 30, || {
+        rack_health(&lab, 0, 2).contains("\"1\":[\"rack1\"]")
+    });
+    let boot = |lab: &Lab| -> Vec<String> {
+        lab.c1.ok("ip addr flush dev c0");
+        let cap = Capture::start(&lab.c1, "c0");
+        let lease = crate::dhclient::run_with(&lab.c1, "c0", "10.10.0.50/24", Duration::from_secs(30), PXE_LIKE);
+        let (offers, text) = cap.offers(&lab.c1);
+        assert!(lease.bound, "n1 got no address:\n{}\n{text}\n{}", lease.log, lab.logs());
+        offers
+    };
+
+    // 1. The backup (head 2) is cut off from the others: it sees the primary "down" but
+    //    has no quorum, so it does not take the rack over.
+    lab.heads[1].ok("ip link set m0 down");
+    lab.wait("head 2 counting head 1 as down, without quorum", 30, || {
+        let h = rack_health(&lab, 0, 2);
+        h.contains("\"1\":null") && h.contains("\"quorum\":false")
+    });
+    let offers = boot(&lab);
+    assert_eq!(
+        offers,
+        vec!["10.10.0.1".to_string()],
+        "the minority backup stays silent"
+    );
+    lab.heads[1].ok("ip link set m0 up");
+    lab.wait("head 2 back in the quorum, seeing head 1", 30, || {
+        let h = rack_health(&lab, 0, 2);
+        h.contains("\"1\":[\"rack1\"]") && h.contains("\"quorum\":true")
+    });
+    assert_eq!(boot(&lab), vec!["10.10.0.1".to_string()], "healed: one answer again");
+
+    // 2. The primary (head 1) is cut off: it keeps answering its rack's known node from
+    //    its last state; the majority side (head 2 with head 3) elects and serves it too.
+    lab.heads[0].ok("ip link set m0 down");
+    lab.wait("head 1 without quorum, head 2 counting it down with quorum", 30, || {
+        rack_health(&lab, 1, 1).contains("\"quorum\":false") && {
+            let h = rack_health(&lab, 0, 2);
+            h.contains("\"1\":null") && h.contains("\"quorum\":true")
+        }
+    });
+    let mut offers = boot(&lab);
+    offers.sort();
+    offers.dedup();
+    assert_eq!(
+        offers,
+        vec!["10.10.0.1".to_string(), "10.10.0.2".to_string()],
+        "both sides of the partition serve the rack's known node"
+    );
+    // Writes go on on the majority side.
+    lab.wwctl_ok("node set -y n1 --comment during-partition");
+    lab.heads[0].ok("ip link set m0 up");
+    lab.wait("head 1 back, seen by head 2", 30, || {
+        rack_health(&lab, 0, 2).contains("\"1\":[\"rack1\"]") && rack_health(&lab, 1, 1).contains("\"quorum\":true")
+    });
+    assert_eq!(boot(&lab), vec!["10.10.0.1".to_string()], "healed: the primary alone");
     for i in 0..3 {
         lab.kill(i);
     }
