@@ -10,6 +10,8 @@ mod netns;
 mod netns_pair;
 #[path = "../common/proc_cluster.rs"]
 mod proc_cluster;
+#[path = "../common/rack_lab.rs"]
+mod rack_lab;
 #[path = "../common/registry.rs"]
 mod registry;
 
