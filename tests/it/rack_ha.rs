@@ -66,6 +66,24 @@ fn one_answer_per_discover_takeover_by_the_backup_and_a_relayed_rack() {
             && lab.health(1).contains("\"2\":[\"rack1\",\"rack2\"]")
     });
 
+    // 0. Idle longer than every liveness timer (probe 0.5 s, down after 2 s, interface
+    //    re-read 2 s): the probes write no Raft entry and no log line.
+    let applied = |lab: &Lab| -> Vec<u64> {
+        let out = lab.wwctl_ok("-o json cluster status");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["heads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["applied"].as_u64().unwrap())
+            .collect()
+    };
+    let lines = |lab: &Lab| (0..3).map(|i| lab.log(i).lines().count()).collect::<Vec<_>>();
+    let (before, logged) = (applied(&lab), lines(&lab));
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(applied(&lab), before, "idle heads wrote Raft entries");
+    assert_eq!(lines(&lab), logged, "idle heads logged:\n{}", lab.logs());
+
     // 1. One OFFER, from the primary.
     let cap = Capture::start(&lab.c1, "c0");
     let lease = crate::dhclient::run_with(&lab.c1, "c0", "10.10.0.50/24", Duration::from_secs(30), PXE_LIKE);
