@@ -12,7 +12,8 @@
 //! 2 then 1; head 3 serves no rack but is a voter. Checked with a capture on the client's
 //! link: one OFFER per DISCOVER (from the primary); after the primary is SIGKILLed the
 //! backup answers; the relayed rack is answered to the relay by its first head; a restarted
-//! primary takes its rack back; a hung (SIGSTOPped) primary is passed over like a dead one.
+//! primary takes its rack back; a hung (SIGSTOPped) primary is passed over like a dead one,
+//! and so is a primary whose rack link lost its carrier.
 //! A second test cuts one head's management link: a cut-off backup does not take over, a
 //! cut-off primary keeps serving its rack's known node while the majority serves it too.
 
@@ -189,6 +190,17 @@ fn one_answer_per_discover_takeover_by_the_backup_and_a_relayed_rack() {
     let lease = crate::dhclient::run_with(&lab.c1, "c0", "10.10.0.50/24", Duration::from_secs(30), PXE_LIKE);
     assert!(lease.bound, "{}\n{}", lease.log, lab.logs());
     lease.expect("new_dhcp_server_identifier=10.10.0.1");
+
+    // 6. The primary alive but cut from the rack (its rack link lost carrier): it stops
+    //    reporting rack1, and the backup answers.
+    lab.sw.ok("ip link set r1 down");
+    lab.wait("head 2 seeing head 1 no longer serve rack1", 20, || {
+        lab.health(2).contains("\"1\":[\"rack2\"]")
+    });
+    lab.c1.ok("ip addr flush dev c0");
+    let lease = crate::dhclient::run_with(&lab.c1, "c0", "10.10.0.50/24", Duration::from_secs(30), PXE_LIKE);
+    assert!(lease.bound, "{}\n{}", lease.log, lab.logs());
+    lease.expect("new_dhcp_server_identifier=10.10.0.2");
     for i in 0..3 {
         lab.kill(i);
     }

@@ -283,12 +283,14 @@ impl DhcpServer {
     }
 }
 
-/// The IPv4 addresses of this network namespace's interfaces.
+/// The IPv4 addresses of this network namespace's interfaces that are running (up, with
+/// carrier): a rack whose link lost its carrier is not served, so peers pass this head
+/// over for it instead of trusting a head that cannot reach the rack.
 fn read_addrs() -> IfAddrs {
     let mut out = IfAddrs::new();
     match if_addrs::get_if_addrs() {
         Ok(list) => {
-            for i in list {
+            for i in list.into_iter().filter(|i| i.is_oper_up()) {
                 if let std::net::IpAddr::V4(ip) = i.ip() {
                     out.entry(i.name).or_default().push(ip);
                 }
