@@ -13,7 +13,8 @@
 //! link: one OFFER per DISCOVER (from the primary); after the primary is SIGKILLed the
 //! backup answers; the relayed rack is answered to the relay by its first head; a restarted
 //! primary takes its rack back; a hung (SIGSTOPped) primary is passed over like a dead one,
-//! and so is a primary whose rack link lost its carrier.
+//! and so is a primary whose rack link lost its carrier; the relayed rack's primary (a
+//! follower) dies and its backup answers the relay.
 //! A second test cuts one head's management link: a cut-off backup does not take over, a
 //! cut-off primary keeps serving its rack's known node while the majority serves it too.
 
@@ -201,6 +202,29 @@ fn one_answer_per_discover_takeover_by_the_backup_and_a_relayed_rack() {
     let lease = crate::dhclient::run_with(&lab.c1, "c0", "10.10.0.50/24", Duration::from_secs(30), PXE_LIKE);
     assert!(lease.bound, "{}\n{}", lease.log, lab.logs());
     lease.expect("new_dhcp_server_identifier=10.10.0.2");
+
+    // 7. A follower that is the relayed rack's primary dies: its backup answers the relay.
+    lab.kill(1);
+    let relay = lab.rt.spawn(
+        &[
+            "timeout", "120", "dhcrelay", "-4", "-d", "-id", "d0", "-iu", "u0", "10.0.0.1", "10.0.0.2",
+        ],
+        None,
+    );
+    lab.c2.ok("ip addr flush dev c0");
+    let lease2 = crate::dhclient::run_with(&lab.c2, "c0", "10.20.0.50/24", Duration::from_secs(30), PXE_LIKE);
+    lab.rt.kill(relay);
+    assert!(
+        lease2.bound,
+        "relayed rack not taken over:\n{}\n{}",
+        lease2.log,
+        lab.logs()
+    );
+    lease2.expect("new_dhcp_server_identifier=10.0.0.1");
+    assert!(
+        lab.wwctl_ok("node list").contains("n2"),
+        "wwctl works with a follower down"
+    );
     for i in 0..3 {
         lab.kill(i);
     }
