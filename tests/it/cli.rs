@@ -515,3 +515,122 @@ async fn warewulf_47_behaviour() {
     assert_eq!(ok(&c, &["profile", "export", "rack"]).await, "rack: {}\n");
     c.shutdown().await;
 }
+
+/// `wwctl rack`: add, list views (golden), set (only the given fields, conditional on
+/// the version read), bad input with the reason, delete refused while nodes use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rack_add_set_list_delete() {
+    let c = example_cluster().await;
+    ok(
+        &c,
+        &[
+            "rack",
+            "add",
+            "rack1",
+            "--network",
+            "10.10.0.0/24",
+            "--head",
+            "1=10.10.0.251",
+            "--head",
+            "2=10.10.0.252",
+            "--router",
+            "10.10.0.254",
+            "--dns",
+            "10.10.0.251,10.10.0.252",
+            "--domain",
+            "cluster.local",
+            "--lease-time",
+            "90m",
+            "--pool",
+            "10.10.0.200-10.10.0.250",
+        ],
+    )
+    .await;
+    ok(
+        &c,
+        &[
+            "rack",
+            "add",
+            "far",
+            "--network",
+            "10.20.0.0/24",
+            "--relayed",
+            "--head",
+            "2=10.0.0.2",
+            "--head",
+            "1=10.0.0.1",
+        ],
+    )
+    .await;
+    golden("rack_list.txt", &ok(&c, &["rack", "list"]).await);
+    golden("rack_list_all.txt", &ok(&c, &["rack", "list", "-a", "rack1"]).await);
+    let json: serde_json::Value = serde_json::from_str(&ok(&c, &["-o", "json", "rack", "list"]).await).unwrap();
+    assert_eq!(json["far"]["heads"][0]["addr"], "10.0.0.2");
+    assert_eq!(json["rack1"]["lease_secs"], 5400);
+
+    // set changes only what is given.
+    ok(
+        &c,
+        &[
+            "rack",
+            "set",
+            "rack1",
+            "--head",
+            "2=10.10.0.252",
+            "--head",
+            "1=10.10.0.251",
+            "--pool",
+            "",
+        ],
+    )
+    .await;
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&c, &["-o", "json", "rack", "list", "rack1"]).await).unwrap();
+    assert_eq!(json["rack1"]["heads"][0]["id"], 2);
+    assert!(json["rack1"]["pool"].is_null());
+    assert_eq!(json["rack1"]["router"], "10.10.0.254", "untouched");
+    assert!(ok(&c, &["rack", "set", "rack1", "--router", "10.10.0.254"])
+        .await
+        .contains("unchanged"));
+
+    // Bad input says what is wrong.
+    for (args, why) in [
+        (vec!["rack", "add", "x", "--network", "10.30.0.0/24"], "--head"),
+        (vec!["rack", "add", "x", "--head", "1=10.30.0.1"], "--network"),
+        (
+            vec!["rack", "add", "x", "--network", "10.30.0.0/24", "--head", "1:10.30.0.1"],
+            "ID=ADDRESS",
+        ),
+        (
+            vec!["rack", "add", "x", "--network", "10.10.0.0/16", "--head", "1=10.10.1.1"],
+            "overlaps rack rack1",
+        ),
+        (
+            vec![
+                "rack",
+                "add",
+                "rack1",
+                "--network",
+                "10.40.0.0/24",
+                "--head",
+                "1=10.40.0.1",
+            ],
+            "already exists",
+        ),
+        (vec!["rack", "set", "nope", "--router", "10.1.1.1"], "does not exist"),
+    ] {
+        let e = ww(&c, &args).await.unwrap_err();
+        assert!(e.contains(why), "{args:?}: {e}");
+    }
+    // rack1 holds the example's rack[1-2]-n* nodes (10.10.0.1-4): delete needs --force.
+    let e = ww(&c, &["rack", "delete", "rack1"]).await.unwrap_err();
+    assert!(e.contains("rack1-n01") && e.contains("--force"), "{e}");
+    ok(&c, &["rack", "delete", "far"]).await;
+    ok(&c, &["rack", "delete", "rack1", "--force"]).await;
+    assert_eq!(
+        ok(&c, &["rack", "list"]).await.lines().count(),
+        1,
+        "only the header is left"
+    );
+    c.shutdown().await;
+}
