@@ -18,7 +18,7 @@ use super::view::{BootNode, BootView};
 use crate::cas::{Cas, CasError};
 use crate::model::Digest;
 use crate::overlay::build::{BuildError, Builder, Compiled, Generation, NodeArchive, OverlayKind};
-use crate::overlay::render::{AccessPolicy, BuildInfo, FileAccess, ServerConf};
+use crate::overlay::render::{AccessPolicy, BuildInfo, ClusterFiles, FileAccess, ServerConf};
 use crate::overlay::tree::OverlayTree;
 
 /// Why a node's overlay could not be built here.
@@ -48,6 +48,10 @@ pub struct BootOverlays {
     trees: Mutex<HashMap<Digest, Arc<OverlayTree>>>,
     /// The generation for the view's node set (`BootView::nodes_version`).
     generation: Mutex<Option<(Digest, Arc<Generation>)>>,
+    /// Where the cluster's replicated host files (SSH host keys) are handed to `Include`.
+    cluster_files: Option<Arc<ClusterFiles>>,
+    /// Warewulf's config dir (`/etc/warewulf`): the SSH host keys are `<it>/keys/<name>`.
+    config_dir: String,
 }
 
 impl std::fmt::Debug for BootOverlays {
@@ -74,12 +78,21 @@ impl BootOverlays {
     ) -> BootOverlays {
         BootOverlays {
             head_id,
+            config_dir: policy.config_dir.clone(),
             builder: Builder::new(access, policy),
             cas,
             server,
             trees: Mutex::default(),
             generation: Mutex::default(),
+            cluster_files: None,
         }
+    }
+
+    /// Serve the cluster's SSH host keys to `Include` through `files` (the same value
+    /// given to [`BootOverlays::new`] as `access`, or one wrapped by it).
+    pub fn with_cluster_files(mut self, files: Arc<ClusterFiles>) -> BootOverlays {
+        self.cluster_files = Some(files);
+        self
     }
 
     pub fn builder(&self) -> &Builder {
@@ -111,6 +124,10 @@ impl BootOverlays {
         let mut key = view.nodes_version.0.to_vec();
         key.extend(heads.join("\n").bytes());
         key.extend(serde_json::to_vec(&racks).unwrap_or_default());
+        // The SSH keys: a change makes a new generation (a rebuild of every node that
+        // reads them), and `Include` of `keys/…` reads the cluster's copy.
+        let keys_digest = Digest::of(&serde_json::to_vec(&(&*view.ssh_host_keys, &*view.root_keys)).unwrap_or_default());
+        key.extend(keys_digest.0);
         let key = Digest::of(&key);
         let mut g = lock(&self.generation);
         if let Some((v, gen)) = g.as_ref() {
@@ -119,6 +136,15 @@ impl BootOverlays {
             }
         }
         let prev = g.as_ref().map(|(_, p)| p.clone());
+        if let Some(files) = &self.cluster_files {
+            let dir = self.config_dir.trim_end_matches('/');
+            files.set(Arc::new(
+                view.ssh_host_keys
+                    .iter()
+                    .map(|(name, content)| (format!("{dir}/keys/{name}"), content.clone()))
+                    .collect(),
+            ));
+        }
         let gen = Arc::new(Generation::next(
             prev.as_deref(),
             &self.server,
@@ -127,6 +153,8 @@ impl BootOverlays {
             vec![
                 ("Heads".to_owned(), serde_json::json!(heads)),
                 ("Racks".to_owned(), serde_json::Value::Array(racks)),
+                ("RootKeys".to_owned(), serde_json::json!(*view.root_keys)),
+                ("SshKeysDigest".to_owned(), serde_json::json!(keys_digest.to_string())),
             ],
         ));
         *g = Some((key, gen.clone()));

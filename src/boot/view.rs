@@ -65,6 +65,10 @@ pub struct BootView {
     pub nodes_version: model::Digest,
     /// Racks by name (`wwctl rack`), shared between views while unchanged.
     pub racks: Arc<BTreeMap<String, Rack>>,
+    /// The cluster's SSH host keys by file name (`wwctl configure ssh`), for overlays.
+    pub ssh_host_keys: Arc<BTreeMap<String, String>>,
+    /// Every head's root public keys, authorized on every node.
+    pub root_keys: Arc<Vec<String>>,
 }
 
 impl BootView {
@@ -77,6 +81,8 @@ impl BootView {
             cluster: s.cluster.name.clone(),
             images: s.images.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect(),
             heads: s.cluster.heads.clone(),
+            ssh_host_keys: Arc::new(s.ssh.host.clone()),
+            root_keys: Arc::new(s.ssh.root_keys()),
             racks: Arc::new(
                 s.cluster
                     .racks

@@ -236,6 +236,9 @@ impl Head {
         start_dhcp(&cfg, &parts, &stop);
         register(cluster.clone(), cfg.http_advertise.clone(), stop.clone());
         register_overlays(overlays, cfg.wwclient.clone(), stop.clone());
+        if let Some((_, host_root)) = &cfg.overlays {
+            register_root_keys(cluster.clone(), host_root.clone(), stop.clone());
+        }
         if let Some((every, grace)) = cfg.gc {
             gc_loop(parts.clone(), every, grace, stop);
         }
@@ -295,13 +298,18 @@ fn boot_overlays(cfg: &Settings, cas: &Cas, view: &ViewRx) -> Option<Arc<crate::
         images_dir: cfg.data_dir.join("image-trees"),
         policy: crate::overlay::render::AccessPolicy::default(),
     });
-    let overlays = Arc::new(crate::boot::overlays::BootOverlays::new(
-        cfg.id,
-        cas.clone(),
-        server.clone(),
-        access,
-        crate::overlay::render::AccessPolicy::default(),
-    ));
+    // The cluster's SSH host keys are read before the head's own /etc/warewulf/keys.
+    let access = Arc::new(crate::overlay::render::ClusterFiles::new(access));
+    let overlays = Arc::new(
+        crate::boot::overlays::BootOverlays::new(
+            cfg.id,
+            cas.clone(),
+            server.clone(),
+            access.clone(),
+            crate::overlay::render::AccessPolicy::default(),
+        )
+        .with_cluster_files(access),
+    );
     crate::boot::overlays::forget_stale(overlays.clone(), view.clone());
     Some(overlays)
 }
@@ -456,6 +464,59 @@ fn register(cluster: Cluster, http: String, stop: CancellationToken) {
                 cluster.write(cmd.clone())
             })
             .await;
+    });
+}
+
+/// The head's root public keys (`<host_root>/root/.ssh/id_*.pub`, one line each).
+fn read_root_keys(host_root: &std::path::Path) -> Vec<String> {
+    let dir = host_root.join("root/.ssh");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("id_") && n.ends_with(".pub"))
+        })
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|t| t.lines().next().map(|l| l.trim().to_owned()))
+        .filter(|l| !l.is_empty())
+        .take(16)
+        .collect()
+}
+
+/// Keep this head's root public keys registered in the cluster, so every node authorizes
+/// root of every head (`ssh.authorized_keys`). Checked at start and every minute; written
+/// only when they differ from what the cluster has (an idle head writes nothing).
+fn register_root_keys(cluster: Cluster, host_root: PathBuf, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let id = cluster.id();
+        loop {
+            let keys = read_root_keys(&host_root);
+            let have = cluster.state().read(|s| s.ssh.root.get(&id).cloned().unwrap_or_default());
+            // Every 2 s until the cluster has this head's keys (it may not be initialised
+            // or have a leader yet), then every minute.
+            let mut next = Duration::from_secs(60);
+            if keys != have {
+                let cmd = Command::Ssh(crate::state::SshCommand::SetRootKeys { head: id, keys });
+                if !cluster.state().read(|s| s.initialised()) {
+                    next = Duration::from_secs(2);
+                } else if let Err(e) = cluster.write(cmd).await {
+                    tracing::debug!("registering root's SSH keys (retried in 2 s): {e}");
+                    next = Duration::from_secs(2);
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(next) => {}
+            }
+        }
     });
 }
 

@@ -31,10 +31,12 @@ pub mod images;
 pub mod leases;
 pub mod overlays;
 pub mod racks;
+pub mod ssh;
 pub use images::{Artifact, HeadInfo, ImageCommand, ImageEntry, KernelRef, LayerRef};
 pub use leases::{Holder, Lease, LeaseOp, PoolAddr, PoolTable};
 pub use overlays::{OverlayCommand, OverlayEntry};
 pub use racks::{Rack, RackCommand, RackHead, RackPool};
+pub use ssh::{SshCommand, SshKeys};
 
 /// How many recent request ids are remembered for exactly-once retries.
 pub const DEDUP_WINDOW: usize = 4096;
@@ -102,6 +104,8 @@ pub enum Command {
     Overlay(OverlayCommand),
     /// Rack changes (`wwctl rack`).
     Rack(RackCommand),
+    /// The cluster's SSH host keys and the heads' root keys (`wwctl configure ssh`).
+    Ssh(SshCommand),
     /// Give a DHCP allocator run (`holder`, of head `head`) a block of up to `size`
     /// free addresses of the pool `first..=last` (see `state::leases`).
     ReservePoolBlock {
@@ -420,6 +424,9 @@ pub struct State {
     /// Dynamic DHCP pools: heads' blocks and recorded leases.
     #[serde(default)]
     pub pool: PoolTable,
+    /// SSH host keys for nodes and the heads' root keys (never in a query answer).
+    #[serde(default, skip_serializing_if = "SshKeys::is_empty")]
+    pub ssh: SshKeys,
     /// Recent request id → outcome, oldest first in `dedup_order`.
     dedup: HashMap<String, ApplyResult>,
     dedup_order: VecDeque<String>,
@@ -436,6 +443,7 @@ impl PartialEq for State {
             && self.images == o.images
             && self.overlays == o.overlays
             && self.pool == o.pool
+            && self.ssh == o.ssh
     }
 }
 
@@ -566,6 +574,7 @@ impl State {
             Command::Image(c) => return self.apply_image(index, c),
             Command::Overlay(c) => return self.apply_overlay(index, c),
             Command::Rack(c) => return self.apply_rack(index, c),
+            Command::Ssh(c) => return self.apply_ssh(c),
             Command::ReservePoolBlock {
                 holder,
                 head,

@@ -21,7 +21,7 @@ use serde::Serialize;
 use wulfpack::model::{self, Digest, NodeConf, NodesConf, PatchOp};
 use wulfpack::state::{
     ApplyResult, Artifact, Command, CommandError, HeadInfo, ImageCommand, ImageEntry, KernelRef, Kind, LayerRef,
-    LeaseOp, Outcome, OverlayCommand, Put, Rack, RackCommand, RackHead, RackPool, Request, State,
+    LeaseOp, Outcome, OverlayCommand, Put, Rack, RackCommand, RackHead, RackPool, Request, SshCommand, State,
 };
 
 use crate::harness::golden;
@@ -123,6 +123,8 @@ fn command_variant(c: &Command) -> &'static str {
         Command::Overlay(OverlayCommand::DeleteSite { .. }) => "Overlay::DeleteSite",
         Command::Rack(RackCommand::Put { .. }) => "Rack::Put",
         Command::Rack(RackCommand::Delete { .. }) => "Rack::Delete",
+        Command::Ssh(SshCommand::SetHostKeys { .. }) => "Ssh::SetHostKeys",
+        Command::Ssh(SshCommand::SetRootKeys { .. }) => "Ssh::SetRootKeys",
         Command::ReservePoolBlock { .. } => "ReservePoolBlock",
         Command::RecordLeases { .. } => "RecordLeases",
         Command::Discover { .. } => "Discover",
@@ -146,6 +148,8 @@ const ALL_COMMANDS: &[&str] = &[
     "Overlay::DeleteSite",
     "Rack::Put",
     "Rack::Delete",
+    "Ssh::SetHostKeys",
+    "Ssh::SetRootKeys",
     "ReservePoolBlock",
     "RecordLeases",
     "Discover",
@@ -357,6 +361,24 @@ fn requests() -> BTreeMap<String, Request> {
             Command::Rack(RackCommand::Delete {
                 name: "rack1".into(),
                 force: false,
+            }),
+        ),
+        (
+            "ssh_set_host_keys",
+            Command::Ssh(SshCommand::SetHostKeys {
+                keys: [(
+                    "ssh_host_ed25519_key.pub".to_string(),
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample root@head1\n".to_string(),
+                )]
+                .into(),
+                replace: false,
+            }),
+        ),
+        (
+            "ssh_set_root_keys",
+            Command::Ssh(SshCommand::SetRootKeys {
+                head: 1,
+                keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample root@head1".into()],
             }),
         ),
     ];

@@ -232,6 +232,47 @@ impl HostFs {
     }
 }
 
+/// Host files the cluster replicates, read before the head's own disk: the nodes' SSH
+/// host keys (`<config_dir>/keys/ssh_host_*`, from `wwctl configure ssh`), so every head
+/// renders the same keys into the `ssh.host_keys` overlay. Keys are absolute paths.
+#[derive(Debug)]
+pub struct ClusterFiles {
+    inner: Arc<dyn FileAccess>,
+    files: std::sync::RwLock<Arc<std::collections::BTreeMap<String, String>>>,
+}
+
+impl ClusterFiles {
+    pub fn new(inner: Arc<dyn FileAccess>) -> ClusterFiles {
+        ClusterFiles {
+            inner,
+            files: Default::default(),
+        }
+    }
+
+    /// Replace the replicated files (absolute path → content).
+    pub fn set(&self, files: Arc<std::collections::BTreeMap<String, String>>) {
+        *self.files.write().unwrap_or_else(|p| p.into_inner()) = files;
+    }
+}
+
+impl FileAccess for ClusterFiles {
+    fn host_file(&self, path: &str) -> Result<String, AccessError> {
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match files.get(path) {
+            Some(c) => Ok(c.clone()),
+            None => self.inner.host_file(path),
+        }
+    }
+
+    fn image_file(&self, image: &str, path: &str) -> Result<String, AccessError> {
+        self.inner.image_file(image, path)
+    }
+
+    fn host_readlink(&self, path: &str) -> Result<String, AccessError> {
+        self.inner.host_readlink(path)
+    }
+}
+
 impl FileAccess for HostFs {
     fn host_file(&self, path: &str) -> Result<String, AccessError> {
         // The policy already checked `path`; a symlink must resolve to a policy root too.
