@@ -126,7 +126,8 @@ impl BootOverlays {
         key.extend(serde_json::to_vec(&racks).unwrap_or_default());
         // The SSH keys: a change makes a new generation (a rebuild of every node that
         // reads them), and `Include` of `keys/…` reads the cluster's copy.
-        let keys_digest = Digest::of(&serde_json::to_vec(&(&*view.ssh_host_keys, &*view.root_keys)).unwrap_or_default());
+        let keys_digest =
+            Digest::of(&serde_json::to_vec(&(&*view.ssh_host_keys, &*view.root_keys)).unwrap_or_default());
         key.extend(keys_digest.0);
         let key = Digest::of(&key);
         let mut g = lock(&self.generation);

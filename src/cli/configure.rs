@@ -1,4 +1,5 @@
-//! `wwctl configure hostfile|nfs`: Warewulf's host overlay applied to the head itself.
+//! `wwctl configure hostfile|nfs|ssh`: Warewulf's host overlay applied to the head itself,
+//! and the cluster's SSH keys.
 //!
 //! The head asked renders the `host` overlay's template for itself (as Warewulf renders
 //! it for the server, a node named after this machine), and `wwctl` writes the result
@@ -30,6 +31,21 @@ pub enum ConfigureCmd {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Give the cluster its nodes' SSH host keys (once for every head: the ones under this
+    /// head's /etc/warewulf/keys if there are, else new ones from ssh-keygen) and give this
+    /// head's root an SSH key (every head's root key is authorized on every node).
+    Ssh {
+        /// Key types (default: ed25519, ecdsa, rsa — Warewulf's list without the retired dsa).
+        #[arg(long, value_delimiter = ',', default_values_t = ["ed25519".to_string(), "ecdsa".to_string(), "rsa".to_string()])]
+        key_types: Vec<String>,
+        /// Replace the cluster's host keys (every node presents new host keys after its
+        /// next overlay update; SSH clients will warn).
+        #[arg(long)]
+        replace: bool,
+        /// Read and write under this directory instead of / (tests, a review).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 /// This machine's name: the node the host overlay is rendered for.
@@ -45,6 +61,11 @@ pub async fn run(client: &Client, cmd: ConfigureCmd, out: &mut dyn Write) -> Res
     let (template, root) = match &cmd {
         ConfigureCmd::Hostfile { root } => ("/etc/hosts.ww", root),
         ConfigureCmd::Nfs { root } => ("/etc/exports.ww", root),
+        ConfigureCmd::Ssh {
+            key_types,
+            replace,
+            root,
+        } => return ssh(client, key_types, *replace, root, out).await,
     };
     let files = client
         .overlay_render("host", template, &this_host())
@@ -107,5 +128,89 @@ fn write_with_backup(target: &Path, content: &[u8], backup: bool) -> Result<()> 
         f.sync_all()?;
     }
     std::fs::rename(&tmp, target).with_context(|| format!("replacing {}", target.display()))?;
+    Ok(())
+}
+
+/// `ssh-keygen` a key pair of `kind` at `path` (no passphrase), unless either half
+/// exists (an existing key is never overwritten).
+fn keygen(kind: &str, path: &Path, comment: &str) -> Result<bool> {
+    if path.exists() || PathBuf::from(format!("{}.pub", path.display())).exists() {
+        return Ok(false);
+    }
+    let dir = path.parent().context("a key in a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let o = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .output()
+        .context("running ssh-keygen (install openssh-client)")?;
+    if !o.status.success() {
+        bail!(
+            "ssh-keygen -t {kind} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(true)
+}
+
+async fn ssh(client: &Client, types: &[String], replace: bool, root: &Path, out: &mut dyn Write) -> Result<()> {
+    if types.is_empty() {
+        bail!("--key-types is empty; give at least one, e.g. ed25519");
+    }
+    for t in types {
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            bail!("--key-types: {t:?} is not an SSH key type (ed25519, ecdsa, rsa)");
+        }
+    }
+    // Host keys: this head's /etc/warewulf/keys when it has them (a Warewulf server's,
+    // so nodes keep their host keys), else fresh ones made in a private directory.
+    let local = root.join("etc/warewulf/keys");
+    let made = tempfile::tempdir().context("a temporary directory for new keys")?;
+    let mut keys = std::collections::BTreeMap::new();
+    for t in types {
+        let name = format!("ssh_host_{t}_key");
+        let (dir, from) = if local.join(&name).exists() && local.join(format!("{name}.pub")).exists() {
+            (local.as_path(), "this head's /etc/warewulf/keys")
+        } else {
+            keygen(t, &made.path().join(&name), "")?;
+            (made.path(), "ssh-keygen")
+        };
+        for f in [name.clone(), format!("{name}.pub")] {
+            let p = dir.join(&f);
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            keys.insert(f, text);
+        }
+        writeln!(out, "Host key {t}: from {from}")?;
+    }
+    let w = client
+        .write(crate::state::Command::Ssh(crate::state::SshCommand::SetHostKeys {
+            keys,
+            replace,
+        }))
+        .await?;
+    if w.outcome.changed.is_empty() {
+        writeln!(
+            out,
+            "The cluster already has these host keys (kept; --replace gives nodes new ones)"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "The cluster's SSH host keys are now: {}",
+            w.outcome.changed.join(", ")
+        )?;
+    }
+    // Root's key on this head: every head registers its /root/.ssh/id_*.pub within a
+    // minute, and every node authorizes all of them.
+    let id = root.join(format!("root/.ssh/id_{}", types[0]));
+    if keygen(&types[0], &id, "root@wulfpack-head")? {
+        writeln!(
+            out,
+            "Made root's key {} (registered by this head within a minute)",
+            id.display()
+        )?;
+    } else {
+        writeln!(out, "Root's key {} exists", id.display())?;
+    }
     Ok(())
 }

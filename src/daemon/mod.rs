@@ -499,7 +499,9 @@ fn register_root_keys(cluster: Cluster, host_root: PathBuf, stop: CancellationTo
         let id = cluster.id();
         loop {
             let keys = read_root_keys(&host_root);
-            let have = cluster.state().read(|s| s.ssh.root.get(&id).cloned().unwrap_or_default());
+            let have = cluster
+                .state()
+                .read(|s| s.ssh.root.get(&id).cloned().unwrap_or_default());
             // Every 2 s until the cluster has this head's keys (it may not be initialised
             // or have a leader yet), then every minute.
             let mut next = Duration::from_secs(60);

@@ -56,7 +56,10 @@ const MAX_ROOT_KEYS: usize = 16;
 pub enum SshCommand {
     /// Add host keys. A file the cluster already has is kept unless `replace` (so two
     /// heads running `wwctl configure ssh` at once end with one set, the first).
-    SetHostKeys { keys: BTreeMap<String, String>, replace: bool },
+    SetHostKeys {
+        keys: BTreeMap<String, String>,
+        replace: bool,
+    },
     /// Record head `head`'s root public keys (replacing what it registered before).
     SetRootKeys { head: u64, keys: Vec<String> },
 }
@@ -107,7 +110,11 @@ impl State {
                 }
                 for k in keys {
                     let k = k.trim();
-                    if k.is_empty() || k.len() > MAX_KEY_BYTES || k.contains('\n') || !k.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                    if k.is_empty()
+                        || k.len() > MAX_KEY_BYTES
+                        || k.contains('\n')
+                        || !k.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    {
                         return Err(CommandError::Invalid(format!(
                             "head {head}: {:?} is not one public key line",
                             k.chars().take(40).collect::<String>()
@@ -223,13 +230,18 @@ mod tests {
         apply(&mut s, k(1, &["ssh-ed25519 AAAA root@h1", "ssh-ed25519 BBBB root@h2"])).unwrap();
         assert_eq!(
             s.ssh.root_keys(),
-            vec!["ssh-ed25519 AAAA root@h1".to_string(), "ssh-ed25519 BBBB root@h2".to_string()]
+            vec![
+                "ssh-ed25519 AAAA root@h1".to_string(),
+                "ssh-ed25519 BBBB root@h2".to_string()
+            ]
         );
         // The same keys again change nothing (a head re-registering at start).
-        assert!(apply(&mut s, k(1, &["ssh-ed25519 AAAA root@h1", "ssh-ed25519 BBBB root@h2"]))
-            .unwrap()
-            .changed
-            .is_empty());
+        assert!(
+            apply(&mut s, k(1, &["ssh-ed25519 AAAA root@h1", "ssh-ed25519 BBBB root@h2"]))
+                .unwrap()
+                .changed
+                .is_empty()
+        );
         apply(&mut s, k(2, &[])).unwrap();
         assert_eq!(s.ssh.root.len(), 1);
     }

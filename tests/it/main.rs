@@ -37,5 +37,6 @@ mod pxe;
 mod rack_ha;
 mod raft_golden;
 mod raft_ops;
+mod ssh_keys;
 mod tftp;
 mod wwclient;
