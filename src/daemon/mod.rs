@@ -205,7 +205,11 @@ impl Head {
         );
         let cluster = Cluster::new(cfg.id, cfg.advertise.clone(), raft.clone(), reader.clone());
         let _ = quorum.set(cluster.clone());
-        cluster.report_artifacts(artifacts.missing());
+        cluster.report_artifacts(artifacts.clone());
+        cluster.report_racks({
+            let liveness = liveness.clone();
+            Arc::new(move || liveness.report().racks)
+        });
         let images = Images::new(cas.clone(), &cfg.data_dir, cluster.clone());
         let overlays = Overlays::new(cas.clone(), cluster.clone());
         let parts = Parts {
