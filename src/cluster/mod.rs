@@ -419,7 +419,13 @@ impl Cluster {
         if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
             return Err(ClusterError::Invalid(format!("head address {addr:?} is not host:port")));
         }
-        let member = self.members().into_iter().any(|(m, _)| m == id);
+        let known = self.members().into_iter().find(|(m, _)| *m == id).map(|(_, a)| a);
+        if let Some(at) = known.as_ref().filter(|at| at.as_str() != addr) {
+            return Err(ClusterError::Invalid(format!(
+                "head {id} is a member at {at} already; to move it, remove it and join the new head with a new id"
+            )));
+        }
+        let member = known.is_some();
         if !member && self.inner.sm.read(|s| s.cluster.heads.contains_key(&id)) {
             return Err(ClusterError::Invalid(format!(
                 "head id {id} belonged to a head that was removed; ids are never reused (Raft would \

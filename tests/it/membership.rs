@@ -1,0 +1,221 @@
+//! Membership (issue 10, part 8): a head joins as a learner and becomes a voter only
+//! once it has the log and every artifact; `wwctl cluster status` rows show lag,
+//! missing blobs and the racks each head serves; a dead head is removed and replaced.
+//!
+//! The in-process cluster runs inside a namespace the test creates, so each head's DHCP
+//! can hold an interface (one end of a veth pair) with its rack address (a rack is served only where an
+//! interface holds the head's address on it); nothing is sent on those interfaces.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wulfpack::cas::Digest;
+
+use crate::harness::{eventually, settings, Cluster};
+use crate::images::small_root;
+use crate::netns::{skip_reason, NetNs};
+
+/// `boot.dhcp` with one interface and no subnets of its own (racks add theirs).
+fn dhcp_on(iface: &str) -> wulfpack::boot::dhcp::config::DhcpConfigWire {
+    serde_yaml_ng::from_str(&format!("interfaces: [{{name: {iface}}}]")).unwrap()
+}
+
+/// `wwctl` against the first `n` heads only (a head that is not a member yet would
+/// only slow the client down); Ok(stdout) or Err(error text).
+async fn ww_n(c: &Cluster, n: usize, args: &[&str]) -> Result<String, String> {
+    use clap::Parser;
+    let heads = (0..n).map(|i| c.addr(i)).collect::<Vec<_>>().join(",");
+    let mut argv = vec!["wwctl", "--heads", &heads];
+    argv.extend_from_slice(args);
+    let cli = wulfpack::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    wulfpack::cli::run(cli, &mut out).await.map_err(|e| format!("{e:#}"))?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+async fn ok_n(c: &Cluster, n: usize, args: &[&str]) -> String {
+    ww_n(c, n, args).await.unwrap_or_else(|e| panic!("wwctl {args:?}: {e}"))
+}
+
+/// The rows of `wwctl -o json cluster status` (asked of the first `n` heads).
+async fn rows(c: &Cluster, n: usize) -> Vec<Value> {
+    let out = ok_n(c, n, &["-o", "json", "cluster", "status"]).await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["heads"].as_array().unwrap().clone()
+}
+
+fn row(rows: &[Value], id: u64) -> Value {
+    rows.iter().find(|h| h["id"] == id).cloned().unwrap_or(Value::Null)
+}
+
+/// The cell of `col` in the table row of head `id`.
+fn cell(table: &str, id: &str, col: &str) -> String {
+    let header = table.lines().find(|l| l.starts_with("HEAD")).expect("header");
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .unwrap_or_else(|| panic!("no row {id}:\n{table}"));
+    let at = header.find(col).unwrap_or_else(|| panic!("no column {col}:\n{table}"));
+    line.get(at..)
+        .unwrap_or("")
+        .split("  ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_fourth_head_is_a_learner_until_it_holds_every_blob_then_a_voter_serving_its_rack() {
+    if let Some(why) = skip_reason(&[("ip", "iproute2")]) {
+        eprintln!("SKIP a_fourth_head_is_a_learner_until_it_holds_every_blob: {why}");
+        return;
+    }
+    let ns = NetNs::new("mbr");
+    // Head i's address on its rack: rack r1 is served by heads 1 then 2, rack r2 by 3 then 4.
+    for (i, cidr) in [
+        (1, "10.97.0.1/24"),
+        (2, "10.97.0.2/24"),
+        (3, "10.98.0.3/24"),
+        (4, "10.98.0.4/24"),
+    ] {
+        ns.ok(&format!(
+            "ip link add d{i} type veth peer name e{i} && ip addr add {cidr} dev d{i} && \
+             ip link set d{i} up && ip link set e{i} up"
+        ));
+    }
+    let t = ns.enter(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(learner_until_every_blob())
+    });
+    if let Err(e) = t.join() {
+        std::panic::resume_unwind(e);
+    }
+}
+
+async fn learner_until_every_blob() {
+    let mut c = Cluster::start_with(3, settings(), |cfg| cfg.boot.dhcp = dhcp_on(&format!("d{}", cfg.id))).await;
+    let n3 = 3;
+    for args in [
+        [
+            "rack",
+            "add",
+            "r1",
+            "--network",
+            "10.97.0.0/24",
+            "--head",
+            "1=10.97.0.1",
+            "--head",
+            "2=10.97.0.2",
+        ],
+        [
+            "rack",
+            "add",
+            "r2",
+            "--network",
+            "10.98.0.0/24",
+            "--head",
+            "3=10.98.0.3",
+            "--head",
+            "4=10.98.0.4",
+        ],
+    ] {
+        ok_n(&c, n3, &args).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_root(&src);
+    let out = ok_n(&c, 1, &["image", "import", src.to_str().unwrap(), "img"]).await;
+    assert!(out.contains("Imported image img"), "{out}");
+    ok_n(
+        &c,
+        n3,
+        &["node", "add", "n1", "--image", "img", "--ipaddr", "10.97.0.50"],
+    )
+    .await;
+    let blobs: Vec<Digest> = c.ctx(0).sm.read(|s| s.images["img"].value.blobs().collect());
+
+    // Every founder holds every blob and serves its racks; the rows say so.
+    eventually(30, "heads 1-3: 0 missing, racks served", || async {
+        let r = rows(&c, n3).await;
+        (1..=3).all(|id| row(&r, id)["missing_blobs"] == 0)
+            && row(&r, 1)["racks_served"] == json!(["r1"])
+            && row(&r, 2)["racks_served"] == json!(["r1"])
+            && row(&r, 3)["racks_served"] == json!(["r2"])
+    })
+    .await;
+    let table = ok_n(&c, n3, &["cluster", "status"]).await;
+    assert_eq!(cell(&table, "1", "RACKS"), "r1", "{table}");
+    assert_eq!(cell(&table, "3", "RACKS"), "r2", "{table}");
+
+    // A fourth head that cannot fetch (prefetch off): `join` waits until its deadline,
+    // then says the head stays a learner and how to finish.
+    let i4 = c
+        .start_new(|cfg| {
+            cfg.boot.dhcp = dhcp_on("d4");
+            cfg.artifacts.prefetch = false;
+        })
+        .await;
+    let addr4 = c.cfgs[i4].listen.clone();
+    let t = Instant::now();
+    let e = ww_n(&c, n3, &["--timeout", "4", "cluster", "join", "4", &addr4])
+        .await
+        .unwrap_err();
+    let took = t.elapsed();
+    assert!(e.contains("head 4 stays a learner"), "{e}");
+    assert!(e.contains("lacks"), "{e}");
+    assert!(e.contains("wwctl cluster promote 4"), "{e}");
+    assert!(e.contains(&format!("cluster join 4 {addr4}")), "{e}");
+    assert!(
+        took < Duration::from_millis(5500),
+        "join ran {took:?} past its 4 s timeout"
+    );
+
+    // It is a learner, visible as such, lacking blobs and not serving its rack.
+    let r = rows(&c, n3).await;
+    let r4 = row(&r, 4);
+    assert_eq!(r4["role"], "Learner", "{r4}");
+    assert!(r4["missing_blobs"].as_u64().unwrap() > 0, "{r4}");
+    assert_eq!(r4["racks_served"], json!([]), "{r4}");
+    assert_eq!(r4["racks_listed"], json!(["r2"]), "{r4}");
+    let leader = c.leader().await;
+    assert!(c.status(leader).learners.contains(&4) && !c.status(leader).voters.contains(&4));
+    let table = ok_n(&c, n3, &["cluster", "status"]).await;
+    assert_eq!(cell(&table, "4", "ROLE"), "Learner", "{table}");
+    assert_eq!(cell(&table, "4", "RACKS"), "- (not r2)", "{table}");
+    let e = ww_n(&c, n3, &["cluster", "promote", "4"]).await.unwrap_err();
+    assert!(e.contains("lacks"), "{e}");
+
+    // With prefetch on it fetches everything; `join` again promotes it once it has.
+    c.stop(i4).await;
+    c.cfgs[i4].artifacts.prefetch = true;
+    c.restart(i4).await;
+    let out = ok_n(&c, n3, &["--timeout", "60", "cluster", "join", "4", &addr4]).await;
+    assert!(out.contains("head 4 is a voter"), "{out}");
+    assert!(
+        blobs.iter().all(|d| c.ctx(i4).cas.contains(d)),
+        "head 4 became a voter while lacking a blob of the image"
+    );
+    assert_eq!(c.ctx(i4).artifacts.current().count(), 0);
+    let leader = c.leader().await;
+    assert!(c.status(leader).voters.contains(&4), "{:?}", c.status(leader));
+
+    eventually(20, "head 4's row: a follower, lag 0, 0 missing, serving r2", || async {
+        let r = rows(&c, 4).await;
+        let r4 = row(&r, 4);
+        r4["role"] == "Follower" && r4["lag"] == 0 && r4["missing_blobs"] == 0 && r4["racks_served"] == json!(["r2"])
+    })
+    .await;
+    let table = ok_n(&c, 4, &["cluster", "status"]).await;
+    assert_eq!(cell(&table, "4", "LAG"), "0", "{table}");
+    assert_eq!(cell(&table, "4", "MISSING"), "0", "{table}");
+    assert_eq!(cell(&table, "4", "RACKS"), "r2", "{table}");
+    // Joining a voter again changes nothing.
+    let out = ok_n(&c, 4, &["cluster", "join", "4", &addr4]).await;
+    assert!(out.contains("head 4 is a voter"), "{out}");
+    c.shutdown().await;
+}
