@@ -621,15 +621,19 @@ impl pb::admin_server::Admin for AdminService {
         }));
         heads.sort_by_key(|h| h.id);
         fill_lag(&mut heads);
-        let view = s.view.borrow().clone();
-        for h in heads.iter_mut() {
-            h.racks_listed = view
-                .racks
-                .iter()
-                .filter(|(_, r)| r.position(h.id).is_some())
-                .map(|(n, _)| n.clone())
-                .collect();
-        }
+        // The applied state, not the boot view (rebuilt up to 100 ms later): what
+        // `rack list` on this head shows.
+        s.cluster.state().read(|st| {
+            for h in heads.iter_mut() {
+                h.racks_listed = st
+                    .cluster
+                    .racks
+                    .iter()
+                    .filter(|(_, r)| r.value.position(h.id).is_some())
+                    .map(|(n, _)| n.clone())
+                    .collect();
+            }
+        });
         Ok(Response::new(pb::ClusterStatusReply {
             cluster_name: s.cluster.name(),
             answered_by: s.cluster.id(),

@@ -219,3 +219,119 @@ async fn learner_until_every_blob() {
     assert!(out.contains("head 4 is a voter"), "{out}");
     c.shutdown().await;
 }
+
+mod procs {
+    //! The same with real `wulfd` processes: a SIGKILLed head is removed and replaced.
+
+    use std::path::Path;
+
+    use serde_json::{json, Value};
+
+    use super::{cell, row};
+    use crate::proc_cluster::{run_wwctl, wait_until, ProcCluster, WwctlRun};
+
+    const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
+    const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
+
+    fn wwctl(heads: &str, args: &[&str]) -> WwctlRun {
+        run_wwctl(Path::new(WWCTL), heads, args)
+    }
+
+    fn ok(heads: &str, args: &[&str]) -> String {
+        let r = wwctl(heads, args);
+        assert!(r.ok(), "wwctl {args:?} via {heads} failed: {}", r.stderr);
+        r.stdout
+    }
+
+    fn rows(heads: &str) -> Vec<Value> {
+        let r = wwctl(heads, &["--timeout", "3", "cluster", "status", "-o", "json"]);
+        if !r.ok() {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        v["heads"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn a_sigkilled_head_is_removed_and_replaced_by_a_new_head_in_its_rack() {
+        let mut p = ProcCluster::start(Path::new(WULFD), 3, "");
+        let all = p.all_heads();
+        wait_until(30, "cluster initialised", || {
+            let r = wwctl(&all, &["--timeout", "2", "profile", "list"]);
+            r.ok() && r.stdout.lines().any(|l| l.starts_with("default"))
+        });
+        ok(
+            &all,
+            &[
+                "rack",
+                "add",
+                "r1",
+                "--network",
+                "10.96.0.0/24",
+                "--head",
+                "1=10.96.0.1",
+                "--head",
+                "2=10.96.0.2",
+            ],
+        );
+
+        // Head 2 dies (whatever its role); the survivors show it unreachable.
+        p.kill(1);
+        let live = format!("{},{}", p.addrs[0], p.addrs[2]);
+        wait_until(20, "head 2 unreachable, a leader answering", || {
+            let r = rows(&live);
+            row(&r, 2)["reachable"] == false && r.iter().any(|h| h["role"] == "Leader")
+        });
+        let table = ok(&live, &["cluster", "status"]);
+        assert_eq!(cell(&table, "2", "RACKS"), "-- (not r1)", "{table}");
+        assert!(cell(&table, "2", "HEALTH").starts_with("unreachable"), "{table}");
+
+        // Remove the dead voter (3 voters, 2 alive); wwctl names the rack still listing it.
+        let out = ok(&live, &["cluster", "remove", "2"]);
+        assert!(out.contains("head 2 removed"), "{out}");
+        assert!(
+            out.contains(
+                "rack r1 still lists head 2; give it its heads with `wwctl rack set r1 --head 1=10.96.0.1 --head NEWID=ADDRESS`"
+            ),
+            "{out}"
+        );
+        wait_until(10, "status lists heads 1 and 3 only", || {
+            let r = rows(&live);
+            r.iter().map(|h| h["id"].as_u64().unwrap()).collect::<Vec<_>>() == [1, 3]
+        });
+
+        // The replacement: a new machine gets a new id; the dead one's id is refused.
+        let i4 = p.start_empty("");
+        let addr4 = p.addrs[i4].clone();
+        let r = wwctl(&live, &["cluster", "join", "2", &addr4]);
+        assert!(!r.ok() && r.stderr.contains("never reused"), "{}", r.stderr);
+        let out = ok(&live, &["--timeout", "60", "cluster", "join", "4", &addr4]);
+        assert!(out.contains("head 4 is a voter"), "{out}");
+        ok(
+            &live,
+            &["rack", "set", "r1", "--head", "1=10.96.0.1", "--head", "4=10.96.0.4"],
+        );
+        let list = ok(&live, &["rack", "list"]);
+        assert!(list.contains("1=10.96.0.1,4=10.96.0.4"), "{list}");
+
+        let now = format!("{live},{addr4}");
+        wait_until(
+            20,
+            "heads 1, 3, 4: voters, reachable, lag 0, 0 missing; r1 lists 4",
+            || {
+                let r = rows(&now);
+                row(&r, 4)["racks_listed"] == json!(["r1"])
+                    && r.iter().map(|h| h["id"].as_u64().unwrap()).collect::<Vec<_>>() == [1, 3, 4]
+                    && r.iter()
+                        .all(|h| h["reachable"] == true && h["lag"] == 0 && h["missing_blobs"] == 0)
+                    && r.iter().filter(|h| h["role"] == "Leader").count() == 1
+                    && r.iter().all(|h| h["role"] == "Leader" || h["role"] == "Follower")
+            },
+        );
+        // Head 4 votes: with head 1 killed too, heads 3 and 4 are a majority of the three voters.
+        p.kill(0);
+        let rest = format!("{},{addr4}", p.addrs[2]);
+        ok(&rest, &["--timeout", "20", "node", "add", "after-replace"]);
+        assert!(ok(&rest, &["node", "list"]).contains("after-replace"));
+    }
+}
