@@ -815,9 +815,10 @@ async fn voter_ready(cluster: &Cluster, id: NodeId, addr: &str, target: u64, ask
         ));
     }
     if a.missing > 0 {
-        let bytes = match (a.missing_bytes, a.missing_unknown_size) {
-            (b, 0) => format!("{b} bytes"),
-            (b, u) => format!("{b} bytes + {u} of unknown size"),
+        let mib = a.missing_bytes as f64 / (1u64 << 20) as f64;
+        let bytes = match a.missing_unknown_size {
+            0 => format!("{mib:.1} MiB"),
+            u => format!("{mib:.1} MiB + {u} of unknown size"),
         };
         return Err(format!(
             "it still lacks {} of the {} blobs the catalog references ({bytes}); it fetches them from the other heads",

@@ -12,7 +12,8 @@
 //!   head with the lowest id in that list initialises Raft once, when its log is
 //!   empty; the others wait to be contacted. Restarting never re-initialises.
 //! - **Join:** start a head with no `bootstrap`, then `wwctl cluster join ID ADDR`
-//!   on any head: it becomes a learner, catches up, then a voter.
+//!   on any head: it becomes a learner, catches up and fetches every artifact, then
+//!   the leader makes it a voter ([`Cluster::promote_head`]).
 //! - **Remove:** `wwctl cluster remove ID`.
 
 pub mod config;
