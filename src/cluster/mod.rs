@@ -434,6 +434,50 @@ impl Cluster {
             )));
         }
         let raft = &self.inner.raft;
+        if member && learner_only {
+            // Joined already (a repeated `join`, or a hedged copy of this call): no
+            // membership entry that could collide with the first call's.
+            let m = self.inner.raft.metrics().borrow().membership_config.clone();
+            return Ok(Membership {
+                log_index: m.log_id().map_or(0, |l| l.index),
+                voters: m.membership().voter_ids().collect(),
+                learners: m.membership().learner_ids().collect(),
+            });
+        }
+        if member {
+            return self.promote_head(id, true, hops, deadline).await;
+        }
+        // The head at `addr` must be running and be head `id`: a typo in either would
+        // otherwise add a learner that never catches up, or another head twice.
+        let ask = deadline.saturating_duration_since(Instant::now()).min(PROMOTE_ASK);
+        let mut c = self.peer(addr)?;
+        let mut req = tonic::Request::new(pb::Empty {});
+        req.set_timeout(ask);
+        match tokio::time::timeout(ask, c.head_status(req)).await {
+            Ok(Ok(st)) if st.get_ref().id == id => {}
+            Ok(Ok(st)) => {
+                return Err(ClusterError::Invalid(format!(
+                    "the head at {addr} is head {}, not {id}; join it as {} or give the right address",
+                    st.get_ref().id,
+                    st.get_ref().id
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(ClusterError::Remote {
+                    kind: ErrorKind::Unavailable,
+                    message: format!("head {id} does not answer at {addr} ({}); start it first", e.message()),
+                })
+            }
+            Err(_) => {
+                return Err(ClusterError::Remote {
+                    kind: ErrorKind::Unavailable,
+                    message: format!(
+                        "head {id} does not answer at {addr} within {} ms; start it first",
+                        ask.as_millis()
+                    ),
+                })
+            }
+        }
         // Not blocking: catching up is part of being ready to vote (checked by the
         // promotion, shown as LAG in `cluster status`), so the learner is visible at once.
         let learner = self
@@ -541,13 +585,9 @@ impl Cluster {
                 }
             }
         }
-        let ids = [id].into_iter().collect();
-        match self
-            .inner
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(ids), false)
-            .await
-        {
+        let raft = &self.inner.raft;
+        let promote = || raft.change_membership(ChangeMembers::AddVoterIds([id].into_iter().collect()), false);
+        match retry_in_progress(deadline, promote).await {
             Ok(r) => {
                 tracing::info!(head = id, "learner made a voter: it has the log and every artifact");
                 forward::Local::Done(Ok(Membership::of(&r)))
@@ -617,7 +657,7 @@ impl Cluster {
                 hops,
                 deadline,
                 || async {
-                    match local().await {
+                    match retry_in_progress(deadline, &local).await {
                         Ok(r) => forward::Local::Done(Ok(Membership::of(&r))),
                         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                             forward::Local::Forward(f.leader_id, f.leader_node)
@@ -780,6 +820,30 @@ impl Cluster {
 }
 
 type WriteErr = RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>;
+
+/// Pause before a membership change is tried again after "a change is in progress".
+const IN_PROGRESS_PAUSE: Duration = Duration::from_millis(50);
+
+/// Run a membership change, again while another change is still being committed
+/// (openraft allows one at a time: two `join`s, or a hedged copy of one, would
+/// otherwise refuse each other), until `deadline`.
+async fn retry_in_progress<F, Fut>(
+    deadline: Instant,
+    change: F,
+) -> Result<openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>, WriteErr>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>, WriteErr>>,
+{
+    loop {
+        match change().await {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                openraft::error::ChangeMembershipError::InProgress(_),
+            ))) if Instant::now() + IN_PROGRESS_PAUSE < deadline => tokio::time::sleep(IN_PROGRESS_PAUSE).await,
+            r => return r,
+        }
+    }
+}
 
 /// Whether learner `id` at `addr` may vote: it answers its status within `ask`, has
 /// applied the log up to `target` (the leader's applied index when asked), its artifact

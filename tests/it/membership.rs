@@ -220,6 +220,34 @@ async fn learner_until_every_blob() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_heads_id_is_not_reused_and_a_joined_head_must_be_the_one_named() {
+    let mut c = Cluster::start(3, settings()).await;
+    eventually(20, "head 3 registered its HTTP address", || async {
+        c.ctx(0).sm.read(|s| s.cluster.heads.contains_key(&3))
+    })
+    .await;
+    c.stop(2).await;
+    let out = ok_n(&c, 2, &["cluster", "remove", "3"]).await;
+    assert!(out.contains("head 3 removed"), "{out}");
+    let i4 = c.start_new(|_| {}).await;
+    let addr4 = c.cfgs[i4].listen.clone();
+    let e = ww_n(&c, 2, &["cluster", "join", "3", &addr4]).await.unwrap_err();
+    assert!(
+        e.contains("head id 3 belonged to a head that was removed") && e.contains("never reused"),
+        "{e}"
+    );
+    // A wrong id for a running head is refused before anything changes.
+    let e = ww_n(&c, 2, &["cluster", "join", "5", &addr4]).await.unwrap_err();
+    assert!(e.contains(&format!("the head at {addr4} is head 4, not 5")), "{e}");
+    let leader = c.leader().await;
+    let st = c.status(leader);
+    assert!(!st.learners.contains(&5) && !st.voters.contains(&3), "{st:?}");
+    let out = ok_n(&c, 2, &["cluster", "join", "4", &addr4]).await;
+    assert!(out.contains("head 4 is a voter"), "{out}");
+    c.shutdown().await;
+}
+
 mod procs {
     //! The same with real `wulfd` processes: a SIGKILLed head is removed and replaced.
 
@@ -303,8 +331,16 @@ mod procs {
         // The replacement: a new machine gets a new id; the dead one's id is refused.
         let i4 = p.start_empty("");
         let addr4 = p.addrs[i4].clone();
+        // Refused either as a removed head's id (when head 2 had registered its HTTP
+        // address before it died; see `a_removed_heads_id_is_not_reused`) or because
+        // the head at that address is head 4.
         let r = wwctl(&live, &["cluster", "join", "2", &addr4]);
-        assert!(!r.ok() && r.stderr.contains("never reused"), "{}", r.stderr);
+        assert!(!r.ok(), "{}", r.stdout);
+        assert!(
+            r.stderr.contains("never reused") || r.stderr.contains("is head 4, not 2"),
+            "{}",
+            r.stderr
+        );
         let out = ok(&live, &["--timeout", "60", "cluster", "join", "4", &addr4]);
         assert!(out.contains("head 4 is a voter"), "{out}");
         ok(
