@@ -314,6 +314,21 @@ impl Client {
         .await
     }
 
+    /// Make learner `id` a voter once it has the log and every artifact; with `wait`,
+    /// the leader asks again until this call's deadline.
+    pub async fn promote_head(&self, id: u64, wait: bool) -> Result<pb::MembershipReply, ClientError> {
+        self.retry(Spread::Hedged, |mut c, t| async move {
+            c.promote_head(timed(pb::PromoteHeadRequest { id, wait, hops: 0 }, t))
+                .await
+        })
+        .await
+    }
+
+    /// When this client's calls end at the latest (`wwctl --timeout`), if bounded.
+    pub fn ends_at(&self) -> Option<Instant> {
+        self.until
+    }
+
     pub async fn remove_head(&self, id: u64) -> Result<pb::MembershipReply, ClientError> {
         self.retry(Spread::Hedged, |mut c, t| async move {
             c.remove_head(timed(pb::RemoveHeadRequest { id, hops: 0 }, t)).await

@@ -204,7 +204,29 @@ fn head_status_pb(h: HeadStatus) -> pb::HeadStatusReply {
             missing: a.missing,
             missing_bytes: a.missing_bytes,
             missing_unknown_size: a.missing_unknown_size,
+            as_of_index: a.as_of_index,
         }),
+        racks_reported: h.racks_served.is_some(),
+        racks_served: h.racks_served.unwrap_or_default(),
+        matched: h.matched.into_iter().collect(),
+    }
+}
+
+/// Each head's lag behind the leader's last log entry: from its applied index when it
+/// answered, else from the leader's replication record; none without a leader's answer.
+fn fill_lag(heads: &mut [pb::HeadHealth]) {
+    let leader = heads
+        .iter()
+        .filter_map(|h| h.status.as_ref())
+        .filter(|s| s.role == "Leader")
+        .max_by_key(|s| s.term)
+        .cloned();
+    let Some(l) = leader else { return };
+    for h in heads.iter_mut() {
+        h.lag = match &h.status {
+            Some(s) => Some(l.last_log_index.saturating_sub(s.applied_index)),
+            None => l.matched.get(&h.id).map(|m| l.last_log_index.saturating_sub(*m)),
+        };
     }
 }
 
@@ -570,6 +592,8 @@ impl pb::admin_server::Admin for AdminService {
             reachable: true,
             error: String::new(),
             status: Some(head_status_pb(s.cluster.head_status())),
+            lag: None,
+            racks_listed: Vec::new(),
         }];
         let answers = s
             .cluster
@@ -582,6 +606,8 @@ impl pb::admin_server::Admin for AdminService {
                 reachable: true,
                 error: String::new(),
                 status: Some(st),
+                lag: None,
+                racks_listed: Vec::new(),
             },
             Err(e) => pb::HeadHealth {
                 id,
@@ -589,9 +615,25 @@ impl pb::admin_server::Admin for AdminService {
                 reachable: false,
                 error: e.to_string(),
                 status: None,
+                lag: None,
+                racks_listed: Vec::new(),
             },
         }));
         heads.sort_by_key(|h| h.id);
+        fill_lag(&mut heads);
+        // The applied state, not the boot view (rebuilt up to 100 ms later): what
+        // `rack list` on this head shows.
+        s.cluster.state().read(|st| {
+            for h in heads.iter_mut() {
+                h.racks_listed = st
+                    .cluster
+                    .racks
+                    .iter()
+                    .filter(|(_, r)| r.value.position(h.id).is_some())
+                    .map(|(n, _)| n.clone())
+                    .collect();
+            }
+        });
         Ok(Response::new(pb::ClusterStatusReply {
             cluster_name: s.cluster.name(),
             answered_by: s.cluster.id(),
@@ -606,6 +648,21 @@ impl pb::admin_server::Admin for AdminService {
         let m = s
             .cluster
             .add_head(r.id, &r.addr, r.learner_only, r.hops, deadline)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(membership_pb(m)))
+    }
+
+    async fn promote_head(
+        &self,
+        req: GrpcRequest<pb::PromoteHeadRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let s = self.gate.get()?;
+        let deadline = deadline(&req);
+        let r = req.into_inner();
+        let m = s
+            .cluster
+            .promote_head(r.id, r.wait, r.hops, deadline)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(membership_pb(m)))

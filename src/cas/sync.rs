@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -208,6 +209,9 @@ struct Inner {
     cas: Cas,
     missing: watch::Receiver<Arc<Missing>>,
     urgent: mpsc::Sender<Digest>,
+    /// The applied index the published missing set is computed for (see
+    /// [`ArtifactSync::as_of`]).
+    as_of: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for ArtifactSync {
@@ -223,8 +227,9 @@ impl ArtifactSync {
     /// Start the sync (and the scrub, if configured) of the head `id`, whose applied
     /// state `sm` is; both stop with `stop`.
     pub fn start(cas: Cas, sm: StateReader<State>, id: u64, cfg: SyncConfig, stop: CancellationToken) -> ArtifactSync {
-        let first = Arc::new(compute(&cas, &sm));
-        let (tx, rx) = watch::channel(first);
+        let (first, at) = compute(&cas, &sm);
+        let (tx, rx) = watch::channel(Arc::new(first));
+        let as_of = Arc::new(AtomicU64::new(at));
         let (urgent_tx, urgent_rx) = mpsc::channel(256);
         if let Some(scrub) = cfg.scrub {
             tokio::spawn(scrub_loop(cas.clone(), scrub, stop.clone()));
@@ -242,6 +247,7 @@ impl ArtifactSync {
             inflight: HashSet::new(),
             was_complete: None,
             refs: BTreeMap::new(),
+            as_of: as_of.clone(),
         };
         tokio::spawn(worker.run(stop));
         ArtifactSync {
@@ -249,6 +255,7 @@ impl ArtifactSync {
                 cas,
                 missing: rx,
                 urgent: urgent_tx,
+                as_of,
             }),
         }
     }
@@ -256,6 +263,14 @@ impl ArtifactSync {
     /// What this head lacks, updated as the state changes and transfers finish.
     pub fn missing(&self) -> watch::Receiver<Arc<Missing>> {
         self.inner.missing.clone()
+    }
+
+    /// The applied log index whose catalog the missing set reflects: read it *before*
+    /// [`ArtifactSync::current`] and the set read after reflects at least this index.
+    /// A head that just caught up the log reports "0 missing" of its old catalog for a
+    /// moment; the promotion of a learner asks for this index to rule that out.
+    pub fn as_of(&self) -> u64 {
+        self.inner.as_of.load(Ordering::Acquire)
     }
 
     /// The current missing set.
@@ -277,9 +292,16 @@ impl ArtifactSync {
     }
 }
 
-/// The set of missing blobs, from the applied state and the disk.
-fn compute(cas: &Cas, sm: &StateReader<State>) -> Missing {
-    missing_of(cas, &sm.read(referenced))
+/// The set of missing blobs, from the applied state and the disk, and the applied
+/// index it is of.
+fn compute(cas: &Cas, sm: &StateReader<State>) -> (Missing, u64) {
+    let (refs, at) = refs_at(sm);
+    (missing_of(cas, &refs), at)
+}
+
+/// The catalog's references and the applied index they are of.
+fn refs_at(sm: &StateReader<State>) -> (BTreeMap<Digest, Need>, u64) {
+    sm.read_with_applied(|s, a| (referenced(s), a.map_or(0, |l| l.index)))
 }
 
 fn missing_of(cas: &Cas, refs: &BTreeMap<Digest, Need>) -> Missing {
@@ -317,6 +339,8 @@ struct Worker {
     was_complete: Option<bool>,
     /// The catalog's references as last computed.
     refs: BTreeMap<Digest, Need>,
+    /// Shared with [`ArtifactSync::as_of`]; stored after each publication.
+    as_of: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -335,16 +359,20 @@ impl Worker {
     /// (most entries are leases and node edits; blobs leave the disk only through
     /// quarantine, GC of unreferenced ones, or by hand, which the other wakes cover).
     fn state_changed(&mut self) {
-        let refs = self.sm.read(referenced);
+        let (refs, at) = refs_at(&self.sm);
         if refs != self.refs {
             self.refs = refs;
             self.publish_from_refs();
         }
+        // After the publication: a reader of this index then reads a set at least as new.
+        self.as_of.store(at, Ordering::Release);
     }
 
     fn publish(&mut self) {
-        self.refs = self.sm.read(referenced);
+        let (refs, at) = refs_at(&self.sm);
+        self.refs = refs;
         self.publish_from_refs();
+        self.as_of.store(at, Ordering::Release);
     }
 
     fn publish_from_refs(&mut self) {

@@ -1,27 +1,36 @@
-//! `wwctl cluster …`: the heads (status, join, remove).
+//! `wwctl cluster …`: the heads (status, join, promote, remove).
 
 use std::io::Write;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Subcommand;
+use tonic::Code;
 
 use super::output::{self, Format};
 use crate::client::Client;
+use crate::state::{Query, Selector};
+
+/// How often `cluster join` looks at the new head while it waits to promote it.
+const JOIN_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
-    /// Members, leader, term, log indexes and health of every head.
+    /// Members, leader, log indexes, lag, missing artifacts, racks served and health of every head.
     Status,
-    /// Add a running, empty head to the cluster (learner first, then voter).
+    /// Add a running, empty head: a learner first, a voter once it has caught up with the
+    /// log and holds every artifact (waits up to --timeout; run again to wait longer).
     Join {
         id: u64,
         /// host:port of the new head's gRPC listener.
         addr: String,
-        /// Keep it a non-voting learner.
+        /// Keep it a non-voting learner (`wwctl cluster promote ID` later).
         #[arg(long)]
         learner: bool,
     },
-    /// Remove a head from the cluster.
+    /// Make a learner a voter, if it has caught up and holds every artifact.
+    Promote { id: u64 },
+    /// Remove a head from the cluster (a dead one too).
     Remove { id: u64 },
 }
 
@@ -36,11 +45,12 @@ pub(super) async fn cluster_cmd(
             let st = client.cluster_status().await?;
             output::cluster_status(&st, fmt.unwrap_or(Format::Table), out)
         }
-        ClusterCmd::Join { id, addr, learner } => {
-            let r = client.add_head(id, &addr, learner).await?;
+        ClusterCmd::Join { id, addr, learner } => join(client, id, &addr, learner, out).await,
+        ClusterCmd::Promote { id } => {
+            let r = client.promote_head(id, false).await?;
             writeln!(
                 out,
-                "head {id} ({addr}) joined; voters {:?}, learners {:?}",
+                "head {id} is a voter; voters {:?}, learners {:?}",
                 r.voters, r.learners
             )?;
             Ok(())
@@ -52,7 +62,81 @@ pub(super) async fn cluster_cmd(
                 "head {id} removed; voters {:?}, learners {:?}",
                 r.voters, r.learners
             )?;
+            // A rack still listing the removed head keeps it in its order (its nodes'
+            // fallbacks name it); say which, so the runbook's next step is obvious.
+            let racks = client.read(&Query::nodes(Selector::None), false).await?.cluster.racks;
+            for (name, rack) in racks.iter().filter(|(_, r)| r.value.position(id).is_some()) {
+                let others: Vec<String> = rack
+                    .value
+                    .heads
+                    .iter()
+                    .filter(|h| h.id != id)
+                    .map(|h| format!("--head {}={}", h.id, h.addr))
+                    .collect();
+                writeln!(
+                    out,
+                    "rack {name} still lists head {id}; give it its heads with `wwctl rack set {name} {}`",
+                    if others.is_empty() {
+                        "--head NEWID=ADDRESS".to_string()
+                    } else {
+                        format!("{} --head NEWID=ADDRESS", others.join(" "))
+                    }
+                )?;
+            }
             Ok(())
         }
+    }
+}
+
+/// Join head `id`: as a learner (visible in `cluster status` at once), then wait for it
+/// to be ready and promote it, printing what it still lacks whenever that changes.
+async fn join(client: &Client, id: u64, addr: &str, learner: bool, out: &mut dyn Write) -> Result<()> {
+    client.add_head(id, addr, true).await?;
+    writeln!(out, "head {id} ({addr}) joined as a learner")?;
+    if learner {
+        writeln!(
+            out,
+            "it stays a learner; `wwctl cluster promote {id}` makes it a voter once it has the log and every artifact"
+        )?;
+        return Ok(());
+    }
+    // The whole command's budget (`--timeout`), less a moment for the last answer.
+    let end = client
+        .ends_at()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(15))
+        .checked_sub(Duration::from_millis(500))
+        .unwrap_or_else(Instant::now);
+    let mut last = String::new();
+    loop {
+        match client.promote_head(id, false).await {
+            Ok(r) => {
+                writeln!(
+                    out,
+                    "head {id} is a voter: it has the log and every artifact; voters {:?}, learners {:?}",
+                    r.voters, r.learners
+                )?;
+                return Ok(());
+            }
+            Err(e) if e.code() == Some(Code::FailedPrecondition) => {
+                let msg = e.to_string();
+                // "head N stays a learner: WHY; advice" — progress is the WHY.
+                let why = msg
+                    .split_once(": ")
+                    .map_or(msg.as_str(), |(_, rest)| {
+                        rest.split("; it keeps").next().unwrap_or(rest)
+                    })
+                    .to_string();
+                if Instant::now() + JOIN_POLL >= end {
+                    bail!("{}", msg.replace(" ADDR`", &format!(" {addr}`")));
+                }
+                if why != last {
+                    writeln!(out, "waiting for head {id}: {why}")?;
+                    out.flush()?;
+                    last = why;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(JOIN_POLL).await;
     }
 }

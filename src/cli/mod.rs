@@ -1,7 +1,7 @@
 //! # `wwctl`: the Warewulf-style command line
 //!
 //! Verbs and flags follow Warewulf v4.6 (`node add|set|unset|list|delete|edit|import|export`,
-//! `profile ...`) plus `cluster status|join|remove` for the heads. `wwctl` talks to
+//! `profile ...`) plus `cluster status|join|promote|remove` for the heads and `rack ...` for racks. `wwctl` talks to
 //! any head from a list (flag `--heads`, env `WW_HEADS`, or `heads:` in the config
 //! file) and moves on to the next one when a head is down.
 //!

@@ -203,6 +203,12 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
         missing_bytes: Option<u64>,
         /// Missing blobs of unrecorded size (not in `missing_bytes`).
         missing_unknown_size: Option<u64>,
+        /// Entries behind the leader's last log entry (None: no leader answered).
+        lag: Option<u64>,
+        /// Racks the head serves now (None: unreachable, or not reported).
+        racks_served: Option<Vec<String>>,
+        /// Racks that list the head.
+        racks_listed: &'a [String],
     }
     let rows: Vec<Row> = st
         .heads
@@ -224,6 +230,9 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
                 missing_blobs: s.artifacts.map(|a| a.missing),
                 missing_bytes: s.artifacts.map(|a| a.missing_bytes),
                 missing_unknown_size: s.artifacts.map(|a| a.missing_unknown_size),
+                lag: h.lag,
+                racks_served: (h.reachable && s.racks_reported).then(|| s.racks_served.clone()),
+                racks_listed: &h.racks_listed,
             }
         })
         .collect();
@@ -248,8 +257,8 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
             let num = |reach: bool, v: u64| if reach { v.to_string() } else { "--".into() };
             let t = table(
                 &[
-                    "HEAD", "ADDRESS", "ROLE", "TERM", "LEADER", "LAST LOG", "COMMIT", "APPLIED", "SNAPSHOT",
-                    "MISSING", "HEALTH",
+                    "HEAD", "ADDRESS", "ROLE", "TERM", "LEADER", "LAST LOG", "APPLIED", "LAG", "MISSING", "RACKS",
+                    "HEALTH",
                 ],
                 rows.iter().map(|r| {
                     vec![
@@ -259,13 +268,13 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
                         num(r.reachable, r.term),
                         num(r.reachable && r.leader != 0, r.leader),
                         num(r.reachable, r.last_log),
-                        num(r.reachable, r.commit),
                         num(r.reachable, r.applied),
-                        num(r.reachable, r.snapshot),
+                        r.lag.map_or_else(|| "--".into(), |l| l.to_string()),
                         match (r.reachable, r.missing_blobs) {
                             (true, Some(n)) => missing_cell(n, r.missing_bytes, r.missing_unknown_size),
                             _ => "--".into(),
                         },
+                        racks_cell(r.racks_served.as_deref(), r.racks_listed),
                         if r.reachable {
                             "ok".to_string()
                         } else {
@@ -278,6 +287,26 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
         }
     }
     Ok(())
+}
+
+/// The racks a head serves, then those that list it but it does not serve:
+/// `r1,r2`, `r1 (not r3)`, `- (not r3)`; `--` for unknown (`-- (not r3)` when racks list it).
+fn racks_cell(served: Option<&[String]>, listed: &[String]) -> String {
+    let not: Vec<&str> = listed
+        .iter()
+        .filter(|l| !served.is_some_and(|s| s.contains(l)))
+        .map(String::as_str)
+        .collect();
+    let first = match served {
+        None => "--".to_string(),
+        Some([]) => "-".to_string(),
+        Some(s) => s.join(","),
+    };
+    if !not.is_empty() {
+        format!("{first} (not {})", not.join(","))
+    } else {
+        first
+    }
 }
 
 /// `0`, or `3 (1.5 GiB)`, or `3 (1.5 GiB + 1 of unknown size)`.
@@ -458,9 +487,12 @@ mod tests {
                     missing,
                     missing_bytes: missing * 1024,
                     missing_unknown_size: 0,
+                    as_of_index: 7,
                 }),
                 ..Default::default()
             }),
+            lag: None,
+            racks_listed: Vec::new(),
         };
         let st = ClusterStatusReply {
             cluster_name: "hpc".into(),
@@ -485,5 +517,88 @@ mod tests {
         assert_eq!(v["heads"][0]["missing_blobs"], 0);
         assert_eq!(v["heads"][1]["missing_bytes"], 2048);
         assert!(v["heads"][2]["missing_blobs"].is_null());
+    }
+
+    #[test]
+    fn racks_cell_names_served_racks_and_listed_ones_not_served() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(racks_cell(Some(&v(&["r1", "r2"])), &v(&["r1", "r2"])), "r1,r2");
+        assert_eq!(racks_cell(Some(&v(&["r1"])), &v(&["r1", "r3"])), "r1 (not r3)");
+        assert_eq!(racks_cell(Some(&[]), &v(&["r3"])), "- (not r3)");
+        assert_eq!(racks_cell(Some(&[]), &[]), "-");
+        assert_eq!(racks_cell(None, &v(&["r1"])), "-- (not r1)");
+        assert_eq!(racks_cell(None, &[]), "--");
+    }
+
+    #[test]
+    fn cluster_status_shows_lag_and_racks_per_head() {
+        use crate::pb::admin::{HeadHealth, HeadStatusReply};
+        let head = |id: u64, reachable: bool, lag: Option<u64>, served: &[&str], listed: &[&str]| HeadHealth {
+            id,
+            addr: format!("10.0.0.{id}:9701"),
+            reachable,
+            error: if reachable { String::new() } else { "refused".into() },
+            status: reachable.then(|| HeadStatusReply {
+                id,
+                role: if id == 4 { "Learner" } else { "Follower" }.into(),
+                racks_served: served.iter().map(|s| s.to_string()).collect(),
+                racks_reported: true,
+                ..Default::default()
+            }),
+            lag,
+            racks_listed: listed.iter().map(|s| s.to_string()).collect(),
+        };
+        let st = ClusterStatusReply {
+            cluster_name: "hpc".into(),
+            answered_by: 1,
+            heads: vec![
+                head(1, true, Some(0), &["rack1"], &["rack1", "rack2"]),
+                head(2, false, Some(42), &[], &["rack1"]),
+                head(4, true, Some(1234), &[], &[]),
+            ],
+        };
+        let mut out = Vec::new();
+        cluster_status(&st, Format::Table, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let header = text.lines().nth(1).unwrap();
+        let cols: Vec<&str> = header.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "HEAD", "ADDRESS", "ROLE", "TERM", "LEADER", "LAST", "LOG", "APPLIED", "LAG", "MISSING", "RACKS",
+                "HEALTH"
+            ],
+            "{text}"
+        );
+        let row = |id: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(id))
+                .unwrap_or_else(|| panic!("{text}"))
+                .to_string()
+        };
+        // Cells sit under their headers.
+        let at = |l: &str, h: &str| {
+            l[header.find(h).unwrap()..]
+                .split("  ")
+                .next()
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(at(&row("1"), "LAG"), "0", "{text}");
+        assert_eq!(at(&row("1"), "RACKS"), "rack1 (not rack2)", "{text}");
+        assert_eq!(at(&row("2"), "LAG"), "42", "{text}");
+        assert_eq!(at(&row("2"), "RACKS"), "-- (not rack1)", "{text}");
+        assert_eq!(at(&row("4"), "LAG"), "1234", "{text}");
+        assert_eq!(at(&row("4"), "RACKS"), "-", "{text}");
+        assert_eq!(at(&row("4"), "ROLE"), "Learner", "{text}");
+        let mut out = Vec::new();
+        cluster_status(&st, Format::Json, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["heads"][0]["lag"], 0);
+        assert_eq!(v["heads"][0]["racks_served"], serde_json::json!(["rack1"]));
+        assert_eq!(v["heads"][0]["racks_listed"], serde_json::json!(["rack1", "rack2"]));
+        assert!(v["heads"][1]["racks_served"].is_null());
+        assert_eq!(v["heads"][2]["lag"], 1234);
     }
 }

@@ -24,7 +24,7 @@
 
 mod forward;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,13 @@ pub use forward::{grpc_deadline, Op};
 
 /// Calls forwarded more often than this are refused (a leader hint is going round).
 pub const MAX_HOPS: u32 = 3;
+
+/// How often a waiting promotion asks the learner again.
+pub const PROMOTE_POLL: Duration = Duration::from_millis(250);
+/// How long the leader waits for a learner's status answer.
+pub const PROMOTE_ASK: Duration = Duration::from_secs(2);
+/// Time kept after a promotion's wait for the membership change and the answer.
+const PROMOTE_RESERVE: Duration = Duration::from_millis(500);
 
 /// Deadline of in-process writes that give none (lease recording, registration).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
@@ -65,6 +72,10 @@ pub enum ClusterError {
     Stopped(String),
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// A learner was not made a voter: it has not caught up or lacks artifacts. It
+    /// stays a learner and keeps catching up.
+    #[error("head {id} stays a learner: {why}; it keeps catching up by itself — make it a voter with `wwctl cluster promote {id}` once `wwctl cluster status` shows it with LAG 0 and MISSING 0 (or run `wwctl --timeout 600 cluster join {id} ADDR` again to wait longer)")]
+    NotReady { id: NodeId, why: String },
     #[error("{0}")]
     Invalid(String),
     #[error("this head is applying the log too slowly to answer a read; retry")]
@@ -83,7 +94,7 @@ impl Classify for ClusterError {
             | ClusterError::Initialising
             | ClusterError::Stopped(_)
             | ClusterError::Lagging => ErrorKind::Unavailable,
-            ClusterError::Membership(_) => ErrorKind::InUse,
+            ClusterError::Membership(_) | ClusterError::NotReady { .. } => ErrorKind::InUse,
             ClusterError::Invalid(_) => ErrorKind::Invalid,
             ClusterError::Decode { .. } => ErrorKind::Internal,
         }
@@ -138,6 +149,12 @@ pub struct HeadStatus {
     /// What this head lacks of the blobs the catalog references (None: no artifact
     /// sync reports to this handle).
     pub artifacts: Option<ArtifactsStatus>,
+    /// Racks this head serves now (DHCP can, and it holds their nodes' artifacts), from
+    /// its liveness record (None: no liveness record reports to this handle).
+    pub racks_served: Option<Vec<String>>,
+    /// On the leader: the last log index each other member is known to hold
+    /// (openraft's replication metrics); empty elsewhere.
+    pub matched: BTreeMap<NodeId, u64>,
 }
 
 /// A head's artifact completeness, from its artifact sync.
@@ -151,6 +168,8 @@ pub struct ArtifactsStatus {
     pub missing_bytes: u64,
     /// Missing blobs whose size the catalog does not record (OCI configs, overlay trees).
     pub missing_unknown_size: u64,
+    /// The applied log index whose catalog these counts reflect.
+    pub as_of_index: u64,
 }
 
 /// A leader whose quorum last acknowledged it longer ago than this is cut off (ten
@@ -181,9 +200,14 @@ struct Inner {
     /// Admin API channels to other heads, by address.
     peers: Mutex<HashMap<String, Channel>>,
     started: Instant,
-    /// The artifact sync's missing set, once the daemon connects it.
-    artifacts: std::sync::OnceLock<tokio::sync::watch::Receiver<Arc<crate::cas::sync::Missing>>>,
+    /// The artifact sync, once the daemon connects it.
+    artifacts: std::sync::OnceLock<crate::cas::sync::ArtifactSync>,
+    /// The racks this head serves now, once the daemon connects its liveness record.
+    racks: std::sync::OnceLock<RacksServed>,
 }
+
+/// The racks a head serves now (the daemon passes its liveness record's).
+pub type RacksServed = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 impl Cluster {
     pub fn new(id: NodeId, addr: String, raft: Raft, sm: StateReader<State>) -> Cluster {
@@ -196,6 +220,7 @@ impl Cluster {
                 peers: Mutex::default(),
                 started: Instant::now(),
                 artifacts: std::sync::OnceLock::new(),
+                racks: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -376,8 +401,10 @@ impl Cluster {
             .read_with_applied(|s, applied| (s.query(q), applied.map(|l| l.index).unwrap_or(0)))
     }
 
-    /// Add head `id` at `addr`: as a learner that catches up first, then (unless
-    /// `learner_only`) as a voter.
+    /// Add head `id` at `addr` as a learner, then (unless `learner_only`) make it a
+    /// voter once it has caught up and holds every artifact ([`Cluster::promote_head`],
+    /// waiting until `deadline`). A learner that is not ready by then stays a learner
+    /// (visible in `wwctl cluster status`) and the error says how to finish.
     pub async fn add_head(
         &self,
         id: NodeId,
@@ -392,31 +419,184 @@ impl Cluster {
         if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
             return Err(ClusterError::Invalid(format!("head address {addr:?} is not host:port")));
         }
+        let known = self.members().into_iter().find(|(m, _)| *m == id).map(|(_, a)| a);
+        if let Some(at) = known.as_ref().filter(|at| at.as_str() != addr) {
+            return Err(ClusterError::Invalid(format!(
+                "head {id} is a member at {at} already; to move it, remove it and join the new head with a new id"
+            )));
+        }
+        let member = known.is_some();
+        if !member && self.inner.sm.read(|s| s.cluster.heads.contains_key(&id)) {
+            return Err(ClusterError::Invalid(format!(
+                "head id {id} belonged to a head that was removed; ids are never reused (Raft would \
+                 take the new head's empty log and votes for the old one's); start the new head \
+                 with an unused id and join that"
+            )));
+        }
         let raft = &self.inner.raft;
-        self.membership_op(
-            hops,
-            deadline,
-            || async move {
-                let node = BasicNode { addr: addr.to_string() };
-                let r = raft.add_learner(id, node, true).await?;
-                if learner_only {
-                    return Ok(r);
+        if member && learner_only {
+            // Joined already (a repeated `join`, or a hedged copy of this call): no
+            // membership entry that could collide with the first call's.
+            let m = self.inner.raft.metrics().borrow().membership_config.clone();
+            return Ok(Membership {
+                log_index: m.log_id().map_or(0, |l| l.index),
+                voters: m.membership().voter_ids().collect(),
+                learners: m.membership().learner_ids().collect(),
+            });
+        }
+        if member {
+            return self.promote_head(id, true, hops, deadline).await;
+        }
+        // The head at `addr` must be running and be head `id`: a typo in either would
+        // otherwise add a learner that never catches up, or another head twice.
+        let ask = deadline.saturating_duration_since(Instant::now()).min(PROMOTE_ASK);
+        let mut c = self.peer(addr)?;
+        let mut req = tonic::Request::new(pb::Empty {});
+        req.set_timeout(ask);
+        match tokio::time::timeout(ask, c.head_status(req)).await {
+            Ok(Ok(st)) if st.get_ref().id == id => {}
+            Ok(Ok(st)) => {
+                return Err(ClusterError::Invalid(format!(
+                    "the head at {addr} is head {}, not {id}; join it as {} or give the right address",
+                    st.get_ref().id,
+                    st.get_ref().id
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(ClusterError::Remote {
+                    kind: ErrorKind::Unavailable,
+                    message: format!("head {id} does not answer at {addr} ({}); start it first", e.message()),
+                })
+            }
+            Err(_) => {
+                return Err(ClusterError::Remote {
+                    kind: ErrorKind::Unavailable,
+                    message: format!(
+                        "head {id} does not answer at {addr} within {} ms; start it first",
+                        ask.as_millis()
+                    ),
+                })
+            }
+        }
+        // Not blocking: catching up is part of being ready to vote (checked by the
+        // promotion, shown as LAG in `cluster status`), so the learner is visible at once.
+        let learner = self
+            .membership_op(
+                hops,
+                deadline,
+                || async move { raft.add_learner(id, BasicNode { addr: addr.to_string() }, false).await },
+                move |mut c, hops, timeout| async move {
+                    let mut r = tonic::Request::new(pb::AddHeadRequest {
+                        id,
+                        addr: addr.to_string(),
+                        learner_only: true,
+                        hops,
+                    });
+                    r.set_timeout(timeout);
+                    Ok(c.add_head(r).await?.into_inner())
+                },
+            )
+            .await?;
+        if learner_only {
+            return Ok(learner);
+        }
+        self.promote_head(id, true, hops, deadline).await
+    }
+
+    /// Make learner `id` a voter, on the leader, once the learner reports (gRPC
+    /// `HeadStatus`, asked by the leader) that it has applied the leader's log as it
+    /// was when asked and lacks no blob the catalog references ([`voter_ready`]). With
+    /// `wait`, asks again every [`PROMOTE_POLL`] until shortly before `deadline`;
+    /// otherwise refuses at once. A head that is a voter already is left as it is.
+    pub async fn promote_head(
+        &self,
+        id: NodeId,
+        wait: bool,
+        hops: u32,
+        deadline: Instant,
+    ) -> Result<Membership, ClusterError> {
+        let r = self
+            .on_leader(
+                Op::Membership,
+                hops,
+                deadline,
+                || self.promote_local(id, wait, deadline),
+                move |mut c, hops, timeout| async move {
+                    let mut r = tonic::Request::new(pb::PromoteHeadRequest { id, wait, hops });
+                    r.set_timeout(timeout);
+                    Ok(c.promote_head(r).await?.into_inner())
+                },
+            )
+            .await?;
+        Ok(match r {
+            forward::Either::Local(m) => m,
+            forward::Either::Remote(r, _) => Membership {
+                log_index: r.log_index,
+                voters: r.voters,
+                learners: r.learners,
+            },
+        })
+    }
+
+    async fn promote_local(&self, id: NodeId, wait: bool, deadline: Instant) -> forward::Local<Membership> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            let node = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+            return forward::Local::Forward(m.current_leader, node);
+        }
+        let mem = m.membership_config.membership();
+        let current = || Membership {
+            log_index: m.membership_config.log_id().map_or(0, |l| l.index),
+            voters: mem.voter_ids().collect(),
+            learners: mem.learner_ids().collect(),
+        };
+        if mem.voter_ids().any(|v| v == id) {
+            return forward::Local::Done(Ok(current()));
+        }
+        let Some(addr) = mem.get_node(&id).map(|n| n.addr.clone()) else {
+            return forward::Local::Done(Err(ClusterError::Remote {
+                kind: ErrorKind::NotFound,
+                message: format!(
+                    "head {id} is not a member; add it with `wwctl cluster join {id} ADDR` (see `wwctl cluster status`)"
+                ),
+            }));
+        };
+        // Leave time for the membership change itself (and the answer) after the wait.
+        let stop_waiting = deadline.checked_sub(PROMOTE_RESERVE).unwrap_or(deadline);
+        let mut last_why = String::new();
+        loop {
+            let target = self.inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+            let ask = stop_waiting
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(200), PROMOTE_ASK);
+            match voter_ready(self, id, &addr, target, ask).await {
+                Ok(()) => break,
+                Err(why) => {
+                    if why != last_why {
+                        tracing::info!(head = id, "learner not made a voter yet: {why}");
+                    }
+                    if !wait || Instant::now() + PROMOTE_POLL >= stop_waiting {
+                        return forward::Local::Done(Err(ClusterError::NotReady { id, why }));
+                    }
+                    last_why = why;
+                    tokio::time::sleep(PROMOTE_POLL).await;
                 }
-                let ids = [id].into_iter().collect();
-                raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await
-            },
-            move |mut c, hops, timeout| async move {
-                let mut r = tonic::Request::new(pb::AddHeadRequest {
-                    id,
-                    addr: addr.to_string(),
-                    learner_only,
-                    hops,
-                });
-                r.set_timeout(timeout);
-                Ok(c.add_head(r).await?.into_inner())
-            },
-        )
-        .await
+            }
+        }
+        let raft = &self.inner.raft;
+        let promote = || raft.change_membership(ChangeMembers::AddVoterIds([id].into_iter().collect()), false);
+        match retry_in_progress(deadline, promote).await {
+            Ok(r) => {
+                tracing::info!(head = id, "learner made a voter: it has the log and every artifact");
+                forward::Local::Done(Ok(Membership::of(&r)))
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                forward::Local::Forward(f.leader_id, f.leader_node)
+            }
+            Err(e) => forward::Local::Done(Err(write_error(e))),
+        }
     }
 
     /// Remove head `id` (voter or learner).
@@ -477,7 +657,7 @@ impl Cluster {
                 hops,
                 deadline,
                 || async {
-                    match local().await {
+                    match retry_in_progress(deadline, &local).await {
                         Ok(r) => forward::Local::Done(Ok(Membership::of(&r))),
                         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                             forward::Local::Forward(f.leader_id, f.leader_node)
@@ -514,14 +694,32 @@ impl Cluster {
         }
     }
 
-    /// Report this artifact sync's missing set in [`Cluster::head_status`] (once; later
-    /// calls are ignored).
-    pub fn report_artifacts(&self, missing: tokio::sync::watch::Receiver<Arc<crate::cas::sync::Missing>>) {
-        let _ = self.inner.artifacts.set(missing);
+    /// Report this artifact sync in [`Cluster::head_status`] (once; later calls are
+    /// ignored).
+    pub fn report_artifacts(&self, sync: crate::cas::sync::ArtifactSync) {
+        let _ = self.inner.artifacts.set(sync);
+    }
+
+    /// Report the racks this head serves in [`Cluster::head_status`] (once; later calls
+    /// are ignored).
+    pub fn report_racks(&self, served: RacksServed) {
+        let _ = self.inner.racks.set(served);
     }
 
     /// This head's own view of Raft.
     pub fn head_status(&self) -> HeadStatus {
+        // Before the metrics: the artifact counts then reflect at least this index.
+        let artifacts = self.inner.artifacts.get().map(|sync| {
+            let as_of_index = sync.as_of();
+            let m = sync.current();
+            ArtifactsStatus {
+                referenced: m.referenced as u64,
+                missing: m.count() as u64,
+                missing_bytes: m.known_bytes(),
+                missing_unknown_size: m.unknown_sizes() as u64,
+                as_of_index,
+            }
+        });
         let m = self.inner.raft.metrics().borrow().clone();
         let mem = m.membership_config.membership();
         let voters: Vec<u64> = mem.voter_ids().collect();
@@ -535,6 +733,14 @@ impl Cluster {
             ServerState::Shutdown => "Shutdown",
         };
         let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let matched = match (&m.replication, m.state) {
+            (Some(rep), ServerState::Leader) => rep
+                .iter()
+                .filter(|(id, _)| **id != self.inner.id)
+                .map(|(id, l)| (*id, l.map_or(0, |l| l.index)))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
         HeadStatus {
             id: self.inner.id,
             addr: self.inner.addr.clone(),
@@ -548,15 +754,9 @@ impl Cluster {
             voters,
             learners,
             uptime: self.inner.started.elapsed(),
-            artifacts: self.inner.artifacts.get().map(|rx| {
-                let m = rx.borrow();
-                ArtifactsStatus {
-                    referenced: m.referenced as u64,
-                    missing: m.count() as u64,
-                    missing_bytes: m.known_bytes(),
-                    missing_unknown_size: m.unknown_sizes() as u64,
-                }
-            }),
+            artifacts,
+            racks_served: self.inner.racks.get().map(|f| f()),
+            matched,
         }
     }
 
@@ -620,6 +820,77 @@ impl Cluster {
 }
 
 type WriteErr = RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>;
+
+/// Pause before a membership change is tried again after "a change is in progress".
+const IN_PROGRESS_PAUSE: Duration = Duration::from_millis(50);
+
+/// Run a membership change, again while another change is still being committed
+/// (openraft allows one at a time: two `join`s, or a hedged copy of one, would
+/// otherwise refuse each other), until `deadline`.
+async fn retry_in_progress<F, Fut>(
+    deadline: Instant,
+    change: F,
+) -> Result<openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>, WriteErr>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>, WriteErr>>,
+{
+    loop {
+        match change().await {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                openraft::error::ChangeMembershipError::InProgress(_),
+            ))) if Instant::now() + IN_PROGRESS_PAUSE < deadline => tokio::time::sleep(IN_PROGRESS_PAUSE).await,
+            r => return r,
+        }
+    }
+}
+
+/// Whether learner `id` at `addr` may vote: it answers its status within `ask`, has
+/// applied the log up to `target` (the leader's applied index when asked), its artifact
+/// sync has checked the catalog at that index, and it lacks no referenced blob.
+/// Otherwise why not, in words for the operator.
+async fn voter_ready(cluster: &Cluster, id: NodeId, addr: &str, target: u64, ask: Duration) -> Result<(), String> {
+    let mut c = cluster.peer(addr).map_err(|e| e.to_string())?;
+    let mut req = tonic::Request::new(pb::Empty {});
+    req.set_timeout(ask);
+    let st = match tokio::time::timeout(ask, c.head_status(req)).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => return Err(format!("it does not answer at {addr}: {}", s.message())),
+        Err(_) => return Err(format!("it does not answer at {addr} within {} ms", ask.as_millis())),
+    };
+    if st.id != id {
+        return Err(format!(
+            "the head at {addr} says it is head {}, not {id}; remove {id} and join it with its own id",
+            st.id
+        ));
+    }
+    if st.applied_index < target {
+        return Err(format!(
+            "it has applied the log up to entry {} of {target}",
+            st.applied_index
+        ));
+    }
+    let Some(a) = st.artifacts else {
+        return Err("it does not report its artifacts (a wulfd without the artifact sync)".into());
+    };
+    if a.as_of_index < target {
+        return Err(format!(
+            "its artifact sync has not checked the catalog of entry {target} yet"
+        ));
+    }
+    if a.missing > 0 {
+        let mib = a.missing_bytes as f64 / (1u64 << 20) as f64;
+        let bytes = match a.missing_unknown_size {
+            0 => format!("{mib:.1} MiB"),
+            u => format!("{mib:.1} MiB + {u} of unknown size"),
+        };
+        return Err(format!(
+            "it still lacks {} of the {} blobs the catalog references ({bytes}); it fetches them from the other heads",
+            a.missing, a.referenced
+        ));
+    }
+    Ok(())
+}
 
 fn write_error(e: WriteErr) -> ClusterError {
     match e {

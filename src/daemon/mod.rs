@@ -12,7 +12,8 @@
 //!   head with the lowest id in that list initialises Raft once, when its log is
 //!   empty; the others wait to be contacted. Restarting never re-initialises.
 //! - **Join:** start a head with no `bootstrap`, then `wwctl cluster join ID ADDR`
-//!   on any head: it becomes a learner, catches up, then a voter.
+//!   on any head: it becomes a learner, catches up and fetches every artifact, then
+//!   the leader makes it a voter ([`Cluster::promote_head`]).
 //! - **Remove:** `wwctl cluster remove ID`.
 
 pub mod config;
@@ -205,7 +206,11 @@ impl Head {
         );
         let cluster = Cluster::new(cfg.id, cfg.advertise.clone(), raft.clone(), reader.clone());
         let _ = quorum.set(cluster.clone());
-        cluster.report_artifacts(artifacts.missing());
+        cluster.report_artifacts(artifacts.clone());
+        cluster.report_racks({
+            let liveness = liveness.clone();
+            Arc::new(move || liveness.report().racks)
+        });
         let images = Images::new(cas.clone(), &cfg.data_dir, cluster.clone());
         let overlays = Overlays::new(cas.clone(), cluster.clone());
         let parts = Parts {

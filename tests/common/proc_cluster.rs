@@ -88,6 +88,31 @@ impl ProcCluster {
         p
     }
 
+    /// Start one more head, with an empty `bootstrap` (to be joined with `wwctl cluster
+    /// join`), id = number of heads + 1; `extra_yaml` is appended to its config.
+    /// Returns its index.
+    #[allow(dead_code)] // used by the membership test, not by the benchmarks
+    pub fn start_empty(&mut self, extra_yaml: &str) -> usize {
+        let i = self.addrs.len();
+        let mut ports = free_ports(2);
+        self.http.push(ports.pop().unwrap());
+        self.addrs.push(ports.pop().unwrap());
+        self.children.push(None);
+        std::fs::write(
+            self.cfg(i),
+            format!(
+                "id: {}\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: procs\n{extra_yaml}",
+                i + 1,
+                self.dir.path().join(format!("data{i}")).display(),
+                self.addrs[i],
+                self.http[i]
+            ),
+        )
+        .unwrap();
+        self.spawn(i);
+        i
+    }
+
     fn cfg(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("wulfd{i}.yaml"))
     }

@@ -161,9 +161,18 @@ impl Cluster {
 
     /// Start a new empty head (no bootstrap) and join it through the cluster.
     pub async fn join_new(&mut self) -> usize {
+        let i = self.start_new(|_| {}).await;
+        let id = self.cfgs[i].id;
+        self.client().add_head(id, &self.cfgs[i].listen, false).await.unwrap();
+        i
+    }
+
+    /// Start a new empty head (no bootstrap, id = number of heads + 1), adjusting its
+    /// config first; it is not joined. Returns its index.
+    pub async fn start_new(&mut self, adjust: impl Fn(&mut HeadConfig)) -> usize {
         let l = bind_pair().await;
         let id = self.cfgs.len() as u64 + 1;
-        let cfg = HeadConfig {
+        let mut cfg = HeadConfig {
             id,
             data_dir: self.dir.path().join(format!("head{id}")),
             listen: l.grpc.local_addr().unwrap().to_string(),
@@ -179,9 +188,9 @@ impl Cluster {
             boot: Default::default(),
             artifacts: Default::default(),
         };
+        adjust(&mut cfg);
         self.cfgs.push(cfg.clone());
-        self.heads.push(Some(launch(cfg.clone(), l).await));
-        self.client().add_head(id, &cfg.listen, false).await.unwrap();
+        self.heads.push(Some(launch(cfg, l).await));
         self.cfgs.len() - 1
     }
 

@@ -25,6 +25,7 @@ mod dhcp_relay;
 mod hung;
 mod images;
 mod layering;
+mod membership;
 mod names;
 mod oci;
 mod overlay_boot;
