@@ -20,7 +20,7 @@
 //! after this head starts, so a restarted backup does not answer over a live primary.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::State as AxState;
@@ -28,7 +28,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::dhcp::RackHealth;
+use super::dhcp::{MacAddr, RackHealth};
 use super::view::ViewRx;
 
 /// How often each peer is probed.
@@ -73,6 +73,39 @@ pub struct Liveness {
     /// artifact sync's missing set).
     not_ready: RwLock<BTreeSet<String>>,
     peers: RwLock<HashMap<u64, Peer>>,
+    transactions: Mutex<Transactions>,
+}
+
+/// How long a DHCP transaction is remembered (a client retransmits within seconds).
+const TRANSACTION_TTL: Duration = Duration::from_secs(60);
+/// At most this many transactions are remembered (a flood of made-up ones costs memory
+/// no more than this; forgetting one costs a waited client one more retransmission).
+const TRANSACTIONS_MAX: usize = 4096;
+
+/// DHCP transactions (client hardware address, xid) this head has received, with when
+/// it first saw each: [`RackHealth::retransmission`].
+#[derive(Debug, Default)]
+struct Transactions {
+    first_seen: HashMap<(MacAddr, u32), Instant>,
+}
+
+impl Transactions {
+    /// Record a request of transaction (`mac`, `xid`) received at `now`: whether an
+    /// earlier one was seen (within [`TRANSACTION_TTL`]).
+    fn sighting(&mut self, mac: MacAddr, xid: u32, now: Instant) -> bool {
+        let fresh = |t: &Instant| now.saturating_duration_since(*t) < TRANSACTION_TTL;
+        if self.first_seen.get(&(mac, xid)).is_some_and(fresh) {
+            return true;
+        }
+        if self.first_seen.len() >= TRANSACTIONS_MAX {
+            self.first_seen.retain(|_, t| fresh(t));
+            if self.first_seen.len() >= TRANSACTIONS_MAX {
+                self.first_seen.clear();
+            }
+        }
+        self.first_seen.insert((mac, xid), now);
+        false
+    }
 }
 
 impl std::fmt::Debug for Liveness {
@@ -91,6 +124,7 @@ impl Liveness {
             served: RwLock::default(),
             not_ready: RwLock::default(),
             peers: RwLock::default(),
+            transactions: Mutex::default(),
         }
     }
 
@@ -271,6 +305,13 @@ impl RackHealth for Liveness {
             *s = racks.clone();
         }
     }
+
+    fn retransmission(&self, mac: &MacAddr, xid: u32) -> bool {
+        self.transactions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sighting(*mac, xid, Instant::now())
+    }
 }
 
 /// `GET /health`: this head's [`HealthReport`].
@@ -285,6 +326,26 @@ async fn health(AxState(l): AxState<Arc<Liveness>>) -> Json<HealthReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_is_a_retransmission_from_its_second_sighting_until_it_is_old() {
+        let mut t = Transactions::default();
+        let (mac, other) = (MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2]));
+        let t0 = Instant::now();
+        assert!(!t.sighting(mac, 7, t0), "first sighting");
+        assert!(t.sighting(mac, 7, t0 + Duration::from_secs(1)), "retransmission");
+        assert!(!t.sighting(mac, 8, t0), "another xid");
+        assert!(!t.sighting(other, 7, t0), "another client");
+        assert!(
+            !t.sighting(mac, 7, t0 + TRANSACTION_TTL + Duration::from_secs(1)),
+            "forgotten after the TTL, then a first sighting again"
+        );
+        // Bounded: a flood of transactions never grows the memory past the cap.
+        for x in 0..(2 * TRANSACTIONS_MAX as u32) {
+            t.sighting(other, 1000 + x, t0 + Duration::from_secs(90));
+        }
+        assert!(t.first_seen.len() <= TRANSACTIONS_MAX);
+    }
 
     #[test]
     fn a_peer_is_serving_only_while_it_answers_and_lists_the_rack() {

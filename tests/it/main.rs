@@ -36,6 +36,7 @@ mod overlays;
 mod procs;
 mod pxe;
 mod rack_ha;
+mod rack_qemu;
 mod raft_golden;
 mod raft_ops;
 mod ssh_keys;

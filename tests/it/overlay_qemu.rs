@@ -45,8 +45,9 @@ fn copy_exec(from: &Path, to: &Path) {
 }
 
 /// busybox + the applets the scripts call, the kernel and e1000, wwclient's libraries,
-/// and an init that brings the network up and reports on the console.
-fn image(tree: &Path, vmlinuz: &Path) {
+/// and an init that brings the network up and reports on the console (also used by
+/// `rack_qemu`).
+pub(crate) fn image(tree: &Path, vmlinuz: &Path) {
     for d in [
         "bin",
         "sbin",
@@ -125,7 +126,7 @@ fn image(tree: &Path, vmlinuz: &Path) {
     }
     std::fs::write(
         tree.join("usr/share/udhcpc/default.script"),
-        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr add \"$ip/$mask\" dev \"$interface\"; echo \"NODE-IP: $ip\";; esac\n",
+        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr add \"$ip/$mask\" dev \"$interface\"; echo \"NODE-IP: $ip\"; echo \"NODE-DHCP-SERVER: $serverid\";; esac\n",
     )
     .unwrap();
     std::fs::write(

@@ -278,7 +278,7 @@ fn boot(fw: Firmware, vmlinuz: &std::path::Path) -> Booted {
 }
 
 /// Drops ANSI escape sequences (`ESC [ ... letter`) from a console line.
-fn strip_ansi(s: &str) -> String {
+pub(crate) fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {

@@ -495,6 +495,15 @@ pub trait RackHealth: Send + Sync {
     /// Told by the server which racks this head serves now (its interfaces and the
     /// racks' addresses agree), so peers can learn it.
     fn set_served(&self, _racks: &std::collections::BTreeSet<String>) {}
+    /// Whether an earlier packet of this transaction (client hardware address and
+    /// `xid`) reached this head; called once per request, which it records. A waited
+    /// client ([`WAITED_SECS`]) is taken over only when it retransmits: iPXE's `secs`
+    /// counts from before link-up (and runs fast under emulation), so its *first*
+    /// DISCOVER can carry `secs` ≥ 4, and answering that over a live primary makes two
+    /// OFFERs. Default: yes (fixed answers decide by `secs` alone).
+    fn retransmission(&self, _mac: &MacAddr, _xid: u32) -> bool {
+        true
+    }
 }
 
 /// Every head alive and serving, quorum reached: only a rack's first head answers.
@@ -510,11 +519,12 @@ impl RackHealth for AllServing {
     }
 }
 
-/// A client whose `secs` (seconds since it began acquiring) reached this has waited for
-/// an answer that did not come: every head of its rack in contact with the quorum
-/// answers it, whatever it knows of the earlier ones (a head may look alive to its peers
-/// and still not reach the rack). PXE ROMs, iPXE and dhclient retransmit after 4 s and
-/// later, so the primary has had its chance.
+/// A client whose `secs` (seconds since it began acquiring) reached this, and that
+/// retransmits (see [`RackHealth::retransmission`]), has waited for an answer that did
+/// not come: every head of its rack in contact with the quorum answers it, whatever it
+/// knows of the earlier ones (a head may look alive to its peers and still not reach
+/// the rack). PXE ROMs, iPXE and dhclient retransmit after 4 s and later, so the
+/// primary has had its chance.
 pub const WAITED_SECS: u16 = 4;
 
 /// Step 2: whose turn a rack is (see the module documentation).
@@ -522,8 +532,9 @@ pub const WAITED_SECS: u16 = 4;
 pub struct RackTurn;
 
 impl RackTurn {
-    /// Whether this head answers for `subnet` now, else why not.
-    pub fn decide(subnet: &Subnet, secs: u16, health: &dyn RackHealth) -> Result<(), Skip> {
+    /// Whether this head answers for `subnet` now, else why not; `waited`: the client
+    /// has waited for an answer ([`WAITED_SECS`]).
+    pub fn decide(subnet: &Subnet, waited: bool, health: &dyn RackHealth) -> Result<(), Skip> {
         let Some(order) = &subnet.rack else {
             return Ok(());
         };
@@ -536,7 +547,7 @@ impl RackTurn {
             // rack's nodes, and a partition must not leave the rack unserved.
             return Ok(());
         }
-        if secs < WAITED_SECS && before.iter().any(|&h| health.serving(h, &subnet.name)) {
+        if !waited && before.iter().any(|&h| health.serving(h, &subnet.name)) {
             return Err(Skip::NotOurTurn);
         }
         if !health.in_quorum() {
@@ -552,9 +563,12 @@ impl Handler for RackTurn {
     }
 
     fn handle(&self, ctx: &mut Context<'_>) -> Action {
-        let (secs, health) = (ctx.req.secs(), ctx.health);
+        let health = ctx.health;
+        // Asked for every request, so that the first sighting of a transaction is recorded.
+        let again = health.retransmission(&ctx.mac, ctx.req.xid());
+        let waited = again && ctx.req.secs() >= WAITED_SECS;
         let mut why = None;
-        ctx.candidates.retain(|s| match RackTurn::decide(s, secs, health) {
+        ctx.candidates.retain(|s| match RackTurn::decide(s, waited, health) {
             Ok(()) => true,
             Err(skip) => {
                 why.get_or_insert(skip);

@@ -879,7 +879,7 @@ impl RackHealth for Health {
     }
 }
 
-fn rack_verdict(head: u64, h: &Health, m: &Message, iface: &str) -> Verdict {
+fn rack_verdict(head: u64, h: &dyn RackHealth, m: &Message, iface: &str) -> Verdict {
     let st = rack_state();
     let view = BootView::from_state(&st, 9);
     let plan = rack_cfg().with_racks(head, &view.racks, &addrs(head));
@@ -965,6 +965,50 @@ fn only_the_first_healthy_head_of_a_rack_answers() {
         ready: false,
     };
     assert_eq!(rack_verdict(1, &fetching, &d, "br0"), Verdict::Skip(Skip::NotReady));
+}
+
+/// Every head up, in quorum; remembers transactions as the daemon's `Liveness` does.
+#[derive(Default)]
+struct Remembering(std::sync::Mutex<std::collections::HashSet<(MacAddr, u32)>>);
+
+impl RackHealth for Remembering {
+    fn serving(&self, _id: u64, _rack: &str) -> bool {
+        true
+    }
+    fn in_quorum(&self) -> bool {
+        true
+    }
+    fn retransmission(&self, mac: &MacAddr, xid: u32) -> bool {
+        !self.0.lock().unwrap().insert((*mac, xid))
+    }
+}
+
+#[test]
+fn a_first_discover_that_already_says_it_waited_is_left_to_the_primary() {
+    // iPXE counts `secs` from before link-up: its first DISCOVER may carry secs >= 4
+    // (seen with QEMU, tests/it/rack_qemu.rs). The backup leaves it to the primary.
+    let backup = Remembering::default();
+    let mut d = msg(MessageType::Discover, A1);
+    d.set_secs(handlers::WAITED_SECS + 2);
+    assert_eq!(
+        rack_verdict(2, &backup, &d, "br0"),
+        Verdict::Skip(Skip::NotOurTurn),
+        "first sighting of the transaction"
+    );
+    // Its retransmission (same xid) shows the primary did not answer: the backup does.
+    assert_eq!(offered(&rack_verdict(2, &backup, &d, "br0")), Some(ip("10.1.0.11")));
+    // A retransmission that has not waited yet is still the primary's.
+    let mut early = msg(MessageType::Discover, A1);
+    early.set_xid(d.xid().wrapping_add(7));
+    assert_eq!(rack_verdict(2, &backup, &early, "br0"), Verdict::Skip(Skip::NotOurTurn));
+    assert_eq!(rack_verdict(2, &backup, &early, "br0"), Verdict::Skip(Skip::NotOurTurn));
+    // A new transaction starts over.
+    let mut next = d.clone();
+    next.set_xid(d.xid().wrapping_add(1));
+    assert_eq!(rack_verdict(2, &backup, &next, "br0"), Verdict::Skip(Skip::NotOurTurn));
+    // The primary answers at first sighting.
+    let primary = Remembering::default();
+    assert_eq!(offered(&rack_verdict(1, &primary, &d, "br0")), Some(ip("10.1.0.11")));
 }
 
 #[test]

@@ -109,6 +109,43 @@ fn node_and_server_variables() {
 }
 
 #[test]
+fn wwclient_conf_lists_the_heads_of_the_nodes_rack_by_the_nodes_address() {
+    let shipped = include_str!("../../../cluster/overlays/wwclient/rootfs/etc/warewulf/wwclient.conf.ww");
+    let mut t = Templates::new(Arc::new(mem()), AccessPolicy::default());
+    t.add("wwclient", "/etc/warewulf/wwclient.conf.ww", shipped).unwrap();
+    let heads = |node_yaml: &str| {
+        let conf = parse_nodes_conf(node_yaml).unwrap();
+        let mut d = data().node("n1", Some(&conf.nodes["n1"]));
+        d.set("Heads", ["http://10.0.0.1:9873", "http://10.0.0.2:9873"]);
+        // The head (`Ipaddr` 10.0.0.1) is in `mgmt`; the node is not.
+        d.set(
+            "Racks",
+            serde_json::json!([
+                {"name": "mgmt", "network": "10.0.0.0/24", "heads": ["http://10.0.0.9:9873"]},
+                {"name": "rack1", "network": "10.10.0.0/24",
+                 "heads": ["http://10.10.0.1:9873", "http://10.10.0.2:9873"]},
+            ]),
+        );
+        let out = t.render("wwclient", "/etc/warewulf/wwclient.conf.ww", &mut d).unwrap();
+        let text = out[0].content.clone();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("head = "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        heads("nodes:\n  n1:\n    network devices:\n      a: {ipaddr: 192.168.1.5}\n      eth: {ipaddr: 10.10.0.50}\n"),
+        ["http://10.10.0.1:9873", "http://10.10.0.2:9873"],
+        "the rack of the node's address, not of the head's"
+    );
+    assert_eq!(
+        heads("nodes:\n  n1:\n    network devices:\n      eth: {ipaddr: 172.16.0.5}\n"),
+        ["http://10.0.0.1:9873", "http://10.0.0.2:9873"],
+        "a node in no rack lists every head"
+    );
+}
+
+#[test]
 fn maps_iterate_in_name_order() {
     assert_eq!(one("{% for name, d in NetDevs %}{{ name }} {% endfor %}"), "bnet eth ");
 }
