@@ -426,7 +426,12 @@ impl Cluster {
             )));
         }
         let member = known.is_some();
-        if !member && self.inner.sm.read(|s| s.cluster.heads.contains_key(&id)) {
+        if !member
+            && self
+                .inner
+                .sm
+                .read(|s| s.cluster.removed.contains(&id) || s.cluster.heads.contains_key(&id))
+        {
             return Err(ClusterError::Invalid(format!(
                 "head id {id} belonged to a head that was removed; ids are never reused (Raft would \
                  take the new head's empty log and votes for the old one's); start the new head \
@@ -620,20 +625,27 @@ impl Cluster {
             });
         };
         let raft = &self.inner.raft;
-        self.membership_op(
-            hops,
-            deadline,
-            || {
-                let change = change.clone();
-                async move { raft.change_membership(change, false).await }
-            },
-            move |mut c, hops, timeout| async move {
-                let mut r = tonic::Request::new(pb::RemoveHeadRequest { id, hops });
-                r.set_timeout(timeout);
-                Ok(c.remove_head(r).await?.into_inner())
-            },
-        )
-        .await
+        let removed = self
+            .membership_op(
+                hops,
+                deadline,
+                || {
+                    let change = change.clone();
+                    async move { raft.change_membership(change, false).await }
+                },
+                move |mut c, hops, timeout| async move {
+                    let mut r = tonic::Request::new(pb::RemoveHeadRequest { id, hops });
+                    r.set_timeout(timeout);
+                    Ok(c.remove_head(r).await?.into_inner())
+                },
+            )
+            .await?;
+        // Out of the membership: forget its address (no head fetches blobs from or
+        // probes it any more) and retire the id. Written once the membership change is
+        // committed; a repeated `cluster remove` writes it again harmlessly.
+        self.submit(Request::with_new_id(Command::HeadRemoved { id }), 0, deadline)
+            .await?;
+        Ok(removed)
     }
 
     async fn membership_op<L, LF, R, RF>(

@@ -128,8 +128,12 @@ pub enum Command {
     },
     /// Assign an unknown MAC to the first discoverable node, exactly once.
     Discover { mac: String },
-    /// Record a head's HTTP address (sent by each head when it starts).
+    /// Record a head's HTTP address (sent by each head when it starts). Refused for a
+    /// removed head's id.
     RegisterHead { id: u64, info: HeadInfo },
+    /// Head `id` left the cluster (`wwctl cluster remove`): forget its address, so no
+    /// head fetches from or probes it, and never accept the id again.
+    HeadRemoved { id: u64 },
     /// Name a new cluster and create the `default` profile every node starts with
     /// (as Warewulf ships one). Idempotent: an existing `default` profile is kept.
     Init { name: String },
@@ -358,6 +362,10 @@ pub struct ClusterConf {
     /// clusters without racks read as before.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub racks: BTreeMap<String, Versioned<Rack>>,
+    /// Ids of heads removed from the cluster: never reused (Raft would take a new head's
+    /// empty log and votes for the old one's).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub removed: std::collections::BTreeSet<u64>,
 }
 
 /// A read of nodes, profiles and images.
@@ -587,11 +595,25 @@ impl State {
             Command::RecordLeases { holder, now, ops } => return self.record_leases(*holder, *now, ops),
             Command::Discover { mac } => return self.discover(index, mac),
             Command::RegisterHead { id, info } => {
+                if self.cluster.removed.contains(id) {
+                    return Err(CommandError::Invalid(format!(
+                        "head {id} was removed from the cluster and ids are never reused; start this head \
+                         with an empty data directory and a new id, then `wwctl cluster join` it"
+                    )));
+                }
                 self.cluster.heads.insert(*id, info.clone());
                 return Ok(Outcome {
                     changed: vec![format!("head {id}")],
                     deleted: vec![],
                     summary: None,
+                });
+            }
+            Command::HeadRemoved { id } => {
+                self.cluster.heads.remove(id);
+                self.cluster.removed.insert(*id);
+                return Ok(Outcome {
+                    deleted: vec![format!("head {id}")],
+                    ..Default::default()
                 });
             }
             Command::Init { name } => {

@@ -703,3 +703,33 @@ fn exactly_once_memory_stays_small_after_bulk_writes() {
         "state grew from {before} to {after} bytes after 150 bulk sets"
     );
 }
+
+#[test]
+fn a_removed_heads_id_is_retired_and_its_address_forgotten() {
+    let mut s = State::default();
+    let reg = |id: u64| Request {
+        id: None,
+        cmd: Command::RegisterHead {
+            id,
+            info: HeadInfo {
+                http: format!("10.0.0.{id}:9873"),
+            },
+        },
+    };
+    s.apply(1, &reg(4)).0.unwrap();
+    s.apply(
+        2,
+        &Request {
+            id: None,
+            cmd: Command::HeadRemoved { id: 4 },
+        },
+    )
+    .0
+    .unwrap();
+    assert!(!s.cluster.heads.contains_key(&4), "no head fetches from or probes it");
+    assert!(s.cluster.removed.contains(&4));
+    // The old process, still running, cannot register itself back.
+    let e = s.apply(3, &reg(4)).0.unwrap_err();
+    assert!(e.to_string().contains("never reused"), "{e}");
+    assert!(!s.cluster.heads.contains_key(&4));
+}

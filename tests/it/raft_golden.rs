@@ -125,6 +125,7 @@ fn command_variant(c: &Command) -> &'static str {
         Command::Rack(RackCommand::Delete { .. }) => "Rack::Delete",
         Command::Ssh(SshCommand::SetHostKeys { .. }) => "Ssh::SetHostKeys",
         Command::Ssh(SshCommand::SetRootKeys { .. }) => "Ssh::SetRootKeys",
+        Command::HeadRemoved { .. } => "HeadRemoved",
         Command::ReservePoolBlock { .. } => "ReservePoolBlock",
         Command::RecordLeases { .. } => "RecordLeases",
         Command::Discover { .. } => "Discover",
@@ -150,6 +151,7 @@ const ALL_COMMANDS: &[&str] = &[
     "Rack::Delete",
     "Ssh::SetHostKeys",
     "Ssh::SetRootKeys",
+    "HeadRemoved",
     "ReservePoolBlock",
     "RecordLeases",
     "Discover",
@@ -381,6 +383,7 @@ fn requests() -> BTreeMap<String, Request> {
                 keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample root@head1".into()],
             }),
         ),
+        ("head_removed", Command::HeadRemoved { id: 4 }),
     ];
     cmds.into_iter()
         .enumerate()
