@@ -385,23 +385,27 @@ fn track_readiness(parts: &Parts, stop: CancellationToken) {
     });
 }
 
-/// TFTP on `boot.tftp.listen`. An address that cannot be bound yet (the rack
-/// interface is not up, another TFTP server holds the port) is logged and retried
-/// every 2 s, so the head keeps serving Raft, `wwctl` and its other racks meanwhile.
+/// TFTP on each address of `boot.tftp.listen` (one per rack the head serves). An
+/// address that cannot be bound yet (the rack interface is not up, another TFTP server
+/// holds the port) is logged and retried every 2 s, so the head keeps serving Raft,
+/// `wwctl`, its other racks and its other TFTP addresses meanwhile.
 fn start_tftp(cfg: &Settings, stop: &CancellationToken) {
     let Some(tcfg) = cfg.tftp.clone() else { return };
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        let what = format!("TFTP cannot start yet on {}", tcfg.listen);
-        let bind = || std::future::ready(crate::boot::tftp::bind(&tcfg));
-        let Some(socket) = crate::boot::retry::retry_every(Duration::from_secs(2), &what, stop.cancelled(), bind).await
-        else {
-            return;
-        };
-        if let Err(e) = crate::boot::tftp::run(socket, tcfg, stop.cancelled_owned()).await {
-            tracing::error!("TFTP stopped: {e}");
-        }
-    });
+    for addr in tcfg.listen.addrs() {
+        let (tcfg, stop, addr) = (tcfg.clone(), stop.clone(), addr.to_owned());
+        tokio::spawn(async move {
+            let what = format!("TFTP cannot start yet on {addr}");
+            let bind = || std::future::ready(crate::boot::tftp::bind_addr(&addr));
+            let Some(socket) =
+                crate::boot::retry::retry_every(Duration::from_secs(2), &what, stop.cancelled(), bind).await
+            else {
+                return;
+            };
+            if let Err(e) = crate::boot::tftp::run(socket, tcfg, stop.cancelled_owned()).await {
+                tracing::error!("TFTP on {addr} stopped: {e}");
+            }
+        });
+    }
 }
 
 fn start_dhcp(cfg: &Settings, parts: &Parts, stop: &CancellationToken) {

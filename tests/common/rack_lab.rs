@@ -3,8 +3,11 @@
 //!
 //! ```text
 //!   ns sw: bridge brm (management 10.0.0.0/24, wwctl at .254)   bridge br1 (rack1 10.10.0.0/24)
-//!     h1: m0 10.0.0.1, r0 10.10.0.1     h2: m0 10.0.0.2, r0 10.10.0.2     h3: m0 10.0.0.3
-//!     c1: c0 on br1 (node n1 10.10.0.50)
+//!          bridge br3 (rack3 10.30.0.0/24)
+//!     h1: m0 10.0.0.1, r0 10.10.0.1
+//!     h2: m0 10.0.0.2, r0 10.10.0.2, r1 10.30.0.2 (on two racks)
+//!     h3: m0 10.0.0.3, r0 10.30.0.3
+//!     c1: c0 on br1 (node n1 10.10.0.50)     c3: c0 on br3 (node n3 10.30.0.50)
 //!     rt: u0 10.0.0.253 on brm, d0 10.20.0.1 — c2: c0 (node n2 10.20.0.50, relayed rack2)
 //! ```
 //! Heads are configured from the documented example (`cluster/examples/wulfd.yaml`, only
@@ -21,7 +24,7 @@ const EXAMPLE: &str = include_str!("../../cluster/examples/wulfd.yaml");
 
 /// The example config for head `id` of this lab: ids, addresses and interface names
 /// changed, everything else as documented.
-pub fn head_config(id: u64, data_dir: &Path, rack_if: bool) -> String {
+pub fn head_config(id: u64, data_dir: &Path) -> String {
     use serde_yaml_ng::Value;
     let mut v: Value = serde_yaml_ng::from_str(EXAMPLE).unwrap();
     let m = v.as_mapping_mut().unwrap();
@@ -38,19 +41,19 @@ pub fn head_config(id: u64, data_dir: &Path, rack_if: bool) -> String {
     set(m, "bootstrap", boot);
     let boot = m.get_mut(Value::from("boot")).unwrap().as_mapping_mut().unwrap();
     let dhcp = boot.get_mut(Value::from("dhcp")).unwrap().as_mapping_mut().unwrap();
-    // The rack link and the uplink relays forward to, as the example's comment says.
-    let ifaces = if rack_if {
-        "- {name: r0}\n- {name: m0}\n"
-    } else {
-        "- {name: m0}\n"
+    // The rack links and the uplink relays forward to, as the example's comment says;
+    // TFTP on the head's address on each of its racks.
+    let (ifaces, tftp_on) = match id {
+        1 => ("- {name: r0}\n- {name: m0}\n", "[\"10.10.0.1:69\"]"),
+        2 => (
+            "- {name: r0}\n- {name: r1}\n- {name: m0}\n",
+            "[\"10.10.0.2:69\", \"10.30.0.2:69\"]",
+        ),
+        _ => ("- {name: r0}\n- {name: m0}\n", "[\"10.30.0.3:69\"]"),
     };
     dhcp.insert(Value::from("interfaces"), serde_yaml_ng::from_str(ifaces).unwrap());
     let tftp = boot.get_mut(Value::from("tftp")).unwrap().as_mapping_mut().unwrap();
-    if rack_if {
-        tftp.insert(Value::from("listen"), Value::from(format!("10.10.0.{id}:69")));
-    } else {
-        tftp.insert(Value::from("enabled"), Value::from(false));
-    }
+    tftp.insert(Value::from("listen"), serde_yaml_ng::from_str(tftp_on).unwrap());
     serde_yaml_ng::to_string(&v).unwrap()
 }
 
@@ -114,6 +117,7 @@ pub struct Lab {
     pub c1: NetNs,
     pub rt: NetNs,
     pub c2: NetNs,
+    pub c3: NetNs,
     pub dir: tempfile::TempDir,
     pub pids: Vec<Option<u32>>,
 }
@@ -122,6 +126,7 @@ impl Lab {
     pub fn build() -> Lab {
         let sw = NetNs::new("hsw");
         sw.ok("ip link add brm type bridge && ip link set brm up && ip link add br1 type bridge && ip link set br1 up");
+        sw.ok("ip link add br3 type bridge && ip link set br3 up");
         sw.ok("ip addr add 10.0.0.254/24 dev brm");
         let heads: Vec<NetNs> = (1..=3).map(|i| NetNs::new(&format!("h{i}"))).collect();
         for (i, h) in heads.iter().enumerate() {
@@ -131,6 +136,16 @@ impl Lab {
             if id <= 2 {
                 h.veth("r0", Some(&format!("10.10.0.{id}/24")), &sw, &format!("r{id}"), None);
                 sw.ok(&format!("ip link set r{id} master br1"));
+            }
+            // rack3: head 3 (r0) and head 2 (its second rack link, r1).
+            let on3 = match id {
+                2 => Some("r1"),
+                3 => Some("r0"),
+                _ => None,
+            };
+            if let Some(ifname) = on3 {
+                h.veth(ifname, Some(&format!("10.30.0.{id}/24")), &sw, &format!("s{id}"), None);
+                sw.ok(&format!("ip link set s{id} master br3"));
             }
             // Replies to the relay of rack2.
             h.ok("ip route add 10.20.0.0/24 via 10.0.0.253");
@@ -143,12 +158,16 @@ impl Lab {
         sw.ok("ip link set rtp master brm");
         let c2 = NetNs::new("hc2");
         rt.veth("d0", Some("10.20.0.1/24"), &c2, "c0", None);
+        let c3 = NetNs::new("hc3");
+        c3.veth("c0", None, &sw, "cp3", None);
+        sw.ok("ip link set cp3 master br3");
         Lab {
             sw,
             heads,
             c1,
             rt,
             c2,
+            c3,
             dir: tempfile::tempdir().unwrap(),
             pids: vec![None; 3],
         }
@@ -157,11 +176,7 @@ impl Lab {
     pub fn start(&mut self, i: usize) {
         let id = i as u64 + 1;
         let cfg = self.dir.path().join(format!("wulfd{id}.yaml"));
-        std::fs::write(
-            &cfg,
-            head_config(id, &self.dir.path().join(format!("data{id}")), id <= 2),
-        )
-        .unwrap();
+        std::fs::write(&cfg, head_config(id, &self.dir.path().join(format!("data{id}")))).unwrap();
         let log = self.dir.path().join(format!("wulfd{id}.log"));
         let pid = self.heads[i].spawn(
             &[

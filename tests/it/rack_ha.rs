@@ -1,20 +1,16 @@
 //! Rack HA with real `wulfd` processes in network namespaces, configured from the
 //! documented example (`cluster/examples/wulfd.yaml`, only addresses and names changed)
-//! and `wwctl rack add` as docs/OPERATIONS.md shows it.
+//! and `wwctl rack add` as docs/OPERATIONS.md shows it. The lab (tests/common/rack_lab.rs):
+//! three heads on two bridge racks and a relayed one — rack1 (br1) served by heads 1
+//! then 2, rack3 (br3) by heads 3 then 2 (head 2 sits on both), rack2 behind `dhcrelay`
+//! by heads 2 then 1.
 //!
-//! ```text
-//!   ns sw: bridge brm (management 10.0.0.0/24, wwctl at .254)   bridge br1 (rack1 10.10.0.0/24)
-//!     h1: m0 10.0.0.1, r0 10.10.0.1     h2: m0 10.0.0.2, r0 10.10.0.2     h3: m0 10.0.0.3
-//!     c1: c0 on br1 (node n1 10.10.0.50)
-//!     rt: u0 10.0.0.253 on brm, d0 10.20.0.1 — c2: c0 (node n2 10.20.0.50, relayed rack2)
-//! ```
-//! rack1 is served by heads 1 then 2; rack2 (relayed by `dhcrelay` to both heads) by heads
-//! 2 then 1; head 3 serves no rack but is a voter. Checked with a capture on the client's
-//! link: one OFFER per DISCOVER (from the primary); after the primary is SIGKILLed the
-//! backup answers; the relayed rack is answered to the relay by its first head; a restarted
-//! primary takes its rack back; a hung (SIGSTOPped) primary is passed over like a dead one,
-//! and so is a primary whose rack link lost its carrier; the relayed rack's primary (a
-//! follower) dies and its backup answers the relay.
+//! Checked with a capture on the clients' links: one OFFER per DISCOVER, from the rack's
+//! primary, on both bridge racks; TFTP on each rack address of a head on two racks; the
+//! relayed rack answered to the relay by its first head; after the primary is SIGKILLed
+//! the backup answers; a restarted primary takes its rack back; a hung (SIGSTOPped)
+//! primary is passed over like a dead one, and so is a primary whose rack link lost its
+//! carrier; the relayed rack's primary (a follower) dies and its backup answers the relay.
 //! A second test cuts one head's management link: a cut-off backup does not take over, a
 //! cut-off primary keeps serving its rack's known node while the majority serves it too.
 
@@ -49,6 +45,8 @@ fn one_answer_per_discover_takeover_by_the_backup_and_a_relayed_rack() {
     lab.wwctl_ok(
         "rack add rack2 --network 10.20.0.0/24 --relayed --router 10.20.0.1 --head 2=10.0.0.2 --head 1=10.0.0.1",
     );
+    // A second rack on its own bridge: head 3 first, head 2 (on both bridges) second.
+    lab.wwctl_ok("rack add rack3 --network 10.30.0.0/24 --head 3=10.30.0.3 --head 2=10.30.0.2");
     let list = lab.wwctl_ok("rack list");
     assert!(
         list.contains("rack1") && list.contains("1=10.10.0.1,2=10.10.0.2"),
@@ -61,11 +59,17 @@ fn one_answer_per_discover_takeover_by_the_backup_and_a_relayed_rack() {
     lab.wwctl_ok(&format!(
         "node add n2 --ipaddr 10.20.0.50 --netmask 255.255.255.0 --hwaddr {m2}"
     ));
+    let m3 = lab.c3.mac("c0");
+    lab.wwctl_ok(&format!(
+        "node add n3 --ipaddr 10.30.0.50 --netmask 255.255.255.0 --hwaddr {m3}"
+    ));
     lab.wait("both heads reporting the racks they serve", 30, || {
         lab.health(1).contains("\"racks\":[\"rack1\",\"rack2\"]")
-            && lab.health(2).contains("\"racks\":[\"rack1\",\"rack2\"]")
+            && lab.health(2).contains("\"racks\":[\"rack1\",\"rack2\",\"rack3\"]")
+            && lab.health(3).contains("\"racks\":[\"rack3\"]")
             && lab.health(2).contains("\"1\":[\"rack1\",\"rack2\"]")
-            && lab.health(1).contains("\"2\":[\"rack1\",\"rack2\"]")
+            && lab.health(3).contains("\"2\":[\"rack1\",\"rack2\",\"rack3\"]")
+            && lab.health(1).contains("\"2\":[\"rack1\",\"rack2\",\"rack3\"]")
     });
 
     // 0. Idle longer than every liveness timer (probe 0.5 s, down after 2 s, interface
@@ -97,6 +101,31 @@ fn one_answer_per_discover_takeover_by_the_backup_and_a_relayed_rack() {
         vec!["10.10.0.1".to_string()],
         "one OFFER, from the primary:\n{text}"
     );
+
+    // 1b. The second bridge rack: one OFFER, from its own primary (head 3); TFTP answers
+    //     on both rack addresses of head 2 (a head on two racks listens on each).
+    let cap = Capture::start(&lab.c3, "c0");
+    let lease3 = crate::dhclient::run_with(&lab.c3, "c0", "10.30.0.50/24", Duration::from_secs(30), PXE_LIKE);
+    let (offers3, text3) = cap.offers(&lab.c3);
+    assert!(lease3.bound, "n3 got no address:\n{}\n{}", lease3.log, lab.logs());
+    lease3.expect("new_dhcp_server_identifier=10.30.0.3");
+    assert_eq!(
+        offers3,
+        vec!["10.30.0.3".to_string()],
+        "one OFFER, from rack3's primary:\n{text3}"
+    );
+    if which("tftp") {
+        for server in ["10.30.0.2", "10.30.0.3"] {
+            lab.c3.ok(&format!(
+                "cd /tmp && timeout 20 tftp {server} -c get undionly.kpxe /dev/null"
+            ));
+        }
+        lab.c1.ok("ip addr add 10.10.0.99/24 dev c0");
+        lab.c1.ok("timeout 20 tftp 10.10.0.2 -c get undionly.kpxe /dev/null");
+        lab.c1.ok("ip addr del 10.10.0.99/24 dev c0");
+    } else {
+        eprintln!("SKIP the TFTP part of the rack test: tftp (tftp-hpa) is not installed");
+    }
 
     // 2. The relayed rack: answered to the relay by its first head (head 2).
     let relay = lab.rt.spawn(
@@ -319,4 +348,11 @@ fn partitions_minority_primary_keeps_its_rack_minority_backup_does_not_take_over
     for i in 0..3 {
         lab.kill(i);
     }
+}
+
+fn which(prog: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

@@ -38,8 +38,9 @@ pub struct TftpConfig {
     /// Serve TFTP at all (off unless asked, like DHCP: a head never answers boot
     /// protocols on networks it was not told to serve).
     pub enabled: bool,
-    /// `host:port` to bind (normally the rack interface's address, port 69).
-    pub listen: String,
+    /// `host:port` to bind (normally the rack interface's address, port 69), or a list
+    /// of them: a head serving several racks listens on its address on each.
+    pub listen: Listen,
     /// Directory served (read-only).
     pub root: PathBuf,
     /// Retransmit timeout when the client does not ask for one.
@@ -61,7 +62,7 @@ impl Default for TftpConfig {
     fn default() -> Self {
         TftpConfig {
             enabled: false,
-            listen: "0.0.0.0:69".into(),
+            listen: Listen::One("0.0.0.0:69".into()),
             root: PathBuf::from(DEFAULT_ROOT),
             timeout_ms: 3000,
             max_block_size: 1468,
@@ -77,8 +78,19 @@ impl TftpConfig {
     /// Check values that would make a useless server.
     pub fn validate(&self) -> Result<(), TftpError> {
         let bad = |field: &'static str, why: String| Err(TftpError::Config { field, why });
-        if self.listen.parse::<SocketAddr>().is_err() {
-            return bad("listen", format!("{:?} is not an address:port", self.listen));
+        let addrs = self.listen.addrs();
+        if addrs.is_empty() {
+            return bad("listen", "no address; give host:port, or a list of them".into());
+        }
+        for a in &addrs {
+            if a.parse::<SocketAddr>().is_err() {
+                return bad("listen", format!("{a:?} is not an address:port"));
+            }
+        }
+        for (i, a) in addrs.iter().enumerate() {
+            if addrs[..i].contains(a) {
+                return bad("listen", format!("{a} is listed twice"));
+            }
         }
         if !(8..=65464).contains(&self.max_block_size) {
             return bad(
@@ -110,10 +122,44 @@ pub enum TftpError {
     Thread(String),
 }
 
-/// Bind the configured address (for callers that do not bind themselves).
+/// `boot.tftp.listen`: one address or several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Listen {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Listen {
+    pub fn addrs(&self) -> Vec<&str> {
+        match self {
+            Listen::One(a) => vec![a.as_str()],
+            Listen::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl From<&str> for Listen {
+    fn from(a: &str) -> Listen {
+        Listen::One(a.to_owned())
+    }
+}
+
+impl From<String> for Listen {
+    fn from(a: String) -> Listen {
+        Listen::One(a)
+    }
+}
+
+/// Bind the configured address (the first, for callers that serve one socket).
 pub fn bind(cfg: &TftpConfig) -> Result<UdpSocket, TftpError> {
     cfg.validate()?;
-    UdpSocket::bind(cfg.listen.as_str()).map_err(TftpError::Socket)
+    UdpSocket::bind(cfg.listen.addrs()[0]).map_err(TftpError::Socket)
+}
+
+/// Bind one listen address.
+pub fn bind_addr(addr: &str) -> Result<UdpSocket, TftpError> {
+    UdpSocket::bind(addr).map_err(TftpError::Socket)
 }
 
 /// Serve TFTP on `socket` until `shutdown` resolves. Transfers in progress are
@@ -174,6 +220,8 @@ mod tests {
         assert_eq!((c2.enabled, c2.max_block_size, c2.timeout_ms), (true, 1432, 3000));
         for (yaml, field) in [
             ("listen: nowhere", "listen"),
+            ("listen: []", "listen"),
+            ("listen: [10.0.0.1:69, 10.0.0.1:69]", "listed twice"),
             ("max_block_size: 4", "max_block_size"),
             ("max_window_size: 0", "max_window_size"),
             ("timeout_ms: 0", "timeout_ms"),
