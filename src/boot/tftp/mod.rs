@@ -218,10 +218,13 @@ mod tests {
         let c2: TftpConfig =
             serde_yaml_ng::from_str("enabled: true\nlisten: 10.0.0.1:69\nmax_block_size: 1432\n").unwrap();
         assert_eq!((c2.enabled, c2.max_block_size, c2.timeout_ms), (true, 1432, 3000));
+        let c3: TftpConfig = serde_yaml_ng::from_str("listen: [10.0.0.1:69, 10.3.0.1:69]\n").unwrap();
+        c3.validate().unwrap();
+        assert_eq!(c3.listen.addrs(), ["10.0.0.1:69", "10.3.0.1:69"]);
         for (yaml, field) in [
             ("listen: nowhere", "listen"),
             ("listen: []", "listen"),
-            ("listen: [10.0.0.1:69, 10.0.0.1:69]", "listed twice"),
+            ("listen: [10.0.0.1:69, 10.0.0.1:69]", "listen"),
             ("max_block_size: 4", "max_block_size"),
             ("max_window_size: 0", "max_window_size"),
             ("timeout_ms: 0", "timeout_ms"),
