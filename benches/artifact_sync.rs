@@ -25,11 +25,17 @@ use wulfpack::state::{Command as Cmd, ImageCommand, ImageEntry, LayerRef};
 const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
 const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
 
-/// Head `i`'s missing blobs as `wwctl cluster status -o json` reports them.
-fn missing(c: &ProcCluster, i: usize) -> Option<u64> {
+/// Head `i`'s missing blobs as `wwctl cluster status -o json` reports them, counted
+/// against a catalog at least as new as log index `since` (else None: a head that has
+/// just restarted counts against the catalog it had, until it catches up).
+fn missing(c: &ProcCluster, i: usize, since: u64) -> Option<u64> {
     let r = run_wwctl(WWCTL.as_ref(), &c.all_heads(), &["-o", "json", "cluster", "status"]);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
-    v["heads"].as_array()?.iter().find(|h| h["id"] == (i + 1) as u64)?["missing_blobs"].as_u64()
+    let h = v["heads"].as_array()?.iter().find(|h| h["id"] == (i + 1) as u64)?;
+    if h["missing_as_of"].as_u64()? < since {
+        return None;
+    }
+    h["missing_blobs"].as_u64()
 }
 
 fn main() {
@@ -84,22 +90,24 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let heads = c.addrs[..2].to_vec();
-    rt.block_on(async move {
-        Client::new(heads)
-            .write(Cmd::Image(ImageCommand::Put {
-                name: "bench-sync".into(),
-                entry: Box::new(entry),
-                expect: Some(0),
-            }))
-            .await
-    })
-    .expect("catalog write");
-    wait_until(120, "head 2 holding every blob", || missing(&c, 1) == Some(0));
+    let written = rt
+        .block_on(async move {
+            Client::new(heads)
+                .write(Cmd::Image(ImageCommand::Put {
+                    name: "bench-sync".into(),
+                    entry: Box::new(entry),
+                    expect: Some(0),
+                }))
+                .await
+        })
+        .expect("catalog write");
+    let since = written.log_index;
+    wait_until(120, "head 2 holding every blob", || missing(&c, 1, since) == Some(0));
 
     // Head 3 comes back and fetches what it lacks.
     let t = Instant::now();
     c.spawn(2);
-    wait_until(600, "head 3 holding every blob", || missing(&c, 2) == Some(0));
+    wait_until(600, "head 3 holding every blob", || missing(&c, 2, since) == Some(0));
     let sync = t.elapsed();
 
     // Anchor: the same bytes over HTTP from head 1 into files, then flushed.

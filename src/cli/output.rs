@@ -203,6 +203,9 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
         missing_bytes: Option<u64>,
         /// Missing blobs of unrecorded size (not in `missing_bytes`).
         missing_unknown_size: Option<u64>,
+        /// The applied index whose catalog the missing counts reflect (a head that has
+        /// just restarted counts against what it had applied, until it catches up).
+        missing_as_of: Option<u64>,
         /// Entries behind the leader's last log entry (None: no leader answered).
         lag: Option<u64>,
         /// Racks the head serves now (None: unreachable, or not reported).
@@ -230,6 +233,7 @@ pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write)
                 missing_blobs: s.artifacts.map(|a| a.missing),
                 missing_bytes: s.artifacts.map(|a| a.missing_bytes),
                 missing_unknown_size: s.artifacts.map(|a| a.missing_unknown_size),
+                missing_as_of: s.artifacts.map(|a| a.as_of_index),
                 lag: h.lag,
                 racks_served: (h.reachable && s.racks_reported).then(|| s.racks_served.clone()),
                 racks_listed: &h.racks_listed,

@@ -409,7 +409,10 @@ fn start_tftp(cfg: &Settings, stop: &CancellationToken) {
 }
 
 fn start_dhcp(cfg: &Settings, parts: &Parts, stop: &CancellationToken) {
-    let Some(dcfg) = cfg.dhcp.clone() else { return };
+    let Some(dcfg) = cfg.dhcp.clone() else {
+        warn_racks_without_dhcp(parts, stop.clone());
+        return;
+    };
     let leases = Arc::new(crate::boot::dhcp::raft_leases::RaftLeases::start(
         parts.cluster.clone(),
         &dcfg,
@@ -422,6 +425,39 @@ fn start_dhcp(cfg: &Settings, parts: &Parts, stop: &CancellationToken) {
     tokio::spawn(async move {
         if let Err(e) = server.run(stop.cancelled_owned()).await {
             tracing::error!("DHCP stopped: {e}");
+        }
+    });
+}
+
+/// A head with DHCP off that racks list as one of their heads: say so (once per change
+/// of those racks), since the operator meant it to serve them. Its `/health` lists no
+/// rack, so the racks' other heads answer meanwhile.
+fn warn_racks_without_dhcp(parts: &Parts, stop: CancellationToken) {
+    let (mut view, me) = (parts.view.clone(), parts.cluster.id());
+    tokio::spawn(async move {
+        let mut said: Vec<String> = Vec::new();
+        loop {
+            let listed: Vec<String> = {
+                let v = view.borrow_and_update();
+                v.racks
+                    .iter()
+                    .filter(|(_, r)| r.position(me).is_some())
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            };
+            if !listed.is_empty() && listed != said {
+                tracing::warn!(
+                    racks = %listed.join(","),
+                    "racks list this head, but DHCP is off here (boot.dhcp.interfaces is empty): it answers \
+                     none of their requests and their other heads serve them; add the rack interfaces to \
+                     boot.dhcp.interfaces and restart wulfd, or take the head out with `wwctl rack set`"
+                );
+            }
+            said = listed;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = view.changed() => if r.is_err() { return },
+            }
         }
     });
 }

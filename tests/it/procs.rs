@@ -109,3 +109,36 @@ fn three_wulfd_processes_survive_sigkill_of_leader_and_of_all() {
     let comment = ok(&all, &["node", "list", "-a", "via0"]);
     assert!(comment.contains("changed"), "{comment}");
 }
+
+/// A rack that lists a head whose DHCP is off is served by its other heads; the head
+/// says why it does not answer, once (not per request or per probe).
+#[test]
+fn a_head_listed_in_a_rack_with_dhcp_off_says_so() {
+    let p = ProcCluster::start(Path::new(WULFD), 1, "");
+    let all = p.all_heads();
+    wait_until(30, "cluster initialised", || {
+        let (success, out, _) = wwctl(&all, &["--timeout", "2", "profile", "list"]);
+        success && out.lines().any(|l| l.starts_with("default"))
+    });
+    ok(
+        &all,
+        &[
+            "rack",
+            "add",
+            "r1",
+            "--network",
+            "10.61.0.0/24",
+            "--head",
+            "1=10.61.0.1",
+        ],
+    );
+    let said = "racks list this head, but DHCP is off here";
+    wait_until(10, "the head warning that it serves no DHCP for r1", || {
+        p.log(0).contains(said)
+    });
+    // Unrelated changes do not repeat it.
+    ok(&all, &["node", "add", "n1", "--ipaddr", "10.61.0.10"]);
+    ok(&all, &["node", "set", "-y", "n1", "--comment", "again"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(p.log(0).matches(said).count(), 1, "{}", p.log(0));
+}
