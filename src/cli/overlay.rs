@@ -40,6 +40,14 @@ pub enum OverlayCmd {
     /// Show (cat) a file within an overlay.
     #[command(alias = "cat")]
     Show(ShowArgs),
+    /// What a template documents about itself: its description (on stderr) and the
+    /// variables it reads (a table).
+    Info {
+        /// Overlay name.
+        name: String,
+        /// Template path inside the overlay (ending in .ww).
+        file: String,
+    },
     /// Create a new, empty site overlay.
     #[command(aliases = ["new", "add"])]
     Create { name: String },
@@ -157,6 +165,22 @@ pub async fn run(client: &Client, c: OverlayCmd, fmt: Option<Format>, out: &mut 
     match c {
         OverlayCmd::List { names, all, long } => list(client, names, all, long, fmt, out).await,
         OverlayCmd::Show(a) => show(client, a, out).await,
+        OverlayCmd::Info { name, file } => {
+            let r = client.overlay_file(&name, &file).await?;
+            if r.path.unwrap_or_default().kind != "file" {
+                bail!("{file} is not a file in overlay {name}; see `wwctl overlay list -a {name}`");
+            }
+            let text = String::from_utf8_lossy(&r.content);
+            let info = crate::overlay::render::info::template_info(&text);
+            if info.description.is_empty() && info.variables.is_empty() {
+                bail!("{file} in overlay {name} documents nothing (no wwdoc: or wwvar: comments)");
+            }
+            if !info.description.is_empty() {
+                eprintln!("{}", info.description);
+            }
+            out.write_all(crate::overlay::render::info::variables_table(&info.variables).as_bytes())?;
+            Ok(())
+        }
         OverlayCmd::Create { name } => {
             change(client, &name, "create", None, false, None).await?;
             Ok(())

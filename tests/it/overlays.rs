@@ -321,5 +321,19 @@ async fn the_shipped_distribution_set_is_registered_on_start_on_every_head() {
             "{name} missing from:\n{list}"
         );
     }
+    // `overlay info`: the variables a template documents, as a table.
+    let info = ok(
+        &c,
+        &["overlay", "info", "mig", "/etc/systemd/system/ww-nvidia-mig.service.ww"],
+    )
+    .await;
+    assert!(
+        info.contains("VARIABLE") && info.contains(".Tags.gpuMigProfiles"),
+        "{info}"
+    );
+    let e = ww(&c, &["overlay", "info", "hostname", "/etc/hostname.ww"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("documents nothing"), "{e}");
     c.shutdown().await;
 }

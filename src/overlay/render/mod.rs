@@ -23,6 +23,7 @@
 
 mod data;
 mod funcs;
+pub mod info;
 mod server;
 
 use std::fmt;
