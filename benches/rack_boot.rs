@@ -294,7 +294,12 @@ fn healthy_boot(lab: &Lab, heads: usize) -> Boot {
         .iter()
         .map(|(m, _)| vm.first(m).map(|t| t.duration_since(vm.started).as_secs_f64()))
         .collect();
-    let failed_lines = vm.lines(" failed");
+    // iPXE's "X from URL failed" lines (not the kernel's own messages with "failed").
+    let failed_lines = vm
+        .lines(" failed")
+        .into_iter()
+        .filter(|l| l.contains(" from http"))
+        .collect();
     Boot { at, failed_lines }
 }
 
