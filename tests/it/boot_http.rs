@@ -686,7 +686,7 @@ async fn curl_fetches_every_route() {
 /// kernel args) on the serial console.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_ipxe_boots_the_image_through_the_script() {
-    let Some(vmlinuz) = crate::pxe::qemu_boot_prerequisites("the QEMU boot test") else {
+    let Some(vmlinuz) = crate::qemu_node::qemu_boot_prerequisites("the QEMU boot test") else {
         return;
     };
     let work = tempfile::tempdir().unwrap();

@@ -10,8 +10,12 @@ mod netns;
 mod netns_pair;
 #[path = "../common/proc_cluster.rs"]
 mod proc_cluster;
+#[path = "../common/qemu_node.rs"]
+mod qemu_node;
 #[path = "../common/rack_lab.rs"]
 mod rack_lab;
+#[path = "../common/rack_qemu_lab.rs"]
+mod rack_qemu_lab;
 #[path = "../common/registry.rs"]
 mod registry;
 

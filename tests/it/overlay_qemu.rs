@@ -11,12 +11,12 @@
 //! `wulfd`, which gives the node its configured address) and prints what the node has.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::netns::NetNs;
-use crate::pxe::{qemu_boot_prerequisites, wwctl};
+use crate::pxe::wwctl;
+use crate::qemu_node::{image, qemu_boot_prerequisites};
 
 const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
 const WWCLIENT: &str = env!("CARGO_BIN_EXE_wwclient");
@@ -36,118 +36,6 @@ impl Drop for Guard<'_> {
             let _ = vm.wait();
         }
         self.ns.kill(self.wulfd);
-    }
-}
-
-fn copy_exec(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(from, to).unwrap();
-}
-
-/// busybox + the applets the scripts call, the kernel and e1000, wwclient's libraries,
-/// and an init that brings the network up and reports on the console (also used by
-/// `rack_qemu`).
-pub(crate) fn image(tree: &Path, vmlinuz: &Path) {
-    for d in [
-        "bin",
-        "sbin",
-        "dev",
-        "proc",
-        "sys",
-        "run",
-        "tmp",
-        "var/log",
-        "etc",
-        "boot",
-        "usr/share/udhcpc",
-    ] {
-        std::fs::create_dir_all(tree.join(d)).unwrap();
-    }
-    copy_exec(Path::new("/bin/busybox"), &tree.join("bin/busybox"));
-    for applet in [
-        "sh",
-        "mount",
-        "mountpoint",
-        "mkdir",
-        "cat",
-        "echo",
-        "sleep",
-        "ip",
-        "udhcpc",
-        "insmod",
-        "hostname",
-        "cp",
-        "switch_root",
-        "ls",
-        "test",
-        "chmod",
-        "chown",
-        "ln",
-        "rm",
-        "sed",
-        "grep",
-        "poweroff",
-        "true",
-    ] {
-        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
-    }
-    // Debian's static busybox has no `nohup`, which the wwclient start script uses.
-    std::fs::write(tree.join("bin/nohup"), "#!/bin/sh\nexec \"$@\"\n").unwrap();
-    std::fs::set_permissions(
-        tree.join("bin/nohup"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    copy_exec(vmlinuz, &tree.join("boot").join(vmlinuz.file_name().unwrap()));
-    let release = vmlinuz
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .trim_start_matches("vmlinuz-")
-        .to_string();
-    copy_exec(
-        &Path::new("/lib/modules")
-            .join(&release)
-            .join("kernel/drivers/net/ethernet/intel/e1000/e1000.ko"),
-        &tree.join("e1000.ko"),
-    );
-    for lib in [
-        "/lib/x86_64-linux-gnu/libgcc_s.so.1",
-        "/lib/x86_64-linux-gnu/libm.so.6",
-        "/lib/x86_64-linux-gnu/libc.so.6",
-        "/lib64/ld-linux-x86-64.so.2",
-    ] {
-        // Where Debian's loader looks (multiarch) and where a plain one does.
-        copy_exec(Path::new(lib), &tree.join(lib.trim_start_matches('/')));
-        let name = Path::new(lib).file_name().unwrap();
-        if !tree.join("lib64").join(name).exists() {
-            copy_exec(Path::new(lib), &tree.join("lib64").join(name));
-        }
-    }
-    std::fs::write(
-        tree.join("usr/share/udhcpc/default.script"),
-        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr add \"$ip/$mask\" dev \"$interface\"; echo \"NODE-IP: $ip\"; echo \"NODE-DHCP-SERVER: $serverid\";; esac\n",
-    )
-    .unwrap();
-    std::fs::write(
-        tree.join("sbin/init"),
-        "#!/bin/sh\n\
-         echo \"NODE-HOSTNAME: $(cat /etc/hostname)\" > /dev/ttyS0\n\
-         insmod /e1000.ko\n\
-         ip link set lo up\n\
-         ip link set eth0 up\n\
-         udhcpc -i eth0 -q -n -t 20 -s /usr/share/udhcpc/default.script > /dev/ttyS0 2>&1\n\
-         (sleep 10; sed 's/^/WWCLIENT-LOG: /' /var/log/wwclient.log > /dev/ttyS0) &\n\
-         last=\n\
-         while true; do\n\
-           c=$(cat /etc/motd 2>/dev/null)\n\
-           if [ -n \"$c\" ] && [ \"$c\" != \"$last\" ]; then echo \"NODE-MOTD: $c\" > /dev/ttyS0; last=$c; fi\n\
-           sleep 1\n\
-         done\n",
-    )
-    .unwrap();
-    for f in ["usr/share/udhcpc/default.script", "sbin/init"] {
-        std::fs::set_permissions(tree.join(f), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
 }
 

@@ -22,7 +22,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::netns::NetNs;
-use crate::registry::{ensure_packages, is_root};
+use crate::qemu_node::{qemu_boot_prerequisites, strip_ansi};
 
 const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
 const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
@@ -39,39 +39,6 @@ pub fn wwctl(ns: &NetNs, args: &[&str]) -> (bool, String) {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
-}
-
-/// Root, QEMU with Debian's iPXE ROMs, a Debian kernel and busybox: the kernel's path,
-/// or None after printing why the test is skipped.
-pub fn qemu_boot_prerequisites(test: &str) -> Option<std::path::PathBuf> {
-    if !is_root() {
-        eprintln!("SKIP: {test} needs root (packages, network namespaces, tap devices)");
-        return None;
-    }
-    let pkgs = [
-        "qemu-system-x86",
-        "ipxe-qemu",
-        "ipxe",
-        "ovmf",
-        "linux-image-amd64",
-        "busybox-static",
-        "cpio",
-        "iproute2",
-    ];
-    if !ensure_packages(&pkgs) {
-        return None;
-    }
-    let kernel = std::fs::read_dir("/boot")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        });
-    if kernel.is_none() {
-        eprintln!("SKIP: no /boot/vmlinuz-* after installing linux-image-amd64");
-    }
-    kernel
 }
 
 /// How the VM starts its network boot.
@@ -275,27 +242,6 @@ fn boot(fw: Firmware, vmlinuz: &std::path::Path) -> Booted {
         status,
         log: read_log(),
     }
-}
-
-/// Drops ANSI escape sequences (`ESC [ ... letter`) from a console line.
-pub(crate) fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Checks common to every path: the marker, the configured address (iPXE prints it),
