@@ -3,8 +3,8 @@
 //! example, rack1 on a bridge with heads A and B, the image imported through A only and
 //! held by both). Two measures:
 //!
-//! 1. **Healthy boot, 1-head rack vs 2-head rack** (three heads in the cluster either
-//!    way; `wwctl rack set` lists [A] or [A, B]): QEMU start → the image's `/init`
+//! 1. **Healthy boot, 1-head rack vs 3-head rack** (three heads in the cluster either
+//!    way; `wwctl rack set` lists [A] or [A, B, C]): QEMU start → the image's `/init`
 //!    (`NODE-HOSTNAME` on the serial console), with the phases in between read from the
 //!    console (DHCP done, iPXE script, kernel, image, overlays). The issue's goal: a
 //!    healthy multi-head rack boots as fast as a 1-head rack (± 10 %). The two kinds of
@@ -40,6 +40,7 @@ const RATE_A: &str = "12mbit";
 const KILL_AFTER_BYTES: u64 = 1 << 20;
 const ONE_HEAD: &str = "rack set rack1 --head 1=10.10.0.1";
 const TWO_HEADS: &str = "rack set rack1 --head 1=10.10.0.1 --head 2=10.10.0.2";
+const THREE_HEADS: &str = "rack set rack1 --head 1=10.10.0.1 --head 2=10.10.0.2 --head 3=10.10.0.3";
 
 /// Console markers of a boot's phases, in order, and their names in the breakdown.
 const PHASES: [(&str, &str); 7] = [
@@ -90,9 +91,9 @@ fn main() {
     if !full {
         // The bench's own moving parts without a VM: the rack goes to one head and back.
         set_heads(&lab, 1);
-        set_heads(&lab, 2);
+        set_heads(&lab, 3);
         eprintln!(
-            "SMOKE rack_boot: lab ready and rack1 switched [A] -> [A, B] in {:.1} s; no VM booted \
+            "SMOKE rack_boot: lab ready and rack1 switched [A] -> [A, B, C] in {:.1} s; no VM booted \
              (a TCG boot takes ~30 s; tests/it/rack_qemu.rs boots them). \
              Run `cargo bench --bench rack_boot` to measure.",
             t.elapsed().as_secs_f64()
@@ -106,7 +107,7 @@ fn main() {
     // 1. Healthy boots, the two rack shapes alternating (and which goes first, too).
     let mut by_heads: [Vec<Boot>; 2] = [Vec::new(), Vec::new()];
     for run in 0..runs {
-        let order = if run % 2 == 0 { [1, 2] } else { [2, 1] };
+        let order = if run % 2 == 0 { [1, 3] } else { [3, 1] };
         for n in order {
             set_heads(&lab, n);
             let b = healthy_boot(&lab, n);
@@ -115,7 +116,7 @@ fn main() {
                 b.init(),
                 breakdown(&b)
             );
-            by_heads[n - 1].push(b);
+            by_heads[usize::from(n == 3)].push(b);
         }
     }
 
@@ -169,7 +170,7 @@ fn main() {
         max(&by_heads[0])
     );
     println!(
-        "| healthy boot, 2-head rack [A, B]: QEMU start → `/init` ({} runs) | p50 {two:.1} s (min {:.1}, max {:.1}); **ratio {:.2}** | ratio 0.90–1.10 |",
+        "| healthy boot, 3-head rack [A, B, C]: QEMU start → `/init` ({} runs) | p50 {two:.1} s (min {:.1}, max {:.1}); **ratio {:.2}** | ratio 0.90–1.10 |",
         by_heads[1].len(),
         min(&by_heads[1]),
         max(&by_heads[1]),
@@ -216,7 +217,11 @@ fn main() {
                 }
             })
             .collect();
-        println!("| {} | {} |", if i == 0 { "[A]" } else { "[A, B]" }, cells.join(" | "));
+        println!(
+            "| {} | {} |",
+            if i == 0 { "[A]" } else { "[A, B, C]" },
+            cells.join(" | ")
+        );
     }
     for (i, boots) in by_heads.iter().enumerate() {
         let mut lines: Vec<&String> = boots.iter().flat_map(|b| &b.failed_lines).collect();
@@ -238,16 +243,19 @@ fn main() {
     }
 }
 
-/// Make rack1's head list [A] (`n` 1) or [A, B] (`n` 2) and wait until the heads act on it.
+/// Make rack1's head list [A], [A, B] or [A, B, C] (`n` 1, 2, 3) and wait until the heads
+/// act on it: the listed ones serve it and see each other serving it, the others do not.
 fn set_heads(lab: &Lab, n: usize) {
-    lab.wwctl_ok(ALL, if n == 1 { ONE_HEAD } else { TWO_HEADS });
-    if n == 1 {
-        lab.wait("B no longer serving rack1", 60, || {
-            lab.serves(1, true) && lab.serves(2, false)
-        });
-    } else {
-        wait_both_serving(lab);
-    }
+    lab.wwctl_ok(ALL, [ONE_HEAD, TWO_HEADS, THREE_HEADS][n - 1]);
+    lab.wait("the rack's heads serving rack1, each seen by the others", 90, || {
+        (1..=3u64).all(|id| lab.serves(id, id as usize <= n))
+            && (1..=n as u64).all(|id| {
+                let h = lab.health(id);
+                (1..=n as u64)
+                    .filter(|o| *o != id)
+                    .all(|o| h.contains(&format!("\"{o}\":[\"rack1\"]")))
+            })
+    });
 }
 
 /// Both heads serve rack1 and each sees the other serving it (A's script then lists
@@ -275,11 +283,11 @@ fn healthy_boot(lab: &Lab, heads: usize) -> Boot {
         lab.logs()
     );
     vm.drain();
-    let listed = if heads == 1 {
-        "* Heads: http://10.10.0.1:9873"
-    } else {
-        "* Heads: http://10.10.0.1:9873 http://10.10.0.2:9873"
-    };
+    let listed = [
+        "* Heads: http://10.10.0.1:9873",
+        "* Heads: http://10.10.0.1:9873 http://10.10.0.2:9873",
+        "* Heads: http://10.10.0.1:9873 http://10.10.0.2:9873 http://10.10.0.3:9873",
+    ][heads - 1];
     assert!(
         vm.first("* Heads:").is_some() && vm.count(listed) == 1 && vm.count(&format!("{listed} ")) == 0,
         "the script lists the rack's heads, A first ({listed}):\n{}",

@@ -7,7 +7,8 @@
 //! ```text
 //!   ns sw: bridge brm (management 10.0.0.0/24, wwctl at .254)   bridge br1 (rack1 10.10.0.0/24)
 //!     h1 (A): m0 10.0.0.1, r0 10.10.0.1    h2 (B): m0 10.0.0.2, r0 10.10.0.2
-//!     h3: m0 10.0.0.3 (a voter, no rack)
+//!     h3 (C): m0 10.0.0.3, r0 10.10.0.3 (on the rack's link; in rack1 only when the
+//!     benchmark lists it)
 //!     VMs: taps t1, t2 on br1 (nodes n1 10.10.0.50, n2 10.10.0.51)
 //! ```
 //! [`Lab::ready`] brings it to where a VM can boot: rack1 served by A then B, the image
@@ -52,14 +53,9 @@ pub fn head_config(id: u64, data_dir: &Path, wwclient: &Path, wwconf: &Path) -> 
     m.insert("bootstrap".into(), boot);
     let boot = m.get_mut("boot").unwrap().as_mapping_mut().unwrap();
     let dhcp = boot.get_mut("dhcp").unwrap().as_mapping_mut().unwrap();
-    let ifaces = if id <= 2 { "- {name: r0}\n" } else { "- {name: m0}\n" };
-    dhcp.insert("interfaces".into(), serde_yaml_ng::from_str(ifaces).unwrap());
+    dhcp.insert("interfaces".into(), serde_yaml_ng::from_str("- {name: r0}\n").unwrap());
     let tftp = boot.get_mut("tftp").unwrap().as_mapping_mut().unwrap();
-    if id <= 2 {
-        tftp.insert("listen".into(), Value::from(format!("10.10.0.{id}:69")));
-    } else {
-        tftp.insert("enabled".into(), Value::from(false));
-    }
+    tftp.insert("listen".into(), Value::from(format!("10.10.0.{id}:69")));
     let overlays = boot.get_mut("overlays").unwrap().as_mapping_mut().unwrap();
     overlays.insert("wwclient".into(), Value::from(wwclient.display().to_string()));
     // wwclient's update interval (3 s, as overlay_qemu.rs): the test image brings its
@@ -94,10 +90,8 @@ impl Lab {
             let id = i + 1;
             h.veth("m0", Some(&format!("10.0.0.{id}/24")), &sw, &format!("m{id}"), None);
             sw.ok(&format!("ip link set m{id} master brm"));
-            if id <= 2 {
-                h.veth("r0", Some(&format!("10.10.0.{id}/24")), &sw, &format!("r{id}"), None);
-                sw.ok(&format!("ip link set r{id} master br1"));
-            }
+            h.veth("r0", Some(&format!("10.10.0.{id}/24")), &sw, &format!("r{id}"), None);
+            sw.ok(&format!("ip link set r{id} master br1"));
         }
         // The VMs' links: taps on the rack bridge, inside the switch namespace.
         for t in ["t1", "t2"] {
