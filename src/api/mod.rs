@@ -209,6 +209,7 @@ fn head_status_pb(h: HeadStatus) -> pb::HeadStatusReply {
         racks_reported: h.racks_served.is_some(),
         racks_served: h.racks_served.unwrap_or_default(),
         matched: h.matched.into_iter().collect(),
+        version: env!("CARGO_PKG_VERSION").into(),
     }
 }
 

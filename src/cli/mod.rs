@@ -81,6 +81,8 @@ pub enum Top {
     /// Manage racks: boot networks and the heads that serve each, in order.
     #[command(subcommand)]
     Rack(rack::RackCmd),
+    /// Print wwctl's version and every head's.
+    Version,
     /// Configure this head's own services from the host overlay.
     #[command(subcommand)]
     Configure(configure::ConfigureCmd),
@@ -141,8 +143,29 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Overlay(c) => overlay::run(&client, c, fmt, out).await,
         Top::Cluster(c) => cluster_cmd(&client, c, fmt, out).await,
         Top::Rack(c) => rack::run(&client, c, fmt, out).await,
+        Top::Version => version(&client, out).await,
         Top::Configure(c) => configure::run(&client, c, out).await,
     }
+}
+
+/// `wwctl version`: Warewulf's first line, then each head's version (heads answer in a
+/// rolling upgrade with different ones; one that does not answer says so).
+async fn version(client: &Client, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "wwctl version:\t {}", env!("CARGO_PKG_VERSION"))?;
+    match client.cluster_status().await {
+        Ok(st) => {
+            for h in &st.heads {
+                let v = match (&h.status, h.reachable) {
+                    (Some(s), true) if !s.version.is_empty() => s.version.clone(),
+                    (Some(_), true) => "(older than 0.1.0)".into(),
+                    _ => format!("-- (unreachable: {})", h.error),
+                };
+                writeln!(out, "head {} ({}):\t {v}", h.id, h.addr)?;
+            }
+        }
+        Err(e) => writeln!(out, "heads:\t -- ({e})")?,
+    }
+    Ok(())
 }
 
 /// Ask on the terminal; without one, refuse (use -y in scripts).

@@ -634,3 +634,21 @@ async fn rack_add_set_list_delete() {
     );
     c.shutdown().await;
 }
+
+/// `wwctl version`: wwctl's own, then each head's (a rolling upgrade shows mixed ones;
+/// a head that does not answer says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn version_lists_wwctl_and_every_head() {
+    let c = Cluster::start(3, settings()).await;
+    let out = ok(&c, &["version"]).await;
+    let v = env!("CARGO_PKG_VERSION");
+    assert!(out.starts_with(&format!("wwctl version:\t {v}\n")), "{out}");
+    for id in 1..=3 {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("head {id} (")) && l.ends_with(v)),
+            "{out}"
+        );
+    }
+    c.shutdown().await;
+}
