@@ -535,11 +535,7 @@ impl Cluster {
             .await?;
         Ok(match r {
             forward::Either::Local(m) => m,
-            forward::Either::Remote(r, _) => Membership {
-                log_index: r.log_index,
-                voters: r.voters,
-                learners: r.learners,
-            },
+            forward::Either::Remote(r, _) => r.into(),
         })
     }
 
@@ -682,11 +678,7 @@ impl Cluster {
             .await?;
         Ok(match r {
             forward::Either::Local(m) => m,
-            forward::Either::Remote(r, _) => Membership {
-                log_index: r.log_index,
-                voters: r.voters,
-                learners: r.learners,
-            },
+            forward::Either::Remote(r, _) => r.into(),
         })
     }
 
@@ -918,6 +910,17 @@ pub struct Membership {
     pub log_index: u64,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+}
+
+impl From<pb::MembershipReply> for Membership {
+    /// A membership change another head made (the call was forwarded to it).
+    fn from(r: pb::MembershipReply) -> Membership {
+        Membership {
+            log_index: r.log_index,
+            voters: r.voters,
+            learners: r.learners,
+        }
+    }
 }
 
 impl Membership {

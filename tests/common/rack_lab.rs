@@ -173,6 +173,30 @@ impl Lab {
         }
     }
 
+    /// Build the lab, start the three heads and wait for a leader.
+    pub fn up() -> Lab {
+        let mut lab = Lab::build();
+        for i in 0..3 {
+            lab.start(i);
+        }
+        lab.wait("a cluster with a leader", 60, || {
+            let o = lab.wwctl("cluster status");
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Leader")
+        });
+        lab
+    }
+
+    /// rack1 (heads 1 then 2) and its node n1 (client c1's MAC), as docs/OPERATIONS.md
+    /// "Racks" shows; returns n1's MAC.
+    pub fn rack1_with_n1(&self) -> String {
+        self.wwctl_ok("rack add rack1 --network 10.10.0.0/24 --head 1=10.10.0.1 --head 2=10.10.0.2");
+        let mac = self.c1.mac("c0");
+        self.wwctl_ok(&format!(
+            "node add n1 --ipaddr 10.10.0.50 --netmask 255.255.255.0 --hwaddr {mac}"
+        ));
+        mac
+    }
+
     pub fn start(&mut self, i: usize) {
         let id = i as u64 + 1;
         let cfg = self.dir.path().join(format!("wulfd{id}.yaml"));

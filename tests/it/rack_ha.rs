@@ -32,16 +32,9 @@ fn one_answer_per_discover_takeover_by_the_backup_and_a_relayed_rack() {
         eprintln!("SKIP one_answer_per_discover_takeover_by_the_backup_and_a_relayed_rack: {why}");
         return;
     }
-    let mut lab = Lab::build();
-    for i in 0..3 {
-        lab.start(i);
-    }
-    lab.wait("a cluster with a leader", 60, || {
-        let o = lab.wwctl("cluster status");
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Leader")
-    });
+    let mut lab = Lab::up();
     // As in docs/OPERATIONS.md "Racks".
-    lab.wwctl_ok("rack add rack1 --network 10.10.0.0/24 --head 1=10.10.0.1 --head 2=10.10.0.2");
+    lab.rack1_with_n1();
     lab.wwctl_ok(
         "rack add rack2 --network 10.20.0.0/24 --relayed --router 10.20.0.1 --head 2=10.0.0.2 --head 1=10.0.0.1",
     );
@@ -52,10 +45,7 @@ fn one_answer_per_discover_takeover_by_the_backup_and_a_relayed_rack() {
         list.contains("rack1") && list.contains("1=10.10.0.1,2=10.10.0.2"),
         "{list}"
     );
-    let (m1, m2) = (lab.c1.mac("c0"), lab.c2.mac("c0"));
-    lab.wwctl_ok(&format!(
-        "node add n1 --ipaddr 10.10.0.50 --netmask 255.255.255.0 --hwaddr {m1}"
-    ));
+    let m2 = lab.c2.mac("c0");
     lab.wwctl_ok(&format!(
         "node add n2 --ipaddr 10.20.0.50 --netmask 255.255.255.0 --hwaddr {m2}"
     ));
@@ -271,19 +261,8 @@ fn partitions_minority_primary_keeps_its_rack_minority_backup_does_not_take_over
         eprintln!("SKIP partitions_minority_primary_keeps_its_rack_minority_backup_does_not_take_over: {why}");
         return;
     }
-    let mut lab = Lab::build();
-    for i in 0..3 {
-        lab.start(i);
-    }
-    lab.wait("a cluster with a leader", 60, || {
-        let o = lab.wwctl("cluster status");
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Leader")
-    });
-    lab.wwctl_ok("rack add rack1 --network 10.10.0.0/24 --head 1=10.10.0.1 --head 2=10.10.0.2");
-    let m1 = lab.c1.mac("c0");
-    lab.wwctl_ok(&format!(
-        "node add n1 --ipaddr 10.10.0.50 --netmask 255.255.255.0 --hwaddr {m1}"
-    ));
+    let mut lab = Lab::up();
+    lab.rack1_with_n1();
     // Health over the rack link (the management link is what gets cut).
     let rack_health = |lab: &Lab, from: usize, id: u64| -> String {
         let o = lab.heads[from].sh(&format!("curl -s -m 1 http://10.10.0.{id}:9873/health"));
