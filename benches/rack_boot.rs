@@ -229,7 +229,7 @@ fn main() {
         lines.dedup();
         println!(
             "{}-head rack: download fallbacks seen on the console: {}",
-            i + 1,
+            [1, 3][i],
             if lines.is_empty() {
                 "none".to_owned()
             } else {
