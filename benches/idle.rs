@@ -8,6 +8,8 @@
 //!
 //! `cargo bench --bench idle` idles 320 s; under `cargo test` 3 s (a smoke test).
 
+#[path = "../tests/common/lab_heads.rs"]
+mod lab_heads;
 #[path = "../tests/common/netns.rs"]
 mod netns;
 #[path = "../tests/common/rack_lab.rs"]

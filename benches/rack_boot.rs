@@ -20,6 +20,8 @@
 //! lab is built and readied and the rack switched between its two head lists, but no VM
 //! boots (each TCG boot costs ~30 s; the boot itself is tested by tests/it/rack_qemu.rs).
 
+#[path = "../tests/common/lab_heads.rs"]
+mod lab_heads;
 #[path = "../tests/common/netns.rs"]
 mod netns;
 #[path = "../tests/common/qemu_node.rs"]

@@ -6,6 +6,8 @@
 //!
 //! `cargo bench --bench rack_takeover` runs 20 kills; under `cargo test` it runs 2.
 
+#[path = "../tests/common/lab_heads.rs"]
+mod lab_heads;
 #[path = "../tests/common/netns.rs"]
 mod netns;
 #[path = "../tests/common/rack_lab.rs"]

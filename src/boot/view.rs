@@ -367,6 +367,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_node_belongs_to_the_rack_whose_network_holds_its_address() {
+        use crate::state::{Command, RackCommand, RackHead, Request};
+        let mut s = State::default();
+        for (i, (name, net, head)) in [("r1", "10.1.0.0/24", "10.1.0.1"), ("r2", "10.2.0.0/24", "10.2.0.1")]
+            .into_iter()
+            .enumerate()
+        {
+            let rack = Rack {
+                network: net.parse().unwrap(),
+                relayed: false,
+                router: None,
+                dns: vec![],
+                domain: None,
+                lease_secs: None,
+                pool: None,
+                heads: vec![RackHead {
+                    id: i as u64 + 1,
+                    addr: head.parse().unwrap(),
+                }],
+            };
+            let cmd = Command::Rack(RackCommand::Put {
+                name: name.into(),
+                rack,
+                expect: None,
+            });
+            s.apply(i as u64 + 1, &Request { id: None, cmd }).0.unwrap();
+        }
+        let conf = model::parse_nodes_conf(
+            "nodes:\n  a: {network devices: {default: {ipaddr: 10.2.0.77}}}\n  b: {network devices: {default: {ipaddr: 10.3.0.1}}}\n",
+        )
+        .unwrap();
+        s.apply(
+            3,
+            &Request {
+                id: None,
+                cmd: Command::Import { conf },
+            },
+        )
+        .0
+        .unwrap();
+        let v = BootView::from_state(&s, 3);
+        assert_eq!(v.rack_of(&v.nodes["a"]).unwrap().0, "r2");
+        assert!(v.rack_of(&v.nodes["b"]).is_none());
+    }
+
+    #[test]
     fn head_urls_put_the_answering_head_first_and_skip_wildcards() {
         use crate::state::HeadInfo;
         let mut v = BootView::default();

@@ -16,7 +16,6 @@
 //! pool or router outside the network, a head listed twice or a direct rack whose head
 //! address lies outside the network is refused with what to change.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -246,14 +245,6 @@ impl State {
     }
 }
 
-/// The rack whose network holds `ip`, with its name.
-pub fn rack_of(racks: &BTreeMap<String, Versioned<Rack>>, ip: Ipv4Addr) -> Option<(&str, &Rack)> {
-    racks
-        .iter()
-        .find(|(_, r)| r.value.holds(ip))
-        .map(|(n, r)| (n.as_str(), &r.value))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,14 +403,5 @@ mod tests {
         s.apply(3, &del(true)).0.unwrap();
         assert!(s.cluster.racks.is_empty());
         assert!(matches!(s.apply(4, &del(true)).0, Err(CommandError::NotFound { .. })));
-    }
-
-    #[test]
-    fn rack_of_finds_the_rack_by_address() {
-        let mut s = State::default();
-        put(&mut s, 1, "r1", rack("10.1.0.0/24", &[(1, "10.1.0.1")]), None).unwrap();
-        put(&mut s, 2, "r2", rack("10.2.0.0/24", &[(2, "10.2.0.1")]), None).unwrap();
-        assert_eq!(rack_of(&s.cluster.racks, "10.2.0.77".parse().unwrap()).unwrap().0, "r2");
-        assert!(rack_of(&s.cluster.racks, "10.3.0.1".parse().unwrap()).is_none());
     }
 }

@@ -17,7 +17,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use crate::netns::NetNs;
 use crate::qemu_node::image;
@@ -253,32 +252,15 @@ impl Lab {
     }
 
     pub fn wwctl_ok(&self, heads: &str, args: &str) -> String {
-        let o = self.wwctl_at(heads, args);
-        assert!(
-            o.status.success(),
-            "wwctl {args}: {}{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            self.logs()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        crate::lab_heads::ok_output(args, self.wwctl_at(heads, args), || self.logs())
     }
 
     pub fn health(&self, id: u64) -> String {
-        let o = self.sw.sh(&format!("curl -s -m 1 http://10.0.0.{id}:9873/health"));
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        crate::lab_heads::health(&self.sw, id)
     }
 
-    pub fn wait(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-        let t = Instant::now();
-        while !f() {
-            assert!(
-                t.elapsed() < Duration::from_secs(secs),
-                "timed out after {secs} s waiting for {what}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    pub fn wait(&self, what: &str, secs: u64, f: impl FnMut() -> bool) {
+        crate::lab_heads::wait(what, secs, || self.logs(), f)
     }
 
     /// Bytes head A has sent to `client` on its HTTP port and the client acknowledged,

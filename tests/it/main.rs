@@ -4,6 +4,8 @@ mod dhclient;
 #[path = "../common/dhcp_lab.rs"]
 mod dhcp_lab;
 mod harness;
+#[path = "../common/lab_heads.rs"]
+mod lab_heads;
 #[path = "../common/netns.rs"]
 mod netns;
 #[path = "../common/netns_pair.rs"]

@@ -151,12 +151,6 @@ impl From<String> for Listen {
     }
 }
 
-/// Bind the configured address (the first, for callers that serve one socket).
-pub fn bind(cfg: &TftpConfig) -> Result<UdpSocket, TftpError> {
-    cfg.validate()?;
-    UdpSocket::bind(cfg.listen.addrs()[0]).map_err(TftpError::Socket)
-}
-
 /// Bind one listen address.
 pub fn bind_addr(addr: &str) -> Result<UdpSocket, TftpError> {
     UdpSocket::bind(addr).map_err(TftpError::Socket)
