@@ -23,6 +23,7 @@ mod registry;
 
 mod artifacts;
 mod boot_http;
+mod chaos_checker;
 mod cli;
 mod cluster;
 mod dhcp;
