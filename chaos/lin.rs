@@ -79,7 +79,7 @@ pub fn check(history: &[Op], initial: &BTreeMap<String, String>) -> Vec<Violatio
     }
     by_key
         .into_iter()
-        .filter_map(|(k, ops)| check_key(k, &ops, initial.get(k).cloned()).err())
+        .filter_map(|(k, ops)| check_key(k, &ops, initial.get(k).cloned()).err().map(|v| *v))
         .collect()
 }
 
@@ -152,7 +152,7 @@ impl Events {
     }
 }
 
-fn check_key(key: &str, ops: &[&Op], initial: Option<String>) -> Result<(), Violation> {
+fn check_key(key: &str, ops: &[&Op], initial: Option<String>) -> Result<(), Box<Violation>> {
     // Values as small integers: 0 is "empty".
     let mut ids: HashMap<String, u32> = HashMap::new();
     let mut id = |v: &Option<String>| -> u32 {
@@ -210,12 +210,12 @@ fn check_key(key: &str, ops: &[&Op], initial: Option<String>) -> Result<(), Viol
                 stuck = op;
             }
             let Some((last, prev_state)) = stack.pop() else {
-                return Err(Violation {
+                return Err(Box::new(Violation {
                     key: key.to_owned(),
                     stuck_at: ops[stuck].clone(),
                     linearized: best,
                     ops: ops.len(),
-                });
+                }));
             };
             linearized[last / 64] &= !(1 << (last % 64));
             state = prev_state;

@@ -295,6 +295,15 @@ impl Client {
         .await
     }
 
+    /// The first head that answers: its applied index and state digest (ask a client of
+    /// one head to learn that head's).
+    pub async fn state_digest(&self) -> Result<pb::StateDigestReply, ClientError> {
+        self.retry(Spread::OneAtATime, |mut c, t| async move {
+            c.state_digest(timed(pb::Empty {}, t)).await
+        })
+        .await
+    }
+
     pub async fn add_head(&self, id: u64, addr: &str, learner_only: bool) -> Result<pb::MembershipReply, ClientError> {
         self.retry(Spread::Hedged, |mut c, t| {
             let addr = addr.to_string();

@@ -32,6 +32,10 @@ pub enum ClusterCmd {
     Promote { id: u64 },
     /// Remove a head from the cluster (a dead one too).
     Remove { id: u64 },
+    /// Ask every head for its applied index and a digest of its replicated state; succeed
+    /// when all hold the same state at the same index (waits up to --timeout for
+    /// lagging heads to catch up).
+    Verify,
 }
 
 pub(super) async fn cluster_cmd(
@@ -46,6 +50,7 @@ pub(super) async fn cluster_cmd(
             output::cluster_status(&st, fmt.unwrap_or(Format::Table), out)
         }
         ClusterCmd::Join { id, addr, learner } => join(client, id, &addr, learner, out).await,
+        ClusterCmd::Verify => verify(client, fmt, out).await,
         ClusterCmd::Promote { id } => {
             let r = client.promote_head(id, false).await?;
             writeln!(
@@ -85,6 +90,90 @@ pub(super) async fn cluster_cmd(
             }
             Ok(())
         }
+    }
+}
+
+/// How often `cluster verify` asks again while heads are at different indexes.
+const VERIFY_POLL: Duration = Duration::from_millis(300);
+
+/// Every member's (applied index, state digest), asked of each head itself; asked again
+/// while the heads that answered are at different indexes (writes in flight, a head
+/// catching up), until they agree or the command's time is up.
+async fn verify(client: &Client, fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
+    let end = client
+        .ends_at()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(15))
+        .checked_sub(Duration::from_millis(300))
+        .unwrap_or_else(Instant::now);
+    let st = client.cluster_status().await?;
+    let heads: Vec<(u64, String)> = st.heads.iter().map(|h| (h.id, h.addr.clone())).collect();
+    loop {
+        let budget = end
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(200));
+        let asks = heads.iter().map(|(id, addr)| {
+            let c = Client::new(vec![addr.clone()]).with_deadline(budget.min(Duration::from_secs(3)));
+            async move { (*id, addr.clone(), c.state_digest().await) }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let rows: Vec<output::DigestRow> = answers
+            .iter()
+            .map(|(id, addr, r)| match r {
+                Ok(d) => output::DigestRow {
+                    id: *id,
+                    addr: addr.clone(),
+                    applied: Some(d.applied_index),
+                    digest: Some(d.digest.clone()),
+                    error: String::new(),
+                },
+                Err(e) => output::DigestRow {
+                    id: *id,
+                    addr: addr.clone(),
+                    applied: None,
+                    digest: None,
+                    error: e.to_string(),
+                },
+            })
+            .collect();
+        let answered: Vec<&output::DigestRow> = rows.iter().filter(|r| r.applied.is_some()).collect();
+        let same_index = answered.windows(2).all(|w| w[0].applied == w[1].applied);
+        let all = answered.len() == rows.len();
+        if (same_index && all) || Instant::now() >= end {
+            output::state_digests(&rows, fmt.unwrap_or(Format::Table), out)?;
+            if !all {
+                let down: Vec<String> = rows
+                    .iter()
+                    .filter(|r| r.applied.is_none())
+                    .map(|r| r.id.to_string())
+                    .collect();
+                bail!(
+                    "head(s) {} did not answer; the state could not be compared on every head (check `wwctl cluster status`)",
+                    down.join(", ")
+                );
+            }
+            if !same_index {
+                bail!("the heads are still at different applied indexes; run again (or with a longer --timeout) once writes settle");
+            }
+            let first = &answered[0];
+            if let Some(other) = answered.iter().find(|r| r.digest != first.digest) {
+                bail!(
+                    "heads {} and {} hold DIFFERENT states at index {}: the replicas diverged; keep their data dirs for analysis and report it",
+                    first.id,
+                    other.id,
+                    first.applied.unwrap_or(0)
+                );
+            }
+            if fmt.is_none() {
+                writeln!(
+                    out,
+                    "all {} heads hold the same state at index {}",
+                    rows.len(),
+                    first.applied.unwrap_or(0)
+                )?;
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(VERIFY_POLL).await;
     }
 }
 

@@ -183,6 +183,40 @@ pub fn list(
     Ok(())
 }
 
+/// One head's answer to `cluster verify`.
+#[derive(Debug, serde::Serialize)]
+pub struct DigestRow {
+    pub id: u64,
+    pub addr: String,
+    pub applied: Option<u64>,
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// `wwctl cluster verify`: a table of heads, applied index and state digest.
+pub fn state_digests(rows: &[DigestRow], fmt: Format, out: &mut dyn Write) -> Result<()> {
+    match fmt {
+        Format::Table => {
+            let lines = rows.iter().map(|r| {
+                vec![
+                    r.id.to_string(),
+                    r.addr.clone(),
+                    r.applied.map_or_else(|| "--".to_string(), |a| a.to_string()),
+                    r.digest.clone().unwrap_or_else(|| r.error.clone()),
+                ]
+            });
+            out.write_all(table(&["HEAD", "ADDRESS", "APPLIED", "STATE DIGEST"], lines).as_bytes())?;
+        }
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, rows)?;
+            writeln!(out)?;
+        }
+        Format::Yaml => out.write_all(serde_yaml_ng::to_string(rows)?.as_bytes())?,
+    }
+    Ok(())
+}
+
 pub fn cluster_status(st: &ClusterStatusReply, fmt: Format, out: &mut dyn Write) -> Result<()> {
     #[derive(serde::Serialize)]
     struct Row<'a> {

@@ -711,6 +711,16 @@ impl Cluster {
     }
 
     /// This head's own view of Raft.
+    /// This head's applied index and the digest of its state at that index: heads that
+    /// hold the same state at the same index give the same digest.
+    pub fn state_digest(&self) -> (u64, String) {
+        let (index, bytes) = self
+            .inner
+            .sm
+            .read_with_applied(|s, applied| (applied.map_or(0, |l| l.index), s.canonical_bytes()));
+        (index, crate::state::state_digest(&bytes))
+    }
+
     pub fn head_status(&self) -> HeadStatus {
         // Before the metrics: the artifact counts then reflect at least this index.
         let artifacts = self.inner.artifacts.get().map(|sync| {

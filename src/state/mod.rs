@@ -180,6 +180,29 @@ impl State {
     pub fn initialised(&self) -> bool {
         !self.cluster.name.is_empty()
     }
+
+    /// The canonical bytes of what [`PartialEq`] compares (everything replicated except
+    /// the exactly-once memory, whose HashMap has no fixed order): equal states give
+    /// equal bytes, as every map is ordered. Hash them outside any lock
+    /// ([`state_digest`]); `wwctl cluster verify` and the chaos suite compare heads so.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&(
+            &self.cluster,
+            &self.nodes,
+            &self.profiles,
+            &self.images,
+            &self.overlays,
+            &self.pool,
+            &self.ssh,
+        ))
+        .expect("the state serializes (it is written to snapshots the same way)")
+    }
+}
+
+/// SHA-256 (hex) of [`State::canonical_bytes`].
+pub fn state_digest(canonical: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(canonical).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A command with the client's request id (for exactly-once retries).

@@ -142,7 +142,7 @@ fn random_history(seed: u64, clients: usize, per_client: usize) -> (Vec<Op>, Vec
             let call = t;
             let len = 1 + next(&mut s) % 200;
             let at = call + next(&mut s) % len;
-            let write = next(&mut s) % 2 == 0;
+            let write = next(&mut s).is_multiple_of(2);
             let kind = if write {
                 OpKind::Write(format!("c{c}-{i}"))
             } else {

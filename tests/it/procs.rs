@@ -76,6 +76,10 @@ fn three_wulfd_processes_survive_sigkill_of_leader_and_of_all() {
     let st = status_json(&p.addrs[survivor]);
     let dead = &st["heads"][leader];
     assert_eq!(dead["reachable"], false, "{st}");
+    // `cluster verify` cannot vouch for a head that does not answer, and says which.
+    let (verified, out, err) = wwctl(&all, &["--timeout", "3", "cluster", "verify"]);
+    assert!(!verified, "verify passed with head {} dead: {out}", leader + 1);
+    assert!(err.contains(&format!("head(s) {} did not answer", leader + 1)), "{err}");
 
     // Restart it: it catches up.
     p.spawn(leader);
@@ -93,6 +97,19 @@ fn three_wulfd_processes_survive_sigkill_of_leader_and_of_all() {
     let mut want = written.clone();
     want.sort();
     assert_eq!(node_names(&ok(&addr, &["node", "list"])), want);
+    let verified = ok(&all, &["cluster", "verify"]);
+    assert!(
+        verified.contains("all 3 heads hold the same state at index"),
+        "{verified}"
+    );
+    let digests: Vec<&str> = verified
+        .lines()
+        .skip(1)
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(digests.len(), 3, "{verified}");
+    assert!(digests.iter().all(|d| d.len() == 64 && *d == digests[0]), "{verified}");
 
     // SIGKILL every head at once, restart all: every acknowledged write is there.
     for i in 0..3 {
@@ -108,6 +125,11 @@ fn three_wulfd_processes_survive_sigkill_of_leader_and_of_all() {
     assert_eq!(node_names(&listed), want, "logs:\n{}", p.log(0));
     let comment = ok(&all, &["node", "list", "-a", "via0"]);
     assert!(comment.contains("changed"), "{comment}");
+    let verified = ok(&all, &["cluster", "verify"]);
+    assert!(
+        verified.contains("all 3 heads hold the same state at index"),
+        "{verified}"
+    );
 }
 
 /// A rack that lists a head whose DHCP is off is served by its other heads; the head
