@@ -120,6 +120,8 @@ pub struct Lab {
     pub c3: NetNs,
     pub dir: tempfile::TempDir,
     pub pids: Vec<Option<u32>>,
+    /// Per head: argv put before `timeout … wulfd` (e.g. `env LD_PRELOAD=…`), empty by default.
+    pub wrap: Vec<Vec<String>>,
 }
 
 impl Lab {
@@ -170,6 +172,7 @@ impl Lab {
             c3,
             dir: tempfile::tempdir().unwrap(),
             pids: vec![None; 3],
+            wrap: vec![vec![]; 3],
         }
     }
 
@@ -202,16 +205,15 @@ impl Lab {
         let cfg = self.dir.path().join(format!("wulfd{id}.yaml"));
         std::fs::write(&cfg, head_config(id, &self.dir.path().join(format!("data{id}")))).unwrap();
         let log = self.dir.path().join(format!("wulfd{id}.log"));
-        let pid = self.heads[i].spawn(
-            &[
-                "timeout",
-                "600",
-                env!("CARGO_BIN_EXE_wulfd"),
-                "--config",
-                cfg.to_str().unwrap(),
-            ],
-            Some(&log),
-        );
+        let mut argv: Vec<&str> = self.wrap[i].iter().map(String::as_str).collect();
+        argv.extend([
+            "timeout",
+            "600",
+            env!("CARGO_BIN_EXE_wulfd"),
+            "--config",
+            cfg.to_str().unwrap(),
+        ]);
+        let pid = self.heads[i].spawn(&argv, Some(&log));
         self.pids[i] = Some(pid);
     }
 
