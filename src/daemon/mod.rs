@@ -58,6 +58,11 @@ pub enum DaemonError {
     Raft(String),
     #[error("gRPC server failed: {0}")]
     Serve(String),
+    #[error(
+        "Raft stopped on this head ({0}); wulfd exits so that its service manager starts it again \
+         (systemd: Restart=on-failure). If the data disk is full, free space in the data directory first"
+    )]
+    RaftStopped(String),
 }
 
 /// The sockets a head serves on, bound by the caller (tests bind port 0).
@@ -99,6 +104,8 @@ pub struct Head {
     pub parts: Parts,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Set when Raft stopped on its own (a storage error: the disk full, say).
+    fatal: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Head {
@@ -236,6 +243,7 @@ impl Head {
         tracing::info!(id = cfg.id, "serving");
 
         tokio::spawn(liveness.clone().run(parts.view.clone(), stop.clone().cancelled_owned()));
+        let fatal = watch_raft(&raft, stop.clone());
         track_readiness(&parts, stop.clone());
         start_tftp(&cfg, &stop);
         start_dhcp(&cfg, &parts, &stop);
@@ -252,7 +260,12 @@ impl Head {
                 bootstrap(&cluster, &cfg).await?;
             }
         }
-        Ok(Head { parts, server, http })
+        Ok(Head {
+            parts,
+            server,
+            http,
+            fatal,
+        })
     }
 
     /// Wait for the gRPC server to stop (after the shutdown future fired), then stop Raft.
@@ -262,11 +275,44 @@ impl Head {
             tracing::warn!("HTTP server: {e}");
         }
         let _ = self.parts.cluster.raft().shutdown().await;
+        if let Some(f) = self.fatal.get() {
+            return Err(DaemonError::RaftStopped(f.clone()));
+        }
         match served {
             Ok(r) => r.map_err(|e| DaemonError::Serve(e.to_string())),
             Err(e) => Err(DaemonError::Serve(format!("server task failed: {e}"))),
         }
     }
+}
+
+/// openraft stops a head's Raft for good on a storage error (a write to a full disk, an
+/// I/O error): the process would stay up with its ports open yet never vote or apply
+/// again, even once the disk has room (the chaos suite's disk-full scenario found two
+/// such heads leave the cluster without a majority). So a stopped Raft stops the head:
+/// shutdown is triggered, `Head::join` returns [`DaemonError::RaftStopped`] and `wulfd`
+/// exits 1 for its service manager to restart it, which reopens the store from disk.
+fn watch_raft(raft: &Raft, stop: CancellationToken) -> Arc<std::sync::OnceLock<String>> {
+    let fatal: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let mut metrics = raft.metrics();
+    let out = fatal.clone();
+    tokio::spawn(async move {
+        loop {
+            let state = metrics.borrow().running_state.clone();
+            if let Err(f) = state {
+                if !stop.is_cancelled() {
+                    tracing::error!("Raft stopped on this head: {f}; stopping wulfd so that it can be restarted");
+                    let _ = out.set(f.to_string());
+                    stop.cancel();
+                }
+                return;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = metrics.changed() => if r.is_err() { return },
+            }
+        }
+    });
+    fatal
 }
 
 /// sled locks its directory; a head restarted in the same process (tests) may
