@@ -13,6 +13,9 @@
 #[path = "../tests/common/proc_cluster.rs"]
 mod proc_cluster;
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -132,6 +135,19 @@ fn main() {
 
     let total = (blobs * size) as f64 / (1024.0 * 1024.0);
     let secs = |d: Duration| d.as_secs_f64();
+    report::record(
+        &report::Figure {
+            bench: "artifact_sync",
+            measure: &format!("a returning head fetches {total:.0} MiB of new blobs: start → 0 missing"),
+            unit: "s",
+            better: report::Better::Lower,
+            wulfpack: secs(sync),
+            spread: None,
+            anchor: Some(("curl + sync of the same blobs from one head", secs(copy))),
+            goal: "",
+        },
+        full,
+    );
     println!("| what | wulfpack | anchor | ratio |");
     println!("|---|---|---|---|");
     println!(

@@ -10,6 +10,8 @@
 
 #[path = "../tests/common/proc_cluster.rs"]
 mod proc_cluster;
+#[path = "common/report.rs"]
+mod report;
 
 use std::path::Path;
 use std::time::Duration;
@@ -98,6 +100,19 @@ fn main() {
     println!("| measure | healthy (anchor) | hung head listed first | ratio |");
     println!("|---|---|---|---|");
     let row = |what: &str, a: Duration, b: Duration| {
+        report::record(
+            &report::Figure {
+                bench: "hung",
+                measure: &format!("{what}, a hung head listed first"),
+                unit: "ms",
+                better: report::Better::Lower,
+                wulfpack: b.as_secs_f64() * 1000.0,
+                spread: None,
+                anchor: Some(("healthy cluster", a.as_secs_f64() * 1000.0)),
+                goal: "",
+            },
+            full,
+        );
         println!(
             "| {what} | {} | {} | {:.2}× |",
             ms(a),

@@ -15,6 +15,9 @@ mod netns;
 #[path = "../tests/common/rack_lab.rs"]
 mod rack_lab;
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::time::{Duration, Instant};
 
 use netns::skip_reason;
@@ -85,6 +88,32 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" / ")
     };
+    report::record(
+        &report::Figure {
+            bench: "idle",
+            measure: &format!("Raft entries per minute, idle 3-head cluster with DHCP and racks ({secs:.0} s)"),
+            unit: "entries/min",
+            better: report::Better::Lower,
+            wulfpack: per_min,
+            spread: None,
+            anchor: None,
+            goal: "a few per minute",
+        },
+        full,
+    );
+    report::record(
+        &report::Figure {
+            bench: "idle",
+            measure: "log lines while idle (3 heads)",
+            unit: "lines",
+            better: report::Better::Lower,
+            wulfpack: logged as f64,
+            spread: None,
+            anchor: None,
+            goal: "none",
+        },
+        full,
+    );
     println!("| what | result | goal |");
     println!("|---|---|---|");
     println!(

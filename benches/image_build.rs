@@ -14,6 +14,8 @@
 //! `WULFPACK_IMAGE_BENCH_CHILD` set) so that its peak RSS (`VmHWM` from `/proc/self/status`)
 //! is its own, and so both contenders pay process start-up alike.
 
+#[path = "common/report.rs"]
+mod report;
 #[path = "common/root.rs"]
 mod root;
 
@@ -277,6 +279,40 @@ fn full_run(threads: usize) {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let secs3 = |v: &[Duration]| {
+        let (m, lo, hi) = report::stats(&v.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>());
+        (m, Some((lo, hi)))
+    };
+    let (ow, os) = secs3(&ours_t);
+    report::record(
+        &report::Figure {
+            bench: "image_build",
+            measure: &format!(
+                "image build (cpio.gz, level {LEVEL}) of a {:.0} MB Debian root",
+                mb(fbytes)
+            ),
+            unit: "s",
+            better: report::Better::Lower,
+            wulfpack: ow,
+            spread: os,
+            anchor: Some(("find | cpio | pigz", secs3(&base_t).0)),
+            goal: "≤ 0.40× the anchor's time (≥ 2.5×)",
+        },
+        true,
+    );
+    report::record(
+        &report::Figure {
+            bench: "image_build",
+            measure: "image build: archive size",
+            unit: "MB",
+            better: report::Better::Lower,
+            wulfpack: mb(ours.stats.bytes_out),
+            spread: None,
+            anchor: Some(("find | cpio | pigz", mb(base_size))),
+            goal: "≤ 1.02× the anchor's size",
+        },
+        true,
+    );
     println!("## Image build: wulfpack vs find | cpio -o -H newc | pigz\n");
     println!(
         "Tree: `{}` ({nfiles} regular files, {:.0} MB of file data; {} archive entries). gzip level {LEVEL}, \

@@ -16,6 +16,8 @@
 mod proc_cluster;
 #[path = "../tests/common/registry.rs"]
 mod registry;
+#[path = "common/report.rs"]
+mod report;
 #[allow(dead_code)] // shared with the build benchmark
 #[path = "common/root.rs"]
 mod root;
@@ -109,6 +111,19 @@ async fn main() {
     }
     let (o, s) = (median(ours), median(theirs));
     let mbs = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64();
+    report::record(
+        &report::Figure {
+            bench: "image_import",
+            measure: &format!("registry pull of {:.0} MB (gzip layers)", bytes as f64 / 1e6),
+            unit: "s",
+            better: report::Better::Lower,
+            wulfpack: o.as_secs_f64(),
+            spread: None,
+            anchor: Some(("skopeo copy", s.as_secs_f64())),
+            goal: "",
+        },
+        full,
+    );
     println!(
         "| registry pull of {:.0} MB (gzip layer), median of {runs} | wulfpack {} ({:.0} MB/s) | skopeo copy {} ({:.0} MB/s) | ratio {:.2}× skopeo's time |",
         bytes as f64 / 1e6,

@@ -13,6 +13,9 @@
 //! `cargo bench --bench overlay_build` runs 10,000 nodes; without `--bench` (as `cargo
 //! test --benches` runs it) 200 nodes check the harness.
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -207,6 +210,32 @@ fn main() {
                 .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
         })
         .unwrap_or_default();
+    report::record(
+        &report::Figure {
+            bench: "overlay_build",
+            measure: &format!("system + runtime overlays of {n} nodes, cold"),
+            unit: "s",
+            better: report::Better::Lower,
+            wulfpack: cold,
+            spread: None,
+            anchor: Some(("Warewulf, published (13 s / 1,000 nodes, PR #1604)", anchor)),
+            goal: "",
+        },
+        full,
+    );
+    report::record(
+        &report::Figure {
+            bench: "overlay_build",
+            measure: "one node's tag changed: its next system + runtime request",
+            unit: "ms",
+            better: report::Better::Lower,
+            wulfpack: one_node * 1000.0,
+            spread: None,
+            anchor: None,
+            goal: "≤ 50 ms",
+        },
+        full,
+    );
     println!("| measure | wulfpack | anchor | ratio |");
     println!("|---|---|---|---|");
     println!(

@@ -31,6 +31,9 @@ mod rack_qemu_lab;
 #[path = "../tests/common/registry.rs"]
 mod registry;
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::time::Instant;
 
 use qemu_node::{qemu_boot_prerequisites, Vm};
@@ -162,6 +165,19 @@ fn main() {
     // The table (docs/PERFORMANCE.md).
     let p50_init = |v: &[Boot]| p50(&v.iter().map(Boot::init).collect::<Vec<_>>());
     let (one, two) = (p50_init(&by_heads[0]), p50_init(&by_heads[1]));
+    report::record(
+        &report::Figure {
+            bench: "rack_boot",
+            measure: "healthy QEMU boot (start → `/init`), 3-head rack",
+            unit: "s",
+            better: report::Better::Lower,
+            wulfpack: two,
+            spread: Some((min(&by_heads[1]), max(&by_heads[1]))),
+            anchor: Some(("1-head rack, same run", one)),
+            goal: "ratio 0.90–1.10",
+        },
+        full,
+    );
     println!();
     println!("| measure | result | goal |");
     println!("|---|---|---|");
@@ -184,6 +200,23 @@ fn main() {
         let hit: Vec<f64> = rows.iter().map(|f| f.hit).collect();
         let healthy: Vec<f64> = rows.iter().map(|f| f.healthy).collect();
         let after: Vec<f64> = rows.iter().map(|f| f.after_kill - f.healthy).collect();
+        report::record(
+            &report::Figure {
+                bench: "rack_boot",
+                measure: "extra boot time when the head dies mid-image",
+                unit: "s",
+                better: report::Better::Lower,
+                wulfpack: p50(&extra),
+                spread: Some((
+                    extra.iter().cloned().fold(f64::INFINITY, f64::min),
+                    extra.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                )),
+                anchor: None,
+                goal: "measure",
+            },
+            full,
+        );
+
         println!(
             "| extra boot time of a VM whose head died mid-image: image request → `/init`, killed vs served by B alone ({} runs{}) | p50 **{:.1} s** (min {:.1}, max {:.1}); p50 {:.1} s killed vs {:.1} s healthy; after the kill p50 {:.1} s more than healthy | — (issue: measure) |",
             extra.len(),

@@ -13,6 +13,9 @@ mod netns;
 #[path = "../tests/common/rack_lab.rs"]
 mod rack_lab;
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::time::{Duration, Instant};
 
 use netns::skip_reason;
@@ -66,6 +69,32 @@ fn main() {
     }
     took.sort();
     let pct = |p: f64| took[((took.len() as f64 * p).ceil() as usize).clamp(1, took.len()) - 1];
+    report::record(
+        &report::Figure {
+            bench: "rack_takeover",
+            measure: "rack takeover: SIGKILL of the primary → first ACK from the backup, p50",
+            unit: "s",
+            better: report::Better::Lower,
+            wulfpack: pct(0.5).as_secs_f64(),
+            spread: Some((took[0].as_secs_f64(), took.last().unwrap().as_secs_f64())),
+            anchor: None,
+            goal: "≤ 3 s",
+        },
+        full,
+    );
+    report::record(
+        &report::Figure {
+            bench: "rack_takeover",
+            measure: "rack takeover: SIGKILL of the primary → first ACK from the backup, p99",
+            unit: "s",
+            better: report::Better::Lower,
+            wulfpack: pct(0.99).as_secs_f64(),
+            spread: None,
+            anchor: None,
+            goal: "≤ 3 s",
+        },
+        full,
+    );
     println!("| what | result | goal |");
     println!("|---|---|---|");
     println!(

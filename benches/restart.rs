@@ -18,6 +18,8 @@
 mod nodes;
 #[path = "../tests/common/proc_cluster.rs"]
 mod proc_cluster;
+#[path = "common/report.rs"]
+mod report;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -204,6 +206,31 @@ fn rss(pid: u32) -> u64 {
     kib * 1024
 }
 
+/// One figure of this benchmark (recorded in full runs only).
+fn fig(measure: &str, unit: &str, v: f64, spread: Option<(f64, f64)>, goal: &str) {
+    report::record(
+        &report::Figure {
+            bench: "restart",
+            measure,
+            unit,
+            better: report::Better::Lower,
+            wulfpack: v,
+            spread,
+            anchor: None,
+            goal,
+        },
+        std::env::args().any(|a| a == "--bench"),
+    );
+}
+
+/// Max and min of per-head RSS, MiB.
+fn rss_fig(measure: &str, v: &[u64], goal: &str) {
+    let m = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let max = v.iter().copied().max().unwrap_or(0);
+    let min = v.iter().copied().min().unwrap_or(0);
+    fig(measure, "MiB", m(max), Some((m(min), m(max))), goal);
+}
+
 fn rss_all(p: &ProcCluster) -> Vec<u64> {
     (0..p.addrs.len()).map(|i| rss(p.pid(i).unwrap())).collect()
 }
@@ -344,6 +371,16 @@ fn real_processes(s: &Sizes, line: &mut impl FnMut(String)) {
         .map(|i| dir_bytes(&p.dir.path().join(format!("data{i}"))))
         .collect();
 
+    rss_fig(
+        &format!("RSS per head (max), {} nodes", s.nodes),
+        &rss_before,
+        "≤ 150 MiB",
+    );
+    rss_fig(
+        &format!("RSS per head (max), {} nodes after {} bulk sets", s.nodes, s.bulk_sets),
+        &rss_after,
+        "",
+    );
     line(format!(
         "| RSS per head: empty / {} nodes / after {} bulk sets | {} / {} / {} |",
         s.nodes,
@@ -375,6 +412,13 @@ fn real_processes(s: &Sizes, line: &mut impl FnMut(String)) {
     p.spawn(f);
     let follower = first_write(&p.addrs[f], started, Duration::from_secs(120), "follower restart");
     let rss_restarted = rss(p.pid(f).unwrap());
+    fig(
+        "follower restart after the history → first write through it",
+        "s",
+        follower.as_secs_f64(),
+        None,
+        "≤ 2 s",
+    );
     line(format!(
         "| follower restart after the history: process start → first `wwctl node set` through it | {} (RSS then {}) |",
         ms(follower),
@@ -390,6 +434,13 @@ fn real_processes(s: &Sizes, line: &mut impl FnMut(String)) {
     }
     let last_started = Instant::now();
     let everyone = first_write(&all, last_started, Duration::from_secs(180), "all restart");
+    fig(
+        "restart of all heads → first write",
+        "s",
+        everyone.as_secs_f64(),
+        None,
+        "≤ 3 s",
+    );
     line(format!(
         "| restart of all heads: last process start → first `wwctl node set` | {} |",
         ms(everyone)

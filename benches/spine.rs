@@ -15,6 +15,8 @@
 mod nodes;
 #[path = "../tests/common/proc_cluster.rs"]
 mod proc_cluster;
+#[path = "common/report.rs"]
+mod report;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -161,9 +163,21 @@ async fn failovers(p: &mut ProcCluster, client: &Client, rounds: usize, writers:
     out
 }
 
-fn failover_line(rounds: &[(Duration, u64)], writers: usize) -> String {
+fn failover_line(rounds: &[(Duration, u64)], writers: usize, full: bool) -> String {
     let mut gaps: Vec<Duration> = rounds.iter().map(|r| r.0).collect();
     gaps.sort();
+    let secs = |d: Duration| d.as_secs_f64();
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        fig(
+            &format!("failover: writes again after SIGKILL of the leader, {name} ({writers} background writers)"),
+            "s",
+            report::Better::Lower,
+            secs(pct(&gaps, q)),
+            Some((secs(gaps[0]), secs(*gaps.last().unwrap()))),
+            "≤ 2 s",
+            full,
+        );
+    }
     let extra = rounds.iter().filter(|r| r.1 > 1).count();
     let over = gaps.iter().filter(|g| **g > Duration::from_secs(2)).count();
     format!(
@@ -175,6 +189,23 @@ fn failover_line(rounds: &[(Duration, u64)], writers: usize) -> String {
         over,
         extra
     )
+}
+
+/// One figure of this benchmark (no anchor: Raft itself is the measure).
+fn fig(measure: &str, unit: &str, better: report::Better, v: f64, spread: Option<(f64, f64)>, goal: &str, full: bool) {
+    report::record(
+        &report::Figure {
+            bench: "spine",
+            measure,
+            unit,
+            better,
+            wulfpack: v,
+            spread,
+            anchor: None,
+            goal,
+        },
+        full,
+    );
 }
 
 async fn leader(client: &Client) -> usize {
@@ -243,7 +274,7 @@ async fn main() {
     }
     if only_failover {
         let rounds = failovers(&mut p, &client, s.failovers, writers).await;
-        line(failover_line(&rounds, writers));
+        line(failover_line(&rounds, writers, full));
         return;
     }
 
@@ -261,6 +292,26 @@ async fn main() {
         lat.push(t.elapsed());
     }
     lat.sort();
+    let msf = |d: Duration| d.as_secs_f64() * 1000.0;
+    use report::Better::{Higher, Lower};
+    fig(
+        "Raft write latency, 1 writer, p50",
+        "ms",
+        Lower,
+        msf(pct(&lat, 0.5)),
+        None,
+        "",
+        full,
+    );
+    fig(
+        "Raft write latency, 1 writer, p99",
+        "ms",
+        Lower,
+        msf(pct(&lat, 0.99)),
+        None,
+        "",
+        full,
+    );
     line(format!(
         "| Raft write latency, 1 writer ({} writes) | p50 {} | p99 {} |",
         s.seq_writes,
@@ -297,6 +348,15 @@ async fn main() {
     let el = t.elapsed();
     lat.sort();
     let n = s.par_writers * s.par_writes_each;
+    fig(
+        &format!("Raft write throughput, {} concurrent writers", s.par_writers),
+        "writes/s",
+        Higher,
+        n as f64 / el.as_secs_f64(),
+        None,
+        "",
+        full,
+    );
     line(format!(
         "| Raft write throughput, {} writers ({} writes) | {:.0} writes/s | p50 {} p99 {} |",
         s.par_writers,
@@ -342,6 +402,15 @@ async fn main() {
     let set: Vec<Duration> = (0..s.cli_runs)
         .map(|i| wwctl(&all, &["node", "set", "n00042", "-y", "--comment", &format!("c{i}")]))
         .collect();
+    fig(
+        &format!("`wwctl node set` of one node at {} nodes (whole process)", s.nodes),
+        "ms",
+        Lower,
+        msf(median(set.clone())),
+        None,
+        "",
+        full,
+    );
     line(format!(
         "| `wwctl node set` of one node at {} nodes (median of {}) | {} |",
         s.nodes,
@@ -349,6 +418,15 @@ async fn main() {
         ms(median(set))
     ));
     let list: Vec<Duration> = (0..s.cli_runs).map(|_| wwctl(&all, &["node", "list"])).collect();
+    fig(
+        &format!("`wwctl node list` of {} nodes (whole process)", s.nodes),
+        "ms",
+        Lower,
+        msf(median(list.clone())),
+        None,
+        "",
+        full,
+    );
     line(format!(
         "| `wwctl node list` of {} nodes (median of {}) | {} |",
         s.nodes,
@@ -366,6 +444,6 @@ async fn main() {
 
     // 4. Failover: SIGKILL the leader, time until a write is accepted again.
     let rounds = failovers(&mut p, &client, s.failovers, writers).await;
-    line(failover_line(&rounds, writers));
+    line(failover_line(&rounds, writers, full));
     let _ = report;
 }

@@ -41,6 +41,9 @@ pub enum Fault {
     /// The head's wall clock jumps by this many seconds (libfaketime), monotonic time
     /// untouched.
     ClockJump(Role, i64),
+    /// Every fsync/fdatasync/sync_file_range of the head takes this many more ms
+    /// (`chaos/slowfsync.c`, preloaded).
+    SlowFsync(Role, u32),
 }
 
 impl Fault {
@@ -56,6 +59,7 @@ impl Fault {
             Fault::DiskFull(r) => format!("full disk on {r:?}"),
             Fault::CorruptBlob(r) => format!("corrupted CAS blob on {r:?}"),
             Fault::ClockJump(r, s) => format!("clock jump {s:+} s on {r:?}"),
+            Fault::SlowFsync(r, ms) => format!("fsync {ms} ms slower on {r:?}"),
         }
     }
 
@@ -68,6 +72,7 @@ impl Fault {
             Fault::ClockJump(..) => faketime_lib()
                 .is_none()
                 .then(|| "libfaketime is not installed (apt-get install faketime)".to_owned()),
+            Fault::SlowFsync(..) => slowfsync_lib().err(),
             _ => None,
         }
     }
@@ -116,6 +121,36 @@ pub fn wwctl(lab: &Lab, timeout_secs: u64, args: &str) -> std::process::Output {
         "{} --timeout {timeout_secs} --heads 10.0.0.1:9701,10.0.0.2:9701,10.0.0.3:9701 {args}",
         env!("CARGO_BIN_EXE_wwctl")
     ))
+}
+
+/// The slow-fsync shim, built once per run into the target dir.
+pub fn slowfsync_lib() -> Result<PathBuf, String> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("chaos/slowfsync.c");
+            let out = std::env::temp_dir().join(format!("wulfpack-slowfsync-{}.so", std::process::id()));
+            let o = std::process::Command::new("cc")
+                .args(["-shared", "-fPIC", "-O2", "-o"])
+                .arg(&out)
+                .arg(&src)
+                .arg("-ldl")
+                .output()
+                .map_err(|e| format!("no C compiler to build the slow-fsync shim (cc: {e})"))?;
+            if !o.status.success() {
+                return Err(format!(
+                    "cannot build the slow-fsync shim: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            }
+            Ok(out)
+        })
+        .clone()
+}
+
+/// The file the slow-fsync shim of head `i` reads its delay (ms) from.
+pub fn fsync_file(lab: &Lab, i: usize) -> PathBuf {
+    lab.dir.path().join(format!("fsync-delay{}", i + 1))
 }
 
 /// The heads' roles now, from `wwctl cluster status -o json` (0-based indexes).
@@ -273,6 +308,11 @@ pub fn inject(lab: &mut Lab, fault: Fault, rng: &mut Rng) -> Option<Injected> {
             std::fs::write(clock_file(lab, i), format!("{secs:+}\n")).ok()?;
             inj.heads.push(i);
         }
+        Fault::SlowFsync(r, ms) => {
+            let i = resolve(lab, r, rng)?;
+            std::fs::write(fsync_file(lab, i), format!("{ms}\n")).ok()?;
+            inj.heads.push(i);
+        }
     }
     Some(inj)
 }
@@ -296,6 +336,9 @@ pub fn heal(lab: &mut Lab, inj: &Injected) -> Vec<String> {
             Fault::CorruptBlob(_) => {}
             Fault::ClockJump(..) => {
                 let _ = std::fs::write(clock_file(lab, i), "+0\n");
+            }
+            Fault::SlowFsync(..) => {
+                let _ = std::fs::write(fsync_file(lab, i), "0\n");
             }
         }
     }

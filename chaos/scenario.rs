@@ -140,18 +140,40 @@ pub fn run(sc: &Scenario, seed: u64, out: &Path) -> Report {
     } else {
         vec![]
     };
+    // Preloaded shims: libfaketime for clock jumps, the slow-fsync shim.
+    let mut preload: Vec<String> = Vec::new();
+    let mut env: Vec<Vec<String>> = vec![vec![]; 3];
     if faults.iter().any(|f| matches!(f, Fault::ClockJump(..))) {
-        let lib = faults::faketime_lib().expect("checked by unavailable()");
-        for i in 0..3 {
+        preload.push(
+            faults::faketime_lib()
+                .expect("checked by unavailable()")
+                .display()
+                .to_string(),
+        );
+        for (i, e) in env.iter_mut().enumerate() {
             let file = faults::clock_file(&lab, i);
             std::fs::write(&file, "+0\n").unwrap();
-            lab.wrap[i] = vec![
-                "env".into(),
-                format!("LD_PRELOAD={}", lib.display()),
-                format!("FAKETIME_TIMESTAMP_FILE={}", file.display()),
-                "FAKETIME_NO_CACHE=1".into(),
-                "DONT_FAKE_MONOTONIC=1".into(),
-            ];
+            e.push(format!("FAKETIME_TIMESTAMP_FILE={}", file.display()));
+            e.push("FAKETIME_NO_CACHE=1".into());
+            e.push("DONT_FAKE_MONOTONIC=1".into());
+        }
+    }
+    if faults.iter().any(|f| matches!(f, Fault::SlowFsync(..))) {
+        preload.push(
+            faults::slowfsync_lib()
+                .expect("checked by unavailable()")
+                .display()
+                .to_string(),
+        );
+        for (i, e) in env.iter_mut().enumerate() {
+            let file = faults::fsync_file(&lab, i);
+            std::fs::write(&file, "0\n").unwrap();
+            e.push(format!("CHAOS_FSYNC_DELAY_FILE={}", file.display()));
+        }
+    }
+    if !preload.is_empty() {
+        for (i, e) in env.into_iter().enumerate() {
+            lab.wrap[i] = [vec!["env".to_owned(), format!("LD_PRELOAD={}", preload.join(":"))], e].concat();
         }
     }
     for i in 0..3 {
@@ -702,6 +724,13 @@ pub fn all() -> Vec<Scenario> {
             true,
         ),
         base(
+            "slow-fsync",
+            "the leader's or a follower's fsync 50–400 ms slower (an LD_PRELOAD shim)",
+            vec![SlowFsync(Leader, 400), SlowFsync(Follower, 400), SlowFsync(Leader, 50)],
+            30,
+            false,
+        ),
+        base(
             "mixed",
             "every fault above, drawn at random",
             vec![
@@ -717,6 +746,8 @@ pub fn all() -> Vec<Scenario> {
                 DelayReorder,
                 CorruptBlob(Follower),
                 ClockJump(Follower, 3600),
+                SlowFsync(Leader, 200),
+                DiskFull(Follower),
             ],
             120,
             false,
