@@ -728,7 +728,7 @@ pub fn all() -> Vec<Scenario> {
             "the leader's or a follower's fsync 50–400 ms slower (an LD_PRELOAD shim)",
             vec![SlowFsync(Leader, 400), SlowFsync(Follower, 400), SlowFsync(Leader, 50)],
             30,
-            false,
+            true,
         ),
         base(
             "mixed",
