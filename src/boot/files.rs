@@ -148,3 +148,58 @@ mod tests {
         );
     }
 }
+
+/// Fuzzing (issue 12, parts 6 and 7): any name a TFTP or HTTP client can ask for —
+/// built from path pieces that try to climb out (`..`, absolute paths, backslashes,
+/// NULs, a symlink to outside) — resolves only to a file inside the root, or is refused.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("..".to_owned()),
+            Just(".".to_owned()),
+            Just("".to_owned()),
+            Just("out".to_owned()),
+            Just("sub".to_owned()),
+            Just("snponly.efi".to_owned()),
+            Just("secret".to_owned()),
+            Just("%2e%2e".to_owned()),
+            Just("\0".to_owned()),
+            "[a-z.]{1,6}",
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![Just(""), Just("/"), Just("\\"), Just("./")],
+            proptest::collection::vec(piece(), 1..6),
+            prop_oneof![Just("/"), Just("\\")],
+        )
+            .prop_map(|(lead, parts, sep)| format!("{lead}{}", parts.join(sep)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_name_resolves_outside_the_root(n in name()) {
+            let outside = tempfile::tempdir().unwrap();
+            std::fs::write(outside.path().join("secret"), b"no").unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("snponly.efi"), b"efi").unwrap();
+            std::fs::create_dir(dir.path().join("sub")).unwrap();
+            std::fs::write(dir.path().join("sub/snponly.efi"), b"efi").unwrap();
+            std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+            let d = BootDir::new(dir.path()).unwrap();
+            if let Ok(p) = d.resolve(&n) {
+                let root = std::fs::canonicalize(dir.path()).unwrap();
+                prop_assert!(p.starts_with(&root), "{n:?} resolved to {}", p.display());
+                prop_assert!(p.is_file());
+            }
+        }
+    }
+}

@@ -294,3 +294,33 @@ mod tests {
         assert!(ip_add(v6top, 1).is_err());
     }
 }
+
+/// Fuzzing (issue 12, part 6): any string a user can type as a node list either
+/// expands to at most [`MAX_HOSTLIST`] well-formed names or is refused with an error;
+/// it never panics and never allocates without bound.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_pattern_expands_boundedly_or_is_refused(p in "[a-z0-9\\[\\],\\-. ]{0,40}") {
+            if let Ok(names) = expand_hostlist(&p) {
+                prop_assert!(names.len() <= MAX_HOSTLIST);
+                for n in &names {
+                    prop_assert!(!n.contains('[') && !n.contains(']'), "{p:?} gave {n:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn huge_ranges_are_refused_not_allocated(a in 0u64..10, b in 100_001u64..u64::MAX) {
+            let p = format!("n[{a}-{b}]");
+            prop_assert!(expand_hostlist(&p).is_err());
+        }
+    }
+}

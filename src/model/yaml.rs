@@ -502,3 +502,80 @@ mod tests {
         assert_eq!(parse_node_conf(&one).unwrap(), conf.nodes["n0001"]);
     }
 }
+
+/// Fuzzing (issue 12, part 6): `nodes.conf` text from a user or an import — a real file
+/// with lines dropped, duplicated, re-indented or bytes changed, and random YAML-ish
+/// text — parses or is refused with an error; it never panics, and what parses writes
+/// back out and parses again to the same value.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NODES_CONF: &str = include_str!("testdata/nodes.conf");
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Drop(usize),
+        Dup(usize),
+        Indent(usize, usize),
+        Replace(usize, String),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            any::<usize>().prop_map(Edit::Drop),
+            any::<usize>().prop_map(Edit::Dup),
+            (any::<usize>(), 0usize..6).prop_map(|(l, n)| Edit::Indent(l, n)),
+            (any::<usize>(), "[ -~]{0,30}").prop_map(|(l, s)| Edit::Replace(l, s)),
+        ]
+    }
+
+    fn apply(edits: &[Edit]) -> String {
+        let mut lines: Vec<String> = NODES_CONF.lines().map(str::to_owned).collect();
+        for e in edits {
+            let n = lines.len().max(1);
+            match e {
+                Edit::Drop(i) if !lines.is_empty() => {
+                    lines.remove(i % n);
+                }
+                Edit::Dup(i) if !lines.is_empty() => {
+                    let l = lines[i % n].clone();
+                    lines.insert(i % n, l);
+                }
+                Edit::Indent(i, k) if !lines.is_empty() => {
+                    let l = &mut lines[i % n];
+                    *l = format!("{}{}", " ".repeat(*k), l.trim_start());
+                }
+                Edit::Replace(i, s) if !lines.is_empty() => lines[i % n] = s.clone(),
+                _ => {}
+            }
+        }
+        lines.join("\n")
+    }
+
+    fn round_trips(text: &str) -> Result<(), TestCaseError> {
+        if let Ok(conf) = parse_nodes_conf(text) {
+            let out = to_nodes_conf_yaml(&conf).map_err(|e| TestCaseError::fail(format!("write-back: {e}")))?;
+            let again = parse_nodes_conf(&out)
+                .map_err(|e| TestCaseError::fail(format!("what we wrote does not parse: {e}\n{out}")))?;
+            prop_assert_eq!(again, conf);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn edited_real_files_parse_or_are_refused(edits in proptest::collection::vec(edit(), 1..5)) {
+            round_trips(&apply(&edits))?;
+        }
+
+        #[test]
+        fn random_text_parses_or_is_refused(text in "[a-z:{}\\[\\], \n\"'&*!|>-]{0,200}") {
+            round_trips(&text)?;
+        }
+    }
+}
