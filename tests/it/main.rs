@@ -29,6 +29,7 @@ mod cluster;
 mod dhcp;
 mod dhcp_ifaces;
 mod dhcp_relay;
+mod fuzz_http;
 mod hung;
 mod images;
 mod layering;
