@@ -904,3 +904,126 @@ fn directory_times_do_not_depend_on_the_clock() {
     );
     assert_eq!(lmeta(&root.join("opt/app")).mtime(), 1_700_000_000);
 }
+
+/// Fuzzing (issue 12, parts 6 and 7): layers of random entries — names built from
+/// climbing pieces (`..`, the sentinel's absolute path, whiteouts), symlinks and hard
+/// links aimed anywhere, directories, files, one layer applied over another — are
+/// applied or refused; nothing panics and nothing outside the image root changes.
+/// Random bytes as a layer are an error, not a panic.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Kind {
+        File,
+        Dir,
+        Symlink(String),
+        Hardlink(String),
+    }
+
+    fn piece(sentinel_abs: String) -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("..".to_owned()),
+            Just(".".to_owned()),
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("l".to_owned()),
+            Just(".wh.a".to_owned()),
+            Just(".wh..wh..opq".to_owned()),
+            Just(sentinel_abs),
+            "[a-z]{1,3}",
+        ]
+    }
+
+    fn path(s: String) -> impl Strategy<Value = String> {
+        (
+            prop_oneof![Just(""), Just("/"), Just("./")],
+            proptest::collection::vec(piece(s), 1..4),
+        )
+            .prop_map(|(lead, p)| format!("{lead}{}", p.join("/")))
+    }
+
+    fn entry(s: String) -> impl Strategy<Value = (String, Kind)> {
+        (
+            path(s.clone()),
+            prop_oneof![
+                3 => Just(Kind::File),
+                2 => Just(Kind::Dir),
+                2 => path(s.clone()).prop_map(Kind::Symlink),
+                1 => path(s).prop_map(Kind::Hardlink),
+            ],
+        )
+    }
+
+    fn build(entries: &[(String, Kind)]) -> Vec<u8> {
+        let mut l = Layer::new();
+        for (name, kind) in entries {
+            // The ustar name field holds 100 bytes; longer names are not this test's point.
+            if name.len() > 100 {
+                continue;
+            }
+            match kind {
+                Kind::File => {
+                    l.file(name, b"fuzz");
+                }
+                Kind::Dir => {
+                    l.dir(name);
+                }
+                Kind::Symlink(t) if t.len() <= 100 => {
+                    l.symlink(name, t);
+                }
+                Kind::Hardlink(t) if t.len() <= 100 => {
+                    l.hardlink(name, t);
+                }
+                _ => {}
+            }
+        }
+        l.bytes()
+    }
+
+    /// Where the sandbox's sentinel lives, without its leading '/' (for names like
+    /// `tmp/.../sentinel/canary` that a careless join would resolve to the real path).
+    fn sentinel_piece() -> String {
+        // A fixed placeholder replaced per case: the sandbox path differs per case.
+        "SENTINEL".to_owned()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_layers_never_touch_anything_outside_the_root(
+            lower in proptest::collection::vec(entry(sentinel_piece()), 0..6),
+            upper in proptest::collection::vec(entry(sentinel_piece()), 1..8),
+        ) {
+            let sb = Sandbox::new();
+            let real = sb.sentinel_rel();
+            let fix = |v: &[(String, Kind)]| -> Vec<(String, Kind)> {
+                v.iter()
+                    .map(|(n, k)| {
+                        let k = match k {
+                            Kind::Symlink(t) => Kind::Symlink(t.replace("SENTINEL", &real)),
+                            Kind::Hardlink(t) => Kind::Hardlink(t.replace("SENTINEL", &real)),
+                            other => other.clone(),
+                        };
+                        (n.replace("SENTINEL", &real), k)
+                    })
+                    .collect()
+            };
+            let _ = apply(&sb.root, &build(&fix(&lower)), Compression::None, "lower");
+            let _ = apply(&sb.root, &build(&fix(&upper)), Compression::None, "evil");
+            prop_assert_eq!(sb.outside(), sb.before.clone(), "something outside the image root changed");
+        }
+
+        #[test]
+        fn random_bytes_are_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let sb = Sandbox::new();
+            for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+                let _ = apply_layer(&sb.root, &bytes[..], c, "junk", &opts());
+            }
+            sb.assert_outside_untouched();
+        }
+    }
+}
