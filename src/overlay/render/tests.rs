@@ -352,3 +352,67 @@ fn compiled_set_and_build_data_are_shared_across_threads() {
         }
     });
 }
+
+/// Fuzzing (issue 12, parts 6 and 7): templates an operator (or an overlay import) can
+/// write — random text mixing Tera syntax, Warewulf's functions with climbing paths,
+/// node variables and filters — render or fail with an error; none panics, none reads
+/// `/etc/shadow` (outside the allowed roots) into its output, and every `file` output
+/// path stays a plain path.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn path_arg() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("/etc/shadow".to_owned()),
+            Just("../shadow".to_owned()),
+            Just("/etc/warewulf/../shadow".to_owned()),
+            Just("/etc/warewulf/keys/k".to_owned()),
+            Just("/etc/passwd".to_owned()),
+            Just("".to_owned()),
+            "[a-z/.]{0,20}",
+        ]
+    }
+
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("{{ Id }}".to_owned()),
+            Just("{{ Hostname | upper }}".to_owned()),
+            Just("{% for k, v in Tags %}{{ k }}={{ v }}\n{% endfor %}".to_owned()),
+            Just("{% if Ipaddr %}ip{% else %}none{% endif %}".to_owned()),
+            Just("{{ NoSuchVar }}".to_owned()),
+            Just("{{".to_owned()),
+            Just("{%".to_owned()),
+            Just("}}".to_owned()),
+            Just("{% endfor %}".to_owned()),
+            path_arg().prop_map(|p| format!("{{{{ Include(path=\"{p}\") }}}}")),
+            path_arg().prop_map(|p| format!("{{{{ IncludeFrom(image=\"img\", path=\"{p}\") }}}}")),
+            path_arg().prop_map(|p| format!("{{{{ IncludeFrom(image=\"{p}\", path=\"/etc/passwd\") }}}}")),
+            path_arg().prop_map(|p| format!("{{{{ readlink(path=\"{p}\") }}}}")),
+            path_arg().prop_map(|p| format!("{{{{ file(name=\"{p}\") }}}}")),
+            Just("{{ abort() }}".to_owned()),
+            Just("{{ nobackup() }}".to_owned()),
+            "[ -~\n]{0,20}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_templates_render_or_fail_and_never_leak(parts in proptest::collection::vec(piece(), 1..8)) {
+            let text = parts.concat();
+            if let Ok(files) = render(&text) {
+                for f in &files {
+                    prop_assert!(!f.content.contains("secret\n"), "{text:?} leaked /etc/shadow: {f:?}");
+                    prop_assert!(
+                        !f.name.starts_with('/') && !f.name.split('/').any(|c| c == ".."),
+                        "{text:?} names an output outside the overlay: {:?}",
+                        f.name
+                    );
+                }
+            }
+        }
+    }
+}
