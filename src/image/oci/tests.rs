@@ -813,3 +813,115 @@ async fn dropping_the_pull_future_cancels_the_blocking_work() {
         cas.verify(&b.digest).unwrap();
     }
 }
+
+/// Fuzzing (issue 12, part 6): manifests and indexes as a registry or an archive may
+/// serve them — fields missing, of the wrong type, unknown media types and schema
+/// versions, digests that are not sha256 or try to name paths — parse or are refused;
+/// nothing panics, and a descriptor's digest becomes a store name only when it is a
+/// valid sha256 digest (64 hex digits).
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn digest() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            "sha256:[0-9a-f]{64}".prop_map(Value::from),
+            Just(Value::from("sha256:../../etc/passwd")),
+            Just(Value::from("sha512:abcd")),
+            "[ -~]{0,70}".prop_map(Value::from),
+            Just(Value::from(17)),
+            Just(Value::Null),
+        ]
+    }
+
+    fn media_type() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::from(MEDIA_TYPE_OCI_MANIFEST)),
+            Just(Value::from(MEDIA_TYPE_OCI_INDEX)),
+            Just(Value::from(MEDIA_TYPE_DOCKER_MANIFEST)),
+            Just(Value::from(MEDIA_TYPE_DOCKER_LIST)),
+            Just(Value::from(MEDIA_TYPE_OCI_CONFIG)),
+            Just(Value::from("application/vnd.oci.image.layer.v1.tar+gzip")),
+            Just(Value::from("application/vnd.example.artifact")),
+            "[ -~]{0,30}".prop_map(Value::from),
+            Just(Value::Null),
+        ]
+    }
+
+    fn descriptor() -> impl Strategy<Value = Value> {
+        (
+            media_type(),
+            digest(),
+            prop_oneof![
+                any::<u64>().prop_map(Value::from),
+                Just(Value::from(-1)),
+                Just(Value::from("x"))
+            ],
+            prop_oneof![
+                Just(Value::Null),
+                Just(serde_json::json!({"os": "linux", "architecture": "amd64"})),
+                Just(serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"})),
+                Just(serde_json::json!({"os": "unknown", "architecture": "unknown"})),
+                Just(serde_json::json!({"os": 1})),
+            ],
+        )
+            .prop_map(|(m, d, s, p)| serde_json::json!({"mediaType": m, "digest": d, "size": s, "platform": p}))
+    }
+
+    fn document() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![Just(Value::from(2)), Just(Value::from(1)), Just(Value::from(3)), Just(Value::Null), Just(Value::from("2"))],
+            media_type(),
+            prop_oneof![Just(Value::Null), descriptor()],
+            prop_oneof![Just(Value::Null), proptest::collection::vec(descriptor(), 0..4).prop_map(Value::from)],
+            prop_oneof![Just(Value::Null), proptest::collection::vec(descriptor(), 0..4).prop_map(Value::from)],
+        )
+            .prop_map(|(v, m, c, l, ms)| {
+                serde_json::json!({"schemaVersion": v, "mediaType": m, "config": c, "layers": l, "manifests": ms})
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn manifests_parse_or_are_refused_and_only_valid_digests_name_blobs(doc in document()) {
+            let bytes = serde_json::to_vec(&doc).unwrap();
+            match parse_document(&bytes, "fuzz", "the manifest") {
+                Ok(Document::Index(entries)) => {
+                    if let Ok(d) = select_manifest(&entries, &amd64(), "fuzz") {
+                        check_digest(d)?;
+                    }
+                }
+                Ok(Document::Manifest { config, layers }) => {
+                    check_digest(&config)?;
+                    for l in &layers {
+                        check_digest(l)?;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn random_bytes_are_not_a_manifest(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_document(&bytes, "fuzz", "the manifest");
+            let _ = ImageConfig::parse(&bytes, "fuzz");
+        }
+    }
+
+    fn check_digest(d: &Descriptor) -> Result<(), TestCaseError> {
+        if let Ok(cas) = d.cas_digest("fuzz") {
+            let hex = d.digest.strip_prefix("sha256:").unwrap_or("");
+            prop_assert!(
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{:?}",
+                d.digest
+            );
+            prop_assert_eq!(cas.hex(), hex.to_ascii_lowercase());
+        }
+        Ok(())
+    }
+}
