@@ -157,6 +157,7 @@ impl Head {
                 .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
         );
 
+        private_dir(&cfg.data_dir)?;
         let cas =
             Cas::open(&cfg.data_dir.join("cas")).map_err(|e| DaemonError::Invalid(format!("content store: {e}")))?;
         let (log, sm) = open_store_with_retry(&cfg).await?;
@@ -313,6 +314,23 @@ fn watch_raft(raft: &Raft, stop: CancellationToken) -> Arc<std::sync::OnceLock<S
         }
     });
     fatal
+}
+
+/// The data dir holds secrets (SSH host keys and IPMI passwords in the replicated state
+/// and its snapshots): created 0700, and tightened to 0700 when found looser.
+fn private_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e: std::io::Error| DaemonError::Store {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+        tracing::info!(dir = %dir.display(), "data dir was mode {mode:o}; set to 700 (it holds secrets)");
+    }
+    Ok(())
 }
 
 /// sled locks its directory; a head restarted in the same process (tests) may

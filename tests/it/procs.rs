@@ -42,6 +42,16 @@ fn three_wulfd_processes_survive_sigkill_of_leader_and_of_all() {
         success && out.lines().any(|l| l.starts_with("default"))
     });
 
+    // The data dirs hold secrets (SSH host keys in the state): only root reads them.
+    for i in 0..3 {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p.dir.path().join(format!("data{i}")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "data dir of head {i}");
+    }
+
     // wwctl against each head alone.
     let mut written = Vec::new();
     for i in 0..3 {
