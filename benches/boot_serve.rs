@@ -131,7 +131,19 @@ fn http_bench(rt: &tokio::runtime::Runtime, work: &Path, size: u64, rounds: usiz
     let mut s = State::default();
     let yaml =
         format!("nodes:\n  n1:\n    image name: img\n    network devices:\n      default:\n        hwaddr: {MAC}\n");
-    let apply = |s: &mut State, i, cmd| assert!(s.apply(i, &Request { id: None, cmd }).0.is_ok());
+    let apply = |s: &mut State, i, cmd| {
+        assert!(s
+            .apply(
+                i,
+                &Request {
+                    id: None,
+                    cmd,
+                    audit: None
+                }
+            )
+            .0
+            .is_ok())
+    };
     apply(
         &mut s,
         1,

@@ -114,7 +114,14 @@ impl Rig {
 
     fn apply(&mut self, state: &mut State, cmd: Command) {
         self.index += 1;
-        let r = state.apply(self.index, &Request { id: None, cmd });
+        let r = state.apply(
+            self.index,
+            &Request {
+                id: None,
+                cmd,
+                audit: None,
+            },
+        );
         assert!(r.0.is_ok(), "{r:?}");
     }
 

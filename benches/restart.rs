@@ -74,7 +74,14 @@ fn in_process(s: &Sizes, line: &mut impl FnMut(String)) {
     let mut index = 0u64;
     let mut apply = |st: &mut State, id: String, cmd: Cmd| {
         index += 1;
-        let r = st.apply(index, &Request { id: Some(id), cmd });
+        let r = st.apply(
+            index,
+            &Request {
+                id: Some(id),
+                cmd,
+                audit: None,
+            },
+        );
         assert!(r.0.is_ok(), "{r:?}");
         r
     };

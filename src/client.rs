@@ -481,9 +481,33 @@ impl Client {
     }
 }
 
-/// A request that tells the head how long the caller waits.
+/// A request that tells the head how long the caller waits, and who calls (for the
+/// audit log: `USER@HOST` as this process sees it).
 fn timed<T>(msg: T, t: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(t);
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(caller()) {
+        r.metadata_mut().insert(crate::api::OPERATOR_HEADER, v);
+    }
     r
+}
+
+/// `USER@HOST` of this process (`SUDO_USER` first: the person behind `sudo wwctl`).
+fn caller() -> &'static str {
+    static CALLER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CALLER.get_or_init(|| {
+        let user = ["SUDO_USER", "USER", "LOGNAME"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "unknown".into());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        let who: String = format!("{user}@{host}")
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(64)
+            .collect();
+        who
+    })
 }

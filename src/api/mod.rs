@@ -148,15 +148,36 @@ fn event_pb(e: image::Event) -> pb::ImageEvent {
     }
 }
 
+/// Who made an admin call, for the audit log: the name `wwctl` sends (`USER@HOST`, as
+/// the caller claims it: no credentials exist yet) and the address it came from.
+fn operator<T>(req: &GrpcRequest<T>) -> String {
+    let claimed: String = req
+        .metadata()
+        .get(OPERATOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    match req.remote_addr() {
+        Some(a) => format!("{claimed} (unauthenticated, from {})", a.ip()),
+        None => format!("{claimed} (unauthenticated)"),
+    }
+}
+
+/// The metadata key `wwctl` names its user in (see [`operator`]).
+pub const OPERATOR_HEADER: &str = "x-wulfpack-operator";
+
 /// Run an image operation in its own task (it finishes even if the client goes
-/// away) and stream its progress, then its result.
-fn streamed<F>(op: impl FnOnce(Progress) -> F) -> EventStream
+/// away) and stream its progress, then its result. Its writes are the operator's.
+fn streamed<F>(who: String, op: impl FnOnce(Progress) -> F) -> EventStream
 where
     F: std::future::Future<Output = Result<crate::state::ImageEntry, image::ImageError>> + Send + 'static,
 {
     let (etx, mut erx) = tokio::sync::mpsc::channel::<image::Event>(256);
     let (otx, orx) = tokio::sync::mpsc::channel::<Result<pb::ImageEvent, Status>>(256);
-    let fut = op(Progress::new(etx));
+    let fut = crate::cluster::OPERATOR.scope(who, op(Progress::new(etx)));
     tokio::spawn(async move {
         let mut fut = std::pin::pin!(fut);
         let result = loop {
@@ -446,24 +467,29 @@ impl pb::admin_server::Admin for AdminService {
         req: GrpcRequest<pb::OverlayChangeRequest>,
     ) -> Result<Response<pb::OverlayChangeReply>, Status> {
         let s = self.gate.get()?;
+        let who = operator(&req);
         let r = req.into_inner();
         let id = (!r.request_id.is_empty()).then_some(r.request_id);
-        let done = match r.op.as_str() {
-            "create" => s.overlays.create(&r.name, id).await,
-            "delete" => s.overlays.delete(&r.name, r.force, r.expect, id).await,
-            "change" => {
-                let change: Change =
-                    serde_json::from_slice(&r.change_json).map_err(|e| bad_json("overlay change", e))?;
-                s.overlays.change(&r.name, &change, r.expect, id).await
-            }
-            other => {
-                return Err(status(&ApiError::Malformed {
-                    what: "overlay change",
-                    message: format!("unknown op {other:?} (create, delete, change)"),
-                }))
-            }
-        }
-        .map_err(|e| status(&e))?;
+        let done = crate::cluster::OPERATOR
+            .scope(who, async {
+                match r.op.as_str() {
+                    "create" => s.overlays.create(&r.name, id).await,
+                    "delete" => s.overlays.delete(&r.name, r.force, r.expect, id).await,
+                    "change" => {
+                        let change: Change =
+                            serde_json::from_slice(&r.change_json).map_err(|e| bad_json("overlay change", e))?;
+                        s.overlays.change(&r.name, &change, r.expect, id).await
+                    }
+                    other => {
+                        return Err(status(&ApiError::Malformed {
+                            what: "overlay change",
+                            message: format!("unknown op {other:?} (create, delete, change)"),
+                        }))
+                    }
+                }
+                .map_err(|e| status(&e))
+            })
+            .await?;
         Ok(Response::new(pb::OverlayChangeReply {
             digest: done.digest.map(|d| d.to_string()).unwrap_or_default(),
             version: done.version,
@@ -477,6 +503,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn image_import(&self, req: GrpcRequest<pb::ImageImportRequest>) -> Result<Response<EventStream>, Status> {
         let images = self.gate.get()?.images.clone();
+        let who = operator(&req);
         let r = req.into_inner();
         let ir = image::ImportRequest {
             source: r.source,
@@ -487,15 +514,16 @@ impl pb::admin_server::Admin for AdminService {
             force: r.force,
             build: r.build,
         };
-        Ok(Response::new(streamed(
-            move |p| async move { images.import(ir, p).await },
-        )))
+        Ok(Response::new(streamed(who, move |p| async move {
+            images.import(ir, p).await
+        })))
     }
 
     async fn image_build(&self, req: GrpcRequest<pb::ImageBuildRequest>) -> Result<Response<EventStream>, Status> {
         let images = self.gate.get()?.images.clone();
+        let who = operator(&req);
         let r = req.into_inner();
-        Ok(Response::new(streamed(move |p| async move {
+        Ok(Response::new(streamed(who, move |p| async move {
             images.build(&r.name, r.force, p).await
         })))
     }
@@ -540,8 +568,9 @@ impl pb::admin_server::Admin for AdminService {
         req: GrpcRequest<pb::ImageExecFinishRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let images = self.gate.get()?.images.clone();
+        let who = operator(&req);
         let r = req.into_inner();
-        Ok(Response::new(streamed(move |p| async move {
+        Ok(Response::new(streamed(who, move |p| async move {
             images.exec_finish(&r.name, &r.token, r.version, r.changed, p).await
         })))
     }
@@ -549,11 +578,11 @@ impl pb::admin_server::Admin for AdminService {
     async fn write(&self, req: GrpcRequest<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
         let s = self.gate.get()?;
         let deadline = deadline(&req);
+        let who = operator(&req);
         let req = req.into_inner();
         let cmd: Request = serde_json::from_slice(&req.command_json).map_err(|e| bad_json("command", e))?;
-        let w = s
-            .cluster
-            .submit(cmd, req.hops, deadline)
+        let w = crate::cluster::OPERATOR
+            .scope(who, s.cluster.submit(cmd, req.hops, deadline))
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::WriteReply {
@@ -689,10 +718,10 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::MembershipReply>, Status> {
         let s = self.gate.get()?;
         let deadline = deadline(&req);
+        let who = operator(&req);
         let r = req.into_inner();
-        let m = s
-            .cluster
-            .remove_head(r.id, r.hops, deadline)
+        let m = crate::cluster::OPERATOR
+            .scope(who, s.cluster.remove_head(r.id, r.hops, deadline))
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(membership_pb(m)))

@@ -392,7 +392,16 @@ mod tests {
                 rack,
                 expect: None,
             });
-            s.apply(i as u64 + 1, &Request { id: None, cmd }).0.unwrap();
+            s.apply(
+                i as u64 + 1,
+                &Request {
+                    id: None,
+                    cmd,
+                    audit: None,
+                },
+            )
+            .0
+            .unwrap();
         }
         let conf = model::parse_nodes_conf(
             "nodes:\n  a: {network devices: {default: {ipaddr: 10.2.0.77}}}\n  b: {network devices: {default: {ipaddr: 10.3.0.1}}}\n",
@@ -401,6 +410,7 @@ mod tests {
         s.apply(
             3,
             &Request {
+                audit: None,
                 id: None,
                 cmd: Command::Import { conf },
             },
@@ -464,6 +474,7 @@ nodes:
         let r = s.apply(
             1,
             &Request {
+                audit: None,
                 id: None,
                 cmd: Command::Import { conf },
             },

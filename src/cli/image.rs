@@ -128,6 +128,7 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
             let r = client
                 .read(
                     &Query {
+                        audit: None,
                         nodes: Selector::All,
                         profiles: Selector::All,
                         images: sel,
@@ -178,6 +179,7 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
             let r = client
                 .read(
                     &Query {
+                        audit: None,
                         nodes: Selector::All,
                         profiles: Selector::All,
                         images: Selector::Names(vec![name.clone()]),

@@ -13,6 +13,7 @@
 //! One file per verb group: `objects.rs` (`node`, `profile`), [`image`], [`overlay`], `cluster.rs`;
 //! [`fields`] holds the object field flags, [`output`] tables/YAML/JSON.
 
+pub mod audit;
 mod cluster;
 pub mod configure;
 pub mod fields;
@@ -83,6 +84,8 @@ pub enum Top {
     Rack(rack::RackCmd),
     /// Print wwctl's version and every head's.
     Version,
+    /// Show who changed what and when (the replicated audit log of operators' writes).
+    Audit(audit::AuditArgs),
     /// Configure this head's own services from the host overlay.
     #[command(subcommand)]
     Configure(configure::ConfigureCmd),
@@ -144,6 +147,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Cluster(c) => cluster_cmd(&client, c, fmt, out).await,
         Top::Rack(c) => rack::run(&client, c, fmt, out).await,
         Top::Version => version(&client, out).await,
+        Top::Audit(a) => audit::run(&client, a, fmt, out).await,
         Top::Configure(c) => configure::run(&client, c, out).await,
     }
 }

@@ -53,6 +53,13 @@ const PROMOTE_RESERVE: Duration = Duration::from_millis(500);
 /// Deadline of in-process writes that give none (lease recording, registration).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
+tokio::task_local! {
+    /// The operator on whose behalf the current task writes, set by the admin API
+    /// around an operator's call: writes submitted inside it get an audit stamp (see
+    /// `state::audit`). Internal writers (leases, registration) run outside any scope.
+    pub static OPERATOR: String;
+}
+
 /// Why the cluster could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -265,7 +272,17 @@ impl Cluster {
     }
 
     /// Apply a request that carries its own id (from a client or another head).
-    pub async fn submit(&self, req: Request, hops: u32, deadline: Instant) -> Result<Written, ClusterError> {
+    pub async fn submit(&self, mut req: Request, hops: u32, deadline: Instant) -> Result<Written, ClusterError> {
+        // Stamped once, by the head the operator reached; a forwarded request keeps it.
+        if hops == 0 && req.audit.is_none() {
+            if let Ok(who) = OPERATOR.try_with(Clone::clone) {
+                req.audit = Some(crate::state::audit::AuditStamp {
+                    who,
+                    at: crate::state::unix_now(),
+                    via: self.inner.id,
+                });
+            }
+        }
         if req.cmd.needs_init() && !self.inner.sm.read(State::initialised) {
             return Err(ClusterError::Initialising);
         }

@@ -383,6 +383,7 @@ impl Overlays {
     async fn write(&self, cmd: OverlayCommand, request_id: Option<String>) -> Result<u64, OverlayError> {
         let req = match request_id {
             Some(id) => Request {
+                audit: None,
                 id: Some(id),
                 cmd: Command::Overlay(cmd),
             },

@@ -404,7 +404,11 @@ mod tests {
     const L: u64 = 100;
 
     fn req(cmd: Command) -> Request {
-        Request { id: None, cmd }
+        Request {
+            id: None,
+            cmd,
+            audit: None,
+        }
     }
 
     fn ip(s: &str) -> Ipv4Addr {

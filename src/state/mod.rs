@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{self, NodeConf, NodesConf, Patch, UniqueKey};
 
+pub mod audit;
 pub mod images;
 pub mod leases;
 pub mod overlays;
@@ -194,6 +195,7 @@ impl State {
             &self.overlays,
             &self.pool,
             &self.ssh,
+            &self.audit,
         ))
         .expect("the state serializes (it is written to snapshots the same way)")
     }
@@ -210,6 +212,10 @@ pub fn state_digest(canonical: &[u8]) -> String {
 pub struct Request {
     pub id: Option<String>,
     pub cmd: Command,
+    /// Who asked (an operator's write; internal writes have none): recorded in the
+    /// audit log when applied. Absent from entries written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<audit::AuditStamp>,
 }
 
 impl Request {
@@ -219,6 +225,7 @@ impl Request {
         Request {
             id: Some(Request::new_id()),
             cmd,
+            audit: None,
         }
     }
 
@@ -398,6 +405,17 @@ pub struct Query {
     pub profiles: Selector,
     #[serde(default = "selector_none")]
     pub images: Selector,
+    /// Audit entries to return (`wwctl audit`); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditQuery>,
+}
+
+/// Which audit entries a [`Query`] asks for: at or after unix second `since`, the
+/// newest `limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    pub since: u64,
+    pub limit: usize,
 }
 
 fn selector_none() -> Selector {
@@ -407,6 +425,7 @@ fn selector_none() -> Selector {
 impl Query {
     pub fn nodes(sel: Selector) -> Query {
         Query {
+            audit: None,
             nodes: sel,
             profiles: Selector::None,
             images: Selector::None,
@@ -414,6 +433,7 @@ impl Query {
     }
     pub fn profiles(sel: Selector) -> Query {
         Query {
+            audit: None,
             nodes: Selector::None,
             profiles: sel,
             images: Selector::None,
@@ -421,6 +441,7 @@ impl Query {
     }
     pub fn images(sel: Selector) -> Query {
         Query {
+            audit: None,
             nodes: Selector::None,
             profiles: Selector::None,
             images: sel,
@@ -438,6 +459,12 @@ pub struct QueryResult {
     pub images: BTreeMap<String, Versioned<ImageEntry>>,
     /// Requested names that do not exist.
     pub missing: Vec<String>,
+    /// Audit entries, oldest first (when the query asked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<audit::AuditEntry>,
+    /// Entries the log has dropped to stay bounded (when the query asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_dropped: Option<u64>,
 }
 
 /// The whole replicated state.
@@ -458,6 +485,9 @@ pub struct State {
     /// SSH host keys for nodes and the heads' root keys (never in a query answer).
     #[serde(default, skip_serializing_if = "SshKeys::is_empty")]
     pub ssh: SshKeys,
+    /// Operators' writes, newest last, bounded (see [`audit`]).
+    #[serde(default, skip_serializing_if = "audit::AuditLog::is_empty")]
+    pub audit: audit::AuditLog,
     /// Recent request id → outcome, oldest first in `dedup_order`.
     dedup: HashMap<String, ApplyResult>,
     dedup_order: VecDeque<String>,
@@ -475,6 +505,7 @@ impl PartialEq for State {
             && self.overlays == o.overlays
             && self.pool == o.pool
             && self.ssh == o.ssh
+            && self.audit == o.audit
     }
 }
 
@@ -493,6 +524,9 @@ impl State {
                 o.summarized(OUTCOME_KEEP_NAMES)
             }
         }));
+        if let Some(stamp) = &req.audit {
+            self.audit.record(index, stamp, &req.cmd, &res);
+        }
         if let Some(id) = &req.id {
             self.dedup.insert(id.clone(), res.clone());
             self.dedup_order.push_back(id.clone());
@@ -522,12 +556,18 @@ impl State {
         let nodes = select(&self.nodes, &q.nodes, &mut missing);
         let profiles = select(&self.profiles, &q.profiles, &mut missing);
         let images = select(&self.images, &q.images, &mut missing);
+        let (audit, audit_dropped) = match &q.audit {
+            Some(a) => (self.audit.since(a.since, a.limit), Some(self.audit.dropped)),
+            None => (Vec::new(), None),
+        };
         QueryResult {
             cluster: self.cluster.clone(),
             nodes,
             profiles,
             images,
             missing,
+            audit,
+            audit_dropped,
         }
     }
 

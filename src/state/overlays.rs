@@ -209,6 +209,7 @@ mod tests {
         s.apply(
             index,
             &Request {
+                audit: None,
                 id: None,
                 cmd: Command::Overlay(cmd),
             },
@@ -320,6 +321,7 @@ mod tests {
         s.apply(
             4,
             &Request {
+                audit: None,
                 id: None,
                 cmd: Command::Init { name: "c".into() },
             },
@@ -332,6 +334,7 @@ mod tests {
         let r = s.apply(
             5,
             &Request {
+                audit: None,
                 id: None,
                 cmd: Command::Add {
                     kind: Kind::Node,

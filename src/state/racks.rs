@@ -273,6 +273,7 @@ mod tests {
         s.apply(
             i,
             &Request {
+                audit: None,
                 id: None,
                 cmd: Command::Rack(RackCommand::Put {
                     name: name.into(),
@@ -391,6 +392,7 @@ mod tests {
             },
         );
         let del = |force| Request {
+            audit: None,
             id: None,
             cmd: Command::Rack(RackCommand::Delete {
                 name: "r1".into(),

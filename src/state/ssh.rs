@@ -148,6 +148,7 @@ mod tests {
         s.apply(
             1,
             &Request {
+                audit: None,
                 id: None,
                 cmd: Command::Ssh(cmd),
             },

@@ -2,7 +2,11 @@ use super::*;
 use crate::model::PatchOp;
 
 fn req(cmd: Command) -> Request {
-    Request { id: None, cmd }
+    Request {
+        id: None,
+        cmd,
+        audit: None,
+    }
 }
 
 fn node(mac: &str, ip: &str) -> NodeConf {
@@ -274,6 +278,7 @@ fn bad_names_refused() {
 fn retried_request_applies_once() {
     let mut s = base();
     let r = Request {
+        audit: None,
         id: Some("req-1".into()),
         cmd: Command::Add {
             kind: Kind::Node,
@@ -295,6 +300,7 @@ fn dedup_window_is_bounded() {
         s.apply(
             i as u64 + 1,
             &Request {
+                audit: None,
                 id: Some(format!("r{i}")),
                 cmd: Command::Init { name: "c".into() },
             },
@@ -605,6 +611,7 @@ fn bulk_outcome_is_counts_and_digest_and_a_retry_answers_the_same() {
     let mut s = many(OUTCOME_KEEP_NAMES + 50);
     let names: Vec<String> = s.nodes.keys().cloned().collect();
     let r = Request {
+        audit: None,
         id: Some("bulk-1".into()),
         cmd: bulk_comment(&s, 1),
     };
@@ -664,6 +671,7 @@ fn small_outcomes_keep_their_lists_and_their_json() {
 fn a_large_pool_block_keeps_its_addresses_on_retry() {
     let mut s = State::default();
     let r = Request {
+        audit: None,
         id: Some("reserve-1".into()),
         cmd: Command::ReservePoolBlock {
             holder: 7,
@@ -691,6 +699,7 @@ fn exactly_once_memory_stays_small_after_bulk_writes() {
     let before = serde_json::to_vec(&s).unwrap().len();
     for round in 0..150 {
         let r = Request {
+            audit: None,
             id: Some(format!("bulk-{round}")),
             cmd: bulk_comment(&s, round),
         };
@@ -708,6 +717,7 @@ fn exactly_once_memory_stays_small_after_bulk_writes() {
 fn a_removed_heads_id_is_retired_and_its_address_forgotten() {
     let mut s = State::default();
     let reg = |id: u64| Request {
+        audit: None,
         id: None,
         cmd: Command::RegisterHead {
             id,
@@ -720,6 +730,7 @@ fn a_removed_heads_id_is_retired_and_its_address_forgotten() {
     s.apply(
         2,
         &Request {
+            audit: None,
             id: None,
             cmd: Command::HeadRemoved { id: 4 },
         },
@@ -741,6 +752,7 @@ fn digest_is_equal_for_equal_states_and_differs_on_any_change() {
     let mut a = base();
     let mut b = base();
     let patch = |id: &str| Request {
+        audit: None,
         id: Some(id.into()),
         cmd: Command::Patch {
             kind: Kind::Node,

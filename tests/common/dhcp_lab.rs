@@ -66,6 +66,7 @@ pub fn view_of(nodes: &[LabNode], tags: &[(&str, &str)]) -> BootView {
     let r = st.apply(
         1,
         &Request {
+            audit: None,
             id: None,
             cmd: Command::Import { conf },
         },

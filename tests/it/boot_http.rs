@@ -101,7 +101,14 @@ impl Drop for Boot {
 }
 
 fn apply(s: &mut State, index: u64, cmd: Cmd) {
-    let r = s.apply(index, &Request { id: None, cmd });
+    let r = s.apply(
+        index,
+        &Request {
+            id: None,
+            cmd,
+            audit: None,
+        },
+    );
     assert!(r.0.is_ok(), "{r:?}");
 }
 

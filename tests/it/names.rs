@@ -6,7 +6,14 @@ use wulfpack::model::{self, NodeConf, NodesConf};
 use wulfpack::state::{ApplyResult, Command, ImageCommand, ImageEntry, Kind, Put, Request, State};
 
 fn apply(s: &mut State, index: u64, cmd: Command) -> ApplyResult {
-    s.apply(index, &Request { id: None, cmd })
+    s.apply(
+        index,
+        &Request {
+            id: None,
+            cmd,
+            audit: None,
+        },
+    )
 }
 
 fn initialised() -> State {

@@ -174,3 +174,77 @@ fn a_head_listed_in_a_rack_with_dhcp_off_says_so() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(p.log(0).matches(said).count(), 1, "{}", p.log(0));
 }
+
+/// `wwctl audit` (issue 12, part 3): operators' writes through any head are in the
+/// replicated audit log with who, when, through which head, the command and its
+/// outcome (refusals too); every head answers it; internal writes are not in it.
+#[test]
+fn audit_log_records_operators_writes_on_every_head() {
+    let p = ProcCluster::start(Path::new(WULFD), 3, "");
+    let all = p.all_heads();
+    wait_until(30, "cluster initialised", || {
+        wwctl(&all, &["--timeout", "2", "profile", "list"]).0
+    });
+    let as_alice = |heads: &str, args: &[&str]| {
+        let o = std::process::Command::new(WWCTL)
+            .env("USER", "alice")
+            .env_remove("SUDO_USER")
+            .args(["--heads", heads, "--timeout", "10"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert!(as_alice(&p.addrs[0], &["node", "add", "a1", "--ipaddr", "10.3.0.1"]).0);
+    assert!(as_alice(&p.addrs[1], &["node", "set", "a1", "--comment", "audited", "-y"]).0);
+    let (ok, _, _) = as_alice(&p.addrs[2], &["node", "add", "a1"]);
+    assert!(!ok, "adding a node that exists is refused");
+    assert!(
+        as_alice(
+            &p.addrs[2],
+            &["rack", "add", "r9", "--network", "10.9.0.0/24", "--head", "1=10.9.0.1"]
+        )
+        .0
+    );
+
+    for i in 0..3 {
+        let (ok, table, err) = as_alice(&p.addrs[i], &["audit", "--since", "1h"]);
+        assert!(ok, "{err}");
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("TIME") && lines[0].contains("OPERATOR"), "{table}");
+        assert_eq!(lines.len(), 5, "header + 4 operator writes, no internal ones:\n{table}");
+        assert!(lines[1].contains("node add a1") && lines[1].contains(" ok"), "{table}");
+        assert!(
+            lines[2].contains("node set a1: comment") && lines[2].contains("alice@"),
+            "{table}"
+        );
+        assert!(
+            lines[3].contains("node add a1") && lines[3].contains("already exists"),
+            "{table}"
+        );
+        assert!(lines[4].contains("rack add/set r9"), "{table}");
+        assert!(
+            lines[1..]
+                .iter()
+                .all(|l| l.contains("(unauthenticated, from 127.0.0.1)")),
+            "{table}"
+        );
+    }
+    // JSON: the head each write came through.
+    let (_, json, _) = as_alice(&all, &["audit", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let via: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["via"].as_u64().unwrap())
+        .collect();
+    assert_eq!(via, vec![1, 2, 3, 3], "{json}");
+    // Nothing since a time in the future.
+    let (_, later, _) = as_alice(&all, &["audit", "--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(later.lines().count(), 1, "{later}");
+}

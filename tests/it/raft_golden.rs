@@ -390,7 +390,7 @@ fn requests() -> BTreeMap<String, Request> {
         .map(|(i, (name, cmd))| {
             // Requests without an id exist too (internal commands may not need one).
             let id = (name != "init").then(|| format!("0190a3c2-7e1b-7c44-9f00-{i:012x}"));
-            (name.to_owned(), Request { id, cmd })
+            (name.to_owned(), Request { id, cmd, audit: None })
         })
         .collect()
 }
@@ -575,7 +575,7 @@ fn state_snapshot_matches_golden_json() {
     ];
     for (i, cmd) in cmds.into_iter().enumerate() {
         let id = matches!(cmd, Command::Add { .. }).then(|| "0190a3c2-7e1b-7c44-9f00-000000000001".to_owned());
-        let r = s.apply(i as u64 + 1, &Request { id, cmd });
+        let r = s.apply(i as u64 + 1, &Request { id, cmd, audit: None });
         assert!(r.0.is_ok(), "{r:?}");
     }
     golden_json("raft_state.json", &s);
@@ -587,6 +587,7 @@ fn state_snapshot_matches_golden_json() {
     let mut back: State = serde_json::from_str(&stored).unwrap();
     back.rebuild_index();
     let retry = Request {
+        audit: None,
         id: Some("0190a3c2-7e1b-7c44-9f00-000000000001".into()),
         cmd: Command::Add {
             kind: Kind::Node,

@@ -231,6 +231,7 @@ mod tests {
         let r = st.apply(
             1,
             &crate::state::Request {
+                audit: None,
                 id: None,
                 cmd: crate::state::Command::Import { conf },
             },

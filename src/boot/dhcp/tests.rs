@@ -73,6 +73,7 @@ fn env() -> Env {
     let r = st.apply(
         1,
         &Request {
+            audit: None,
             id: None,
             cmd: Command::Import { conf },
         },
@@ -787,6 +788,7 @@ fn rack_state() -> State {
     st.apply(
         1,
         &Request {
+            audit: None,
             id: None,
             cmd: Command::Import { conf },
         },
@@ -808,7 +810,16 @@ fn rack_state() -> State {
             rack: r,
             expect: None,
         });
-        st.apply(2 + i as u64, &Request { id: None, cmd }).0.unwrap();
+        st.apply(
+            2 + i as u64,
+            &Request {
+                id: None,
+                cmd,
+                audit: None,
+            },
+        )
+        .0
+        .unwrap();
     }
     st
 }
