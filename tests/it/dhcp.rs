@@ -282,3 +282,82 @@ async fn an_idle_head_writes_no_raft_entries_but_its_keepalives() {
     );
     assert!(written >= 1, "the holder of a block keeps it alive");
 }
+
+/// Issue 12, part 6: one client flooding the rack (perfdhcp, 2,000 DORA/s from one
+/// MAC) beside a normal client (dhclient). The flood is cut to the per-MAC rate
+/// (`boot.dhcp.rate_limit`, default 10 per second, bursts of 30) and counted as
+/// `RateLimited`; the normal client still gets its address.
+#[test]
+fn a_flood_from_one_mac_does_not_starve_the_rack() {
+    if let Some(why) = skip_reason(&[
+        ("ip", "iproute2"),
+        ("dhclient", "isc-dhcp-client"),
+        ("perfdhcp", "kea-admin"),
+    ]) {
+        eprintln!("SKIP a_flood_from_one_mac_does_not_starve_the_rack: {why}");
+        return;
+    }
+    let srv = NetNs::new("fls");
+    let good = NetNs::new("flg");
+    let bad = NetNs::new("flb");
+    srv.ok("ip link add br0 type bridge && ip link set br0 up && ip addr add 10.76.0.1/24 dev br0");
+    good.veth("c0", None, &srv, "p1", None);
+    bad.veth("c0", Some("10.76.0.9/24"), &srv, "p2", None);
+    srv.ok("ip link set p1 master br0 && ip link set p2 master br0");
+    // Two known nodes: the normal client, and the flooder (a known MAC, so every one of
+    // its requests would be answered without the limit).
+    let mut ns = nodes(2, "10.76.0.49".parse().unwrap());
+    ns[0].mac = good.mac("c0");
+    ns[1].mac = "02:f1:00:00:00:01".into();
+    ns[1].ip = "10.76.0.9".parse().unwrap();
+    let cfg = DhcpConfig::from_yaml(
+        "interfaces: [{name: br0, subnets: [lab]}]\n\
+         subnets: {lab: {network: 10.76.0.0/24, server: 10.76.0.1, router: 10.76.0.1, relayed: true}}",
+    )
+    .unwrap();
+    let server = LabServer::start(&srv, "br0", cfg, view_of(&ns, &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let macs = dir.path().join("macs");
+    write_macs(&macs, &ns[1..]);
+    let secs = 8;
+    let flood = {
+        let macs = macs.clone();
+        let bad_ns = bad.name.clone();
+        std::thread::spawn(move || {
+            // perfdhcp in the flooder's namespace (NetNs is not Send; its name is).
+            let o = std::process::Command::new("ip")
+                .args(["netns", "exec", &bad_ns, "sh", "-c"])
+                .arg(format!(
+                    "timeout 30 perfdhcp -4 -l c0 -r 2000 -R 1 -p {secs} -M {} 10.76.0.1 2>&1",
+                    macs.display()
+                ))
+                .output()
+                .unwrap();
+            crate::dhcp_lab::parse_perfdhcp(&String::from_utf8_lossy(&o.stdout))
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let lease = crate::dhclient::run(&good, "c0", "10.76.0.50/24", Duration::from_secs(40));
+    let p = flood.join().unwrap();
+    let limited = server.stats.dropped(Skip::RateLimited);
+    server.stop();
+    assert!(
+        lease.bound,
+        "the normal client got no address during the flood:\n{}",
+        lease.log
+    );
+    assert!(
+        p.sent_discover > 5_000,
+        "perfdhcp did not flood (sent {} DISCOVERs):\n{}",
+        p.sent_discover,
+        p.raw
+    );
+    // The flooder is answered at most at the limit: a burst of 30, then 10 per second
+    // (DISCOVERs and REQUESTs share its budget).
+    let answered = p.recv_offer + p.recv_ack;
+    assert!(
+        answered <= 30 + 10 * (secs as u64 + 2),
+        "the flooding MAC got {answered} answers in {secs} s"
+    );
+    assert!(limited > 5_000, "only {limited} requests counted as rate-limited");
+}

@@ -103,6 +103,19 @@ pub struct DhcpConfigWire {
     /// Path of the UEFI HTTP boot URL (`{file}` placeholder).
     #[serde(default)]
     pub http_boot_path: Option<String>,
+    /// Requests allowed per client MAC (default 10 per second, bursts of 30).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitWire>,
+}
+
+/// `rate_limit`: requests per client MAC; `per_mac_per_sec: 0` turns the limit off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitWire {
+    #[serde(default)]
+    pub per_mac_per_sec: Option<f64>,
+    #[serde(default)]
+    pub burst: Option<f64>,
 }
 
 /// One entry of `interfaces`.
@@ -215,6 +228,8 @@ pub struct DhcpConfig {
     pub ipxe: BTreeMap<u16, String>,
     pub ipxe_url_path: String,
     pub http_boot_path: String,
+    /// Requests per client MAC (None: no limit).
+    pub rate_limit: Option<super::limit::RateLimit>,
 }
 
 /// An interface this head answers on.
@@ -289,6 +304,7 @@ impl Default for DhcpConfig {
             ipxe: default_ipxe_table(),
             ipxe_url_path: DEFAULT_IPXE_URL_PATH.to_owned(),
             http_boot_path: DEFAULT_HTTP_BOOT_PATH.to_owned(),
+            rate_limit: Some(super::limit::RateLimit::default()),
         }
     }
 }
@@ -422,6 +438,7 @@ impl TryFrom<DhcpConfigWire> for DhcpConfig {
             DEFAULT_HTTP_BOOT_PATH,
             "{file}",
         )?;
+        let rate_limit = check_rate_limit(w.rate_limit.as_ref())?;
         Ok(DhcpConfig {
             interfaces,
             subnets,
@@ -429,8 +446,34 @@ impl TryFrom<DhcpConfigWire> for DhcpConfig {
             ipxe,
             ipxe_url_path,
             http_boot_path,
+            rate_limit,
         })
     }
+}
+
+fn check_rate_limit(w: Option<&RateLimitWire>) -> Result<Option<super::limit::RateLimit>, DhcpConfigError> {
+    let d = super::limit::RateLimit::default();
+    let Some(w) = w else { return Ok(Some(d)) };
+    let per_sec = w.per_mac_per_sec.unwrap_or(d.per_sec);
+    if per_sec == 0.0 {
+        return Ok(None);
+    }
+    let burst = w.burst.unwrap_or(d.burst.max(per_sec * 3.0));
+    if !per_sec.is_finite() || per_sec < 0.0 {
+        return Err(bad(
+            "rate_limit.per_mac_per_sec",
+            format!("{per_sec} is not a rate"),
+            "give requests per second per MAC (default 10), or 0 for no limit",
+        ));
+    }
+    if !burst.is_finite() || burst < 1.0 {
+        return Err(bad(
+            "rate_limit.burst",
+            format!("{burst} lets no request through"),
+            "give how many requests one MAC may send at once (default 30, at least 1)",
+        ));
+    }
+    Ok(Some(super::limit::RateLimit { per_sec, burst }))
 }
 
 fn check_path(key: &str, given: Option<&str>, default: &str, placeholder: &str) -> Result<String, DhcpConfigError> {
@@ -742,6 +785,30 @@ subnets:
             "rack1 is not relayed"
         );
         assert_eq!(c.ipxe_url_path, DEFAULT_IPXE_URL_PATH);
+    }
+
+    #[test]
+    fn rate_limit_defaults_settings_and_mistakes() {
+        use crate::boot::dhcp::limit::RateLimit;
+        let base = "interfaces: [{name: br0}]\n";
+        assert_eq!(
+            DhcpConfig::from_yaml(base).unwrap().rate_limit,
+            Some(RateLimit::default())
+        );
+        let c = DhcpConfig::from_yaml(&format!("{base}rate_limit: {{per_mac_per_sec: 50}}")).unwrap();
+        assert_eq!(
+            c.rate_limit,
+            Some(RateLimit {
+                per_sec: 50.0,
+                burst: 150.0
+            })
+        );
+        let off = DhcpConfig::from_yaml(&format!("{base}rate_limit: {{per_mac_per_sec: 0}}")).unwrap();
+        assert_eq!(off.rate_limit, None);
+        let e = DhcpConfig::from_yaml(&format!("{base}rate_limit: {{burst: 0}}")).unwrap_err();
+        assert!(e.to_string().contains("rate_limit.burst"), "{e}");
+        let e = DhcpConfig::from_yaml(&format!("{base}rate_limit: {{per_mac: 5}}")).unwrap_err();
+        assert!(e.to_string().contains("per_mac"), "{e}");
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub enum Skip {
     NoQuorum,
     /// This head lacks artifacts the rack's nodes need (it is still fetching them).
     NotReady,
+    /// More requests from this MAC than `rate_limit` allows (see `limit`).
+    RateLimited,
     /// The chain ended without a decision, or a handler panicked (a bug).
     Internal,
 }
@@ -110,7 +112,7 @@ pub enum Skip {
 impl Skip {
     /// Every reason, in declaration order (`Skip::ALL[s as usize] == s`), for per-reason
     /// counters.
-    pub const ALL: [Skip; 22] = [
+    pub const ALL: [Skip; 23] = [
         Skip::Malformed,
         Skip::NotRequest,
         Skip::NotEthernet,
@@ -132,6 +134,7 @@ impl Skip {
         Skip::NotOurTurn,
         Skip::NoQuorum,
         Skip::NotReady,
+        Skip::RateLimited,
         Skip::Internal,
     ];
 
@@ -158,6 +161,7 @@ impl Skip {
             Skip::Released => "RELEASE (never answered)",
             Skip::Declined => "DECLINE (never answered)",
             Skip::Internal => "internal error (a bug)",
+            Skip::RateLimited => "too many requests from one MAC (boot.dhcp.rate_limit)",
             Skip::NotOurTurn => "an earlier head of the rack answers",
             Skip::NoQuorum => "rack's earlier heads down, but no quorum to take over",
             Skip::NotReady => "this head lacks artifacts the rack needs",

@@ -36,6 +36,7 @@
 pub mod config;
 pub mod handlers;
 pub mod lease;
+pub mod limit;
 pub mod observe;
 pub mod raft_leases;
 pub mod server;

@@ -281,6 +281,7 @@ pub fn detail(reason: Skip, seen: &Seen, iface: &str) -> Option<String> {
     match reason {
         Skip::RelayNotAccepted => seen.giaddr.map(|g| g.to_string()),
         Skip::InterfaceNotServed => Some(iface.to_owned()),
+        Skip::RateLimited => seen.mac.map(|m| m.to_string()),
         _ => None,
     }
 }

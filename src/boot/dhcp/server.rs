@@ -426,6 +426,7 @@ impl Serving {
         }
         // Large enough for any datagram; DHCP messages are ≤ 576 bytes unless jumbo options.
         let mut buf = vec![0u8; 65536];
+        let mut limiter = config.rate_limit.map(super::limit::MacLimiter::new);
         loop {
             let (n, _) = match sock.recv_from(&mut buf).await {
                 Ok(x) => x,
@@ -436,6 +437,14 @@ impl Serving {
                 }
             };
             stats.received.fetch_add(1, Ordering::Relaxed);
+            if let (Some(l), Some(mac)) = (limiter.as_mut(), super::limit::chaddr(&buf[..n])) {
+                let now = Instant::now();
+                if !l.admit(mac, now) {
+                    let dropped = Verdict::Skip(Skip::RateLimited);
+                    self.observer().observe(stats, iface, &buf[..n], &dropped, now);
+                    continue;
+                }
+            }
             let v = view.borrow().clone();
             let plan = self.plan(&v);
             let Some(interface) = plan.config.interface(iface) else {
