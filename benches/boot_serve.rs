@@ -159,6 +159,7 @@ fn http_bench(rt: &tokio::runtime::Runtime, work: &Path, size: u64, rounds: usiz
         rootfs_size: 0,
         files: 0,
         artifact: Some(Artifact {
+            uncompressed: 0,
             digest,
             size,
             build_key: "bench".into(),

@@ -57,6 +57,7 @@ fn entry(seed: u8) -> ImageEntry {
         rootfs_size: 0,
         files: 0,
         artifact: Some(Artifact {
+            uncompressed: 0,
             digest: d(5),
             size: 50,
             build_key: "k".into(),

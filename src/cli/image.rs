@@ -47,11 +47,34 @@ pub enum ImageCmd {
         #[arg(long, default_value_t = true, action = ArgAction::Set)]
         build: bool,
     },
-    /// List images with kernel, size and the number of nodes using each.
+    /// List images (names; with -l, -k, -s, -c or --compressed also the nodes using
+    /// each, kernel, times and sizes, as Warewulf's `image list`).
     #[command(alias = "ls")]
-    List { names: Vec<String> },
+    List {
+        names: Vec<String>,
+        /// Nodes, kernel version, creation and modification time, size.
+        #[arg(short = 'l', long)]
+        long: bool,
+        /// Nodes and kernel version.
+        #[arg(short = 'k', long)]
+        kernel: bool,
+        /// Nodes and size (of the uncompressed image).
+        #[arg(short = 's', long)]
+        size: bool,
+        /// Show the size of the image's root filesystem (the chroot) instead.
+        #[arg(short = 'c', long)]
+        chroot: bool,
+        /// Show the size of the compressed image (what nodes download) instead.
+        #[arg(long)]
+        compressed: bool,
+    },
     /// Show one image in detail.
-    Show { name: String },
+    Show {
+        name: String,
+        /// Warewulf's summary: name, kernel version, rootfs, the nodes using it.
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
     /// Build images (skipped when nothing changed, unless --force).
     Build {
         #[arg(required = true)]
@@ -119,7 +142,14 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
             let e = follow(stream).await?;
             writeln!(out, "Imported image {name}: {}", summary(&e))?;
         }
-        ImageCmd::List { names } => {
+        ImageCmd::List {
+            names,
+            long,
+            kernel,
+            size,
+            chroot,
+            compressed,
+        } => {
             let sel = if names.is_empty() {
                 Selector::All
             } else {
@@ -144,38 +174,19 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                 }
                 Format::Yaml => out.write_all(serde_yaml_ng::to_string(&r.images)?.as_bytes())?,
                 Format::Table => {
+                    let view = ListView::of(long, kernel, size || chroot || compressed);
+                    let sizes = SizeOf::of(chroot, compressed);
                     let t = table(
-                        &[
-                            "IMAGE NAME",
-                            "NODES",
-                            "KERNEL VERSION",
-                            "CREATION TIME",
-                            "MODIFICATION TIME",
-                            "SIZE",
-                        ],
-                        r.images.iter().map(|(n, v)| {
-                            let e = &v.value;
-                            vec![
-                                n.clone(),
-                                users.get(n).copied().unwrap_or(0).to_string(),
-                                e.kernel
-                                    .as_ref()
-                                    .map(|k| k.version.clone())
-                                    .unwrap_or_else(|| "--".into()),
-                                time(e.created),
-                                time(e.updated),
-                                e.artifact
-                                    .as_ref()
-                                    .map(|a| human(a.size))
-                                    .unwrap_or_else(|| "(not built)".into()),
-                            ]
-                        }),
+                        view.header(),
+                        r.images
+                            .iter()
+                            .map(|(n, v)| view.row(n, &v.value, users.get(n).copied().unwrap_or(0), sizes)),
                     );
                     out.write_all(t.as_bytes())?;
                 }
             }
         }
-        ImageCmd::Show { name } => {
+        ImageCmd::Show { name, all } => {
             let r = client
                 .read(
                     &Query {
@@ -197,6 +208,20 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                     writeln!(out)?;
                 }
                 Format::Yaml => out.write_all(serde_yaml_ng::to_string(v)?.as_bytes())?,
+                Format::Table if all => {
+                    let users: Vec<String> = image_users(&r).remove(&name).unwrap_or_default();
+                    let kernel = v.value.kernel.as_ref().map_or("not found", |k| k.version.as_str());
+                    writeln!(out, "Name: {name}")?;
+                    writeln!(out, "KernelVersion: {kernel}")?;
+                    // No directory holds an image here (its layers are in the content store):
+                    // say so where Warewulf prints the chroot path.
+                    writeln!(
+                        out,
+                        "Rootfs: (layers in the content store; `wwctl image exec {name}` unpacks them)"
+                    )?;
+                    writeln!(out, "Nr nodes: {}", users.len())?;
+                    writeln!(out, "Nodes: [{}]", users.join(" "))?;
+                }
                 Format::Table => show(
                     &name,
                     &v.value,
@@ -306,17 +331,125 @@ fn default_name(source: &str) -> Result<String> {
 
 /// Number of nodes whose merged image is each image.
 fn users_by_image(r: &crate::state::QueryResult) -> BTreeMap<String, usize> {
+    image_users(r).into_iter().map(|(k, v)| (k, v.len())).collect()
+}
+
+/// The nodes using each image (through their profiles too), in name order.
+fn image_users(r: &crate::state::QueryResult) -> BTreeMap<String, Vec<String>> {
     let profiles: BTreeMap<String, model::NodeConf> =
         r.profiles.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect();
-    let mut count = BTreeMap::new();
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, v) in &r.nodes {
         if let Ok(m) = model::merge(name, &v.value, &profiles) {
             if let Some(img) = m.conf.image_name {
-                *count.entry(img).or_insert(0) += 1;
+                users.entry(img).or_default().push(name.clone());
             }
         }
     }
-    count
+    users
+}
+
+/// Which columns `image list` shows (Warewulf's choice of flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListView {
+    Names,
+    Kernel,
+    Size,
+    Long,
+}
+
+/// Which size the SIZE column shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizeOf {
+    Image,
+    Chroot,
+    Compressed,
+}
+
+impl SizeOf {
+    /// As Warewulf: `--chroot` wins over `--compressed`.
+    fn of(chroot: bool, compressed: bool) -> SizeOf {
+        if chroot {
+            SizeOf::Chroot
+        } else if compressed {
+            SizeOf::Compressed
+        } else {
+            SizeOf::Image
+        }
+    }
+
+    fn of_entry(self, e: &ImageEntry) -> String {
+        let a = e.artifact.as_ref();
+        match self {
+            SizeOf::Chroot => human(e.rootfs_size),
+            SizeOf::Compressed => a.map(|a| human(a.size)).unwrap_or_else(|| "(not built)".into()),
+            // An artifact built before the uncompressed size was recorded: `--`.
+            SizeOf::Image => match a {
+                None => "(not built)".into(),
+                Some(a) if a.uncompressed == 0 => "--".into(),
+                Some(a) => human(a.uncompressed),
+            },
+        }
+    }
+}
+
+impl ListView {
+    fn of(long: bool, kernel: bool, size: bool) -> ListView {
+        if long {
+            ListView::Long
+        } else if kernel {
+            ListView::Kernel
+        } else if size {
+            ListView::Size
+        } else {
+            ListView::Names
+        }
+    }
+
+    fn header(self) -> &'static [&'static str] {
+        match self {
+            ListView::Names => &["IMAGE NAME"],
+            ListView::Kernel => &["IMAGE NAME", "NODES", "KERNEL VERSION"],
+            ListView::Size => &["IMAGE NAME", "NODES", "SIZE"],
+            ListView::Long => &[
+                "IMAGE NAME",
+                "NODES",
+                "KERNEL VERSION",
+                "CREATION TIME",
+                "MODIFICATION TIME",
+                "SIZE",
+            ],
+        }
+    }
+
+    fn row(self, name: &str, e: &ImageEntry, nodes: usize, size: SizeOf) -> Vec<String> {
+        let kernel = || e.kernel.as_ref().map(|k| k.version.clone()).unwrap_or_default();
+        match self {
+            ListView::Names => vec![name.to_owned()],
+            ListView::Kernel => vec![name.to_owned(), nodes.to_string(), kernel()],
+            ListView::Size => vec![name.to_owned(), nodes.to_string(), size.of_entry(e)],
+            ListView::Long => vec![
+                name.to_owned(),
+                nodes.to_string(),
+                kernel(),
+                time_rfc822(e.created),
+                time_rfc822(e.updated),
+                size.of_entry(e),
+            ],
+        }
+    }
+}
+
+/// Warewulf's `image list -l` times: Go's RFC822, `02 Jan 06 15:04 UTC`.
+fn time_rfc822(secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let t = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+    // 2026-11-27T10:04:05Z
+    let (y, mo, d, hm) = (&t[2..4], &t[5..7], &t[8..10], &t[11..16]);
+    let m = MONTHS[mo.parse::<usize>().unwrap_or(1).clamp(1, 12) - 1];
+    format!("{d} {m} {y} {hm} UTC")
 }
 
 fn time(secs: u64) -> String {

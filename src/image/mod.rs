@@ -537,6 +537,7 @@ impl Images {
             let artifact = Artifact {
                 digest,
                 size: stats.bytes_out,
+                uncompressed: stats.bytes_in,
                 build_key: build_key(&layers),
             };
             Ok::<_, ImageError>((kernels, artifact, stats))

@@ -22,9 +22,18 @@ pub struct LayerRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
     pub digest: Digest,
+    /// Bytes of the compressed archive (what nodes download).
     pub size: u64,
+    /// Bytes of the archive uncompressed (what it takes in a node's memory); 0 when
+    /// built before this was recorded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uncompressed: u64,
     /// What it was built from (layers, excludes, builder version): equal key, no rebuild.
     pub build_key: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The kernel a node boots from this image.

@@ -131,6 +131,7 @@ fn entry(artifact: Option<(Digest, usize)>, kernels: Vec<KernelRef>) -> Box<Imag
         rootfs_size: 0,
         files: 0,
         artifact: artifact.map(|(digest, size)| Artifact {
+            uncompressed: 0,
             digest,
             size: size as u64,
             build_key: "test".into(),

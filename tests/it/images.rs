@@ -113,11 +113,44 @@ async fn directory_import_catalog_build_nodes_and_peer_rebuild() {
     // Nodes use it; list counts them; delete is refused while used.
     ok(&c, &["node", "add", "n[1-2]"]).await;
     ok(&c, &["node", "set", "n[1-2]", "--image", "img1", "-y"]).await;
+    // Warewulf's views: names only by default; -l, -k, -s (-c, --compressed) add columns.
     let list = ok(&c, &["image", "list"]).await;
+    assert_eq!(list.lines().next(), Some("IMAGE NAME"), "{list}");
+    assert!(list.lines().any(|l| l == "img1"), "{list}");
+    let list = ok(&c, &["image", "list", "-l"]).await;
+    assert!(
+        list.starts_with("IMAGE NAME  NODES  KERNEL VERSION  CREATION TIME"),
+        "{list}"
+    );
     let row = list.lines().find(|l| l.starts_with("img1")).unwrap();
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols[1], "2", "two nodes use it: {list}");
     assert_eq!(cols[2], "6.1.0-13", "{list}");
+    assert_eq!(cols[7], "UTC", "Warewulf's time format, 27 Nov 26 10:04 UTC: {list}");
+    let k = ok(&c, &["image", "list", "-k", "img1"]).await;
+    assert_eq!(
+        k.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["img1", "2", "6.1.0-13"]),
+        "{k}"
+    );
+    let all = ok(&c, &["image", "show", "--all", "img1"]).await;
+    assert!(
+        all.starts_with("Name: img1\nKernelVersion: 6.1.0-13\nRootfs: "),
+        "{all}"
+    );
+    assert!(all.contains("\nNr nodes: 2\nNodes: [n1 n2]\n"), "{all}");
+    let size_of = |out: &str| -> String {
+        let row = out.lines().find(|l| l.starts_with("img1")).unwrap();
+        row.split_whitespace().skip(2).collect::<Vec<_>>().join(" ")
+    };
+    let sizes = [
+        size_of(&ok(&c, &["image", "list", "-s"]).await),
+        size_of(&ok(&c, &["image", "list", "--compressed"]).await),
+        size_of(&ok(&c, &["image", "list", "-c"]).await),
+    ];
+    assert_eq!(sizes[1], wulfpack::image::human(art.size), "compressed: the artifact");
+    assert!(sizes.iter().all(|s| s.ends_with('B')), "{sizes:?}");
+    assert_ne!(sizes[0], sizes[1], "uncompressed and compressed differ: {sizes:?}");
     let e2 = ww(&c, &["image", "delete", "img1", "-y"]).await.unwrap_err();
     assert!(e2.contains("still used by") && e2.contains("node n1"), "{e2}");
 

@@ -94,6 +94,7 @@ fn image_entry() -> ImageEntry {
         rootfs_size: 250_000_000,
         files: 31_000,
         artifact: Some(Artifact {
+            uncompressed: 0,
             digest: digest("cpio"),
             size: 90_000_000,
             build_key: "v1:layers+excludes".into(),
