@@ -24,8 +24,9 @@
 //!   bound to the address it was leased, which the namespace treats as local through an
 //!   AnyIP route (`ip route add local NET dev lo`): the kernel answers ARP for those
 //!   addresses on the rack link and delivers the replies (docs/DECISIONS.md "wwsim").
-//! - **Only inside a network namespace.** [`check_namespace`] refuses the namespace the
-//!   system started in: a simulated PXE storm on a real network would be an incident.
+//! - **Only inside a test namespace.** [`check_namespace`] refuses any network namespace
+//!   not made with `ip netns add`: a simulated PXE storm on a real network would be an
+//!   incident.
 //! - **Bounded**: every wait has a deadline (the run's `--deadline` at the latest), every
 //!   retry loop a count; a node that has not finished at the deadline is a failure.
 //! - **Seeded**: `xid`s, start offsets and port choices come from `--seed`; the same seed
@@ -53,9 +54,10 @@ pub enum SimError {
     #[error("--{flag}: {why}")]
     Option { flag: &'static str, why: String },
     #[error(
-        "refusing to run in the system's own network namespace (interface {iface}): simulated PXE \
-         clients would broadcast on a real network. Run wwsim inside a test namespace \
-         (`ip netns exec NS wwsim --iface IF ...`), as the integration tests and the chaos suite do"
+        "refusing to run outside a named network namespace (interface {iface}): simulated PXE \
+         clients must not broadcast on a real network. Run wwsim inside a test namespace made \
+         with `ip netns add` (`ip netns exec NS wwsim --iface IF ...`), as the integration tests \
+         and the chaos suite do"
     )]
     HostNamespace { iface: String },
     #[error("interface {iface}: {why}")]
@@ -107,8 +109,8 @@ impl Rng {
     about = "Simulated PXE/iPXE/wwclient nodes booting against real wulfd heads (inside a network namespace only)"
 )]
 pub struct Args {
-    /// The rack link to boot on (required: there is no default interface). Must be in a
-    /// network namespace other than the system's.
+    /// The rack link to boot on (required: there is no default interface). wwsim runs
+    /// only inside a namespace made with `ip netns add`.
     #[arg(long)]
     pub iface: String,
     /// MAC of the first node; the others count up from it.
@@ -302,26 +304,24 @@ impl TryFrom<Args> for SimOptions {
     }
 }
 
-/// Refuse the system's own network namespace (that of PID 1), and an interface that is
-/// not there.
+/// Run only inside a named network namespace (one made with `ip netns add`, which is
+/// how the tests and the chaos suite make their racks), and only on an interface that is
+/// there. A named namespace is recognised by its file under `/run/netns` being this
+/// process's namespace (same nsfs inode); comparing with PID 1's namespace instead needs
+/// ptrace rights on PID 1, which a container's root may lack.
 pub fn check_namespace(iface: &str) -> Result<(), SimError> {
-    let mine = std::fs::read_link("/proc/self/ns/net");
-    let init = std::fs::read_link("/proc/1/ns/net");
-    match (mine, init) {
-        (Ok(m), Ok(i)) if m != i => {}
-        (Ok(_), Ok(_)) => {
-            return Err(SimError::HostNamespace {
-                iface: iface.to_owned(),
-            })
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            return Err(SimError::Iface {
-                iface: iface.to_owned(),
-                why: format!(
-                    "cannot tell whether this is a test namespace ({e}); wwsim runs as root inside `ip netns exec`"
-                ),
-            })
-        }
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self/ns/net").map_err(|e| SimError::Iface {
+        iface: iface.to_owned(),
+        why: format!("cannot read this process's network namespace: {e}"),
+    })?;
+    let named = ["/run/netns", "/var/run/netns"].iter().any(|dir| {
+        std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+            std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino())
+        })
+    });
+    if !named {
+        return Err(SimError::HostNamespace { iface: iface.to_owned() });
     }
     if !std::path::Path::new("/sys/class/net").join(iface).exists() {
         return Err(SimError::Iface {
@@ -386,6 +386,7 @@ pub async fn run(opts: SimOptions) -> Result<Report, SimError> {
 /// Run the storm with a DHCP port the caller made.
 pub async fn run_on(opts: SimOptions, port: DhcpPort) -> Report {
     let t0 = Instant::now();
+    let rcvbuf_before = report::udp_rcvbuf_errors();
     let env = Arc::new(Env {
         deadline: t0 + opts.deadline,
         opts,
@@ -467,7 +468,18 @@ pub async fn run_on(opts: SimOptions, port: DhcpPort) -> Report {
             })
         })
         .collect();
-    let summary = report::summarize(&mut nodes, t0.elapsed(), env.opts.seed);
+    let mut summary = report::summarize(&mut nodes, t0.elapsed(), env.opts.seed);
+    let st = &env.dhcp.stats;
+    summary.dhcp_port = report::PortCounts {
+        sent: st.sent.load(Ordering::Relaxed),
+        received: st.received.load(Ordering::Relaxed),
+        unmatched: st.unmatched.load(Ordering::Relaxed),
+        overflow: st.overflow.load(Ordering::Relaxed),
+        udp_rcvbuf_errors: report::udp_rcvbuf_errors()
+            .zip(rcvbuf_before)
+            .map(|(a, b)| a.saturating_sub(b))
+            .unwrap_or(0),
+    };
     Report { summary, nodes }
 }
 
@@ -512,6 +524,14 @@ mod tests {
         }
         // An interface is required: there is no default.
         assert!(Args::try_parse_from(["wwsim", "--macs", "02:00:00:00:00:01"]).is_err());
+    }
+
+    #[test]
+    fn the_namespace_the_tests_run_in_is_refused() {
+        // cargo runs tests where it was started: not in a namespace made by `ip netns add`.
+        let e = check_namespace("lo").unwrap_err();
+        assert!(matches!(e, SimError::HostNamespace { .. }), "{e}");
+        assert!(e.to_string().contains("ip netns add"), "{e}");
     }
 
     #[test]

@@ -485,6 +485,7 @@ pub async fn run_node(env: Arc<Env>, mut n: SimNode, rec: &mut NodeRecord, permi
         return;
     };
     rec.booted = true;
+    rec.agent_config = Some(b.agent_from.to_owned());
     env.progress.booted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     refresh(&env, &mut n, &b, rec).await;
     let all_refreshed =

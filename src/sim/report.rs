@@ -85,6 +85,9 @@ pub struct NodeRecord {
     pub images: Vec<String>,
     /// Downloads refused by policy (403), e.g. iPXE's runtime overlay in secure mode.
     pub refused: u32,
+    /// Where the agent's heads came from: `wwclient.conf` (in the system overlay) or,
+    /// without one, the heads the script downloaded from.
+    pub agent_config: Option<String>,
     pub refreshes: Vec<RefreshRecord>,
     /// Served bytes that did not match their digest (each: what, from where, why).
     pub digest_mismatches: Vec<String>,
@@ -149,8 +152,30 @@ pub struct Summary {
     /// Seconds the whole run took (refreshes included).
     pub run_secs: f64,
     pub seed: u64,
+    /// The shared DHCP port's counters, and this namespace's UDP receive-buffer drops
+    /// (`/proc/net/snmp` RcvbufErrors over the run): lost replies cost retransmissions.
+    pub dhcp_port: PortCounts,
     /// First failures, for the summary line.
     pub first_errors: Vec<String>,
+}
+
+/// Counters of the shared DHCP port over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PortCounts {
+    pub sent: u64,
+    pub received: u64,
+    pub unmatched: u64,
+    pub overflow: u64,
+    pub udp_rcvbuf_errors: u64,
+}
+
+/// `RcvbufErrors` of `/proc/net/snmp` (this network namespace's UDP), if readable.
+pub fn udp_rcvbuf_errors() -> Option<u64> {
+    let t = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = t.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
 }
 
 /// Mark nodes sharing an address as failed, and sum everything up.
@@ -252,6 +277,12 @@ impl Summary {
             out.push_str(&format!(
                 "; refreshes {} ({} not modified)",
                 self.refreshes, self.refreshes_not_modified
+            ));
+        }
+        if self.dhcp_port.udp_rcvbuf_errors + self.dhcp_port.overflow > 0 {
+            out.push_str(&format!(
+                "; UDP receive drops {} (+{} queue)",
+                self.dhcp_port.udp_rcvbuf_errors, self.dhcp_port.overflow
             ));
         }
         if self.digest_mismatches > 0 {
