@@ -316,12 +316,16 @@ pub fn check_namespace(iface: &str) -> Result<(), SimError> {
         why: format!("cannot read this process's network namespace: {e}"),
     })?;
     let named = ["/run/netns", "/var/run/netns"].iter().any(|dir| {
-        std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-            std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino())
-        })
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino()))
     });
     if !named {
-        return Err(SimError::HostNamespace { iface: iface.to_owned() });
+        return Err(SimError::HostNamespace {
+            iface: iface.to_owned(),
+        });
     }
     if !std::path::Path::new("/sys/class/net").join(iface).exists() {
         return Err(SimError::Iface {

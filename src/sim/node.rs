@@ -65,12 +65,15 @@ impl SimNode {
     }
 }
 
+/// A head's digest of an iPXE binary, fetched once: by (head, HTTP port, file).
+type EfiReferences = Mutex<HashMap<(Ipv4Addr, u16, String), Arc<OnceCell<Option<Digest>>>>>;
+
 /// References every served byte is checked against, shared by all nodes of a run.
 #[derive(Debug, Default)]
 pub struct Verifier {
     /// The digest a head gives for an iPXE binary (`/efiboot/{file}`'s ETag), by
     /// (head, HTTP port, file); None when the head does not serve that route.
-    efi: Mutex<HashMap<(Ipv4Addr, u16, String), Arc<OnceCell<Option<Digest>>>>>,
+    efi: EfiReferences,
     /// First digest seen per TFTP file, where no head gave one.
     first: Mutex<HashMap<String, Digest>>,
     /// Overlay ETags ("equal keys, equal bytes") and the digest first served under each.
@@ -350,7 +353,7 @@ async fn boot_once(env: &Env, n: &mut SimNode, rec: &mut NodeRecord) -> Result<B
     let mut last_failure = String::from("none");
     // Bounded: the script is cut after MAX_STEPS commands, each download by its timeout.
     let images = loop {
-        match script.next() {
+        match script.step() {
             Op::Fetch { name, url, .. } => {
                 let stage = stage_of(&name);
                 let began = *first_try.entry(name.clone()).or_insert_with(Instant::now);

@@ -32,7 +32,7 @@ pub const MAX_STEPS: u32 = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Download `url` (a `kernel`, `initrd`, … command); call [`Script::complete`] with
-    /// the outcome before the next [`Script::next`].
+    /// the outcome before the next [`Script::step`].
     Fetch {
         /// The command (`kernel`, `initrd`, `imgextract`, …).
         verb: String,
@@ -233,7 +233,7 @@ impl Script {
     }
 
     /// Run until the next download, `boot` or the end.
-    pub fn next(&mut self) -> Op {
+    pub fn step(&mut self) -> Op {
         assert!(self.awaiting.is_none(), "complete() the last Fetch first");
         loop {
             let Some(cmd) = self.pending.pop() else {
@@ -334,7 +334,7 @@ impl Script {
         }
     }
 
-    /// The outcome of the download [`Script::next`] returned.
+    /// The outcome of the download [`Script::step`] returned.
     pub fn complete(&mut self, ok: bool) {
         let Some((verb, name)) = self.awaiting.take() else {
             return;
@@ -393,7 +393,7 @@ mod tests {
         let mut s = Script::new(text, settings());
         let mut tried = Vec::new();
         loop {
-            match s.next() {
+            match s.step() {
                 Op::Fetch { name, url, .. } => {
                     let r = ok(&name, &url);
                     tried.push((name, url));
@@ -473,7 +473,7 @@ mod tests {
         s.vars.insert("platform".into(), "efi".into());
         let mut verbs = Vec::new();
         loop {
-            match s.next() {
+            match s.step() {
                 Op::Fetch { verb, name, .. } => {
                     let ok = !(name == "image" && verb == "imgextract");
                     verbs.push(format!("{verb}:{name}"));
@@ -510,7 +510,7 @@ mod tests {
             "nope || set x 1 && set y 2\nset z ${x}${y}\niseq a b && set w 1 || set w 0\n",
             settings(),
         );
-        assert_eq!(s.next(), Op::Stop(Stop::End));
+        assert_eq!(s.step(), Op::Stop(Stop::End));
         assert_eq!(s.var("z"), Some("12"));
         assert_eq!(s.var("w"), Some("0"));
     }

@@ -464,7 +464,7 @@ mod tests {
                 assert!(wait_ack(0).await, "ACK 0 after the OACK");
             }
             let mut blocks: Vec<&[u8]> = body.chunks(blksize).collect();
-            if body.len() % blksize == 0 {
+            if body.len().is_multiple_of(blksize) {
                 blocks.push(&[]); // an exact multiple ends with an empty block
             }
             let mut dropped = false;

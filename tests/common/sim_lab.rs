@@ -84,11 +84,19 @@ impl SimLab {
         let cfg = d.join(format!("wulfd{id}.yaml"));
         std::fs::write(
             &cfg,
-            head_config(id, &d.join(format!("data{id}")), &d.join("wwclient"), &d.join("warewulf.conf")),
+            head_config(
+                id,
+                &d.join(format!("data{id}")),
+                &d.join("wwclient"),
+                &d.join("warewulf.conf"),
+            ),
         )
         .unwrap();
         let log = d.join(format!("wulfd{id}.log"));
-        let pid = self.heads[i].spawn(&["timeout", "300", WULFD, "--config", cfg.to_str().unwrap()], Some(&log));
+        let pid = self.heads[i].spawn(
+            &["timeout", "300", WULFD, "--config", cfg.to_str().unwrap()],
+            Some(&log),
+        );
         self.pids[i] = Some(pid);
     }
 

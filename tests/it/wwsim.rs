@@ -36,12 +36,17 @@ fn skip(name: &str) -> bool {
 fn finish(lab: &SimLab, pid: u32, json: &Path, log: &Path, secs: u64) -> Value {
     let st = lab.sim.wait(pid, Duration::from_secs(secs));
     let out = std::fs::read_to_string(log).unwrap_or_default();
-    assert!(st.is_some(), "wwsim still running after {secs} s\n{out}\n{}", lab.logs());
+    assert!(
+        st.is_some(),
+        "wwsim still running after {secs} s\n{out}\n{}",
+        lab.logs()
+    );
     let text = std::fs::read_to_string(json).unwrap_or_else(|e| panic!("no report ({e}):\n{out}\n{}", lab.logs()));
     let report: Value = serde_json::from_str(&text).unwrap();
     let s = &report["summary"];
     assert_eq!(
-        s["failed"], 0,
+        s["failed"],
+        0,
         "failures:\n{out}\nfirst records: {}\n{}",
         serde_json::to_string_pretty(
             &report["nodes"]
@@ -111,7 +116,11 @@ fn simulated_nodes_boot_through_every_stage_against_a_three_head_rack() {
         assert_eq!(n["agent_config"], "wwclient.conf");
         let r = n["refreshes"].as_array().unwrap();
         assert_eq!(r.len(), 2, "{n}");
-        assert_eq!((r[0]["status"].as_u64(), r[1]["status"].as_u64()), (Some(200), Some(304)), "{n}");
+        assert_eq!(
+            (r[0]["status"].as_u64(), r[1]["status"].as_u64()),
+            (Some(200), Some(304)),
+            "{n}"
+        );
         assert_eq!(r[0]["head"], "10.10.0.1:9873");
     }
     // The heads saw the nodes where they are: head 1's status board has the runtime
@@ -152,14 +161,13 @@ fn every_simulated_node_boots_when_the_racks_primary_is_killed_mid_run() {
     eprintln!("finished {:.1} s after the kill", killed_at.elapsed().as_secs_f64());
     assert_eq!(report["summary"]["booted"], N);
     let nodes = report["nodes"].as_array().unwrap();
-    let from = |n: &Value, h: &str| {
-        ["dhcp_rom", "tftp", "dhcp_ipxe"]
-            .iter()
-            .all(|s| head(n, s) == h)
-    };
+    let from = |n: &Value, h: &str| ["dhcp_rom", "tftp", "dhcp_ipxe"].iter().all(|s| head(n, s) == h);
     let on_primary = nodes.iter().filter(|n| from(n, "10.10.0.1")).count();
     let on_backup = nodes.iter().filter(|n| from(n, "10.10.0.2")).count();
-    assert!(on_primary >= (N / 4) as usize, "{on_primary} nodes booted from the primary");
+    assert!(
+        on_primary >= (N / 4) as usize,
+        "{on_primary} nodes booted from the primary"
+    );
     assert!(on_backup > 0, "no node booted entirely from the next head");
     for n in nodes {
         // Whatever a node's boot had reached when the primary died, it finished from the
