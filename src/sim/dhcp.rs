@@ -441,9 +441,9 @@ impl DhcpPort {
             iface: iface.to_owned(),
             why: e.to_string(),
         })?;
-        // Thousands of nodes' replies arrive in bursts: past net.core.rmem_max (root may,
-        // and wwsim runs as root). Best effort: the default buffer still works, it drops
-        // more under a storm (counted in the summary).
+        // Thousands of nodes' replies arrive in bursts (~2 KiB of buffer each): past
+        // net.core.rmem_max (root may, and wwsim runs as root). Best effort: the default
+        // buffer works too, it drops more under a storm (counted in the summary).
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&sock, 16 << 20);
         Ok(DhcpPort::on_socket(sock, SocketAddr::from((Ipv4Addr::BROADCAST, 67))))
     }

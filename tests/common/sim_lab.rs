@@ -44,6 +44,8 @@ pub struct SimLab {
     pub sim: NetNs,
     pub dir: tempfile::TempDir,
     pub pids: Vec<Option<u32>>,
+    /// Seconds each `wulfd` may live (`timeout`), a bound should the caller hang.
+    pub lifetime_secs: u64,
 }
 
 impl SimLab {
@@ -74,10 +76,11 @@ impl SimLab {
             sim,
             dir,
             pids: vec![None; 3],
+            lifetime_secs: 300,
         }
     }
 
-    /// Start head `i` (0-based), living at most 300 s.
+    /// Start head `i` (0-based), living at most `lifetime_secs`.
     pub fn start(&mut self, i: usize) {
         let id = i as u64 + 1;
         let d = self.dir.path();
@@ -192,8 +195,42 @@ impl SimLab {
             "{WWSIM} --iface c0 --macs {FIRST_MAC} --count {count} --json {} {extra}",
             json.display()
         );
-        let argv: Vec<&str> = ["timeout", "120"].into_iter().chain(cmd.split_whitespace()).collect();
+        // Bounded by its own --deadline; `timeout` only in case it is not.
+        let argv: Vec<&str> = ["timeout", "1800"].into_iter().chain(cmd.split_whitespace()).collect();
         self.sim.spawn(&argv, Some(log))
+    }
+
+    /// Permanent neighbour entries for nodes 1..=count on every head's rack link (the sim
+    /// namespace's MAC). Linux's ARP table is shared by all namespaces and capped by
+    /// `gc_thresh3` (1024), which only the system's namespace can raise; permanent
+    /// entries are exempt from that cap, so a storm of thousands of node addresses fits
+    /// without changing the host.
+    pub fn pin_neighbours(&self, count: u32) {
+        let mac = self.sim.mac("c0");
+        let batch: String = (1..=count)
+            .map(|i| format!("neigh replace {} lladdr {mac} dev r0 nud permanent\n", node(i).1))
+            .collect();
+        let file = self.dir.path().join("neigh.batch");
+        std::fs::write(&file, batch).unwrap();
+        for h in &self.heads {
+            h.ok(&format!("ip -batch {}", file.display()));
+        }
+    }
+
+    /// `VmHWM` (peak RSS) in KiB of head `i`'s `wulfd` (the child of the `timeout` spawned).
+    pub fn peak_rss_kib(&self, i: usize) -> u64 {
+        let Some(pid) = self.pids[i] else { return 0 };
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .filter_map(|c| std::fs::read_to_string(format!("/proc/{c}/status")).ok())
+            .find(|st| st.lines().any(|l| l.starts_with("Name:") && l.contains("wulfd")))
+            .and_then(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
     }
 
     /// SIGKILL head `i` (its process group: `timeout` and wulfd).
