@@ -136,9 +136,10 @@ fn main() {
     lab.ready(n);
     lab.pin_neighbours(n);
     eprintln!("lab ready with {n} nodes in {:.1} s", t.elapsed().as_secs_f64());
-    let common = format!(
-        "--concurrency {n} --refreshes 2 --interval 2s --deadline 900 --seed 42"
-    );
+    // The smoke run's 20 nodes boot in about a second: spread them over 3 s so that the
+    // kill lands mid-storm there too.
+    let ramp = if full { "0s" } else { "3s" };
+    let common = format!("--concurrency {n} --refreshes 2 --interval 2s --deadline 900 --seed 42 --ramp {ramp}");
     let (healthy, _) = storm(&mut lab, n, &common, "healthy", false);
     let rss: Vec<u64> = (0..3).map(|i| lab.peak_rss_kib(i)).collect();
     let (killed, after_kill) = storm(&mut lab, n, &common, "primary-killed", true);
@@ -148,7 +149,10 @@ fn main() {
     let boot_k = k["boot_secs"].as_f64().unwrap_or(0.0);
     let bytes = s["bytes"].as_u64().unwrap_or(0) as f64;
     let anchor = bytes / bw;
-    println!("\nboot storm: {n} simulated nodes, 3 heads on one rack (run of {})", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
+    println!(
+        "\nboot storm: {n} simulated nodes, 3 heads on one rack (run of {})",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    );
     println!("| what | result | anchor | ratio |");
     println!("|---|---|---|---|");
     println!(
@@ -186,7 +190,10 @@ fn main() {
     );
     println!(
         "| peak RSS of wulfd 1, 2, 3 after the healthy storm | {} MiB | — | — |",
-        rss.iter().map(|k| format!("{:.0}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(", ")
+        rss.iter()
+            .map(|k| format!("{:.0}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if !full {
         assert_eq!(s["failed"], 0, "healthy smoke storm failed");

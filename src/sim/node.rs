@@ -237,7 +237,6 @@ fn stage_of(name: &str) -> Option<&'static str> {
 
 /// One boot from power-on to the script's `boot`.
 async fn boot_once(env: &Env, n: &mut SimNode, rec: &mut NodeRecord) -> Result<Booted, String> {
-    let t_on = Instant::now();
     // 1. The PXE ROM: a lease and the iPXE binary.
     let rom = dora(env, n, Firmware::PxeRom, rec).await?;
     let file = rom.boot_file.clone().filter(|f| !f.contains("://")).ok_or_else(|| {
@@ -420,14 +419,6 @@ async fn boot_once(env: &Env, n: &mut SimNode, rec: &mut NodeRecord) -> Result<B
         }
     };
     rec.images = images;
-    rec.stages.insert(
-        "boot",
-        StageRecord {
-            ms: ms(t_on.elapsed()),
-            head: String::new(),
-            bytes: 0,
-        },
-    );
     let (agent, agent_from) = match system.as_deref().and_then(wwclient_conf) {
         Some(c) => (c, "wwclient.conf"),
         None => (
@@ -459,6 +450,7 @@ pub fn wwclient_conf(system: &[u8]) -> Option<AgentConfig> {
 /// booting at once), then run the agent's refreshes without it.
 pub async fn run_node(env: Arc<Env>, mut n: SimNode, rec: &mut NodeRecord, permit: tokio::sync::OwnedSemaphorePermit) {
     rec.mac = n.mac_text();
+    let power_on = Instant::now();
     let mut booted = None;
     let mut last_err = String::new();
     for attempt in 0..=env.opts.reboots {
@@ -488,6 +480,15 @@ pub async fn run_node(env: Arc<Env>, mut n: SimNode, rec: &mut NodeRecord, permi
         return;
     };
     rec.booted = true;
+    // From the first power-on: a reboot's lost time counts.
+    rec.stages.insert(
+        "boot",
+        StageRecord {
+            ms: ms(power_on.elapsed()),
+            head: String::new(),
+            bytes: 0,
+        },
+    );
     rec.agent_config = Some(b.agent_from.to_owned());
     env.progress.booted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     refresh(&env, &mut n, &b, rec).await;
