@@ -189,6 +189,16 @@ fn main() {
         boot_k - boot
     );
     println!(
+        "| wwsim's own cost (healthy storm): CPU, peak RSS | {:.1} CPU s ({:.1} ms per node), {:.0} MiB | — | — |",
+        s["sim_cpu_secs"].as_f64().unwrap_or(0.0),
+        s["sim_cpu_secs"].as_f64().unwrap_or(0.0) * 1000.0 / f64::from(n),
+        s["sim_peak_rss_mib"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "| DHCP replies the simulator's socket dropped (UDP receive buffer), healthy / killed | {} / {} | — | — |",
+        s["dhcp_port"]["udp_rcvbuf_errors"], k["dhcp_port"]["udp_rcvbuf_errors"]
+    );
+    println!(
         "| peak RSS of wulfd 1, 2, 3 after the healthy storm | {} MiB | — | — |",
         rss.iter()
             .map(|k| format!("{:.0}", *k as f64 / 1024.0))

@@ -484,6 +484,7 @@ pub async fn run_on(opts: SimOptions, port: DhcpPort) -> Report {
             .map(|(a, b)| a.saturating_sub(b))
             .unwrap_or(0),
     };
+    (summary.sim_cpu_secs, summary.sim_peak_rss_mib) = report::own_usage();
     Report { summary, nodes }
 }
 

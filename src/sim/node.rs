@@ -306,6 +306,7 @@ async fn boot_once(env: &Env, n: &mut SimNode, rec: &mut NodeRecord) -> Result<B
     let mut ports = PortCursor::new(n.rng.next_u32() as u16);
     if env.opts.verify {
         let want = efi_reference(env, rom.next_server, http_port(&url), &file, ipxe.addr).await;
+        rec.tftp_checked_against = Some(if want.is_some() { "head" } else { "first_seen" });
         let bad = match want {
             Some(d) if d != tr.digest => Some(d),
             Some(_) => None,

@@ -89,6 +89,10 @@ pub struct NodeRecord {
     /// without one, the heads the script downloaded from.
     pub agent_config: Option<String>,
     pub refreshes: Vec<RefreshRecord>,
+    /// What the iPXE binary's TFTP bytes were checked against: `head` (the digest the
+    /// head gives on `/efiboot/<file>`) or `first_seen` (the first bytes any node got,
+    /// where the head does not serve that route); none with `--no-verify`.
+    pub tftp_checked_against: Option<&'static str>,
     /// Served bytes that did not match their digest (each: what, from where, why).
     pub digest_mismatches: Vec<String>,
     /// Seconds from the start of the run to this node's power-on.
@@ -155,6 +159,10 @@ pub struct Summary {
     /// The shared DHCP port's counters, and this namespace's UDP receive-buffer drops
     /// (`/proc/net/snmp` RcvbufErrors over the run): lost replies cost retransmissions.
     pub dhcp_port: PortCounts,
+    /// The simulator's own CPU (user + system seconds, all threads) and peak RSS over
+    /// the run: what simulating the storm cost this machine.
+    pub sim_cpu_secs: f64,
+    pub sim_peak_rss_mib: f64,
     /// First failures, for the summary line.
     pub first_errors: Vec<String>,
 }
@@ -167,6 +175,31 @@ pub struct PortCounts {
     pub unmatched: u64,
     pub overflow: u64,
     pub udp_rcvbuf_errors: u64,
+}
+
+/// This process's CPU seconds (user + system, all threads; `/proc/self/stat` counts in
+/// USER_HZ, which Linux fixes at 100 for `/proc`) and peak RSS in MiB (`VmHWM`).
+pub fn own_usage() -> (f64, f64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = t.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            let l = t.lines().find(|l| l.starts_with("VmHWM:"))?;
+            l.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0);
+    (cpu, rss)
 }
 
 /// `RcvbufErrors` of `/proc/net/snmp` (this network namespace's UDP), if readable.
@@ -294,6 +327,12 @@ impl Summary {
                 self.duplicate_addresses.join("; ")
             ));
         }
+        if self.sim_cpu_secs > 0.0 {
+            out.push_str(&format!(
+                "; wwsim used {:.1} CPU s, {:.0} MiB",
+                self.sim_cpu_secs, self.sim_peak_rss_mib
+            ));
+        }
         out.push_str(&format!("; seed {}", self.seed));
         if !self.first_errors.is_empty() {
             out.push_str(&format!("; first errors: {}", self.first_errors.join(" | ")));
@@ -330,6 +369,19 @@ mod tests {
             },
         );
         r
+    }
+
+    #[test]
+    fn own_usage_is_read_from_proc() {
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(300) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let (cpu, rss) = own_usage();
+        assert!(cpu >= 0.2, "{cpu} CPU s after spinning 0.3 s");
+        assert!(rss > 1.0, "{rss} MiB");
     }
 
     #[test]

@@ -107,6 +107,7 @@ fn simulated_nodes_boot_through_every_stage_against_a_three_head_rack() {
             assert_eq!(head(n, stage), "10.10.0.1:9873", "{stage}: {n}");
         }
         assert_eq!(n["stages"]["tftp"]["bytes"], ipxe_len, "the whole iPXE binary");
+        assert_eq!(n["tftp_checked_against"], "head", "the head's /efiboot/ digest");
         assert_eq!(n["stages"]["kernel"]["bytes"], 256 * 1024);
         // Secure mode: iPXE's runtime-overlay download (an unprivileged port) is refused
         // by each of the three heads and skipped; the agent gets it from port < 1024.
