@@ -101,6 +101,29 @@ fn storm(lab: &mut SimLab, n: u32, extra: &str, tag: &str, kill_primary: bool) -
     (report, killed.map(|k| k.elapsed().as_secs_f64()))
 }
 
+/// Why boots failed (before a reboot), grouped by the message up to its first number or
+/// address, most frequent first.
+fn boot_failures(report: &Value) -> String {
+    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    for n in report["nodes"].as_array().into_iter().flatten() {
+        for f in n["boot_failures"].as_array().into_iter().flatten() {
+            let t = f.as_str().unwrap_or_default();
+            let cut = t.find(|c: char| c.is_ascii_digit()).unwrap_or(t.len()).min(60);
+            *by.entry(t[..cut].trim_end().to_owned()).or_default() += 1;
+        }
+    }
+    let mut v: Vec<(String, u64)> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.iter()
+        .take(4)
+        .map(|(k, n)| format!("{n}× \"{k}…\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn p(report: &Value, stage: &str) -> String {
     let s = &report["summary"]["stages"][stage];
     format!(
@@ -134,7 +157,10 @@ fn main() {
     lab.lifetime_secs = 3600;
     let t = Instant::now();
     lab.ready(n);
-    lab.pin_neighbours(n);
+    // BOOT_STORM_PIN=0: leave the heads' neighbour entries to ARP (and its shared cap).
+    if std::env::var("BOOT_STORM_PIN").as_deref() != Ok("0") {
+        lab.pin_neighbours(n);
+    }
     eprintln!("lab ready with {n} nodes in {:.1} s", t.elapsed().as_secs_f64());
     // The smoke run's 20 nodes boot in about a second: spread them over 3 s so that the
     // kill lands mid-storm there too.
@@ -187,6 +213,11 @@ fn main() {
         "| time to the last `boot` with the kill | {boot_k:.1} s ({:.1} s after the kill to the end of the run) | healthy {boot:.1} s | +{:.1} s |",
         after_kill.unwrap_or(0.0),
         boot_k - boot
+    );
+    println!(
+        "| failed boots (rebooted), healthy / killed | {} / {} | — | — |",
+        boot_failures(&healthy),
+        boot_failures(&killed)
     );
     println!(
         "| wwsim's own cost (healthy storm): CPU, peak RSS | {:.1} CPU s ({:.1} ms per node), {:.0} MiB | — | — |",

@@ -467,7 +467,10 @@ pub async fn run_node(env: Arc<Env>, mut n: SimNode, rec: &mut NodeRecord, permi
                 booted = Some(b);
                 break;
             }
-            Err(e) => last_err = e,
+            Err(e) => {
+                rec.boot_failures.push(e.clone());
+                last_err = e;
+            }
         }
     }
     drop(permit);

@@ -78,6 +78,9 @@ pub struct NodeRecord {
     pub error: Option<String>,
     /// Boots started (1 + reboots).
     pub attempts: u32,
+    /// Why each failed boot failed (the node rebooted after each, or gave up after the
+    /// last).
+    pub boot_failures: Vec<String>,
     pub retries: Retries,
     /// By [`STAGES`] name; `boot` is the time from power-on to the `boot` command.
     pub stages: BTreeMap<&'static str, StageRecord>,
