@@ -157,10 +157,9 @@ fn main() {
     lab.lifetime_secs = 3600;
     let t = Instant::now();
     lab.ready(n);
-    // BOOT_STORM_PIN=0: leave the heads' neighbour entries to ARP (and its shared cap).
-    if std::env::var("BOOT_STORM_PIN").as_deref() != Ok("0") {
-        lab.pin_neighbours(n);
-    }
+    // Not optional: without it, 10,000 addresses overflowed the kernel's ARP table, which
+    // all namespaces share (25 of 10,000 nodes booted; docs/PERFORMANCE.md).
+    lab.pin_neighbours(n);
     eprintln!("lab ready with {n} nodes in {:.1} s", t.elapsed().as_secs_f64());
     // The smoke run's 20 nodes boot in about a second: spread them over 3 s so that the
     // kill lands mid-storm there too.

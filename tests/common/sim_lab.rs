@@ -96,8 +96,9 @@ impl SimLab {
         )
         .unwrap();
         let log = d.join(format!("wulfd{id}.log"));
+        let life = self.lifetime_secs.to_string();
         let pid = self.heads[i].spawn(
-            &["timeout", "300", WULFD, "--config", cfg.to_str().unwrap()],
+            &["timeout", &life, WULFD, "--config", cfg.to_str().unwrap()],
             Some(&log),
         );
         self.pids[i] = Some(pid);
