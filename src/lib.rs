@@ -23,12 +23,14 @@
 //! | [`overlay`] | overlay trees and their catalog, `.ww` templates rendered with Warewulf's data and functions, per-node cpio.gz archives |
 //! | [`agent`] | `wwclient`, the node agent: fetches the runtime overlay from the heads of its rack and applies it atomically |
 //! | [`boot`] | the boot data plane: an immutable `BootView` that DHCP/TFTP/HTTP read; DHCP leases through the cluster handle |
+//! | [`sim`] | `wwsim`: simulated nodes (PXE ROM DHCP and TFTP, iPXE DHCP and script, `wwclient` refreshes) for storms against real heads |
 //! | [`api`] | the admin gRPC service: a thin adapter over the cluster handle, images and status |
 //! | [`client`] | admin API client with head failover and hedging (used by `wwctl`, tests, benchmarks) |
 //! | [`daemon`] | a head: validated config, gRPC/HTTP servers, Raft start-up behind a "starting" gate, background tasks, bootstrap |
 //! | [`cli`] | `wwctl`: Warewulf-style verbs and flags, tables/YAML/JSON output |
 //!
-//! Binaries in `src/bin/` only parse arguments and call into [`daemon`] or [`cli`].
+//! Binaries in `src/bin/` only parse arguments and call into [`daemon`], [`cli`],
+//! [`agent`] (`wwclient`) or [`sim`] (`wwsim`).
 
 // openraft's error types (StorageError, RPCError, ConfigError) are large and fixed by
 // its trait signatures; boxing them at every call would only add noise.
@@ -67,3 +69,4 @@ pub mod daemon;
 pub mod image;
 pub mod overlay;
 pub mod raft;
+pub mod sim;

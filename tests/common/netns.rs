@@ -139,6 +139,25 @@ impl NetNs {
         }
     }
 
+    /// Wait up to `timeout` for a spawned process to exit (polling); its exit status, or
+    /// None if it is still running (or was not spawned here).
+    pub fn wait(&self, pid: u32, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        loop {
+            {
+                let mut cs = self.children.lock().unwrap();
+                let c = cs.iter_mut().find(|c| c.id() == pid)?;
+                if let Ok(Some(st)) = c.try_wait() {
+                    return Some(st);
+                }
+            }
+            if t.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Run `f` on a new thread that has entered this namespace: sockets it creates live
     /// here. The namespace must outlive the thread's sockets (join before dropping).
     pub fn enter<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> std::thread::JoinHandle<R> {

@@ -20,6 +20,8 @@ mod rack_lab;
 mod rack_qemu_lab;
 #[path = "../common/registry.rs"]
 mod registry;
+#[path = "../common/sim_lab.rs"]
+mod sim_lab;
 
 mod artifacts;
 mod boot_http;
@@ -50,3 +52,4 @@ mod raft_ops;
 mod ssh_keys;
 mod tftp;
 mod wwclient;
+mod wwsim;
