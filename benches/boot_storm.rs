@@ -27,12 +27,10 @@ mod lab_heads;
 #[path = "../tests/common/netns.rs"]
 mod netns;
 #[path = "../tests/common/qemu_node.rs"]
-#[allow(dead_code)]
 mod qemu_node;
 #[path = "../tests/common/rack_qemu_lab.rs"]
 mod rack_qemu_lab;
 #[path = "../tests/common/registry.rs"]
-#[allow(dead_code)]
 mod registry;
 #[path = "../tests/common/sim_lab.rs"]
 mod sim_lab;
@@ -113,7 +111,7 @@ fn boot_failures(report: &Value) -> String {
         }
     }
     let mut v: Vec<(String, u64)> = by.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     if v.is_empty() {
         return "none".into();
     }
