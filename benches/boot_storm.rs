@@ -32,6 +32,8 @@ mod qemu_node;
 mod rack_qemu_lab;
 #[path = "../tests/common/registry.rs"]
 mod registry;
+#[path = "common/report.rs"]
+mod report;
 #[path = "../tests/common/sim_lab.rs"]
 mod sim_lab;
 
@@ -175,6 +177,62 @@ fn main() {
     println!(
         "\nboot storm: {n} simulated nodes, 3 heads on one rack (run of {})",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    );
+    let fig = |measure: String, unit: &'static str, better, v: f64, anchor: Option<(&str, f64)>, goal: &str| {
+        report::record(
+            &report::Figure {
+                bench: "boot_storm",
+                measure: &measure,
+                unit,
+                better,
+                wulfpack: v,
+                spread: None,
+                anchor,
+                goal,
+            },
+            full,
+        );
+    };
+    use report::Better::Lower;
+    fig(
+        format!("boot storm: {n} simulated nodes, 3 heads, time to the last boot"),
+        "s",
+        Lower,
+        boot,
+        Some(("payload / loopback bandwidth, same run", anchor)),
+        "0 failures",
+    );
+    fig(
+        format!("boot storm: {n} nodes, failures"),
+        "nodes",
+        Lower,
+        s["failed"].as_f64().unwrap_or(0.0),
+        None,
+        "0",
+    );
+    fig(
+        format!("boot storm: {n} nodes, primary SIGKILLed mid-storm: time to the last boot"),
+        "s",
+        Lower,
+        boot_k,
+        Some(("the healthy storm", boot)),
+        "0 failures",
+    );
+    fig(
+        format!("boot storm: {n} nodes, primary killed: failures"),
+        "nodes",
+        Lower,
+        k["failed"].as_f64().unwrap_or(0.0),
+        None,
+        "0",
+    );
+    fig(
+        format!("boot storm: {n} nodes, peak RSS of the busiest head"),
+        "MiB",
+        Lower,
+        rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0,
+        None,
+        "",
     );
     println!("| what | result | anchor | ratio |");
     println!("|---|---|---|---|");
