@@ -20,6 +20,8 @@ mod rack_lab;
 mod rack_qemu_lab;
 #[path = "../common/registry.rs"]
 mod registry;
+#[path = "../common/tftp_client.rs"]
+mod tftp_client;
 
 mod artifacts;
 mod boot_http;
