@@ -163,9 +163,9 @@ fn proc_stat_fields(path: &str) -> Option<Vec<u64>> {
     )
 }
 
-/// CPU ticks of this process (with its reaped children) and of every live descendant.
-fn our_ticks() -> u64 {
-    let me = std::process::id() as u64;
+/// CPU ticks (1/100 s) of `root` — with the children it has reaped when
+/// `reaped` — and of all its live descendants.
+fn tree_ticks(root: u64, reaped: bool) -> u64 {
     let mut parent: std::collections::HashMap<u64, u64> = Default::default();
     let mut ticks: std::collections::HashMap<u64, u64> = Default::default();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -175,13 +175,13 @@ fn our_ticks() -> u64 {
         if let Some(f) = proc_stat_fields(&format!("/proc/{pid}/stat")) {
             if f.len() > 13 {
                 parent.insert(pid, f[0]);
-                ticks.insert(pid, f[10] + f[11] + if pid == me { f[12] + f[13] } else { 0 });
+                ticks.insert(pid, f[10] + f[11] + if reaped { f[12] + f[13] } else { 0 });
             }
         }
     }
     let descends = |mut p: u64| {
         for _ in 0..64 {
-            if p == me {
+            if p == root {
                 return true;
             }
             match parent.get(&p) {
@@ -192,6 +192,134 @@ fn our_ticks() -> u64 {
         false
     };
     ticks.iter().filter(|(p, _)| descends(**p)).map(|(_, t)| t).sum()
+}
+
+/// This benchmark and everything it started.
+fn our_ticks() -> u64 {
+    tree_ticks(std::process::id() as u64, true)
+}
+
+/// CPU time of this process's threads, exited ones included, in ns (our HTTP
+/// servers run here; the harness thread only waits for curl).
+fn self_ticks() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Nanoseconds on CPU of every thread of `root` and its descendants, by (pid, tid).
+fn tree_ns(root: u64, out: &mut std::collections::HashMap<(u64, u64), u64>) {
+    let mut todo = vec![root];
+    let mut seen = 0;
+    while let Some(pid) = todo.pop() {
+        seen += 1;
+        if seen > 10_000 {
+            return;
+        }
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(tid) = t.file_name().to_string_lossy().parse::<u64>() else {
+                continue;
+            };
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse().ok()) {
+                    out.insert((pid, tid), ns);
+                }
+            }
+            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                todo.extend(c.split_whitespace().filter_map(|p| p.parse::<u64>().ok()));
+            }
+        }
+    }
+}
+
+/// CPU of an outside server (with the children it forks, like tftpd-hpa per
+/// transfer): a thread samples its process tree every 10 ms and keeps the last value
+/// of every thread, so a child that exits between samples loses at most 10 ms.
+struct CpuMeter {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<f64>,
+}
+
+impl CpuMeter {
+    fn start(root: u64) -> CpuMeter {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut base = Default::default();
+            tree_ns(root, &mut base);
+            let mut last = base.clone();
+            // Bounded: a measurement is at most the curl/raw client timeouts (600 s).
+            for _ in 0..70_000 {
+                if st.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                tree_ns(root, &mut last);
+            }
+            tree_ns(root, &mut last);
+            let spent: u64 = last
+                .iter()
+                .map(|(k, v)| v.saturating_sub(base.get(k).copied().unwrap_or(0)))
+                .sum();
+            spent as f64 / 1e9
+        });
+        CpuMeter { stop, handle }
+    }
+
+    /// CPU seconds since start.
+    fn stop(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap_or(0.0)
+    }
+}
+
+/// Whose CPU a measurement charges to the server.
+#[derive(Clone, Copy)]
+enum Server {
+    /// This process (our HTTP servers).
+    This,
+    /// An outside process tree (nginx, tftpd-hpa, our TFTP child).
+    Tree(u64),
+}
+
+/// The children this process has reaped: the clients (curl, `ip netns exec`).
+fn client_ticks() -> u64 {
+    proc_stat_fields("/proc/self/stat").map_or(0, |f| f[12] + f[13])
+}
+
+/// One measurement: the rate, and the CPU seconds the server and the clients spent
+/// per GB moved. CPU per byte shows the mechanism even when other work on the
+/// machine makes the rates noisy.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    rate: f64,
+    server_cpu: f64,
+    client_cpu: f64,
+}
+
+/// Run `f` (which moves `bytes` and returns MB/s) and measure the server's CPU and
+/// the clients' around it.
+fn timed(bytes: u64, server: Server, f: &mut dyn FnMut() -> f64) -> Sample {
+    let (s0, c0) = (self_ticks(), client_ticks());
+    let meter = match server {
+        Server::Tree(pid) => Some(CpuMeter::start(pid)),
+        Server::This => None,
+    };
+    let rate = f();
+    let server_s = match meter {
+        Some(m) => m.stop(),
+        None => (self_ticks() - s0) as f64 / 1e9,
+    };
+    let c1 = client_ticks();
+    let gb = bytes as f64 / 1e9;
+    Sample {
+        rate,
+        server_cpu: server_s / gb,
+        client_cpu: (c1.saturating_sub(c0)) as f64 / 100.0 / gb,
+    }
 }
 
 impl Conditions {
@@ -239,6 +367,9 @@ impl Conditions {
 struct Spread {
     ours: Vec<f64>,
     anchor: Vec<f64>,
+    /// Server CPU seconds per GB, per run.
+    cpu_ours: Vec<f64>,
+    cpu_anchor: Vec<f64>,
 }
 
 impl Spread {
@@ -264,18 +395,34 @@ impl Spread {
             .zip(&self.anchor)
             .map(|(a, b)| format!("{:.2}", a / b))
             .collect();
+        let cpu = |v: &[f64]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", median(v.to_vec()))
+            }
+        };
         format!(
-            "| {name} | {} | {anchor} {} | {} | {goal} |",
+            "| {name} | {} | {anchor} {} | {} | {} / {} | {goal} |",
             mmm(&self.ours),
             mmm(&self.anchor),
-            ratios.join(", ")
+            ratios.join(", "),
+            cpu(&self.cpu_ours),
+            cpu(&self.cpu_anchor),
         )
+    }
+
+    fn push(&mut self, ours: Sample, anchor: Sample) {
+        self.ours.push(ours.rate);
+        self.anchor.push(anchor.rate);
+        self.cpu_ours.push(ours.server_cpu);
+        self.cpu_anchor.push(anchor.server_cpu);
     }
 }
 
 /// Take `rounds` rounds of `fns` (one measurement each), rotating which goes first;
-/// the median of each.
-fn rounds_of(rounds: usize, fns: &mut [&mut dyn FnMut() -> f64]) -> Vec<f64> {
+/// the median of each field.
+fn rounds_of(rounds: usize, fns: &mut [&mut dyn FnMut() -> Sample]) -> Vec<Sample> {
     let n = fns.len();
     let mut got = vec![Vec::new(); n];
     for r in 0..rounds {
@@ -284,7 +431,13 @@ fn rounds_of(rounds: usize, fns: &mut [&mut dyn FnMut() -> f64]) -> Vec<f64> {
             got[k].push((fns[k])());
         }
     }
-    got.into_iter().map(median).collect()
+    got.into_iter()
+        .map(|v: Vec<Sample>| Sample {
+            rate: median(v.iter().map(|s| s.rate).collect()),
+            server_cpu: median(v.iter().map(|s| s.server_cpu).collect()),
+            client_cpu: median(v.iter().map(|s| s.client_cpu).collect()),
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -413,26 +566,35 @@ fn http_bench(rt: &tokio::runtime::Runtime, work: &Path, size: u64, runs: usize,
     for run in 1..=runs {
         for (i, clients) in [1usize, 8].into_iter().enumerate() {
             let start = Conditions::sample();
+            let bytes = size * clients as u64;
+            let nginx = Server::Tree(_nginx.0.id() as u64);
             let m = rounds_of(
                 rounds,
                 &mut [
-                    &mut || curl_rate(&nginx_url, clients, size),
-                    &mut || curl_rate(&ours_url, clients, size),
-                    &mut || curl_rate(&read_url, clients, size),
+                    &mut || timed(bytes, nginx, &mut || curl_rate(&nginx_url, clients, size)),
+                    &mut || timed(bytes, Server::This, &mut || curl_rate(&ours_url, clients, size)),
+                    &mut || timed(bytes, Server::This, &mut || curl_rate(&read_url, clients, size)),
                 ],
             );
             let (nginx, zc, rd) = (m[0], m[1], m[2]);
             println!(
-                "  run {run}, {clients} client(s): wulfpack {zc:>6.0} MB/s  (read path {rd:>6.0})  nginx {nginx:>6.0} MB/s  \
-                 ratio {:.2} (read path {:.2})   [{}]",
-                zc / nginx,
-                rd / nginx,
+                "  run {run}, {clients} client(s): wulfpack {:>6.0} MB/s  (read path {:>6.0})  nginx {:>6.0} MB/s  \
+                 ratio {:.2} (read path {:.2});  server CPU s/GB {:.2} ({:.2}) vs {:.2}, curl {:.2} ({:.2}) vs {:.2}   [{}]",
+                zc.rate,
+                rd.rate,
+                nginx.rate,
+                zc.rate / nginx.rate,
+                rd.rate / nginx.rate,
+                zc.server_cpu,
+                rd.server_cpu,
+                nginx.server_cpu,
+                zc.client_cpu,
+                rd.client_cpu,
+                nginx.client_cpu,
                 start.since()
             );
-            res.sendfile[i].ours.push(zc);
-            res.sendfile[i].anchor.push(nginx);
-            res.read[i].ours.push(rd);
-            res.read[i].anchor.push(nginx);
+            res.sendfile[i].push(zc, nginx);
+            res.read[i].push(rd, nginx);
         }
     }
     res
@@ -572,36 +734,51 @@ fn tftp_bench(work: &Path, size: u64, runs: usize, rounds: usize) -> Option<Tftp
         "TFTP {} MB over a veth, blksize 1432 ({runs} runs, each the median of {rounds})",
         size >> 20
     );
+    let (ours_srv, hpa_srv) = (Server::Tree(_ours.0.id() as u64), Server::Tree(_hpa.0.id() as u64));
     let mut res = TftpResults::default();
     for run in 1..=runs {
         let start = Conditions::sample();
-        let m = rounds_of(rounds, &mut [&mut || curl(6969), &mut || curl(69)]);
+        let m = rounds_of(
+            rounds,
+            &mut [&mut || timed(size, hpa_srv, &mut || curl(6969)), &mut || {
+                timed(size, ours_srv, &mut || curl(69))
+            }],
+        );
         println!(
-            "  run {run}, curl: wulfpack {:>5.1} MB/s  tftpd-hpa {:>5.1} MB/s  ratio {:.2}   [{}]",
-            m[1],
-            m[0],
-            m[1] / m[0],
+            "  run {run}, curl: wulfpack {:>5.1} MB/s  tftpd-hpa {:>5.1} MB/s  ratio {:.2};  \
+             server CPU s/GB {:.2} vs {:.2}, curl {:.2} vs {:.2}   [{}]",
+            m[1].rate,
+            m[0].rate,
+            m[1].rate / m[0].rate,
+            m[1].server_cpu,
+            m[0].server_cpu,
+            m[1].client_cpu,
+            m[0].client_cpu,
             start.since()
         );
-        res.curl.ours.push(m[1]);
-        res.curl.anchor.push(m[0]);
+        res.curl.push(m[1], m[0]);
         let start = Conditions::sample();
-        let mut hpa = || raw(6969, 1);
-        let (mut w1, mut w4, mut w8, mut w16) = (|| raw(69, 1), || raw(69, 4), || raw(69, 8), || raw(69, 16));
-        let m = rounds_of(rounds, &mut [&mut hpa, &mut w1, &mut w4, &mut w8, &mut w16]);
+        let mut hpa = || timed(size, hpa_srv, &mut || raw(6969, 1));
+        let mut w = WINDOWS.map(|w| move || timed(size, ours_srv, &mut || raw(69, w)));
+        let [w1, w4, w8, w16] = &mut w;
+        let m = rounds_of(rounds, &mut [&mut hpa, w1, w4, w8, w16]);
         println!(
             "  run {run}, raw client: wulfpack windowsize 1 / 4 / 8 / 16: {:.1} / {:.1} / {:.1} / {:.1} MB/s  \
-             tftpd-hpa {:.1} MB/s   [{}]",
-            m[1],
-            m[2],
-            m[3],
-            m[4],
-            m[0],
+             tftpd-hpa {:.1} MB/s;  server CPU s/GB {:.2} / {:.2} / {:.2} / {:.2} vs {:.2}   [{}]",
+            m[1].rate,
+            m[2].rate,
+            m[3].rate,
+            m[4].rate,
+            m[0].rate,
+            m[1].server_cpu,
+            m[2].server_cpu,
+            m[3].server_cpu,
+            m[4].server_cpu,
+            m[0].server_cpu,
             start.since()
         );
         for i in 0..4 {
-            res.window[i].ours.push(m[i + 1]);
-            res.window[i].anchor.push(m[0]);
+            res.window[i].push(m[i + 1], m[0]);
         }
     }
     Some(res)
@@ -657,8 +834,8 @@ fn main() {
         None
     };
     println!("\nSummary: min–median–max over {runs} runs (each the median of {rounds}), ratio of each run:\n");
-    println!("| measure | wulfpack | anchor, same runs | ratio per run | goal |");
-    println!("|---|---|---|---|---|");
+    println!("| measure | wulfpack | anchor, same runs | ratio per run | server CPU s/GB, wulfpack / anchor | goal |");
+    println!("|---|---|---|---|---|---|");
     if let Some(h) = http {
         let mb = http_size >> 20;
         for (i, c) in ["1 client", "8 clients"].iter().enumerate() {

@@ -14,9 +14,10 @@
 //!   written region ([`PLACEHOLDER`]), `len` bytes in all. hyper frames and counts
 //!   them like any body (Content-Length, HEAD, keep-alive all stay hyper's).
 //! - **The connection swaps them for the file.** When hyper writes, [`Conn`] knows
-//!   placeholder bytes by their address: it sends the bytes before them (the response
-//!   head) with `MSG_MORE`, and instead of the placeholders `sendfile`s as many bytes
-//!   of the registered file, from the registered offset, as the socket takes.
+//!   placeholder bytes by their address: it corks the socket (`TCP_CORK`, nginx's
+//!   `tcp_nopush`), sends the bytes before them (the response head), and instead of
+//!   the placeholders `sendfile`s as many bytes of the registered file, from the
+//!   registered offset, as the socket takes; the end of the file uncorks.
 //!   Everything else (scripts, overlays, errors) is written as given.
 //!
 //! Why this is safe to rely on: hyper writes a response's buffers in order and never
@@ -126,43 +127,46 @@ impl futures::Stream for Placeholders {
 pub struct Conn {
     tcp: TcpStream,
     sendfile: Sendfile,
+    /// TCP_CORK is on (a file body is going out).
+    corked: bool,
 }
 
 impl Conn {
     fn write_slices(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let first = bufs.iter().position(|b| is_placeholder(b));
-        match first {
-            None => Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs),
-            Some(k) if bufs[..k].iter().any(|b| !b.is_empty()) => {
-                // The response head (and anything else before the file): told that
-                // more follows, the kernel sends it in the first data segment.
-                let head = &bufs[..k];
-                loop {
-                    ready!(self.tcp.poll_write_ready(cx))?;
-                    let sent = self.tcp.try_io(Interest::WRITABLE, || {
-                        rustix::net::sendmsg(
-                            &self.tcp,
-                            head,
-                            &mut Default::default(),
-                            rustix::net::SendFlags::MORE | rustix::net::SendFlags::NOSIGNAL,
-                        )
-                        .map_err(io::Error::from)
-                    });
-                    match sent {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        other => return Poll::Ready(other),
-                    }
-                }
+        let Some(k) = bufs.iter().position(|b| is_placeholder(b)) else {
+            if self.corked {
+                // Never leave anything but a file body waiting for more.
+                self.cork(false)?;
             }
-            Some(k) => {
-                let want: u64 = bufs[k..]
-                    .iter()
-                    .take_while(|b| is_placeholder(b))
-                    .map(|b| b.len() as u64)
-                    .sum();
-                self.poll_sendfile(cx, want)
-            }
+            return Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        };
+        if !self.corked {
+            // nginx's `tcp_nopush`: while a file goes out, only full segments are
+            // sent (the head rides in the first one); uncorking at the end of the
+            // file pushes the last partial one.
+            self.cork(true)?;
         }
+        if bufs[..k].iter().any(|b| !b.is_empty()) {
+            // The response head (and anything else before the file), as given.
+            return Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs[..k]);
+        }
+        let want: u64 = bufs[k..]
+            .iter()
+            .take_while(|b| is_placeholder(b))
+            .map(|b| b.len() as u64)
+            .sum();
+        let sent = ready!(self.poll_sendfile(cx, want));
+        if self.sendfile.lock().is_none() {
+            // The file is sent (or failed): push out what the cork holds.
+            self.cork(false)?;
+        }
+        Poll::Ready(sent)
+    }
+
+    fn cork(&mut self, on: bool) -> io::Result<()> {
+        rustix::net::sockopt::set_tcp_cork(&self.tcp, on)?;
+        self.corked = on;
+        Ok(())
     }
 
     fn poll_sendfile(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
@@ -270,6 +274,7 @@ impl axum::serve::Listener for Listener {
                         Conn {
                             tcp,
                             sendfile: sendfile.clone(),
+                            corked: false,
                         },
                         Peer { addr, sendfile },
                     );
@@ -512,6 +517,7 @@ mod tests {
         let mut conn = Conn {
             tcp,
             sendfile: sendfile.clone(),
+            corked: false,
         };
         let e = conn.write(&PLACEHOLDER[..100]).await.unwrap_err();
         assert!(e.to_string().contains("no file registered"), "{e}");
