@@ -25,7 +25,8 @@
 //! `cargo bench --bench boot_serve` runs the full sizes (512 MB, 64 MB); without
 //! `--bench` (as `cargo test --benches` runs it) tiny sizes check the harness.
 //! `WULFPACK_BOOT_SERVE_RUNS`, `…_ROUNDS` change the counts; `…_ONLY=http|tftp` runs
-//! one half. Needs root and Debian's `nginx-light`, `tftpd-hpa`, `curl` (installed if
+//! one half; `WULFPACK_BENCH_IDLE_WAIT=SECS` waits (up to SECS) for the machine to be
+//! idle before each measurement. Needs root and Debian's `nginx-light`, `tftpd-hpa`, `curl` (installed if
 //! missing); prints SKIP with the reason otherwise.
 
 #[path = "../tests/common/netns.rs"]
@@ -344,6 +345,14 @@ impl Conditions {
         }
     }
 
+    /// CPU used by other processes since this sample, in percent of all cores.
+    fn others_pct(&self) -> f64 {
+        let now = Conditions::sample();
+        let total = (now.total.saturating_sub(self.total)).max(1) as f64;
+        let others = (now.busy.saturating_sub(self.busy)).saturating_sub(now.ours.saturating_sub(self.ours));
+        100.0 * others as f64 / total
+    }
+
     /// "load 1.23, others 12 %, steal 0 %" since `start`.
     fn since(&self) -> String {
         let (start, now) = (self, Conditions::sample());
@@ -565,6 +574,7 @@ fn http_bench(rt: &tokio::runtime::Runtime, work: &Path, size: u64, runs: usize,
     let mut res = HttpResults::default();
     for run in 1..=runs {
         for (i, clients) in [1usize, 8].into_iter().enumerate() {
+            wait_idle();
             let start = Conditions::sample();
             let bytes = size * clients as u64;
             let nginx = Server::Tree(_nginx.0.id() as u64);
@@ -737,6 +747,7 @@ fn tftp_bench(work: &Path, size: u64, runs: usize, rounds: usize) -> Option<Tftp
     let (ours_srv, hpa_srv) = (Server::Tree(_ours.0.id() as u64), Server::Tree(_hpa.0.id() as u64));
     let mut res = TftpResults::default();
     for run in 1..=runs {
+        wait_idle();
         let start = Conditions::sample();
         let m = rounds_of(
             rounds,
@@ -757,6 +768,7 @@ fn tftp_bench(work: &Path, size: u64, runs: usize, rounds: usize) -> Option<Tftp
             start.since()
         );
         res.curl.push(m[1], m[0]);
+        wait_idle();
         let start = Conditions::sample();
         let mut hpa = || timed(size, hpa_srv, &mut || raw(6969, 1));
         let mut w = WINDOWS.map(|w| move || timed(size, ours_srv, &mut || raw(69, w)));
@@ -782,6 +794,32 @@ fn tftp_bench(work: &Path, size: u64, runs: usize, rounds: usize) -> Option<Tftp
         }
     }
     Some(res)
+}
+
+/// With `WULFPACK_BENCH_IDLE_WAIT=SECS`: before a measurement, wait up to SECS for
+/// two seconds in a row in which other processes used under 10 % of the CPU (this
+/// machine is shared); say how long it waited and whether it got them.
+fn wait_idle() {
+    let max = env_usize("WULFPACK_BENCH_IDLE_WAIT", 0);
+    if max == 0 {
+        return;
+    }
+    let start = Instant::now();
+    let mut quiet = 0;
+    while start.elapsed() < Duration::from_secs(max as u64) {
+        let c = Conditions::sample();
+        std::thread::sleep(Duration::from_secs(1));
+        if c.others_pct() < 10.0 {
+            quiet += 1;
+            if quiet == 2 {
+                println!("  (waited {:.0} s for an idle machine)", start.elapsed().as_secs_f64());
+                return;
+            }
+        } else {
+            quiet = 0;
+        }
+    }
+    println!("  (no idle machine within {max} s; measuring anyway)");
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -14,10 +14,16 @@
 //!   written region ([`PLACEHOLDER`]), `len` bytes in all. hyper frames and counts
 //!   them like any body (Content-Length, HEAD, keep-alive all stay hyper's).
 //! - **The connection swaps them for the file.** When hyper writes, [`Conn`] knows
-//!   placeholder bytes by their address: it corks the socket (`TCP_CORK`, nginx's
-//!   `tcp_nopush`), sends the bytes before them (the response head), and instead of
-//!   the placeholders `sendfile`s as many bytes of the registered file, from the
-//!   registered offset, as the socket takes; the end of the file uncorks.
+//!   placeholder bytes by their address: it sends the bytes before them (the response
+//!   head) as given, and instead of the placeholders `sendfile`s as many bytes of the
+//!   registered file, from the registered offset, as the socket takes.
+//! - **No `TCP_CORK`** (nginx's `tcp_nopush`, on in Debian's nginx.conf), and
+//!   `TCP_NODELAY` on as nginx sets it on keep-alive connections. Measured in
+//!   `cargo bench --bench boot_serve` on an idle machine (docs/PERFORMANCE.md): corked,
+//!   this path streamed like nginx (1.0–1.2× at 1 client) and curl spent 0.58–0.67 s of
+//!   CPU per GB receiving; uncorked, 2.1–2.2× nginx and 0.26 s/GB, for 0.27 instead
+//!   of 0.2 s/GB of server CPU. (Over a real NIC the receiver is another machine; the
+//!   server's cost is what is left, and either way a fraction of the read path's.)
 //!   Everything else (scripts, overlays, errors) is written as given.
 //!
 //! Why this is safe to rely on: hyper writes a response's buffers in order and never
@@ -127,25 +133,13 @@ impl futures::Stream for Placeholders {
 pub struct Conn {
     tcp: TcpStream,
     sendfile: Sendfile,
-    /// TCP_CORK is on (a file body is going out).
-    corked: bool,
 }
 
 impl Conn {
     fn write_slices(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let Some(k) = bufs.iter().position(|b| is_placeholder(b)) else {
-            if self.corked {
-                // Never leave anything but a file body waiting for more.
-                self.cork(false)?;
-            }
             return Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
         };
-        if !self.corked {
-            // nginx's `tcp_nopush`: while a file goes out, only full segments are
-            // sent (the head rides in the first one); uncorking at the end of the
-            // file pushes the last partial one.
-            self.cork(true)?;
-        }
         if bufs[..k].iter().any(|b| !b.is_empty()) {
             // The response head (and anything else before the file), as given.
             return Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs[..k]);
@@ -155,18 +149,7 @@ impl Conn {
             .take_while(|b| is_placeholder(b))
             .map(|b| b.len() as u64)
             .sum();
-        let sent = ready!(self.poll_sendfile(cx, want));
-        if self.sendfile.lock().is_none() {
-            // The file is sent (or failed): push out what the cork holds.
-            self.cork(false)?;
-        }
-        Poll::Ready(sent)
-    }
-
-    fn cork(&mut self, on: bool) -> io::Result<()> {
-        rustix::net::sockopt::set_tcp_cork(&self.tcp, on)?;
-        self.corked = on;
-        Ok(())
+        self.poll_sendfile(cx, want)
     }
 
     fn poll_sendfile(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
@@ -267,14 +250,14 @@ impl axum::serve::Listener for Listener {
             match self.0.accept().await {
                 Ok((tcp, addr)) => {
                     // As nginx does on keep-alive connections: the tail of a body is
-                    // not held back waiting for an ACK.
+                    // not held back waiting for an ACK (Nagle with a delayed ACK
+                    // would cost up to 40 ms at the end of a response).
                     let _ = tcp.set_nodelay(true);
                     let sendfile = Sendfile::default();
                     return (
                         Conn {
                             tcp,
                             sendfile: sendfile.clone(),
-                            corked: false,
                         },
                         Peer { addr, sendfile },
                     );
@@ -517,7 +500,6 @@ mod tests {
         let mut conn = Conn {
             tcp,
             sendfile: sendfile.clone(),
-            corked: false,
         };
         let e = conn.write(&PLACEHOLDER[..100]).await.unwrap_err();
         assert!(e.to_string().contains("no file registered"), "{e}");
