@@ -9,8 +9,8 @@
 //! | [`dhcp`] | built-in DHCPv4 server: config, sans-IO handler chain, per-interface sockets |
 //! | [`liveness`] | which peer heads are alive and serve which racks (HTTP probes), for DHCP's rack turn |
 //! | [`files`] | the iPXE binary directory, contained; read by TFTP and HTTP `/efiboot/` |
-//! | [`tftp`] | read-only TFTP of the iPXE binaries (async-tftp on its own thread) |
-//! | [`http`] | Warewulf's boot routes: iPXE scripts (Tera), kernels and images streamed from the CAS, `/status` |
+//! | [`tftp`] | read-only TFTP of the iPXE binaries (windowed; a thread per transfer, blocking on its own socket) |
+//! | [`http`] | Warewulf's boot routes: iPXE scripts (Tera), kernels and images sent from the CAS (sendfile), `/status` |
 //! | [`overlays`] | nodes' system and runtime overlay archives, built from the view on first request and cached |
 //! | [`status`] | per-node boot status in this head's memory |
 //! | [`retry`] | `retry_every`: the head's one "retry every 2 s, log once" loop (binds, registration) |

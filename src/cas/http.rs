@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -45,13 +45,13 @@ pub fn router(cas: Cas) -> Router {
         .with_state(Verifier::new(cas))
 }
 
-async fn get_blob(State(verifier): State<Verifier>, UrlPath(digest): UrlPath<String>, headers: HeaderMap) -> Response {
+async fn get_blob(State(verifier): State<Verifier>, UrlPath(digest): UrlPath<String>, req: Request) -> Response {
     let d: Digest = match digest.parse() {
         Ok(d) => d,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     match verifier.open(d).await {
-        Ok((file, len)) => serve::respond(file, len, &d, &headers),
+        Ok((file, len)) => serve::respond(file, len, &d, req.headers(), req.extensions().get()),
         Err(CasError::Missing(_)) => (StatusCode::NOT_FOUND, format!("blob {d} not here")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

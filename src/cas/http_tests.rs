@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicUsize;
 
 use axum::body::Body;
 use axum::extract::State as AxState;
+use axum::http::HeaderMap;
 use bytes::Bytes;
 
 use super::*;

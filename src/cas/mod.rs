@@ -25,6 +25,7 @@
 pub mod http;
 pub mod serve;
 pub mod sync;
+pub mod zerocopy;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

@@ -41,6 +41,7 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::task::JoinHandle;
 
+use super::zerocopy::Sendfile;
 use super::{Cas, CasError, Digest};
 
 /// Bytes per read (and per body frame).
@@ -171,8 +172,14 @@ pub fn parse_range(value: Option<&str>, len: u64) -> RangeAnswer {
     }
 }
 
-/// The response for a verified, open blob: 200, 206, 304 or 416, streamed.
-pub fn respond(file: File, len: u64, digest: &Digest, req: &HeaderMap) -> Response {
+/// The response for a verified, open blob: 200, 206, 304 or 416. The body goes by
+/// `sendfile(2)` when the request came through [`super::zerocopy::serve`] (its
+/// [`Sendfile`] handle given here), else it is streamed through [`BlobStream`].
+pub fn respond(file: File, len: u64, digest: &Digest, req: &HeaderMap, sendfile: Option<&Sendfile>) -> Response {
+    let body = |file: File, offset: u64, n: u64| match sendfile {
+        Some(z) => z.body(file, offset, n),
+        None => Body::from_stream(BlobStream::new(file, offset, n)),
+    };
     let tag = etag(digest);
     let header_str = |h: header::HeaderName| req.get(h).and_then(|v| v.to_str().ok());
     let base = |status: StatusCode| {
@@ -203,12 +210,12 @@ pub fn respond(file: File, len: u64, digest: &Digest, req: &HeaderMap) -> Respon
     match range {
         RangeAnswer::Full => base(StatusCode::OK)
             .header(header::CONTENT_LENGTH, len)
-            .body(Body::from_stream(BlobStream::new(file, 0, len)))
+            .body(body(file, 0, len))
             .expect("valid response"),
         RangeAnswer::Partial { start, end } => base(StatusCode::PARTIAL_CONTENT)
             .header(header::CONTENT_LENGTH, end - start + 1)
             .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
-            .body(Body::from_stream(BlobStream::new(file, start, end - start + 1)))
+            .body(body(file, start, end - start + 1))
             .expect("valid response"),
         RangeAnswer::Unsatisfiable => base(StatusCode::RANGE_NOT_SATISFIABLE)
             .header(header::CONTENT_RANGE, format!("bytes */{len}"))

@@ -19,7 +19,7 @@
 pub mod config;
 
 use std::collections::BTreeMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,25 +181,22 @@ impl Head {
         // Every referenced blob from the peers, ahead of need (reads the state as it
         // is replayed, like the boot view).
         let artifacts = ArtifactSync::start(cas.clone(), reader.clone(), cfg.id, cfg.artifacts.clone(), stop.clone());
-        let http = tokio::spawn(
-            axum::serve(
-                listeners.http,
-                crate::cas::http::router(cas.clone())
-                    .merge(crate::boot::liveness::router(liveness.clone()))
-                    .merge(crate::boot::http::router(boot_http_state(
-                        &cfg,
-                        &cas,
-                        &view,
-                        &status,
-                        boot_overlays.clone(),
-                        &liveness,
-                        &artifacts,
-                    )))
-                    .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-        );
+        // Blob bodies go out with sendfile(2) (cas::zerocopy); everything else as axum::serve.
+        let http = tokio::spawn(crate::cas::zerocopy::serve(
+            listeners.http,
+            crate::cas::http::router(cas.clone())
+                .merge(crate::boot::liveness::router(liveness.clone()))
+                .merge(crate::boot::http::router(boot_http_state(
+                    &cfg,
+                    &cas,
+                    &view,
+                    &status,
+                    boot_overlays.clone(),
+                    &liveness,
+                    &artifacts,
+                ))),
+            stop.clone().cancelled_owned(),
+        ));
 
         let raft = Raft::new(cfg.id, cfg.raft.clone(), Network::default(), log, sm)
             .await

@@ -2,7 +2,8 @@
 //! 127.0.0.1:0 merged with the blob router exactly as a head serves them: every
 //! route and alias, `?wwid=`, `/provision`, asset keys, unknown MACs, kernel pins,
 //! missing images and blobs, Range and conditional requests, `/status`, golden iPXE
-//! scripts, and `curl` as a real client.
+//! scripts, and `curl` as a real client. Served through the head's listener
+//! (`cas::zerocopy::serve`), so every blob body here goes out by `sendfile(2)`.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -247,8 +248,8 @@ pub async fn start_with(peer: bool, real: Option<(Vec<u8>, Vec<u8>)>) -> Boot {
     tokio::spawn(async move {
         // Keep the view's sender alive as long as the server.
         let _tx = _tx;
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(st.cancelled_owned())
+        // The head's listener: blob bodies by sendfile(2).
+        wulfpack::cas::zerocopy::serve(listener, app, st.cancelled_owned())
             .await
             .unwrap();
     });
@@ -565,6 +566,56 @@ async fn range_and_conditional_requests() {
     assert_eq!((st, body.len()), (StatusCode::PARTIAL_CONTENT, 10));
     let (st, _, body) = get_with(&b, &path, &[("range", "bytes=0-9"), ("if-range", "\"stale\"")]).await;
     assert_eq!((st, body.len()), (StatusCode::OK, b.image.len()));
+}
+
+/// HEAD answers the headers a GET would (length, ETag) and no body, for the image, the
+/// kernel and a UEFI binary.
+#[tokio::test]
+async fn head_requests_answer_headers_only() {
+    let b = start().await;
+    let client = reqwest::Client::new();
+    for (path, len) in [
+        (format!("/image/{N1}"), b.image.len()),
+        (format!("/kernel/{N1}"), b.kernel13.len()),
+        ("/efiboot/snponly.efi".to_owned(), b.efi.len()),
+    ] {
+        let r = client.head(format!("{}{path}", b.base)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.headers()["content-length"], len.to_string().as_str(), "{path}");
+        assert!(r.headers()["etag"].to_str().unwrap().starts_with("\"sha256:"), "{path}");
+        assert!(r.bytes().await.unwrap().is_empty(), "{path}: no body");
+        // The same client (its pooled connection) then gets the whole body.
+        let (st, _, body) = get(&b, &path).await;
+        assert_eq!((st, body.len()), (StatusCode::OK, len), "{path}");
+    }
+}
+
+/// A blob that changes on disk after it was verified and served (its verification is
+/// cached by size, mtime and inode) is verified again: the corrupt copy is never
+/// served, it is quarantined and asked of a peer. (Corruption that keeps size, mtime
+/// and inode is the scrub's to find: `cas::sync`.)
+#[tokio::test]
+async fn a_blob_corrupted_after_it_was_served_is_not_served_again() {
+    let b = start().await;
+    let path = format!("/image/{N1}");
+    let (st, _, body) = get(&b, &path).await;
+    assert!(st == StatusCode::OK && body == b.image, "served and verified once");
+    let p = b.cas.path(&b.image_digest);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[123_456] ^= 0x01;
+    // Rewritten in place (same inode), same size: only the mtime tells.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .unwrap();
+    let (st, _, body) = get(&b, &path).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{}", text(&body));
+    assert!(text(&body).contains("requested from a peer"), "{}", text(&body));
+    assert!(!p.exists(), "moved to corrupt/");
+    assert_eq!(*b.missing_calls.lock().unwrap(), [b.image_digest]);
+    let (st, _, _) = get_with(&b, &path, &[("range", "bytes=0-9")]).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "nor any range of it");
 }
 
 #[tokio::test]

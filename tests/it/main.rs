@@ -22,6 +22,8 @@ mod rack_qemu_lab;
 mod registry;
 #[path = "../common/sim_lab.rs"]
 mod sim_lab;
+#[path = "../common/tftp_client.rs"]
+mod tftp_client;
 
 mod artifacts;
 mod boot_http;

@@ -52,6 +52,13 @@ pub trait LeaseAllocator: Send + Sync {
     /// addresses that the `view` gives to known nodes.
     fn allocate(&self, mac: MacAddr, subnet: &Subnet, view: &BootView) -> Result<Option<Ipv4Addr>, LeaseError>;
 
+    /// Changes whenever addresses were added after `allocate` may have answered
+    /// `Ok(None)` for lack of them (a pool block landed): the server then retries the
+    /// DISCOVERs it held back. None: this allocator never lacks addresses for a while.
+    fn refilled(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// `ip` (from `allocate`) was ACKed to `mac` for `subnet.lease_secs`: record the lease.
     fn bind(&self, _mac: MacAddr, _ip: Ipv4Addr, _subnet: &Subnet) -> Result<(), LeaseError> {
         Ok(())

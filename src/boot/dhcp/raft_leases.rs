@@ -8,8 +8,15 @@
 //! - **Blocks.** A background *reserver* keeps, per pool, a local free list of
 //!   addresses committed as this holder's (`ReservePoolBlock`). When the list falls
 //!   below one block it reserves the next; the block doubles when the last one lasted
-//!   under 2 s or the list ran dry (up to [`MAX_LOCAL_BLOCK`], and at most 1/8 of the
-//!   pool so other heads keep a share). `allocate` pops an address: O(1), no I/O.
+//!   under 2 s or the list ran dry, and is at least what the demand seen since the last
+//!   reservation would take in [`RUNWAY`] (up to [`MAX_LOCAL_BLOCK`], and at most 1/8
+//!   of the pool so other heads keep a share). So a burst grows the block to its size
+//!   in one step, and the next block is asked for while the current one still holds
+//!   that much time: issue 11 measured 0.17–0.26 % of requests lost at 16,000–24,000
+//!   DISCOVERs/s with blocks of at most 1,024 grown by doubling. `allocate` pops an
+//!   address: O(1), no I/O. A DISCOVER that still finds the list empty (a burst at
+//!   start-up) is held by the server and answered when the block lands
+//!   ([`LeaseAllocator::refilled`]).
 //! - **Offers are local.** A DISCOVER takes an address from the free list and holds it
 //!   for the MAC for [`OFFER_HOLD_SECS`]; an offer nobody REQUESTs goes back to the list
 //!   (an OFFER grants nothing, so no client can be using it).
@@ -49,8 +56,11 @@ use crate::state::{Command, LeaseOp};
 
 /// How long an offered address waits for the client's REQUEST.
 pub const OFFER_HOLD_SECS: u64 = 30;
-/// Largest block this allocator asks for.
-pub const MAX_LOCAL_BLOCK: u32 = 1024;
+/// Largest block this allocator asks for (the state machine's limit).
+pub const MAX_LOCAL_BLOCK: u32 = crate::state::leases::MAX_BLOCK;
+/// A new block holds at least what the recent demand would take in this long: the next
+/// one is then asked for with this much time left for its Raft commit.
+const RUNWAY: Duration = Duration::from_millis(500);
 /// First block size (smaller for small pools).
 const FIRST_BLOCK: u32 = 64;
 /// Ops in one `RecordLeases` command at most.
@@ -90,6 +100,8 @@ struct Inner {
     local: Mutex<Local>,
     reserve_wake: Notify,
     flush_wake: Notify,
+    /// Counts blocks landed in a free list (see [`LeaseAllocator::refilled`]).
+    refilled: tokio::sync::watch::Sender<u64>,
     closed: AtomicBool,
     /// Discovery commands in flight, so a retransmitting client does not queue duplicates.
     inflight: Mutex<HashSet<String>>,
@@ -122,6 +134,10 @@ struct PoolLocal {
     missed: bool,
     /// When the last reservation was asked for.
     last_reserve: Option<Instant>,
+    /// Addresses asked of this pool (handed out or missed) since the last reservation,
+    /// and when the first of them was asked: the demand the next block is sized for.
+    demand: u64,
+    demand_since: Option<Instant>,
     /// The last reservation found the pool exhausted; do not ask again before this.
     exhausted_until: Option<Instant>,
 }
@@ -159,8 +175,28 @@ impl PoolLocal {
             max_block,
             missed: false,
             last_reserve: None,
+            demand: 0,
+            demand_since: None,
             exhausted_until: None,
         }
+    }
+
+    /// The size of the next block (see the module notes).
+    fn next_block(&mut self) -> u32 {
+        let fast = self.last_reserve.is_some_and(|t| t.elapsed() < FAST_BLOCK);
+        let mut block = self.block;
+        if std::mem::take(&mut self.missed) || fast {
+            block = block.saturating_mul(2);
+        }
+        if let Some(since) = self.demand_since.take() {
+            // Demand over at least 10 ms, so a first request alone is not read as a rush.
+            let rate = self.demand as f64 / since.elapsed().as_secs_f64().max(0.01);
+            let want = (rate * RUNWAY.as_secs_f64()).ceil().min(f64::from(u32::MAX)) as u32;
+            block = block.max(want.checked_next_power_of_two().unwrap_or(u32::MAX));
+        }
+        self.demand = 0;
+        self.block = block.clamp(1, self.max_block);
+        self.block
     }
 
     fn wants_block(&self) -> bool {
@@ -237,6 +273,7 @@ impl RaftLeases {
             }),
             reserve_wake: Notify::new(),
             flush_wake: Notify::new(),
+            refilled: tokio::sync::watch::Sender::new(0),
             closed: AtomicBool::new(false),
             inflight: Mutex::default(),
         });
@@ -311,12 +348,9 @@ async fn reserver(inner: Arc<Inner>) {
                 .iter_mut()
                 .filter(|p| p.wants_block())
                 .map(|p| {
-                    let fast = p.last_reserve.is_some_and(|t| t.elapsed() < FAST_BLOCK);
-                    if std::mem::take(&mut p.missed) || fast {
-                        p.block = (p.block * 2).min(p.max_block);
-                    }
+                    let block = p.next_block();
                     p.last_reserve = Some(Instant::now());
-                    (p.pool, p.block, p.lease_secs, holder)
+                    (p.pool, block, p.lease_secs, holder)
                 })
                 .collect()
         };
@@ -344,6 +378,8 @@ async fn reserver(inner: Arc<Inner>) {
                     p.free
                         .extend(w.outcome.changed.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()));
                     l.valid_until = l.valid_until.max(now + HOLDER_TTL_SECS);
+                    drop(l);
+                    inner.refilled.send_modify(|n| *n += 1);
                 }
                 Err(e) if e.kind() == ErrorKind::Exhausted => {
                     tracing::warn!("DHCP pool: {e}");
@@ -511,6 +547,8 @@ impl LeaseAllocator for RaftLeases {
         }
         let valid = now < l.valid_until;
         let p = l.pool_mut(pool, u64::from(subnet.lease_secs));
+        p.demand += 1;
+        p.demand_since.get_or_insert_with(Instant::now);
         let mut got = None;
         if valid {
             while let Some(ip) = p.free.pop_front() {
@@ -548,6 +586,10 @@ impl LeaseAllocator for RaftLeases {
             }),
             None => Ok(None),
         }
+    }
+
+    fn refilled(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.inner.refilled.subscribe())
     }
 
     fn bind(&self, mac: MacAddr, ip: Ipv4Addr, subnet: &Subnet) -> Result<(), LeaseError> {
@@ -625,5 +667,52 @@ impl LeaseAllocator for RaftLeases {
         drop(l);
         self.inner.flush_wake.notify_one();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: u32) -> Pool {
+        let start = Ipv4Addr::new(10, 0, 0, 1);
+        Pool {
+            start,
+            end: Ipv4Addr::from(u32::from(start) + n - 1),
+        }
+    }
+
+    #[test]
+    fn blocks_grow_to_the_demand_in_one_step() {
+        let mut p = PoolLocal::new(pool(65_279), 7200);
+        assert_eq!(
+            (p.block, p.max_block),
+            (64, MAX_LOCAL_BLOCK),
+            "64 at first; 4,096 at most"
+        );
+        // 6,000 addresses asked in the last 0.25 s (24,000/s): the next block covers
+        // RUNWAY (0.5 s) of that, 12,000 → the largest block.
+        p.demand = 6_000;
+        p.demand_since = Some(Instant::now() - Duration::from_millis(250));
+        assert_eq!(p.next_block(), MAX_LOCAL_BLOCK);
+        assert_eq!((p.demand, p.demand_since), (0, None), "demand is counted anew");
+        // A slow trickle, reserved long after the last block: no growth.
+        let mut p = PoolLocal::new(pool(65_279), 7200);
+        p.demand = 10;
+        p.demand_since = Some(Instant::now() - Duration::from_secs(10));
+        assert_eq!(p.next_block(), 64);
+        // A first request alone is not a rush (its rate is read over at least 10 ms).
+        let mut p = PoolLocal::new(pool(65_279), 7200);
+        p.demand = 1;
+        p.demand_since = Some(Instant::now());
+        assert_eq!(p.next_block(), 64);
+        // Running dry doubles, as before.
+        p.missed = true;
+        assert_eq!(p.next_block(), 128);
+        // A small pool keeps its share rule: at most 1/8 of it.
+        let mut p = PoolLocal::new(pool(254), 7200);
+        p.demand = 100_000;
+        p.demand_since = Some(Instant::now() - Duration::from_secs(1));
+        assert_eq!(p.next_block(), 31);
     }
 }

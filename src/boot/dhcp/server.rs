@@ -19,6 +19,10 @@
 //!   [`REBIND_EVERY`] ([`retry_every`]) while the others serve; one that disappears or is re-created (its
 //!   index changes, which silently deafens a device-bound socket) is bound again. One
 //!   rack's link never takes DHCP away from the head's other racks.
+//! - **A DISCOVER that finds no pool address at hand** (the head's next block is being
+//!   committed through Raft, a burst at start-up) is held, not dropped: it is answered
+//!   as soon as the allocator signals new addresses ([`LeaseAllocator::refilled`]), for
+//!   at most [`HOLD`] and [`MAX_HELD`] requests per socket, then counted as skipped.
 //! - **Every request leaves a trace** ([`observe`](super::observe)): drops are counted per
 //!   reason in [`Stats`], drops and answers are logged at debug (rate-limited), and a
 //!   summary of the drops is logged at info every minute while there are any.
@@ -31,6 +35,7 @@
 //!   shutdown)` one socket the caller bound (tests do). Both follow the servers' convention
 //!   and stop when `shutdown` resolves.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -413,7 +418,75 @@ impl Serving {
     /// The receive loop of one socket: one datagram in, at most one out.
     async fn serve(&self, sock: UdpSocket, iface: &str) {
         let DhcpServer {
-            config,
+            config, leases, stats, ..
+        } = &self.server;
+        if config.interface(iface).is_none() {
+            return;
+        }
+        // Large enough for any datagram; DHCP messages are ≤ 576 bytes unless jumbo options.
+        let mut buf = vec![0u8; 65536];
+        // Requests that found no pool address at hand (a block is committing), with when
+        // they came: answered when the allocator has addresses again (see `HOLD`).
+        let mut held: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+        let mut refilled = leases.refilled();
+        let mut limiter = config.rate_limit.map(super::limit::MacLimiter::new);
+        enum Event {
+            Packet(io::Result<(usize, SocketAddr)>),
+            /// Addresses arrived (false: the allocator is gone), or the oldest held
+            /// request is due.
+            Retry(bool),
+        }
+        loop {
+            let due = held.front().map(|(t, _)| tokio::time::Instant::from_std(*t + HOLD));
+            let event = tokio::select! {
+                r = sock.recv_from(&mut buf) => Event::Packet(r),
+                ok = changed(&mut refilled), if !held.is_empty() => Event::Retry(ok),
+                () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    Event::Retry(true)
+                }
+            };
+            match event {
+                Event::Packet(Ok((n, _))) => {
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                    if let (Some(l), Some(mac)) = (limiter.as_mut(), super::limit::chaddr(&buf[..n])) {
+                        let now = Instant::now();
+                        if !l.admit(mac, now) {
+                            let dropped = Verdict::Skip(Skip::RateLimited);
+                            self.observer().observe(stats, iface, &buf[..n], &dropped, now);
+                            continue;
+                        }
+                    }
+                    let may_hold = held.len() < MAX_HELD;
+                    if self.answer(&sock, iface, &buf[..n], may_hold).await {
+                        held.push_back((Instant::now(), buf[..n].to_vec()));
+                    }
+                }
+                Event::Packet(Err(e)) => {
+                    tracing::warn!(%iface, "DHCP receive failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Event::Retry(ok) => {
+                    if !ok {
+                        refilled = None;
+                    }
+                    let now = Instant::now();
+                    for (at, packet) in std::mem::take(&mut held) {
+                        // Past its time: answered as skipped (counted, logged).
+                        let may_hold = now < at + HOLD;
+                        if self.answer(&sock, iface, &packet, may_hold).await {
+                            held.push_back((at, packet));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run the handler chain on one datagram and send its reply. True when the request
+    /// found no pool address at hand and `may_hold`: the caller holds it instead (not
+    /// counted as a drop yet).
+    async fn answer(&self, sock: &UdpSocket, iface: &str, packet: &[u8], may_hold: bool) -> bool {
+        let DhcpServer {
             view,
             leases,
             ports,
@@ -421,70 +494,64 @@ impl Serving {
             health,
             ..
         } = &self.server;
-        if config.interface(iface).is_none() {
-            return;
+        let v = view.borrow().clone();
+        let plan = self.plan(&v);
+        let Some(interface) = plan.config.interface(iface) else {
+            return false;
+        };
+        let verdict = handle_packet(
+            packet,
+            interface,
+            &plan.config,
+            &v,
+            leases.as_ref(),
+            health.as_ref(),
+            &self.chain,
+        );
+        if may_hold && matches!(verdict, Verdict::Skip(Skip::PoolPending)) {
+            return true;
         }
-        // Large enough for any datagram; DHCP messages are ≤ 576 bytes unless jumbo options.
-        let mut buf = vec![0u8; 65536];
-        let mut limiter = config.rate_limit.map(super::limit::MacLimiter::new);
-        loop {
-            let (n, _) = match sock.recv_from(&mut buf).await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(%iface, "DHCP receive failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            stats.received.fetch_add(1, Ordering::Relaxed);
-            if let (Some(l), Some(mac)) = (limiter.as_mut(), super::limit::chaddr(&buf[..n])) {
-                let now = Instant::now();
-                if !l.admit(mac, now) {
-                    let dropped = Verdict::Skip(Skip::RateLimited);
-                    self.observer().observe(stats, iface, &buf[..n], &dropped, now);
-                    continue;
-                }
-            }
-            let v = view.borrow().clone();
-            let plan = self.plan(&v);
-            let Some(interface) = plan.config.interface(iface) else {
-                continue;
-            };
-            let verdict = handle_packet(
-                &buf[..n],
-                interface,
-                &plan.config,
-                &v,
-                leases.as_ref(),
-                health.as_ref(),
-                &self.chain,
-            );
-            self.observer()
-                .observe(stats, iface, &buf[..n], &verdict, Instant::now());
-            match verdict {
-                Verdict::Reply(r) => {
-                    let bytes = match r.msg.to_vec() {
-                        Ok(b) => b,
-                        Err(e) => {
-                            tracing::warn!(%iface, "cannot encode DHCP reply: {e}");
-                            continue;
-                        }
-                    };
-                    let to = ports.addr(r.dest);
-                    match sock.send_to(&bytes, to).await {
-                        Ok(_) => {
-                            stats.replied.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%iface, %to, "DHCP send failed: {e}");
-                        }
+        self.observer().observe(stats, iface, packet, &verdict, Instant::now());
+        match verdict {
+            Verdict::Reply(r) => {
+                let bytes = match r.msg.to_vec() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(%iface, "cannot encode DHCP reply: {e}");
+                        return false;
+                    }
+                };
+                let to = ports.addr(r.dest);
+                match sock.send_to(&bytes, to).await {
+                    Ok(_) => {
+                        stats.replied.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%iface, %to, "DHCP send failed: {e}");
                     }
                 }
-                // Counted and logged (rate-limited) by the observer.
-                Verdict::Skip(_) => {}
             }
+            // Counted and logged (rate-limited) by the observer.
+            Verdict::Skip(_) => {}
         }
+        false
+    }
+}
+
+/// How long a request that found no pool address at hand is held for the block being
+/// committed (a Raft round trip, milliseconds); a client retransmits after ~4 s anyway.
+pub const HOLD: Duration = Duration::from_secs(2);
+/// Requests held at most per socket; beyond, they are dropped as before (the client
+/// retransmits).
+pub const MAX_HELD: usize = 4096;
+
+/// The allocator's refill signal: true when it changed, false when it is gone; never
+/// resolves without one.
+async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    match rx {
+        Some(r) => r.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -519,9 +586,9 @@ mod tests {
         let r = st.apply(
             1,
             &crate::state::Request {
-                audit: None,
                 id: None,
                 cmd: crate::state::Command::Import { conf },
+                audit: None,
             },
         );
         assert!(r.0.is_ok());
@@ -638,6 +705,117 @@ mod tests {
         assert_eq!(stats.skipped.load(Ordering::Relaxed), 3);
         assert_eq!(stats.received.load(Ordering::Relaxed), 4);
         assert_eq!(stats.replied.load(Ordering::Relaxed), 1);
+    }
+
+    /// An allocator with no address until the test gives it one (a pool block landing).
+    struct Starved {
+        ip: Mutex<Option<Ipv4Addr>>,
+        refill: Option<watch::Sender<u64>>,
+    }
+
+    impl LeaseAllocator for Starved {
+        fn allocate(
+            &self,
+            _mac: crate::boot::dhcp::MacAddr,
+            _subnet: &crate::boot::dhcp::config::Subnet,
+            _view: &BootView,
+        ) -> Result<Option<Ipv4Addr>, crate::boot::dhcp::LeaseError> {
+            Ok(*self.ip.lock().unwrap())
+        }
+        fn discover(
+            &self,
+            _mac: crate::boot::dhcp::MacAddr,
+            _view: &BootView,
+        ) -> Result<Option<String>, crate::boot::dhcp::LeaseError> {
+            Ok(None)
+        }
+        fn refilled(&self) -> Option<watch::Receiver<u64>> {
+            self.refill.as_ref().map(|s| s.subscribe())
+        }
+    }
+
+    async fn pool_server(leases: Arc<Starved>) -> (DhcpServer, UdpSocket, UdpSocket) {
+        let cfg = DhcpConfig::from_yaml(
+            "interfaces: [{name: lo, subnets: [lo]}]\nsubnets: {lo: {network: 127.0.0.0/8, server: 127.0.0.1, \
+             relayed: true, pool: {start: 127.0.9.1, end: 127.0.9.200}}}",
+        )
+        .unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (_vtx, vrx) = watch::channel(Arc::new(view()));
+        let dhcp = DhcpServer {
+            ports: Ports {
+                server: relay.local_addr().unwrap().port(),
+                ..Ports::default()
+            },
+            ..DhcpServer::new(cfg, vrx, leases)
+        };
+        (dhcp, server, relay)
+    }
+
+    fn unknown_discover() -> Vec<u8> {
+        let u = Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(9, u, u, u, Ipv4Addr::LOCALHOST, &[2, 0, 0, 0, 0, 0x42]);
+        m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+        m.to_vec().unwrap()
+    }
+
+    /// A DISCOVER that finds the pool's free list empty is held, not dropped, and
+    /// answered as soon as the allocator says a block landed.
+    #[tokio::test]
+    async fn a_discover_waiting_for_a_pool_block_is_answered_when_it_lands() {
+        let (tx, _) = watch::channel(0u64);
+        let leases = Arc::new(Starved {
+            ip: Mutex::new(None),
+            refill: Some(tx),
+        });
+        let (dhcp, server, relay) = pool_server(leases.clone()).await;
+        let server_addr = server.local_addr().unwrap();
+        let stats = dhcp.stats.clone();
+        let task = tokio::spawn(dhcp.run_on(server, "lo", std::future::pending()));
+        relay.send_to(&unknown_discover(), server_addr).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.received.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the server never read the DISCOVER");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(stats.replied.load(Ordering::Relaxed), 0, "no address yet: nothing sent");
+        assert_eq!(stats.dropped(Skip::PoolPending), 0, "held, not dropped");
+        // The block lands.
+        *leases.ip.lock().unwrap() = Some(Ipv4Addr::new(127, 0, 9, 7));
+        leases.refill.as_ref().unwrap().send_modify(|n| *n += 1);
+        let mut buf = [0u8; 1500];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
+            .await
+            .expect("the OFFER once the block landed")
+            .unwrap();
+        let r = Message::from_bytes(&buf[..n]).unwrap();
+        assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(r.yiaddr(), Ipv4Addr::new(127, 0, 9, 7));
+        assert_eq!(stats.skipped.load(Ordering::Relaxed), 0);
+        task.abort();
+    }
+
+    /// Held for at most `HOLD`: with no block landing, the request is then dropped and
+    /// counted as before (the client retransmits).
+    #[tokio::test]
+    async fn a_held_discover_is_dropped_after_the_hold() {
+        let leases = Arc::new(Starved {
+            ip: Mutex::new(None),
+            refill: None,
+        });
+        let (dhcp, server, relay) = pool_server(leases).await;
+        let server_addr = server.local_addr().unwrap();
+        let stats = dhcp.stats.clone();
+        let task = tokio::spawn(dhcp.run_on(server, "lo", std::future::pending()));
+        relay.send_to(&unknown_discover(), server_addr).await.unwrap();
+        let deadline = Instant::now() + HOLD + Duration::from_secs(5);
+        while stats.dropped(Skip::PoolPending) == 0 {
+            assert!(Instant::now() < deadline, "a held request was never given up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(stats.replied.load(Ordering::Relaxed), 0);
+        task.abort();
     }
 
     #[tokio::test]

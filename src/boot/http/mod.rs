@@ -449,7 +449,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         }
     };
     let node = view.node_by_wwid(&r.wwid).cloned();
-    match serve(&s, &view, node.as_ref(), &r, &parts.headers).await {
+    match serve(&s, &view, node.as_ref(), &r, &parts).await {
         Ok((resp, sent)) => {
             if let Some(n) = &node {
                 record(&s, &view, n, r.stage.status(), &sent, &r);
@@ -520,7 +520,10 @@ async fn efiboot(
         },
     };
     let (sent, resp) = match result {
-        Ok((f, len, digest)) => (file.clone(), serve::respond(f, len, &digest, req.headers())),
+        Ok((f, len, digest)) => (
+            file.clone(),
+            serve::respond(f, len, &digest, req.headers(), req.extensions().get()),
+        ),
         Err(e) => {
             tracing::warn!(%client, file = %file, "UEFI HTTP boot request refused: {e}");
             ("NOT_FOUND".to_owned(), e.into_response())
@@ -582,8 +585,9 @@ async fn serve(
     view: &Arc<BootView>,
     node: Option<&Arc<BootNode>>,
     r: &BootRequest,
-    headers: &HeaderMap,
+    parts: &axum::http::request::Parts,
 ) -> Result<(Response, String), BootError> {
+    let headers = &parts.headers;
     if let Some(n) = node {
         if let Some(key) = n.conf.asset_key.as_deref().filter(|k| !k.is_empty()) {
             if r.assetkey.as_deref() != Some(key) {
@@ -655,7 +659,7 @@ async fn serve(
             let k = pick_kernel(n, image, entry)?;
             let sent = k.path.rsplit('/').next().unwrap_or("kernel").to_owned();
             let what = format!("kernel {} of image {image}", k.version);
-            Ok((send_blob(s, k.digest, &what, headers).await?, sent))
+            Ok((send_blob(s, k.digest, &what, parts).await?, sent))
         }
         BootStage::Image => {
             let n = node.ok_or_else(|| BootError::UnknownNode(r.wwid.clone()))?;
@@ -671,7 +675,7 @@ async fn serve(
                 .as_ref()
                 .ok_or_else(|| BootError::NotBuilt(image.to_owned()))?;
             let what = format!("image {image}");
-            Ok((send_blob(s, a.digest, &what, headers).await?, format!("{image}.img.gz")))
+            Ok((send_blob(s, a.digest, &what, parts).await?, format!("{image}.img.gz")))
         }
         BootStage::System | BootStage::Runtime => {
             let n = node.ok_or_else(|| BootError::UnknownNode(r.wwid.clone()))?;
@@ -825,9 +829,14 @@ pub fn pick_kernel<'e>(n: &BootNode, image: &str, entry: &'e ImageEntry) -> Resu
     }
 }
 
-async fn send_blob(s: &Shared, digest: Digest, what: &str, headers: &HeaderMap) -> Result<Response, BootError> {
+async fn send_blob(
+    s: &Shared,
+    digest: Digest,
+    what: &str,
+    req: &axum::http::request::Parts,
+) -> Result<Response, BootError> {
     match s.verifier.open(digest).await {
-        Ok((file, len)) => Ok(serve::respond(file, len, &digest, headers)),
+        Ok((file, len)) => Ok(serve::respond(file, len, &digest, &req.headers, req.extensions.get())),
         // A corrupt blob was quarantined by `verify`: it is now missing here too.
         Err(CasError::Missing(_)) | Err(CasError::Corrupt { .. }) => Err(BootError::BlobMissing {
             what: what.to_owned(),

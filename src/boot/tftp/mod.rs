@@ -4,29 +4,31 @@
 //! everything after iPXE starts goes over HTTP. So this server is deliberately
 //! small: read-only, one root directory (Debian's `/usr/lib/ipxe` by default),
 //! nothing outside it (see [`root`] for how paths are contained), options
-//! `blksize`, `tsize`, `timeout` and `windowsize` (RFC 2347/2348/2349/7440, all
-//! negotiated by async-tftp; limits configurable).
+//! `blksize`, `tsize`, `timeout` and `windowsize` (RFC 2347/2348/2349/7440; limits
+//! configurable). The protocol is [`server`].
 //!
-//! Why it runs on a thread of its own: async-tftp is executor-agnostic (smol's
-//! `async-io` reactor, its own `async-executor`). Polling it from a tokio task would
-//! route every packet wake-up from async-io's reactor thread to a tokio worker and
-//! back — two thread hops per 1.4 KB block in a lock-step protocol whose speed is
-//! its round-trip time. Instead [`run`] gives the server one dedicated thread that
-//! blocks in `async_io::block_on`, which drives the reactor on that same thread:
-//! a block's ACK wakes the transfer with no hop, and TFTP load never competes with
-//! the HTTP and Raft tasks on tokio's workers. `run` itself is an ordinary async
-//! function (bind a socket, pass a shutdown future) like the head's other servers.
+//! Why threads and not tokio tasks: TFTP is lock-step, its speed the round trip of
+//! one block. A request thread receives the requests and each transfer has a thread
+//! of its own blocking on its own socket, so an ACK wakes the transfer directly (no
+//! reactor, executor or thread hop between it and the next block) and TFTP load never
+//! competes with the HTTP and Raft tasks on tokio's workers. [`server`] says why this
+//! replaced async-tftp (issue 11: 0.8× tftpd-hpa before, see docs/PERFORMANCE.md).
+//! `run` itself is an ordinary async function (bind a socket, pass a shutdown future)
+//! like the head's other servers.
 
 pub mod root;
+pub mod server;
 
 use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use root::{Refusal, Root, RootHandler};
+pub use root::{Refusal, Root, Source};
 
 /// Default TFTP root: Debian's `ipxe` package.
 pub const DEFAULT_ROOT: &str = "/usr/lib/ipxe";
@@ -56,6 +58,9 @@ pub struct TftpConfig {
     pub memory_budget: u64,
     /// Give up a transfer after this many retransmissions of one window.
     pub max_send_retries: u32,
+    /// Transfers at once (each has a thread); requests beyond are dropped and the
+    /// clients retransmit them.
+    pub max_transfers: usize,
 }
 
 impl Default for TftpConfig {
@@ -70,6 +75,7 @@ impl Default for TftpConfig {
             memory_file_limit: 16 << 20,
             memory_budget: 128 << 20,
             max_send_retries: 20,
+            max_transfers: 512,
         }
     }
 }
@@ -104,6 +110,9 @@ impl TftpConfig {
         if self.timeout_ms == 0 {
             return bad("timeout_ms", "0 would retransmit without waiting".into());
         }
+        if self.max_transfers == 0 {
+            return bad("max_transfers", "0 would serve nobody".into());
+        }
         Ok(())
     }
 }
@@ -116,8 +125,6 @@ pub enum TftpError {
     Root { path: PathBuf, source: std::io::Error },
     #[error("TFTP socket: {0}; check that the address is local and the port free (port 69 needs root or CAP_NET_BIND_SERVICE)")]
     Socket(#[source] std::io::Error),
-    #[error("TFTP server failed: {0}")]
-    Server(#[from] async_tftp::Error),
     #[error("TFTP server thread: {0}")]
     Thread(String),
 }
@@ -157,7 +164,8 @@ pub fn bind_addr(addr: &str) -> Result<UdpSocket, TftpError> {
 }
 
 /// Serve TFTP on `socket` until `shutdown` resolves. Transfers in progress are
-/// dropped at shutdown (a PXE client retries from the start anyway).
+/// dropped at shutdown (a PXE client retries from the start anyway), within a quarter
+/// of a second.
 pub async fn run(
     socket: UdpSocket,
     cfg: TftpConfig,
@@ -169,34 +177,39 @@ pub async fn run(
         source,
     })?;
     let local = socket.local_addr().map_err(TftpError::Socket)?;
-    let builder = async_tftp::server::TftpServerBuilder::with_handler(RootHandler { root })
-        .std_socket(socket)
-        .map_err(TftpError::Server)?
-        .timeout(Duration::from_millis(cfg.timeout_ms))
-        .block_size_limit(cfg.max_block_size)
-        .window_size_limit(cfg.max_window_size)
-        .max_send_retries(cfg.max_send_retries);
+    let limits = server::Limits {
+        max_block_size: cfg.max_block_size,
+        max_window_size: cfg.max_window_size,
+        timeout: Duration::from_millis(cfg.timeout_ms),
+        max_send_retries: cfg.max_send_retries,
+        max_transfers: cfg.max_transfers,
+    };
+    /// Stops the threads however `run` ends (shutdown, error, or its future dropped).
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     tracing::info!(%local, root = %cfg.root.display(), "TFTP serving");
+    let flag = stop.0.clone();
     std::thread::Builder::new()
         .name("tftp".into())
         .spawn(move || {
-            let result = async_io::block_on(async move {
-                let server = builder.build().await?;
-                let serve = std::pin::pin!(server.serve());
-                let stop = std::pin::pin!(shutdown);
-                match futures::future::select(serve, stop).await {
-                    futures::future::Either::Left((r, _)) => r,
-                    futures::future::Either::Right(((), _)) => Ok(()),
-                }
-            });
-            let _ = done_tx.send(result);
+            let _ = done_tx.send(server::serve(socket, root, limits, flag));
         })
         .map_err(|e| TftpError::Thread(e.to_string()))?;
-    match done_rx.await {
-        Ok(r) => r.map_err(TftpError::Server),
-        Err(_) => Err(TftpError::Thread("the TFTP thread panicked".into())),
-    }
+    let result = tokio::select! {
+        r = done_rx => match r {
+            Ok(r) => r.map_err(TftpError::Socket),
+            Err(_) => Err(TftpError::Thread("the TFTP thread panicked".into())),
+        },
+        () = shutdown => Ok(()),
+    };
+    drop(stop);
+    result
 }
 
 #[cfg(test)]
@@ -222,6 +235,7 @@ mod tests {
             ("max_block_size: 4", "max_block_size"),
             ("max_window_size: 0", "max_window_size"),
             ("timeout_ms: 0", "timeout_ms"),
+            ("max_transfers: 0", "max_transfers"),
         ] {
             let c: TftpConfig = serde_yaml_ng::from_str(yaml).unwrap();
             match c.validate() {

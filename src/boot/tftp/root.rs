@@ -8,39 +8,38 @@
 //!   the root is refused while one that stays inside works. (Debian's
 //!   `/usr/lib/ipxe/ipxe.efi` points to `/boot/ipxe.efi` and is refused; the default
 //!   table hands x86-64 UEFI `snponly.efi`, a plain file there, as Warewulf does.)
-//! - **Memory for small files.** async-tftp opens files one at a time behind a
-//!   mutex and reads blocks on its own single-threaded executor. The iPXE binaries
-//!   are small (100 KB–1 MB) and requested by every booting node, so they are read
-//!   once, kept as shared bytes keyed by (device, inode, size, mtime) and served by
-//!   copying from memory: an open is a `stat` and a hash lookup, and no transfer
-//!   waits on the disk. A file replaced on disk (package upgrade) has a new key and
-//!   is read again.
-//! - **Large files** (above the memory limit) are read from the file as the
-//!   transfer goes. Those reads run on the TFTP thread; on a cold disk a read can
-//!   delay other transfers by milliseconds. Large files belong on HTTP anyway.
+//! - **Memory for small files.** The iPXE binaries are small (100 KB–1 MB) and
+//!   requested by every booting node, so they are read once, kept as shared bytes
+//!   keyed by (device, inode, size, mtime) and sent from there (the server sends
+//!   slices of them, no copy): an open is a `stat` and a hash lookup, and no
+//!   transfer waits on the disk. A file replaced on disk (package upgrade) has a new
+//!   key and is read again.
+//! - **Large files** (above the memory limit) are read from the file as the transfer
+//!   goes, 64 KiB or a window at a time, on the transfer's own thread (see
+//!   [`super::server`]). Large files belong on HTTP anyway.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use async_tftp::packet;
 use bytes::Bytes;
+
+use super::server::ErrorPacket;
 
 pub use crate::boot::files::Refusal;
 use crate::boot::files::{file_key, BootDir, FileKey};
 
 impl Refusal {
-    /// The TFTP error the client sees. (An inherent impl here rather than in
-    /// [`crate::boot::files`]: only TFTP speaks in TFTP error packets.)
-    pub fn to_packet(&self) -> packet::Error {
+    /// The TFTP error the client sees (RFC 1350 codes 1 and 2). (An inherent impl here
+    /// rather than in [`crate::boot::files`]: only TFTP speaks in TFTP error packets.)
+    pub fn to_error(&self) -> ErrorPacket {
         match self {
-            Refusal::NotFound(_) | Refusal::NotAFile(_) | Refusal::Empty => packet::Error::FileNotFound,
-            Refusal::ReadOnly => packet::Error::Msg("Access violation: read-only server".into()),
-            Refusal::Absolute(_) | Refusal::ParentDir(_) | Refusal::Escapes(_) => packet::Error::PermissionDenied,
+            Refusal::NotFound(_) | Refusal::NotAFile(_) | Refusal::Empty => ErrorPacket::new(1, "File not found"),
+            Refusal::ReadOnly => ErrorPacket::new(2, "Access violation: read-only server"),
+            Refusal::Absolute(_) | Refusal::ParentDir(_) | Refusal::Escapes(_) => {
+                ErrorPacket::new(2, "Permission denied")
+            }
         }
     }
 }
@@ -54,26 +53,11 @@ pub struct Root {
     cache: HashMap<PathBuf, (FileKey, Bytes)>,
 }
 
-/// What an open returns: bytes from memory, or a file read as the transfer goes.
+/// What an open returns: bytes in memory, or a file read as the transfer goes.
 #[derive(Debug)]
-pub enum TftpReader {
-    Memory { data: Bytes, pos: usize },
+pub enum Source {
+    Memory(Bytes),
     File(File),
-}
-
-impl futures::io::AsyncRead for TftpReader {
-    fn poll_read(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            TftpReader::Memory { data, pos } => {
-                let n = buf.len().min(data.len() - *pos);
-                buf[..n].copy_from_slice(&data[*pos..*pos + n]);
-                *pos += n;
-                Poll::Ready(Ok(n))
-            }
-            // See the module notes: a synchronous read of the next block.
-            TftpReader::File(f) => Poll::Ready(f.read(buf)),
-        }
-    }
 }
 
 impl Root {
@@ -92,8 +76,8 @@ impl Root {
         self.dir.path()
     }
 
-    /// Open a requested name for reading: the reader and its size (for `tsize`).
-    pub fn open(&mut self, requested: &str) -> Result<(TftpReader, u64), Refusal> {
+    /// Open a requested name for reading: its bytes and its size (for `tsize`).
+    pub fn open(&mut self, requested: &str) -> Result<(Source, u64), Refusal> {
         let path = self.dir.resolve(requested)?;
         let not_found = || Refusal::NotFound(requested.to_owned());
         let file = File::open(&path).map_err(|_| not_found())?;
@@ -101,17 +85,11 @@ impl Root {
         let key = file_key(&meta);
         if let Some((k, data)) = self.cache.get(&path) {
             if *k == key {
-                return Ok((
-                    TftpReader::Memory {
-                        data: data.clone(),
-                        pos: 0,
-                    },
-                    key.2,
-                ));
+                return Ok((Source::Memory(data.clone()), key.2));
             }
         }
         if meta.len() > self.memory_limit {
-            return Ok((TftpReader::File(file), meta.len()));
+            return Ok((Source::File(file), meta.len()));
         }
         let mut buf = Vec::with_capacity(meta.len() as usize);
         let mut file = file;
@@ -119,13 +97,7 @@ impl Root {
         if buf.len() as u64 != meta.len() {
             // Changed while we read it: serve what we read, cache nothing.
             let len = buf.len() as u64;
-            return Ok((
-                TftpReader::Memory {
-                    data: Bytes::from(buf),
-                    pos: 0,
-                },
-                len,
-            ));
+            return Ok((Source::Memory(Bytes::from(buf)), len));
         }
         let data = Bytes::from(buf);
         self.cache.remove(&path);
@@ -133,7 +105,7 @@ impl Root {
         if used + data.len() as u64 <= self.cache_budget {
             self.cache.insert(path, (key, data.clone()));
         }
-        Ok((TftpReader::Memory { data, pos: 0 }, key.2))
+        Ok((Source::Memory(data), key.2))
     }
 
     /// Bytes currently held in memory.
@@ -142,55 +114,19 @@ impl Root {
     }
 }
 
-/// The async-tftp handler: reads through [`Root`], refuses every write.
-#[derive(Debug)]
-pub struct RootHandler {
-    pub(crate) root: Root,
-}
-
-impl async_tftp::server::Handler for RootHandler {
-    type Reader = TftpReader;
-    type Writer = futures::io::Sink;
-
-    async fn read_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
-        let name = path.to_string_lossy();
-        match self.root.open(&name) {
-            Ok((reader, size)) => {
-                tracing::debug!(%client, file = %name, size, "TFTP read");
-                Ok((reader, Some(size)))
-            }
-            Err(e) => {
-                tracing::info!(%client, file = %name, "TFTP refused: {e}");
-                Err(e.to_packet())
-            }
-        }
-    }
-
-    async fn write_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-        _size: Option<u64>,
-    ) -> Result<Self::Writer, packet::Error> {
-        tracing::info!(%client, file = %path.display(), "TFTP write refused (read-only server)");
-        Err(Refusal::ReadOnly.to_packet())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::io::AsyncReadExt;
 
-    fn read_all(r: TftpReader) -> Vec<u8> {
-        let mut r = r;
-        let mut v = Vec::new();
-        futures::executor::block_on(r.read_to_end(&mut v)).unwrap();
-        v
+    fn read_all(s: Source) -> Vec<u8> {
+        match s {
+            Source::Memory(b) => b.to_vec(),
+            Source::File(mut f) => {
+                let mut v = Vec::new();
+                f.read_to_end(&mut v).unwrap();
+                v
+            }
+        }
     }
 
     #[test]
@@ -210,7 +146,7 @@ mod tests {
         assert_eq!(root.cached_bytes(), 5);
         let (r, n) = root.open("sub/big").unwrap();
         assert!(
-            matches!(r, TftpReader::File(_)),
+            matches!(r, Source::File(_)),
             "above the memory limit: read from the file"
         );
         assert_eq!((read_all(r).len(), n), (5000, 5000));
@@ -223,14 +159,8 @@ mod tests {
         assert!(matches!(root.open("sub"), Err(Refusal::NotAFile(_))));
         assert!(matches!(root.open("nope"), Err(Refusal::NotFound(_))));
         assert!(matches!(root.open("../secret"), Err(Refusal::ParentDir(_))));
-        assert!(matches!(
-            Refusal::Escapes("x".into()).to_packet(),
-            packet::Error::PermissionDenied
-        ));
-        assert!(matches!(
-            Refusal::NotFound("x".into()).to_packet(),
-            packet::Error::FileNotFound
-        ));
+        assert_eq!(Refusal::Escapes("x".into()).to_error().code, 2, "access violation");
+        assert_eq!(Refusal::NotFound("x".into()).to_error().code, 1, "file not found");
     }
 
     #[test]
