@@ -3,7 +3,10 @@
 //!
 //! - **HTTP**: `/image/<mac>` streaming an image artifact from the CAS over loopback,
 //!   1 and 8 concurrent `curl -o /dev/null` clients, against nginx serving the same
-//!   file (a hard link to the blob) with `sendfile on`. Two wulfpack servers: the
+//!   file (a hard link to the blob) with Debian's nginx.conf settings (`sendfile on;
+//!   tcp_nopush on`), and, as a second anchor, the same without `tcp_nopush` (which
+//!   on this kernel makes curl's receiving cost ~2.5× the CPU per byte; see
+//!   docs/PERFORMANCE.md). Two wulfpack servers: the
 //!   head's (`cas::zerocopy::serve`, bodies by `sendfile(2)`) and, for comparison,
 //!   plain `axum::serve` (the read path: `pread` chunks through hyper). Goal ≥ 1.0×.
 //! - **TFTP**: a 64 MB file at blksize 1432 (`curl --tftp-blksize 1432`) from our
@@ -451,8 +454,10 @@ fn rounds_of(rounds: usize, fns: &mut [&mut dyn FnMut() -> Sample]) -> Vec<Sampl
 
 #[derive(Default)]
 struct HttpResults {
-    /// Per client count (1, 8): sendfile path vs nginx, and read path vs nginx.
+    /// Per client count (1, 8): sendfile path vs nginx, vs nginx without tcp_nopush,
+    /// and read path vs nginx.
     sendfile: [Spread; 2],
+    nocork: [Spread; 2],
     read: [Spread; 2],
 }
 
@@ -537,39 +542,14 @@ fn http_bench(rt: &tokio::runtime::Runtime, work: &Path, size: u64, runs: usize,
         (a, b)
     });
 
-    // nginx serves the very same file (a hard link to the blob).
-    let site = work.join("site");
-    std::fs::create_dir_all(site.join("logs")).unwrap();
-    std::fs::hard_link(cas.path(&digest), site.join("image.img.gz")).unwrap();
-    let port = registry::free_port();
-    let conf = site.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nworker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{ access_log off; sendfile on; tcp_nopush on; default_type application/octet-stream;\n\
-               client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;\n\
-               uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;\n\
-               server {{ listen 127.0.0.1:{port}; root {dir}; }} }}\n",
-            dir = site.display()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(site.join("tmp")).unwrap();
-    let _nginx = Proc(
-        Command::new("nginx")
-            .args(["-c", conf.to_str().unwrap(), "-p", site.to_str().unwrap()])
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start nginx"),
-    );
-    let nginx_addr = format!("127.0.0.1:{port}");
-    wait_http(&nginx_addr);
-
+    // nginx serves the very same file (a hard link to the blob): once with Debian's
+    // nginx.conf settings (`sendfile on; tcp_nopush on`), once without tcp_nopush.
+    let (_nginx, nginx_addr) = start_nginx(work, "site", &cas.path(&digest), true);
+    let (_nginx_nc, nginx_nc_addr) = start_nginx(work, "site-nocork", &cas.path(&digest), false);
     let ours_url = format!("http://{ours}/image/{MAC}?compress=gz");
     let read_url = format!("http://{read_path}/image/{MAC}?compress=gz");
     let nginx_url = format!("http://{nginx_addr}/image.img.gz");
+    let nginx_nc_url = format!("http://{nginx_nc_addr}/image.img.gz");
     // Warm the page cache and the verification cache (the first request hashes the
     // blob once; timed separately here), then each server once.
     let t = Instant::now();
@@ -577,6 +557,7 @@ fn http_bench(rt: &tokio::runtime::Runtime, work: &Path, size: u64, runs: usize,
     let first = t.elapsed();
     curl_rate(&read_url, 1, size);
     curl_rate(&nginx_url, 1, size);
+    curl_rate(&nginx_nc_url, 1, size);
 
     println!(
         "HTTP image {} MB over loopback (curl -o /dev/null; {runs} runs, each the median of {rounds}); \
@@ -590,37 +571,82 @@ fn http_bench(rt: &tokio::runtime::Runtime, work: &Path, size: u64, runs: usize,
             wait_idle();
             let start = Conditions::sample();
             let bytes = size * clients as u64;
-            let nginx = Server::Tree(_nginx.0.id() as u64);
+            let (nginx, nginx_nc) = (
+                Server::Tree(_nginx.0.id() as u64),
+                Server::Tree(_nginx_nc.0.id() as u64),
+            );
             let m = rounds_of(
                 rounds,
                 &mut [
                     &mut || timed(bytes, nginx, &mut || curl_rate(&nginx_url, clients, size)),
                     &mut || timed(bytes, Server::This, &mut || curl_rate(&ours_url, clients, size)),
+                    &mut || timed(bytes, nginx_nc, &mut || curl_rate(&nginx_nc_url, clients, size)),
                     &mut || timed(bytes, Server::This, &mut || curl_rate(&read_url, clients, size)),
                 ],
             );
-            let (nginx, zc, rd) = (m[0], m[1], m[2]);
+            let (nginx, zc, nc, rd) = (m[0], m[1], m[2], m[3]);
             println!(
-                "  run {run}, {clients} client(s): wulfpack {:>6.0} MB/s  (read path {:>6.0})  nginx {:>6.0} MB/s  \
-                 ratio {:.2} (read path {:.2});  server CPU s/GB {:.2} ({:.2}) vs {:.2}, curl {:.2} ({:.2}) vs {:.2}   [{}]",
+                "  run {run}, {clients} client(s): wulfpack {:>5.0} MB/s, nginx {:>5.0}, nginx without tcp_nopush {:>5.0}, \
+                 read path {:>5.0}: ratio {:.2} ({:.2} to the second nginx; read path {:.2});\n    \
+                 server CPU s/GB {:.2} / {:.2} / {:.2} / {:.2}, curl {:.2} / {:.2} / {:.2} / {:.2}   [{}]",
                 zc.rate,
-                rd.rate,
                 nginx.rate,
+                nc.rate,
+                rd.rate,
                 zc.rate / nginx.rate,
+                zc.rate / nc.rate,
                 rd.rate / nginx.rate,
                 zc.server_cpu,
-                rd.server_cpu,
                 nginx.server_cpu,
+                nc.server_cpu,
+                rd.server_cpu,
                 zc.client_cpu,
-                rd.client_cpu,
                 nginx.client_cpu,
+                nc.client_cpu,
+                rd.client_cpu,
                 start.since()
             );
             res.sendfile[i].push(zc, nginx);
+            res.nocork[i].push(zc, nc);
             res.read[i].push(rd, nginx);
         }
     }
     res
+}
+
+/// nginx serving `file` (hard-linked as `image.img.gz`) from `work/name` on a free
+/// loopback port, with or without `tcp_nopush`.
+fn start_nginx(work: &Path, name: &str, file: &Path, nopush: bool) -> (Proc, String) {
+    let site = work.join(name);
+    std::fs::create_dir_all(site.join("logs")).unwrap();
+    std::fs::create_dir_all(site.join("tmp")).unwrap();
+    std::fs::hard_link(file, site.join("image.img.gz")).unwrap();
+    let port = registry::free_port();
+    let conf = site.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{ access_log off; sendfile on; tcp_nopush {nopush}; default_type application/octet-stream;\n\
+               client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;\n\
+               uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;\n\
+               server {{ listen 127.0.0.1:{port}; root {dir}; }} }}\n",
+            dir = site.display(),
+            nopush = if nopush { "on" } else { "off" },
+        ),
+    )
+    .unwrap();
+    let proc = Proc(
+        Command::new("nginx")
+            .args(["-c", conf.to_str().unwrap(), "-p", site.to_str().unwrap()])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx"),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    wait_http(&addr);
+    (proc, addr)
 }
 
 /// TFTP child mode: `--tftp-child ADDR ROOT` serves until killed (at most 10 min).
@@ -893,6 +919,15 @@ fn main() {
             println!(
                 "{}",
                 h.sendfile[i].row(&format!("HTTP {mb} MB, {c}, sendfile path"), "nginx", "MB/s", "≥ 1.0×")
+            );
+            println!(
+                "{}",
+                h.nocork[i].row(
+                    &format!("HTTP {mb} MB, {c}, sendfile path"),
+                    "nginx without tcp_nopush",
+                    "MB/s",
+                    "—"
+                )
             );
             println!(
                 "{}",

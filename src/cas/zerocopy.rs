@@ -26,12 +26,14 @@
 //!   server's cost is what is left, and either way a fraction of the read path's.)
 //!   Everything else (scripts, overlays, errors) is written as given.
 //!
-//! Why this is safe to rely on: hyper writes a response's buffers in order and never
-//! two responses of one connection at once, and it passes body buffers through
-//! without copying when the connection says it supports vectored writes
-//! ([`Conn`] does; hyper's `WriteStrategy::Queue`). Placeholder bytes that arrive with
-//! no file registered, or more of them than registered, fail the connection — the
-//! client sees a cut transfer, never zeros (tested below and in `tests/it/boot_http.rs`).
+//! Why this is safe to rely on: hyper writes a connection's responses in order, and it
+//! passes body buffers through without copying when the connection says it supports
+//! vectored writes ([`Conn`] does; hyper's `WriteStrategy::Queue`). One file is
+//! registered at a time: a body whose file would overlap the previous one (pipelined
+//! requests) waits until that one is sent. Placeholder bytes that arrive with no file
+//! registered, or more of them than registered, fail the connection — the client sees
+//! a cut transfer, never zeros or another response's bytes (tested below and in
+//! `tests/it/boot_http.rs`).
 //!
 //! What it does not do: a page that is not in the page cache is read by `sendfile` on
 //! the worker thread (as nginx does without `aio threads`); the kernel's readahead
@@ -80,7 +82,24 @@ struct Plan {
 /// One connection's zero-copy handle, found in the extensions of every request that
 /// came through [`serve`].
 #[derive(Debug, Clone, Default)]
-pub struct Sendfile(Arc<Mutex<Option<Plan>>>);
+pub struct Sendfile(Arc<Mutex<Slot>>);
+
+/// The file being sent on a connection, and a body waiting to register the next one.
+#[derive(Debug, Default)]
+struct Slot {
+    plan: Option<Plan>,
+    waiting: Option<std::task::Waker>,
+}
+
+impl Slot {
+    /// The current file is sent (or failed): let the next body register its own.
+    fn finish(&mut self) {
+        self.plan = None;
+        if let Some(w) = self.waiting.take() {
+            w.wake();
+        }
+    }
+}
 
 impl Sendfile {
     /// A response body of `len` bytes of `file` from `offset`, sent by the connection
@@ -97,7 +116,7 @@ impl Sendfile {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Plan>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -113,11 +132,19 @@ struct Placeholders {
 impl futures::Stream for Placeholders {
     type Item = io::Result<Bytes>;
 
-    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(plan) = self.plan.take().filter(|p| p.remaining > 0) {
-            // hyper runs one request of a connection at a time: any previous plan
-            // belongs to a response that is over.
-            *self.slot.lock() = Some(plan);
+            let slot = self.slot.clone();
+            let mut slot = slot.lock();
+            if slot.plan.is_some() {
+                // The previous response's file is still going out (hyper writes a
+                // response head only after the previous body has left its buffer, so
+                // this does not happen today; should it, the bytes must not mix).
+                slot.waiting = Some(cx.waker().clone());
+                self.plan = Some(plan);
+                return Poll::Pending;
+            }
+            slot.plan = Some(plan);
         }
         if self.left == 0 {
             return Poll::Ready(None);
@@ -154,7 +181,7 @@ impl Conn {
 
     fn poll_sendfile(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
         let mut slot = self.sendfile.lock();
-        let Some(plan) = slot.as_mut() else {
+        let Some(plan) = slot.plan.as_mut() else {
             return Poll::Ready(Err(io::Error::other(
                 "zero-copy body bytes with no file registered for this response (a bug: refusing to send placeholders)",
             )));
@@ -172,7 +199,7 @@ impl Conn {
             });
             match sent {
                 Ok(0) => {
-                    *slot = None;
+                    slot.finish();
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "blob ended before its recorded size (truncated on disk?)",
@@ -181,13 +208,13 @@ impl Conn {
                 Ok(n) => {
                     plan.remaining -= n as u64;
                     if plan.remaining == 0 {
-                        *slot = None; // close the file as soon as it is sent
+                        slot.finish(); // and close the file as soon as it is sent
                     }
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
-                    *slot = None;
+                    slot.finish();
                     return Poll::Ready(Err(e));
                 }
             }
@@ -468,6 +495,83 @@ mod tests {
         assert!(st == 200 && body == blob);
     }
 
+    /// Pipelined requests: the next response's body may be taken up while the end of
+    /// the previous file is still queued in hyper's write buffer. Its file must wait
+    /// for that end to go out, not take its place.
+    #[tokio::test]
+    async fn pipelined_requests_get_their_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(dir.path()).unwrap();
+        // A's last frame (300 KiB) is under hyper's buffer limit: hyper takes up the next
+        // body without flushing it first.
+        let a = data(FRAME + 300 * 1024);
+        let b: Vec<u8> = data(FRAME + 123_457).iter().map(|x| x ^ 0x5a).collect();
+        let (da, db) = (cas.put_bytes(&a).unwrap(), cas.put_bytes(&b).unwrap());
+        let (addr, _stop) = start(cas, dir.path().join("unused")).await;
+        let mut c = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        let all = format!(
+            "GET /blob/{da} HTTP/1.1\r\nHost: t\r\n\r\n\
+             GET /blob/{db} HTTP/1.1\r\nHost: t\r\n\r\n\
+             GET /blob/{da} HTTP/1.1\r\nHost: t\r\nRange: bytes=1000-\r\n\r\n\
+             GET /blob/{db} HTTP/1.1\r\nHost: t\r\n\r\n"
+        );
+        c.get_mut().write_all(all.as_bytes()).await.unwrap();
+        for (i, want) in [&a[..], &b[..], &a[1000..], &b[..]].into_iter().enumerate() {
+            let (st, _, body) = tokio::time::timeout(std::time::Duration::from_secs(20), response(&mut c, false))
+                .await
+                .unwrap_or_else(|_| panic!("response {i} within 20 s"));
+            assert!(st == 200 || st == 206, "response {i}: {st}");
+            assert!(body == want, "response {i} carries its own file's bytes");
+        }
+    }
+
+    /// A body does not register its file while the previous response's file is still
+    /// going out: it waits, and is woken when that file is done.
+    #[test]
+    fn a_body_waits_for_the_previous_file() {
+        use futures::Stream;
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl futures::task::ArcWake for Flag {
+            fn wake_by_ref(a: &Arc<Self>) {
+                a.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let open = || File::open(&p).unwrap();
+        let z = Sendfile::default();
+        z.lock().plan = Some(Plan {
+            file: Arc::new(open()),
+            offset: 0,
+            remaining: 3,
+        });
+        let mut body = Placeholders {
+            slot: z.clone(),
+            plan: Some(Plan {
+                file: Arc::new(open()),
+                offset: 5,
+                remaining: 5,
+            }),
+            left: 5,
+        };
+        let flag = Arc::new(Flag(Default::default()));
+        let waker = futures::task::waker(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut body).poll_next(&mut cx).is_pending());
+        assert_eq!(z.lock().plan.as_ref().unwrap().remaining, 3, "the first file stays");
+        z.lock().finish();
+        assert!(
+            flag.0.load(std::sync::atomic::Ordering::SeqCst),
+            "woken when it is done"
+        );
+        match Pin::new(&mut body).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(b))) => assert!(is_placeholder(&b) && b.len() == 5),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(z.lock().plan.as_ref().unwrap().offset, 5, "now its own file");
+    }
+
     /// A file shorter than the length promised: the client gets the real bytes and a
     /// cut connection, never filler.
     #[tokio::test]
@@ -507,7 +611,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, b"0123456789abcdef").unwrap();
-        *sendfile.lock() = Some(Plan {
+        sendfile.lock().plan = Some(Plan {
             file: Arc::new(File::open(&p).unwrap()),
             offset: 2,
             remaining: 4,
