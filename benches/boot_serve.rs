@@ -38,6 +38,8 @@ mod netns;
 mod netns_pair;
 #[path = "../tests/common/registry.rs"]
 mod registry;
+#[path = "common/report.rs"]
+mod report;
 #[path = "../tests/common/tftp_client.rs"]
 mod tftp_client;
 
@@ -386,6 +388,22 @@ struct Spread {
 
 impl Spread {
     fn row(&self, name: &str, anchor: &str, unit: &str, goal: &str) -> String {
+        if !self.ours.is_empty() {
+            let (m, lo, hi) = report::stats(&self.ours);
+            report::record(
+                &report::Figure {
+                    bench: "boot_serve",
+                    measure: name,
+                    unit,
+                    better: report::Better::Higher,
+                    wulfpack: m,
+                    spread: Some((lo, hi)),
+                    anchor: (!self.anchor.is_empty()).then(|| (anchor, report::stats(&self.anchor).0)),
+                    goal,
+                },
+                std::env::args().any(|a| a == "--bench"),
+            );
+        }
         let mmm = |v: &[f64]| {
             let mut v = v.to_vec();
             v.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -38,6 +38,8 @@ mod dhcp_lab;
 mod harness;
 #[path = "../tests/common/netns.rs"]
 mod netns;
+#[path = "common/report.rs"]
+mod report;
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
@@ -183,14 +185,14 @@ fn main() {
          = {:.0} DORA/s of server CPU per core",
         chain_rate / 2.0
     );
-    summary(&rows, "wulfpack", 2.0);
+    summary(&rows, "wulfpack", 2.0, "known nodes");
     println!(
         "\n## DHCP dynamic pool: perfdhcp, {} random MACs, pool of {} addresses, {} s per step\n",
         pool.clients, pool.size, sizes.secs
     );
     table(&pool.rows);
     println!();
-    summary(&pool.rows, "wulfpack", 1.0);
+    summary(&pool.rows, "wulfpack", 1.0, "dynamic pool");
     if !full && known_part && pool_part_on {
         let ok = rows.iter().any(|r| r.0 == "wulfpack" && r.2.recv_ack > 0);
         assert!(ok, "smoke run: wulfpack answered nothing");
@@ -231,7 +233,7 @@ fn table(rows: &[Row]) {
 }
 
 /// Peak and clean (< 0.1 % drops) rates of wulfpack against Kea's, with the goal ratio.
-fn summary(rows: &[Row], ours: &str, goal: f64) {
+fn summary(rows: &[Row], ours: &str, goal: f64, part: &str) {
     let best = |name: &str, max_drop: f64| {
         rows.iter()
             .filter(|r| r.0.starts_with(name) && r.2.drop_pct() < max_drop)
@@ -265,6 +267,34 @@ fn summary(rows: &[Row], ours: &str, goal: f64) {
             .unwrap_or(0)
     };
     let (ours_clean, kea_clean) = (clean_offered(ours), clean_offered("Kea"));
+    let full = std::env::args().any(|a| a == "--bench");
+    let goal_text = format!("≥ {goal}× Kea");
+    report::record(
+        &report::Figure {
+            bench: "dhcp",
+            measure: &format!("DHCP {part}: peak achieved DORA/s (perfdhcp)"),
+            unit: "DORA/s",
+            better: report::Better::Higher,
+            wulfpack: ours_peak,
+            spread: None,
+            anchor: Some(("Kea, same run", kea_peak)),
+            goal: &goal_text,
+        },
+        full,
+    );
+    report::record(
+        &report::Figure {
+            bench: "dhcp",
+            measure: &format!("DHCP {part}: highest offered rate with < 0.1 % lost by the server"),
+            unit: "DORA/s",
+            better: report::Better::Higher,
+            wulfpack: f64::from(ours_clean),
+            spread: None,
+            anchor: Some(("Kea, same run", f64::from(kea_clean))),
+            goal: "",
+        },
+        full,
+    );
     println!(
         "highest offered rate the server answered with < 0.1 % loss of its own: wulfpack {ours_clean}/s, \
          Kea {kea_clean}/s; wulfpack's against Kea's peak achieved rate: {:.2}×",
