@@ -132,13 +132,21 @@ async fn nodes_get_their_rendered_overlays_and_runtime_overlays_only_reach_their
         assert_eq!(parsed.heads.len(), 3, "{}", text(conf));
         assert!(parsed.secure, "secure mode is the default");
     }
-    let (st, body) = tokio::task::spawn_blocking({
-        let http = c.cfgs[0].http_listen.clone();
-        move || get_from(&http, &format!("/system/{MAC2}"), 0)
+    // n2 was added after n1: head 1 serving n1 does not mean it has applied n2 yet.
+    let last = std::sync::Arc::new(std::sync::Mutex::new((0u16, Vec::new())));
+    eventually(10, "head 1 serves n2's system overlay", || {
+        let (http, got) = (c.cfgs[0].http_listen.clone(), last.clone());
+        async move {
+            let r = tokio::task::spawn_blocking(move || get_from(&http, &format!("/system/{MAC2}"), 0))
+                .await
+                .unwrap();
+            let ok = r.0 == 200;
+            *got.lock().unwrap() = r;
+            ok
+        }
     })
-    .await
-    .unwrap();
-    assert_eq!(st, 200);
+    .await;
+    let body = last.lock().unwrap().1.clone();
     assert_eq!(text(&unpack(&body)["etc/hostname"]), "n2\n");
 
     // An overlay change reaches the next build.
