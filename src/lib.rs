@@ -15,7 +15,7 @@
 //! | [`model`] | nodes and profiles (nodes.conf YAML), merge with value origins, validation, hostlists, field patches |
 //! | [`state`] | the pure replicated state machine: commands, queries, versions, exactly-once |
 //! | [`store`] | sled-backed Raft log, vote and state-machine snapshots (openraft storage v2) |
-//! | [`cas`] | content-addressed blobs: atomic writes, verified reads, peer fetch over HTTP, GC |
+//! | [`cas`] | content-addressed blobs: atomic writes, verified reads, serving by `sendfile` (Range, ETag), peer fetch over HTTP, GC |
 //! | [`pb`] | generated gRPC code (`proto/`) |
 //! | [`raft`] | openraft type config, timing, tonic transport between heads |
 //! | [`cluster`] | the in-process cluster handle: writes and reads with leader forwarding and deadlines, members, head status |

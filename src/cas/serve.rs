@@ -12,11 +12,16 @@
 //! `ETag: "sha256:<hex>"`, in a few dozen lines. `HEAD` is axum's: a `get` route
 //! answers it with the same headers (Content-Length included) and no body.
 //!
-//! Why reads in chunks on the blocking pool with one chunk of read-ahead: a blob
-//! may be gigabytes and thousands of nodes may stream it at once, so nothing is
-//! read into memory whole and no worker thread waits on the disk. Each chunk is a
-//! positional read (`pread`) of [`CHUNK`] bytes on tokio's blocking pool; while
-//! hyper writes one chunk to the socket the next is already being read, so disk
+//! How the body goes out: on the head's listener ([`super::zerocopy::serve`]) by
+//! `sendfile(2)`, from the page cache to the socket with no copy in user space (issue
+//! 11: a quarter of the CPU per byte, see docs/PERFORMANCE.md). Elsewhere (plain
+//! `axum::serve`, HTTP/2) through [`BlobStream`], the read path below.
+//!
+//! Why the read path reads in chunks on the blocking pool with one chunk of
+//! read-ahead: a blob may be gigabytes and thousands of nodes may stream it at once,
+//! so nothing is read into memory whole and no worker thread waits on the disk. Each
+//! chunk is a positional read (`pread`) of [`CHUNK`] bytes on tokio's blocking pool;
+//! while hyper writes one chunk to the socket the next is already being read, so disk
 //! and network overlap. Memory per stream is at most two chunks.
 //!
 //! Why a single-flight verifier: [`Cas::verify`] re-hashes a blob the first time

@@ -5,7 +5,9 @@
 //! `serve_child` helper below, inert unless its environment variable is set), so
 //! it is a process of its own that the test kills by PID. Clients run in the
 //! client namespace: tftp-hpa's `tftp`, `curl tftp://`, and a small raw client
-//! written here that negotiates `windowsize`, which neither of those speaks.
+//! (`tests/common/tftp_client.rs`) that negotiates `windowsize`, which neither of
+//! those speaks. The protocol's corner cases (losses, wrap, timeouts, the cap) are
+//! unit tests of `boot::tftp::server` on loopback.
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
