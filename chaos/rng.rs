@@ -1,21 +1,17 @@
-//! The suite's random numbers: splitmix64, written out so that a seed replays the same
-//! schedule whatever crate versions the build resolves (a seed is the whole recipe of
-//! a run).
+//! The suite's random numbers: the project's splitmix64 (`wulfpack::sim::Rng`, written
+//! out there so that a seed replays the same schedule whatever crate versions the build
+//! resolves: a seed is the whole recipe of a run), with the draws the schedule needs.
 
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(wulfpack::sim::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(wulfpack::sim::Rng::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `lo..=hi`.
@@ -30,6 +26,6 @@ impl Rng {
     /// A generator for a sub-part (a client, a DHCP loop) that does not disturb this one's
     /// sequence beyond one draw.
     pub fn fork(&mut self) -> Rng {
-        Rng(self.next_u64())
+        Rng::new(self.next_u64())
     }
 }
