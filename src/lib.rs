@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`error`] | one error classification ([`error::ErrorKind`]) and the one place kinds become gRPC/HTTP codes; the display policy |
 //! | [`logging`] | log output of the binaries: text or JSON lines, colour only on a terminal |
+//! | [`pki`] | the cluster CA, certificates naming who and what role, join tokens; rustls configurations and mutual-TLS transport for tonic |
 //! | [`model`] | nodes and profiles (nodes.conf YAML), merge with value origins, validation, hostlists, field patches |
 //! | [`state`] | the pure replicated state machine: commands, queries, versions, exactly-once |
 //! | [`store`] | sled-backed Raft log, vote and state-machine snapshots (openraft storage v2) |
@@ -41,6 +42,7 @@ pub mod cas;
 pub mod error;
 pub mod logging;
 pub mod model;
+pub mod pki;
 pub mod state;
 pub mod store;
 pub mod pb {
