@@ -158,6 +158,7 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
             let r = client
                 .read(
                     &Query {
+                        access: false,
                         audit: None,
                         nodes: Selector::All,
                         profiles: Selector::All,
@@ -190,6 +191,7 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
             let r = client
                 .read(
                     &Query {
+                        access: false,
                         audit: None,
                         nodes: Selector::All,
                         profiles: Selector::All,

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ApplyResult, Command, ImageCommand, OverlayCommand, RackCommand, SshCommand};
+use super::{AccessCommand, ApplyResult, Command, ImageCommand, OverlayCommand, RackCommand, SshCommand};
 
 /// How many entries the log keeps (the oldest are dropped).
 pub const AUDIT_KEEP: usize = 10_000;
@@ -148,6 +148,15 @@ pub fn describe(cmd: &Command) -> String {
                 if *replace { " (replace)" } else { "" }
             ),
             SshCommand::SetRootKeys { head, .. } => format!("ssh root keys of head {head}"),
+        },
+        Command::Access(c) => match c {
+            AccessCommand::AddCredential { name, role, .. } => format!("credentials add {name} --role {role}"),
+            AccessCommand::Revoke { name, .. } => format!("credentials revoke {name}"),
+            AccessCommand::RevokeSerial { serial } => format!("credentials revoke --serial {serial}"),
+            AccessCommand::CreateToken { id, now, expires, .. } => {
+                format!("token create {id} (valid {} s)", expires.saturating_sub(*now))
+            }
+            AccessCommand::UseToken { id, head, .. } => format!("head {head} joined with token {id}"),
         },
         Command::ReservePoolBlock { head, .. } => format!("pool block for head {head}"),
         Command::RecordLeases { holder, ops, .. } => format!("{} lease records (holder {holder})", ops.len()),

@@ -27,12 +27,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{self, NodeConf, NodesConf, Patch, UniqueKey};
 
+pub mod access;
 pub mod audit;
 pub mod images;
 pub mod leases;
 pub mod overlays;
 pub mod racks;
 pub mod ssh;
+pub use access::{Access, AccessCommand};
 pub use images::{Artifact, HeadInfo, ImageCommand, ImageEntry, KernelRef, LayerRef};
 pub use leases::{Holder, Lease, LeaseOp, PoolAddr, PoolTable};
 pub use overlays::{OverlayCommand, OverlayEntry};
@@ -107,6 +109,8 @@ pub enum Command {
     Rack(RackCommand),
     /// The cluster's SSH host keys and the heads' root keys (`wwctl configure ssh`).
     Ssh(SshCommand),
+    /// Operators' credentials, revocations and join tokens (see [`access`]).
+    Access(AccessCommand),
     /// Give a DHCP allocator run (`holder`, of head `head`) a block of up to `size`
     /// free addresses of the pool `first..=last` (see `state::leases`).
     ReservePoolBlock {
@@ -196,6 +200,7 @@ impl State {
             &self.pool,
             &self.ssh,
             &self.audit,
+            &self.access,
         ))
         .expect("the state serializes (it is written to snapshots the same way)")
     }
@@ -408,6 +413,9 @@ pub struct Query {
     /// Audit entries to return (`wwctl audit`); none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditQuery>,
+    /// Return credentials and join tokens (`wwctl cluster credentials|token list`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub access: bool,
 }
 
 /// Which audit entries a [`Query`] asks for: at or after unix second `since`, the
@@ -425,6 +433,7 @@ fn selector_none() -> Selector {
 impl Query {
     pub fn nodes(sel: Selector) -> Query {
         Query {
+            access: false,
             audit: None,
             nodes: sel,
             profiles: Selector::None,
@@ -433,6 +442,7 @@ impl Query {
     }
     pub fn profiles(sel: Selector) -> Query {
         Query {
+            access: false,
             audit: None,
             nodes: Selector::None,
             profiles: sel,
@@ -441,6 +451,7 @@ impl Query {
     }
     pub fn images(sel: Selector) -> Query {
         Query {
+            access: false,
             audit: None,
             nodes: Selector::None,
             profiles: Selector::None,
@@ -465,6 +476,9 @@ pub struct QueryResult {
     /// Entries the log has dropped to stay bounded (when the query asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_dropped: Option<u64>,
+    /// Credentials and join tokens, the tokens' secret hashes blanked (when asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
 }
 
 /// The whole replicated state.
@@ -488,6 +502,9 @@ pub struct State {
     /// Operators' writes, newest last, bounded (see [`audit`]).
     #[serde(default, skip_serializing_if = "audit::AuditLog::is_empty")]
     pub audit: audit::AuditLog,
+    /// Credentials, revocations and join tokens (see [`access`]).
+    #[serde(default, skip_serializing_if = "Access::is_empty")]
+    pub access: Access,
     /// Recent request id → outcome, oldest first in `dedup_order`.
     dedup: HashMap<String, ApplyResult>,
     dedup_order: VecDeque<String>,
@@ -506,6 +523,7 @@ impl PartialEq for State {
             && self.pool == o.pool
             && self.ssh == o.ssh
             && self.audit == o.audit
+            && self.access == o.access
     }
 }
 
@@ -568,6 +586,13 @@ impl State {
             missing,
             audit,
             audit_dropped,
+            access: q.access.then(|| {
+                let mut a = self.access.clone();
+                for t in a.tokens.values_mut() {
+                    t.secret_hash.clear();
+                }
+                a
+            }),
         }
     }
 
@@ -646,6 +671,7 @@ impl State {
             Command::Overlay(c) => return self.apply_overlay(index, c),
             Command::Rack(c) => return self.apply_rack(index, c),
             Command::Ssh(c) => return self.apply_ssh(c),
+            Command::Access(c) => return self.apply_access(c),
             Command::ReservePoolBlock {
                 holder,
                 head,

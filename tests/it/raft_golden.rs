@@ -20,8 +20,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wulfpack::model::{self, Digest, NodeConf, NodesConf, PatchOp};
 use wulfpack::state::{
-    ApplyResult, Artifact, Command, CommandError, HeadInfo, ImageCommand, ImageEntry, KernelRef, Kind, LayerRef,
-    LeaseOp, Outcome, OverlayCommand, Put, Rack, RackCommand, RackHead, RackPool, Request, SshCommand, State,
+    AccessCommand, ApplyResult, Artifact, Command, CommandError, HeadInfo, ImageCommand, ImageEntry, KernelRef, Kind,
+    LayerRef, LeaseOp, Outcome, OverlayCommand, Put, Rack, RackCommand, RackHead, RackPool, Request, SshCommand, State,
 };
 
 use crate::harness::golden;
@@ -126,6 +126,11 @@ fn command_variant(c: &Command) -> &'static str {
         Command::Rack(RackCommand::Delete { .. }) => "Rack::Delete",
         Command::Ssh(SshCommand::SetHostKeys { .. }) => "Ssh::SetHostKeys",
         Command::Ssh(SshCommand::SetRootKeys { .. }) => "Ssh::SetRootKeys",
+        Command::Access(AccessCommand::AddCredential { .. }) => "Access::AddCredential",
+        Command::Access(AccessCommand::Revoke { .. }) => "Access::Revoke",
+        Command::Access(AccessCommand::RevokeSerial { .. }) => "Access::RevokeSerial",
+        Command::Access(AccessCommand::CreateToken { .. }) => "Access::CreateToken",
+        Command::Access(AccessCommand::UseToken { .. }) => "Access::UseToken",
         Command::HeadRemoved { .. } => "HeadRemoved",
         Command::ReservePoolBlock { .. } => "ReservePoolBlock",
         Command::RecordLeases { .. } => "RecordLeases",
@@ -152,6 +157,11 @@ const ALL_COMMANDS: &[&str] = &[
     "Rack::Delete",
     "Ssh::SetHostKeys",
     "Ssh::SetRootKeys",
+    "Access::AddCredential",
+    "Access::Revoke",
+    "Access::RevokeSerial",
+    "Access::CreateToken",
+    "Access::UseToken",
     "HeadRemoved",
     "ReservePoolBlock",
     "RecordLeases",
@@ -385,6 +395,44 @@ fn requests() -> BTreeMap<String, Request> {
             }),
         ),
         ("head_removed", Command::HeadRemoved { id: 4 }),
+        (
+            "access_add_credential",
+            Command::Access(AccessCommand::AddCredential {
+                name: "alice".into(),
+                role: wulfpack::pki::Role::Admin,
+                serial: "5a0c3e".into(),
+                now: NOW,
+            }),
+        ),
+        (
+            "access_revoke",
+            Command::Access(AccessCommand::Revoke {
+                name: "alice".into(),
+                now: NOW + 1,
+            }),
+        ),
+        (
+            "access_revoke_serial",
+            Command::Access(AccessCommand::RevokeSerial { serial: "7f01".into() }),
+        ),
+        (
+            "access_create_token",
+            Command::Access(AccessCommand::CreateToken {
+                id: "0a0b0c0d".into(),
+                secret_hash: "ab".repeat(32),
+                now: NOW,
+                expires: NOW + 3600,
+            }),
+        ),
+        (
+            "access_use_token",
+            Command::Access(AccessCommand::UseToken {
+                id: "0a0b0c0d".into(),
+                secret_hash: "ab".repeat(32),
+                head: 4,
+                now: NOW + 60,
+            }),
+        ),
     ];
     cmds.into_iter()
         .enumerate()
