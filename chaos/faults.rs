@@ -118,8 +118,9 @@ pub fn faketime_lib() -> Option<PathBuf> {
 /// `wwctl` from the management bridge against every head, with its own `--timeout`.
 pub fn wwctl(lab: &Lab, timeout_secs: u64, args: &str) -> std::process::Output {
     lab.sw.sh(&format!(
-        "{} --timeout {timeout_secs} --heads 10.0.0.1:9701,10.0.0.2:9701,10.0.0.3:9701 {args}",
-        env!("CARGO_BIN_EXE_wwctl")
+        "{} --timeout {timeout_secs} --cert {} --heads 10.0.0.1:9701,10.0.0.2:9701,10.0.0.3:9701 {args}",
+        env!("CARGO_BIN_EXE_wwctl"),
+        lab.cert().display()
     ))
 }
 

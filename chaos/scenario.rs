@@ -186,15 +186,16 @@ pub fn run(sc: &Scenario, seed: u64, out: &Path) -> Report {
     lab.wwctl_ok("node add probe --comment start");
     let heads: Vec<String> = HEADS.iter().map(|s| s.to_string()).collect();
     let registers = 4;
+    let dialer = lab.dialer();
     let initial = {
-        let heads = heads.clone();
+        let (heads, dialer) = (heads.clone(), dialer.clone());
         lab.sw
             .enter(move || {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap()
-                    .block_on(workload::setup(&heads, registers))
+                    .block_on(workload::setup(&heads, &dialer, registers))
             })
             .join()
             .unwrap()
@@ -207,6 +208,7 @@ pub fn run(sc: &Scenario, seed: u64, out: &Path) -> Report {
     let stop = Arc::new(AtomicBool::new(false));
     let conf = WorkloadConf {
         heads: heads.clone(),
+        dialer: dialer.clone(),
         clients: 4,
         registers,
         reads: sc.reads,
@@ -324,14 +326,14 @@ pub fn run(sc: &Scenario, seed: u64, out: &Path) -> Report {
     report.converge_s = converged.then(|| secs(t_conv.elapsed()));
 
     let finals = {
-        let heads = heads.clone();
+        let (heads, dialer) = (heads.clone(), dialer.clone());
         lab.sw
             .enter(move || {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap()
-                    .block_on(workload::final_reads(&heads, registers, t0))
+                    .block_on(workload::final_reads(&heads, &dialer, registers, t0))
             })
             .join()
             .unwrap()

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use wulfpack::client::Client;
 use wulfpack::model::{NodeConf, PatchOp};
+use wulfpack::pki::tls::Dialer;
 use wulfpack::state::{Command, Kind, Query, Selector};
 
 use crate::lin::{Op, OpKind};
@@ -37,6 +38,8 @@ pub enum Reads {
 #[derive(Debug, Clone)]
 pub struct WorkloadConf {
     pub heads: Vec<String>,
+    /// Mutual TLS with the lab operator's credential.
+    pub dialer: Dialer,
     pub clients: usize,
     pub registers: usize,
     pub reads: Reads,
@@ -78,8 +81,8 @@ fn set_comment(name: &str, v: &str) -> Command {
 }
 
 /// Create the registers with their initial values (before any fault).
-pub async fn setup(heads: &[String], registers: usize) -> Result<BTreeMap<String, String>, String> {
-    let c = Client::new(heads.to_vec()).with_deadline(Duration::from_secs(20));
+pub async fn setup(heads: &[String], dialer: &Dialer, registers: usize) -> Result<BTreeMap<String, String>, String> {
+    let c = Client::with_dialer(heads.to_vec(), dialer).with_deadline(Duration::from_secs(20));
     let items: Vec<(String, NodeConf)> = (0..registers)
         .map(|i| {
             (
@@ -111,7 +114,7 @@ pub async fn run(conf: WorkloadConf, mut rng: Rng, t0: Instant, stop: Arc<Atomic
             Reads::Linearizable => (0..n).map(|j| conf.heads[(c + j) % n].clone()).collect(),
             Reads::LocalPinned => vec![conf.heads[c % n].clone()],
         };
-        let client = Client::new(heads).with_deadline(conf.op_deadline);
+        let client = Client::with_dialer(heads, &conf.dialer).with_deadline(conf.op_deadline);
         let (conf, stop, mut rng) = (conf.clone(), stop.clone(), rng.fork());
         tasks.push(tokio::spawn(async move {
             let mut h = History::default();
@@ -198,10 +201,11 @@ pub async fn run(conf: WorkloadConf, mut rng: Rng, t0: Instant, stop: Arc<Atomic
 /// checker sees the end state) and the names of every node that exists.
 pub async fn final_reads(
     heads: &[String],
+    dialer: &Dialer,
     registers: usize,
     t0: Instant,
 ) -> Result<(Vec<Op>, std::collections::BTreeSet<String>), String> {
-    let c = Client::new(heads.to_vec()).with_deadline(Duration::from_secs(20));
+    let c = Client::with_dialer(heads.to_vec(), dialer).with_deadline(Duration::from_secs(20));
     let call = micros(t0);
     let r = c
         .read(&Query::nodes(Selector::All), true)

@@ -22,6 +22,7 @@ id: $i
 data_dir: $WORK/head$i
 listen: 127.0.0.1:970$i
 http_listen: 127.0.0.1:978$i
+insecure: true                 # the demo: plaintext, no credentials (see OPERATIONS "Certificates")
 cluster_name: demo
 bootstrap:
   - {id: 1, addr: 127.0.0.1:9701}

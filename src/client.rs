@@ -106,12 +106,18 @@ enum Spread {
 }
 
 impl Client {
-    /// `heads`: `host:port` of each head, in order of preference.
+    /// `heads`: `host:port` of each head, in order of preference; plaintext (heads
+    /// with `insecure: true`).
     pub fn new(heads: Vec<String>) -> Self {
+        Client::with_dialer(heads, &crate::pki::tls::Dialer::plain())
+    }
+
+    /// Like [`Client::new`], connecting as `dialer` says (mutual TLS with a credential).
+    pub fn with_dialer(heads: Vec<String>, dialer: &crate::pki::tls::Dialer) -> Self {
         let heads = heads
             .into_iter()
             .filter_map(|h| match crate::raft::endpoint(&h) {
-                Ok(e) => Some((h, e.connect_lazy())),
+                Ok(e) => Some((h, dialer.lazy(e))),
                 Err(e) => {
                     tracing::warn!("ignoring head {h:?}: {e}");
                     None
@@ -300,6 +306,24 @@ impl Client {
     pub async fn state_digest(&self) -> Result<pb::StateDigestReply, ClientError> {
         self.retry(Spread::OneAtATime, |mut c, t| async move {
             c.state_digest(timed(pb::Empty {}, t)).await
+        })
+        .await
+    }
+
+    /// A new operator credential from the first head that answers (not retried on
+    /// another head once one answered: each would issue a different certificate).
+    pub async fn issue_credential(
+        &self,
+        name: &str,
+        role: &str,
+        days: u32,
+    ) -> Result<pb::IssueCredentialReply, ClientError> {
+        self.retry(Spread::OneAtATime, |mut c, t| {
+            let (name, role) = (name.to_string(), role.to_string());
+            async move {
+                c.issue_credential(timed(pb::IssueCredentialRequest { name, role, days }, t))
+                    .await
+            }
         })
         .await
     }

@@ -41,6 +41,11 @@ pub enum ErrorKind {
     Unavailable,
     /// A bug or a local fault (disk, corrupted data) that the caller cannot fix.
     Internal,
+    /// The caller showed no valid credential (no client certificate from the cluster CA,
+    /// or a revoked one).
+    Unauthenticated,
+    /// The caller's credential does not allow this (a `read` credential writing).
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -55,6 +60,8 @@ impl ErrorKind {
             ErrorKind::Exhausted => Code::ResourceExhausted,
             ErrorKind::Unavailable => Code::Unavailable,
             ErrorKind::Internal => Code::Internal,
+            ErrorKind::Unauthenticated => Code::Unauthenticated,
+            ErrorKind::Forbidden => Code::PermissionDenied,
         }
     }
 
@@ -70,9 +77,9 @@ impl ErrorKind {
             Code::FailedPrecondition => ErrorKind::InUse,
             Code::ResourceExhausted => ErrorKind::Exhausted,
             Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => ErrorKind::Unavailable,
-            Code::Ok | Code::Internal | Code::DataLoss | Code::PermissionDenied | Code::Unauthenticated => {
-                ErrorKind::Internal
-            }
+            Code::Unauthenticated => ErrorKind::Unauthenticated,
+            Code::PermissionDenied => ErrorKind::Forbidden,
+            Code::Ok | Code::Internal | Code::DataLoss => ErrorKind::Internal,
         }
     }
 
@@ -85,6 +92,8 @@ impl ErrorKind {
             ErrorKind::Exhausted => 507,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::Forbidden => 403,
         }
     }
 

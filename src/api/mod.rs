@@ -10,6 +10,8 @@
 //! `Unavailable` with "starting: N of M entries applied" ([`Gate`]), so clients move on
 //! to another head instead of hanging on an open port.
 
+pub mod auth;
+
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -45,6 +47,8 @@ pub struct Services {
     pub view: crate::boot::view::ViewRx,
     /// This head's overlay builder (None: overlays are off on this head).
     pub boot_overlays: Option<Arc<crate::boot::overlays::BootOverlays>>,
+    /// The cluster CA with its key, when this head has it (enrolment, credentials).
+    pub ca: Option<Arc<crate::pki::Ca>>,
 }
 
 /// A service that answers `Unavailable` until its head is ready to serve it.
@@ -148,8 +152,9 @@ fn event_pb(e: image::Event) -> pb::ImageEvent {
     }
 }
 
-/// Who made an admin call, for the audit log: the name `wwctl` sends (`USER@HOST`, as
-/// the caller claims it: no credentials exist yet) and the address it came from.
+/// Who made an admin call, for the audit log: the verified certificate's name and role
+/// (under TLS), with the name `wwctl` sends (`USER@HOST`, as the caller claims it) and the
+/// address it came from.
 fn operator<T>(req: &GrpcRequest<T>) -> String {
     let claimed: String = req
         .metadata()
@@ -160,10 +165,7 @@ fn operator<T>(req: &GrpcRequest<T>) -> String {
         .filter(|c| !c.is_control())
         .take(64)
         .collect();
-    match req.remote_addr() {
-        Some(a) => format!("{claimed} (unauthenticated, from {})", a.ip()),
-        None => format!("{claimed} (unauthenticated)"),
-    }
+    auth::operator_of(req.extensions(), &claimed, req.remote_addr())
 }
 
 /// The metadata key `wwctl` names its user in (see [`operator`]).
@@ -279,6 +281,22 @@ fn membership_pb(m: Membership) -> pb::MembershipReply {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn enroll(&self, req: GrpcRequest<pb::EnrollRequest>) -> Result<Response<pb::EnrollReply>, Status> {
+        let s = self.gate.get()?;
+        let deadline = deadline(&req);
+        auth::enroll(s, req.into_inner(), deadline).await
+    }
+
+    async fn issue_credential(
+        &self,
+        req: GrpcRequest<pb::IssueCredentialRequest>,
+    ) -> Result<Response<pb::IssueCredentialReply>, Status> {
+        let s = self.gate.get()?;
+        let deadline = deadline(&req);
+        let who = operator(&req);
+        auth::issue_credential(s, who, req.into_inner(), deadline).await
+    }
+
     async fn node_status(
         &self,
         req: GrpcRequest<pb::NodeStatusRequest>,

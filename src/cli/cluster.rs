@@ -36,15 +36,29 @@ pub enum ClusterCmd {
     /// when all hold the same state at the same index (waits up to --timeout for
     /// lagging heads to catch up).
     Verify,
+    /// The cluster CA (offline).
+    #[command(subcommand)]
+    Pki(super::access::PkiCmd),
+    /// Operators' credentials: issue, list, revoke.
+    #[command(subcommand)]
+    Credentials(super::access::CredCmd),
+    /// One-time tokens for heads that join.
+    #[command(subcommand)]
+    Token(super::access::TokenCmd),
 }
 
 pub(super) async fn cluster_cmd(
     client: &Client,
+    conn: &super::Connection,
+    timeout: Duration,
     c: ClusterCmd,
     fmt: Option<Format>,
     out: &mut dyn Write,
 ) -> Result<()> {
     match c {
+        ClusterCmd::Pki(c) => super::access::pki(c, out).await,
+        ClusterCmd::Credentials(c) => super::access::credentials(client, conn, timeout, c, fmt, out).await,
+        ClusterCmd::Token(c) => super::access::token(client, conn, c, fmt, out).await,
         ClusterCmd::Status => {
             let st = client.cluster_status().await?;
             output::cluster_status(&st, fmt.unwrap_or(Format::Table), out)

@@ -434,24 +434,12 @@ impl ListView {
                 name.to_owned(),
                 nodes.to_string(),
                 kernel(),
-                time_rfc822(e.created),
-                time_rfc822(e.updated),
+                super::output::rfc822(e.created),
+                super::output::rfc822(e.updated),
                 size.of_entry(e),
             ],
         }
     }
-}
-
-/// Warewulf's `image list -l` times: Go's RFC822, `02 Jan 06 15:04 UTC`.
-fn time_rfc822(secs: u64) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let t = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
-    // 2026-11-27T10:04:05Z
-    let (y, mo, d, hm) = (&t[2..4], &t[5..7], &t[8..10], &t[11..16]);
-    let m = MONTHS[mo.parse::<usize>().unwrap_or(1).clamp(1, 12) - 1];
-    format!("{d} {m} {y} {hm} UTC")
 }
 
 fn time(secs: u64) -> String {

@@ -13,6 +13,7 @@
 //! One file per verb group: `objects.rs` (`node`, `profile`), [`image`], [`overlay`], `cluster.rs`;
 //! [`fields`] holds the object field flags, [`output`] tables/YAML/JSON.
 
+mod access;
 pub mod audit;
 mod cluster;
 pub mod configure;
@@ -48,9 +49,19 @@ pub struct Cli {
     /// Heads to talk to, comma separated host:port (tried in order, next on failure).
     #[arg(long, env = "WW_HEADS", value_delimiter = ',', global = true)]
     pub heads: Vec<String>,
-    /// wwctl config file (YAML with `heads: [host:port, ...]`).
+    /// wwctl config file (YAML with `heads: [host:port, ...]`, and `cert:`/`key:`/`ca:`).
     #[arg(long, env = "WWCTL_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    /// Your credential's certificate (`NAME.crt` from `wwctl cluster credentials add`):
+    /// talk to the heads over mutual TLS. Without one, plaintext (heads with `insecure: true`).
+    #[arg(long, env = "WWCTL_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// The credential's key (default: the certificate's path with `.key`).
+    #[arg(long, env = "WWCTL_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// The cluster CA's certificate (default: `ca.crt` beside the certificate).
+    #[arg(long, env = "WWCTL_CA", global = true)]
+    pub ca: Option<PathBuf>,
     /// Output format of list/status commands.
     #[arg(short = 'o', long, value_enum, global = true)]
     pub output: Option<Format>,
@@ -97,13 +108,16 @@ pub enum Top {
 struct CliConfig {
     #[serde(default)]
     heads: Vec<String>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    ca: Option<PathBuf>,
 }
 
-/// Resolve the head list: flag/env, else config file, else the default locations.
-fn heads(cli: &Cli) -> Result<Vec<String>> {
-    if !cli.heads.is_empty() {
-        return Ok(cli.heads.clone());
-    }
+/// The first config file found (the named one, or the default locations).
+fn config_file(cli: &Cli) -> Result<CliConfig> {
     let candidates: Vec<PathBuf> = match &cli.config {
         Some(p) => vec![p.clone()],
         None => {
@@ -118,24 +132,79 @@ fn heads(cli: &Cli) -> Result<Vec<String>> {
     for p in &candidates {
         match std::fs::read_to_string(p) {
             Ok(text) => {
-                let c: CliConfig = serde_yaml_ng::from_str(&text)
-                    .with_context(|| format!("wwctl config {} is not valid", p.display()))?;
-                if !c.heads.is_empty() {
-                    return Ok(c.heads);
-                }
+                return serde_yaml_ng::from_str(&text)
+                    .with_context(|| format!("wwctl config {} is not valid", p.display()))
             }
             Err(e) if cli.config.is_some() => return Err(anyhow!("cannot read wwctl config {}: {e}", p.display())),
             Err(_) => {}
         }
     }
-    Ok(vec!["127.0.0.1:9701".into()])
+    Ok(CliConfig::default())
+}
+
+/// How to reach the heads: the list (flag/env, else config file, else this machine)
+/// and the credential (flags/env, else config file; none: plaintext).
+#[derive(Debug, Clone)]
+pub(crate) struct Connection {
+    pub heads: Vec<String>,
+    /// CA certificate, certificate, key (PEM), when a credential is configured.
+    pub credential: Option<(String, String, String)>,
+}
+
+impl Connection {
+    fn resolve(cli: &Cli) -> Result<Connection> {
+        let file = config_file(cli)?;
+        let heads = if !cli.heads.is_empty() {
+            cli.heads.clone()
+        } else if !file.heads.is_empty() {
+            file.heads.clone()
+        } else {
+            vec!["127.0.0.1:9701".into()]
+        };
+        let cert = cli.cert.clone().or(file.cert);
+        let credential = match cert {
+            None => None,
+            Some(cert) => {
+                let key = cli
+                    .key
+                    .clone()
+                    .or(file.key)
+                    .unwrap_or_else(|| cert.with_extension("key"));
+                let ca = cli
+                    .ca
+                    .clone()
+                    .or(file.ca)
+                    .unwrap_or_else(|| cert.with_file_name("ca.crt"));
+                let read = |p: &PathBuf, what: &str| {
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+                };
+                Some((
+                    read(&ca, "CA certificate")?,
+                    read(&cert, "certificate")?,
+                    read(&key, "key")?,
+                ))
+            }
+        };
+        Ok(Connection { heads, credential })
+    }
+
+    /// How to dial heads with this connection's credential.
+    pub(crate) fn dialer(&self) -> Result<crate::pki::tls::Dialer> {
+        Ok(match &self.credential {
+            None => crate::pki::tls::Dialer::plain(),
+            Some((ca, cert, key)) => crate::pki::tls::Dialer::tls(
+                crate::pki::tls::client_config(ca, Some((cert, key))).context("the credential is not usable")?,
+            ),
+        })
+    }
 }
 
 /// Run `wwctl` with parsed arguments, writing to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     // `--timeout` bounds the whole command, over all its calls and heads.
     let timeout = std::time::Duration::from_secs(cli.timeout);
-    let client = Client::new(heads(&cli)?)
+    let conn = Connection::resolve(&cli)?;
+    let client = Client::with_dialer(conn.heads.clone(), &conn.dialer()?)
         .with_deadline(timeout)
         .until(std::time::Instant::now() + timeout);
     let fmt = cli.output;
@@ -144,7 +213,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Profile(c) => obj_cmd(&client, Kind::Profile, c, fmt, out).await,
         Top::Image(c) => image::run(&client, c, fmt, out).await,
         Top::Overlay(c) => overlay::run(&client, c, fmt, out).await,
-        Top::Cluster(c) => cluster_cmd(&client, c, fmt, out).await,
+        Top::Cluster(c) => cluster_cmd(&client, &conn, timeout, c, fmt, out).await,
         Top::Rack(c) => rack::run(&client, c, fmt, out).await,
         Top::Version => version(&client, out).await,
         Top::Audit(a) => audit::run(&client, a, fmt, out).await,

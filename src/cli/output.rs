@@ -195,6 +195,37 @@ pub struct DigestRow {
 }
 
 /// `wwctl cluster verify`: a table of heads, applied index and state digest.
+/// A table of `rows` under `header`, or `data` as JSON/YAML.
+pub fn rows<T: serde::Serialize + ?Sized>(
+    header: &[&str],
+    rows: &[Vec<String>],
+    data: &T,
+    fmt: Format,
+    out: &mut dyn Write,
+) -> Result<()> {
+    match fmt {
+        Format::Table => out.write_all(table(header, rows.iter().cloned()).as_bytes())?,
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, data)?;
+            writeln!(out)?;
+        }
+        Format::Yaml => out.write_all(serde_yaml_ng::to_string(data)?.as_bytes())?,
+    }
+    Ok(())
+}
+
+/// Warewulf's `image list -l` times: Go's RFC822, `02 Jan 06 15:04 UTC`.
+pub fn rfc822(secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let t = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string();
+    // 2026-11-27T10:04:05Z
+    let (y, mo, d, hm) = (&t[2..4], &t[5..7], &t[8..10], &t[11..16]);
+    let m = MONTHS[mo.parse::<usize>().unwrap_or(1).clamp(1, 12) - 1];
+    format!("{d} {m} {y} {hm} UTC")
+}
+
 pub fn state_digests(rows: &[DigestRow], fmt: Format, out: &mut dyn Write) -> Result<()> {
     match fmt {
         Format::Table => {

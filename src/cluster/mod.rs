@@ -206,6 +206,8 @@ struct Inner {
     sm: StateReader<State>,
     /// Admin API channels to other heads, by address.
     peers: Mutex<HashMap<String, Channel>>,
+    /// How those channels connect (mutual TLS with this head's certificate, or plaintext).
+    dialer: crate::pki::tls::Dialer,
     started: Instant,
     /// The artifact sync, once the daemon connects it.
     artifacts: std::sync::OnceLock<crate::cas::sync::ArtifactSync>,
@@ -217,7 +219,13 @@ struct Inner {
 pub type RacksServed = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 impl Cluster {
-    pub fn new(id: NodeId, addr: String, raft: Raft, sm: StateReader<State>) -> Cluster {
+    pub fn new(
+        id: NodeId,
+        addr: String,
+        raft: Raft,
+        sm: StateReader<State>,
+        dialer: crate::pki::tls::Dialer,
+    ) -> Cluster {
         Cluster {
             inner: Arc::new(Inner {
                 id,
@@ -225,6 +233,7 @@ impl Cluster {
                 raft,
                 sm,
                 peers: Mutex::default(),
+                dialer,
                 started: Instant::now(),
                 artifacts: std::sync::OnceLock::new(),
                 racks: std::sync::OnceLock::new(),
@@ -807,9 +816,10 @@ impl Cluster {
         let ch = match map.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = crate::raft::endpoint(addr)
-                    .map_err(|e| ClusterError::Invalid(format!("bad head address {addr:?}: {e}")))?
-                    .connect_lazy();
+                let c = self.inner.dialer.lazy(
+                    crate::raft::endpoint(addr)
+                        .map_err(|e| ClusterError::Invalid(format!("bad head address {addr:?}: {e}")))?,
+                );
                 map.insert(addr.to_string(), c.clone());
                 c
             }

@@ -72,6 +72,35 @@ pub struct HeadConfig {
     /// the scrub that re-verifies stored blobs.
     #[serde(default)]
     pub artifacts: crate::cas::sync::ArtifactsConfig,
+    /// Mutual TLS on the gRPC port (Raft and admin API); required unless `insecure`.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Serve gRPC in plaintext, with no credentials: anyone who reaches `listen`
+    /// controls the cluster. For the demo and tests; wulfd warns at start.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// `tls:` in `wulfd.yaml` (docs/OPERATIONS.md, "Certificates and credentials").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// `ca.crt`, `ca.key`, `head.crt`, `head.key` (default `<data_dir>/pki`): a founding
+    /// head's come from `wwctl cluster pki init`; a joining head writes them itself.
+    pub dir: Option<PathBuf>,
+    /// A head joining an existing cluster: the token from `wwctl cluster token create`,
+    /// used once, when `dir` holds no certificate yet.
+    pub join_token: Option<String>,
+    /// Heads of the cluster to enrol with (`host:port`, tried in order).
+    pub join_via: Vec<String>,
+}
+
+/// Validated `tls:`.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub dir: PathBuf,
+    /// The token and the heads to enrol with, when the head still needs certificates.
+    pub join: Option<(crate::pki::JoinToken, Vec<String>)>,
 }
 
 /// `boot:` in `wulfd.yaml`.
@@ -212,6 +241,8 @@ pub struct Settings {
     pub wwclient: Option<PathBuf>,
     /// The artifact sync and scrub.
     pub artifacts: crate::cas::sync::SyncConfig,
+    /// Mutual TLS; `None`: plaintext (`insecure: true`).
+    pub tls: Option<TlsSettings>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -288,7 +319,9 @@ impl TryFrom<HeadConfig> for Settings {
                 .filter(|p| p.is_file()),
         };
         let artifacts = c.artifacts.validate().map_err(|e| invalid("artifacts", &e))?;
+        let tls = tls_settings(&c)?;
         Ok(Settings {
+            tls,
             artifacts,
             wwclient,
             secure: c.boot.http.secure,
@@ -319,6 +352,41 @@ impl TryFrom<HeadConfig> for Settings {
         })
     }
 }
+fn tls_settings(c: &HeadConfig) -> Result<Option<TlsSettings>, DaemonError> {
+    let t = &c.tls;
+    if c.insecure {
+        if t != &TlsConfig::default() {
+            return Err(DaemonError::Invalid(
+                "insecure: true and a tls: section are both set; remove one (insecure serves plaintext without credentials)"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let join = match &t.join_token {
+        None => None,
+        Some(tok) => {
+            let token =
+                crate::pki::JoinToken::parse(tok).map_err(|e| DaemonError::Invalid(format!("tls.join_token: {e}")))?;
+            if t.join_via.is_empty() {
+                return Err(DaemonError::Invalid(
+                    "tls.join_token needs tls.join_via: the heads (host:port) to enrol with".into(),
+                ));
+            }
+            if !c.bootstrap.is_empty() {
+                return Err(DaemonError::Invalid(
+                    "tls.join_token is for a head joining an existing cluster, but bootstrap lists founders; a founder's certificates come from `wwctl cluster pki init`".into(),
+                ));
+            }
+            Some((token, t.join_via.clone()))
+        }
+    };
+    Ok(Some(TlsSettings {
+        dir: t.dir.clone().unwrap_or_else(|| c.data_dir.join("pki")),
+        join,
+    }))
+}
+
 /// What overlay templates read as the head's settings: `boot.overlays.warewulf_conf`
 /// (or Warewulf's defaults), with this head's HTTP port and secure mode, and its address
 /// on the first DHCP subnet when the file names none.

@@ -17,6 +17,7 @@
 //! - **Remove:** `wwctl cluster remove ID`.
 
 pub mod config;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -139,23 +140,45 @@ impl Head {
         };
         let admin_gate: Gate<Services> = Gate::new(starting.clone());
         let raft_gate: Gate<RaftService> = Gate::new(starting);
-        let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(
-                    pb::raft::raft_server::RaftServer::new(GatedRaft {
-                        gate: raft_gate.clone(),
-                    })
-                    .max_decoding_message_size(usize::MAX),
-                )
-                .add_service(
-                    pb::admin::admin_server::AdminServer::new(AdminService {
-                        gate: admin_gate.clone(),
-                    })
-                    .max_decoding_message_size(usize::MAX),
-                )
-                .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
-        );
+        // Certificates first: the server needs them, and a joining head enrols here.
+        let tls = match &cfg.tls {
+            Some(t) => Some(tls::HeadTls::prepare(t, cfg.id).await?),
+            None => {
+                tracing::warn!(
+                    "insecure: true — gRPC is plaintext and takes no credentials: anyone who reaches {} controls the cluster",
+                    cfg.listen
+                );
+                None
+            }
+        };
+        let dialer = tls.as_ref().map(|t| t.dialer.clone()).unwrap_or_default();
+        let router = tonic::transport::Server::builder()
+            .layer(crate::api::auth::AuthLayer {
+                enabled: tls.is_some(),
+                state: progress.clone(),
+            })
+            .add_service(
+                pb::raft::raft_server::RaftServer::new(GatedRaft {
+                    gate: raft_gate.clone(),
+                })
+                .max_decoding_message_size(usize::MAX),
+            )
+            .add_service(
+                pb::admin::admin_server::AdminServer::new(AdminService {
+                    gate: admin_gate.clone(),
+                })
+                .max_decoding_message_size(usize::MAX),
+            );
+        let server = match &tls {
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+                stop.clone().cancelled_owned(),
+            )),
+            Some(t) => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::pki::tls::incoming(listeners.grpc, t.server.clone(), stop.clone()),
+                stop.clone().cancelled_owned(),
+            )),
+        };
 
         private_dir(&cfg.data_dir)?;
         let cas =
@@ -198,7 +221,7 @@ impl Head {
             stop.clone().cancelled_owned(),
         ));
 
-        let raft = Raft::new(cfg.id, cfg.raft.clone(), Network::default(), log, sm)
+        let raft = Raft::new(cfg.id, cfg.raft.clone(), Network::new(dialer.clone()), log, sm)
             .await
             .map_err(|e| DaemonError::Raft(e.to_string()))?;
         // Snapshots by apply work, log bytes and age (not only entry count), so the next
@@ -209,7 +232,7 @@ impl Head {
             cfg.snapshots.clone(),
             stop.clone().cancelled_owned(),
         );
-        let cluster = Cluster::new(cfg.id, cfg.advertise.clone(), raft.clone(), reader.clone());
+        let cluster = Cluster::new(cfg.id, cfg.advertise.clone(), raft.clone(), reader.clone(), dialer);
         let _ = quorum.set(cluster.clone());
         cluster.report_artifacts(artifacts.clone());
         cluster.report_racks({
@@ -237,6 +260,7 @@ impl Head {
             status,
             view,
             boot_overlays,
+            ca: tls.as_ref().and_then(|t| t.ca.clone()),
         });
         tracing::info!(id = cfg.id, "serving");
 

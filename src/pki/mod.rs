@@ -400,9 +400,11 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> 
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Everything `wwctl cluster pki init` makes: the CA, one directory per founding head
-/// (`head-<id>/`: copy it to that head's `tls.dir`), and a first admin credential.
-pub fn init_dir(out: &Path, cluster: &str, heads: &[u64], admin: &str) -> Result<Ca, PkiError> {
+/// Everything `wwctl cluster pki init` makes: the CA and one directory per founding
+/// head (`head-<id>/`: copy it to that head's `tls.dir`). The first operator credential
+/// is made on a head afterwards (`wwctl cluster credentials add NAME --local`), so that
+/// the cluster records it.
+pub fn init_dir(out: &Path, cluster: &str, heads: &[u64]) -> Result<Ca, PkiError> {
     if out.join("ca.crt").exists() {
         return Err(PkiError::Invalid(format!(
             "{} already holds a CA: a second one would split the cluster; use another directory",
@@ -418,8 +420,6 @@ pub fn init_dir(out: &Path, cluster: &str, heads: &[u64], admin: &str) -> Result
         CredFiles::head(&dir).write(&ca.cert_pem, &issued)?;
         write_file(&ca_key_path(&dir), ca.key_pem().as_bytes(), 0o600)?;
     }
-    let issued = ca.issue(admin, Role::Admin, OPERATOR_DAYS)?;
-    CredFiles::operator(&out.join("operators"), admin).write(&ca.cert_pem, &issued)?;
     Ok(ca)
 }
 
@@ -546,14 +546,13 @@ mod tests {
     #[test]
     fn init_writes_keys_private_and_refuses_a_second_ca() {
         let d = tempfile::tempdir().unwrap();
-        init_dir(d.path(), "c", &[1, 2], "root").unwrap();
+        init_dir(d.path(), "c", &[1, 2]).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&d.path().join("ca.key")), 0o600);
         assert_eq!(mode(&d.path().join("head-2/head.key")), 0o600);
         assert_eq!(mode(&d.path().join("head-2")), 0o700);
         assert!(CredFiles::head(&d.path().join("head-1")).exist());
-        assert!(CredFiles::operator(&d.path().join("operators"), "root").exist());
         load_ca(&d.path().join("head-1")).unwrap();
-        assert!(init_dir(d.path(), "c", &[1], "root").is_err());
+        assert!(init_dir(d.path(), "c", &[1]).is_err());
     }
 }

@@ -49,6 +49,8 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(30);
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     peers: Arc<StdMutex<HashMap<NodeId, PeerHealth>>>,
+    /// Mutual TLS with this head's certificate, or plaintext.
+    dialer: crate::pki::tls::Dialer,
 }
 
 impl std::fmt::Debug for Network {
@@ -58,12 +60,19 @@ impl std::fmt::Debug for Network {
 }
 
 impl Network {
+    pub fn new(dialer: crate::pki::tls::Dialer) -> Network {
+        Network {
+            dialer,
+            ..Network::default()
+        }
+    }
+
     async fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.channels.lock().await;
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = endpoint(addr)?.connect_lazy();
+        let c = self.dialer.lazy(endpoint(addr)?);
         map.insert(addr.to_string(), c.clone());
         Ok(c)
     }

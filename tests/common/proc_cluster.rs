@@ -75,7 +75,7 @@ impl ProcCluster {
             std::fs::write(
                 p.cfg(i),
                 format!(
-                    "id: {}\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: procs\nbootstrap:\n{boot}{extra_yaml}",
+                    "id: {}\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: procs\ninsecure: true\nbootstrap:\n{boot}{extra_yaml}",
                     i + 1,
                     p.dir.path().join(format!("data{i}")).display(),
                     p.addrs[i],
@@ -101,7 +101,7 @@ impl ProcCluster {
         std::fs::write(
             self.cfg(i),
             format!(
-                "id: {}\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: procs\n{extra_yaml}",
+                "id: {}\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: procs\ninsecure: true\n{extra_yaml}",
                 i + 1,
                 self.dir.path().join(format!("data{i}")).display(),
                 self.addrs[i],

@@ -11,7 +11,10 @@
 //!     rt: u0 10.0.0.253 on brm, d0 10.20.0.1 — c2: c0 (node n2 10.20.0.50, relayed rack2)
 //! ```
 //! Heads are configured from the documented example (`cluster/examples/wulfd.yaml`, only
-//! ids, addresses and interface names changed).
+//! ids, addresses and interface names changed), mutual TLS included: the lab makes its
+//! CA with `wwctl cluster pki init` as docs/OPERATIONS.md says, copies `head-<id>/` to
+//! each head's `tls.dir` (the default, `<data_dir>/pki`), and talks to the heads with an
+//! admin credential of that CA.
 
 #![allow(dead_code)]
 
@@ -39,6 +42,12 @@ pub fn head_config(id: u64, data_dir: &Path) -> String {
     )
     .unwrap();
     set(m, "bootstrap", boot);
+    // tls.dir: the default, <data_dir>/pki (the example names the production path).
+    m.get_mut(Value::from("tls"))
+        .unwrap()
+        .as_mapping_mut()
+        .unwrap()
+        .remove(Value::from("dir"));
     let boot = m.get_mut(Value::from("boot")).unwrap().as_mapping_mut().unwrap();
     let dhcp = boot.get_mut(Value::from("dhcp")).unwrap().as_mapping_mut().unwrap();
     // The rack links and the uplink relays forward to, as the example's comment says;
@@ -163,6 +172,22 @@ impl Lab {
         let c3 = NetNs::new("hc3");
         c3.veth("c0", None, &sw, "cp3", None);
         sw.ok("ip link set cp3 master br3");
+        let dir = tempfile::tempdir().unwrap();
+        // The cluster CA and the founders' certificates, as an operator makes them.
+        let pki = dir.path().join("pki");
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_wwctl"))
+            .args(["cluster", "pki", "init", "--heads", "1,2,3", "--out"])
+            .arg(&pki)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "pki init: {}", String::from_utf8_lossy(&o.stderr));
+        // The lab's operator: an admin credential of that CA (made here, not with
+        // `credentials add --local`, which records it through a running cluster).
+        let ca = wulfpack::pki::load_ca(&pki).unwrap();
+        let issued = ca.issue("lab", wulfpack::pki::Role::Admin, 2).unwrap();
+        wulfpack::pki::CredFiles::operator(&dir.path().join("operator"), "lab")
+            .write(&ca.cert_pem, &issued)
+            .unwrap();
         Lab {
             sw,
             heads,
@@ -170,10 +195,22 @@ impl Lab {
             rt,
             c2,
             c3,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             pids: vec![None; 3],
             wrap: vec![vec![]; 3],
         }
+    }
+
+    /// The lab operator's certificate (`wwctl --cert`; the key and CA beside it).
+    pub fn cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("operator/lab.crt")
+    }
+
+    /// How the admin API client dials the heads with the lab operator's credential.
+    pub fn dialer(&self) -> wulfpack::pki::tls::Dialer {
+        let f = wulfpack::pki::CredFiles::operator(&self.dir.path().join("operator"), "lab");
+        let (ca, cert, key) = f.read().unwrap();
+        wulfpack::pki::tls::Dialer::tls(wulfpack::pki::tls::client_config(&ca, Some((&cert, &key))).unwrap())
     }
 
     /// Build the lab, start the three heads and wait for a leader.
@@ -203,7 +240,19 @@ impl Lab {
     pub fn start(&mut self, i: usize) {
         let id = i as u64 + 1;
         let cfg = self.dir.path().join(format!("wulfd{id}.yaml"));
-        std::fs::write(&cfg, head_config(id, &self.dir.path().join(format!("data{id}")))).unwrap();
+        let data = self.dir.path().join(format!("data{id}"));
+        std::fs::write(&cfg, head_config(id, &data)).unwrap();
+        // head-<id>/ of `pki init` into the head's tls.dir, once (a restart keeps it).
+        if !data.join("pki/head.crt").exists() {
+            std::fs::create_dir_all(&data).unwrap();
+            let o = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(self.dir.path().join(format!("pki/head-{id}")))
+                .arg(data.join("pki"))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "copy pki: {}", String::from_utf8_lossy(&o.stderr));
+        }
         let log = self.dir.path().join(format!("wulfd{id}.log"));
         let mut argv: Vec<&str> = self.wrap[i].iter().map(String::as_str).collect();
         argv.extend([
@@ -237,8 +286,9 @@ impl Lab {
     /// `wwctl` from the management bridge against every head.
     pub fn wwctl(&self, args: &str) -> std::process::Output {
         self.sw.sh(&format!(
-            "{} --timeout 10 --heads 10.0.0.1:9701,10.0.0.2:9701,10.0.0.3:9701 {args}",
-            env!("CARGO_BIN_EXE_wwctl")
+            "{} --timeout 10 --cert {} --heads 10.0.0.1:9701,10.0.0.2:9701,10.0.0.3:9701 {args}",
+            env!("CARGO_BIN_EXE_wwctl"),
+            self.cert().display()
         ))
     }
 

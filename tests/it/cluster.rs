@@ -327,6 +327,8 @@ async fn a_starting_head_says_so_instead_of_hanging() {
     };
     let addr = l.grpc.local_addr().unwrap().to_string();
     let cfg = HeadConfig {
+        insecure: true,
+        tls: Default::default(),
         id: 1,
         data_dir: data,
         listen: addr.clone(),

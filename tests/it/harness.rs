@@ -59,6 +59,8 @@ impl Cluster {
             .iter()
             .zip(&listeners)
             .map(|(m, l)| HeadConfig {
+                insecure: true,
+                tls: Default::default(),
                 id: m.id,
                 data_dir: dir.path().join(format!("head{}", m.id)),
                 listen: m.addr.clone(),
@@ -173,6 +175,8 @@ impl Cluster {
         let l = bind_pair().await;
         let id = self.cfgs.len() as u64 + 1;
         let mut cfg = HeadConfig {
+            insecure: true,
+            tls: Default::default(),
             id,
             data_dir: self.dir.path().join(format!("head{id}")),
             listen: l.grpc.local_addr().unwrap().to_string(),

@@ -142,7 +142,7 @@ fn boot(fw: Firmware, vmlinuz: &std::path::Path) -> Booted {
     std::fs::write(
         &cfg,
         format!(
-            "id: 1\ndata_dir: {}\nlisten: 127.0.0.1:9701\nhttp_listen: 10.99.0.1:9873\ncluster_name: pxe\n\
+            "id: 1\ndata_dir: {}\nlisten: 127.0.0.1:9701\nhttp_listen: 10.99.0.1:9873\ncluster_name: pxe\ninsecure: true\n\
              bootstrap:\n  - {{id: 1, addr: 127.0.0.1:9701}}\n\
              boot:\n  dhcp:\n    interfaces: [{{name: br0, subnets: [rack]}}]\n    http_port: 9873\n\
              \x20   subnets:\n      rack: {{network: 10.99.0.0/24, server: 10.99.0.1}}\n{tftp}",

@@ -174,7 +174,7 @@ fn wulfd_log_format_json_writes_json_lines() {
     std::fs::write(
         &cfg,
         format!(
-            "id: 1\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: json\nbootstrap:\n  - {{id: 1, addr: \"{}\"}}\n",
+            "id: 1\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: json\ninsecure: true\nbootstrap:\n  - {{id: 1, addr: \"{}\"}}\n",
             dir.path().join("data").display(),
             ports[0],
             ports[1],

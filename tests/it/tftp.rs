@@ -296,7 +296,7 @@ fn wulfd_serves_tftp_once_its_listen_address_appears() {
     std::fs::write(
         &cfg,
         format!(
-            "id: 1\ndata_dir: {}\nlisten: 127.0.0.1:9701\nhttp_listen: 127.0.0.1:9873\n\
+            "id: 1\ndata_dir: {}\nlisten: 127.0.0.1:9701\nhttp_listen: 127.0.0.1:9873\ninsecure: true\n\
              bootstrap:\n  - {{id: 1, addr: 127.0.0.1:9701}}\n\
              boot:\n  tftp: {{enabled: true, listen: \"10.98.0.1:69\", root: {}}}\n",
             work.path().join("data").display(),
