@@ -45,6 +45,8 @@ pub struct Services {
     pub view: crate::boot::view::ViewRx,
     /// This head's overlay builder (None: overlays are off on this head).
     pub boot_overlays: Option<Arc<crate::boot::overlays::BootOverlays>>,
+    /// IPMI power and sensors (`wwctl power`, `node sensors`).
+    pub power: crate::power::Power,
 }
 
 /// A service that answers `Unavailable` until its head is ready to serve it.
@@ -332,6 +334,19 @@ impl pb::admin_server::Admin for AdminService {
             json: serde_json::to_vec(&rows).expect("status serializes"),
             unreachable,
         }))
+    }
+
+    async fn power(&self, req: GrpcRequest<pb::PowerRequest>) -> Result<Response<pb::PowerReply>, Status> {
+        let s = self.gate.get()?;
+        let deadline = deadline(&req);
+        let r = crate::power::Request::from_pb(req.into_inner()).map_err(|e| status(&e))?;
+        let view = s.view.borrow().clone();
+        let results = s
+            .power
+            .execute(&s.cluster, &view, r, deadline)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::PowerReply { results }))
     }
 
     async fn overlay_list(

@@ -72,6 +72,9 @@ pub struct HeadConfig {
     /// the scrub that re-verifies stored blobs.
     #[serde(default)]
     pub artifacts: crate::cas::sync::ArtifactsConfig,
+    /// IPMI power and sensors run by this head (`wwctl power`, `wwctl node sensors`).
+    #[serde(default)]
+    pub power: crate::power::PowerConfig,
 }
 
 /// `boot:` in `wulfd.yaml`.
@@ -212,6 +215,8 @@ pub struct Settings {
     pub wwclient: Option<PathBuf>,
     /// The artifact sync and scrub.
     pub artifacts: crate::cas::sync::SyncConfig,
+    /// ipmitool and the forward probe of `wwctl power`.
+    pub power: crate::power::PowerConfig,
 }
 
 impl std::fmt::Debug for Settings {
@@ -290,6 +295,7 @@ impl TryFrom<HeadConfig> for Settings {
         let artifacts = c.artifacts.validate().map_err(|e| invalid("artifacts", &e))?;
         Ok(Settings {
             artifacts,
+            power: c.power.clone(),
             wwclient,
             secure: c.boot.http.secure,
             overlays,

@@ -237,6 +237,7 @@ impl Head {
             status,
             view,
             boot_overlays,
+            power: crate::power::Power::new(cfg.power.clone()),
         });
         tracing::info!(id = cfg.id, "serving");
 
