@@ -167,6 +167,8 @@ pub enum PowerError {
         "BMC template {0:?} is not supported: wulfpack runs ipmitool itself, as Warewulf's `ipmitool.tmpl` does, so that the password never reaches a command line; clear it with `wwctl node set --ipmitemplate UNDEF`"
     )]
     Template(String),
+    #[error("head {head} does not know this node yet (its copy of the nodes is behind); try again")]
+    NotHere { head: u64 },
     #[error("its profiles do not merge: {0}")]
     Broken(String),
     #[error("cannot start {program}: {source}; install ipmitool on this head or set `power: ipmitool:` in wulfd.yaml")]
@@ -194,7 +196,9 @@ impl Classify for PowerError {
         match self {
             PowerError::NoNodes(_) => ErrorKind::NotFound,
             PowerError::Spawn { .. } | PowerError::Wait(_) => ErrorKind::Internal,
-            PowerError::Timeout { .. } | PowerError::Late | PowerError::Lost { .. } => ErrorKind::Unavailable,
+            PowerError::Timeout { .. } | PowerError::Late | PowerError::Lost { .. } | PowerError::NotHere { .. } => {
+                ErrorKind::Unavailable
+            }
             _ => ErrorKind::Invalid,
         }
     }
@@ -474,7 +478,14 @@ impl Power {
                 out.push(result(n, me, Err(PowerError::Broken(why.clone())), Instant::now()));
                 continue;
             }
-            let Some(node) = view.nodes.get(n) else { continue };
+            let Some(node) = view.nodes.get(n) else {
+                // Forwarded by a head that knows it: this head's view is behind. Said so,
+                // rather than dropped as a name that names nothing.
+                if req.here {
+                    out.push(result(n, me, Err(PowerError::NotHere { head: me }), Instant::now()));
+                }
+                continue;
+            };
             let head = if req.here {
                 me
             } else {
