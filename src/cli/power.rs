@@ -111,10 +111,19 @@ pub async fn sensors(client: &Client, args: SensorsArgs, fmt: Option<Format>, ou
     call(client, action, &args.power, fmt, out).await
 }
 
-async fn call(client: &Client, action: Action, args: &PowerArgs, fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
+async fn call(
+    client: &Client,
+    action: Action,
+    args: &PowerArgs,
+    fmt: Option<Format>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let names = super::objects::expand_patterns(&args.names)?;
     if names.is_empty() {
-        bail!("{:?} names no node; give at least one name or hostlist pattern", args.names.join(" "));
+        bail!(
+            "{:?} names no node; give at least one name or hostlist pattern",
+            args.names.join(" ")
+        );
     }
     if args.fanout == 0 {
         bail!("--fanout must be 1 or more");
@@ -198,7 +207,10 @@ pub async fn console(client: &Client, args: ConsoleArgs) -> Result<()> {
         )
         .await?;
     if r.nodes.is_empty() {
-        bail!("no nodes found among {}: check the names with `wwctl node list`", names.join(", "));
+        bail!(
+            "no nodes found among {}: check the names with `wwctl node list`",
+            names.join(", ")
+        );
     }
     let profiles = r.profiles.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect();
     let ipmitool = std::env::var_os("WWCTL_IPMITOOL").unwrap_or_else(|| "ipmitool".into());

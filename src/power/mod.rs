@@ -407,7 +407,11 @@ impl Request {
         Ok(Request {
             action: Action::parse(&r.action)?,
             nodes: r.nodes,
-            fanout: if r.fanout == 0 { DEFAULT_FANOUT } else { r.fanout as usize },
+            fanout: if r.fanout == 0 {
+                DEFAULT_FANOUT
+            } else {
+                r.fanout as usize
+            },
             timeout: if r.timeout_ms == 0 {
                 DEFAULT_TIMEOUT
             } else {
@@ -530,7 +534,11 @@ impl Power {
         deadline: Instant,
     ) -> Vec<pb::PowerResult> {
         let probe = Duration::from_millis(self.cfg.forward_probe_ms);
-        let addr = cluster.members().into_iter().find(|(id, _)| *id == head).map(|(_, a)| a);
+        let addr = cluster
+            .members()
+            .into_iter()
+            .find(|(id, _)| *id == head)
+            .map(|(_, a)| a);
         let why_not = match addr.as_deref().map(|a| cluster.peer(a)) {
             None => format!("rack head {head} is not a member of the cluster"),
             Some(Err(e)) => format!("rack head {head}: {e}"),
@@ -647,7 +655,10 @@ mod tests {
         );
         assert_eq!(t.args(Action::Console)[4..6], ["-e", "~"]);
         assert_eq!(t.args(Action::Sdr)[t.args(Action::Sdr).len() - 2..], ["sdr", "list"]);
-        assert_eq!(t.args(Action::Sensors)[t.args(Action::Sensors).len() - 2..], ["sensor", "list"]);
+        assert_eq!(
+            t.args(Action::Sensors)[t.args(Action::Sensors).len() - 2..],
+            ["sensor", "list"]
+        );
         for a in Action::REMOTE {
             assert!(!t.args(a).iter().any(|x| x.contains("s3cret")), "{a}");
         }
@@ -655,7 +666,10 @@ mod tests {
         assert!(!format!("{t:?}").contains("s3cret"));
         let cmd = t.command(std::path::Path::new("ipmitool"), Action::On);
         let env: Vec<_> = cmd.as_std().get_envs().collect();
-        assert!(env.contains(&(std::ffi::OsStr::new(PASSWORD_ENV), Some(std::ffi::OsStr::new("s3cret pass")))));
+        assert!(env.contains(&(
+            std::ffi::OsStr::new(PASSWORD_ENV),
+            Some(std::ffi::OsStr::new("s3cret pass"))
+        )));
     }
 
     #[test]
@@ -665,10 +679,7 @@ mod tests {
         let t = Target::from_conf("n1", Some(&c)).unwrap();
         assert!(!t.args(Action::On).contains(&"-E".to_string()));
         let cmd = t.command(std::path::Path::new("ipmitool"), Action::On);
-        assert!(cmd
-            .as_std()
-            .get_envs()
-            .any(|(k, v)| k == PASSWORD_ENV && v.is_none()));
+        assert!(cmd.as_std().get_envs().any(|(k, v)| k == PASSWORD_ENV && v.is_none()));
     }
 
     #[test]
@@ -693,7 +704,10 @@ mod tests {
         ));
         c = conf("10.0.0.1");
         c.template = Some("/etc/warewulf/bmc/custom.tmpl".into());
-        assert!(matches!(Target::from_conf("n7", Some(&c)), Err(PowerError::Template(_))));
+        assert!(matches!(
+            Target::from_conf("n7", Some(&c)),
+            Err(PowerError::Template(_))
+        ));
         c.template = Some("ipmitool.tmpl".into());
         assert!(Target::from_conf("n7", Some(&c)).is_ok());
     }

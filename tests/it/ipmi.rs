@@ -208,7 +208,9 @@ impl ArgvWatch {
                     if pid == me {
                         continue; // this test's own process holds the password in memory, not argv
                     }
-                    let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+                    let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+                        continue;
+                    };
                     let argv = String::from_utf8_lossy(&raw).replace('\0', " ");
                     let mut g = f.lock().unwrap();
                     if argv.contains(&pw) {
@@ -284,7 +286,10 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     let mut p = ProcCluster::start(
         Path::new(WULFD),
         3,
-        &format!("power:\n  ipmitool: \"{}\"\n  forward_probe_ms: 1000\n", wrapper.display()),
+        &format!(
+            "power:\n  ipmitool: \"{}\"\n  forward_probe_ms: 1000\n",
+            wrapper.display()
+        ),
     );
     // Head 1 first: it is the head that answers, unless it is down.
     let heads = p.heads_from(0);
@@ -300,7 +305,17 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     };
 
     // Rack r1 is served first by head 3: n01 and n02 (addresses in r1) run there.
-    ok(&["rack", "add", "r1", "--network", "10.77.0.0/24", "--head", "3=10.77.0.253", "--head", "1=10.77.0.251"]);
+    ok(&[
+        "rack",
+        "add",
+        "r1",
+        "--network",
+        "10.77.0.0/24",
+        "--head",
+        "3=10.77.0.253",
+        "--head",
+        "1=10.77.0.251",
+    ]);
     let bmc_addrs = [&bmcs[0], &bmcs[1], &bmcs[2], &gone].map(|b| (b.ip.clone(), b.port.to_string()));
     for (i, (bmc_ip, port)) in bmc_addrs.iter().enumerate() {
         let name = format!("n0{}", i + 1);
@@ -330,16 +345,17 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     // rack head would come back as "does not know this node yet").
     wait_until(20, "heads 1 and 3 know the nodes", || {
         let r = ww(&["-o", "json", "power", "status", "n[01-05]", "--show"]);
-        !r.stdout.is_empty()
-            && json(&r).len() == 5
-            && !r.stdout.contains("does not know this node")
+        !r.stdout.is_empty() && json(&r).len() == 5 && !r.stdout.contains("does not know this node")
     });
 
     // `--show`: the command, never the password.
     let r = ww(&["power", "on", "n01", "--show"]);
     assert!(r.ok(), "{}", r.stderr);
     assert!(r.stdout.starts_with("n01: IPMI_PASSWORD=... "), "{}", r.stdout);
-    assert!(r.stdout.contains(&format!("-I lanplus -C 3 -p {} -H 127.0.0.11 -U admin -E chassis power on", bmcs[0].port)));
+    assert!(r.stdout.contains(&format!(
+        "-I lanplus -C 3 -p {} -H 127.0.0.11 -U admin -E chassis power on",
+        bmcs[0].port
+    )));
     assert!(!r.stdout.contains(&password));
 
     // status: three answer, the stopped BMC fails after its own 3 s, n05 has no
@@ -367,10 +383,16 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     }
     let n04 = by_node(&rows, "n04");
     let ms = n04["millis"].as_u64().unwrap();
-    assert!((3000..4500).contains(&ms), "n04 failed after {ms} ms, its deadline is 3 s");
+    assert!(
+        (3000..4500).contains(&ms),
+        "n04 failed after {ms} ms, its deadline is 3 s"
+    );
     assert_eq!(n04["ok"], false);
     assert_eq!(by_node(&rows, "n05")["ok"], false);
-    assert!(by_node(&rows, "n05")["output"].as_str().unwrap().contains("no IPMI address"));
+    assert!(by_node(&rows, "n05")["output"]
+        .as_str()
+        .unwrap()
+        .contains("no IPMI address"));
     for n in ["n01", "n02", "n03"] {
         assert_eq!(by_node(&rows, n)["ok"], true, "{rows:?}");
     }
@@ -441,7 +463,11 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     let r = ww(&["power", "status", "n01"]);
     assert!(r.ok());
     assert_eq!(r.stdout, "n01: Chassis Power is off\n");
-    assert!(r.stderr.contains("WARNING: n01: rack head 3 did not answer"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("WARNING: n01: rack head 3 did not answer"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// Bad input: no node, a pattern that names nothing, an unknown node; each a clear
@@ -451,16 +477,76 @@ fn power_refuses_what_names_no_node() {
     let p = ProcCluster::start(Path::new(WULFD), 1, "");
     let heads = p.all_heads();
     let ww = |args: &[&str]| run_wwctl(Path::new(WWCTL), &heads, args);
-    wait_until(30, "cluster initialised", || ww(&["--timeout", "2", "profile", "list"]).ok());
+    wait_until(30, "cluster initialised", || {
+        ww(&["--timeout", "2", "profile", "list"]).ok()
+    });
     let r = ww(&["power", "on"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     let r = ww(&["power", "on", "ghost[1-3]"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("no nodes found among ghost1, ghost2, ghost3"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no nodes found among ghost1, ghost2, ghost3"),
+        "{}",
+        r.stderr
+    );
     let r = ww(&["node", "sensors", ","]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("names no node"), "{}", r.stderr);
     let r = ww(&["profile", "sensors", "default"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("nodes only"), "{}", r.stderr);
+}
+
+/// `node console`: wwctl runs `ipmitool ... sol activate` itself, on this terminal,
+/// with the node's merged ipmi fields (escape character included) and the password in
+/// the environment only; a node without an address is its own error.
+#[test]
+fn console_runs_sol_activate_here_with_the_password_in_the_environment() {
+    let p = ProcCluster::start(Path::new(WULFD), 1, "");
+    let heads = p.all_heads();
+    let ww = |args: &[&str]| run_wwctl(Path::new(WWCTL), &heads, args);
+    wait_until(30, "cluster initialised", || {
+        ww(&["--timeout", "2", "profile", "list"]).ok()
+    });
+    // The BMC settings come from the profile, as Warewulf merges them.
+    let r = ww(&[
+        "profile",
+        "set",
+        "default",
+        "-y",
+        "--ipmiuser",
+        "admin",
+        "--ipmipass",
+        "c0nsole-pw",
+        "--ipmiinterface",
+        "lanplus",
+        "--ipmiescapechar",
+        "&",
+    ]);
+    assert!(r.ok(), "{}", r.stderr);
+    assert!(ww(&["node", "add", "c1", "--ipmiaddr", "127.0.0.21"]).ok());
+    assert!(ww(&["node", "add", "c2"]).ok());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("argv.log");
+    let fake = dir.path().join("ipmitool");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"pw=$IPMI_PASSWORD argv=$*\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(WWCTL)
+        .args(["--heads", &heads, "node", "console", "c[1-2]"])
+        .env("WWCTL_IPMITOOL", &fake)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("c2: no IPMI address"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pw=c0nsole-pw argv=-I lanplus -e & -H 127.0.0.21 -U admin -E sol activate\n"
+    );
 }
