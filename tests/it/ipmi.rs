@@ -444,6 +444,23 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
         assert!(line.contains("env-set") && line.contains(" -E "), "{line}");
     }
 
+    // The rack's head hangs (accepts, answers nothing): after the 1 s probe its node
+    // runs on the head that answered.
+    p.hang(2, true);
+    let r = ww(&["-o", "json", "power", "status", "n01"]);
+    p.hang(2, false);
+    assert!(r.ok(), "{}\n{}", r.stdout, r.stderr);
+    let row = by_node(&json(&r), "n01").clone();
+    assert_eq!(row["head"], 1, "{row}");
+    assert!(
+        row["note"]
+            .as_str()
+            .unwrap()
+            .contains("rack head 3 did not answer within 1000 ms"),
+        "{row}"
+    );
+    assert!(r.took < Duration::from_secs(5), "a hung rack head cost {:?}", r.took);
+
     // The rack's head dies: its nodes run on the head that answered, which says so.
     p.kill(2);
     let r = ww(&["-o", "json", "power", "status", "n01,n02,n03"]);
