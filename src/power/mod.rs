@@ -722,6 +722,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_missing_ipmitool_is_a_per_node_error_that_says_what_to_install() {
+        let t = Target::from_conf("n1", Some(&conf("127.0.0.1"))).unwrap();
+        let e = run_ipmitool(
+            std::path::Path::new("/nonexistent/ipmitool"),
+            &t,
+            Action::Status,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, PowerError::Spawn { .. }), "{e:?}");
+        assert!(e.to_string().contains("install ipmitool"), "{e}");
+    }
+
+    #[tokio::test]
     async fn a_child_that_outlives_its_deadline_is_killed() {
         // `sleep` stands in for an ipmitool that never hears from its BMC.
         let dir = tempfile::tempdir().unwrap();

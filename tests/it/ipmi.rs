@@ -282,6 +282,8 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     // A BMC that went down: started, then stopped; its port now answers nothing.
     let mut gone = Bmc::start(&ipmitool, "sim4", "127.0.0.14", &password);
     gone.stop();
+    // A BMC that refuses the cluster's password (n06): it fails at once, not at its deadline.
+    let strict = Bmc::start(&ipmitool, "sim5", "127.0.0.15", "another-password");
 
     let mut p = ProcCluster::start(
         Path::new(WULFD),
@@ -341,11 +343,29 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
         ok(&args);
     }
     ok(&["node", "add", "n05", "--comment", "no BMC"]);
-    // Every head that will run nodes knows all five (a forwarded node unknown to the
+    let strict_port = strict.port.to_string();
+    ok(&[
+        "node",
+        "add",
+        "n06",
+        "--ipmiaddr",
+        &strict.ip,
+        "--ipmiport",
+        &strict_port,
+        "--ipmiuser",
+        USER,
+        "--ipmipass",
+        &password,
+        "--ipmiinterface",
+        "lanplus",
+        "--ipmitagadd",
+        "cipher=3",
+    ]);
+    // Every head that will run nodes knows all six (a forwarded node unknown to the
     // rack head would come back as "does not know this node yet").
     wait_until(20, "heads 1 and 3 know the nodes", || {
-        let r = ww(&["-o", "json", "power", "status", "n[01-05]", "--show"]);
-        !r.stdout.is_empty() && json(&r).len() == 5 && !r.stdout.contains("does not know this node")
+        let r = ww(&["-o", "json", "power", "status", "n[01-06]", "--show"]);
+        !r.stdout.is_empty() && json(&r).len() == 6 && !r.stdout.contains("does not know this node")
     });
 
     // `--show`: the command, never the password.
@@ -359,12 +379,12 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     assert!(!r.stdout.contains(&password));
 
     // status: three answer, the stopped BMC fails after its own 3 s, n05 has no
-    // address; exit code 1. Meanwhile no process's argv holds the password.
+    // address, n06's BMC refuses the password; exit code 1. Meanwhile no process's argv holds the password.
     let watch = ArgvWatch::start(&password);
-    let r = ww(&["power", "status", "n[01-05]", "--ipmi-timeout", "3"]);
+    let r = ww(&["power", "status", "n[01-06]", "--ipmi-timeout", "3"]);
     let (leaks, ipmitools_seen) = watch.finish();
     assert_eq!(r.code, 1, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("2 of 5 nodes failed"), "{}", r.stderr);
+    assert!(r.stderr.contains("3 of 6 nodes failed"), "{}", r.stderr);
     assert!(leaks.is_empty(), "the password is in a process's argv: {leaks:?}");
     assert!(ipmitools_seen > 0, "the argv watch never saw an ipmitool run");
     assert!(
@@ -375,10 +395,10 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     golden("power_status.txt", &r.stdout);
 
     // Where each ran, and how long the stopped BMC took.
-    let r = ww(&["-o", "json", "power", "status", "n[01-05]", "--ipmi-timeout", "3"]);
+    let r = ww(&["-o", "json", "power", "status", "n[01-06]", "--ipmi-timeout", "3"]);
     assert_eq!(r.code, 1);
     let rows = json(&r);
-    for (node, head) in [("n01", 3), ("n02", 3), ("n03", 1), ("n04", 1), ("n05", 1)] {
+    for (node, head) in [("n01", 3), ("n02", 3), ("n03", 1), ("n04", 1), ("n05", 1), ("n06", 1)] {
         assert_eq!(by_node(&rows, node)["head"], head, "{node}: {rows:?}");
     }
     let n04 = by_node(&rows, "n04");
@@ -396,6 +416,19 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     for n in ["n01", "n02", "n03"] {
         assert_eq!(by_node(&rows, n)["ok"], true, "{rows:?}");
     }
+    let n06 = by_node(&rows, "n06");
+    assert_eq!(n06["ok"], false);
+    assert!(
+        n06["output"]
+            .as_str()
+            .unwrap()
+            .contains("Unable to establish IPMI v2 / RMCP+ session"),
+        "{n06}"
+    );
+    assert!(
+        n06["millis"].as_u64().unwrap() < 2000,
+        "a refused password is no timeout: {n06}"
+    );
 
     // Every power verb on the three live BMCs, checked at the BMCs themselves.
     let mut transcript = String::new();
@@ -424,14 +457,14 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     }
 
     // Sensors: the SDR list, and with --full every sensor; same per-node errors.
-    let r = ww(&["node", "sensors", "n[01-05]", "--ipmi-timeout", "3"]);
+    let r = ww(&["node", "sensors", "n[01-06]", "--ipmi-timeout", "3"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     let full = ww(&["node", "sensors", "--full", "n01,n03,n05"]);
     assert_eq!(full.code, 1, "{}", full.stderr);
     golden(
         "node_sensors.txt",
         &format!(
-            "$ wwctl node sensors n[01-05]\n{}$ wwctl node sensors --full n01,n03,n05\n{}",
+            "$ wwctl node sensors n[01-06]\n{}$ wwctl node sensors --full n01,n03,n05\n{}",
             r.stdout, full.stdout
         ),
     );
