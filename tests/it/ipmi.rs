@@ -69,7 +69,8 @@ struct Bmc {
 const USER: &str = "admin";
 
 impl Bmc {
-    fn start(ipmitool: &Path, name: &str, ip: &str, password: &str) -> Bmc {
+    /// `sol`: the serial device its serial-over-LAN connects to.
+    fn start(ipmitool: &Path, name: &str, ip: &str, password: &str, sol: Option<&str>) -> Bmc {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let port = udp_port(ip);
@@ -90,8 +91,9 @@ impl Bmc {
         std::fs::write(
             d.join("lan.conf"),
             format!(
-                "name \"{name}\"\nset_working_mc 0x20\n  startlan 1\n    addr {ip} {port}\n    priv_limit admin\n    allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n    allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n    guid a123456789abcdefa123456789abcdef\n  endlan\n  chassis_control \"{hook}\"\n  user 2 true \"{USER}\" \"{password}\" admin 10 none md2 md5 straight\n",
-                hook = hook.display()
+                "name \"{name}\"\nset_working_mc 0x20\n  startlan 1\n    addr {ip} {port}\n    priv_limit admin\n    allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n    allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n    guid a123456789abcdefa123456789abcdef\n  endlan\n{sol}  chassis_control \"{hook}\"\n  user 2 true \"{USER}\" \"{password}\" admin 10 none md2 md5 straight\n",
+                hook = hook.display(),
+                sol = sol.map(|d| format!("  sol \"{d}\" 115200\n")).unwrap_or_default()
             ),
         )
         .unwrap();
@@ -277,13 +279,21 @@ fn power_verbs_and_sensors_through_ipmitool_against_simulated_bmcs() {
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let bmcs: Vec<Bmc> = (1..=3)
-        .map(|i| Bmc::start(&ipmitool, &format!("sim{i}"), &format!("127.0.0.{}", 10 + i), &password))
+        .map(|i| {
+            Bmc::start(
+                &ipmitool,
+                &format!("sim{i}"),
+                &format!("127.0.0.{}", 10 + i),
+                &password,
+                None,
+            )
+        })
         .collect();
     // A BMC that went down: started, then stopped; its port now answers nothing.
-    let mut gone = Bmc::start(&ipmitool, "sim4", "127.0.0.14", &password);
+    let mut gone = Bmc::start(&ipmitool, "sim4", "127.0.0.14", &password, None);
     gone.stop();
     // A BMC that refuses the cluster's password (n06): it fails at once, not at its deadline.
-    let strict = Bmc::start(&ipmitool, "sim5", "127.0.0.15", "another-password");
+    let strict = Bmc::start(&ipmitool, "sim5", "127.0.0.15", "another-password", None);
 
     let mut p = ProcCluster::start(
         Path::new(WULFD),
@@ -598,5 +608,155 @@ fn console_runs_sol_activate_here_with_the_password_in_the_environment() {
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         "pw=c0nsole-pw argv=-I lanplus -e & -H 127.0.0.21 -U admin -E sol activate\n"
+    );
+}
+
+/// A node's serial port: a pseudo-terminal whose far end a simulated BMC opens for
+/// serial over LAN. It prints a line every 200 ms and keeps what it receives.
+struct SerialPort {
+    path: String,
+    got: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SerialPort {
+    fn open() -> SerialPort {
+        use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let path = ptsname(&master, Vec::new()).unwrap().into_string().unwrap();
+        let flags = rustix::fs::fcntl_getfl(&master).unwrap();
+        rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK).unwrap();
+        let (got, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (g, s) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded: until told, or 60 s.
+            let end = Instant::now() + Duration::from_secs(60);
+            let mut buf = [0u8; 1024];
+            while !s.load(Ordering::Relaxed) && Instant::now() < end {
+                let _ = rustix::io::write(&master, b"hello-from-node\r\n");
+                while let Ok(n) = rustix::io::read(&master, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    g.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        SerialPort {
+            path,
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn got(&self) -> String {
+        String::from_utf8_lossy(&self.got.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for SerialPort {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A child process killed (by PID) when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `node console` end to end: the real ipmitool opens a serial-over-LAN session with a
+/// simulated BMC whose serial port is a pseudo-terminal; the node's output reaches the
+/// operator, the operator's keys reach the node, and `~.` ends the session with exit 0.
+#[test]
+fn console_is_a_real_sol_session_through_a_simulated_bmc() {
+    use std::io::{Read, Write};
+    let Some(ipmitool) = tools() else { return };
+    let serial = SerialPort::open();
+    let bmc = Bmc::start(&ipmitool, "sol1", "127.0.0.31", "sol-pw", Some(&serial.path));
+    let p = ProcCluster::start(Path::new(WULFD), 1, "");
+    let heads = p.all_heads();
+    let ww = |args: &[&str]| run_wwctl(Path::new(WWCTL), &heads, args);
+    wait_until(30, "cluster initialised", || {
+        ww(&["--timeout", "2", "profile", "list"]).ok()
+    });
+    let port = bmc.port.to_string();
+    let r = ww(&[
+        "node",
+        "add",
+        "s1",
+        "--ipmiaddr",
+        &bmc.ip,
+        "--ipmiport",
+        &port,
+        "--ipmiuser",
+        USER,
+        "--ipmipass",
+        "sol-pw",
+        "--ipmiinterface",
+        "lanplus",
+        "--ipmitagadd",
+        "cipher=3",
+    ]);
+    assert!(r.ok(), "{}", r.stderr);
+
+    let mut child = Reaped(
+        Command::new(WWCTL)
+            .args(["--heads", &heads, "node", "console", "s1"])
+            .env("WWCTL_IPMITOOL", &ipmitool)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.0.stdout.take().unwrap();
+    let s = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            s.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    wait_until(15, "the node's serial output on the operator's side", || {
+        seen.lock().unwrap().contains("hello-from-node")
+    });
+    stdin.write_all(b"typed-by-operator\r").unwrap();
+    wait_until(10, "the operator's keys on the node's serial port", || {
+        serial.got().contains("typed-by-operator")
+    });
+    // ipmitool's escape: `~` at the start of a line, then `.`.
+    stdin.write_all(b"~.").unwrap();
+    let mut status = None;
+    wait_until(10, "the session ends on ~.", || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    });
+    reader.join().unwrap();
+    let mut stderr = String::new();
+    child.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.unwrap().success(), "{stderr}\n{}", seen.lock().unwrap());
+    assert!(
+        seen.lock().unwrap().contains("SOL Session operational"),
+        "{}",
+        seen.lock().unwrap()
     );
 }
