@@ -29,6 +29,9 @@ fn on_path(prog: &str) -> Option<PathBuf> {
 /// ipmi_sim, sdrcomp and ipmitool, installed if missing; None (and SKIP printed) if
 /// they cannot be.
 fn tools() -> Option<PathBuf> {
+    // One installer at a time: the tests of this module run in parallel, dpkg does not.
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let have = || ["ipmi_sim", "sdrcomp", "ipmitool"].iter().all(|p| on_path(p).is_some());
     if !have() {
         let install = || {
