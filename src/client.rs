@@ -439,6 +439,16 @@ impl Client {
         .await
     }
 
+    /// IPMI power or sensors for nodes (see `crate::power`). Not hedged, and no
+    /// second head once one has taken it: a power cycle must run once.
+    pub async fn power(&self, req: pb::PowerRequest) -> Result<pb::PowerReply, ClientError> {
+        self.retry(Spread::Whole, |mut c, t| {
+            let req = req.clone();
+            async move { c.power(timed(req, t)).await }
+        })
+        .await
+    }
+
     /// Create, delete or change an overlay. Runs on one head at a time (the head does
     /// a read-modify-write); the request id makes a retry on another head apply once.
     pub async fn overlay_change(

@@ -24,6 +24,7 @@
 //! | [`overlay`] | overlay trees and their catalog, `.ww` templates rendered with Warewulf's data and functions, per-node cpio.gz archives |
 //! | [`agent`] | `wwclient`, the node agent: fetches the runtime overlay from the heads of its rack and applies it atomically |
 //! | [`boot`] | the boot data plane: an immutable `BootView` that DHCP/TFTP/HTTP read; DHCP leases through the cluster handle |
+//! | [`power`] | IPMI power and sensors: `ipmitool` per node with its own deadline (password by environment), run by the head of the node's rack |
 //! | [`sim`] | `wwsim`: simulated nodes (PXE ROM DHCP and TFTP, iPXE DHCP and script, `wwclient` refreshes) for storms against real heads |
 //! | [`api`] | the admin gRPC service: a thin adapter over the cluster handle, images and status |
 //! | [`client`] | admin API client with head failover and hedging (used by `wwctl`, tests, benchmarks) |
@@ -70,5 +71,6 @@ pub mod cluster;
 pub mod daemon;
 pub mod image;
 pub mod overlay;
+pub mod power;
 pub mod raft;
 pub mod sim;

@@ -49,6 +49,8 @@ pub struct Services {
     pub boot_overlays: Option<Arc<crate::boot::overlays::BootOverlays>>,
     /// The cluster CA with its key, when this head has it (enrolment, credentials).
     pub ca: Option<Arc<crate::pki::Ca>>,
+    /// IPMI power and sensors (`wwctl power`, `node sensors`).
+    pub power: crate::power::Power,
 }
 
 /// A service that answers `Unavailable` until its head is ready to serve it.
@@ -350,6 +352,19 @@ impl pb::admin_server::Admin for AdminService {
             json: serde_json::to_vec(&rows).expect("status serializes"),
             unreachable,
         }))
+    }
+
+    async fn power(&self, req: GrpcRequest<pb::PowerRequest>) -> Result<Response<pb::PowerReply>, Status> {
+        let s = self.gate.get()?;
+        let deadline = deadline(&req);
+        let r = crate::power::Request::from_pb(req.into_inner()).map_err(|e| status(&e))?;
+        let view = s.view.borrow().clone();
+        let results = s
+            .power
+            .execute(&s.cluster, &view, r, deadline)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::PowerReply { results }))
     }
 
     async fn overlay_list(

@@ -22,6 +22,7 @@ pub mod image;
 mod objects;
 pub mod output;
 pub mod overlay;
+pub mod power;
 pub mod rack;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -100,6 +101,9 @@ pub enum Top {
     /// Configure this head's own services from the host overlay.
     #[command(subcommand)]
     Configure(configure::ConfigureCmd),
+    /// Node power through IPMI (ipmitool), run by the head that serves each node's rack.
+    #[command(subcommand)]
+    Power(power::PowerCmd),
 }
 
 /// `wwctl`'s config file.
@@ -218,6 +222,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Version => version(&client, out).await,
         Top::Audit(a) => audit::run(&client, a, fmt, out).await,
         Top::Configure(c) => configure::run(&client, c, out).await,
+        Top::Power(c) => power::run(&client, c, fmt, out).await,
     }
 }
 

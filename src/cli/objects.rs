@@ -77,6 +77,11 @@ pub enum ObjCmd {
     Export { names: Vec<String> },
     /// Boot status of nodes (stage, file sent, address, seconds since last seen), from every head.
     Status(StatusArgs),
+    /// IPMI sensor readings of nodes (`ipmitool sdr list`, with --full `sensor list`).
+    Sensors(super::power::SensorsArgs),
+    /// Serial-over-LAN console of nodes (`ipmitool sol activate`, run here; end it with
+    /// the ipmi escape character, default `~`, then `.`).
+    Console(super::power::ConsoleArgs),
 }
 
 /// `wwctl node status`: Warewulf's flags, plus `--history`.
@@ -357,6 +362,18 @@ pub(super) async fn obj_cmd(
             writeln!(out, "Deleted {} {k}(s)", w.outcome.deleted_count())?;
         }
         ObjCmd::Edit { names } => edit(client, kind, &names, out).await?,
+        ObjCmd::Sensors(args) => {
+            if kind != Kind::Node {
+                bail!("sensors exist for nodes only: wwctl node sensors");
+            }
+            super::power::sensors(client, args, fmt, out).await?
+        }
+        ObjCmd::Console(args) => {
+            if kind != Kind::Node {
+                bail!("console exists for nodes only: wwctl node console");
+            }
+            super::power::console(client, args).await?
+        }
         ObjCmd::Status(args) => {
             if kind != Kind::Node {
                 bail!("status exists for nodes only: wwctl node status");

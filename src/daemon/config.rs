@@ -72,6 +72,9 @@ pub struct HeadConfig {
     /// the scrub that re-verifies stored blobs.
     #[serde(default)]
     pub artifacts: crate::cas::sync::ArtifactsConfig,
+    /// IPMI power and sensors run by this head (`wwctl power`, `wwctl node sensors`).
+    #[serde(default)]
+    pub power: crate::power::PowerConfig,
     /// Mutual TLS on the gRPC port (Raft and admin API); required unless `insecure`.
     #[serde(default)]
     pub tls: TlsConfig,
@@ -243,6 +246,8 @@ pub struct Settings {
     pub artifacts: crate::cas::sync::SyncConfig,
     /// Mutual TLS; `None`: plaintext (`insecure: true`).
     pub tls: Option<TlsSettings>,
+    /// ipmitool and the forward probe of `wwctl power`.
+    pub power: crate::power::PowerConfig,
 }
 
 impl std::fmt::Debug for Settings {
@@ -323,6 +328,7 @@ impl TryFrom<HeadConfig> for Settings {
         Ok(Settings {
             tls,
             artifacts,
+            power: c.power.clone(),
             wwclient,
             secure: c.boot.http.secure,
             overlays,

@@ -261,6 +261,7 @@ impl Head {
             view,
             boot_overlays,
             ca: tls.as_ref().and_then(|t| t.ca.clone()),
+            power: crate::power::Power::new(cfg.power.clone()),
         });
         tracing::info!(id = cfg.id, "serving");
 

@@ -345,6 +345,7 @@ async fn a_starting_head_says_so_instead_of_hanging() {
         cas_gc_grace_secs: 3600,
         cas_gc_interval_secs: 0,
         boot: Default::default(),
+        power: Default::default(),
         artifacts: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -74,6 +74,7 @@ impl Cluster {
                 cas_gc_grace_secs: 3600,
                 cas_gc_interval_secs: 600,
                 boot: Default::default(),
+                power: Default::default(),
                 artifacts: Default::default(),
             })
             .collect();
@@ -190,6 +191,7 @@ impl Cluster {
             cas_gc_grace_secs: self.cfgs[0].cas_gc_grace_secs,
             cas_gc_interval_secs: self.cfgs[0].cas_gc_interval_secs,
             boot: Default::default(),
+            power: Default::default(),
             artifacts: Default::default(),
         };
         adjust(&mut cfg);

@@ -36,6 +36,7 @@ mod dhcp_relay;
 mod fuzz_http;
 mod hung;
 mod images;
+mod ipmi;
 mod layering;
 mod membership;
 mod names;
