@@ -84,6 +84,8 @@ pub struct Client {
     current: Arc<AtomicUsize>,
     per_call: Duration,
     until: Option<Instant>,
+    /// How channels connect (kept for [`Client::one`]).
+    dialer: crate::pki::tls::Dialer,
 }
 
 impl std::fmt::Debug for Client {
@@ -129,6 +131,17 @@ impl Client {
             current: Arc::default(),
             per_call: Duration::from_secs(15),
             until: None,
+            dialer: dialer.clone(),
+        }
+    }
+
+    /// A client of the head at `addr` alone, connecting the same way, with the same
+    /// deadlines (to ask each head in turn: `cluster verify`).
+    pub fn one(&self, addr: &str) -> Client {
+        Client {
+            per_call: self.per_call,
+            until: self.until,
+            ..Client::with_dialer(vec![addr.to_string()], &self.dialer)
         }
     }
 

@@ -27,7 +27,7 @@ pub enum PkiCmd {
         out: PathBuf,
         /// Founding head ids, comma separated (as in wulfd.yaml's bootstrap).
         #[arg(long, value_delimiter = ',', required = true)]
-        heads: Vec<u64>,
+        ids: Vec<u64>,
         /// The cluster's name, shown in the CA's subject.
         #[arg(long, default_value = "hpc")]
         cluster: String,
@@ -86,7 +86,7 @@ pub(super) async fn pki(c: PkiCmd, out: &mut dyn Write) -> Result<()> {
     match c {
         PkiCmd::Init {
             out: dir,
-            heads,
+            ids: heads,
             cluster,
         } => {
             let ca = pki::init_dir(&dir, &cluster, &heads)?;

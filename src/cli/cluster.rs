@@ -126,7 +126,7 @@ async fn verify(client: &Client, fmt: Option<Format>, out: &mut dyn Write) -> Re
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(200));
         let asks = heads.iter().map(|(id, addr)| {
-            let c = Client::new(vec![addr.clone()]).with_deadline(budget.min(Duration::from_secs(3)));
+            let c = client.one(addr).with_deadline(budget.min(Duration::from_secs(3)));
             async move { (*id, addr.clone(), c.state_digest().await) }
         });
         let answers = futures::future::join_all(asks).await;

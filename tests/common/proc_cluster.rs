@@ -13,6 +13,8 @@ pub struct ProcCluster {
     pub http: Vec<String>,
     wulfd: PathBuf,
     children: Vec<Option<Child>>,
+    /// `insecure: true` (plaintext), or the mutual TLS of docs/OPERATIONS.md.
+    tls: bool,
 }
 
 impl Drop for ProcCluster {
@@ -55,7 +57,39 @@ fn free_ports(n: usize) -> Vec<String> {
 impl ProcCluster {
     /// Start `n` founding heads; `extra_yaml` is appended to each head's config.
     pub fn start(wulfd: &Path, n: usize, extra_yaml: &str) -> ProcCluster {
+        ProcCluster::start_with(wulfd, n, extra_yaml, false)
+    }
+
+    /// Like [`ProcCluster::start`], with mutual TLS as docs/OPERATIONS.md sets it up:
+    /// `wwctl cluster pki init` (the `wwctl` beside `wulfd`), `head-<id>/` copied to each
+    /// head's `tls.dir` (the default, `<data_dir>/pki`).
+    #[allow(dead_code)]
+    pub fn start_tls(wulfd: &Path, n: usize, extra_yaml: &str) -> ProcCluster {
+        ProcCluster::start_with(wulfd, n, extra_yaml, true)
+    }
+
+    fn start_with(wulfd: &Path, n: usize, extra_yaml: &str, tls: bool) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
+        if tls {
+            let ids: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+            let o = Command::new(wulfd.with_file_name("wwctl"))
+                .args(["cluster", "pki", "init", "--ids", &ids.join(","), "--out"])
+                .arg(dir.path().join("pki"))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "pki init: {}", String::from_utf8_lossy(&o.stderr));
+            for i in 0..n {
+                let data = dir.path().join(format!("data{i}"));
+                std::fs::create_dir_all(&data).unwrap();
+                let o = Command::new("cp")
+                    .arg("-a")
+                    .arg(dir.path().join(format!("pki/head-{}", i + 1)))
+                    .arg(data.join("pki"))
+                    .output()
+                    .unwrap();
+                assert!(o.status.success());
+            }
+        }
         let mut ports = free_ports(2 * n);
         let http = ports.split_off(n);
         let mut p = ProcCluster {
@@ -64,7 +98,9 @@ impl ProcCluster {
             http,
             wulfd: wulfd.into(),
             children: (0..n).map(|_| None).collect(),
+            tls,
         };
+        let insecure = if tls { "" } else { "insecure: true\n" };
         let boot: String = p
             .addrs
             .iter()
@@ -75,7 +111,7 @@ impl ProcCluster {
             std::fs::write(
                 p.cfg(i),
                 format!(
-                    "id: {}\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: procs\ninsecure: true\nbootstrap:\n{boot}{extra_yaml}",
+                    "id: {}\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: procs\n{insecure}bootstrap:\n{boot}{extra_yaml}",
                     i + 1,
                     p.dir.path().join(format!("data{i}")).display(),
                     p.addrs[i],
@@ -98,10 +134,11 @@ impl ProcCluster {
         self.http.push(ports.pop().unwrap());
         self.addrs.push(ports.pop().unwrap());
         self.children.push(None);
+        let insecure = if self.tls { "" } else { "insecure: true\n" };
         std::fs::write(
             self.cfg(i),
             format!(
-                "id: {}\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: procs\ninsecure: true\n{extra_yaml}",
+                "id: {}\ndata_dir: {}\nlisten: \"{}\"\nhttp_listen: \"{}\"\ncluster_name: procs\n{insecure}{extra_yaml}",
                 i + 1,
                 self.dir.path().join(format!("data{i}")).display(),
                 self.addrs[i],
@@ -132,6 +169,20 @@ impl ProcCluster {
             .spawn()
             .unwrap();
         self.children[i] = Some(child);
+    }
+
+    /// Wait up to `secs` for head `i` to exit on its own; its exit status, or `None`.
+    #[allow(dead_code)]
+    pub fn wait_exit(&mut self, i: usize, secs: u64) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            if let Some(st) = self.children[i].as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.children[i] = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// SIGKILL head `i` and reap it.

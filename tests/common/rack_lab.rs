@@ -176,7 +176,7 @@ impl Lab {
         // The cluster CA and the founders' certificates, as an operator makes them.
         let pki = dir.path().join("pki");
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_wwctl"))
-            .args(["cluster", "pki", "init", "--heads", "1,2,3", "--out"])
+            .args(["cluster", "pki", "init", "--ids", "1,2,3", "--out"])
             .arg(&pki)
             .output()
             .unwrap();

@@ -54,5 +54,6 @@ mod raft_golden;
 mod raft_ops;
 mod ssh_keys;
 mod tftp;
+mod tls;
 mod wwclient;
 mod wwsim;

@@ -1,0 +1,276 @@
+//! Mutual TLS, credentials and join tokens (issue 12) with real `wulfd` processes set up
+//! as docs/OPERATIONS.md "Certificates and credentials" says: `wwctl cluster pki init`,
+//! `head-<id>/` in each head's `tls.dir`, the first credential made on a head with
+//! `credentials add --local`, the others through the API.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use wulfpack::client::Client;
+use wulfpack::pki::tls::{client_config, Dialer};
+use wulfpack::pki::CredFiles;
+use wulfpack::state::{Query, Selector};
+
+use crate::proc_cluster::{wait_until, ProcCluster};
+
+const WULFD: &str = env!("CARGO_BIN_EXE_wulfd");
+const WWCTL: &str = env!("CARGO_BIN_EXE_wwctl");
+
+fn wwctl(heads: &str, cert: Option<&Path>, args: &[&str]) -> Output {
+    let mut c = Command::new(WWCTL);
+    if !args.contains(&"--timeout") {
+        c.args(["--timeout", "10"]);
+    }
+    c.args(["--heads", heads]);
+    if let Some(cert) = cert {
+        c.arg("--cert").arg(cert);
+    }
+    c.args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn dialer(dir: &Path, name: &str) -> Dialer {
+    let (ca, cert, key) = CredFiles::operator(dir, name).read().unwrap();
+    Dialer::tls(client_config(&ca, Some((&cert, &key))).unwrap())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn credentials_roles_revocation_and_join_tokens() {
+    let mut c = ProcCluster::start_tls(Path::new(WULFD), 3, "");
+    let heads = c.all_heads();
+    let pki0 = c.dir.path().join("data0/pki");
+    // A head's own certificate is a client certificate too (role head): wait with it.
+    let head_cert = pki0.join("head.crt");
+    wait_until(30, "a leader", || {
+        text(&wwctl(&heads, Some(&head_cert), &["cluster", "status"])).contains("Leader")
+    });
+
+    // The first operator: made as root on head 1 from its CA key, recorded in the cluster.
+    let ops = c.dir.path().join("ops");
+    let o = wwctl(
+        &heads,
+        None,
+        &[
+            "cluster",
+            "credentials",
+            "add",
+            "root",
+            "--local",
+            "--pki-dir",
+            pki0.to_str().unwrap(),
+            "--out",
+            ops.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        text(&o).contains("recorded in the cluster"),
+        "{}\n{}",
+        text(&o),
+        c.log(0)
+    );
+    let key_mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(ops.join("root.key")).unwrap().permissions());
+    assert_eq!(key_mode & 0o777, 0o600, "a credential's key is private");
+    let root: PathBuf = ops.join("root.crt");
+    let ok = |cert: &Path, args: &[&str]| {
+        let o = wwctl(&heads, Some(cert), args);
+        assert!(o.status.success(), "wwctl {args:?}: {}", text(&o));
+        text(&o)
+    };
+    ok(&root, &["node", "add", "n1"]);
+
+    // Without a credential: plaintext gets nowhere, TLS without a client certificate is
+    // refused on the admin API and on Raft.
+    let o = wwctl(&heads, None, &["node", "list"]);
+    assert!(!o.status.success(), "plaintext must not work: {}", text(&o));
+    let ca = std::fs::read_to_string(ops.join("ca.crt")).unwrap();
+    let anonymous = Dialer::tls(client_config(&ca, None).unwrap());
+    let e = rt()
+        .block_on(async {
+            // Channels belong to the runtime they are made in.
+            let client = Client::with_dialer(vec![c.addrs[0].clone()], &anonymous);
+            client.read(&Query::nodes(Selector::All), false).await
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("no client certificate"), "{e}");
+    let raft_call = |d: &Dialer| {
+        rt().block_on(async {
+            let ch = d.lazy(wulfpack::raft::endpoint(&c.addrs[1]).unwrap());
+            let mut r = wulfpack::pb::raft::raft_client::RaftClient::new(ch);
+            r.vote(wulfpack::pb::raft::RaftPayload { json: vec![] })
+                .await
+                .unwrap_err()
+        })
+    };
+    let s = raft_call(&anonymous);
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    let s = raft_call(&dialer(&ops, "root"));
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "an admin is not a head: {s:?}");
+
+    // A read credential reads and cannot write.
+    ok(
+        &root,
+        &[
+            "cluster",
+            "credentials",
+            "add",
+            "reader",
+            "--role",
+            "read",
+            "--out",
+            ops.to_str().unwrap(),
+        ],
+    );
+    let reader = ops.join("reader.crt");
+    assert!(ok(&reader, &["node", "list"]).contains("n1"));
+    let o = wwctl(&heads, Some(&reader), &["node", "add", "n2"]);
+    assert!(
+        !o.status.success() && text(&o).contains("needs the admin role"),
+        "{}",
+        text(&o)
+    );
+    let list = ok(&root, &["cluster", "credentials", "list"]);
+    assert!(
+        list.contains("root") && list.contains("admin") && list.contains("reader") && list.contains("read"),
+        "{list}"
+    );
+    // The audit log names the certificate, not what the client claims.
+    let audit = ok(&root, &["audit"]);
+    assert!(audit.contains("root (admin"), "{audit}");
+
+    // Revoked: every head refuses it within a second of the revocation's acknowledgement.
+    let reader_dialer = dialer(&ops, "reader");
+    let o = ok(&root, &["cluster", "credentials", "revoke", "reader"]);
+    let revoked_at = Instant::now();
+    assert!(o.contains("revoked reader"), "{o}");
+    for addr in &c.addrs {
+        let refused = rt().block_on(async {
+            let client = Client::with_dialer(vec![addr.clone()], &reader_dialer).with_deadline(Duration::from_secs(1));
+            loop {
+                match client.read(&Query::nodes(Selector::All), false).await {
+                    Err(e) if e.to_string().contains("revoked") => return true,
+                    _ if revoked_at.elapsed() > Duration::from_secs(1) => return false,
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+        assert!(
+            refused,
+            "head {addr} still accepts the revoked credential 1 s after the revocation"
+        );
+    }
+
+    // Join tokens: a wrong secret and an expired token cannot join; a good one once.
+    let token = ok(&root, &["cluster", "token", "create", "--ttl", "10m"])
+        .trim()
+        .to_string();
+    assert!(token.starts_with("wpj1."), "{token}");
+    let via = c.addrs[0].clone();
+    let join_yaml = |t: &str| format!("tls: {{join_token: \"{t}\", join_via: [\"{via}\"]}}\n");
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let wrong_secret = "0".repeat(32);
+    parts[2] = &wrong_secret;
+    let bad = c.start_empty(&join_yaml(&parts.join(".")));
+    assert!(
+        c.wait_exit(bad, 30).is_some_and(|s| !s.success()),
+        "a wrong token must stop the head"
+    );
+    assert!(c.log(bad).contains("wrong secret"), "{}", c.log(bad));
+
+    let short = ok(&root, &["cluster", "token", "create", "--ttl", "1s"])
+        .trim()
+        .to_string();
+    // Let it expire (the behaviour under test is what happens after its time).
+    std::thread::sleep(Duration::from_secs(2));
+    let late = c.start_empty(&join_yaml(&short));
+    assert!(
+        c.wait_exit(late, 30).is_some_and(|s| !s.success()),
+        "an expired token must stop the head"
+    );
+    assert!(c.log(late).contains("expired"), "{}", c.log(late));
+
+    let good = c.start_empty(&join_yaml(&token));
+    let id = (good + 1).to_string();
+    let addr = c.addrs[good].clone();
+    wait_until(30, "the new head enrolled", || c.log(good).contains("enrolled"));
+    let o = ok(&root, &["--timeout", "60", "cluster", "join", &id, &addr]);
+    assert!(o.contains("voter"), "{o}");
+    let verify = ok(&root, &["--timeout", "30", "cluster", "verify"]);
+    assert!(verify.contains(&addr), "{verify}");
+    let again = c.start_empty(&join_yaml(&token));
+    assert!(
+        c.wait_exit(again, 30).is_some_and(|s| !s.success()),
+        "a used token must not work twice"
+    );
+    assert!(c.log(again).contains("already used"), "{}", c.log(again));
+    let tokens = ok(&root, &["cluster", "token", "list"]);
+    assert!(
+        tokens.contains(&format!("used by head {id}")) && tokens.contains("expired"),
+        "{tokens}"
+    );
+}
+
+#[test]
+fn a_head_refuses_to_start_without_certificates_or_with_another_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("wulfd.yaml");
+    let run = |yaml: &str| {
+        std::fs::write(&cfg, yaml).unwrap();
+        let o = Command::new(WULFD)
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        text(&o)
+    };
+    let data = dir.path().join("data");
+    let base = format!(
+        "id: 1\ndata_dir: {}\nlisten: 127.0.0.1:1\nhttp_listen: 127.0.0.1:2\nbootstrap: [{{id: 1, addr: \"127.0.0.1:1\"}}]\n",
+        data.display()
+    );
+    let e = run(&base);
+    assert!(
+        e.contains("holds no certificates") && e.contains("pki init") && e.contains("insecure: true"),
+        "{e}"
+    );
+    // head-2's directory copied to head 1.
+    let pki = dir.path().join("pki");
+    let o = Command::new(WWCTL)
+        .args(["cluster", "pki", "init", "--ids", "1,2", "--out"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let e = run(&format!("{base}tls: {{dir: {}}}\n", pki.join("head-2").display()));
+    assert!(e.contains("head-2") && e.contains("this is head-1"), "{e}");
+    let e = run(&format!("{base}insecure: true\ntls: {{dir: /x}}\n"));
+    assert!(e.contains("both set"), "{e}");
+    // A second `pki init` into the same directory would make a second CA.
+    let o = Command::new(WWCTL)
+        .args(["cluster", "pki", "init", "--ids", "1", "--out"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && text(&o).contains("already holds a CA"),
+        "{}",
+        text(&o)
+    );
+}
