@@ -17,11 +17,14 @@ pub mod audit;
 mod cluster;
 pub mod configure;
 pub mod fields;
+pub mod genconfig;
 pub mod image;
 mod objects;
 pub mod output;
 pub mod overlay;
 pub mod rack;
+pub mod ssh;
+pub mod upgrade;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -89,6 +92,14 @@ pub enum Top {
     /// Configure this head's own services from the host overlay.
     #[command(subcommand)]
     Configure(configure::ConfigureCmd),
+    /// Run a command on nodes over SSH in parallel (`wwctl ssh n[01-10] -- uptime`).
+    Ssh(ssh::SshArgs),
+    /// Generate man pages, shell completions and the command reference.
+    #[command(subcommand)]
+    Genconfig(genconfig::GenconfigCmd),
+    /// Upgrade Warewulf 4.2–4.7 files (nodes.conf, warewulf.conf) to wulfpack's forms.
+    #[command(subcommand)]
+    Upgrade(upgrade::UpgradeCmd),
 }
 
 /// `wwctl`'s config file.
@@ -139,6 +150,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         .with_deadline(timeout)
         .until(std::time::Instant::now() + timeout);
     let fmt = cli.output;
+    // Verbs that read and write local files only: no head is asked.
+    let cli = match cli.cmd {
+        Top::Genconfig(c) => return genconfig::run(c, out),
+        Top::Upgrade(c) => return upgrade::run(c, out),
+        _ => cli,
+    };
     match cli.cmd {
         Top::Node(c) => obj_cmd(&client, Kind::Node, c, fmt, out).await,
         Top::Profile(c) => obj_cmd(&client, Kind::Profile, c, fmt, out).await,
@@ -149,6 +166,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Version => version(&client, out).await,
         Top::Audit(a) => audit::run(&client, a, fmt, out).await,
         Top::Configure(c) => configure::run(&client, c, out).await,
+        Top::Ssh(a) => ssh::run(&client, a, out).await,
+        Top::Genconfig(_) | Top::Upgrade(_) => unreachable!("handled above"),
     }
 }
 
