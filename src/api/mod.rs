@@ -10,6 +10,10 @@
 //! `Unavailable` with "starting: N of M entries applied" ([`Gate`]), so clients move on
 //! to another head instead of hanging on an open port.
 
+mod housekeeping;
+
+pub use housekeeping::BootFacts;
+
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -45,6 +49,10 @@ pub struct Services {
     pub view: crate::boot::view::ViewRx,
     /// This head's overlay builder (None: overlays are off on this head).
     pub boot_overlays: Option<Arc<crate::boot::overlays::BootOverlays>>,
+    /// This head's blob store (`Clean`).
+    pub cas: crate::cas::Cas,
+    /// What this head's boot services were started with (`BootServices`).
+    pub boot: Arc<BootFacts>,
 }
 
 /// A service that answers `Unavailable` until its head is ready to serve it.
@@ -432,6 +440,36 @@ impl pb::admin_server::Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn clean(&self, req: GrpcRequest<pb::CleanRequest>) -> Result<Response<pb::CleanReply>, Status> {
+        let s = self.gate.get()?;
+        let r = req.into_inner();
+        // The same set the artifact sync fetches and the periodic GC keeps.
+        let referenced: std::collections::HashSet<crate::cas::Digest> = s
+            .cluster
+            .state()
+            .read(|st| crate::cas::sync::referenced(st).into_keys().collect());
+        let (cas, id) = (s.cas.clone(), s.cluster.id());
+        let min_age = Duration::from_secs(r.min_age_secs);
+        let reply = tokio::task::spawn_blocking(move || housekeeping::clean(id, &cas, &referenced, r.dry_run, min_age))
+            .await
+            .map_err(|e| Status::internal(format!("clean: {e}")))??;
+        Ok(Response::new(reply))
+    }
+
+    async fn boot_services(&self, _req: GrpcRequest<pb::Empty>) -> Result<Response<pb::BootServicesReply>, Status> {
+        let s = self.gate.get()?;
+        let me = s.cluster.id();
+        let racks: Vec<String> = {
+            let v = s.view.borrow();
+            v.racks
+                .iter()
+                .filter(|(_, r)| r.position(me).is_some())
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        Ok(Response::new(housekeeping::boot_services(me, &s.boot, racks).await))
     }
 
     async fn overlay_build(

@@ -14,6 +14,7 @@
 //! [`fields`] holds the object field flags, [`output`] tables/YAML/JSON.
 
 pub mod audit;
+pub mod clean;
 mod cluster;
 pub mod configure;
 pub mod fields;
@@ -89,9 +90,11 @@ pub enum Top {
     Version,
     /// Show who changed what and when (the replicated audit log of operators' writes).
     Audit(audit::AuditArgs),
-    /// Configure this head's own services from the host overlay.
-    #[command(subcommand)]
-    Configure(configure::ConfigureCmd),
+    /// Configure this head's own services from the host overlay; check its boot services.
+    Configure(configure::ConfigureArgs),
+    /// Remove blobs that nothing references from every head's store (now, not at the
+    /// next periodic GC).
+    Clean(clean::CleanArgs),
     /// Run a command on nodes over SSH in parallel (`wwctl ssh n[01-10] -- uptime`).
     Ssh(ssh::SshArgs),
     /// Generate man pages, shell completions and the command reference.
@@ -165,7 +168,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Rack(c) => rack::run(&client, c, fmt, out).await,
         Top::Version => version(&client, out).await,
         Top::Audit(a) => audit::run(&client, a, fmt, out).await,
-        Top::Configure(c) => configure::run(&client, c, out).await,
+        Top::Configure(c) => configure::run(&client, c, fmt, out).await,
+        Top::Clean(a) => clean::run(&client, a, fmt, out).await,
         Top::Ssh(a) => ssh::run(&client, a, out).await,
         Top::Genconfig(_) | Top::Upgrade(_) => unreachable!("handled above"),
     }
