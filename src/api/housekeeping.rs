@@ -95,7 +95,12 @@ pub(super) async fn boot_services(head_id: u64, f: &BootFacts, racks: Vec<String
             "off: boot.dhcp.interfaces in wulfd.yaml is empty, so this head answers no DHCP request",
         )),
         Some(d) => {
-            c.push(check("dhcp", "enabled", "ok", format!("on {} interface(s)", d.interfaces.len())));
+            c.push(check(
+                "dhcp",
+                "enabled",
+                "ok",
+                format!("on {} interface(s)", d.interfaces.len()),
+            ));
             for i in &d.interfaces {
                 let mine: Vec<String> = addrs
                     .iter()
@@ -107,7 +112,14 @@ pub(super) async fn boot_services(head_id: u64, f: &BootFacts, racks: Vec<String
                         "dhcp",
                         format!("interface {}", i.name),
                         "ok",
-                        format!("present, addresses {}", if mine.is_empty() { "none".into() } else { mine.join(", ") }),
+                        format!(
+                            "present, addresses {}",
+                            if mine.is_empty() {
+                                "none".into()
+                            } else {
+                                mine.join(", ")
+                            }
+                        ),
                     ));
                 } else {
                     c.push(check(
@@ -149,7 +161,12 @@ pub(super) async fn boot_services(head_id: u64, f: &BootFacts, racks: Vec<String
     }
     if !racks.is_empty() {
         let state = if f.dhcp.is_some() { "ok" } else { "warn" };
-        c.push(check("dhcp", "racks", state, format!("this head serves racks {}", racks.join(", "))));
+        c.push(check(
+            "dhcp",
+            "racks",
+            state,
+            format!("this head serves racks {}", racks.join(", ")),
+        ));
     }
 
     match &f.tftp {
@@ -160,7 +177,12 @@ pub(super) async fn boot_services(head_id: u64, f: &BootFacts, racks: Vec<String
             "off: boot.tftp.enabled is false, so PXE ROMs get no iPXE binary from this head",
         )),
         Some(t) => {
-            c.push(check("tftp", "enabled", "ok", format!("listening on {}", t.listen.addrs().join(", "))));
+            c.push(check(
+                "tftp",
+                "enabled",
+                "ok",
+                format!("listening on {}", t.listen.addrs().join(", ")),
+            ));
             if t.root.is_dir() {
                 c.push(check("tftp", "root", "ok", t.root.display().to_string()));
             } else {
@@ -168,7 +190,10 @@ pub(super) async fn boot_services(head_id: u64, f: &BootFacts, racks: Vec<String
                     "tftp",
                     "root",
                     "fail",
-                    format!("{} is not a directory: install iPXE (Debian: ipxe) or fix boot.tftp.root", t.root.display()),
+                    format!(
+                        "{} is not a directory: install iPXE (Debian: ipxe) or fix boot.tftp.root",
+                        t.root.display()
+                    ),
                 ));
             }
         }
@@ -213,7 +238,10 @@ pub(super) async fn boot_services(head_id: u64, f: &BootFacts, racks: Vec<String
             "warewulfd",
             "http",
             "fail",
-            format!("{target} did not answer within 1 s (http_listen {}, http_advertise)", f.http_listen),
+            format!(
+                "{target} did not answer within 1 s (http_listen {}, http_advertise)",
+                f.http_listen
+            ),
         )),
     }
     c.push(check(
@@ -227,7 +255,12 @@ pub(super) async fn boot_services(head_id: u64, f: &BootFacts, racks: Vec<String
         },
     ));
     c.push(if f.overlays {
-        check("warewulfd", "overlays", "ok", "system and runtime overlays built and served")
+        check(
+            "warewulfd",
+            "overlays",
+            "ok",
+            "system and runtime overlays built and served",
+        )
     } else {
         check(
             "warewulfd",

@@ -88,7 +88,14 @@ pub async fn run(client: &Client, args: ConfigureArgs, fmt: Option<Format>, out:
         Some(ConfigureCmd::Warewulfd) => return services(client, &["warewulfd"], fmt, out).await,
         Some(cmd) => return host(client, cmd, out).await,
         None if args.all => {}
-        None => bail!("give a service (dhcp, tftp, warewulfd, nfs, ssh, hostfile) or --all"),
+        // A usage error (exit 2), as clap's own.
+        None => {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::MissingSubcommand,
+                "wwctl configure: give a service (dhcp, tftp, warewulfd, nfs, ssh, hostfile) or --all\n",
+            )
+            .into())
+        }
     }
     // Warewulf's order. The TLS step (certificates of the admin API) goes first when it
     // exists: the PKI work adds `ConfigureCmd::Tls` and calls it here.
@@ -123,7 +130,10 @@ pub struct CheckRow {
 /// Ask the head for its boot services check and print the findings of `which`; fail
 /// when one of them is `fail`.
 async fn services(client: &Client, which: &[&str], fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
-    let r = client.boot_services().await.context("checking the head's boot services")?;
+    let r = client
+        .boot_services()
+        .await
+        .context("checking the head's boot services")?;
     let rows: Vec<CheckRow> = r
         .checks
         .into_iter()
@@ -166,7 +176,11 @@ pub fn print_checks(rows: &[CheckRow], fmt: Format, out: &mut dyn Write) -> Resu
                     c.service.clone(),
                     c.item.clone(),
                     c.state.to_uppercase(),
-                    if c.detail.is_empty() { "--".into() } else { c.detail.clone() },
+                    if c.detail.is_empty() {
+                        "--".into()
+                    } else {
+                        c.detail.clone()
+                    },
                 ]
             });
             out.write_all(table(&["SERVICE", "ITEM", "STATE", "DETAIL"], lines).as_bytes())?;

@@ -766,7 +766,7 @@ pub fn upgrade_config(
         },
     };
     r.add(
-        "nfs, ssh, warewulf.*, image mounts, paths",
+        "nfs, ssh, fqdn, warewulf.autobuild overlays|host overlay|datastore",
         NoteKind::Converted,
         format!(
             "read by overlay templates from {} (boot.overlays.warewulf_conf)",
@@ -831,12 +831,28 @@ pub fn upgrade_config(
             );
         }
     }
-    let yaml = serde_yaml_ng::to_string(&cfg)?;
+    // Unset keys (null, empty lists) are left out: the defaults apply, as in a file
+    // written by hand.
+    let mut v = serde_yaml_ng::to_value(&cfg)?;
+    drop_unset(&mut v);
+    let yaml = serde_yaml_ng::to_string(&v)?;
     let header = format!(
-        "# wulfd.yaml written by `wwctl upgrade config` from {}.\n# Check the notes it printed; docs: cluster/examples/wulfd.yaml, `wwctl genconfig reference`.\n",
+        "# wulfd.yaml written by `wwctl upgrade config` from {}.\n# Check the notes it printed; every key is explained in cluster/examples/wulfd.yaml.\n",
         source.display()
     );
     Ok((header + &yaml, r.0))
+}
+
+/// Remove null values and empty lists from every mapping.
+fn drop_unset(v: &mut Value) {
+    match v {
+        Value::Mapping(m) => {
+            m.retain(|_, x| !(x.is_null() || x.as_sequence().is_some_and(|q| q.is_empty())));
+            m.iter_mut().for_each(|(_, x)| drop_unset(x));
+        }
+        Value::Sequence(q) => q.iter_mut().for_each(drop_unset),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
