@@ -799,15 +799,7 @@ pub fn upgrade_config(
     );
     // The rest: kept by the overlays' reading of the original file where templates use
     // it, otherwise without a counterpart in a head's settings.
-    let templates_read = [
-        "nfs",
-        "ssh",
-        "image mounts",
-        "container mounts",
-        "paths",
-        "fqdn",
-        "comment",
-    ];
+    let templates_read = ["nfs", "ssh", "fqdn"];
     for (k, v) in top {
         let k = text(&k).unwrap_or_default();
         if templates_read.contains(&k.as_str()) {
