@@ -609,7 +609,9 @@ impl pb::admin_server::Admin for AdminService {
         let who = operator(&req);
         let r = req.into_inner();
         Ok(Response::new(streamed(who, move |p| async move {
-            images.exec_finish(&r.name, &r.token, r.version, r.changed, p).await
+            images
+                .exec_finish(&r.name, &r.token, r.version, r.changed, !r.skip_build, p)
+                .await
         })))
     }
 
