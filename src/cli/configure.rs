@@ -29,6 +29,10 @@ pub struct ConfigureArgs {
     /// Configure (and check) every service: warewulfd, tftp, dhcp, nfs, ssh, hostfile.
     #[arg(short, long)]
     pub all: bool,
+    /// With --all: write the host overlay's files under this directory instead of /
+    /// (for a test or a review; NFS is then not reloaded).
+    #[arg(long, default_value = "/", requires = "all")]
+    pub root: PathBuf,
     #[command(subcommand)]
     pub cmd: Option<ConfigureCmd>,
 }
@@ -100,7 +104,7 @@ pub async fn run(client: &Client, args: ConfigureArgs, fmt: Option<Format>, out:
     // Warewulf's order. The TLS step (certificates of the admin API) goes first when it
     // exists: the PKI work adds `ConfigureCmd::Tls` and calls it here.
     let checked = services(client, &["warewulfd", "tftp", "dhcp"], fmt, out).await;
-    let root = PathBuf::from("/");
+    let root = args.root;
     host(client, ConfigureCmd::Nfs { root: root.clone() }, out).await?;
     host(
         client,
