@@ -30,6 +30,9 @@ pub struct SshArgs {
     /// How many nodes at a time.
     #[arg(short = 'f', long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub fanout: u32,
+    /// Seconds to wait after each node's command before its slot takes the next node.
+    #[arg(short = 's', long, default_value_t = 0)]
+    pub sleep: u64,
     /// Print the commands instead of running them.
     #[arg(short = 'n', long)]
     pub dryrun: bool,
@@ -133,7 +136,13 @@ pub async fn run(client: &Client, a: SshArgs, out: &mut dyn Write) -> Result<()>
     let mut results = stream::iter(targets.into_iter().map(|t| async move {
         let outcome = match &t.addr {
             Err(e) => (Vec::new(), Vec::new(), Outcome::Failed(e.clone())),
-            Ok(addr) => run_one(a, addr).await,
+            Ok(addr) => {
+                let r = run_one(a, addr).await;
+                if a.sleep > 0 {
+                    tokio::time::sleep(Duration::from_secs(a.sleep)).await;
+                }
+                r
+            }
         };
         (t.name, outcome)
     }))

@@ -46,6 +46,10 @@ pub enum UpgradeCmd {
         /// into (Warewulf 4.6).
         #[arg(long)]
         replace_overlays: bool,
+        /// A legacy warewulf.conf whose NFS exports marked `mount: true` become `fstab`
+        /// entries of the `default` profile (Warewulf 4.6 moved them there).
+        #[arg(long)]
+        with_warewulfconf: Option<PathBuf>,
     },
     /// Turn a warewulf.conf into a wulfd.yaml for this head, reporting what has no
     /// counterpart.
@@ -109,9 +113,11 @@ pub fn run(cmd: UpgradeCmd, out: &mut dyn Write) -> Result<()> {
             output_path,
             add_defaults,
             replace_overlays,
+            with_warewulfconf,
         } => {
             let text = read(&input_path)?;
-            let (yaml, notes) = upgrade_nodes(&text, add_defaults, replace_overlays)
+            let conf = with_warewulfconf.as_deref().map(read).transpose()?;
+            let (yaml, notes) = upgrade_nodes_with(&text, add_defaults, replace_overlays, conf.as_deref())
                 .with_context(|| format!("upgrading {}", input_path.display()))?;
             (input_path, output_path, yaml, notes)
         }
@@ -539,6 +545,52 @@ fn add_defaults(p: &mut Mapping, r: &mut Report) {
 
 /// Upgrade a legacy `nodes.conf`: the new text and the report.
 pub fn upgrade_nodes(text_in: &str, defaults: bool, replace_overlays: bool) -> Result<(String, Vec<Note>)> {
+    upgrade_nodes_with(text_in, defaults, replace_overlays, None)
+}
+
+/// The NFS mounts of a legacy `warewulf.conf` as `fstab` resource entries: `exports`
+/// (4.2: every export mounted) and `export paths` with `mount: true`.
+fn nfs_fstab(conf: &str) -> Result<Vec<Value>> {
+    let doc: Value = serde_yaml_ng::from_str(conf).context("the warewulf.conf is not YAML")?;
+    let mut out = Vec::new();
+    let entry = |path: &str, opts: Option<String>| {
+        let mut m = Mapping::new();
+        m.insert(s("spec"), s(&format!("warewulf:{path}")));
+        m.insert(s("file"), s(path));
+        m.insert(s("vfstype"), s("nfs"));
+        if let Some(o) = opts.filter(|o| !o.is_empty()) {
+            m.insert(s("mntops"), s(&o));
+        }
+        Value::Mapping(m)
+    };
+    let Some(nfs) = doc.get("nfs") else { return Ok(out) };
+    for e in nfs.get("exports").and_then(Value::as_sequence).into_iter().flatten() {
+        if let Some(p) = text(e) {
+            out.push(entry(&p, None));
+        }
+    }
+    for e in nfs
+        .get("export paths")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        if e.get("mount").is_some_and(truthy) {
+            if let Some(p) = e.get("path").and_then(text) {
+                out.push(entry(&p, e.get("mount options").and_then(text)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`upgrade_nodes`], with the NFS mounts of a legacy `warewulf.conf`.
+pub fn upgrade_nodes_with(
+    text_in: &str,
+    defaults: bool,
+    replace_overlays: bool,
+    warewulf_conf: Option<&str>,
+) -> Result<(String, Vec<Note>)> {
     let doc: Value = serde_yaml_ng::from_str(text_in).context("the file is not YAML")?;
     let mut top = match doc {
         Value::Mapping(m) => m,
@@ -558,6 +610,30 @@ pub fn upgrade_nodes(text_in: &str, defaults: bool, replace_overlays: bool) -> R
                 };
                 upgrade_conf(m, profile, &at, replace_overlays, &mut r);
             }
+        }
+    }
+    if let Some(conf) = warewulf_conf {
+        let fstab = nfs_fstab(conf)?;
+        if !fstab.is_empty() {
+            let n = fstab.len();
+            let profiles = map_mut(&mut top, "nodeprofiles");
+            let resources = map_mut(map_mut(profiles, "default"), "resources");
+            match resources.get_mut("fstab") {
+                None => {
+                    resources.insert(s("fstab"), Value::Sequence(fstab));
+                }
+                Some(Value::Sequence(q)) => q.extend(fstab),
+                Some(_) => r.add(
+                    "nodeprofiles.default.resources.fstab",
+                    NoteKind::Check,
+                    "is not a list: the NFS mounts of warewulf.conf were not added",
+                ),
+            }
+            r.add(
+                "nodeprofiles.default.resources.fstab",
+                NoteKind::Converted,
+                format!("{n} NFS mount(s) from warewulf.conf"),
+            );
         }
     }
     if defaults {
@@ -950,6 +1026,35 @@ mod tests {
         assert_eq!(d.runtime_overlay, GENERIC_SPLIT);
         assert_eq!(d.init.as_deref(), Some("/sbin/init"));
         assert_eq!(d.kernel.as_ref().unwrap().args, ["quiet"], "existing args are kept");
+    }
+
+    /// `--with-warewulfconf`: NFS exports to mount become `fstab` entries of `default`,
+    /// after any it has.
+    #[test]
+    fn nfs_mounts_from_warewulf_conf() {
+        let nodes = "nodeprofiles:\n  default:\n    resources:\n      fstab:\n      - {spec: /dev/sda1, file: /scratch, vfstype: xfs}\n";
+        let conf = "nfs:\n  export paths:\n  - {path: /home, mount options: \"defaults,nofail\", mount: true}\n  - {path: /srv, mount: false}\n";
+        let (yaml, notes) = upgrade_nodes_with(nodes, false, false, Some(conf)).unwrap();
+        let c = crate::model::parse_nodes_conf(&yaml).unwrap();
+        let fstab = c.nodeprofiles["default"].resources["fstab"].as_array().unwrap().clone();
+        assert_eq!(fstab.len(), 2);
+        assert_eq!(fstab[0]["file"], "/scratch");
+        assert_eq!(fstab[1]["spec"], "warewulf:/home");
+        assert_eq!(fstab[1]["mntops"], "defaults,nofail");
+        assert!(has(
+            &notes,
+            NoteKind::Converted,
+            "nodeprofiles.default.resources.fstab",
+            "1 NFS mount"
+        ));
+        // Warewulf 4.2: a plain list of exports, every one mounted.
+        let (yaml, _) =
+            upgrade_nodes_with("nodes: {}\n", false, false, Some("nfs:\n  exports: [/home, /opt]\n")).unwrap();
+        let c = crate::model::parse_nodes_conf(&yaml).unwrap();
+        assert_eq!(
+            c.nodeprofiles["default"].resources["fstab"].as_array().unwrap().len(),
+            2
+        );
     }
 
     #[test]
