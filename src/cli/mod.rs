@@ -10,8 +10,12 @@
 //! to the current version; `edit` sends whole objects conditional on the version
 //! it read, so a concurrent change is reported instead of overwritten.
 //!
-//! One file per verb group: `objects.rs` (`node`, `profile`), [`image`], [`overlay`], `cluster.rs`;
+//! One file per verb group: `objects.rs` (`node`, `profile`), [`image`], [`overlay`], `cluster.rs`,
+//! [`ssh`], [`clean`], [`configure`], [`upgrade`], [`genconfig`];
 //! [`fields`] holds the object field flags, [`output`] tables/YAML/JSON.
+//!
+//! Exit codes (`src/bin/wwctl.rs`): 0 done, 1 an error returned by [`run`], 2 a usage
+//! error — clap's own, or a `clap::Error` that [`run`] returns for one it finds later.
 
 pub mod audit;
 pub mod clean;
