@@ -175,6 +175,10 @@ pub fn print_checks(rows: &[CheckRow], fmt: Format, out: &mut dyn Write) -> Resu
         }
         Format::Yaml => out.write_all(serde_yaml_ng::to_string(rows)?.as_bytes())?,
         Format::Table => {
+            // The head that answered: the first of --heads that is up, so say which.
+            if let Some(h) = rows.first().map(|c| c.head) {
+                writeln!(out, "Boot services of head {h}:")?;
+            }
             let lines = rows.iter().map(|c| {
                 vec![
                     c.service.clone(),
