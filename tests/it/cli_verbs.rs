@@ -255,6 +255,21 @@ async fn upgrade_warewulf_files_of_each_version() {
         previous
     );
 
+    // `--output-path -`: the file on stdout, the notes on stderr.
+    let input = fixtures.join("ww4.4-nodes.conf");
+    let (code, stdout, stderr) = wwctl(
+        "127.0.0.1:1",
+        &["upgrade", "nodes", "-i", input.to_str().unwrap(), "--output-path", "-"],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        wulfpack::model::parse_nodes_conf(&stdout).unwrap(),
+        wulfpack::model::parse_nodes_conf(&std::fs::read_to_string(fixtures.join("ww4.4-nodes.upgraded")).unwrap())
+            .unwrap()
+    );
+    assert!(stderr.contains("dropped   (top): `WW_INTERNAL`"), "{stderr}");
+
     let input = fixtures.join("ww4.5-warewulf.conf");
     let output = dir.path().join("wulfd.yaml");
     let report = local(&[
