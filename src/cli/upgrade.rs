@@ -829,17 +829,20 @@ pub fn upgrade_config(
     if let Some(a) = server {
         tftp.listen = crate::boot::tftp::Listen::One(format!("{a}:69"));
     }
+    // `..Default::default()`: a boot section added later keeps its default here.
+    #[allow(clippy::needless_update)]
     let boot = crate::daemon::config::BootConfig {
         dhcp: dhcp_wire,
         tftp,
         http: crate::boot::http::BootHttpConfig {
-            ipxe_templates: None,
             secure,
+            ..Default::default()
         },
         overlays: crate::daemon::config::OverlaysConfig {
             warewulf_conf: Some(source.to_path_buf()),
             ..Default::default()
         },
+        ..Default::default()
     };
     r.add(
         "nfs, ssh, fqdn, warewulf.autobuild overlays|host overlay|datastore",
@@ -852,22 +855,20 @@ pub fn upgrade_config(
     let advertise = server
         .map(|a| format!("{a}:9701"))
         .unwrap_or_else(|| "127.0.0.1:9701".into());
-    let cfg = crate::daemon::HeadConfig {
-        id: 1,
-        data_dir: "/var/lib/wulfpack".into(),
-        listen: "0.0.0.0:9701".into(),
-        advertise: Some(advertise.clone()),
-        http_listen: format!("0.0.0.0:{port}"),
-        http_advertise: None,
-        cluster_name: "wulfpack".into(),
-        bootstrap: vec![crate::daemon::Member { id: 1, addr: advertise }],
-        raft: Default::default(),
-        cache_mib: 64,
-        cas_gc_grace_secs: 3600,
-        cas_gc_interval_secs: 600,
-        boot,
-        artifacts: Default::default(),
-    };
+    // Built as YAML and read back as a `HeadConfig`: serde fills in every other key's
+    // default, and the file written is known to parse.
+    let mut head = Mapping::new();
+    head.insert(s("id"), Value::from(1));
+    head.insert(s("data_dir"), s("/var/lib/wulfpack"));
+    head.insert(s("listen"), s("0.0.0.0:9701"));
+    head.insert(s("advertise"), s(&advertise));
+    head.insert(s("http_listen"), s(&format!("0.0.0.0:{port}")));
+    let mut member = Mapping::new();
+    member.insert(s("id"), Value::from(1));
+    member.insert(s("addr"), s(&advertise));
+    head.insert(s("bootstrap"), Value::Sequence(vec![Value::Mapping(member)]));
+    head.insert(s("boot"), serde_yaml_ng::to_value(&boot)?);
+    let cfg: crate::daemon::HeadConfig = serde_yaml_ng::from_value(Value::Mapping(head))?;
     r.add(
         "id, bootstrap",
         NoteKind::Check,
