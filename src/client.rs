@@ -462,6 +462,23 @@ impl Client {
         .await
     }
 
+    /// `wwctl clean` on the first head that answers (a client of one head: that head).
+    /// Not hedged: two heads would answer for two stores.
+    pub async fn clean(&self, dry_run: bool, min_age_secs: u64) -> Result<pb::CleanReply, ClientError> {
+        self.retry(Spread::Whole, |mut c, t| async move {
+            c.clean(timed(pb::CleanRequest { dry_run, min_age_secs }, t)).await
+        })
+        .await
+    }
+
+    /// The boot services check of the first head that answers (`wwctl configure`).
+    pub async fn boot_services(&self) -> Result<pb::BootServicesReply, ClientError> {
+        self.retry(Spread::Whole, |mut c, t| async move {
+            c.boot_services(timed(pb::Empty {}, t)).await
+        })
+        .await
+    }
+
     /// Create, delete or change an overlay. Runs on one head at a time (the head does
     /// a read-modify-write); the request id makes a retry on another head apply once.
     pub async fn overlay_change(

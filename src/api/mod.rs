@@ -11,6 +11,9 @@
 //! to another head instead of hanging on an open port.
 
 pub mod auth;
+mod housekeeping;
+
+pub use housekeeping::BootFacts;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -51,6 +54,10 @@ pub struct Services {
     pub ca: Option<Arc<crate::pki::Ca>>,
     /// IPMI power and sensors (`wwctl power`, `node sensors`).
     pub power: crate::power::Power,
+    /// This head's blob store (`Clean`).
+    pub cas: crate::cas::Cas,
+    /// What this head's boot services were started with (`BootServices`).
+    pub boot: Arc<BootFacts>,
 }
 
 /// A service that answers `Unavailable` until its head is ready to serve it.
@@ -467,6 +474,36 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn clean(&self, req: GrpcRequest<pb::CleanRequest>) -> Result<Response<pb::CleanReply>, Status> {
+        let s = self.gate.get()?;
+        let r = req.into_inner();
+        // The same set the artifact sync fetches and the periodic GC keeps.
+        let referenced: std::collections::HashSet<crate::cas::Digest> = s
+            .cluster
+            .state()
+            .read(|st| crate::cas::sync::referenced(st).into_keys().collect());
+        let (cas, id) = (s.cas.clone(), s.cluster.id());
+        let min_age = Duration::from_secs(r.min_age_secs);
+        let reply = tokio::task::spawn_blocking(move || housekeeping::clean(id, &cas, &referenced, r.dry_run, min_age))
+            .await
+            .map_err(|e| Status::internal(format!("clean: {e}")))??;
+        Ok(Response::new(reply))
+    }
+
+    async fn boot_services(&self, _req: GrpcRequest<pb::Empty>) -> Result<Response<pb::BootServicesReply>, Status> {
+        let s = self.gate.get()?;
+        let me = s.cluster.id();
+        let racks: Vec<String> = {
+            let v = s.view.borrow();
+            v.racks
+                .iter()
+                .filter(|(_, r)| r.position(me).is_some())
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        Ok(Response::new(housekeeping::boot_services(me, &s.boot, racks).await))
+    }
+
     async fn overlay_build(
         &self,
         req: GrpcRequest<pb::OverlayBuildRequest>,
@@ -604,7 +641,9 @@ impl pb::admin_server::Admin for AdminService {
         let who = operator(&req);
         let r = req.into_inner();
         Ok(Response::new(streamed(who, move |p| async move {
-            images.exec_finish(&r.name, &r.token, r.version, r.changed, p).await
+            images
+                .exec_finish(&r.name, &r.token, r.version, r.changed, !r.skip_build, p)
+                .await
         })))
     }
 

@@ -15,6 +15,10 @@ async fn main() {
     let cli = wulfpack::cli::Cli::parse();
     let mut out = std::io::stdout().lock();
     if let Err(e) = wulfpack::cli::run(cli, &mut out).await {
+        // A usage error found after parsing exits as clap's own do (2).
+        if let Some(usage) = e.downcast_ref::<clap::Error>() {
+            usage.exit();
+        }
         eprintln!("ERROR: {}", wulfpack::error::report(e.as_ref()));
         std::process::exit(1);
     }

@@ -1,5 +1,10 @@
 //! `wwctl configure hostfile|nfs|ssh`: Warewulf's host overlay applied to the head itself,
-//! and the cluster's SSH keys.
+//! and the cluster's SSH keys. `configure dhcp|tftp|warewulfd`: Warewulf writes and
+//! restarts dhcpd, tftpd and its own daemon there; a wulfpack head serves DHCP, TFTP
+//! and HTTP boot itself from `wulfd.yaml`, so these check the asked head's boot services
+//! instead (interfaces and subnets, TFTP root and the iPXE binaries, the HTTP listener)
+//! and report every finding; a finding that stops a service from serving makes the
+//! command fail. `configure --all` runs every one of them.
 //!
 //! The head asked renders the `host` overlay's template for itself (as Warewulf renders
 //! it for the server, a node named after this machine), and `wwctl` writes the result
@@ -14,10 +19,33 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
+use super::output::{table, Format};
 use crate::client::Client;
+
+/// `wwctl configure [--all | SERVICE]`.
+#[derive(clap::Args, Debug)]
+#[command(arg_required_else_help = true, args_conflicts_with_subcommands = true)]
+pub struct ConfigureArgs {
+    /// Configure (and check) every service: warewulfd, tftp, dhcp, nfs, ssh, hostfile.
+    #[arg(short, long)]
+    pub all: bool,
+    /// With --all: write the host overlay's files under this directory instead of /
+    /// (for a test or a review; NFS is then not reloaded).
+    #[arg(long, default_value = "/", requires = "all")]
+    pub root: PathBuf,
+    #[command(subcommand)]
+    pub cmd: Option<ConfigureCmd>,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigureCmd {
+    /// Check this head's DHCP service: interfaces, subnets, pools, racks it serves.
+    Dhcp,
+    /// Check this head's TFTP service: its root and the iPXE binaries DHCP hands out.
+    Tftp,
+    /// Check this head's HTTP boot service (Warewulf's warewulfd): listener, secure
+    /// mode, overlays.
+    Warewulfd,
     /// Write the head's /etc/hosts: its own top block, then every node (host overlay).
     Hostfile {
         /// Write under this directory instead of / (for a test or a review).
@@ -57,7 +85,120 @@ fn this_host() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-pub async fn run(client: &Client, cmd: ConfigureCmd, out: &mut dyn Write) -> Result<()> {
+pub async fn run(client: &Client, args: ConfigureArgs, fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
+    match args.cmd {
+        Some(ConfigureCmd::Dhcp) => return services(client, &["dhcp"], fmt, out).await,
+        Some(ConfigureCmd::Tftp) => return services(client, &["tftp"], fmt, out).await,
+        Some(ConfigureCmd::Warewulfd) => return services(client, &["warewulfd"], fmt, out).await,
+        Some(cmd) => return host(client, cmd, out).await,
+        None if args.all => {}
+        // A usage error (exit 2), as clap's own.
+        None => {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::MissingSubcommand,
+                "wwctl configure: give a service (dhcp, tftp, warewulfd, nfs, ssh, hostfile) or --all\n",
+            )
+            .into())
+        }
+    }
+    // Warewulf's order. The TLS step (certificates of the admin API) goes first when it
+    // exists: the PKI work adds `ConfigureCmd::Tls` and calls it here.
+    let checked = services(client, &["warewulfd", "tftp", "dhcp"], fmt, out).await;
+    let root = args.root;
+    host(client, ConfigureCmd::Nfs { root: root.clone() }, out).await?;
+    host(
+        client,
+        ConfigureCmd::Ssh {
+            key_types: ["ed25519", "ecdsa", "rsa"].map(String::from).to_vec(),
+            replace: false,
+            root: root.clone(),
+        },
+        out,
+    )
+    .await?;
+    host(client, ConfigureCmd::Hostfile { root }, out).await?;
+    checked
+}
+
+/// One finding of `configure dhcp|tftp|warewulfd` (`-o json|yaml` prints a list).
+#[derive(Debug, serde::Serialize)]
+pub struct CheckRow {
+    pub head: u64,
+    pub service: String,
+    pub item: String,
+    /// ok, warn (serves, but look), fail (does not serve).
+    pub state: String,
+    pub detail: String,
+}
+
+/// Ask the head for its boot services check and print the findings of `which`; fail
+/// when one of them is `fail`.
+async fn services(client: &Client, which: &[&str], fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
+    let r = client
+        .boot_services()
+        .await
+        .context("checking the head's boot services")?;
+    let rows: Vec<CheckRow> = r
+        .checks
+        .into_iter()
+        .filter(|c| which.contains(&c.service.as_str()))
+        .map(|c| CheckRow {
+            head: r.head_id,
+            service: c.service,
+            item: c.item,
+            state: c.state,
+            detail: c.detail,
+        })
+        .collect();
+    print_checks(&rows, fmt.unwrap_or(Format::Table), out)?;
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|c| c.state == "fail")
+        .map(|c| format!("{} {}", c.service, c.item))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "head {}: {} check(s) failed ({}); fix wulfd.yaml or the host as the details say, then restart wulfd",
+            r.head_id,
+            failed.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn print_checks(rows: &[CheckRow], fmt: Format, out: &mut dyn Write) -> Result<()> {
+    match fmt {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, rows)?;
+            writeln!(out)?;
+        }
+        Format::Yaml => out.write_all(serde_yaml_ng::to_string(rows)?.as_bytes())?,
+        Format::Table => {
+            // The head that answered: the first of --heads that is up, so say which.
+            if let Some(h) = rows.first().map(|c| c.head) {
+                writeln!(out, "Boot services of head {h}:")?;
+            }
+            let lines = rows.iter().map(|c| {
+                vec![
+                    c.service.clone(),
+                    c.item.clone(),
+                    c.state.to_uppercase(),
+                    if c.detail.is_empty() {
+                        "--".into()
+                    } else {
+                        c.detail.clone()
+                    },
+                ]
+            });
+            out.write_all(table(&["SERVICE", "ITEM", "STATE", "DETAIL"], lines).as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// `hostfile`, `nfs`, `ssh`: the host overlay on this head.
+async fn host(client: &Client, cmd: ConfigureCmd, out: &mut dyn Write) -> Result<()> {
     let (template, root) = match &cmd {
         ConfigureCmd::Hostfile { root } => ("/etc/hosts.ww", root),
         ConfigureCmd::Nfs { root } => ("/etc/exports.ww", root),
@@ -66,6 +207,7 @@ pub async fn run(client: &Client, cmd: ConfigureCmd, out: &mut dyn Write) -> Res
             replace,
             root,
         } => return ssh(client, key_types, *replace, root, out).await,
+        ConfigureCmd::Dhcp | ConfigureCmd::Tftp | ConfigureCmd::Warewulfd => unreachable!("checked in run"),
     };
     let files = client
         .overlay_render("host", template, &this_host())

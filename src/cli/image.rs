@@ -94,10 +94,22 @@ pub enum ImageCmd {
     },
     /// Copy an image under a new name (blobs are shared).
     #[command(alias = "cp")]
-    Copy { from: String, to: String },
+    Copy {
+        from: String,
+        to: String,
+        /// Build the copy afterwards.
+        #[arg(short = 'b', long)]
+        build: bool,
+    },
     /// Rename an image; nodes and profiles using it follow.
     #[command(alias = "mv")]
-    Rename { from: String, to: String },
+    Rename {
+        from: String,
+        to: String,
+        /// Build the image afterwards.
+        #[arg(short = 'b', long)]
+        build: bool,
+    },
     /// List the kernels found in images.
     Kernels { names: Vec<String> },
     /// Run a command inside an image (chroot), then rebuild it.
@@ -106,9 +118,30 @@ pub enum ImageCmd {
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
+        #[command(flatten)]
+        opts: ExecOpts,
     },
     /// Open a shell inside an image (chroot), then rebuild it.
-    Shell { name: String },
+    Shell {
+        name: String,
+        #[command(flatten)]
+        opts: ExecOpts,
+    },
+}
+
+/// `image exec|shell` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExecOpts {
+    /// SOURCE[:DESTINATION[:ro|copy]]: bind a path of this machine (which must exist)
+    /// into the image while the command runs, at DESTINATION (default: the same path);
+    /// `ro` read-only; `copy` copies the file in instead and removes it afterwards.
+    /// Nothing of a bind stays in the image. Repeatable.
+    #[arg(short = 'b', long = "bind", value_name = "SOURCE[:DEST[:ro|copy]]")]
+    pub binds: Vec<String>,
+    /// Rebuild the image afterwards (`--build=false`: keep the changes, nodes boot the
+    /// previous build until `wwctl image build`).
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub build: bool,
 }
 
 pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
@@ -252,7 +285,7 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                 writeln!(out, "Deleted image {name}")?;
             }
         }
-        ImageCmd::Copy { from, to } => {
+        ImageCmd::Copy { from, to, build } => {
             client
                 .write(Command::Image(ImageCommand::Copy {
                     from: from.clone(),
@@ -260,8 +293,12 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                 }))
                 .await?;
             writeln!(out, "Copied image {from} to {to}")?;
+            if build {
+                let e = follow(client.image_build(&to, false).await?).await?;
+                writeln!(out, "Built image {to}: {}", summary(&e))?;
+            }
         }
-        ImageCmd::Rename { from, to } => {
+        ImageCmd::Rename { from, to, build } => {
             let w = client
                 .write(Command::Image(ImageCommand::Rename {
                     from: from.clone(),
@@ -270,6 +307,10 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                 .await?;
             let moved = w.outcome.changed_count().saturating_sub(1);
             writeln!(out, "Renamed image {from} to {to} ({moved} node(s)/profile(s) updated)")?;
+            if build {
+                let e = follow(client.image_build(&to, false).await?).await?;
+                writeln!(out, "Built image {to}: {}", summary(&e))?;
+            }
         }
         ImageCmd::Kernels { names } => {
             let names = if names.is_empty() {
@@ -292,10 +333,10 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
             }
             out.write_all(table(&["IMAGE", "KERNEL VERSION", "PATH", "BOOTS"], rows).as_bytes())?;
         }
-        ImageCmd::Exec { name, cmd } => exec(client, &name, &cmd, out).await?,
-        ImageCmd::Shell { name } => {
+        ImageCmd::Exec { name, cmd, opts } => exec(client, &name, &cmd, &opts, out).await?,
+        ImageCmd::Shell { name, opts } => {
             let shell = vec!["/bin/sh".to_string(), "-l".to_string()];
-            exec(client, &name, &shell, out).await?
+            exec(client, &name, &shell, &opts, out).await?
         }
     }
     Ok(())
@@ -530,7 +571,9 @@ async fn follow(mut s: tonic::Streaming<pb::ImageEvent>) -> Result<ImageEntry> {
 }
 
 /// Run `cmd` chrooted in the image's tree on this machine, then let the head rebuild.
-async fn exec(client: &Client, name: &str, cmd: &[String], out: &mut dyn Write) -> Result<()> {
+async fn exec(client: &Client, name: &str, cmd: &[String], opts: &ExecOpts, out: &mut dyn Write) -> Result<()> {
+    // Checked before the head prepares anything.
+    let binds = opts.binds.iter().map(|b| Bind::parse(b)).collect::<Result<Vec<_>>>()?;
     let prep = client.image_exec_prepare(name).await?;
     let rootfs = Path::new(&prep.rootfs);
     let token_path = rootfs.parent().map(|p| p.join(EXEC_TOKEN_FILE));
@@ -538,7 +581,11 @@ async fn exec(client: &Client, name: &str, cmd: &[String], out: &mut dyn Write) 
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .is_some_and(|t| t == prep.token);
-    let status = if local { Some(chroot_run(rootfs, cmd)) } else { None };
+    let status = if local {
+        Some(chroot_run(rootfs, cmd, &binds))
+    } else {
+        None
+    };
     let ok = matches!(status, Some(Ok(s)) if s.success());
     // Always close the session, keeping changes only after a successful command.
     let e = follow(
@@ -548,6 +595,7 @@ async fn exec(client: &Client, name: &str, cmd: &[String], out: &mut dyn Write) 
                 token: prep.token,
                 version: prep.version,
                 changed: ok,
+                skip_build: !opts.build,
             })
             .await?,
     )
@@ -560,6 +608,13 @@ async fn exec(client: &Client, name: &str, cmd: &[String], out: &mut dyn Write) 
         ),
         Some(Err(e)) => Err(e),
         Some(Ok(s)) if !s.success() => bail!("command failed ({s}); the image was left unchanged"),
+        Some(Ok(_)) if !opts.build => {
+            writeln!(
+                out,
+                "Kept the changes to image {name} without a build (nodes boot the previous build until `wwctl image build {name}`)"
+            )?;
+            Ok(())
+        }
         Some(Ok(_)) => {
             writeln!(out, "Rebuilt image {name}: {}", summary(&e))?;
             Ok(())
@@ -567,28 +622,256 @@ async fn exec(client: &Client, name: &str, cmd: &[String], out: &mut dyn Write) 
     }
 }
 
-/// chroot with /dev, /proc and /sys in a private mount namespace (util-linux
-/// `unshare`), so nothing stays mounted on the head afterwards.
-fn chroot_run(rootfs: &Path, cmd: &[String]) -> Result<std::process::ExitStatus> {
+/// How a `--bind` puts a path of this machine into the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BindMode {
+    ReadWrite,
+    ReadOnly,
+    Copy,
+}
+
+/// One `--bind SOURCE[:DEST[:ro|copy]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Bind {
+    source: std::path::PathBuf,
+    /// Inside the image, relative to its root (no `..`).
+    dest: std::path::PathBuf,
+    mode: BindMode,
+}
+
+impl Bind {
+    fn parse(spec: &str) -> Result<Bind> {
+        let mut parts = spec.splitn(3, ':');
+        let source = parts.next().unwrap_or_default();
+        let dest = parts.next().filter(|d| !d.is_empty()).unwrap_or(source);
+        let mode = match parts.next() {
+            None | Some("") | Some("rw") => BindMode::ReadWrite,
+            Some("ro") => BindMode::ReadOnly,
+            Some("copy") => BindMode::Copy,
+            Some(m) => bail!("--bind {spec}: {m:?} is not ro or copy"),
+        };
+        if !source.starts_with('/') || !dest.starts_with('/') {
+            bail!("--bind {spec}: give absolute paths, SOURCE[:DEST[:ro|copy]]");
+        }
+        let src = std::path::PathBuf::from(source);
+        if !src.exists() {
+            bail!("--bind {spec}: {source} does not exist on this machine");
+        }
+        if mode == BindMode::Copy && !src.is_file() {
+            bail!("--bind {spec}: copy takes a file; bind a directory without :copy");
+        }
+        let rel = Path::new(dest).strip_prefix("/").expect("absolute");
+        if rel.as_os_str().is_empty() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            bail!("--bind {spec}: the destination must be a path below / without `..`");
+        }
+        Ok(Bind {
+            source: src,
+            dest: rel.to_path_buf(),
+            mode,
+        })
+    }
+}
+
+/// What a bind changed in the tree, undone after the command so that nothing of it
+/// is captured into the image.
+#[derive(Debug, Default)]
+struct BindUndo {
+    /// Created (the topmost new directory or the new file), removed afterwards.
+    created: Vec<std::path::PathBuf>,
+    /// (destination, its original moved aside) of a `copy` over an existing file.
+    moved: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl BindUndo {
+    fn undo(self) -> Result<()> {
+        let mut errors = Vec::new();
+        for p in self.created.iter().rev() {
+            let r = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+            if let Err(e) = r {
+                errors.push(format!("{}: {e}", p.display()));
+            }
+        }
+        for (dest, saved) in self.moved.iter().rev() {
+            if let Err(e) = std::fs::rename(saved, dest) {
+                errors.push(format!("restoring {}: {e}", dest.display()));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("cleaning up after --bind: {}", errors.join("; "))
+        }
+    }
+}
+
+/// Make every destination exist in the tree (refusing a symlink on the way, which
+/// would lead the mount or copy outside the image); `copy` binds are copied here.
+fn prepare_binds(rootfs: &Path, binds: &[Bind], undo: &mut BindUndo) -> Result<()> {
+    for b in binds {
+        let mut at = rootfs.to_path_buf();
+        let n = b.dest.components().count();
+        for (i, c) in b.dest.components().enumerate() {
+            at.push(c);
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.file_type().is_symlink() => bail!(
+                    "--bind: /{} in the image is a symlink; bind to the path it points to instead",
+                    at.strip_prefix(rootfs).unwrap_or(&at).display()
+                ),
+                Ok(m) if i + 1 < n && !m.is_dir() => bail!(
+                    "--bind: /{} in the image is not a directory",
+                    at.strip_prefix(rootfs).unwrap_or(&at).display()
+                ),
+                Ok(_) => {}
+                Err(_) if i + 1 < n => {
+                    std::fs::create_dir(&at).with_context(|| format!("creating {}", at.display()))?;
+                    undo.created.push(at.clone());
+                    // Everything below is new too: removing this removes it.
+                    let rest: std::path::PathBuf = b.dest.components().skip(i + 1).collect();
+                    let full = at.join(rest);
+                    create_dest(&b.source, &full, b.mode)?;
+                    break;
+                }
+                Err(_) => {
+                    create_dest(&b.source, &at, b.mode)?;
+                    undo.created.push(at.clone());
+                }
+            }
+            if i + 1 == n && b.mode == BindMode::Copy && !undo.created.contains(&at) {
+                // Copy over an existing file: keep the original aside.
+                let saved = at.with_file_name(format!(
+                    ".{}.wwctl-bind-saved",
+                    at.file_name().unwrap_or_default().to_string_lossy()
+                ));
+                std::fs::rename(&at, &saved).with_context(|| format!("moving {} aside", at.display()))?;
+                undo.moved.push((at.clone(), saved));
+                create_dest(&b.source, &at, b.mode)?;
+                undo.created.push(at.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A mount point (an empty file or directory like the source) or the copied file.
+fn create_dest(source: &Path, dest: &Path, mode: BindMode) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let r = match mode {
+        BindMode::Copy => std::fs::copy(source, dest).map(drop),
+        _ if source.is_dir() => std::fs::create_dir(dest),
+        _ => std::fs::File::create(dest).map(drop),
+    };
+    r.with_context(|| format!("creating {} for --bind", dest.display()))
+}
+
+/// chroot with /dev, /proc, /sys and the `--bind` mounts in a private mount namespace
+/// (util-linux `unshare`), so nothing stays mounted on the head afterwards; what the
+/// binds created in the tree is removed before the tree is captured.
+fn chroot_run(rootfs: &Path, cmd: &[String], binds: &[Bind]) -> Result<std::process::ExitStatus> {
     for d in ["dev", "proc", "sys"] {
         std::fs::create_dir_all(rootfs.join(d)).with_context(|| format!("cannot create /{d} in the image"))?;
     }
-    let script = r#"set -e; R="$1"; shift
-mount --rbind /dev "$R/dev"
-mount -t proc proc "$R/proc"
-mount -t sysfs sysfs "$R/sys"
-exec chroot "$R" "$@""#;
-    std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"])
-        .arg(rootfs)
-        .args(cmd)
-        .status()
-        .context("cannot run unshare (util-linux) to enter the image")
+    let mut undo = BindUndo::default();
+    let prepared = prepare_binds(rootfs, binds, &mut undo);
+    let status = prepared.and_then(|()| {
+        // Paths go in by environment, never into the script text.
+        let mut script = String::from(
+            "set -e; R=\"$1\"; shift\nmount --rbind /dev \"$R/dev\"\nmount -t proc proc \"$R/proc\"\nmount -t sysfs sysfs \"$R/sys\"\n",
+        );
+        let mut command = std::process::Command::new("unshare");
+        for (i, b) in binds.iter().enumerate().filter(|(_, b)| b.mode != BindMode::Copy) {
+            command.env(format!("WWCTL_BIND_SRC_{i}"), &b.source);
+            command.env(format!("WWCTL_BIND_DST_{i}"), &b.dest);
+            script.push_str(&format!("mount --bind \"$WWCTL_BIND_SRC_{i}\" \"$R/$WWCTL_BIND_DST_{i}\"\n"));
+            if b.mode == BindMode::ReadOnly {
+                script.push_str(&format!("mount -o remount,bind,ro \"$R/$WWCTL_BIND_DST_{i}\"\n"));
+            }
+        }
+        script.push_str("exec chroot \"$R\" \"$@\"");
+        command
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"])
+            .arg(rootfs)
+            .args(cmd)
+            .status()
+            .context("cannot run unshare (util-linux) to enter the image")
+    });
+    // Undo even when the command failed: the tree is reused by the next exec.
+    let undone = undo.undo();
+    let status = status?;
+    undone?;
+    Ok(status)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_specs() {
+        let b = Bind::parse("/etc/hosts").unwrap();
+        assert_eq!(
+            (b.source.as_path(), b.dest.as_path(), b.mode),
+            (Path::new("/etc/hosts"), Path::new("etc/hosts"), BindMode::ReadWrite)
+        );
+        let b = Bind::parse("/etc/hosts:/mnt/h:ro").unwrap();
+        assert_eq!((b.dest.as_path(), b.mode), (Path::new("mnt/h"), BindMode::ReadOnly));
+        let b = Bind::parse("/etc/hosts::copy").unwrap();
+        assert_eq!((b.dest.as_path(), b.mode), (Path::new("etc/hosts"), BindMode::Copy));
+        for bad in [
+            "etc/hosts",
+            "/etc/hosts:rel",
+            "/etc/hosts:/a/../b",
+            "/etc/hosts:/:ro",
+            "/etc/hosts:/x:rx",
+            "/no/such/path",
+            "/etc::copy",
+        ] {
+            assert!(Bind::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The destinations are made in the tree and removed again; a copy over an
+    /// existing file restores it; a symlink on the way is refused.
+    #[test]
+    fn binds_leave_nothing_in_the_tree() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::fs::write(r.join("etc/hosts"), "image's\n").unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("f"), "host's\n").unwrap();
+        let f = src.path().join("f");
+        let specs = [
+            format!("{}:/etc/hosts:copy", f.display()),
+            format!("{}:/new/deep/dir", src.path().display()),
+            format!("{}:/etc/newfile:ro", f.display()),
+        ];
+        let binds: Vec<Bind> = specs.iter().map(|s| Bind::parse(s).unwrap()).collect();
+        let mut undo = BindUndo::default();
+        prepare_binds(r, &binds, &mut undo).unwrap();
+        assert_eq!(std::fs::read_to_string(r.join("etc/hosts")).unwrap(), "host's\n");
+        assert!(r.join("new/deep/dir").is_dir());
+        assert!(r.join("etc/newfile").is_file());
+        undo.undo().unwrap();
+        assert_eq!(std::fs::read_to_string(r.join("etc/hosts")).unwrap(), "image's\n");
+        assert!(!r.join("new").exists() && !r.join("etc/newfile").exists());
+        let names: Vec<_> = std::fs::read_dir(r.join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["hosts"]);
+
+        std::os::unix::fs::symlink("/etc", r.join("link")).unwrap();
+        let b = Bind::parse(&format!("{}:/link/x", f.display())).unwrap();
+        let e = prepare_binds(r, &[b], &mut BindUndo::default()).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert!(!Path::new("/etc/x").exists());
+    }
 
     #[test]
     fn default_names() {

@@ -10,20 +10,28 @@
 //! to the current version; `edit` sends whole objects conditional on the version
 //! it read, so a concurrent change is reported instead of overwritten.
 //!
-//! One file per verb group: `objects.rs` (`node`, `profile`), [`image`], [`overlay`], `cluster.rs`;
+//! One file per verb group: `objects.rs` (`node`, `profile`), [`image`], [`overlay`], `cluster.rs`,
+//! [`ssh`], [`clean`], [`configure`], [`upgrade`], [`genconfig`];
 //! [`fields`] holds the object field flags, [`output`] tables/YAML/JSON.
+//!
+//! Exit codes (`src/bin/wwctl.rs`): 0 done, 1 an error returned by [`run`], 2 a usage
+//! error — clap's own, or a `clap::Error` that [`run`] returns for one it finds later.
 
 mod access;
 pub mod audit;
+pub mod clean;
 mod cluster;
 pub mod configure;
 pub mod fields;
+pub mod genconfig;
 pub mod image;
 mod objects;
 pub mod output;
 pub mod overlay;
 pub mod power;
 pub mod rack;
+pub mod ssh;
+pub mod upgrade;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -98,12 +106,22 @@ pub enum Top {
     Version,
     /// Show who changed what and when (the replicated audit log of operators' writes).
     Audit(audit::AuditArgs),
-    /// Configure this head's own services from the host overlay.
-    #[command(subcommand)]
-    Configure(configure::ConfigureCmd),
+    /// Configure this head's own services from the host overlay; check its boot services.
+    Configure(configure::ConfigureArgs),
+    /// Remove blobs that nothing references from every head's store (now, not at the
+    /// next periodic GC).
+    Clean(clean::CleanArgs),
+    /// Run a command on nodes over SSH in parallel (`wwctl ssh n[01-10] -- uptime`).
+    Ssh(ssh::SshArgs),
     /// Node power through IPMI (ipmitool), run by the head that serves each node's rack.
     #[command(subcommand)]
     Power(power::PowerCmd),
+    /// Generate man pages, shell completions and the command reference.
+    #[command(subcommand)]
+    Genconfig(genconfig::GenconfigCmd),
+    /// Upgrade Warewulf 4.2–4.7 files (nodes.conf, warewulf.conf) to wulfpack's forms.
+    #[command(subcommand)]
+    Upgrade(upgrade::UpgradeCmd),
 }
 
 /// `wwctl`'s config file.
@@ -212,6 +230,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         .with_deadline(timeout)
         .until(std::time::Instant::now() + timeout);
     let fmt = cli.output;
+    // Verbs that read and write local files only: no head is asked.
+    let cli = match cli.cmd {
+        Top::Genconfig(c) => return genconfig::run(c, out),
+        Top::Upgrade(c) => return upgrade::run(c, out),
+        _ => cli,
+    };
     match cli.cmd {
         Top::Node(c) => obj_cmd(&client, Kind::Node, c, fmt, out).await,
         Top::Profile(c) => obj_cmd(&client, Kind::Profile, c, fmt, out).await,
@@ -221,8 +245,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Rack(c) => rack::run(&client, c, fmt, out).await,
         Top::Version => version(&client, out).await,
         Top::Audit(a) => audit::run(&client, a, fmt, out).await,
-        Top::Configure(c) => configure::run(&client, c, out).await,
         Top::Power(c) => power::run(&client, c, fmt, out).await,
+        Top::Configure(c) => configure::run(&client, c, fmt, out).await,
+        Top::Clean(a) => clean::run(&client, a, fmt, out).await,
+        Top::Ssh(a) => ssh::run(&client, a, out).await,
+        Top::Genconfig(_) | Top::Upgrade(_) => unreachable!("handled above"),
     }
 }
 

@@ -259,9 +259,19 @@ impl Head {
             overlays: overlays.clone(),
             status,
             view,
-            boot_overlays,
             ca: tls.as_ref().and_then(|t| t.ca.clone()),
             power: crate::power::Power::new(cfg.power.clone()),
+            boot_overlays: boot_overlays.clone(),
+            cas: parts.cas.clone(),
+            boot: Arc::new(crate::api::BootFacts {
+                dhcp: cfg.dhcp.clone(),
+                tftp: cfg.tftp.clone(),
+                ipxe_dir: cfg.ipxe_dir.clone(),
+                http_listen: cfg.http_listen.clone(),
+                http_advertise: cfg.http_advertise.clone(),
+                secure: cfg.secure,
+                overlays: boot_overlays.is_some(),
+            }),
         });
         tracing::info!(id = cfg.id, "serving");
 

@@ -373,6 +373,7 @@ impl Images {
         token: &str,
         version: u64,
         changed: bool,
+        build: bool,
         progress: Progress,
     ) -> Result<ImageEntry, ImageError> {
         {
@@ -410,7 +411,11 @@ impl Images {
         // The tree on disk is exactly the captured layer.
         let marker = self.dir.join(name).join(LAYERS_MARKER);
         fs::write(&marker, layers_text(&entry.layers)).map_err(self.io(name, &marker))?;
-        self.build_into(name, &mut entry, &progress).await?;
+        // Without a build the archive stays the previous one; its build key no longer
+        // matches the layers, so the next `image build` builds.
+        if build {
+            self.build_into(name, &mut entry, &progress).await?;
+        }
         entry.updated = now();
         self.record(name, entry, version).await
     }

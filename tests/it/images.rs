@@ -297,6 +297,117 @@ async fn exec_changes_the_image_and_rebuilds_it() {
     c.shutdown().await;
 }
 
+/// `image exec --bind` (rw, ro, copy) shows host paths inside the command and leaves
+/// nothing of them in the image; `--build=false` keeps the changes without a build;
+/// `image copy|rename --build` build the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exec_binds_and_build_flags() {
+    if !is_root() {
+        eprintln!("SKIP: image exec needs root (mount namespace, chroot)");
+        return;
+    }
+    if !ensure_packages(&["busybox-static"]) {
+        eprintln!("SKIP: busybox-static is not available for a shell inside the image");
+        return;
+    }
+    let c = Cluster::start(1, settings()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_root(&src);
+    std::fs::copy("/bin/busybox", src.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", src.join("bin/sh")).unwrap();
+    ok(&c, &["image", "import", src.to_str().unwrap(), "bx"]).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("data"), "from the host\n").unwrap();
+    let data = host.join("data");
+    let (rw, ro, copy) = (
+        format!("{}:/mnt/hostdir", host.display()),
+        format!("{}:/opt/ro-data:ro", data.display()),
+        format!("{}:/etc/copied:copy", data.display()),
+    );
+    let out = ok(
+        &c,
+        &[
+            "image",
+            "exec",
+            "bx",
+            "--bind",
+            &rw,
+            "--bind",
+            &ro,
+            "--bind",
+            &copy,
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /mnt/hostdir/data /opt/ro-data /etc/copied > /etc/motd; echo seen > /mnt/hostdir/written; \
+             if echo x > /opt/ro-data; then exit 9; fi",
+        ],
+    )
+    .await;
+    assert!(out.contains("Rebuilt image bx"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(host.join("written")).unwrap(),
+        "seen\n",
+        "rw bind writes through"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&data).unwrap(),
+        "from the host\n",
+        "ro bind kept the file"
+    );
+    let e = entry(&c, "bx").await;
+    if let Some(dir) = unpack(
+        &c.ctx(0).cas.path(&e.artifact.clone().unwrap().digest),
+        &tmp.path().join("u1"),
+    ) {
+        assert_eq!(
+            std::fs::read_to_string(dir.join("etc/motd")).unwrap(),
+            "from the host\nfrom the host\nfrom the host\n"
+        );
+        for gone in ["mnt/hostdir", "opt/ro-data", "etc/copied", "opt"] {
+            assert!(!dir.join(gone).exists(), "{gone} of a bind stayed in the image");
+        }
+    }
+
+    // --build=false: the layers change, the archive does not; `image build` builds.
+    let out = ok(
+        &c,
+        &[
+            "image",
+            "exec",
+            "bx",
+            "--build=false",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo later > /etc/motd",
+        ],
+    )
+    .await;
+    assert!(out.contains("without a build"), "{out}");
+    let kept = entry(&c, "bx").await;
+    assert_eq!(kept.artifact, e.artifact, "no build");
+    assert_ne!(kept.layers, e.layers, "the change is recorded");
+    let built = ok(&c, &["image", "build", "bx"]).await;
+    assert!(built.contains("Built image bx"), "{built}");
+    assert_ne!(entry(&c, "bx").await.artifact, e.artifact);
+
+    let out = ok(&c, &["image", "copy", "bx", "bx2", "--build"]).await;
+    assert!(
+        out.contains("Copied image bx to bx2") && out.contains("Built image bx2"),
+        "{out}"
+    );
+    let out = ok(&c, &["image", "rename", "bx2", "bx3", "-b"]).await;
+    assert!(
+        out.contains("Renamed image bx2 to bx3") && out.contains("Built image bx3"),
+        "{out}"
+    );
+    assert!(entry(&c, "bx3").await.artifact.is_some());
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blob_gc_removes_what_no_image_references() {
     let c = Cluster::start_with(3, settings(), |cfg| {

@@ -29,6 +29,7 @@ mod artifacts;
 mod boot_http;
 mod chaos_checker;
 mod cli;
+mod cli_verbs;
 mod cluster;
 mod dhcp;
 mod dhcp_ifaces;
