@@ -25,6 +25,7 @@ const CONFIG_FILES: &[&str] = &[
     "src/boot/tftp/mod.rs",
     "src/boot/http/mod.rs",
     "src/cas/sync.rs",
+    "src/power/mod.rs",
 ];
 
 /// Writes `$OUT_DIR/config_reference.rs`: every struct and enum of [`CONFIG_FILES`]
