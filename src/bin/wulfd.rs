@@ -20,6 +20,11 @@ struct Args {
     /// RUST_LOG (e.g. `RUST_LOG=info,wulfpack::raft=debug`); see docs/OPERATIONS.md.
     #[arg(long, env = "WULFD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// As `insecure: true` in the config: plaintext gRPC without credentials, for test
+    /// harnesses that write their own config (Warewulf's conformance runner). Refused
+    /// with a `tls:` section in the config.
+    #[arg(long, env = "WULFD_INSECURE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
+    insecure: bool,
 }
 
 /// What wulfd logs when RUST_LOG is unset: info, except chatty dependencies; openraft's
@@ -45,7 +50,13 @@ fn main() {
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     wulfpack::logging::init(args.log_format, "RUST_LOG", default_logging());
-    let cfg = wulfpack::daemon::Settings::load(&args.config)?;
+    let cfg = if args.insecure {
+        let mut c = wulfpack::daemon::config::HeadConfig::load(&args.config)?;
+        c.insecure = true;
+        wulfpack::daemon::Settings::try_from(c)?
+    } else {
+        wulfpack::daemon::Settings::load(&args.config)?
+    };
     let grpc = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", cfg.listen))?;
