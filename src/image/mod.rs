@@ -27,6 +27,7 @@ pub mod build;
 pub mod kernel;
 pub mod layers;
 pub mod oci;
+pub mod syncuser;
 
 use std::collections::HashMap;
 use std::fs;
