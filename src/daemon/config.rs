@@ -508,3 +508,38 @@ fn server_conf(c: &HeadConfig, dhcp: &DhcpConfig) -> Result<crate::overlay::rend
     }
     Ok(server)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_mounts_become_bind_specs_under_the_host_root() {
+        let m = |source: &str, dest: Option<&str>, readonly, copy| ImageMount {
+            source: source.into(),
+            dest: dest.map(Into::into),
+            readonly,
+            copy,
+        };
+        let root = Path::new("/srv/head");
+        assert_eq!(
+            ImagesConfig::default().mounts[0].bind_spec(root).as_deref(),
+            Some("/srv/head/etc/resolv.conf:/etc/resolv.conf")
+        );
+        assert_eq!(
+            m("/etc/hosts", None, true, false).bind_spec(Path::new("/")).as_deref(),
+            Some("/etc/hosts:/etc/hosts:ro")
+        );
+        assert_eq!(
+            m("/etc/a", Some("/opt/b"), true, true).bind_spec(root).as_deref(),
+            Some("/srv/head/etc/a:/opt/b:copy")
+        );
+        assert_eq!(m("etc/a", None, false, false).bind_spec(root), None, "relative source");
+        assert_eq!(
+            m("/etc/a", Some("b"), false, false).bind_spec(root),
+            None,
+            "relative dest"
+        );
+        assert_eq!(m("/etc/a:b", None, false, false).bind_spec(root), None, "':' in a path");
+    }
+}
