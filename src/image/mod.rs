@@ -391,6 +391,11 @@ impl Images {
         progress: Progress,
     ) -> Result<(ImageEntry, syncuser::SyncReport), ImageError> {
         let _busy = self.lock(name)?;
+        // An open `image exec` has a command working in the tree; its finish captures
+        // the tree and would record (or lose) these changes with its own.
+        if self.sessions.lock().expect("sessions").contains_key(name) {
+            return Err(ImageError::Busy(name.into()));
+        }
         let cur = self.entry(name).await?;
         self.ensure_rootfs(name, &cur.value.layers, &progress).await?;
         let report = self.syncuser_tree(name, write, &progress).await?;
