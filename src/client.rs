@@ -525,6 +525,17 @@ impl Client {
         .await
     }
 
+    pub async fn image_syncuser(
+        &self,
+        req: pb::ImageSyncuserRequest,
+    ) -> Result<tonic::Streaming<pb::ImageEvent>, ClientError> {
+        self.retry(Spread::OneAtATime, |mut c, _| {
+            let req = req.clone();
+            async move { c.image_syncuser(req).await }
+        })
+        .await
+    }
+
     pub async fn image_exec_prepare(&self, name: &str) -> Result<pb::ImageExecPrepareReply, ClientError> {
         self.retry(Spread::OneAtATime, |mut c, t| {
             let name = name.to_string();

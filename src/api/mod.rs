@@ -158,6 +158,7 @@ fn event_pb(e: image::Event) -> pb::ImageEvent {
         done: e.done,
         total: e.total,
         entry_json: vec![],
+        report_json: vec![],
     }
 }
 
@@ -186,6 +187,17 @@ fn streamed<F>(who: String, op: impl FnOnce(Progress) -> F) -> EventStream
 where
     F: std::future::Future<Output = Result<crate::state::ImageEntry, image::ImageError>> + Send + 'static,
 {
+    streamed_with(who, move |p| {
+        let fut = op(p);
+        async move { fut.await.map(|e| (e, Vec::new())) }
+    })
+}
+
+/// [`streamed`] for operations that also return a report (JSON, on the last event).
+fn streamed_with<F>(who: String, op: impl FnOnce(Progress) -> F) -> EventStream
+where
+    F: std::future::Future<Output = Result<(crate::state::ImageEntry, Vec<u8>), image::ImageError>> + Send + 'static,
+{
     let (etx, mut erx) = tokio::sync::mpsc::channel::<image::Event>(256);
     let (otx, orx) = tokio::sync::mpsc::channel::<Result<pb::ImageEvent, Status>>(256);
     let fut = crate::cluster::OPERATOR.scope(who, op(Progress::new(etx)));
@@ -201,12 +213,13 @@ where
             let _ = otx.send(Ok(event_pb(ev))).await;
         }
         let last = match result {
-            Ok(entry) => Ok(pb::ImageEvent {
+            Ok((entry, report_json)) => Ok(pb::ImageEvent {
                 stage: "done".into(),
                 message: String::new(),
                 done: 1,
                 total: 1,
                 entry_json: serde_json::to_vec(&entry).expect("entry serializes"),
+                report_json,
             }),
             Err(e) => Err(status(&e)),
         };
@@ -570,6 +583,20 @@ impl pb::admin_server::Admin for AdminService {
     type ImageImportStream = EventStream;
     type ImageBuildStream = EventStream;
     type ImageExecFinishStream = EventStream;
+    type ImageSyncuserStream = EventStream;
+
+    async fn image_syncuser(
+        &self,
+        req: GrpcRequest<pb::ImageSyncuserRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let images = self.gate.get()?.images.clone();
+        let who = operator(&req);
+        let r = req.into_inner();
+        Ok(Response::new(streamed_with(who, move |p| async move {
+            let (entry, report) = images.syncuser(&r.name, r.write, r.build, p).await?;
+            Ok((entry, serde_json::to_vec(&report).expect("report serializes")))
+        })))
+    }
 
     async fn image_import(&self, req: GrpcRequest<pb::ImageImportRequest>) -> Result<Response<EventStream>, Status> {
         let images = self.gate.get()?.images.clone();
@@ -583,6 +610,7 @@ impl pb::admin_server::Admin for AdminService {
             platform: (!r.platform.is_empty()).then_some(r.platform),
             force: r.force,
             build: r.build,
+            syncuser: r.syncuser,
         };
         Ok(Response::new(streamed(who, move |p| async move {
             images.import(ir, p).await
@@ -630,6 +658,7 @@ impl pb::admin_server::Admin for AdminService {
             rootfs: p.rootfs.to_string_lossy().into_owned(),
             token: p.token,
             version: p.version,
+            mounts: p.mounts,
         }))
     }
 

@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::{table, Format};
 use crate::client::Client;
+use crate::image::syncuser::SyncReport;
 use crate::image::{human, EXEC_TOKEN_FILE};
 use crate::model;
 use crate::pb::admin as pb;
@@ -46,6 +47,9 @@ pub enum ImageCmd {
         /// Build the image after importing it.
         #[arg(long, default_value_t = true, action = ArgAction::Set)]
         build: bool,
+        /// Make the image's UIDs/GIDs the head's (as `image syncuser`) before building.
+        #[arg(long)]
+        syncuser: bool,
     },
     /// List images (names; with -l, -k, -s, -c or --compressed also the nodes using
     /// each, kernel, times and sizes, as Warewulf's `image list`).
@@ -81,6 +85,22 @@ pub enum ImageCmd {
         names: Vec<String>,
         #[arg(short, long)]
         force: bool,
+        /// Make each image's UIDs/GIDs the head's (as `image syncuser`) before building.
+        #[arg(long)]
+        syncuser: bool,
+    },
+    /// Synchronize UIDs/GIDs of the head (its /etc/passwd and /etc/group) into an image:
+    /// names in both get the head's ids and the files they own in the image follow;
+    /// names only in the image are kept. A name only in the image whose id the head
+    /// gives to another name is a conflict, and nothing is changed.
+    Syncuser {
+        name: String,
+        /// Change the image (`--write=false`: only compare and report).
+        #[arg(long, default_value_t = true, action = ArgAction::Set)]
+        write: bool,
+        /// Rebuild the image afterwards.
+        #[arg(long)]
+        build: bool,
     },
     /// Delete images (refused while nodes use them, unless --force).
     #[command(alias = "rm")]
@@ -142,6 +162,10 @@ pub struct ExecOpts {
     /// previous build until `wwctl image build`).
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     pub build: bool,
+    /// When the command changed /etc/passwd or /etc/group, compare the image's
+    /// UIDs/GIDs with the head's afterwards and report (`wwctl image syncuser` changes them).
+    #[arg(long)]
+    pub syncuser: bool,
 }
 
 pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
@@ -155,6 +179,7 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
             password,
             platform,
             build,
+            syncuser,
         } => {
             let name = match name {
                 Some(n) => n,
@@ -170,6 +195,7 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                     platform: platform.unwrap_or_default(),
                     force,
                     build,
+                    syncuser,
                 })
                 .await?;
             let e = follow(stream).await?;
@@ -265,8 +291,21 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                 )?,
             }
         }
-        ImageCmd::Build { names, force } => {
+        ImageCmd::Build { names, force, syncuser } => {
             for name in names {
+                if syncuser {
+                    let (_, report) = follow_report(
+                        client
+                            .image_syncuser(pb::ImageSyncuserRequest {
+                                name: name.clone(),
+                                write: true,
+                                build: false,
+                            })
+                            .await?,
+                    )
+                    .await?;
+                    syncuser_summary(&name, &report, true, out)?;
+                }
                 let e = follow(client.image_build(&name, force).await?).await?;
                 writeln!(out, "Built image {name}: {}", summary(&e))?;
             }
@@ -332,6 +371,37 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                 }
             }
             out.write_all(table(&["IMAGE", "KERNEL VERSION", "PATH", "BOOTS"], rows).as_bytes())?;
+        }
+        ImageCmd::Syncuser { name, write, build } => {
+            let (e, report) = follow_report(
+                client
+                    .image_syncuser(pb::ImageSyncuserRequest {
+                        name: name.clone(),
+                        write,
+                        build,
+                    })
+                    .await?,
+            )
+            .await?;
+            match fmt.unwrap_or(Format::Table) {
+                Format::Json => {
+                    serde_json::to_writer_pretty(&mut *out, &report)?;
+                    writeln!(out)?;
+                }
+                Format::Yaml => out.write_all(serde_yaml_ng::to_string(&report)?.as_bytes())?,
+                Format::Table => {
+                    syncuser_table(&report, out)?;
+                    syncuser_summary(&name, &report, write, out)?;
+                    if report.written && build {
+                        writeln!(out, "Rebuilt image {name}: {}", summary(&e))?;
+                    } else if report.written {
+                        writeln!(
+                            out,
+                            "Rebuild the image (`wwctl image build {name}`) or pass --build: nodes boot the previous build until then"
+                        )?;
+                    }
+                }
+            }
         }
         ImageCmd::Exec { name, cmd, opts } => exec(client, &name, &cmd, &opts, out).await?,
         ImageCmd::Shell { name, opts } => {
@@ -544,7 +614,81 @@ fn show(name: &str, e: &ImageEntry, nodes: usize, out: &mut dyn Write) -> Result
 }
 
 /// Draw progress events until the final entry (or error) arrives.
-async fn follow(mut s: tonic::Streaming<pb::ImageEvent>) -> Result<ImageEntry> {
+async fn follow(s: tonic::Streaming<pb::ImageEvent>) -> Result<ImageEntry> {
+    Ok(follow_events(s).await?.0)
+}
+
+/// [`follow`] for `image syncuser`: the entry and the report.
+async fn follow_report(s: tonic::Streaming<pb::ImageEvent>) -> Result<(ImageEntry, SyncReport)> {
+    let (e, report) = follow_events(s).await?;
+    Ok((
+        e,
+        serde_json::from_slice(&report).context("undecodable syncuser report (is the head older than wwctl?)")?,
+    ))
+}
+
+/// The names of one database in the report's table cells.
+fn names(list: &[String]) -> String {
+    if list.is_empty() {
+        "--".into()
+    } else {
+        list.join(",")
+    }
+}
+
+/// One row per database: what differs, what is only on one side, the files to re-own.
+fn syncuser_table(r: &SyncReport, out: &mut dyn Write) -> Result<()> {
+    let row = |db: &str, d: &crate::image::syncuser::DbReport| {
+        let differ: Vec<String> = d
+            .differ
+            .iter()
+            .map(|c| format!("{}:{}->{}", c.name, c.image, c.host))
+            .collect();
+        vec![
+            db.to_string(),
+            names(&differ),
+            names(&d.host_only),
+            names(&d.image_only),
+            d.matched.len().to_string(),
+            d.files.to_string(),
+        ]
+    };
+    out.write_all(
+        table(
+            &[
+                "FILE",
+                "CHANGED (NAME:IMAGE->HEAD)",
+                "HEAD ONLY",
+                "IMAGE ONLY",
+                "MATCH",
+                "FILES",
+            ],
+            [row("passwd", &r.passwd), row("group", &r.group)],
+        )
+        .as_bytes(),
+    )?;
+    for w in r.passwd.warnings.iter().chain(&r.group.warnings) {
+        writeln!(out, "warning: {w}")?;
+    }
+    Ok(())
+}
+
+/// Warewulf's closing line of a syncuser.
+fn syncuser_summary(name: &str, r: &SyncReport, write: bool, out: &mut dyn Write) -> Result<()> {
+    if r.written {
+        writeln!(out, "uid/gid synced for image {name} ({} file(s) re-owned)", r.files)?;
+    } else if r.needs_sync() && !write {
+        writeln!(
+            out,
+            "uid/gid not synced: run `wwctl image syncuser --write=true {name}` to synchronize"
+        )?;
+    } else {
+        writeln!(out, "uid/gid already synced for image {name}")?;
+    }
+    Ok(())
+}
+
+async fn follow_events(mut s: tonic::Streaming<pb::ImageEvent>) -> Result<(ImageEntry, Vec<u8>)> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {prefix:8} {msg:40} {bytes}/{total_bytes} {bytes_per_sec}")
@@ -554,7 +698,9 @@ async fn follow(mut s: tonic::Streaming<pb::ImageEvent>) -> Result<ImageEntry> {
     let result = loop {
         match s.message().await {
             Ok(Some(ev)) if ev.stage == "done" => {
-                break serde_json::from_slice::<ImageEntry>(&ev.entry_json).context("undecodable image entry")
+                break serde_json::from_slice::<ImageEntry>(&ev.entry_json)
+                    .context("undecodable image entry")
+                    .map(|e| (e, ev.report_json))
             }
             Ok(Some(ev)) => {
                 bar.set_prefix(ev.stage);
@@ -573,7 +719,7 @@ async fn follow(mut s: tonic::Streaming<pb::ImageEvent>) -> Result<ImageEntry> {
 /// Run `cmd` chrooted in the image's tree on this machine, then let the head rebuild.
 async fn exec(client: &Client, name: &str, cmd: &[String], opts: &ExecOpts, out: &mut dyn Write) -> Result<()> {
     // Checked before the head prepares anything.
-    let binds = opts.binds.iter().map(|b| Bind::parse(b)).collect::<Result<Vec<_>>>()?;
+    let mut binds = opts.binds.iter().map(|b| Bind::parse(b)).collect::<Result<Vec<_>>>()?;
     let prep = client.image_exec_prepare(name).await?;
     let rootfs = Path::new(&prep.rootfs);
     let token_path = rootfs.parent().map(|p| p.join(EXEC_TOKEN_FILE));
@@ -581,11 +727,18 @@ async fn exec(client: &Client, name: &str, cmd: &[String], opts: &ExecOpts, out:
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .is_some_and(|t| t == prep.token);
+    let accounts =
+        || ["etc/passwd", "etc/group"].map(|f| std::fs::metadata(rootfs.join(f)).and_then(|m| m.modified()).ok());
+    let before = accounts();
     let status = if local {
+        binds.extend(head_mounts(rootfs, &prep.mounts, &binds));
         Some(chroot_run(rootfs, cmd, &binds))
     } else {
         None
     };
+    // Warewulf's `--syncuser` on exec: compare (never change) when the command touched
+    // the account files.
+    let accounts_changed = local && accounts() != before;
     let ok = matches!(status, Some(Ok(s)) if s.success());
     // Always close the session, keeping changes only after a successful command.
     let e = follow(
@@ -619,7 +772,66 @@ async fn exec(client: &Client, name: &str, cmd: &[String], opts: &ExecOpts, out:
             writeln!(out, "Rebuilt image {name}: {}", summary(&e))?;
             Ok(())
         }
+    }?;
+    if opts.syncuser {
+        if !accounts_changed {
+            writeln!(out, "Skipping syncuser (passwd and group files not changed)")?;
+            return Ok(());
+        }
+        let report = client
+            .image_syncuser(pb::ImageSyncuserRequest {
+                name: name.into(),
+                write: false,
+                build: false,
+            })
+            .await;
+        // As Warewulf: a syncuser problem after a successful command is reported, not fatal.
+        match report.map_err(anyhow::Error::from) {
+            Ok(s) => match follow_report(s).await {
+                Ok((_, r)) => {
+                    syncuser_table(&r, out)?;
+                    syncuser_summary(name, &r, false, out)?;
+                }
+                Err(e) => eprintln!("syncuser error: {e:#}"),
+            },
+            Err(e) => eprintln!("syncuser error: {e:#}"),
+        }
     }
+    Ok(())
+}
+
+/// The head's `images.mounts` as binds (Warewulf's `image mounts`): a source missing on
+/// this machine, a destination through a symlink of the image, or one an explicit
+/// `--bind` already takes is skipped with a warning, never an error.
+fn head_mounts(rootfs: &Path, specs: &[String], explicit: &[Bind]) -> Vec<Bind> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let b = match Bind::parse(spec) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("warning: image mount skipped: {e:#}");
+                continue;
+            }
+        };
+        if explicit.iter().any(|x| x.dest == b.dest) {
+            continue;
+        }
+        let mut at = rootfs.to_path_buf();
+        let through_link = b.dest.components().any(|c| {
+            at.push(c);
+            at.is_symlink()
+        });
+        if through_link {
+            eprintln!(
+                "warning: image mount {} skipped: /{} in the image is a symlink",
+                b.source.display(),
+                b.dest.display()
+            );
+            continue;
+        }
+        out.push(b);
+    }
+    out
 }
 
 /// How a `--bind` puts a path of this machine into the image.

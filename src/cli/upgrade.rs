@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use serde_yaml_ng::{Mapping, Value};
 
@@ -868,6 +868,31 @@ pub fn upgrade_config(
     member.insert(s("addr"), s(&advertise));
     head.insert(s("bootstrap"), Value::Sequence(vec![Value::Mapping(member)]));
     head.insert(s("boot"), serde_yaml_ng::to_value(&boot)?);
+    // Warewulf's bind mounts of `image exec|shell` (`image mounts`, `container mounts`
+    // before 4.6) are `images.mounts`.
+    for key in ["image mounts", "container mounts"] {
+        let Some(v) = take(&mut top, key) else { continue };
+        if head.contains_key("images") {
+            r.add(key, NoteKind::Dropped, "ignored: `image mounts` is converted instead");
+            continue;
+        }
+        let mounts = image_mounts(&v).with_context(|| format!("{key}: a list of {{source, dest, readonly, copy}}"))?;
+        if mounts.is_empty() {
+            r.add(
+                key,
+                NoteKind::Check,
+                "an empty list: wulfd's default (the head's /etc/resolv.conf) applies",
+            );
+            continue;
+        }
+        r.add(
+            key,
+            NoteKind::Converted,
+            format!("images.mounts ({} mount(s))", mounts.len()),
+        );
+        let images = crate::daemon::config::ImagesConfig { mounts };
+        head.insert(s("images"), serde_yaml_ng::to_value(&images)?);
+    }
     let cfg: crate::daemon::HeadConfig = serde_yaml_ng::from_value(Value::Mapping(head))?;
     r.add(
         "id, bootstrap",
@@ -910,6 +935,29 @@ pub fn upgrade_config(
         source.display()
     );
     Ok((header + &yaml, r.0))
+}
+
+/// Warewulf `MountEntry`s (`source`, `dest`, `readonly`, `copy`; `options` is ignored by
+/// Warewulf too).
+fn image_mounts(v: &Value) -> Result<Vec<crate::daemon::config::ImageMount>> {
+    let Value::Sequence(list) = v else {
+        bail!("not a list");
+    };
+    let flag = |e: &Value, k: &str| e.get(k).and_then(Value::as_bool).unwrap_or(false);
+    list.iter()
+        .map(|e| {
+            let source = e
+                .get("source")
+                .and_then(text)
+                .ok_or_else(|| anyhow!("an entry without source"))?;
+            Ok(crate::daemon::config::ImageMount {
+                source: source.into(),
+                dest: e.get("dest").and_then(text).map(Into::into),
+                readonly: flag(e, "readonly"),
+                copy: flag(e, "copy"),
+            })
+        })
+        .collect()
 }
 
 /// Remove null values and empty lists from every mapping.

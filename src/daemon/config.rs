@@ -75,6 +75,9 @@ pub struct HeadConfig {
     /// IPMI power and sensors run by this head (`wwctl power`, `wwctl node sensors`).
     #[serde(default)]
     pub power: crate::power::PowerConfig,
+    /// Image operations on this head (`wwctl image exec|shell`).
+    #[serde(default)]
+    pub images: ImagesConfig,
     /// Mutual TLS on the gRPC port (Raft and admin API); required unless `insecure`.
     #[serde(default)]
     pub tls: TlsConfig,
@@ -150,6 +153,71 @@ impl Default for OverlaysConfig {
             host_root: PathBuf::from("/"),
             wwclient: None,
         }
+    }
+}
+
+/// `images:` in `wulfd.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Warewulf's `image mounts`: paths of this head bound into an image while `wwctl
+    /// image exec|shell` runs, so that e.g. a package manager resolves names; nothing of
+    /// them stays in the image. Sources are read under `boot.overlays.host_root`. A
+    /// source that does not exist, or a destination that is a symlink in the image, is
+    /// skipped with a warning. Default: the head's `/etc/resolv.conf`.
+    pub mounts: Vec<ImageMount>,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            mounts: vec![ImageMount {
+                source: PathBuf::from("/etc/resolv.conf"),
+                dest: Some(PathBuf::from("/etc/resolv.conf")),
+                readonly: false,
+                copy: false,
+            }],
+        }
+    }
+}
+
+/// One entry of `images.mounts` (Warewulf's `image mounts` entry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageMount {
+    /// Absolute path on this head (under `boot.overlays.host_root`).
+    pub source: PathBuf,
+    /// Absolute path in the image (default: `source`).
+    #[serde(default)]
+    pub dest: Option<PathBuf>,
+    /// Bind read-only.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Copy the file in for the command and remove it afterwards, instead of binding.
+    #[serde(default)]
+    pub copy: bool,
+}
+
+impl ImageMount {
+    /// The `--bind` form (`SOURCE:DEST[:ro|copy]`) `wwctl` parses, with the source under
+    /// `host_root`; `None` when a path is not absolute or not UTF-8.
+    pub fn bind_spec(&self, host_root: &Path) -> Option<String> {
+        let rel = self.source.strip_prefix("/").ok()?;
+        let source = host_root.join(rel);
+        let dest = self.dest.as_deref().unwrap_or(&self.source);
+        if !dest.is_absolute() {
+            return None;
+        }
+        let mode = match (self.copy, self.readonly) {
+            (true, _) => ":copy",
+            (false, true) => ":ro",
+            (false, false) => "",
+        };
+        let (source, dest) = (source.to_str()?, dest.to_str()?);
+        if source.contains(':') || dest.contains(':') {
+            return None;
+        }
+        Some(format!("{source}:{dest}{mode}"))
     }
 }
 
@@ -248,6 +316,11 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// ipmitool and the forward probe of `wwctl power`.
     pub power: crate::power::PowerConfig,
+    /// Where the head's own files are (`boot.overlays.host_root`): syncuser's passwd and
+    /// group, the sources of `image_mounts`.
+    pub host_root: PathBuf,
+    /// `images.mounts` as `--bind` specs for `wwctl image exec|shell`.
+    pub image_mounts: Vec<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -325,7 +398,24 @@ impl TryFrom<HeadConfig> for Settings {
         };
         let artifacts = c.artifacts.validate().map_err(|e| invalid("artifacts", &e))?;
         let tls = tls_settings(&c)?;
+        let host_root = c.boot.overlays.host_root.clone();
+        let image_mounts = c
+            .images
+            .mounts
+            .iter()
+            .map(|m| {
+                m.bind_spec(&host_root).ok_or_else(|| {
+                    DaemonError::Invalid(format!(
+                        "images.mounts: {} → {}: give absolute paths without ':'",
+                        m.source.display(),
+                        m.dest.as_deref().unwrap_or(&m.source).display()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
+            host_root,
+            image_mounts,
             tls,
             artifacts,
             power: c.power.clone(),
@@ -417,4 +507,39 @@ fn server_conf(c: &HeadConfig, dhcp: &DhcpConfig) -> Result<crate::overlay::rend
         }
     }
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_mounts_become_bind_specs_under_the_host_root() {
+        let m = |source: &str, dest: Option<&str>, readonly, copy| ImageMount {
+            source: source.into(),
+            dest: dest.map(Into::into),
+            readonly,
+            copy,
+        };
+        let root = Path::new("/srv/head");
+        assert_eq!(
+            ImagesConfig::default().mounts[0].bind_spec(root).as_deref(),
+            Some("/srv/head/etc/resolv.conf:/etc/resolv.conf")
+        );
+        assert_eq!(
+            m("/etc/hosts", None, true, false).bind_spec(Path::new("/")).as_deref(),
+            Some("/etc/hosts:/etc/hosts:ro")
+        );
+        assert_eq!(
+            m("/etc/a", Some("/opt/b"), true, true).bind_spec(root).as_deref(),
+            Some("/srv/head/etc/a:/opt/b:copy")
+        );
+        assert_eq!(m("etc/a", None, false, false).bind_spec(root), None, "relative source");
+        assert_eq!(
+            m("/etc/a", Some("b"), false, false).bind_spec(root),
+            None,
+            "relative dest"
+        );
+        assert_eq!(m("/etc/a:b", None, false, false).bind_spec(root), None, "':' in a path");
+    }
 }

@@ -239,7 +239,9 @@ impl Head {
             let liveness = liveness.clone();
             Arc::new(move || liveness.report().racks)
         });
-        let images = Images::new(cas.clone(), &cfg.data_dir, cluster.clone());
+        let images = Images::new(cas.clone(), &cfg.data_dir, cluster.clone())
+            .with_host_root(cfg.host_root.clone())
+            .with_exec_mounts(cfg.image_mounts.clone());
         let overlays = Overlays::new(cas.clone(), cluster.clone());
         let parts = Parts {
             cluster: cluster.clone(),

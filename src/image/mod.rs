@@ -27,6 +27,7 @@ pub mod build;
 pub mod kernel;
 pub mod layers;
 pub mod oci;
+pub mod syncuser;
 
 use std::collections::HashMap;
 use std::fs;
@@ -75,6 +76,8 @@ pub enum ImageError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Syncuser(#[from] syncuser::SyncuserError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -92,6 +95,12 @@ impl Classify for ImageError {
             ImageError::Invalid(_) | ImageError::Layer(_) | ImageError::Oci(_) => ErrorKind::Invalid,
             ImageError::Kernel(_) | ImageError::Build(_) => ErrorKind::InUse,
             ImageError::Catalog(e) => e.kind(),
+            // Conflicting ids or an image without /etc/passwd: the operator fixes the
+            // head's or the image's files first.
+            ImageError::Syncuser(syncuser::SyncuserError::Conflicts(_) | syncuser::SyncuserError::Read { .. }) => {
+                ErrorKind::InUse
+            }
+            ImageError::Syncuser(_) => ErrorKind::Internal,
             ImageError::Cas(_) | ImageError::Io { .. } => ErrorKind::Internal,
         }
     }
@@ -116,6 +125,8 @@ pub struct ImportRequest {
     pub platform: Option<String>,
     pub force: bool,
     pub build: bool,
+    /// Make the image's user and group ids the head's before building (`--syncuser`).
+    pub syncuser: bool,
 }
 
 /// Sends progress without ever blocking the work (a slow client just misses updates).
@@ -152,6 +163,11 @@ pub struct Images {
     busy: Arc<Mutex<HashMap<String, ()>>>,
     /// Open `image exec` sessions: name → token.
     sessions: Arc<Mutex<HashMap<String, String>>>,
+    /// Where this head's own `/etc/passwd` and `/etc/group` are (`syncuser`), and the
+    /// sources of `image mounts`: `/` in production, a directory in tests.
+    host_root: PathBuf,
+    /// `images.mounts` as `--bind` specs, handed to `wwctl image exec|shell`.
+    exec_mounts: Vec<String>,
 }
 
 impl std::fmt::Debug for Images {
@@ -166,6 +182,8 @@ pub struct ExecPrep {
     pub rootfs: PathBuf,
     pub token: String,
     pub version: u64,
+    /// The head's `images.mounts` (`SOURCE:DEST[:ro|copy]`), for wwctl to bind.
+    pub mounts: Vec<String>,
 }
 
 /// Name of the file beside an image's tree that holds the exec token.
@@ -193,7 +211,21 @@ impl Images {
             http: reqwest::Client::new(),
             busy: Arc::default(),
             sessions: Arc::default(),
+            host_root: PathBuf::from("/"),
+            exec_mounts: Vec::new(),
         }
+    }
+
+    /// Read the head's account files under `root` instead of `/`.
+    pub fn with_host_root(mut self, root: PathBuf) -> Self {
+        self.host_root = root;
+        self
+    }
+
+    /// Paths of this head to bind into an image during `exec` (`SOURCE:DEST[:ro|copy]`).
+    pub fn with_exec_mounts(mut self, mounts: Vec<String>) -> Self {
+        self.exec_mounts = mounts;
+        self
     }
 
     fn lock(&self, name: &str) -> Result<Busy, ImageError> {
@@ -288,6 +320,12 @@ impl Images {
             updated: t,
         };
         self.assemble(&req.name, &entry.layers, &progress).await?;
+        if req.syncuser {
+            let report = self.syncuser_tree(&req.name, true, &progress).await?;
+            if report.written {
+                self.capture(&req.name, &mut entry, " +syncuser", &progress).await?;
+            }
+        }
         if req.build {
             self.build_into(&req.name, &mut entry, &progress).await?;
         }
@@ -315,6 +353,17 @@ impl Images {
     pub async fn build(&self, name: &str, force: bool, progress: Progress) -> Result<ImageEntry, ImageError> {
         let _busy = self.lock(name)?;
         let cur = self.entry(name).await?;
+        self.build_locked(name, cur, force, &progress).await
+    }
+
+    /// [`Images::build`] with the name's lock held and its entry read.
+    async fn build_locked(
+        &self,
+        name: &str,
+        cur: Versioned<ImageEntry>,
+        force: bool,
+        progress: &Progress,
+    ) -> Result<ImageEntry, ImageError> {
         let mut entry = cur.value.clone();
         let key = build_key(&entry.layers);
         if !force {
@@ -325,10 +374,92 @@ impl Images {
                 }
             }
         }
-        self.ensure_rootfs(name, &entry.layers, &progress).await?;
-        self.build_into(name, &mut entry, &progress).await?;
+        self.ensure_rootfs(name, &entry.layers, progress).await?;
+        self.build_into(name, &mut entry, progress).await?;
         entry.updated = now();
         self.record(name, entry, cur.version).await
+    }
+
+    /// `wwctl image syncuser`: compare the image's user and group ids with this head's
+    /// and, with `write`, make them the head's (files re-owned, passwd/group rewritten),
+    /// capture the tree as the image's layer and, with `build`, rebuild.
+    pub async fn syncuser(
+        &self,
+        name: &str,
+        write: bool,
+        build: bool,
+        progress: Progress,
+    ) -> Result<(ImageEntry, syncuser::SyncReport), ImageError> {
+        let _busy = self.lock(name)?;
+        // An open `image exec` has a command working in the tree; its finish captures
+        // the tree and would record (or lose) these changes with its own.
+        if self.sessions.lock().expect("sessions").contains_key(name) {
+            return Err(ImageError::Busy(name.into()));
+        }
+        let cur = self.entry(name).await?;
+        self.ensure_rootfs(name, &cur.value.layers, &progress).await?;
+        let report = self.syncuser_tree(name, write, &progress).await?;
+        if !report.written {
+            // Nothing changed; `--build` still builds when the artifact is stale.
+            let entry = if write && build {
+                self.build_locked(name, cur, false, &progress).await?
+            } else {
+                cur.value
+            };
+            return Ok((entry, report));
+        }
+        let mut entry = cur.value.clone();
+        self.capture(name, &mut entry, " +syncuser", &progress).await?;
+        if build {
+            self.build_into(name, &mut entry, &progress).await?;
+        }
+        entry.updated = now();
+        Ok((self.record(name, entry, cur.version).await?, report))
+    }
+
+    /// Run syncuser on the image's tree (the name's lock held).
+    async fn syncuser_tree(
+        &self,
+        name: &str,
+        write: bool,
+        progress: &Progress,
+    ) -> Result<syncuser::SyncReport, ImageError> {
+        progress.send("syncuser", "comparing user and group ids with the head's", 0, 0);
+        let host_root = self.host_root.clone();
+        let root = self.rootfs(name);
+        let report = tokio::task::spawn_blocking(move || syncuser::syncuser(&host_root, &root, write))
+            .await
+            .map_err(|e| ImageError::Invalid(format!("syncuser task failed: {e}")))??;
+        for w in report.passwd.warnings.iter().chain(&report.group.warnings) {
+            tracing::warn!(image = name, "syncuser: {w}");
+        }
+        Ok(report)
+    }
+
+    /// Capture the on-disk tree as the image's only layer (the layers stay the truth),
+    /// marking the source with what changed it.
+    async fn capture(
+        &self,
+        name: &str,
+        entry: &mut ImageEntry,
+        mark: &str,
+        progress: &Progress,
+    ) -> Result<(), ImageError> {
+        progress.send("capture", "capturing the changed tree", 0, 0);
+        let pulled = oci::pull(
+            &oci::Source::Directory(self.rootfs(name)),
+            &self.cas,
+            &oci::Platform::host(),
+            &|_| {},
+        )
+        .await?;
+        entry.layers = pulled.layers.iter().map(LayerRef::from).collect();
+        if !entry.source.ends_with(mark) {
+            entry.source.push_str(mark);
+        }
+        // The tree on disk is exactly the captured layer.
+        let marker = self.dir.join(name).join(LAYERS_MARKER);
+        fs::write(&marker, layers_text(&entry.layers)).map_err(self.io(name, &marker))
     }
 
     /// Kernels found in an image, newest first, and the one a node would boot.
@@ -362,6 +493,7 @@ impl Images {
             rootfs: self.rootfs(name),
             token,
             version: cur.version,
+            mounts: self.exec_mounts.clone(),
         })
     }
 
@@ -394,23 +526,8 @@ impl Images {
             let _ = fs::remove_file(self.dir.join(name).join(LAYERS_MARKER));
             return Ok(cur.value);
         }
-        progress.send("capture", "capturing the changed tree", 0, 0);
-        let root = self.rootfs(name);
-        let pulled = oci::pull(
-            &oci::Source::Directory(root),
-            &self.cas,
-            &oci::Platform::host(),
-            &|_| {},
-        )
-        .await?;
         let mut entry = cur.value.clone();
-        entry.layers = pulled.layers.iter().map(LayerRef::from).collect();
-        if !entry.source.ends_with(" +exec") {
-            entry.source.push_str(" +exec");
-        }
-        // The tree on disk is exactly the captured layer.
-        let marker = self.dir.join(name).join(LAYERS_MARKER);
-        fs::write(&marker, layers_text(&entry.layers)).map_err(self.io(name, &marker))?;
+        self.capture(name, &mut entry, " +exec", &progress).await?;
         // Without a build the archive stays the previous one; its build key no longer
         // matches the layers, so the next `image build` builds.
         if build {

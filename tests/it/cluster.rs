@@ -346,6 +346,7 @@ async fn a_starting_head_says_so_instead_of_hanging() {
         cas_gc_interval_secs: 0,
         boot: Default::default(),
         power: Default::default(),
+        images: Default::default(),
         artifacts: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

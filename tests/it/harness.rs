@@ -75,6 +75,7 @@ impl Cluster {
                 cas_gc_interval_secs: 600,
                 boot: Default::default(),
                 power: Default::default(),
+                images: Default::default(),
                 artifacts: Default::default(),
             })
             .collect();
@@ -192,6 +193,7 @@ impl Cluster {
             cas_gc_interval_secs: self.cfgs[0].cas_gc_interval_secs,
             boot: Default::default(),
             power: Default::default(),
+            images: Default::default(),
             artifacts: Default::default(),
         };
         adjust(&mut cfg);

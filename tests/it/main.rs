@@ -54,6 +54,7 @@ mod rack_qemu;
 mod raft_golden;
 mod raft_ops;
 mod ssh_keys;
+mod syncuser;
 mod tftp;
 mod tls;
 mod wwclient;
