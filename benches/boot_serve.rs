@@ -682,7 +682,7 @@ fn tftp_child(addr: &str, root: &str) {
             root: root.into(),
             ..Default::default()
         };
-        tftp::run(sock, cfg, tokio::time::sleep(Duration::from_secs(600)))
+        tftp::run(sock, cfg, None, tokio::time::sleep(Duration::from_secs(600)))
             .await
             .unwrap();
     });

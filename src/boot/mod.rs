@@ -15,6 +15,7 @@
 //! | [`status`] | per-node boot status in this head's memory |
 //! | [`retry`] | `retry_every`: the head's one "retry every 2 s, log once" loop (binds, registration) |
 
+pub mod allow;
 pub mod dhcp;
 pub mod files;
 pub mod http;

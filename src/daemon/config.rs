@@ -113,6 +113,11 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootConfig {
+    /// Networks whose clients HTTP boot and TFTP answer besides the racks' networks, this
+    /// head's DHCP subnets, the nodes' own addresses and loopback (`boot::allow`);
+    /// `[0.0.0.0/0]` answers everyone, as Warewulf does.
+    #[serde(default)]
+    pub allow: Vec<ipnet::Ipv4Net>,
     #[serde(default)]
     pub dhcp: crate::boot::dhcp::config::DhcpConfigWire,
     #[serde(default)]
@@ -314,6 +319,8 @@ pub struct Settings {
     pub artifacts: crate::cas::sync::SyncConfig,
     /// Mutual TLS; `None`: plaintext (`insecure: true`).
     pub tls: Option<TlsSettings>,
+    /// `boot.allow` (see [`crate::boot::allow`]).
+    pub boot_allow: Vec<ipnet::Ipv4Net>,
     /// ipmitool and the forward probe of `wwctl power`.
     pub power: crate::power::PowerConfig,
     /// Where the head's own files are (`boot.overlays.host_root`): syncuser's passwd and
@@ -417,6 +424,7 @@ impl TryFrom<HeadConfig> for Settings {
             host_root,
             image_mounts,
             tls,
+            boot_allow: c.boot.allow.clone(),
             artifacts,
             power: c.power.clone(),
             wwclient,

@@ -280,7 +280,7 @@ impl Head {
         tokio::spawn(liveness.clone().run(parts.view.clone(), stop.clone().cancelled_owned()));
         let fatal = watch_raft(&raft, stop.clone());
         track_readiness(&parts, stop.clone());
-        start_tftp(&cfg, &stop);
+        start_tftp(&cfg, &parts.view, &stop);
         start_dhcp(&cfg, &parts, &stop);
         register(cluster.clone(), cfg.http_advertise.clone(), stop.clone());
         register_overlays(overlays, cfg.wwclient.clone(), stop.clone());
@@ -444,7 +444,18 @@ fn boot_http_state(
     b.liveness = Some(liveness.clone());
     let artifacts = artifacts.clone();
     b.on_missing_blob = Some(Arc::new(move |d| artifacts.want(d)));
+    b.allow = Some(boot_allow(cfg, view));
     b
+}
+
+/// Which clients HTTP boot and TFTP answer: `boot.allow`, this head's DHCP subnets, and
+/// (read from the view at each request) the racks' networks and the nodes' addresses.
+fn boot_allow(cfg: &Settings, view: &ViewRx) -> Arc<crate::boot::allow::Allow> {
+    let mut nets = cfg.boot_allow.clone();
+    if let Some(d) = &cfg.dhcp {
+        nets.extend(d.subnets.iter().map(|s| s.network));
+    }
+    Arc::new(crate::boot::allow::Allow::new(view.clone(), nets))
 }
 
 /// Keep the liveness record's unready racks current: a rack is not ready while one of
@@ -487,10 +498,11 @@ fn track_readiness(parts: &Parts, stop: CancellationToken) {
 /// address that cannot be bound yet (the rack interface is not up, another TFTP server
 /// holds the port) is logged and retried every 2 s, so the head keeps serving Raft,
 /// `wwctl`, its other racks and its other TFTP addresses meanwhile.
-fn start_tftp(cfg: &Settings, stop: &CancellationToken) {
+fn start_tftp(cfg: &Settings, view: &ViewRx, stop: &CancellationToken) {
     let Some(tcfg) = cfg.tftp.clone() else { return };
+    let allow = boot_allow(cfg, view);
     for addr in tcfg.listen.addrs() {
-        let (tcfg, stop, addr) = (tcfg.clone(), stop.clone(), addr.to_owned());
+        let (tcfg, stop, addr, allow) = (tcfg.clone(), stop.clone(), addr.to_owned(), allow.clone());
         tokio::spawn(async move {
             let what = format!("TFTP cannot start yet on {addr}");
             let bind = || std::future::ready(crate::boot::tftp::bind_addr(&addr));
@@ -499,7 +511,7 @@ fn start_tftp(cfg: &Settings, stop: &CancellationToken) {
             else {
                 return;
             };
-            if let Err(e) = crate::boot::tftp::run(socket, tcfg, stop.cancelled_owned()).await {
+            if let Err(e) = crate::boot::tftp::run(socket, tcfg, Some(allow), stop.cancelled_owned()).await {
                 tracing::error!("TFTP on {addr} stopped: {e}");
             }
         });

@@ -365,7 +365,7 @@ mod tests {
             ..Default::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(run(sock, cfg, async move {
+        tokio::spawn(run(sock, cfg, None, async move {
             let _ = stopped.await;
         }));
         (addr, dir, stop)

@@ -25,6 +25,7 @@ mod sim_lab;
 #[path = "../common/tftp_client.rs"]
 mod tftp_client;
 
+mod allow;
 mod artifacts;
 mod boot_http;
 mod chaos_checker;

@@ -43,7 +43,7 @@ fn serve_child() {
             memory_file_limit: mem,
             ..Default::default()
         };
-        tftp::run(sock, cfg, tokio::time::sleep(Duration::from_secs(120)))
+        tftp::run(sock, cfg, None, tokio::time::sleep(Duration::from_secs(120)))
             .await
             .unwrap();
     });

@@ -103,6 +103,8 @@ pub struct BootHttp {
     pub secure: bool,
     /// Which peer heads are down (their URLs go last in a node's iPXE script).
     pub liveness: Option<Arc<crate::boot::liveness::Liveness>>,
+    /// Which clients the boot routes answer (`boot::allow`); None: everyone.
+    pub allow: Option<Arc<crate::boot::allow::Allow>>,
 }
 
 impl std::fmt::Debug for BootHttp {
@@ -128,6 +130,7 @@ impl BootHttp {
             overlays: None,
             secure: true,
             liveness: None,
+            allow: None,
         }
     }
 }
@@ -294,6 +297,7 @@ const STAGE_ROUTES: [&str; 9] = [
 /// Serve with `into_make_service_with_connect_info::<SocketAddr>()` so status
 /// records client addresses (without it they show as `0.0.0.0`).
 pub fn router(state: BootHttp) -> Router {
+    let allow = state.allow.clone();
     let shared = Arc::new(Shared {
         verifier: Verifier::new(state.cas.clone()),
         boot: state,
@@ -307,7 +311,23 @@ pub fn router(state: BootHttp) -> Router {
             .route(&format!("/{s}"), get(handle))
             .route(&format!("/{s}/{{wwid}}"), get(handle));
     }
-    r.with_state(shared)
+    let r = r.with_state(shared);
+    match allow {
+        None => r,
+        Some(a) => r.route_layer(axum::middleware::from_fn(
+            move |req: Request, next: axum::middleware::Next| {
+                let a = a.clone();
+                async move {
+                    // Served without connect info, the client is unknown: refused.
+                    let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+                    match ip {
+                        Some(ip) if a.check(ip, "HTTP boot") => next.run(req).await,
+                        _ => StatusCode::FORBIDDEN.into_response(),
+                    }
+                }
+            },
+        )),
+    }
 }
 
 async fn status_json(State(s): State<Arc<Shared>>) -> Response {

@@ -169,6 +169,7 @@ pub fn bind_addr(addr: &str) -> Result<UdpSocket, TftpError> {
 pub async fn run(
     socket: UdpSocket,
     cfg: TftpConfig,
+    allow: Option<Arc<crate::boot::allow::Allow>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), TftpError> {
     cfg.validate()?;
@@ -198,7 +199,7 @@ pub async fn run(
     std::thread::Builder::new()
         .name("tftp".into())
         .spawn(move || {
-            let _ = done_tx.send(server::serve(socket, root, limits, flag));
+            let _ = done_tx.send(server::serve(socket, root, limits, allow, flag));
         })
         .map_err(|e| TftpError::Thread(e.to_string()))?;
     let result = tokio::select! {
@@ -256,7 +257,7 @@ mod tests {
             root: "/nonexistent/ipxe".into(),
             ..Default::default()
         };
-        let e = run(sock, cfg, async {}).await.unwrap_err();
+        let e = run(sock, cfg, None, async {}).await.unwrap_err();
         assert!(e.to_string().contains("install Debian's `ipxe` package"), "{e}");
     }
 }

@@ -198,7 +198,13 @@ impl Granted {
 
 /// Serve on `sock` until `stop` is set (checked every [`STOP_POLL`]). Returns only on
 /// a socket error that retrying cannot fix, or when stopped.
-pub(crate) fn serve(sock: UdpSocket, root: Root, limits: Limits, stop: Arc<AtomicBool>) -> io::Result<()> {
+pub(crate) fn serve(
+    sock: UdpSocket,
+    root: Root,
+    limits: Limits,
+    allow: Option<Arc<crate::boot::allow::Allow>>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<()> {
     sock.set_read_timeout(Some(STOP_POLL))?;
     let local_ip = sock.local_addr()?.ip();
     let root = Arc::new(Mutex::new(root));
@@ -220,6 +226,10 @@ pub(crate) fn serve(sock: UdpSocket, root: Root, limits: Limits, stop: Arc<Atomi
             }
             Err(e) => return Err(e),
         };
+        // Nothing for clients outside the racks (no error packet either: no hint).
+        if allow.as_ref().is_some_and(|a| !a.check(peer.ip(), "TFTP")) {
+            continue;
+        }
         match parse_request(&buf[..n]) {
             None => {} // not a request (a stray ACK or DATA): RFC 1350 ignores it
             Some(Request::Write { file }) => {

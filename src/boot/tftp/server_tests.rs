@@ -50,7 +50,7 @@ fn start(files: &[(&str, Vec<u8>)], mem_limit: u64, limits: Limits) -> Srv {
     let addr = sock.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();
-    let thread = std::thread::spawn(move || serve(sock, root, limits, st));
+    let thread = std::thread::spawn(move || serve(sock, root, limits, None, st));
     Srv {
         addr,
         stop,
