@@ -226,8 +226,9 @@ pub(crate) fn serve(
             }
             Err(e) => return Err(e),
         };
-        // Nothing for clients outside the racks (no error packet either: no hint).
-        if allow.as_ref().is_some_and(|a| !a.check(peer.ip(), "TFTP")) {
+        // Nothing for clients outside the racks (no error packet either: no hint); this
+        // host itself (its own address on the rack) is a client like loopback.
+        if peer.ip() != local_ip && allow.as_ref().is_some_and(|a| !a.check(peer.ip(), "TFTP")) {
             continue;
         }
         match parse_request(&buf[..n]) {
