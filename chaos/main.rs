@@ -33,6 +33,8 @@ mod netns;
 #[path = "../tests/common/rack_lab.rs"]
 mod rack_lab;
 
+mod boot;
+mod bootcheck;
 mod faults;
 mod lin;
 mod rng;
@@ -142,7 +144,11 @@ fn main() {
             .filter(|i| !i.held)
             .map(|i| format!("{}: {}", i.name, i.detail))
             .collect();
-        println!("{:<20} seed {sseed:<12} {:>6.1} s  {}", s.name, r.duration_s, r.verdict);
+        let boot = r.boot.as_ref().map(|b| format!("  [{}]", b.line)).unwrap_or_default();
+        println!(
+            "{:<20} seed {sseed:<12} {:>6.1} s  {}{boot}",
+            s.name, r.duration_s, r.verdict
+        );
         if r.verdict.starts_with("FAIL") {
             for b in broke {
                 println!("    {b}");
