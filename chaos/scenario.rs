@@ -496,6 +496,18 @@ fn rollback(lab: &mut Lab, report: &mut Report, t0: Instant, restarted: &mut [bo
     lab.wait("a leader after the rollback", 60, || faults::leader(lab).is_some());
 }
 
+/// `stage=head` pairs, shortened: `from 10.10.0.1` when one head answered every stage.
+fn heads_text(heads: &[String]) -> String {
+    let hosts: BTreeSet<&str> = heads
+        .iter()
+        .filter_map(|h| h.split_once('=').map(|(_, a)| a.split(':').next().unwrap_or(a)))
+        .collect();
+    match hosts.len() {
+        1 => format!("from {}", hosts.into_iter().next().unwrap_or_default()),
+        _ => heads.join(" "),
+    }
+}
+
 /// Fetch `digest` from head `i`'s blob route on the management network and compare.
 fn served_bytes_note(lab: &Lab, i: usize, _path: &Path, digest: &str) -> String {
     let o = lab.sw.sh(&format!(
@@ -760,7 +772,7 @@ fn write_report(report: &Report, lab: &Lab, out: &Path) {
                 opt(n.runtime_at_s),
                 n.attempts,
                 n.retries + n.refreshes_failed,
-                n.error.clone().unwrap_or_else(|| n.heads.join(" "))
+                n.error.clone().unwrap_or_else(|| heads_text(&n.heads))
             ));
         }
         for f in ["wwsim.json", "wwsim.log"] {
