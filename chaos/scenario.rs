@@ -367,13 +367,13 @@ pub fn run(sc: &Scenario, seed: u64, out: &Path) -> Report {
     // looked (a full disk stops Raft, and wulfd may finish exiting only after the filler
     // is gone) is started again. Found by `mixed` (seed 7): head 2 exited 1 s before its
     // heal ended and stayed down, so the cluster never converged.
-    for i in 0..3 {
+    for (i, restarted) in restarted.iter_mut().enumerate() {
         if lab.pids[i].is_some() && faults::wulfd_pid(&lab, i).is_none() {
             let t = Instant::now();
             let last = lab.log(i).lines().last().unwrap_or("").to_owned();
             lab.kill(i);
             faults::restart(&mut lab, i);
-            restarted[i] = true;
+            *restarted = true;
             report.timeline.push(FaultRecord {
                 fault: format!("head {} had exited after its heal; started again", i + 1),
                 heads: vec![i + 1],
