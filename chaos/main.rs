@@ -4,7 +4,8 @@
 //! `tests/common/rack_lab.rs`, configured from the documented example), real clients
 //! (the admin API client `wwctl` uses, `wwctl` itself for probes, a PXE-like DHCP
 //! client on a rack), faults on a **seeded** schedule, and invariants checked from what
-//! the clients recorded:
+//! the clients recorded; in most scenarios a wave of simulated nodes (`wwsim`,
+//! `boot.rs`) boots on rack1 while the faults go on:
 //!
 //! | invariant | how |
 //! |---|---|
@@ -13,12 +14,15 @@
 //! | one address per MAC | no DHCP address ACKed to two MACs over the run |
 //! | DHCP served after healing | every MAC ACKed after the last heal |
 //! | converged | `wwctl cluster verify`: same applied index and state digest on every head |
-//! | served bytes match digests | a corrupted blob is never served as good |
+//! | served bytes match digests | a corrupted blob is never served as good; every byte a booting node fetched matched its digest |
+//! | booting nodes reach runtime | every node of the boot wave had its runtime overlay served within a bound after healing (`bootcheck.rs`) |
 //! | bounded growth | RSS, log and data dir size from the start to the end of the run |
 //!
 //! Mutants prove the suite can fail: `mutant-stale-reads` reads a pinned head's local
 //! state during a partition (the checker must catch it), `mutant-rollback` rolls every
-//! head's disk back as a missing fsync would (lost acknowledged writes must be seen).
+//! head's disk back as a missing fsync would (lost acknowledged writes must be seen),
+//! `mutant-boot-stuck` resets every node agent's runtime request (stuck nodes must be
+//! reported).
 //! A mutant passes when its invariant breaks.
 //!
 //! `cargo test` runs this binary with no arguments: the bounded CI subset. `chaos/run`
@@ -33,6 +37,8 @@ mod netns;
 #[path = "../tests/common/rack_lab.rs"]
 mod rack_lab;
 
+mod boot;
+mod bootcheck;
 mod faults;
 mod lin;
 mod rng;
@@ -142,7 +148,11 @@ fn main() {
             .filter(|i| !i.held)
             .map(|i| format!("{}: {}", i.name, i.detail))
             .collect();
-        println!("{:<20} seed {sseed:<12} {:>6.1} s  {}", s.name, r.duration_s, r.verdict);
+        let boot = r.boot.as_ref().map(|b| format!("  [{}]", b.line)).unwrap_or_default();
+        println!(
+            "{:<20} seed {sseed:<12} {:>6.1} s  {}{boot}",
+            s.name, r.duration_s, r.verdict
+        );
         if r.verdict.starts_with("FAIL") {
             for b in broke {
                 println!("    {b}");

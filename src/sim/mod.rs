@@ -128,6 +128,11 @@ pub struct Args {
     /// Runtime-overlay fetches of each node's agent after boot (the first at once).
     #[arg(long, default_value_t = 2)]
     pub refreshes: u32,
+    /// The agent stops at its first served refresh, as a node that reached the runtime
+    /// stage: `--refreshes` then bounds the failed cycles before it (wwclient itself
+    /// retries every interval), and a node is ok once one was served.
+    #[arg(long)]
+    pub until_served: bool,
     /// Between refreshes (default: the interval in the node's wwclient.conf).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
@@ -169,6 +174,7 @@ pub struct SimOptions {
     pub concurrency: usize,
     pub seed: u64,
     pub refreshes: u32,
+    pub until_served: bool,
     pub interval: Option<Duration>,
     pub deadline: Duration,
     pub ramp: Duration,
@@ -287,6 +293,7 @@ impl TryFrom<Args> for SimOptions {
             concurrency: a.concurrency,
             seed: a.seed,
             refreshes: a.refreshes,
+            until_served: a.until_served,
             interval: a.interval,
             deadline: Duration::from_secs(a.deadline),
             ramp: a.ramp,

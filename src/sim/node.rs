@@ -496,8 +496,11 @@ pub async fn run_node(env: Arc<Env>, mut n: SimNode, rec: &mut NodeRecord, permi
     rec.agent_config = Some(b.agent_from.to_owned());
     env.progress.booted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     refresh(&env, &mut n, &b, rec).await;
-    let all_refreshed =
-        rec.refreshes.len() == env.opts.refreshes as usize && rec.refreshes.iter().all(|r| r.status != 0);
+    let all_refreshed = if env.opts.until_served {
+        rec.refreshes.last().is_some_and(|r| r.status != 0)
+    } else {
+        rec.refreshes.len() == env.opts.refreshes as usize && rec.refreshes.iter().all(|r| r.status != 0)
+    };
     rec.ok = all_refreshed && rec.digest_mismatches.is_empty();
     if !rec.digest_mismatches.is_empty() {
         rec.error = Some(format!("digest mismatch: {}", rec.digest_mismatches.join("; ")));
@@ -590,13 +593,19 @@ async fn refresh(env: &Env, n: &mut SimNode, b: &Booted, rec: &mut NodeRecord) {
             }
         }
         r.ms = ms(t.elapsed());
+        // The run started `deadline` before its end (see `run_on`).
+        r.at = ms((env.deadline - env.opts.deadline).elapsed()) / 1000.0;
         if r.status == 0 {
             r.error = Some(last);
         }
+        let served = r.status != 0;
         rec.refreshes.push(r);
         env.progress
             .refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if served && env.opts.until_served {
+            return;
+        }
     }
 }
 

@@ -61,6 +61,9 @@ pub struct RefreshRecord {
     /// Heads that failed before one served.
     pub failed_heads: u32,
     pub error: Option<String>,
+    /// Seconds from the start of the run to this fetch's end (the chaos suite places a
+    /// node's arrival at the runtime stage on its fault timeline with it).
+    pub at: f64,
 }
 
 /// Everything about one simulated node.

@@ -66,6 +66,17 @@ pub fn head_config(id: u64, data_dir: &Path) -> String {
     serde_yaml_ng::to_string(&v).unwrap()
 }
 
+/// `cfg` with `boot.overlays.wwclient` set to `agent`: the node agent the `wwclient`
+/// overlay ships (a small stand-in where simulated nodes boot; a debug `wwclient` is
+/// ~120 MB, in every node's system overlay).
+pub fn with_agent(cfg: &str, agent: &Path) -> String {
+    use serde_yaml_ng::Value;
+    let mut v: Value = serde_yaml_ng::from_str(cfg).unwrap();
+    let overlays = v["boot"]["overlays"].as_mapping_mut().unwrap();
+    overlays.insert(Value::from("wwclient"), Value::from(agent.display().to_string()));
+    serde_yaml_ng::to_string(&v).unwrap()
+}
+
 /// A capture of DHCP on one interface (tcpdump -vv), parsed for OFFERs.
 pub struct Capture {
     pid: u32,
@@ -131,6 +142,9 @@ pub struct Lab {
     pub pids: Vec<Option<u32>>,
     /// Per head: argv put before `timeout … wulfd` (e.g. `env LD_PRELOAD=…`), empty by default.
     pub wrap: Vec<Vec<String>>,
+    /// The node agent the heads' `wwclient` overlay ships ([`with_agent`]); None: the
+    /// example's default (beside `wulfd`).
+    pub agent: Option<std::path::PathBuf>,
 }
 
 impl Lab {
@@ -198,6 +212,7 @@ impl Lab {
             dir,
             pids: vec![None; 3],
             wrap: vec![vec![]; 3],
+            agent: None,
         }
     }
 
@@ -241,7 +256,11 @@ impl Lab {
         let id = i as u64 + 1;
         let cfg = self.dir.path().join(format!("wulfd{id}.yaml"));
         let data = self.dir.path().join(format!("data{id}"));
-        std::fs::write(&cfg, head_config(id, &data)).unwrap();
+        let mut text = head_config(id, &data);
+        if let Some(agent) = &self.agent {
+            text = with_agent(&text, agent);
+        }
+        std::fs::write(&cfg, text).unwrap();
         // head-<id>/ of `pki init` into the head's tls.dir, once (a restart keeps it).
         if !data.join("pki/head.crt").exists() {
             std::fs::create_dir_all(&data).unwrap();

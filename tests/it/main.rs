@@ -28,6 +28,7 @@ mod tftp_client;
 mod allow;
 mod artifacts;
 mod boot_http;
+mod chaos_bootcheck;
 mod chaos_checker;
 mod cli;
 mod cli_verbs;
