@@ -136,11 +136,12 @@ impl Client {
     }
 
     /// A client of the head at `addr` alone, connecting the same way, with the same
-    /// deadlines (to ask each head in turn: `cluster verify`).
+    /// per-call deadline and no end of its own: the caller bounds it (`cluster verify`
+    /// gives each round's asks what is left of the command, at least 200 ms, so a head
+    /// that answers is shown as answering even in the last round).
     pub fn one(&self, addr: &str) -> Client {
         Client {
             per_call: self.per_call,
-            until: self.until,
             ..Client::with_dialer(vec![addr.to_string()], &self.dialer)
         }
     }

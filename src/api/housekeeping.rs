@@ -27,6 +27,82 @@ pub struct BootFacts {
     pub secure: bool,
     /// Overlays are built and served here.
     pub overlays: bool,
+    /// This head's gRPC TLS (None: `insecure: true`).
+    pub tls: Option<TlsFacts>,
+}
+
+/// What `configure tls` reports about a head's certificates.
+#[derive(Debug, Clone)]
+pub struct TlsFacts {
+    pub dir: PathBuf,
+    pub identity: crate::pki::Identity,
+    /// Unix second the head's certificate expires.
+    pub not_after: i64,
+    /// SHA-256 of the CA certificate.
+    pub ca_fingerprint: String,
+    /// `ca.key` is here (enrolment, credentials).
+    pub ca_key: bool,
+}
+
+/// Findings of `configure tls`.
+fn tls_checks(f: &BootFacts, now: i64) -> Vec<pb::ServiceCheck> {
+    let Some(t) = &f.tls else {
+        return vec![check(
+            "tls",
+            "mode",
+            "warn",
+            "insecure: true — gRPC is plaintext and takes no credentials; anyone who reaches this head's listen address controls the cluster (docs/OPERATIONS.md, \"Certificates and credentials\")",
+        )];
+    };
+    let days = (t.not_after - now) / 86400;
+    let mut c = vec![check(
+        "tls",
+        "mode",
+        "ok",
+        format!("mutual TLS 1.3, certificates in {}", t.dir.display()),
+    )];
+    c.push(if t.not_after <= now {
+        check(
+            "tls",
+            "certificate",
+            "fail",
+            format!(
+                "{} expired: peers and operators refuse this head; issue a new one",
+                t.identity
+            ),
+        )
+    } else if days < 30 {
+        check(
+            "tls",
+            "certificate",
+            "warn",
+            format!("{} expires in {days} days: renew it before then", t.identity),
+        )
+    } else {
+        check(
+            "tls",
+            "certificate",
+            "ok",
+            format!("{}, serial {}, valid {days} more days", t.identity, t.identity.serial),
+        )
+    });
+    c.push(check("tls", "ca", "ok", format!("SHA-256 {}", t.ca_fingerprint)));
+    c.push(if t.ca_key {
+        check(
+            "tls",
+            "ca.key",
+            "ok",
+            "present (0600): this head enrols joining heads and issues credentials",
+        )
+    } else {
+        check(
+            "tls",
+            "ca.key",
+            "warn",
+            "absent: this head cannot enrol heads or issue credentials (other heads can)",
+        )
+    });
+    c
 }
 
 /// `Clean`: the unreferenced blobs of `cas` older than `min_age`; removed unless `dry_run`.
@@ -269,5 +345,6 @@ pub(super) async fn boot_services(head_id: u64, f: &BootFacts, racks: Vec<String
             "off (boot.overlays.enabled): nodes get no overlays from this head",
         )
     });
+    c.extend(tls_checks(f, crate::state::unix_now() as i64));
     pb::BootServicesReply { head_id, checks: c }
 }

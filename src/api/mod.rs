@@ -13,7 +13,7 @@
 pub mod auth;
 mod housekeeping;
 
-pub use housekeeping::BootFacts;
+pub use housekeeping::{BootFacts, TlsFacts};
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

@@ -46,6 +46,8 @@ pub enum ConfigureCmd {
     /// Check this head's HTTP boot service (Warewulf's warewulfd): listener, secure
     /// mode, overlays.
     Warewulfd,
+    /// Check this head's certificates (gRPC mutual TLS): mode, expiry, CA, CA key.
+    Tls,
     /// Write the head's /etc/hosts: its own top block, then every node (host overlay).
     Hostfile {
         /// Write under this directory instead of / (for a test or a review).
@@ -90,20 +92,21 @@ pub async fn run(client: &Client, args: ConfigureArgs, fmt: Option<Format>, out:
         Some(ConfigureCmd::Dhcp) => return services(client, &["dhcp"], fmt, out).await,
         Some(ConfigureCmd::Tftp) => return services(client, &["tftp"], fmt, out).await,
         Some(ConfigureCmd::Warewulfd) => return services(client, &["warewulfd"], fmt, out).await,
+        Some(ConfigureCmd::Tls) => return services(client, &["tls"], fmt, out).await,
         Some(cmd) => return host(client, cmd, out).await,
         None if args.all => {}
         // A usage error (exit 2), as clap's own.
         None => {
             return Err(clap::Error::raw(
                 clap::error::ErrorKind::MissingSubcommand,
-                "wwctl configure: give a service (dhcp, tftp, warewulfd, nfs, ssh, hostfile) or --all\n",
+                "wwctl configure: give a service (dhcp, tftp, warewulfd, tls, nfs, ssh, hostfile) or --all\n",
             )
             .into())
         }
     }
-    // Warewulf's order. The TLS step (certificates of the admin API) goes first when it
-    // exists: the PKI work adds `ConfigureCmd::Tls` and calls it here.
-    let checked = services(client, &["warewulfd", "tftp", "dhcp"], fmt, out).await;
+    // Warewulf's order, the certificates first (Warewulf's `configure tls` makes its
+    // HTTPS key; here the head's mutual-TLS certificates are checked).
+    let checked = services(client, &["tls", "warewulfd", "tftp", "dhcp"], fmt, out).await;
     let root = args.root;
     host(client, ConfigureCmd::Nfs { root: root.clone() }, out).await?;
     host(
@@ -207,7 +210,9 @@ async fn host(client: &Client, cmd: ConfigureCmd, out: &mut dyn Write) -> Result
             replace,
             root,
         } => return ssh(client, key_types, *replace, root, out).await,
-        ConfigureCmd::Dhcp | ConfigureCmd::Tftp | ConfigureCmd::Warewulfd => unreachable!("checked in run"),
+        ConfigureCmd::Dhcp | ConfigureCmd::Tftp | ConfigureCmd::Warewulfd | ConfigureCmd::Tls => {
+            unreachable!("checked in run")
+        }
     };
     let files = client
         .overlay_render("host", template, &this_host())

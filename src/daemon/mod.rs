@@ -273,6 +273,7 @@ impl Head {
                 http_advertise: cfg.http_advertise.clone(),
                 secure: cfg.secure,
                 overlays: boot_overlays.is_some(),
+                tls: tls.as_ref().map(|t| t.facts.clone()),
             }),
         });
         tracing::info!(id = cfg.id, "serving");

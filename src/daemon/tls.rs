@@ -26,6 +26,8 @@ pub struct HeadTls {
     /// The CA with its key (to enrol heads and issue credentials), when `ca.key` is here.
     pub ca: Option<Arc<Ca>>,
     pub identity: Identity,
+    /// What `wwctl configure tls` reports.
+    pub facts: crate::api::TlsFacts,
 }
 
 impl std::fmt::Debug for HeadTls {
@@ -59,7 +61,8 @@ impl HeadTls {
             }
         }
         let err = pki_err(&t.dir);
-        let (ca, cert, key) = files.read().map_err(&err)?;
+        let (ca_pem, cert, key) = files.read().map_err(&err)?;
+        let ca = ca_pem.as_str();
         let identity = identity_of(&first_cert_der(&cert).map_err(&err)?).map_err(&err)?;
         let me = format!("head-{id}");
         if identity.role != Role::Head || identity.name != me {
@@ -69,8 +72,8 @@ impl HeadTls {
                 t.dir.display()
             )));
         }
-        let server = server_config(&ca, &cert, &key).map_err(&err)?;
-        let dialer = Dialer::tls(client_config(&ca, Some((&cert, &key))).map_err(&err)?);
+        let server = server_config(ca, &cert, &key).map_err(&err)?;
+        let dialer = Dialer::tls(client_config(ca, Some((&cert, &key))).map_err(&err)?);
         let ca = if crate::pki::ca_key_path(&t.dir).exists() {
             Some(Arc::new(load_ca(&t.dir).map_err(&err)?))
         } else {
@@ -80,11 +83,20 @@ impl HeadTls {
             );
             None
         };
+        let der = first_cert_der(&cert).map_err(&err)?;
+        let facts = crate::api::TlsFacts {
+            dir: t.dir.clone(),
+            identity: identity.clone(),
+            not_after: crate::pki::not_after(&der).map_err(&err)?,
+            ca_fingerprint: crate::pki::fingerprint_pem(&ca_pem).map_err(&err)?,
+            ca_key: ca.is_some(),
+        };
         Ok(HeadTls {
             server,
             dialer,
             ca,
             identity,
+            facts,
         })
     }
 }

@@ -295,6 +295,13 @@ pub fn fingerprint_pem(pem: &str) -> Result<String, PkiError> {
     Ok(sha256_hex(&first_cert_der(pem)?))
 }
 
+/// The unix second after which the certificate `der` is no longer valid.
+pub fn not_after(der: &[u8]) -> Result<i64, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::Invalid(format!("unreadable certificate: {e}")))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// Who the certificate `der` names (common name, role from the organizational unit,
 /// serial). Does not verify it: the TLS layer has, against the cluster CA.
 pub fn identity_of(der: &[u8]) -> Result<Identity, PkiError> {

@@ -93,6 +93,18 @@ fn credentials_roles_revocation_and_join_tokens() {
         text(&o)
     };
     ok(&root, &["node", "add", "n1"]);
+    // `configure tls` reports the answering head's certificates.
+    let conf = ok(&root, &["--heads", &c.addrs[0], "configure", "tls"]);
+    for want in [
+        "mutual TLS 1.3",
+        "head-1 (head)",
+        "valid",
+        "SHA-256",
+        "ca.key",
+        "present",
+    ] {
+        assert!(conf.contains(want), "{want:?} in {conf}");
+    }
 
     // Without a credential: plaintext gets nowhere, TLS without a client certificate is
     // refused on the admin API and on Raft.
