@@ -187,6 +187,21 @@ pub fn operator_of(ext: &http::Extensions, claimed: &str, remote: Option<std::ne
     }
 }
 
+/// The role of the verified certificate of a call (None: no TLS, or no certificate).
+pub fn caller_role(ext: &http::Extensions) -> Option<Role> {
+    ext.get::<PeerInfo>().and_then(|p| p.identity.as_ref()).map(|i| i.role)
+}
+
+/// What a `read` credential never sees: BMC passwords of nodes and profiles (blanked to
+/// `********`, so it shows that one is set). SSH host keys are never in a read answer.
+pub fn hide_secrets(r: &mut crate::state::QueryResult) {
+    for v in r.nodes.values_mut().chain(r.profiles.values_mut()) {
+        if let Some(p) = v.value.ipmi.as_mut().and_then(|i| i.password.as_mut()) {
+            *p = "********".into();
+        }
+    }
+}
+
 fn ca(s: &Services) -> Result<&Arc<Ca>, Status> {
     s.ca.as_ref().ok_or_else(|| {
         status(&AuthError::NoCa(

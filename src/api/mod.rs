@@ -695,13 +695,17 @@ impl pb::admin_server::Admin for AdminService {
     async fn read(&self, req: GrpcRequest<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
         let s = self.gate.get()?;
         let deadline = deadline(&req);
+        let read_only = auth::caller_role(req.extensions()) == Some(crate::pki::Role::Read);
         let req = req.into_inner();
         let q: Query = serde_json::from_slice(&req.query_json).map_err(|e| bad_json("query", e))?;
-        let (result, applied) = s
+        let (mut result, applied) = s
             .cluster
             .read(&q, req.linearizable, req.hops, deadline)
             .await
             .map_err(|e| status(&e))?;
+        if read_only {
+            auth::hide_secrets(&mut result);
+        }
         Ok(Response::new(pb::ReadReply {
             result_json: serde_json::to_vec(&result).expect("query result serializes"),
             applied_index: applied,

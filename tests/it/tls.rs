@@ -150,6 +150,11 @@ fn credentials_roles_revocation_and_join_tokens() {
     );
     let reader = ops.join("reader.crt");
     assert!(ok(&reader, &["node", "list"]).contains("n1"));
+    // BMC passwords: an admin reads them back, a read credential sees that one is set.
+    ok(&root, &["node", "set", "n1", "--ipmipass", "s3cret-bmc", "-y"]);
+    assert!(ok(&root, &["node", "export", "n1"]).contains("s3cret-bmc"));
+    let shown = ok(&reader, &["node", "export", "n1"]);
+    assert!(!shown.contains("s3cret-bmc") && shown.contains("********"), "{shown}");
     let o = wwctl(&heads, Some(&reader), &["node", "add", "n2"]);
     assert!(
         !o.status.success() && text(&o).contains("needs the admin role"),
