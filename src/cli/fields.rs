@@ -152,7 +152,7 @@ pub const FIELDS: &[Field] = &[
     ),
     f(
         "discoverable",
-        None,
+        Some('e'),
         &["discoverable"],
         Top,
         Bool,
@@ -168,7 +168,7 @@ pub const FIELDS: &[Field] = &[
     ),
     f(
         "primarynet",
-        None,
+        Some('p'),
         &["primary network"],
         Top,
         Str,
@@ -1130,6 +1130,18 @@ mod tests {
                 set(&["image name"], Value::String("rocky9".into())),
                 set(&["kernel", "args"], serde_json::json!(["quiet", "crashkernel=no"])),
                 set(&["discoverable"], Value::Bool(true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn warewulf_short_options_e_and_p() {
+        // Warewulf's `sopt`: -e discoverable, -p primarynet.
+        assert_eq!(
+            patch(&["-e", "-p", "eth1"]).unwrap(),
+            vec![
+                set(&["discoverable"], Value::Bool(true)),
+                set(&["primary network"], Value::String("eth1".into())),
             ]
         );
     }

@@ -78,6 +78,12 @@ pub struct Cli {
     /// that cannot reach a majority of heads (it may still be applied later).
     #[arg(long, default_value_t = 15, global = true)]
     pub timeout: u64,
+    /// Print what wwctl does (its log at info level; `WWCTL_LOG` overrides).
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
+    /// Print debugging messages (its log at debug level; `WWCTL_LOG` overrides).
+    #[arg(short = 'd', long, global = true)]
+    pub debug: bool,
     #[command(subcommand)]
     pub cmd: Top,
 }
@@ -286,5 +292,18 @@ pub(crate) fn confirm(question: &str) -> Result<()> {
         Ok(())
     } else {
         bail!("aborted, nothing changed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_verbose_and_debug_as_warewulf() {
+        let c = Cli::try_parse_from(["wwctl", "-v", "node", "list", "-d"]).unwrap();
+        assert!(c.verbose && c.debug, "global flags, before or after the verb");
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }
