@@ -297,9 +297,13 @@ impl<C: StoreTypeConfig> RaftLogStorage<C> for LogStore<C> {
             return Ok(());
         };
 
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        // On the blocking pool, within a deadline: sled may block a writer on a full disk.
+        let tree = self.log.clone();
+        if let Err(e) = super::blocking_write(move || tree.apply_batch(batch)).await {
+            let e = storage_err(ErrorSubject::Logs, ErrorVerb::Write, &e);
+            callback.log_io_completed(Err(io::Error::other(e.to_string())));
+            return Err(e);
+        }
         if let Err(e) = flush(&self.db, ErrorSubject::Logs, ErrorVerb::Write).await {
             callback.log_io_completed(Err(io::Error::other(e.to_string())));
             return Err(e);

@@ -339,6 +339,30 @@ enum FlushError {
     Sled(#[from] sled::Error),
     #[error("flush task did not complete")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the disk did not finish a write within {0:?} (full, failing or hung); treated as a storage failure")]
+    Stalled(std::time::Duration),
+}
+
+/// Longest a sled write or flush may take before it counts as a storage failure.
+///
+/// Why: on a full disk sled can block a writer (waiting for IO buffers its flusher cannot
+/// write) or a flush forever, without an error: the Raft core then waits for ever, no
+/// storage error stops it, and wulfd stays up answering nothing (the chaos suite's `mixed`
+/// scenario saw a head so after a disk-full fault). A deadline turns the stall into the
+/// storage error that stops Raft and wulfd (`daemon::watch_raft`), for the service manager
+/// to restart it. Generous: a busy spinning disk may take seconds for one flush.
+pub const STORAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `f` (a sled write) on the blocking pool within [`STORAGE_DEADLINE`].
+async fn blocking_write<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, sled::Error> + Send + 'static,
+) -> Result<T, FlushError> {
+    match tokio::time::timeout(STORAGE_DEADLINE, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(FlushError::from(e)),
+        Ok(Err(e)) => Err(FlushError::from(e)),
+        Err(_) => Err(FlushError::Stalled(STORAGE_DEADLINE)),
+    }
 }
 
 /// Makes every write issued so far on `db` (all trees) durable.
@@ -347,12 +371,9 @@ enum FlushError {
 /// not `Db::flush_async`.
 async fn flush(db: &sled::Db, subject: ErrorSubject<u64>, verb: ErrorVerb) -> Result<(), StorageError<u64>> {
     let db = db.clone();
-    let res = match tokio::task::spawn_blocking(move || db.flush()).await {
-        Ok(Ok(_bytes)) => Ok(()),
-        Ok(Err(e)) => Err(FlushError::from(e)),
-        Err(e) => Err(FlushError::from(e)),
-    };
-    res.map_err(|e| storage_err(subject, verb, &e))
+    blocking_write(move || db.flush().map(|_bytes| ()))
+        .await
+        .map_err(|e| storage_err(subject, verb, &e))
 }
 
 /// Builds an openraft storage error for `subject`/`verb`, keeping `source`'s message and chain.
