@@ -61,8 +61,49 @@ pub fn init(format: LogFormat, env_var: &str, defaults: Defaults) {
         .init();
 }
 
+/// Rate limit for a log line about repeated events (refused handshakes, refused calls,
+/// refused boot clients): at most one line per period, carrying how many happened.
+#[derive(Debug)]
+pub struct Every {
+    period: std::time::Duration,
+    /// When the last line was logged, and the events counted since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Every {
+    pub const fn new(period: std::time::Duration) -> Every {
+        Every {
+            period,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Count one event; `Some(n)` when a line is due now, `n` the events since the last
+    /// line (this one included).
+    pub fn tick(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.1 += 1;
+        if s.0.is_some_and(|t| t.elapsed() < self.period) {
+            return None;
+        }
+        let n = s.1;
+        *s = (Some(std::time::Instant::now()), 0);
+        Some(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_logs_the_first_then_counts_until_the_period_ends() {
+        let e = Every::new(std::time::Duration::from_millis(50));
+        assert_eq!(e.tick(), Some(1));
+        assert_eq!(e.tick(), None);
+        assert_eq!(e.tick(), None);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(e.tick(), Some(3), "the two held back and this one");
+    }
+
     use super::*;
     use std::ffi::OsStr;
 

@@ -152,20 +152,15 @@ where
 
 /// Refusals leave a trace, at most one line per 10 s with a count.
 fn refused<B>(req: &http::Request<B>, e: &AuthError) {
-    use std::sync::Mutex;
-    use std::time::{Duration, Instant};
-    static LAST: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    last.1 += 1;
-    if last.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+    static EVERY: crate::logging::Every = crate::logging::Every::new(std::time::Duration::from_secs(10));
+    if let Some(n) = EVERY.tick() {
         let from = req
             .extensions()
             .get::<PeerInfo>()
             .and_then(|p| p.remote)
             .map(|a| a.to_string())
             .unwrap_or_default();
-        tracing::warn!(%from, refused_since_last_report = last.1, "call refused: {e}");
-        *last = (Some(Instant::now()), 0);
+        tracing::warn!(%from, refused_since_last_report = n, "call refused: {e}");
     }
 }
 

@@ -13,8 +13,7 @@
 //! allowed at once, on every head.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
@@ -26,7 +25,7 @@ pub struct Allow {
     view: ViewRx,
     /// `boot.allow` and this head's DHCP subnets.
     networks: Vec<Ipv4Net>,
-    refused: Mutex<(Option<Instant>, u64)>,
+    refused: crate::logging::Every,
 }
 
 impl Allow {
@@ -34,7 +33,7 @@ impl Allow {
         Allow {
             view,
             networks,
-            refused: Mutex::new((None, 0)),
+            refused: crate::logging::Every::new(Duration::from_secs(10)),
         }
     }
 
@@ -59,15 +58,12 @@ impl Allow {
         if self.allows(ip) {
             return true;
         }
-        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        r.1 += 1;
-        if r.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        if let Some(n) = self.refused.tick() {
             tracing::warn!(
                 client = %ip,
-                refused_since_last_report = r.1,
+                refused_since_last_report = n,
                 "{what}: refused a client outside every rack network, DHCP subnet and boot.allow network"
             );
-            *r = (Some(Instant::now()), 0);
         }
         false
     }

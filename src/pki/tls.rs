@@ -9,9 +9,9 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -236,29 +236,6 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Handshakes that failed, logged at most once per interval with a count (a scanner or
-/// a misconfigured client must leave a trace, not a flood).
-#[derive(Debug)]
-struct FailureLog {
-    every: Duration,
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl FailureLog {
-    fn record(&self, from: SocketAddr, why: &str) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.1 += 1;
-        if s.0.is_none_or(|t| t.elapsed() >= self.every) {
-            tracing::warn!(
-                %from,
-                failed_since_last_report = s.1,
-                "TLS handshake refused: {why} (a client without this cluster's certificates, or not speaking TLS)"
-            );
-            *s = (Some(Instant::now()), 0);
-        }
-    }
-}
-
 /// Accept on `listener` until `stop`, each handshake in its own task (a slow client never
 /// holds up the next) within [`HANDSHAKE`]; finished connections come out of the stream.
 pub fn incoming(
@@ -268,10 +245,8 @@ pub fn incoming(
 ) -> impl futures::Stream<Item = std::io::Result<TlsConn>> + Send + 'static {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<TlsConn>(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let failures = Arc::new(FailureLog {
-        every: Duration::from_secs(10),
-        state: Mutex::new((None, 0)),
-    });
+    // Refused handshakes leave a trace, not a flood (a scanner, a misconfigured client).
+    let failures = Arc::new(crate::logging::Every::new(Duration::from_secs(10)));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -307,13 +282,23 @@ pub fn incoming(
                             })
                             .await;
                     }
-                    Ok(Err(e)) => failures.record(remote, &e.to_string()),
-                    Err(_) => failures.record(remote, "no handshake within 5 s"),
+                    Ok(Err(e)) => refused(&failures, remote, &e.to_string()),
+                    Err(_) => refused(&failures, remote, "no handshake within 5 s"),
                 }
             });
         }
     });
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|c| c.map(Ok)))
+}
+
+fn refused(every: &crate::logging::Every, from: SocketAddr, why: &str) {
+    if let Some(n) = every.tick() {
+        tracing::warn!(
+            %from,
+            failed_since_last_report = n,
+            "TLS handshake refused: {why} (a client without this cluster's certificates, or not speaking TLS)"
+        );
+    }
 }
 
 /// Makes TLS connections to heads for tonic channels.
