@@ -532,11 +532,16 @@ fn heads_text(heads: &[String]) -> String {
     }
 }
 
-/// Fetch `digest` from head `i`'s blob route on the management network and compare.
+/// Fetch `digest` from head `i`'s blob route on the management network (its gRPC port,
+/// as a head: head 1's certificate; `-k` as heads do not check each other's names) and
+/// compare.
 fn served_bytes_note(lab: &Lab, i: usize, _path: &Path, digest: &str) -> String {
+    let pki = lab.dir.path().join("pki/head-1");
     let o = lab.sw.sh(&format!(
-        "curl -sf -m 10 http://10.0.0.{}:9873/blob/{digest} | sha256sum",
-        i + 1
+        "curl -sf -m 10 -k --cert {c} --key {k} https://10.0.0.{n}:9701/blob/{digest} | sha256sum",
+        c = pki.join("head.crt").display(),
+        k = pki.join("head.key").display(),
+        n = i + 1
     ));
     let got = String::from_utf8_lossy(&o.stdout);
     let got = got.split_whitespace().next().unwrap_or("");

@@ -25,7 +25,9 @@ use crate::store::StateReader;
 
 /// What a call needs: `None` for the calls anyone with a TLS connection may make.
 pub fn needed_role(path: &str) -> Option<Role> {
-    if path.starts_with("/wulfpack.raft.v1.Raft/") {
+    // Raft, and what heads fetch from each other over HTTP/2 on this port (blobs:
+    // every image and overlay tree of the cluster; liveness probes).
+    if path.starts_with("/wulfpack.raft.v1.Raft/") || is_peer_route(path) {
         return Some(Role::Head);
     }
     let method = path.strip_prefix("/wulfpack.admin.v1.Admin/").unwrap_or("");
@@ -37,6 +39,12 @@ pub fn needed_role(path: &str) -> Option<Role> {
         // later until it is named above: admin.
         _ => Some(Role::Admin),
     }
+}
+
+/// The plain HTTP routes of the gRPC port (`cas::http`, `boot::liveness`): refused with
+/// an HTTP status, not a gRPC one, since their clients read the status line.
+fn is_peer_route(path: &str) -> bool {
+    path.starts_with("/blob/") || path == "/health"
 }
 
 /// Why a call is refused.
@@ -144,7 +152,15 @@ where
             Ok(()) => futures::future::Either::Left(self.inner.call(req)),
             Err(e) => {
                 refused(&req, &e);
-                futures::future::Either::Right(std::future::ready(Ok(status(&e).into_http())))
+                let answer = if is_peer_route(req.uri().path()) {
+                    let mut r = http::Response::new(RB::default());
+                    *r.status_mut() =
+                        http::StatusCode::from_u16(e.kind().http()).unwrap_or(http::StatusCode::FORBIDDEN);
+                    r
+                } else {
+                    status(&e).into_http()
+                };
+                futures::future::Either::Right(std::future::ready(Ok(answer)))
             }
         }
     }
@@ -323,6 +339,21 @@ mod tests {
         // A method nobody listed needs admin.
         assert_eq!(needed_role("/wulfpack.admin.v1.Admin/SomethingNew"), Some(Role::Admin));
         assert_eq!(needed_role("/other.Service/X"), Some(Role::Admin));
+    }
+
+    #[test]
+    fn blobs_and_probes_are_for_heads_only() {
+        let blob = "/blob/sha256:00";
+        for path in [blob, "/health"] {
+            assert!(decide(path, Some(&id(Role::Head)), None).is_ok(), "{path}");
+            assert!(matches!(
+                decide(path, Some(&id(Role::Admin)), None),
+                Err(AuthError::Forbidden { .. })
+            ));
+            assert!(matches!(decide(path, None, None), Err(AuthError::NoCertificate { .. })));
+        }
+        // Only those paths: a longer one is not a probe.
+        assert!(is_peer_route("/health") && !is_peer_route("/healthz") && !is_peer_route("/blobs"));
     }
 
     #[test]

@@ -2,14 +2,19 @@
 //!
 //! A rack is answered by its first head that is alive and serving it (see
 //! `dhcp::handlers::RackTurn`). To know that, each head probes the other heads of its
-//! racks over HTTP (`GET /health`, every [`PROBE_EVERY`], each probe bounded by
-//! [`PROBE_TIMEOUT`]) and keeps the answer in memory: the racks the peer serves now (its
+//! racks (`GET /health`, every [`PROBE_EVERY`], each probe bounded by [`PROBE_TIMEOUT`])
+//! and keeps the answer in memory: the racks the peer serves now (its
 //! DHCP has the interface for them, and it holds what their nodes need). A peer that has
 //! not answered for [`DEAD_AFTER`] counts as down.
 //!
+//! Probes go over HTTP/2 to the peer's gRPC port, under the cluster's mutual TLS: only a
+//! head of this cluster can answer for a head (a spoofed "I serve rack 1" would keep the
+//! backup silent while nobody serves it). The same report is on the HTTP boot port for
+//! operators (`curl http://HEAD:9873/health`); heads never read that one.
+//!
 //! Why probes and not a record in Raft: liveness changes are not configuration, an idle
 //! cluster must not write (issue: ~140 Raft writes/s from a keep-alive), and a probe
-//! measures exactly what matters — can this peer's HTTP answer now — where a record
+//! measures exactly what matters — can this peer's process answer now — where a record
 //! would measure whether the peer can still reach the leader. Why these timings: a head
 //! that is alive but loaded (a boot storm, a slow disk) still answers a tiny JSON within
 //! a second; four missed probes in a row (2 s) are a dead or hung head, which a SIGSTOP
@@ -30,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dhcp::{MacAddr, RackHealth};
 use super::view::ViewRx;
+use crate::pki::tls::Dialer;
 
 /// How often each peer is probed.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -216,13 +222,12 @@ impl Liveness {
         }
     }
 
-    /// Probe the heads that share a rack with this one until `stop` resolves.
-    pub async fn run(self: Arc<Self>, view: ViewRx, stop: impl std::future::Future<Output = ()>) {
-        let http = match reqwest::Client::builder()
-            .connect_timeout(PROBE_TIMEOUT)
-            .timeout(PROBE_TIMEOUT)
-            .build()
-        {
+    /// Probe the heads that share a rack with this one until `stop` resolves, through
+    /// `dialer` (the head's mutual TLS, on the peers' gRPC ports).
+    pub async fn run(self: Arc<Self>, view: ViewRx, dialer: Dialer, stop: impl std::future::Future<Output = ()>) {
+        // Its own client (its own connections): a probe never queues behind a blob
+        // transfer to the same peer.
+        let http = match dialer.http(PROBE_TIMEOUT) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("cannot build the health-probe HTTP client: {e}");
@@ -234,7 +239,7 @@ impl Liveness {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let targets = self.targets(&view);
+                let targets = self.targets(&view, &dialer);
                 let probes = targets.into_iter().map(|(id, url)| {
                     let http = http.clone();
                     async move { (id, probe(&http, &url).await) }
@@ -250,19 +255,16 @@ impl Liveness {
         }
     }
 
-    /// Other heads listed in a rack this head is in, with their health URL.
-    fn targets(&self, view: &ViewRx) -> BTreeMap<u64, String> {
+    /// Other heads listed in a rack this head is in, with their health URL (on their
+    /// gRPC port; a head that has not registered one yet is not probed and counts as
+    /// down once the start-up grace is over).
+    fn targets(&self, view: &ViewRx, dialer: &Dialer) -> BTreeMap<u64, String> {
         let v = view.borrow().clone();
         let mut out = BTreeMap::new();
         for rack in v.racks.values().filter(|r| r.position(self.me).is_some()) {
             for h in rack.heads.iter().filter(|h| h.id != self.me) {
-                if let Some(info) = v.heads.get(&h.id) {
-                    let base = if info.http.contains("://") {
-                        info.http.trim_end_matches('/').to_owned()
-                    } else {
-                        format!("http://{}", info.http)
-                    };
-                    out.insert(h.id, format!("{base}/health"));
+                if let Some(info) = v.heads.get(&h.id).filter(|i| !i.grpc.is_empty()) {
+                    out.insert(h.id, format!("{}/health", dialer.base_url(&info.grpc)));
                 }
             }
         }
@@ -271,7 +273,12 @@ impl Liveness {
 }
 
 async fn probe(http: &reqwest::Client, url: &str) -> Result<HealthReport, String> {
-    let r = http.get(url).send().await.map_err(|e| e.to_string())?;
+    let r = http
+        .get(url)
+        .timeout(PROBE_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     if !r.status().is_success() {
         return Err(format!("{url} answered {}", r.status()));
     }

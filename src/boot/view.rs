@@ -432,7 +432,13 @@ mod tests {
             (3, "0.0.0.0:9870"),
             (4, "http://h4:80/"),
         ] {
-            v.heads.insert(id, HeadInfo { http: http.into() });
+            v.heads.insert(
+                id,
+                HeadInfo {
+                    http: http.into(),
+                    grpc: String::new(),
+                },
+            );
         }
         assert_eq!(
             v.head_urls(2, Some("wulf2:9870")),

@@ -2,6 +2,13 @@
 //! (with Range and ETag, see [`serve`]); a [`Fetcher`] pulls one from any peer that
 //! has it and stores it only if its content matches the digest.
 //!
+//! **Where:** on each head's gRPC port, beside Raft and the admin API, as HTTP/2 under
+//! the same mutual TLS (a peer must show a `head` certificate of the cluster CA; the
+//! per-call check in `api::auth` names `/blob/` like a Raft method). Not on the HTTP
+//! boot port: a blob may be any image or overlay tree of the cluster, and the boot port
+//! is open to the racks. [`PeerLink`] is how a head reaches them. The cost of TLS and
+//! of HTTP/2 instead of `sendfile` is measured in `benches/tls_cost` (docs/PERFORMANCE.md).
+//!
 //! Why a transfer is written this way:
 //! - **Every call has a deadline.** A peer that accepts and never answers (a
 //!   SIGSTOPped head, a hung disk) must cost a bounded time, not block the transfer
@@ -36,6 +43,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::serve::{self, Verifier};
 use super::{Cas, CasError, Digest};
+use crate::pki::tls::Dialer;
+use crate::state::HeadInfo;
 
 /// Routes serving this head's blobs, through the same Range/ETag code as the boot
 /// routes ([`serve::respond`]), so a peer can resume or revalidate a transfer.
@@ -77,6 +86,46 @@ impl Default for Timeouts {
             head: Duration::from_secs(30),
             stall: Duration::from_secs(15),
         }
+    }
+}
+
+/// How this head reaches its peers' blob routes: one HTTP/2 client (connections pooled
+/// per peer) that dials as the head's gRPC channels do ([`Dialer`]), and the peers'
+/// base URLs from their registered gRPC addresses.
+#[derive(Debug, Clone)]
+pub struct PeerLink {
+    client: reqwest::Client,
+    dialer: Dialer,
+}
+
+impl Default for PeerLink {
+    /// Plaintext (h2c), for `insecure` heads and tests.
+    fn default() -> Self {
+        PeerLink::new(Dialer::plain(), Timeouts::default().connect).expect("a plaintext HTTP client builds")
+    }
+}
+
+impl PeerLink {
+    /// A link dialing as `dialer` does, each connection made within `connect`.
+    pub fn new(dialer: Dialer, connect: Duration) -> Result<PeerLink, crate::pki::PkiError> {
+        Ok(PeerLink {
+            client: dialer.http(connect)?,
+            dialer,
+        })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Base URLs of the blob routes of `heads`, skipping records that name no gRPC
+    /// address (written before heads registered it; they re-register when they start).
+    pub fn bases<'a>(&self, heads: impl IntoIterator<Item = &'a HeadInfo>) -> Vec<String> {
+        heads
+            .into_iter()
+            .filter(|h| !h.grpc.is_empty())
+            .map(|h| self.dialer.base_url(&h.grpc))
+            .collect()
     }
 }
 

@@ -5,7 +5,7 @@
 //! the applied state changes it computes the blobs the catalog references
 //! ([`referenced`], the same function the blob GC keeps by, so the two never
 //! disagree) and fetches every one this head lacks from the other heads (their
-//! registered HTTP addresses), through the resumable, deadline-bounded [`Fetcher`].
+//! registered gRPC ports, under mutual TLS: [`PeerLink`]), through the resumable, deadline-bounded [`Fetcher`].
 //!
 //! - **Bounded.** At most `transfers` blobs at a time; a blob that failed waits
 //!   ([`backoff`]: 1 s doubling to 5 min, jittered) before its next try, so a blob no
@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{Fetcher, Timeouts};
+use super::http::{Fetcher, PeerLink, Timeouts};
 use super::{Cas, CasError, Digest};
 use crate::state::State;
 use crate::store::StateReader;
@@ -226,7 +226,14 @@ impl std::fmt::Debug for ArtifactSync {
 impl ArtifactSync {
     /// Start the sync (and the scrub, if configured) of the head `id`, whose applied
     /// state `sm` is; both stop with `stop`.
-    pub fn start(cas: Cas, sm: StateReader<State>, id: u64, cfg: SyncConfig, stop: CancellationToken) -> ArtifactSync {
+    pub fn start(
+        cas: Cas,
+        sm: StateReader<State>,
+        id: u64,
+        cfg: SyncConfig,
+        link: PeerLink,
+        stop: CancellationToken,
+    ) -> ArtifactSync {
         let (first, at) = compute(&cas, &sm);
         let (tx, rx) = watch::channel(Arc::new(first));
         let as_of = Arc::new(AtomicU64::new(at));
@@ -238,7 +245,8 @@ impl ArtifactSync {
             cas: cas.clone(),
             sm,
             id,
-            fetcher: Fetcher::new(cfg.timeouts),
+            fetcher: Fetcher::with_client(link.client().clone(), cfg.timeouts),
+            link,
             cfg,
             tx,
             urgent_rx,
@@ -329,6 +337,7 @@ struct Worker {
     sm: StateReader<State>,
     id: u64,
     fetcher: Fetcher,
+    link: PeerLink,
     cfg: SyncConfig,
     tx: watch::Sender<Arc<Missing>>,
     urgent_rx: mpsc::Receiver<Digest>,
@@ -346,12 +355,8 @@ struct Worker {
 impl Worker {
     fn peers(&self) -> Vec<String> {
         self.sm.read(|s| {
-            s.cluster
-                .heads
-                .iter()
-                .filter(|(id, h)| **id != self.id && !h.http.is_empty())
-                .map(|(_, h)| h.http.clone())
-                .collect()
+            self.link
+                .bases(s.cluster.heads.iter().filter(|(id, _)| **id != self.id).map(|(_, h)| h))
         })
     }
 

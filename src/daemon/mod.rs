@@ -152,11 +152,22 @@ impl Head {
             }
         };
         let dialer = tls.as_ref().map(|t| t.dialer.clone()).unwrap_or_default();
+        private_dir(&cfg.data_dir)?;
+        let cas =
+            Cas::open(&cfg.data_dir.join("cas")).map_err(|e| DaemonError::Invalid(format!("content store: {e}")))?;
+        let liveness = Arc::new(crate::boot::liveness::Liveness::new(cfg.id, {
+            let quorum = quorum.clone();
+            move || quorum.get().is_some_and(|c: &Cluster| c.in_quorum())
+        }));
+        // What heads ask each other besides Raft — blobs and liveness probes — shares
+        // the gRPC port and its mutual TLS (`api::auth` lets only heads call them).
+        let peer_routes = crate::cas::http::router(cas.clone()).merge(crate::boot::liveness::router(liveness.clone()));
         let router = tonic::transport::Server::builder()
             .layer(crate::api::auth::AuthLayer {
                 enabled: tls.is_some(),
                 state: progress.clone(),
             })
+            .add_routes(tonic::service::Routes::from(peer_routes))
             .add_service(
                 pb::raft::raft_server::RaftServer::new(GatedRaft {
                     gate: raft_gate.clone(),
@@ -180,9 +191,6 @@ impl Head {
             )),
         };
 
-        private_dir(&cfg.data_dir)?;
-        let cas =
-            Cas::open(&cfg.data_dir.join("cas")).map_err(|e| DaemonError::Invalid(format!("content store: {e}")))?;
         let (log, sm) = open_store_with_retry(&cfg).await?;
         let reader = sm.reader();
         // openraft re-applies the log from the snapshot to `committed` inside `Raft::new`.
@@ -197,27 +205,31 @@ impl Head {
         let status = Arc::new(StatusBoard::new());
         crate::boot::status::forget_deleted_nodes(status.clone(), view.clone());
         let boot_overlays = boot_overlays(&cfg, &cas, &view);
-        let liveness = Arc::new(crate::boot::liveness::Liveness::new(cfg.id, {
-            let quorum = quorum.clone();
-            move || quorum.get().is_some_and(|c: &Cluster| c.in_quorum())
-        }));
+        let peer_link = crate::cas::http::PeerLink::new(dialer.clone(), cfg.artifacts.timeouts.connect)
+            .map_err(|e| DaemonError::Invalid(format!("HTTP client for peer heads: {e}")))?;
         // Every referenced blob from the peers, ahead of need (reads the state as it
         // is replayed, like the boot view).
-        let artifacts = ArtifactSync::start(cas.clone(), reader.clone(), cfg.id, cfg.artifacts.clone(), stop.clone());
-        // Blob bodies go out with sendfile(2) (cas::zerocopy); everything else as axum::serve.
+        let artifacts = ArtifactSync::start(
+            cas.clone(),
+            reader.clone(),
+            cfg.id,
+            cfg.artifacts.clone(),
+            peer_link.clone(),
+            stop.clone(),
+        );
+        // Boot files go out with sendfile(2) (cas::zerocopy); everything else as axum::serve.
+        // `/health` here is for operators (heads probe each other on the gRPC port).
         let http = tokio::spawn(crate::cas::zerocopy::serve(
             listeners.http,
-            crate::cas::http::router(cas.clone())
-                .merge(crate::boot::liveness::router(liveness.clone()))
-                .merge(crate::boot::http::router(boot_http_state(
-                    &cfg,
-                    &cas,
-                    &view,
-                    &status,
-                    boot_overlays.clone(),
-                    &liveness,
-                    &artifacts,
-                ))),
+            crate::boot::liveness::router(liveness.clone()).merge(crate::boot::http::router(boot_http_state(
+                &cfg,
+                &cas,
+                &view,
+                &status,
+                boot_overlays.clone(),
+                &liveness,
+                &artifacts,
+            ))),
             stop.clone().cancelled_owned(),
         ));
 
@@ -232,7 +244,13 @@ impl Head {
             cfg.snapshots.clone(),
             stop.clone().cancelled_owned(),
         );
-        let cluster = Cluster::new(cfg.id, cfg.advertise.clone(), raft.clone(), reader.clone(), dialer);
+        let cluster = Cluster::new(
+            cfg.id,
+            cfg.advertise.clone(),
+            raft.clone(),
+            reader.clone(),
+            dialer.clone(),
+        );
         let _ = quorum.set(cluster.clone());
         cluster.report_artifacts(artifacts.clone());
         cluster.report_racks({
@@ -241,8 +259,9 @@ impl Head {
         });
         let images = Images::new(cas.clone(), &cfg.data_dir, cluster.clone())
             .with_host_root(cfg.host_root.clone())
-            .with_exec_mounts(cfg.image_mounts.clone());
-        let overlays = Overlays::new(cas.clone(), cluster.clone());
+            .with_exec_mounts(cfg.image_mounts.clone())
+            .with_peers(peer_link.clone());
+        let overlays = Overlays::new(cas.clone(), cluster.clone()).with_peers(peer_link);
         let parts = Parts {
             cluster: cluster.clone(),
             sm: reader,
@@ -278,12 +297,21 @@ impl Head {
         });
         tracing::info!(id = cfg.id, "serving");
 
-        tokio::spawn(liveness.clone().run(parts.view.clone(), stop.clone().cancelled_owned()));
+        tokio::spawn(
+            liveness
+                .clone()
+                .run(parts.view.clone(), dialer.clone(), stop.clone().cancelled_owned()),
+        );
         let fatal = watch_raft(&raft, stop.clone());
         track_readiness(&parts, stop.clone());
         start_tftp(&cfg, &parts.view, &stop);
         start_dhcp(&cfg, &parts, &stop);
-        register(cluster.clone(), cfg.http_advertise.clone(), stop.clone());
+        register(
+            cluster.clone(),
+            cfg.http_advertise.clone(),
+            cfg.advertise.clone(),
+            stop.clone(),
+        );
         register_overlays(overlays, cfg.wwclient.clone(), stop.clone());
         if let Some((_, host_root)) = &cfg.overlays {
             register_root_keys(cluster.clone(), host_root.clone(), stop.clone());
@@ -601,13 +629,13 @@ fn gc_loop(parts: Parts, every: Duration, grace: Duration, stop: CancellationTok
     });
 }
 
-/// Record this head's HTTP address in the replicated state, retrying until the head
+/// Record this head's HTTP and gRPC addresses in the replicated state, retrying until the head
 /// is part of a cluster with a leader — a head waiting to be joined may wait a long
 /// time — or stops. Skipped when the state already has it (a restart).
-fn register(cluster: Cluster, http: String, stop: CancellationToken) {
+fn register(cluster: Cluster, http: String, grpc: String, stop: CancellationToken) {
     tokio::spawn(async move {
         let id = cluster.id();
-        let info = HeadInfo { http };
+        let info = HeadInfo { http, grpc };
         // Bounded: one attempt every 2 s for a day, or until shutdown.
         if cluster.state().read(|s| s.cluster.heads.get(&id) == Some(&info)) {
             return;
@@ -616,7 +644,7 @@ fn register(cluster: Cluster, http: String, stop: CancellationToken) {
         crate::boot::retry::RetryEvery::new(Duration::from_secs(2))
             .at_most(43_200)
             .first_failure_at(tracing::Level::DEBUG)
-            .run("registering HTTP address", stop.cancelled(), || {
+            .run("registering its addresses", stop.cancelled(), || {
                 cluster.write(cmd.clone())
             })
             .await;

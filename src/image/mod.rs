@@ -159,7 +159,8 @@ pub struct Images {
     dir: PathBuf,
     /// The head's cluster handle: catalog reads and writes (forwarded to the leader).
     catalog: Cluster,
-    http: reqwest::Client,
+    /// Peers' blob routes, for layers this head lacks.
+    peers: cas::http::PeerLink,
     busy: Arc<Mutex<HashMap<String, ()>>>,
     /// Open `image exec` sessions: name → token.
     sessions: Arc<Mutex<HashMap<String, String>>>,
@@ -208,12 +209,18 @@ impl Images {
             cas,
             dir: data_dir.join("images"),
             catalog,
-            http: reqwest::Client::new(),
+            peers: cas::http::PeerLink::default(),
             busy: Arc::default(),
             sessions: Arc::default(),
             host_root: PathBuf::from("/"),
             exec_mounts: Vec::new(),
         }
+    }
+
+    /// Reach the peers' blob routes through `link` (the head's TLS identity).
+    pub fn with_peers(mut self, link: cas::http::PeerLink) -> Self {
+        self.peers = link;
+        self
     }
 
     /// Read the head's account files under `root` instead of `/`.
@@ -266,7 +273,7 @@ impl Images {
     fn peers(&self) -> Vec<String> {
         self.catalog
             .state()
-            .read(|s| s.cluster.heads.values().map(|h| h.http.clone()).collect())
+            .read(|s| self.peers.bases(s.cluster.heads.values()))
     }
 
     /// Import an image from a source and (by default) build it.
@@ -559,7 +566,7 @@ impl Images {
                     i as u64,
                     missing.len() as u64,
                 );
-                cas::http::fetch_from_peers(&self.cas, &self.http, d, &peers).await?;
+                cas::http::fetch_from_peers(&self.cas, self.peers.client(), d, &peers).await?;
             }
         }
         self.assemble(name, layers, progress).await

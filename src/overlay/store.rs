@@ -242,7 +242,8 @@ pub struct Changed {
 pub struct Overlays {
     cas: Cas,
     cluster: Cluster,
-    http: reqwest::Client,
+    /// Peers' blob routes, for trees this head lacks.
+    peers: cas::http::PeerLink,
     cache: Arc<Mutex<HashMap<Digest, Arc<OverlayTree>>>>,
 }
 
@@ -259,9 +260,15 @@ impl Overlays {
         Overlays {
             cas,
             cluster,
-            http: reqwest::Client::new(),
+            peers: cas::http::PeerLink::default(),
             cache: Arc::default(),
         }
+    }
+
+    /// Reach the peers' blob routes through `link` (the head's TLS identity).
+    pub fn with_peers(mut self, link: cas::http::PeerLink) -> Self {
+        self.peers = link;
+        self
     }
 
     /// Wait until this head has applied every write acknowledged before the call (a
@@ -312,8 +319,8 @@ impl Overlays {
             let peers: Vec<String> = self
                 .cluster
                 .state()
-                .read(|s| s.cluster.heads.values().map(|h| h.http.clone()).collect());
-            cas::http::fetch_from_peers(&self.cas, &self.http, digest, &peers)
+                .read(|s| self.peers.bases(s.cluster.heads.values()));
+            cas::http::fetch_from_peers(&self.cas, self.peers.client(), digest, &peers)
                 .await
                 .map_err(cas_err)?;
         }

@@ -87,11 +87,16 @@ impl ImageEntry {
     }
 }
 
-/// A head's addresses besides its Raft/gRPC one.
+/// A head's addresses as its peers reach them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HeadInfo {
-    /// HTTP (blobs between heads; boot files later).
+    /// HTTP boot (and operators' `/health`).
     pub http: String,
+    /// The gRPC port (mutual TLS unless `insecure`): Raft, the admin API, and what heads
+    /// ask each other over HTTP/2 — blobs and liveness probes. Empty in records written
+    /// by heads before it was kept (they re-register at start).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grpc: String,
 }
 
 /// Image commands (see [`super::Command`]).

@@ -509,6 +509,7 @@ fn heads_register_their_addresses() {
             id: 2,
             info: HeadInfo {
                 http: "127.0.0.1:9873".into(),
+                ..Default::default()
             },
         }),
     );
@@ -723,6 +724,7 @@ fn a_removed_heads_id_is_retired_and_its_address_forgotten() {
             id,
             info: HeadInfo {
                 http: format!("10.0.0.{id}:9873"),
+                ..Default::default()
             },
         },
     };

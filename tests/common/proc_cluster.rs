@@ -213,6 +213,29 @@ impl ProcCluster {
         self.children[i].as_ref().map(Child::id)
     }
 
+    /// `wwctl` arguments that authenticate as head 1 (a head's certificate is also an
+    /// admin's) when the cluster runs TLS; none when plaintext.
+    #[allow(dead_code)] // used by the benchmarks that run both
+    pub fn cert_args(&self) -> Vec<String> {
+        if !self.tls {
+            return Vec::new();
+        }
+        let cert = self.dir.path().join("data0/pki/head.crt");
+        vec!["--cert".into(), cert.display().to_string()]
+    }
+
+    /// How this process dials the heads: as head 1 under TLS, else plaintext.
+    #[allow(dead_code)] // used by the benchmarks that run both
+    pub fn dialer(&self) -> wulfpack::pki::tls::Dialer {
+        if !self.tls {
+            return wulfpack::pki::tls::Dialer::plain();
+        }
+        let pki = self.dir.path().join("data0/pki");
+        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+        let config = wulfpack::pki::tls::client_config(&read("ca.crt"), Some((&read("head.crt"), &read("head.key"))));
+        wulfpack::pki::tls::Dialer::tls(config.unwrap())
+    }
+
     pub fn all_heads(&self) -> String {
         self.addrs.join(",")
     }

@@ -1,7 +1,7 @@
 //! Artifacts on every head before they are needed (issue 10, part 4), on an
 //! in-process 3-head cluster: an image imported through head A alone is on B and C
 //! without any node asking, `wwctl cluster status` says so, B serves it with A
-//! stopped, and a corrupt blob on a head is detected, quarantined, fetched again from
+//! stopped (boot routes on HTTP, the blob route on the gRPC port only), and a corrupt blob on a head is detected, quarantined, fetched again from
 //! a peer and never served.
 
 use std::time::Duration;
@@ -51,6 +51,11 @@ async fn get(http: &reqwest::Client, addr: &str, path: &str) -> (u16, Vec<u8>) {
         .await
         .unwrap();
     (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+/// A client of the gRPC port's plain HTTP routes on a plaintext head.
+fn h2c() -> reqwest::Client {
+    reqwest::Client::builder().http2_prior_knowledge().build().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -112,8 +117,11 @@ async fn every_head_holds_every_artifact_serves_without_the_importer_and_heals_c
     assert!(body == right_art, "the image's bytes");
     let (st, body) = get(&http, &b, &format!("/kernel/{mac}")).await;
     assert_eq!((st, body.as_slice()), (200, &b"not really a kernel"[..]));
-    let (st, body) = get(&http, &b, &format!("/blob/{art}")).await;
+    // Blobs are for heads, on the gRPC port (this cluster is plaintext: h2c).
+    let (st, body) = get(&h2c(), &c.cfgs[1].listen, &format!("/blob/{art}")).await;
     assert!(st == 200 && body == right_art);
+    let (st, _) = get(&http, &b, &format!("/blob/{art}")).await;
+    assert_eq!(st, 404, "no blobs on the boot port");
 
     // Corrupt the image on B's disk: a verified read finds it, it is quarantined and
     // fetched again from C, and no answer in between carries the wrong bytes.

@@ -213,7 +213,10 @@ pub async fn start_with(peer: bool, real: Option<(Vec<u8>, Vec<u8>)>) -> Boot {
         6,
         Cmd::RegisterHead {
             id: 1,
-            info: HeadInfo { http: addr.to_string() },
+            info: HeadInfo {
+                http: addr.to_string(),
+                ..Default::default()
+            },
         },
     );
     if peer {
@@ -224,6 +227,7 @@ pub async fn start_with(peer: bool, real: Option<(Vec<u8>, Vec<u8>)>) -> Boot {
                 id: 2,
                 info: HeadInfo {
                     http: "10.9.9.2:9870".into(),
+                    ..Default::default()
                 },
             },
         );

@@ -313,6 +313,7 @@ fn requests() -> BTreeMap<String, Request> {
                 id: 2,
                 info: HeadInfo {
                     http: "10.0.0.2:9702".into(),
+                    ..Default::default()
                 },
             },
         ),
@@ -581,6 +582,7 @@ fn state_snapshot_matches_golden_json() {
             id: 1,
             info: HeadInfo {
                 http: "10.0.0.1:9702".into(),
+                ..Default::default()
             },
         },
         Command::Image(ImageCommand::Put {

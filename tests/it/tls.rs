@@ -291,3 +291,101 @@ fn a_head_refuses_to_start_without_certificates_or_with_another_heads() {
         text(&o)
     );
 }
+
+/// Blob transfers and liveness probes between heads go over the gRPC port under mutual
+/// TLS (issue 12 part 1): an overlay imported through head 1 alone reaches heads 2 and
+/// 3 (the boot port no longer serves blobs, so TLS is the only way it can travel), and
+/// only a head's certificate may fetch a blob or a probe.
+#[test]
+fn blobs_and_probes_between_heads_need_a_head_certificate() {
+    let c = ProcCluster::start_tls(Path::new(WULFD), 3, "");
+    let heads = c.all_heads();
+    let pki0 = c.dir.path().join("data0/pki");
+    let head_cert = pki0.join("head.crt");
+    wait_until(30, "a leader", || {
+        text(&wwctl(&heads, Some(&head_cert), &["cluster", "status"])).contains("Leader")
+    });
+    let ops = c.dir.path().join("ops");
+    let o = wwctl(
+        &heads,
+        None,
+        &[
+            "cluster",
+            "credentials",
+            "add",
+            "root",
+            "--local",
+            "--pki-dir",
+            pki0.to_str().unwrap(),
+            "--out",
+            ops.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let root = ops.join("root.crt");
+    let on_head1 = |args: &[&str]| {
+        let o = wwctl(&c.addrs[0], Some(&root), args);
+        assert!(o.status.success(), "wwctl {args:?}: {}", text(&o));
+        text(&o)
+    };
+    let motd = c.dir.path().join("motd");
+    std::fs::write(&motd, "only head 1 had this at first\n").unwrap();
+    on_head1(&["overlay", "create", "site1"]);
+    on_head1(&["overlay", "import", "-p", "site1", motd.to_str().unwrap(), "/etc/motd"]);
+    let list: serde_json::Value = serde_json::from_str(&on_head1(&["-o", "json", "overlay", "list"])).unwrap();
+    let digest = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "site1")
+        .and_then(|o| o["digest"].as_str())
+        .unwrap()
+        .to_string();
+
+    let ca = std::fs::read_to_string(ops.join("ca.crt")).unwrap();
+    let head1 = {
+        let read = |f: &str| std::fs::read_to_string(pki0.join(f)).unwrap();
+        Dialer::tls(client_config(&ca, Some((&read("head.crt"), &read("head.key")))).unwrap())
+    };
+    let get = |d: &Dialer, addr: &str, path: &str| -> Result<(u16, Vec<u8>), String> {
+        rt().block_on(async {
+            let http = d.http(Duration::from_secs(2)).unwrap();
+            let r = http
+                .get(format!("{}{path}", d.base_url(addr)))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let st = r.status().as_u16();
+            Ok((st, r.bytes().await.map_err(|e| e.to_string())?.to_vec()))
+        })
+    };
+    let blob = format!("/blob/{digest}");
+    for (i, addr) in c.addrs.iter().enumerate() {
+        wait_until(30, &format!("head {} holds the overlay's tree", i + 1), || {
+            matches!(get(&head1, addr, &blob), Ok((200, _)))
+        });
+        let (_, body) = get(&head1, addr, &blob).unwrap();
+        let got = format!("sha256:{}", wulfpack::pki::sha256_hex(&body));
+        assert_eq!(got, digest, "head {} serves the blob's bytes", i + 1);
+    }
+
+    // Only heads: no certificate → 401, an admin → 403, plaintext → no answer at all,
+    // and the HTTP boot port has no blob route.
+    let anonymous = Dialer::tls(client_config(&ca, None).unwrap());
+    assert_eq!(get(&anonymous, &c.addrs[1], &blob).map(|r| r.0), Ok(401));
+    assert_eq!(get(&dialer(&ops, "root"), &c.addrs[1], &blob).map(|r| r.0), Ok(403));
+    assert!(get(&Dialer::plain(), &c.addrs[1], &blob).is_err());
+    let boot_port = rt().block_on(async {
+        reqwest::get(format!("http://{}{blob}", c.http[1]))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(boot_port, 404, "blobs are not on the boot port");
+    assert_eq!(get(&anonymous, &c.addrs[1], "/health").map(|r| r.0), Ok(401));
+    let (st, body) = get(&head1, &c.addrs[1], "/health").unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((st, report["id"].as_u64()), (200, Some(2)), "{report}");
+}
