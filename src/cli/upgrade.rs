@@ -860,9 +860,10 @@ pub fn upgrade_config(
     let mut head = Mapping::new();
     head.insert(s("id"), Value::from(1));
     head.insert(s("data_dir"), s("/var/lib/wulfpack"));
-    head.insert(s("listen"), s("0.0.0.0:9701"));
+    // gRPC on the advertised address, HTTP on this head's own addresses (Warewulf's
+    // warewulfd listens on every interface; docs/COMPATIBILITY.md).
     head.insert(s("advertise"), s(&advertise));
-    head.insert(s("http_listen"), s(&format!("0.0.0.0:{port}")));
+    head.insert(s("http_listen"), s(&format!(":{port}")));
     let mut member = Mapping::new();
     member.insert(s("id"), Value::from(1));
     member.insert(s("addr"), s(&advertise));
@@ -1132,7 +1133,7 @@ mod tests {
         assert_eq!(sub.server.to_string(), "10.0.0.1");
         assert_eq!(sub.pool.unwrap().end.to_string(), "10.0.1.255");
         assert_eq!(cfg.boot.dhcp.http_port, Some(9983));
-        assert_eq!(cfg.http_listen, "0.0.0.0:9983");
+        assert_eq!(cfg.http_listen, ":9983");
         assert!(!cfg.boot.http.secure);
         assert_eq!(cfg.boot.tftp.root, Path::new("/srv/tftp"));
         assert_eq!(cfg.boot.dhcp.ipxe.as_ref().unwrap().len(), 2);

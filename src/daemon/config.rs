@@ -35,12 +35,17 @@ pub struct HeadConfig {
     pub id: u64,
     /// Where the sled database lives.
     pub data_dir: PathBuf,
-    /// gRPC listen address (Raft and admin API).
+    /// gRPC listen address (Raft, blobs between heads, admin API); default: `advertise`.
+    /// A wildcard (`0.0.0.0:9701`) only when written here.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub listen: String,
     /// Address peers and `wwctl` use to reach this head (default: `listen`).
     #[serde(default)]
     pub advertise: Option<String>,
-    /// HTTP listen address: blobs between heads (and boot files, later).
+    /// HTTP (boot files, `/health`): `:PORT` (the default, `:9873`) listens on this
+    /// head's own addresses — `advertise`'s host, loopback, and its address on every rack
+    /// that lists it, following rack changes; `HOST:PORT` on exactly that address
+    /// (`0.0.0.0:9873`: every interface, as Warewulf).
     #[serde(default = "default_http_listen")]
     pub http_listen: String,
     /// Address peers use for HTTP (default: `http_listen`, with the host of
@@ -234,7 +239,14 @@ fn default_gc_interval() -> u64 {
 }
 
 fn default_http_listen() -> String {
-    "0.0.0.0:9873".into()
+    ":9873".into()
+}
+
+/// The host part of `host:port` (`[v6]` kept in brackets), or 127.0.0.1.
+fn host_of(addr: &str) -> String {
+    addr.rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into())
 }
 
 fn default_cluster_name() -> String {
@@ -261,20 +273,37 @@ impl HeadConfig {
         self.advertise.clone().unwrap_or_else(|| self.listen.clone())
     }
 
+    /// The gRPC listen address: `listen`, else `advertise`.
+    pub fn listen_addr(&self) -> String {
+        if self.listen.is_empty() {
+            self.advertise.clone().unwrap_or_default()
+        } else {
+            self.listen.clone()
+        }
+    }
+
+    /// `:PORT` form of `http_listen`: the port, when HTTP follows this head's addresses.
+    pub fn http_follow_port(&self) -> Option<u16> {
+        self.http_listen.strip_prefix(':').and_then(|p| p.parse().ok())
+    }
+
+    /// The first HTTP listen address: `http_listen`, or in its `:PORT` form `advertise`'s
+    /// host at that port.
+    pub fn http_listen_addr(&self) -> String {
+        match self.http_follow_port() {
+            Some(port) => format!("{}:{port}", host_of(&self.advertise_addr())),
+            None => self.http_listen.clone(),
+        }
+    }
+
     pub fn http_advertise_addr(&self) -> String {
         if let Some(a) = &self.http_advertise {
             return a.clone();
         }
-        match self.http_listen.parse::<std::net::SocketAddr>() {
-            Ok(sa) if sa.ip().is_unspecified() => {
-                let host = self
-                    .advertise_addr()
-                    .rsplit_once(':')
-                    .map(|(h, _)| h.to_string())
-                    .unwrap_or_else(|| "127.0.0.1".into());
-                format!("{host}:{}", sa.port())
-            }
-            _ => self.http_listen.clone(),
+        let listen = self.http_listen_addr();
+        match listen.parse::<std::net::SocketAddr>() {
+            Ok(sa) if sa.ip().is_unspecified() => format!("{}:{}", host_of(&self.advertise_addr()), sa.port()),
+            _ => listen,
         }
     }
 }
@@ -290,6 +319,9 @@ pub struct Settings {
     pub advertise: String,
     /// HTTP listen address (the caller binds it).
     pub http_listen: String,
+    /// `http_listen: :PORT`: HTTP also on loopback and on this head's rack addresses at
+    /// this port (the head binds those as racks change).
+    pub http_follow: Option<u16>,
     /// How peers reach this head's HTTP (blobs).
     pub http_advertise: String,
     pub cluster_name: String,
@@ -375,6 +407,29 @@ impl TryFrom<HeadConfig> for Settings {
             )));
         }
         crate::model::validate_name("cluster", &c.cluster_name).map_err(|e| invalid("cluster_name", &e))?;
+        let listen = c.listen_addr();
+        if listen.is_empty() {
+            return Err(DaemonError::Invalid(
+                "neither advertise nor listen is set: give advertise, the address (host:port) other heads and wwctl reach this head at; wulfd listens there".into(),
+            ));
+        }
+        let advertise = c.advertise_addr();
+        let http_listen = c.http_listen_addr();
+        let http_follow = c.http_follow_port();
+        if advertise
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified())
+        {
+            return Err(DaemonError::Invalid(format!(
+                "advertise is {advertise}, which no peer can reach: set advertise to this head's address on the management network (listen may stay a wildcard)"
+            )));
+        }
+        if c.http_listen.starts_with(':') && c.http_follow_port().is_none() {
+            return Err(DaemonError::Invalid(format!(
+                "http_listen {:?}: give :PORT (this head's own addresses) or HOST:PORT",
+                c.http_listen
+            )));
+        }
         let raft = c.raft.to_config(&c.cluster_name).map_err(|e| invalid("raft", &e))?;
         let dhcp = DhcpConfig::try_from(c.boot.dhcp.clone()).map_err(|e| invalid("boot.dhcp", &e))?;
         let tftp = if c.boot.tftp.enabled {
@@ -430,12 +485,13 @@ impl TryFrom<HeadConfig> for Settings {
             wwclient,
             secure: c.boot.http.secure,
             overlays,
-            advertise: c.advertise_addr(),
             http_advertise: c.http_advertise_addr(),
+            advertise,
             id: c.id,
             data_dir: c.data_dir,
-            listen: c.listen,
-            http_listen: c.http_listen,
+            listen,
+            http_listen,
+            http_follow,
             cluster_name: c.cluster_name,
             bootstrap: c.bootstrap,
             raft: Arc::new(raft),

@@ -17,6 +17,7 @@
 //! - **Remove:** `wwctl cluster remove ID`.
 
 pub mod config;
+mod http_binds;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -152,6 +153,20 @@ impl Head {
             }
         };
         let dialer = tls.as_ref().map(|t| t.dialer.clone()).unwrap_or_default();
+        for (what, addr, key) in [
+            ("gRPC", &cfg.listen, "listen"),
+            ("HTTP", &cfg.http_listen, "http_listen"),
+        ] {
+            if addr
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified())
+            {
+                tracing::warn!(
+                    "{what} listens on every interface ({addr}, as {key} says); the default is this head's own \
+                     addresses only (docs/OPERATIONS.md, \"Addresses a head listens on\")"
+                );
+            }
+        }
         private_dir(&cfg.data_dir)?;
         let cas =
             Cas::open(&cfg.data_dir.join("cas")).map_err(|e| DaemonError::Invalid(format!("content store: {e}")))?;
@@ -219,17 +234,28 @@ impl Head {
         );
         // Boot files go out with sendfile(2) (cas::zerocopy); everything else as axum::serve.
         // `/health` here is for operators (heads probe each other on the gRPC port).
+        let http_router = crate::boot::liveness::router(liveness.clone()).merge(crate::boot::http::router(
+            boot_http_state(&cfg, &cas, &view, &status, boot_overlays.clone(), &liveness, &artifacts),
+        ));
+        // `http_listen: :PORT`: also this head's rack addresses and loopback, as racks change.
+        if let (Some(port), Ok(main)) = (cfg.http_follow, listeners.http.local_addr()) {
+            tokio::spawn(http_binds::follow(
+                view.clone(),
+                cfg.id,
+                port,
+                main,
+                cfg.dhcp
+                    .iter()
+                    .flat_map(|d| d.subnets.iter())
+                    .map(|sub| (sub.server, format!("DHCP subnet {}", sub.network)))
+                    .collect(),
+                http_router.clone(),
+                stop.clone(),
+            ));
+        }
         let http = tokio::spawn(crate::cas::zerocopy::serve(
             listeners.http,
-            crate::boot::liveness::router(liveness.clone()).merge(crate::boot::http::router(boot_http_state(
-                &cfg,
-                &cas,
-                &view,
-                &status,
-                boot_overlays.clone(),
-                &liveness,
-                &artifacts,
-            ))),
+            http_router,
             stop.clone().cancelled_owned(),
         ));
 
@@ -805,6 +831,72 @@ mod tests {
         let c = parse(include_str!("../../cluster/examples/wulfd.yaml")).unwrap();
         assert_eq!(c.bootstrap.len(), 3);
         assert_eq!(c.advertise, "10.0.0.1:9701");
+        // No wildcard unless written: gRPC on the advertised address, HTTP on the head's
+        // own addresses (the advertised host, then its racks as they come).
+        assert_eq!(c.listen, "10.0.0.1:9701");
+        assert_eq!((c.http_listen.as_str(), c.http_follow), ("10.0.0.1:9873", Some(9873)));
+        assert_eq!(c.http_advertise, "10.0.0.1:9873");
+    }
+
+    #[test]
+    fn listen_addresses_default_to_the_heads_own() {
+        let c = parse(
+            "id: 1
+data_dir: /tmp/x
+advertise: 10.0.0.2:9701
+",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.listen.as_str(), c.http_listen.as_str()),
+            ("10.0.0.2:9701", "10.0.0.2:9873")
+        );
+        // Written wildcards and single addresses are kept as written, and do not follow racks.
+        let c = parse(
+            "id: 1
+data_dir: /tmp/x
+listen: 0.0.0.0:9701
+advertise: 10.0.0.2:9701
+http_listen: 0.0.0.0:80
+",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.listen.as_str(), c.http_listen.as_str(), c.http_follow),
+            ("0.0.0.0:9701", "0.0.0.0:80", None)
+        );
+        assert_eq!(c.http_advertise, "10.0.0.2:80");
+        let c = parse(
+            "id: 1
+data_dir: /tmp/x
+advertise: 10.0.0.2:9701
+http_listen: \":8080\"\n",
+        )
+        .unwrap();
+        assert_eq!((c.http_listen.as_str(), c.http_follow), ("10.0.0.2:8080", Some(8080)));
+        let e = parse(
+            "id: 1
+data_dir: /tmp/x
+",
+        )
+        .unwrap_err();
+        assert!(e.contains("give advertise"), "{e}");
+        let e = parse(
+            "id: 1
+data_dir: /tmp/x
+listen: 0.0.0.0:9701
+",
+        )
+        .unwrap_err();
+        assert!(e.contains("no peer can reach"), "{e}");
+        let e = parse(
+            "id: 1
+data_dir: /tmp/x
+advertise: a:1
+http_listen: \":x\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains(":PORT"), "{e}");
     }
 
     #[test]

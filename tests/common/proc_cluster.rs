@@ -30,7 +30,7 @@ impl Drop for ProcCluster {
 /// port must stay dead: a port handed out by `bind(0)` goes back to the ephemeral
 /// pool and another test (or process) asking for any port may get it while the head
 /// is down — its peers would then talk to a stranger instead of being refused.
-fn free_ports(n: usize) -> Vec<String> {
+pub fn free_ports(n: usize) -> Vec<String> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     const LOW: u64 = 20_000;

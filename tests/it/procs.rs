@@ -248,3 +248,88 @@ fn audit_log_records_operators_writes_on_every_head() {
     let (_, later, _) = as_alice(&all, &["audit", "--since", "2999-01-01T00:00:00Z"]);
     assert_eq!(later.lines().count(), 1, "{later}");
 }
+
+/// Issue 12 part 4, "bind only configured addresses": with the default `http_listen`
+/// (`:PORT`) a head listens for HTTP on its advertised host, not on every address; a rack
+/// that lists the head at another address is listened on from then on, and no longer
+/// once the rack is deleted. 127.0.0.2 stands for the head's rack address (every
+/// 127/8 address is local, so a wildcard listener would answer it).
+#[test]
+fn http_listens_on_the_heads_own_addresses_following_its_racks() {
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = crate::proc_cluster::free_ports(2);
+    let (grpc, http) = (ports[0].clone(), ports[1].rsplit_once(':').unwrap().1.to_string());
+    let cfg = dir.path().join("wulfd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "id: 1\ndata_dir: {}\nadvertise: \"{grpc}\"\nhttp_listen: \":{http}\"\ninsecure: true\nbootstrap: [{{id: 1, addr: \"{grpc}\"}}]\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("wulfd.log")).unwrap();
+    /// Stops the head by PID whatever the test's outcome.
+    struct Head(std::process::Child);
+    impl Drop for Head {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _head = Head(
+        std::process::Command::new(WULFD)
+            .arg("--config")
+            .arg(&cfg)
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(dir.path().join("wulfd.log")).unwrap_or_default();
+    let reachable = |host: &str| {
+        TcpStream::connect_timeout(
+            &format!("{host}:{http}").parse().unwrap(),
+            std::time::Duration::from_millis(500),
+        )
+        .is_ok()
+    };
+    wait_until(30, "cluster initialised", || {
+        let (success, out, _) = wwctl(&grpc, &["--timeout", "2", "profile", "list"]);
+        success && out.lines().any(|l| l.starts_with("default"))
+    });
+    assert!(reachable("127.0.0.1"), "the advertised host: {}", log());
+    assert!(!reachable("127.0.0.2"), "not an address of this head (yet)");
+    assert!(
+        !log().contains("listens on every interface"),
+        "no wildcard by default: {}",
+        log()
+    );
+
+    ok(
+        &grpc,
+        &[
+            "rack",
+            "add",
+            "r1",
+            "--network",
+            "127.0.0.0/24",
+            "--head",
+            "1=127.0.0.2",
+        ],
+    );
+    wait_until(10, "HTTP on the head's rack address", || reachable("127.0.0.2"));
+    let health = std::process::Command::new("curl")
+        .args(["-sf", "-m", "5", &format!("http://127.0.0.2:{http}/health")])
+        .output();
+    if let Ok(o) = health {
+        assert!(String::from_utf8_lossy(&o.stdout).contains("\"id\":1"), "{o:?}");
+    }
+    assert!(log().contains("HTTP also listening on 127.0.0.2"), "{}", log());
+
+    ok(&grpc, &["rack", "delete", "r1"]);
+    wait_until(10, "no HTTP on the rack address once the rack is gone", || {
+        !reachable("127.0.0.2")
+    });
+    assert!(reachable("127.0.0.1"));
+}
