@@ -334,6 +334,54 @@ async fn genconfig_writes_man_pages_reference_and_completions() {
     }
 }
 
+/// `genconfig defaults`: the `default` profile of Warewulf's built-in defaults as a
+/// nodes.conf that `wwctl profile import` reads, equal to what `upgrade nodes
+/// --add-defaults` gives a file without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genconfig_defaults_prints_the_default_profile() {
+    let text = local(&["genconfig", "defaults"]).await.unwrap();
+    golden("genconfig_defaults.yaml", &text);
+    assert_eq!(
+        local(&["genconfig", "dfaults"]).await.unwrap(),
+        text,
+        "Warewulf 4.5's alias"
+    );
+    let conf = match wulfpack::model::parse_import(&text, "genconfig defaults").unwrap() {
+        wulfpack::model::ImportDoc::NodesConf(c) => c,
+        other => panic!("not a nodes.conf document: {other:?}"),
+    };
+    assert!(conf.nodes.is_empty());
+    let p = &conf.nodeprofiles["default"];
+    assert!(
+        p.system_overlay.contains(&"wwinit".to_string()),
+        "{:?}",
+        p.system_overlay
+    );
+    assert!(
+        p.runtime_overlay.contains(&"hosts".to_string()),
+        "{:?}",
+        p.runtime_overlay
+    );
+    assert_eq!(p.init.as_deref(), Some("/sbin/init"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("nodes.conf");
+    std::fs::write(&input, "nodeprofiles: {}\nnodes: {}\n").unwrap();
+    let output = dir.path().join("upgraded.conf");
+    local(&[
+        "upgrade",
+        "nodes",
+        "--add-defaults",
+        "-i",
+        input.to_str().unwrap(),
+        "--output-path",
+        output.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), text);
+}
+
 /// A throwaway `sshd` on 127.0.0.1 that lets root in with a test key.
 struct Sshd {
     child: std::process::Child,
