@@ -26,6 +26,7 @@ pub enum GenconfigCmd {
         shell: Shell,
     },
     /// Write a man page per command (wwctl.1, wwctl-node.1, wwctl-node-add.1, ...) into DIR.
+    #[command(alias = "man_pages")]
     Man {
         /// Directory to write into (created if missing).
         dir: PathBuf,

@@ -25,6 +25,7 @@ use crate::state::{Command, ImageCommand, ImageEntry, Query, Selector};
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
     /// Import an image: docker://HOST/REPO:TAG, oci-archive:FILE, docker-archive:FILE or a directory.
+    #[command(alias = "pull")]
     Import {
         source: String,
         /// Image name (default: derived from the source).
@@ -39,13 +40,21 @@ pub enum ImageCmd {
         #[arg(long, env = "WW_REGISTRY_USERNAME")]
         username: Option<String>,
         /// Registry password.
-        #[arg(long, env = "WW_REGISTRY_PASSWORD", hide_env_values = true)]
+        #[arg(long, alias = "passwd", env = "WW_REGISTRY_PASSWORD", hide_env_values = true)]
         password: Option<String>,
         /// Platform of a multi-arch image, e.g. linux/arm64 (default: the head's).
-        #[arg(long)]
+        #[arg(long, alias = "arch")]
         platform: Option<String>,
-        /// Build the image after importing it.
-        #[arg(long, default_value_t = true, action = ArgAction::Set)]
+        /// Build the image after importing it (`-b` alone: yes; `--build=false`: import only).
+        #[arg(
+            short = 'b',
+            long,
+            default_value_t = true,
+            action = ArgAction::Set,
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true"
+        )]
         build: bool,
         /// Make the image's UIDs/GIDs the head's (as `image syncuser`) before building.
         #[arg(long)]
@@ -81,8 +90,11 @@ pub enum ImageCmd {
     },
     /// Build images (skipped when nothing changed, unless --force).
     Build {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         names: Vec<String>,
+        /// Build every image.
+        #[arg(short = 'a', long)]
+        all: bool,
         #[arg(short, long)]
         force: bool,
         /// Make each image's UIDs/GIDs the head's (as `image syncuser`) before building.
@@ -103,7 +115,7 @@ pub enum ImageCmd {
         build: bool,
     },
     /// Delete images (refused while nodes use them, unless --force).
-    #[command(alias = "rm")]
+    #[command(aliases = ["rm", "remove", "del"])]
     Delete {
         #[arg(required = true)]
         names: Vec<String>,
@@ -131,6 +143,7 @@ pub enum ImageCmd {
         build: bool,
     },
     /// List the kernels found in images.
+    #[command(alias = "kernel")]
     Kernels { names: Vec<String> },
     /// Run a command inside an image (chroot), then rebuild it.
     Exec {
@@ -142,6 +155,7 @@ pub enum ImageCmd {
         opts: ExecOpts,
     },
     /// Open a shell inside an image (chroot), then rebuild it.
+    #[command(alias = "chroot")]
     Shell {
         name: String,
         #[command(flatten)]
@@ -296,7 +310,22 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                 )?,
             }
         }
-        ImageCmd::Build { names, force, syncuser } => {
+        ImageCmd::Build {
+            names,
+            all,
+            force,
+            syncuser,
+        } => {
+            let names = if all {
+                client
+                    .read(&Query::images(Selector::All), true)
+                    .await?
+                    .images
+                    .into_keys()
+                    .collect()
+            } else {
+                names
+            };
             for name in names {
                 if syncuser {
                     let (_, report) = follow_report(

@@ -67,6 +67,18 @@ async fn exit_codes_are_the_same_for_every_verb() {
         (&["ssh", "--dryrun", "n1", "--", "uptime"], 0),
         (&["genconfig", "completions", "bash"], 0),
         (&["node", "list", "--help"], 0),
+        // Warewulf's aliases and the flags it accepts
+        (&["nodes", "ls"], 0),
+        (&["vnfs", "ls"], 0),
+        (&["vers", "--full"], 0),
+        (&["completion", "bash"], 0),
+        (&["cnf", "defaults"], 0),
+        (&["image", "build", "-a"], 0),
+        (&["node", "modify", "-f", "-y", "n1", "--comment", "x"], 0),
+        // `unset --force` skips a missing node; without it, or when none exists, an error
+        (&["node", "unset", "-f", "-y", "--comment", "n[1,9]"], 0),
+        (&["node", "unset", "-y", "--comment", "n[1,9]"], 1),
+        (&["node", "unset", "-f", "-y", "--comment", "n9"], 1),
         // error: the command was well formed, what it asked for failed
         (&["node", "set", "nosuch", "--comment", "x", "-y"], 1),
         (&["node", "list", "n[1-"], 1),
@@ -100,6 +112,20 @@ async fn exit_codes_are_the_same_for_every_verb() {
         let (code, _, err) = wwctl(&h, args).await;
         if code != *want {
             wrong.push(format!("wwctl {args:?}: exit {code}, want {want}; stderr: {err}"));
+        }
+    }
+    // Aliases and accepted flags of the checks: the same result as the plain form (the
+    // checks themselves depend on what this machine has installed).
+    for (plain, alias) in [
+        (&["configure", "tftp"][..], &["configure", "tftp", "--show"][..]),
+        (&["configure", "tls"][..], &["configure", "cert"][..]),
+    ] {
+        let (want, _, _) = wwctl(&h, plain).await;
+        let (code, _, err) = wwctl(&h, alias).await;
+        if code != want {
+            wrong.push(format!(
+                "wwctl {alias:?}: exit {code}, want {want} as {plain:?}; stderr: {err}"
+            ));
         }
     }
     // A head that is not there is an error too (1), not a usage error.
@@ -332,6 +358,37 @@ async fn genconfig_writes_man_pages_reference_and_completions() {
             Err(_) => println!("SKIP {shell} syntax check: {check} is not installed"),
         }
     }
+}
+
+/// Warewulf's `image import -b` (build) before the source, `--build=false`, and the
+/// hidden `--arch`/`--passwd` spellings parse to what they mean.
+#[test]
+fn image_import_takes_warewulfs_flags() {
+    use wulfpack::cli::image::ImageCmd;
+    use wulfpack::cli::{Cli, Top};
+    let parse = |args: &[&str]| {
+        let mut argv = vec!["wwctl"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).map(|c| c.cmd) {
+            Ok(Top::Image(ImageCmd::Import {
+                source,
+                name,
+                build,
+                platform,
+                password,
+                ..
+            })) => (source, name, build, platform, password),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    };
+    let (source, name, build, ..) = parse(&["image", "import", "-b", "docker://r/x:1", "x"]);
+    assert_eq!(
+        (source.as_str(), name.as_deref(), build),
+        ("docker://r/x:1", Some("x"), true)
+    );
+    assert!(!parse(&["image", "pull", "--build=false", "dir"]).2);
+    let (.., platform, password) = parse(&["image", "import", "--arch", "arm64", "--passwd", "pw", "dir"]);
+    assert_eq!((platform.as_deref(), password.as_deref()), (Some("arm64"), Some("pw")));
 }
 
 /// `genconfig defaults`: the `default` profile of Warewulf's built-in defaults as a
