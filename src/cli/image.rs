@@ -148,8 +148,9 @@ pub enum ImageCmd {
     /// Run a command inside an image (chroot), then rebuild it.
     Exec {
         name: String,
-        /// The command and its arguments (after `--`).
-        #[arg(last = true, required = true)]
+        /// The command and its arguments, after the image's name as in Warewulf
+        /// (`exec rocky9 /bin/ls -l`) or after `--`; options of `exec` go before it.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
         #[command(flatten)]
         opts: ExecOpts,

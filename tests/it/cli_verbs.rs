@@ -391,6 +391,40 @@ fn image_import_takes_warewulfs_flags() {
     assert_eq!((platform.as_deref(), password.as_deref()), (Some("arm64"), Some("pw")));
 }
 
+/// `image exec IMAGE COMMAND...` as Warewulf takes it, with or without `--`; exec's own
+/// options before the command, everything from the command on is the command's.
+#[test]
+fn image_exec_takes_the_command_with_or_without_dashes() {
+    use wulfpack::cli::image::ImageCmd;
+    use wulfpack::cli::{Cli, Top};
+    let parse = |args: &[&str]| {
+        let mut argv = vec!["wwctl", "image", "exec"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).map(|c| c.cmd) {
+            Ok(Top::Image(ImageCmd::Exec { name, cmd, opts })) => (name, cmd, opts),
+            Ok(other) => panic!("{args:?}: {other:?}"),
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    };
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(parse(&["r9", "/bin/ls", "-l"]).1, v(&["/bin/ls", "-l"]));
+    assert_eq!(parse(&["r9", "--", "/bin/ls", "-l"]).1, v(&["/bin/ls", "-l"]));
+    let (name, cmd, opts) = parse(&["r9", "--build=false", "--node", "n1", "--", "/bin/sh", "-c", "x"]);
+    assert_eq!(
+        (name.as_str(), cmd, opts.build, opts.node.as_deref()),
+        ("r9", v(&["/bin/sh", "-c", "x"]), false, Some("n1"))
+    );
+    let (_, cmd, opts) = parse(&["--bind", "/tmp:/mnt", "r9", "/bin/echo", "--build", "-n"]);
+    assert_eq!(
+        (cmd, opts.binds, opts.build),
+        (v(&["/bin/echo", "--build", "-n"]), v(&["/tmp:/mnt"]), true)
+    );
+    assert!(
+        Cli::try_parse_from(["wwctl", "image", "exec", "r9"]).is_err(),
+        "a command is required"
+    );
+}
+
 /// `genconfig defaults`: the `default` profile of Warewulf's built-in defaults as a
 /// nodes.conf that `wwctl profile import` reads, equal to what `upgrade nodes
 /// --add-defaults` gives a file without one.
