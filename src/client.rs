@@ -453,6 +453,15 @@ impl Client {
         .await
     }
 
+    /// A node's system and runtime overlay archives, rendered by one head.
+    pub async fn overlay_archives(&self, node: &str) -> Result<pb::OverlayArchivesReply, ClientError> {
+        self.retry(Spread::Whole, |mut c, t| {
+            let node = node.to_owned();
+            async move { c.overlay_archives(timed(pb::OverlayArchivesRequest { node }, t)).await }
+        })
+        .await
+    }
+
     /// IPMI power or sensors for nodes (see `crate::power`). Not hedged, and no
     /// second head once one has taken it: a power cycle must run once.
     pub async fn power(&self, req: pb::PowerRequest) -> Result<pb::PowerReply, ClientError> {

@@ -20,16 +20,18 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request as GrpcRequest, Response, Status};
 
+use crate::boot::overlays::OverlayServeError;
 use crate::boot::status::{merge_status, HeadNodeStatus, StatusBoard};
 use crate::cluster::{grpc_deadline, Cluster, HeadStatus, Membership};
 use crate::error::{status, Classify, ErrorKind};
 use crate::image::{self, Images, Progress};
+use crate::overlay::build::OverlayKind;
 use crate::overlay::store::{Change, Overlays};
 use crate::overlay::tree::{self, EntryKind};
 use crate::pb::admin as pb;
 use crate::pb::raft as raft_pb;
 use crate::raft::RaftService;
-use crate::state::{Query, Request};
+use crate::state::{Query, Request, Selector};
 
 /// Deadline of a call whose client sent none.
 const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(15);
@@ -543,6 +545,64 @@ impl pb::admin_server::Admin for AdminService {
             millis: reply.elapsed.as_millis() as u64,
             bytes: reply.bytes,
         }))
+    }
+
+    async fn overlay_archives(
+        &self,
+        req: GrpcRequest<pb::OverlayArchivesRequest>,
+    ) -> Result<Response<pb::OverlayArchivesReply>, Status> {
+        let s = self.gate.get()?;
+        let deadline = deadline(&req);
+        let r = req.into_inner();
+        let ov = s.boot_overlays.clone().ok_or_else(overlays_off)?;
+        // The node as of every acknowledged write (a node added just before is there),
+        // then this head's view once it has caught up with that read.
+        let (found, applied) = s
+            .cluster
+            .read(&Query::nodes(Selector::Names(vec![r.node.clone()])), true, 0, deadline)
+            .await
+            .map_err(|e| status(&e))?;
+        if !found.missing.is_empty() {
+            return Err(Status::not_found(format!(
+                "node {} does not exist; check the name with `wwctl node list`",
+                r.node
+            )));
+        }
+        let mut rx = s.view.clone();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let view = match tokio::time::timeout(left, rx.wait_for(|v| v.applied >= applied)).await {
+            Ok(Ok(v)) => v.clone(),
+            _ => return Err(Status::unavailable("this head's boot view lags the cluster; retry")),
+        };
+        let node = view
+            .nodes
+            .get(&r.node)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("node {} does not exist", r.node)))?;
+        let built = tokio::task::spawn_blocking(move || {
+            let mut out = [Vec::new(), Vec::new()];
+            for (i, kind) in [OverlayKind::System, OverlayKind::Runtime].into_iter().enumerate() {
+                if kind.names(&node.conf).is_empty() {
+                    continue;
+                }
+                out[i] = ov
+                    .build(&view, &node, kind)
+                    .map_err(|e| {
+                        let why = format!("{} overlay of {}: {e}", kind.as_str(), node.name);
+                        match e {
+                            // Fetched from a peer meanwhile: the client may ask another head.
+                            OverlayServeError::TreeMissing { .. } => Status::unavailable(why),
+                            _ => Status::failed_precondition(why),
+                        }
+                    })?
+                    .to_vec();
+            }
+            Ok::<_, Status>(out)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let [system, runtime] = built;
+        Ok(Response::new(pb::OverlayArchivesReply { system, runtime }))
     }
 
     async fn overlay_change(

@@ -42,11 +42,16 @@ pub enum ConfigureCmd {
     /// Check this head's DHCP service: interfaces, subnets, pools, racks it serves.
     Dhcp,
     /// Check this head's TFTP service: its root and the iPXE binaries DHCP hands out.
-    Tftp,
+    Tftp {
+        /// Warewulf's "show, don't update": accepted; this only checks anyway.
+        #[arg(short = 's', long)]
+        show: bool,
+    },
     /// Check this head's HTTP boot service (Warewulf's warewulfd): listener, secure
     /// mode, overlays.
     Warewulfd,
     /// Check this head's certificates (gRPC mutual TLS): mode, expiry, CA, CA key.
+    #[command(aliases = ["keys", "key", "cert", "crt"])]
     Tls,
     /// Write the head's /etc/hosts: its own top block, then every node (host overlay).
     Hostfile {
@@ -66,7 +71,7 @@ pub enum ConfigureCmd {
     /// head's root an SSH key (every head's root key is authorized on every node).
     Ssh {
         /// Key types (default: ed25519, ecdsa, rsa — Warewulf's list without the retired dsa).
-        #[arg(long, value_delimiter = ',', default_values_t = ["ed25519".to_string(), "ecdsa".to_string(), "rsa".to_string()])]
+        #[arg(short = 't', long, alias = "keytypes", value_delimiter = ',', default_values_t = ["ed25519".to_string(), "ecdsa".to_string(), "rsa".to_string()])]
         key_types: Vec<String>,
         /// Replace the cluster's host keys (every node presents new host keys after its
         /// next overlay update; SSH clients will warn).
@@ -90,7 +95,7 @@ fn this_host() -> String {
 pub async fn run(client: &Client, args: ConfigureArgs, fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
     match args.cmd {
         Some(ConfigureCmd::Dhcp) => return services(client, &["dhcp"], fmt, out).await,
-        Some(ConfigureCmd::Tftp) => return services(client, &["tftp"], fmt, out).await,
+        Some(ConfigureCmd::Tftp { .. }) => return services(client, &["tftp"], fmt, out).await,
         Some(ConfigureCmd::Warewulfd) => return services(client, &["warewulfd"], fmt, out).await,
         Some(ConfigureCmd::Tls) => return services(client, &["tls"], fmt, out).await,
         Some(cmd) => return host(client, cmd, out).await,
@@ -210,7 +215,7 @@ async fn host(client: &Client, cmd: ConfigureCmd, out: &mut dyn Write) -> Result
             replace,
             root,
         } => return ssh(client, key_types, *replace, root, out).await,
-        ConfigureCmd::Dhcp | ConfigureCmd::Tftp | ConfigureCmd::Warewulfd | ConfigureCmd::Tls => {
+        ConfigureCmd::Dhcp | ConfigureCmd::Tftp { .. } | ConfigureCmd::Warewulfd | ConfigureCmd::Tls => {
             unreachable!("checked in run")
         }
     };

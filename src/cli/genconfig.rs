@@ -5,7 +5,10 @@
 //! moved here beside the other generated files. `config-reference` prints the
 //! `wulfd.yaml` reference: build.rs reads the config structs (their fields, YAML keys,
 //! types and doc comments) and this walks them from `HeadConfig`, with the defaults
-//! that serde fills in.
+//! that serde fills in. `defaults` is Warewulf 4.5's `genconfig defaults` (the built-in
+//! node defaults, its `defaults.conf` fallback); Warewulf 4.6 moved those defaults into
+//! the `default` profile and dropped the command, so here it prints that profile as
+//! `upgrade nodes --add-defaults` makes it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,7 @@ pub enum GenconfigCmd {
         shell: Shell,
     },
     /// Write a man page per command (wwctl.1, wwctl-node.1, wwctl-node-add.1, ...) into DIR.
+    #[command(alias = "man_pages")]
     Man {
         /// Directory to write into (created if missing).
         dir: PathBuf,
@@ -35,6 +39,12 @@ pub enum GenconfigCmd {
     /// Print the reference of the head's configuration file (`wulfd.yaml`): every key
     /// with its type, default and meaning, from the code's own documentation.
     ConfigReference,
+    /// Print Warewulf's built-in node defaults as a nodes.conf document: the `default`
+    /// profile that `wwctl upgrade nodes --add-defaults` fills in (overlays, kernel
+    /// arguments, init, root, iPXE and IPMI templates). Load it into a new cluster with
+    /// `wwctl profile import FILE` (that replaces an existing `default` profile).
+    #[command(alias = "dfaults")]
+    Defaults,
 }
 
 /// The shells `completions` writes for.
@@ -70,8 +80,16 @@ pub fn run(cmd: GenconfigCmd, out: &mut dyn Write) -> Result<()> {
             writeln!(out, "Wrote {n} reference pages to {}", dir.display())?;
         }
         GenconfigCmd::ConfigReference => out.write_all(config_reference()?.as_bytes())?,
+        GenconfigCmd::Defaults => out.write_all(defaults()?.as_bytes())?,
     }
     Ok(())
+}
+
+/// The defaults as `upgrade nodes --add-defaults` gives them to a file without a
+/// `default` profile: one source, so the two cannot disagree.
+fn defaults() -> Result<String> {
+    let (yaml, _notes) = super::upgrade::upgrade_nodes("nodeprofiles: {}\nnodes: {}\n", true, false)?;
+    Ok(yaml)
 }
 
 fn create_dir(dir: &Path) -> Result<()> {

@@ -25,6 +25,7 @@ use crate::state::{Command, ImageCommand, ImageEntry, Query, Selector};
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
     /// Import an image: docker://HOST/REPO:TAG, oci-archive:FILE, docker-archive:FILE or a directory.
+    #[command(alias = "pull")]
     Import {
         source: String,
         /// Image name (default: derived from the source).
@@ -39,13 +40,21 @@ pub enum ImageCmd {
         #[arg(long, env = "WW_REGISTRY_USERNAME")]
         username: Option<String>,
         /// Registry password.
-        #[arg(long, env = "WW_REGISTRY_PASSWORD", hide_env_values = true)]
+        #[arg(long, alias = "passwd", env = "WW_REGISTRY_PASSWORD", hide_env_values = true)]
         password: Option<String>,
         /// Platform of a multi-arch image, e.g. linux/arm64 (default: the head's).
-        #[arg(long)]
+        #[arg(long, alias = "arch")]
         platform: Option<String>,
-        /// Build the image after importing it.
-        #[arg(long, default_value_t = true, action = ArgAction::Set)]
+        /// Build the image after importing it (`-b` alone: yes; `--build=false`: import only).
+        #[arg(
+            short = 'b',
+            long,
+            default_value_t = true,
+            action = ArgAction::Set,
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true"
+        )]
         build: bool,
         /// Make the image's UIDs/GIDs the head's (as `image syncuser`) before building.
         #[arg(long)]
@@ -81,8 +90,11 @@ pub enum ImageCmd {
     },
     /// Build images (skipped when nothing changed, unless --force).
     Build {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         names: Vec<String>,
+        /// Build every image.
+        #[arg(short = 'a', long)]
+        all: bool,
         #[arg(short, long)]
         force: bool,
         /// Make each image's UIDs/GIDs the head's (as `image syncuser`) before building.
@@ -103,7 +115,7 @@ pub enum ImageCmd {
         build: bool,
     },
     /// Delete images (refused while nodes use them, unless --force).
-    #[command(alias = "rm")]
+    #[command(aliases = ["rm", "remove", "del"])]
     Delete {
         #[arg(required = true)]
         names: Vec<String>,
@@ -131,17 +143,20 @@ pub enum ImageCmd {
         build: bool,
     },
     /// List the kernels found in images.
+    #[command(alias = "kernel")]
     Kernels { names: Vec<String> },
     /// Run a command inside an image (chroot), then rebuild it.
     Exec {
         name: String,
-        /// The command and its arguments (after `--`).
-        #[arg(last = true, required = true)]
+        /// The command and its arguments, after the image's name as in Warewulf
+        /// (`exec rocky9 /bin/ls -l`) or after `--`; options of `exec` go before it.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
         #[command(flatten)]
         opts: ExecOpts,
     },
     /// Open a shell inside an image (chroot), then rebuild it.
+    #[command(alias = "chroot")]
     Shell {
         name: String,
         #[command(flatten)]
@@ -166,6 +181,11 @@ pub struct ExecOpts {
     /// UIDs/GIDs with the head's afterwards and report (`wwctl image syncuser` changes them).
     #[arg(long)]
     pub syncuser: bool,
+    /// Lay NODE's system and runtime overlays (rendered by a head for it) over the
+    /// image and run the command in that view, read-only: nothing is kept and the
+    /// image is not rebuilt.
+    #[arg(short = 'n', long, value_name = "NODE")]
+    pub node: Option<String>,
 }
 
 pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dyn Write) -> Result<()> {
@@ -291,7 +311,22 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
                 )?,
             }
         }
-        ImageCmd::Build { names, force, syncuser } => {
+        ImageCmd::Build {
+            names,
+            all,
+            force,
+            syncuser,
+        } => {
+            let names = if all {
+                client
+                    .read(&Query::images(Selector::All), true)
+                    .await?
+                    .images
+                    .into_keys()
+                    .collect()
+            } else {
+                names
+            };
             for name in names {
                 if syncuser {
                     let (_, report) = follow_report(
@@ -720,6 +755,16 @@ async fn follow_events(mut s: tonic::Streaming<pb::ImageEvent>) -> Result<(Image
 async fn exec(client: &Client, name: &str, cmd: &[String], opts: &ExecOpts, out: &mut dyn Write) -> Result<()> {
     // Checked before the head prepares anything.
     let mut binds = opts.binds.iter().map(|b| Bind::parse(b)).collect::<Result<Vec<_>>>()?;
+    // Rendered before the session opens: an unknown node or a failing template stops here.
+    let archives = match &opts.node {
+        Some(n) => Some(
+            client
+                .overlay_archives(n)
+                .await
+                .with_context(|| format!("rendering the overlays of node {n}"))?,
+        ),
+        None => None,
+    };
     let prep = client.image_exec_prepare(name).await?;
     let rootfs = Path::new(&prep.rootfs);
     let token_path = rootfs.parent().map(|p| p.join(EXEC_TOKEN_FILE));
@@ -732,14 +777,19 @@ async fn exec(client: &Client, name: &str, cmd: &[String], opts: &ExecOpts, out:
     let before = accounts();
     let status = if local {
         binds.extend(head_mounts(rootfs, &prep.mounts, &binds));
-        Some(chroot_run(rootfs, cmd, &binds))
+        Some(match &archives {
+            None => chroot_run(rootfs, cmd, &binds, None),
+            Some(a) => node_view(rootfs, &a.system, &a.runtime)
+                .and_then(|view| chroot_run(rootfs, cmd, &binds, Some(view.path()))),
+        })
     } else {
         None
     };
     // Warewulf's `--syncuser` on exec: compare (never change) when the command touched
     // the account files.
     let accounts_changed = local && accounts() != before;
-    let ok = matches!(status, Some(Ok(s)) if s.success());
+    // A node's view is read-only: there is nothing to keep.
+    let ok = opts.node.is_none() && matches!(status, Some(Ok(s)) if s.success());
     // Always close the session, keeping changes only after a successful command.
     let e = follow(
         client
@@ -761,6 +811,14 @@ async fn exec(client: &Client, name: &str, cmd: &[String], opts: &ExecOpts, out:
         ),
         Some(Err(e)) => Err(e),
         Some(Ok(s)) if !s.success() => bail!("command failed ({s}); the image was left unchanged"),
+        Some(Ok(_)) if opts.node.is_some() => {
+            let node = opts.node.as_deref().unwrap_or_default();
+            writeln!(
+                out,
+                "Image {name} unchanged (a read-only view with the overlays of node {node})"
+            )?;
+            return Ok(());
+        }
         Some(Ok(_)) if !opts.build => {
             writeln!(
                 out,
@@ -981,10 +1039,130 @@ fn create_dest(source: &Path, dest: &Path, mode: BindMode) -> Result<()> {
     r.with_context(|| format!("creating {} for --bind", dest.display()))
 }
 
+/// A directory for `image exec --node`: `node/` holds the node's system overlay with its
+/// runtime overlay over it (as `wwclient` lays it at run time), `image/` and `merged/`
+/// are the mount points [`chroot_run`] uses. Each path lands where the kernel's
+/// unpacking of the overlay over the image would put it: through the image's symlinks
+/// (an overlay's `lib/x` over an image whose `lib` links to `usr/lib` is `usr/lib/x`),
+/// since an overlayfs directory would hide the link and everything behind it. A
+/// directory made only to hold a path takes the mode and owner of the image's.
+fn node_view(rootfs: &Path, system: &[u8], runtime: &[u8]) -> Result<tempfile::TempDir> {
+    use crate::overlay::archive::{read, Limits};
+    let mut files = BTreeMap::new();
+    for (kind, bytes) in [("system", system), ("runtime", runtime)] {
+        if !bytes.is_empty() {
+            let entries =
+                read(bytes, &Limits::default()).with_context(|| format!("reading the node's {kind} overlay"))?;
+            files.extend(entries);
+        }
+    }
+    let mut landed = BTreeMap::new();
+    for (path, e) in files {
+        match landing(rootfs, &path, e.is_dir()) {
+            Some(at) if at.is_empty() => {} // the image's root itself
+            Some(at) => {
+                landed.insert(at, e);
+            }
+            None => {
+                eprintln!("warning: /{path} of the node's overlays skipped: too many symlinks in the image on its way")
+            }
+        }
+    }
+    let view = tempfile::Builder::new()
+        .prefix("wwctl-node-view.")
+        .tempdir()
+        .context("creating a directory for the node's view")?;
+    for d in ["node", "image", "merged"] {
+        std::fs::create_dir(view.path().join(d))
+            .with_context(|| format!("creating {d} in {}", view.path().display()))?;
+    }
+    let layer = view.path().join("node");
+    let report = crate::agent::apply::Applier::new(&layer)
+        .apply(&landed)
+        .map_err(|e| anyhow!("laying out the node's overlays: {e}"))?;
+    for e in &report.errors {
+        eprintln!("warning: node overlay: {e}");
+    }
+    // wwclient's record of what it wrote is not part of the node's files.
+    let manifest = layer.join(crate::agent::apply::MANIFEST_PATH);
+    std::fs::remove_file(&manifest).with_context(|| format!("removing {}", manifest.display()))?;
+    for dir in manifest.ancestors().skip(1).take_while(|d| *d != layer) {
+        let rel = dir.strip_prefix(&layer).unwrap_or(dir).to_string_lossy().into_owned();
+        if landed.contains_key(&rel) || std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+    }
+    // Directories the overlays do not list take the image's mode and owner.
+    for entry in walkdir::WalkDir::new(&layer).min_depth(1) {
+        let entry = entry.context("walking the node's view")?;
+        if !entry.file_type().is_dir() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(&layer).expect("below the layer");
+        if landed.contains_key(&*rel.to_string_lossy()) {
+            continue;
+        }
+        if let Ok(m) = std::fs::symlink_metadata(rootfs.join(rel)) {
+            if m.is_dir() {
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(m.mode() & 0o7777))
+                    .and_then(|()| std::os::unix::fs::lchown(entry.path(), Some(m.uid()), Some(m.gid())))
+                    .with_context(|| format!("setting the owner of {}", entry.path().display()))?;
+            }
+        }
+    }
+    Ok(view)
+}
+
+/// Where an overlay's `path` lands in the image tree at `rootfs`: every directory on the
+/// way is followed through the image's symlinks (absolute targets from the image's
+/// root, never out of it), and so is the last component when `follow_last` (a
+/// directory: unpacking merges into what the link points to; a file or link replaces
+/// the link instead). `None` after 40 links, like the kernel's limit.
+fn landing(rootfs: &Path, path: &str, follow_last: bool) -> Option<String> {
+    let mut done: Vec<String> = Vec::new();
+    let mut todo: std::collections::VecDeque<String> = path.split('/').map(str::to_owned).collect();
+    let mut links = 0;
+    while let Some(c) = todo.pop_front() {
+        match c.as_str() {
+            "" | "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        if !todo.is_empty() || follow_last {
+            let here = rootfs.join(done.join("/")).join(&c);
+            if let Ok(target) = std::fs::read_link(&here) {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                for part in target.split('/').rev() {
+                    todo.push_front(part.to_owned());
+                }
+                continue;
+            }
+        }
+        done.push(c);
+    }
+    Some(done.join("/"))
+}
+
 /// chroot with /dev, /proc, /sys and the `--bind` mounts in a private mount namespace
 /// (util-linux `unshare`), so nothing stays mounted on the head afterwards; what the
 /// binds created in the tree is removed before the tree is captured.
-fn chroot_run(rootfs: &Path, cmd: &[String], binds: &[Bind]) -> Result<std::process::ExitStatus> {
+///
+/// With `view` (a directory from [`node_view`]), the command sees the image with the
+/// node's files over it through a read-only overlayfs mount: the image is bind-mounted
+/// to `view/image` first so that no image path (which may hold `:`) goes into the mount
+/// options.
+fn chroot_run(rootfs: &Path, cmd: &[String], binds: &[Bind], view: Option<&Path>) -> Result<std::process::ExitStatus> {
     for d in ["dev", "proc", "sys"] {
         std::fs::create_dir_all(rootfs.join(d)).with_context(|| format!("cannot create /{d} in the image"))?;
     }
@@ -992,10 +1170,19 @@ fn chroot_run(rootfs: &Path, cmd: &[String], binds: &[Bind]) -> Result<std::proc
     let prepared = prepare_binds(rootfs, binds, &mut undo);
     let status = prepared.and_then(|()| {
         // Paths go in by environment, never into the script text.
-        let mut script = String::from(
-            "set -e; R=\"$1\"; shift\nmount --rbind /dev \"$R/dev\"\nmount -t proc proc \"$R/proc\"\nmount -t sysfs sysfs \"$R/sys\"\n",
-        );
+        let mut script = String::from("set -e; R=\"$1\"; shift\n");
         let mut command = std::process::Command::new("unshare");
+        if let Some(v) = view {
+            command.env("WWCTL_VIEW", v);
+            script.push_str(
+                "mount --bind \"$R\" \"$WWCTL_VIEW/image\"\n\
+                 mount -t overlay overlay -o ro,lowerdir=\"$WWCTL_VIEW/node:$WWCTL_VIEW/image\" \"$WWCTL_VIEW/merged\"\n\
+                 R=\"$WWCTL_VIEW/merged\"\n",
+            );
+        }
+        script.push_str(
+            "mount --rbind /dev \"$R/dev\"\nmount -t proc proc \"$R/proc\"\nmount -t sysfs sysfs \"$R/sys\"\n",
+        );
         for (i, b) in binds.iter().enumerate().filter(|(_, b)| b.mode != BindMode::Copy) {
             command.env(format!("WWCTL_BIND_SRC_{i}"), &b.source);
             command.env(format!("WWCTL_BIND_DST_{i}"), &b.dest);
@@ -1022,6 +1209,29 @@ fn chroot_run(rootfs: &Path, cmd: &[String], binds: &[Bind]) -> Result<std::proc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlay_paths_land_through_the_images_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("usr/lib")).unwrap();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", r.join("lib")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib", r.join("lib64")).unwrap();
+        std::os::unix::fs::symlink("../../../..", r.join("usr/lib/up")).unwrap();
+        std::os::unix::fs::symlink("/run/x", r.join("etc/resolv.conf")).unwrap();
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        assert_eq!(landing(r, "lib/x.so", false).as_deref(), Some("usr/lib/x.so"));
+        assert_eq!(landing(r, "lib64/x.so", false).as_deref(), Some("usr/lib/x.so"));
+        assert_eq!(landing(r, "lib", true).as_deref(), Some("usr/lib"));
+        // A file replaces the link; it does not write where the link points.
+        assert_eq!(landing(r, "etc/resolv.conf", false).as_deref(), Some("etc/resolv.conf"));
+        assert_eq!(landing(r, "lib", false).as_deref(), Some("lib"));
+        // `..` stops at the image's root.
+        assert_eq!(landing(r, "usr/lib/up/etc/x", false).as_deref(), Some("etc/x"));
+        assert_eq!(landing(r, "loop/x", false), None);
+        assert_eq!(landing(r, "etc/hosts", false).as_deref(), Some("etc/hosts"));
+    }
 
     #[test]
     fn bind_specs() {

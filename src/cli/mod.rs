@@ -91,13 +91,13 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Top {
     /// Manage nodes.
-    #[command(subcommand)]
+    #[command(subcommand, alias = "nodes")]
     Node(ObjCmd),
     /// Manage profiles.
     #[command(subcommand)]
     Profile(ObjCmd),
     /// Manage images (root filesystems that nodes boot).
-    #[command(subcommand, alias = "container")]
+    #[command(subcommand, aliases = ["container", "vnfs"])]
     Image(image::ImageCmd),
     /// Manage overlays (files laid over a node's image, templates rendered per node).
     #[command(subcommand)]
@@ -109,7 +109,12 @@ pub enum Top {
     #[command(subcommand)]
     Rack(rack::RackCmd),
     /// Print wwctl's version and every head's.
-    Version,
+    #[command(alias = "vers")]
+    Version {
+        /// Accepted for Warewulf's command line (it has no effect there either).
+        #[arg(short = 'f', long, hide = true)]
+        full: bool,
+    },
     /// Show who changed what and when (the replicated audit log of operators' writes).
     Audit(audit::AuditArgs),
     /// Configure this head's own services from the host overlay; check its boot services.
@@ -123,8 +128,15 @@ pub enum Top {
     #[command(subcommand)]
     Power(power::PowerCmd),
     /// Generate man pages, shell completions and the command reference.
-    #[command(subcommand)]
+    #[command(subcommand, alias = "cnf")]
     Genconfig(genconfig::GenconfigCmd),
+    /// Print a shell completion script: Warewulf's (cobra's) hidden `wwctl completion
+    /// SHELL`, the same as `wwctl genconfig completions SHELL`.
+    #[command(hide = true)]
+    Completion {
+        #[arg(value_enum)]
+        shell: genconfig::Shell,
+    },
     /// Upgrade Warewulf 4.2–4.7 files (nodes.conf, warewulf.conf) to wulfpack's forms.
     #[command(subcommand)]
     Upgrade(upgrade::UpgradeCmd),
@@ -240,6 +252,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let cli = match cli.cmd {
         Top::Genconfig(c) => return genconfig::run(c, out),
         Top::Upgrade(c) => return upgrade::run(c, out),
+        Top::Completion { shell } => return genconfig::run(genconfig::GenconfigCmd::Completions { shell }, out),
         _ => cli,
     };
     match cli.cmd {
@@ -249,13 +262,13 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Top::Overlay(c) => overlay::run(&client, c, fmt, out).await,
         Top::Cluster(c) => cluster_cmd(&client, &conn, timeout, c, fmt, out).await,
         Top::Rack(c) => rack::run(&client, c, fmt, out).await,
-        Top::Version => version(&client, out).await,
+        Top::Version { .. } => version(&client, out).await,
         Top::Audit(a) => audit::run(&client, a, fmt, out).await,
         Top::Power(c) => power::run(&client, c, fmt, out).await,
         Top::Configure(c) => configure::run(&client, c, fmt, out).await,
         Top::Clean(a) => clean::run(&client, a, fmt, out).await,
         Top::Ssh(a) => ssh::run(&client, a, out).await,
-        Top::Genconfig(_) | Top::Upgrade(_) => unreachable!("handled above"),
+        Top::Genconfig(_) | Top::Upgrade(_) | Top::Completion { .. } => unreachable!("handled above"),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::state::{Command, Kind, Put, Query, QueryResult, Selector};
 #[derive(Subcommand, Debug)]
 pub enum ObjCmd {
     /// Add objects (hostlist patterns like n[001-100]; --ipaddr/--ipmiaddr auto-increment).
+    #[command(aliases = ["new", "create"])]
     Add {
         /// Names or hostlist patterns.
         #[arg(required = true)]
@@ -26,6 +27,7 @@ pub enum ObjCmd {
         fields: FieldFlags,
     },
     /// Change fields of existing objects (value UNDEF clears a field).
+    #[command(alias = "modify")]
     Set {
         #[arg(required_unless_present = "all")]
         names: Vec<String>,
@@ -35,6 +37,9 @@ pub enum ObjCmd {
         /// Do not ask for confirmation.
         #[arg(short = 'y', long)]
         yes: bool,
+        /// Accepted for Warewulf's command lines; it has no effect there either.
+        #[arg(short = 'f', long, hide = true)]
+        force: bool,
         #[command(flatten)]
         fields: FieldFlags,
     },
@@ -47,6 +52,10 @@ pub enum ObjCmd {
         fields: Vec<String>,
         #[arg(short = 'y', long)]
         yes: bool,
+        /// Skip names that do not exist (with a warning) instead of failing; an error
+        /// still when none exists.
+        #[arg(short = 'f', long)]
+        force: bool,
         /// Warewulf's flag form: `--image`, `--tag K`, `--partnumber --diskname D --partname P`, ...
         #[command(flatten)]
         flags: fields::UnsetFlags,
@@ -55,7 +64,7 @@ pub enum ObjCmd {
     #[command(alias = "ls")]
     List(ListArgs),
     /// Delete objects.
-    #[command(alias = "rm")]
+    #[command(aliases = ["rm", "del", "remove"])]
     Delete {
         #[arg(required = true)]
         names: Vec<String>,
@@ -66,6 +75,9 @@ pub enum ObjCmd {
     Edit {
         #[arg(required = true)]
         names: Vec<String>,
+        /// Leave out the explanatory comment at the top of the file.
+        #[arg(long)]
+        noheader: bool,
     },
     /// Import objects from a YAML file (a nodes.conf document or a map name → fields).
     Import {
@@ -261,6 +273,7 @@ pub(super) async fn obj_cmd(
             mut names,
             all,
             yes,
+            force: _,
             mut fields,
         } => {
             if fields.is_empty() {
@@ -308,6 +321,7 @@ pub(super) async fn obj_cmd(
             name,
             fields,
             yes,
+            force,
             flags,
         } => {
             if fields.is_empty() && flags.is_empty() {
@@ -322,7 +336,19 @@ pub(super) async fn obj_cmd(
             }
             // Removing a partition depends on what each object holds (which disks have it,
             // whether its disk is left empty): resolve per object, one patch per result.
-            let r = fetch_existing(client, kind, &names).await?;
+            let r = if force {
+                // Warewulf's `unset --force`: skip what does not exist, fail only if nothing does.
+                let r = client.read(&selector(kind, names.clone()), true).await?;
+                if !r.missing.is_empty() {
+                    eprintln!("WARNING: {k}(s) not found, skipped: {}", short_list(&r.missing));
+                }
+                if objects(kind, &r).is_empty() {
+                    bail!("no {k}s were modified: none of the names exists; check them with `wwctl {k} list`");
+                }
+                r
+            } else {
+                fetch_existing(client, kind, &names).await?
+            };
             let mut groups: Vec<(model::Patch, Vec<String>)> = Vec::new();
             for (name, v) in objects(kind, &r) {
                 let p = flags.ops(name, &v.value, &fields).map_err(|e| anyhow!(e))?;
@@ -361,7 +387,7 @@ pub(super) async fn obj_cmd(
             let w = client.write(Command::Delete { kind, names }).await?;
             writeln!(out, "Deleted {} {k}(s)", w.outcome.deleted_count())?;
         }
-        ObjCmd::Edit { names } => edit(client, kind, &names, out).await?,
+        ObjCmd::Edit { names, noheader } => edit(client, kind, &names, noheader, out).await?,
         ObjCmd::Sensors(args) => {
             if kind != Kind::Node {
                 bail!("sensors exist for nodes only: wwctl node sensors");
@@ -603,19 +629,21 @@ fn without_profiles(conf: &NodeConf) -> NodeConf {
     }
 }
 
-async fn edit(client: &Client, kind: Kind, patterns: &[String], out: &mut dyn Write) -> Result<()> {
+async fn edit(client: &Client, kind: Kind, patterns: &[String], noheader: bool, out: &mut dyn Write) -> Result<()> {
     let r = fetch_existing(client, kind, patterns).await?;
     let objs = objects(kind, &r);
     let before: BTreeMap<String, NodeConf> = objs.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect();
     let text = model::to_conf_map_yaml(&before)?;
     let tmp = tempfile_in_tmp()?;
-    std::fs::write(
-        &tmp.0,
+    let header = if noheader {
+        String::new()
+    } else {
         format!(
-            "# Edit {}s; save and quit to apply, or quit unchanged to abort.\n{text}",
+            "# Edit {}s; save and quit to apply, or quit unchanged to abort.\n",
             kind.as_str()
-        ),
-    )?;
+        )
+    };
+    std::fs::write(&tmp.0, format!("{header}{text}"))?;
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());

@@ -42,6 +42,7 @@ pub enum OverlayCmd {
     Show(ShowArgs),
     /// What a template documents about itself: its description (on stderr) and the
     /// variables it reads (a table).
+    #[command(aliases = ["variables", "vars"])]
     Info {
         /// Overlay name.
         name: String,

@@ -67,6 +67,18 @@ async fn exit_codes_are_the_same_for_every_verb() {
         (&["ssh", "--dryrun", "n1", "--", "uptime"], 0),
         (&["genconfig", "completions", "bash"], 0),
         (&["node", "list", "--help"], 0),
+        // Warewulf's aliases and the flags it accepts
+        (&["nodes", "ls"], 0),
+        (&["vnfs", "ls"], 0),
+        (&["vers", "--full"], 0),
+        (&["completion", "bash"], 0),
+        (&["cnf", "defaults"], 0),
+        (&["image", "build", "-a"], 0),
+        (&["node", "modify", "-f", "-y", "n1", "--comment", "x"], 0),
+        // `unset --force` skips a missing node; without it, or when none exists, an error
+        (&["node", "unset", "-f", "-y", "--comment", "n[1,9]"], 0),
+        (&["node", "unset", "-y", "--comment", "n[1,9]"], 1),
+        (&["node", "unset", "-f", "-y", "--comment", "n9"], 1),
         // error: the command was well formed, what it asked for failed
         (&["node", "set", "nosuch", "--comment", "x", "-y"], 1),
         (&["node", "list", "n[1-"], 1),
@@ -100,6 +112,20 @@ async fn exit_codes_are_the_same_for_every_verb() {
         let (code, _, err) = wwctl(&h, args).await;
         if code != *want {
             wrong.push(format!("wwctl {args:?}: exit {code}, want {want}; stderr: {err}"));
+        }
+    }
+    // Aliases and accepted flags of the checks: the same result as the plain form (the
+    // checks themselves depend on what this machine has installed).
+    for (plain, alias) in [
+        (&["configure", "tftp"][..], &["configure", "tftp", "--show"][..]),
+        (&["configure", "tls"][..], &["configure", "cert"][..]),
+    ] {
+        let (want, _, _) = wwctl(&h, plain).await;
+        let (code, _, err) = wwctl(&h, alias).await;
+        if code != want {
+            wrong.push(format!(
+                "wwctl {alias:?}: exit {code}, want {want} as {plain:?}; stderr: {err}"
+            ));
         }
     }
     // A head that is not there is an error too (1), not a usage error.
@@ -332,6 +358,119 @@ async fn genconfig_writes_man_pages_reference_and_completions() {
             Err(_) => println!("SKIP {shell} syntax check: {check} is not installed"),
         }
     }
+}
+
+/// Warewulf's `image import -b` (build) before the source, `--build=false`, and the
+/// hidden `--arch`/`--passwd` spellings parse to what they mean.
+#[test]
+fn image_import_takes_warewulfs_flags() {
+    use wulfpack::cli::image::ImageCmd;
+    use wulfpack::cli::{Cli, Top};
+    let parse = |args: &[&str]| {
+        let mut argv = vec!["wwctl"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).map(|c| c.cmd) {
+            Ok(Top::Image(ImageCmd::Import {
+                source,
+                name,
+                build,
+                platform,
+                password,
+                ..
+            })) => (source, name, build, platform, password),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    };
+    let (source, name, build, ..) = parse(&["image", "import", "-b", "docker://r/x:1", "x"]);
+    assert_eq!(
+        (source.as_str(), name.as_deref(), build),
+        ("docker://r/x:1", Some("x"), true)
+    );
+    assert!(!parse(&["image", "pull", "--build=false", "dir"]).2);
+    let (.., platform, password) = parse(&["image", "import", "--arch", "arm64", "--passwd", "pw", "dir"]);
+    assert_eq!((platform.as_deref(), password.as_deref()), (Some("arm64"), Some("pw")));
+}
+
+/// `image exec IMAGE COMMAND...` as Warewulf takes it, with or without `--`; exec's own
+/// options before the command, everything from the command on is the command's.
+#[test]
+fn image_exec_takes_the_command_with_or_without_dashes() {
+    use wulfpack::cli::image::ImageCmd;
+    use wulfpack::cli::{Cli, Top};
+    let parse = |args: &[&str]| {
+        let mut argv = vec!["wwctl", "image", "exec"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).map(|c| c.cmd) {
+            Ok(Top::Image(ImageCmd::Exec { name, cmd, opts })) => (name, cmd, opts),
+            Ok(other) => panic!("{args:?}: {other:?}"),
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    };
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(parse(&["r9", "/bin/ls", "-l"]).1, v(&["/bin/ls", "-l"]));
+    assert_eq!(parse(&["r9", "--", "/bin/ls", "-l"]).1, v(&["/bin/ls", "-l"]));
+    let (name, cmd, opts) = parse(&["r9", "--build=false", "--node", "n1", "--", "/bin/sh", "-c", "x"]);
+    assert_eq!(
+        (name.as_str(), cmd, opts.build, opts.node.as_deref()),
+        ("r9", v(&["/bin/sh", "-c", "x"]), false, Some("n1"))
+    );
+    let (_, cmd, opts) = parse(&["--bind", "/tmp:/mnt", "r9", "/bin/echo", "--build", "-n"]);
+    assert_eq!(
+        (cmd, opts.binds, opts.build),
+        (v(&["/bin/echo", "--build", "-n"]), v(&["/tmp:/mnt"]), true)
+    );
+    assert!(
+        Cli::try_parse_from(["wwctl", "image", "exec", "r9"]).is_err(),
+        "a command is required"
+    );
+}
+
+/// `genconfig defaults`: the `default` profile of Warewulf's built-in defaults as a
+/// nodes.conf that `wwctl profile import` reads, equal to what `upgrade nodes
+/// --add-defaults` gives a file without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genconfig_defaults_prints_the_default_profile() {
+    let text = local(&["genconfig", "defaults"]).await.unwrap();
+    golden("genconfig_defaults.yaml", &text);
+    assert_eq!(
+        local(&["genconfig", "dfaults"]).await.unwrap(),
+        text,
+        "Warewulf 4.5's alias"
+    );
+    let conf = match wulfpack::model::parse_import(&text, "genconfig defaults").unwrap() {
+        wulfpack::model::ImportDoc::NodesConf(c) => c,
+        other => panic!("not a nodes.conf document: {other:?}"),
+    };
+    assert!(conf.nodes.is_empty());
+    let p = &conf.nodeprofiles["default"];
+    assert!(
+        p.system_overlay.contains(&"wwinit".to_string()),
+        "{:?}",
+        p.system_overlay
+    );
+    assert!(
+        p.runtime_overlay.contains(&"hosts".to_string()),
+        "{:?}",
+        p.runtime_overlay
+    );
+    assert_eq!(p.init.as_deref(), Some("/sbin/init"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("nodes.conf");
+    std::fs::write(&input, "nodeprofiles: {}\nnodes: {}\n").unwrap();
+    let output = dir.path().join("upgraded.conf");
+    local(&[
+        "upgrade",
+        "nodes",
+        "--add-defaults",
+        "-i",
+        input.to_str().unwrap(),
+        "--output-path",
+        output.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), text);
 }
 
 /// A throwaway `sshd` on 127.0.0.1 that lets root in with a test key.

@@ -408,6 +408,117 @@ async fn exec_binds_and_build_flags() {
     c.shutdown().await;
 }
 
+/// `image exec --node`: the command sees the image with the node's system and runtime
+/// overlays rendered over it (through the image's symlinks, as unpacking at boot puts
+/// them), cannot change it, and the image stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exec_node_shows_the_nodes_overlays_read_only() {
+    if !is_root() {
+        eprintln!("SKIP: image exec needs root (mount namespace, chroot, overlayfs)");
+        return;
+    }
+    if !ensure_packages(&["busybox-static"]) {
+        eprintln!("SKIP: busybox-static is not available for a shell inside the image");
+        return;
+    }
+    let c = Cluster::start(1, settings()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_root(&src);
+    std::fs::copy("/bin/busybox", src.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", src.join("bin/sh")).unwrap();
+    std::fs::create_dir_all(src.join("usr/lib")).unwrap();
+    std::fs::write(src.join("usr/lib/libimage.so"), "of the image\n").unwrap();
+    std::os::unix::fs::symlink("usr/lib", src.join("lib64")).unwrap();
+    ok(&c, &["image", "import", src.to_str().unwrap(), "nv"]).await;
+    let before = entry(&c, "nv").await;
+
+    let file = |name: &str, body: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    ok(&c, &["overlay", "create", "sys1"]).await;
+    let hostname = file("hostname.ww", "{{ Id }}\n");
+    ok(&c, &["overlay", "import", "-p", "sys1", &hostname, "/etc/hostname.ww"]).await;
+    let lib = file("libnode.so", "of the overlay\n");
+    ok(&c, &["overlay", "import", "-p", "sys1", &lib, "/lib64/libnode.so"]).await;
+    ok(&c, &["overlay", "create", "rt1"]).await;
+    let rt = file("runtime.ww", "runtime of {{ Id }}\n");
+    ok(&c, &["overlay", "import", "-p", "rt1", &rt, "/etc/runtime.ww"]).await;
+    ok(
+        &c,
+        &[
+            "node",
+            "add",
+            "n1",
+            "--system-overlays",
+            "sys1",
+            "--runtime-overlays",
+            "rt1",
+        ],
+    )
+    .await;
+
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let bind = format!("{}:/mnt/out", host.display());
+    let out = ok(
+        &c,
+        &[
+            "image",
+            "exec",
+            "nv",
+            "--node",
+            "n1",
+            "--bind",
+            &bind,
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /etc/hostname /etc/runtime /lib64/libnode.so /usr/lib/libimage.so > /mnt/out/seen; \
+             test -L /lib64 && echo link >> /mnt/out/seen; \
+             if echo x > /etc/hostname; then echo wrote >> /mnt/out/seen; fi; \
+             if touch /new; then echo created >> /mnt/out/seen; fi; true",
+        ],
+    )
+    .await;
+    assert!(out.contains("Image nv unchanged"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(host.join("seen")).unwrap(),
+        "n1\nruntime of n1\nof the overlay\nof the image\nlink\n",
+        "the node's files over the image, the image's symlink kept, nothing writable"
+    );
+    let after = entry(&c, "nv").await;
+    assert_eq!(after.artifact, before.artifact, "no rebuild");
+    assert_eq!(after.layers, before.layers, "nothing captured");
+
+    // The image itself, without --node, still has its own files only.
+    ok(
+        &c,
+        &[
+            "image",
+            "exec",
+            "nv",
+            "--bind",
+            &bind,
+            "--build=false",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /etc/hostname > /mnt/out/plain; test -e /etc/runtime || echo none >> /mnt/out/plain",
+        ],
+    )
+    .await;
+    assert_eq!(std::fs::read_to_string(host.join("plain")).unwrap(), "node\nnone\n");
+
+    let e = ww(&c, &["image", "exec", "nv", "--node", "nosuch", "--", "/bin/true"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("nosuch") && e.contains("does not exist"), "{e}");
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blob_gc_removes_what_no_image_references() {
     let c = Cluster::start_with(3, settings(), |cfg| {
