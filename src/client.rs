@@ -86,6 +86,9 @@ pub struct Client {
     until: Option<Instant>,
     /// How channels connect (kept for [`Client::one`]).
     dialer: crate::pki::tls::Dialer,
+    /// Ask for BMC passwords in clear (`wwctl --show-secrets`; heads honour it for
+    /// admins only).
+    show_secrets: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -132,6 +135,7 @@ impl Client {
             per_call: Duration::from_secs(15),
             until: None,
             dialer: dialer.clone(),
+            show_secrets: false,
         }
     }
 
@@ -142,6 +146,7 @@ impl Client {
     pub fn one(&self, addr: &str) -> Client {
         Client {
             per_call: self.per_call,
+            show_secrets: self.show_secrets,
             ..Client::with_dialer(vec![addr.to_string()], &self.dialer)
         }
     }
@@ -149,6 +154,12 @@ impl Client {
     /// How long one call may take, over all heads and retries.
     pub fn with_deadline(mut self, d: Duration) -> Self {
         self.per_call = d;
+        self
+    }
+
+    /// Ask for secrets in clear on reads (admins only; see `api::auth::hide_secrets`).
+    pub fn showing_secrets(mut self, show: bool) -> Self {
+        self.show_secrets = show;
         self
     }
 
@@ -289,6 +300,7 @@ impl Client {
     /// Read nodes/profiles; `linearizable` confirms with a quorum of heads first.
     pub async fn read(&self, q: &Query, linearizable: bool) -> Result<QueryResult, ClientError> {
         let body = serde_json::to_vec(q)?;
+        let show_secrets = self.show_secrets;
         let r = self
             .retry(Spread::Hedged, |mut c, t| {
                 let body = body.clone();
@@ -298,6 +310,7 @@ impl Client {
                             query_json: body,
                             linearizable,
                             hops: 0,
+                            show_secrets,
                         },
                         t,
                     ))

@@ -203,12 +203,14 @@ pub fn caller_role(ext: &http::Extensions) -> Option<Role> {
     ext.get::<PeerInfo>().and_then(|p| p.identity.as_ref()).map(|i| i.role)
 }
 
-/// What a `read` credential never sees: BMC passwords of nodes and profiles (blanked to
-/// `********`, so it shows that one is set). SSH host keys are never in a read answer.
+/// Secrets in a read answer that did not ask for them (`--show-secrets`, honoured for
+/// admins only): BMC passwords of nodes and profiles, blanked to
+/// [`crate::state::SECRET_MASK`] so it shows that one is set (and written back, means
+/// "unchanged"). SSH host keys are never in a read answer.
 pub fn hide_secrets(r: &mut crate::state::QueryResult) {
     for v in r.nodes.values_mut().chain(r.profiles.values_mut()) {
         if let Some(p) = v.value.ipmi.as_mut().and_then(|i| i.password.as_mut()) {
-            *p = "********".into();
+            *p = crate::state::SECRET_MASK.into();
         }
     }
 }

@@ -755,15 +755,18 @@ impl pb::admin_server::Admin for AdminService {
     async fn read(&self, req: GrpcRequest<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
         let s = self.gate.get()?;
         let deadline = deadline(&req);
-        let read_only = auth::caller_role(req.extensions()) == Some(crate::pki::Role::Read);
+        // Secrets in clear only when asked, and only to an admin (or a head forwarding
+        // for its caller, or anyone on a plaintext head, where everyone is admin).
+        let may_see = auth::caller_role(req.extensions()).is_none_or(|r| r.allows(crate::pki::Role::Admin));
         let req = req.into_inner();
+        let hide = !(req.show_secrets && may_see);
         let q: Query = serde_json::from_slice(&req.query_json).map_err(|e| bad_json("query", e))?;
         let (mut result, applied) = s
             .cluster
             .read(&q, req.linearizable, req.hops, deadline)
             .await
             .map_err(|e| status(&e))?;
-        if read_only {
+        if hide {
             auth::hide_secrets(&mut result);
         }
         Ok(Response::new(pb::ReadReply {

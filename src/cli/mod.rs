@@ -84,6 +84,10 @@ pub struct Cli {
     /// Print debugging messages (its log at debug level; `WWCTL_LOG` overrides).
     #[arg(short = 'd', long, global = true)]
     pub debug: bool,
+    /// Show secrets (BMC passwords) in clear; admins only. Without it they read
+    /// `********`, which written back (edit, export then import) keeps the stored value.
+    #[arg(long, global = true)]
+    pub show_secrets: bool,
     #[command(subcommand)]
     pub cmd: Top,
 }
@@ -246,7 +250,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let conn = Connection::resolve(&cli)?;
     let client = Client::with_dialer(conn.heads.clone(), &conn.dialer()?)
         .with_deadline(timeout)
-        .until(std::time::Instant::now() + timeout);
+        .until(std::time::Instant::now() + timeout)
+        .showing_secrets(cli.show_secrets);
     let fmt = cli.output;
     // Verbs that read and write local files only: no head is asked.
     let cli = match cli.cmd {

@@ -171,6 +171,10 @@ impl Command {
     }
 }
 
+/// What a secret reads as when it is not shown (`api::auth::hide_secrets`); written
+/// back, it means "unchanged" (`State::keep_masked_secrets`).
+pub const SECRET_MASK: &str = "********";
+
 /// Unix seconds now: the time a proposing head puts into commands (`now`, `created`,
 /// `updated`), so that applying them stays deterministic.
 pub fn unix_now() -> u64 {
@@ -717,8 +721,33 @@ impl State {
                 }
             }
         }
+        self.keep_masked_secrets(&mut tx);
         self.validate(&tx)?;
         Ok(self.commit(index, tx))
+    }
+
+    /// A BMC password that reads [`SECRET_MASK`] is one a client was shown masked and
+    /// sent back unchanged (`node edit`, `node export` then `import`): the stored value
+    /// is kept instead of the mask (none when nothing was stored), so a round trip
+    /// through a masked listing loses no password.
+    fn keep_masked_secrets(&self, tx: &mut Tx) {
+        for kind in [Kind::Node, Kind::Profile] {
+            let current = match kind {
+                Kind::Node => &self.nodes,
+                Kind::Profile => &self.profiles,
+            };
+            for (name, conf) in tx.slot(kind).iter_mut() {
+                let Some(ipmi) = conf.as_mut().and_then(|c| c.ipmi.as_mut()) else {
+                    continue;
+                };
+                if ipmi.password.as_deref() == Some(SECRET_MASK) {
+                    ipmi.password = current
+                        .get(name)
+                        .and_then(|v| v.value.ipmi.as_ref())
+                        .and_then(|i| i.password.clone());
+                }
+            }
+        }
     }
 
     fn get(&self, kind: Kind, name: &str) -> Result<&Versioned<NodeConf>, CommandError> {

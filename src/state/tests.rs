@@ -786,3 +786,46 @@ fn digest_is_equal_for_equal_states_and_differs_on_any_change() {
     assert!(e.apply(4, &req(other)).0.is_ok());
     assert_ne!(d(&e), d(&a));
 }
+
+#[test]
+fn a_masked_password_written_back_keeps_the_stored_one() {
+    let mut s = base();
+    let with_password = |p: &str| {
+        let mut c = node("aa:bb:cc:dd:ee:01", "10.0.0.1");
+        c.ipmi = Some(model::IpmiConf {
+            password: Some(p.into()),
+            ..Default::default()
+        });
+        c
+    };
+    let put = |conf| {
+        req(Command::Put {
+            kind: Kind::Node,
+            items: vec![Put {
+                name: "n1".into(),
+                conf,
+                expect: None,
+            }],
+        })
+    };
+    let password = |s: &State| s.nodes["n1"].value.ipmi.as_ref().and_then(|i| i.password.clone());
+    assert!(s.apply(3, &put(with_password("s3cret"))).0.is_ok());
+    // Sent back as it was shown (an edit or an export → import): unchanged.
+    assert!(s.apply(4, &put(with_password(SECRET_MASK))).0.is_ok());
+    assert_eq!(password(&s).as_deref(), Some("s3cret"));
+    // A new value replaces it.
+    assert!(s.apply(5, &put(with_password("n3w"))).0.is_ok());
+    assert_eq!(password(&s).as_deref(), Some("n3w"));
+    // The mask never becomes a password: a node that had none still has none.
+    let mut fresh = with_password(SECRET_MASK);
+    fresh.network_devices.clear();
+    let r = s.apply(
+        6,
+        &req(Command::Add {
+            kind: Kind::Node,
+            items: vec![("n3".into(), fresh)],
+        }),
+    );
+    assert!(r.0.is_ok(), "{r:?}");
+    assert_eq!(s.nodes["n3"].value.ipmi.as_ref().and_then(|i| i.password.clone()), None);
+}

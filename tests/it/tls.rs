@@ -150,11 +150,27 @@ fn credentials_roles_revocation_and_join_tokens() {
     );
     let reader = ops.join("reader.crt");
     assert!(ok(&reader, &["node", "list"]).contains("n1"));
-    // BMC passwords: an admin reads them back, a read credential sees that one is set.
+    // BMC passwords (part 5): shown only to an admin, and only when asked; a read
+    // credential sees that one is set even when it asks.
     ok(&root, &["node", "set", "n1", "--ipmipass", "s3cret-bmc", "-y"]);
-    assert!(ok(&root, &["node", "export", "n1"]).contains("s3cret-bmc"));
-    let shown = ok(&reader, &["node", "export", "n1"]);
-    assert!(!shown.contains("s3cret-bmc") && shown.contains("********"), "{shown}");
+    let masked = ok(&root, &["node", "export", "n1"]);
+    assert!(
+        !masked.contains("s3cret-bmc") && masked.contains("********"),
+        "{masked}"
+    );
+    assert!(ok(&root, &["--show-secrets", "node", "export", "n1"]).contains("s3cret-bmc"));
+    for args in [
+        &["node", "export", "n1"][..],
+        &["--show-secrets", "node", "export", "n1"],
+    ] {
+        let shown = ok(&reader, args);
+        assert!(!shown.contains("s3cret-bmc") && shown.contains("********"), "{shown}");
+    }
+    // The masked export imported back keeps the password.
+    let exported = c.dir.path().join("n1.yaml");
+    std::fs::write(&exported, &masked).unwrap();
+    ok(&root, &["node", "import", exported.to_str().unwrap(), "-y"]);
+    assert!(ok(&root, &["--show-secrets", "node", "export", "n1"]).contains("s3cret-bmc"));
     let o = wwctl(&heads, Some(&reader), &["node", "add", "n2"]);
     assert!(
         !o.status.success() && text(&o).contains("needs the admin role"),
