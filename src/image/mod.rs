@@ -24,6 +24,7 @@
 //! - One operation per image name per head at a time (a lock per name).
 
 pub mod build;
+pub mod files;
 pub mod kernel;
 pub mod layers;
 pub mod oci;
