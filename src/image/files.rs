@@ -282,6 +282,8 @@ fn resolve(idx: &Indexes, path: &str) -> Result<Located, FileError> {
                     return Err(FileError::Loop { path: path.to_owned() });
                 }
                 last_link = Some((format!("/{here}"), t.clone()));
+                // A symlink resolves in the image as it is (also one a hardlink led to).
+                top = idx.len();
                 if t.starts_with('/') {
                     cur.clear();
                 }
