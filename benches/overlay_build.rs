@@ -67,10 +67,10 @@ fn accounts(n: usize, tag: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Warewulf 4.7's default profile lists (`debian.interfaces` is `ifupdown` here), plus
-/// `syncuser`, which reads the image.
-const SYSTEM: &str = "wwinit,wwclient,fstab,hostname,ssh.host_keys,issue,resolv,udev.netname,systemd.netname,ifcfg,NetworkManager,ifupdown,wicked,ignition,syncuser";
-const RUNTIME: &str = "hosts,ssh.authorized_keys";
+/// Warewulf 4.7's default profile lists (`debian.interfaces` is `ifupdown` here);
+/// `syncuser` reads the image.
+const SYSTEM: &str = "wwinit,wwclient,fstab,hostname,ssh.host_keys,issue,resolv,udev.netname,systemd.netname,ifcfg,NetworkManager,ifupdown,wicked,ignition";
+const RUNTIME: &str = "hosts,ssh.authorized_keys,syncuser";
 
 fn rss_mib() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -290,8 +290,8 @@ fn main() {
     let storm_secs = t.elapsed().as_secs_f64();
     let st = fresh.builder().stats();
 
-    // The image is re-imported with one more account: every node's system overlay
-    // (`syncuser` reads the image) is built again; the runtime overlays are current.
+    // The image is re-imported with one more account: every node's runtime overlay
+    // (`syncuser` reads the image) is built again; the system overlays are current.
     let mut state = std::mem::take(&mut rig.state);
     let mut entry = state.images["rocky9"].value.clone();
     let top = layer(0, &accounts(201, "user"));
@@ -318,8 +318,8 @@ fn main() {
     assert!(r3.failed.is_empty(), "{:?}", &r3.failed[..r3.failed.len().min(3)]);
     let after = images.stats();
     let passes = after.layer_passes - before.1.layer_passes;
-    assert_eq!(r3.built, n as u64, "every node's system overlay reads the image");
-    assert_eq!(r3.cached, n as u64, "no runtime overlay reads it");
+    assert_eq!(r3.built, n as u64, "every node's runtime overlay reads the image");
+    assert_eq!(r3.cached, n as u64, "no system overlay reads it");
     // The new top layer indexed, passwd and group read from it: never a pass per node.
     assert!(passes <= 4, "{passes} layer passes for one changed image");
 
