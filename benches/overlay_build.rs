@@ -9,6 +9,10 @@
 //! - **Boot storm**: 1,000 nodes' first requests from 8 threads on a fresh builder: the
 //!   renders counted against one render per template per node (no render twice).
 //! - **Memory**: RSS before and after the cold build.
+//! - **Image re-imported**: `syncuser` reads the image's `/etc/passwd` and `/etc/group`
+//!   from its layers in the CAS (`IncludeFrom`); the layer passes are counted (the
+//!   layers are read once per image, not per node), then the image's top layer changes
+//!   and every node's system overlay is built again.
 //!
 //! `cargo bench --bench overlay_build` runs 10,000 nodes; without `--bench` (as `cargo
 //! test --benches` runs it) 200 nodes check the harness.
@@ -23,14 +27,50 @@ use std::time::Instant;
 use wulfpack::boot::overlays::{build_all, BootOverlays};
 use wulfpack::boot::view::BootView;
 use wulfpack::cas::Cas;
+use wulfpack::image::files::{ImageFiles, Limits};
 use wulfpack::overlay::build::OverlayKind;
-use wulfpack::overlay::render::{AccessPolicy, HostFs, ServerConf};
-use wulfpack::state::{Command, OverlayCommand, Request, State};
+use wulfpack::overlay::render::{AccessPolicy, ClusterFiles, HostFs, ServerConf};
+use wulfpack::state::{Command, ImageCommand, ImageEntry, LayerRef, OverlayCommand, Request, State};
 
-/// Warewulf 4.7's default profile lists, minus what needs files a head cannot read
-/// (`syncuser` reads the image; `debian.interfaces` is `ifupdown` here).
+/// A gzip'd layer: `files` filler files (a distribution base has 20,000–60,000) and the
+/// given `etc/` files.
+fn layer(files: usize, etc: &[(&str, String)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    };
+    for i in 0..files {
+        add(
+            &format!("usr/share/filler/{:03}/f{i}", i % 500),
+            b"filler file of the base layer\n",
+        );
+    }
+    for (name, text) in etc {
+        add(&format!("etc/{name}"), text.as_bytes());
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+fn accounts(n: usize, tag: &str) -> Vec<(&'static str, String)> {
+    let passwd: String = (0..n)
+        .map(|i| format!("{tag}{i}:x:{}:{}::/home/{tag}{i}:/bin/bash\n", 1000 + i, 1000 + i))
+        .collect();
+    let group: String = (0..n).map(|i| format!("{tag}{i}:x:{}:\n", 1000 + i)).collect();
+    vec![
+        ("passwd", format!("root:x:0:0:root:/root:/bin/bash\n{passwd}")),
+        ("group", format!("root:x:0:\n{group}")),
+    ]
+}
+
+/// Warewulf 4.7's default profile lists (`debian.interfaces` is `ifupdown` here);
+/// `syncuser` reads the image.
 const SYSTEM: &str = "wwinit,wwclient,fstab,hostname,ssh.host_keys,issue,resolv,udev.netname,systemd.netname,ifcfg,NetworkManager,ifupdown,wicked,ignition";
-const RUNTIME: &str = "hosts,ssh.authorized_keys";
+const RUNTIME: &str = "hosts,ssh.authorized_keys,syncuser";
 
 fn rss_mib() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -95,6 +135,34 @@ impl Rig {
             .into_iter()
             .map(|(name, t)| (name, cas.put_bytes(&t.to_canonical()).unwrap()))
             .collect();
+        // The node image `syncuser` reads: a base layer and a top layer with the accounts.
+        let layer_ref = |bytes: Vec<u8>| LayerRef {
+            digest: cas.put_bytes(&bytes).unwrap(),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            size: bytes.len() as u64,
+        };
+        let image = ImageEntry {
+            source: "bench".into(),
+            platform: "linux/amd64".into(),
+            layers: vec![
+                layer_ref(layer(30_000, &[])),
+                layer_ref(layer(0, &accounts(200, "user"))),
+            ],
+            config: None,
+            rootfs_size: 0,
+            files: 0,
+            artifact: None,
+            kernel: None,
+            kernels: vec![],
+            created: 1,
+            updated: 1,
+        };
+        std::fs::write(
+            host.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\nadmin:x:900:900::/home/admin:/bin/bash\n",
+        )
+        .unwrap();
+        std::fs::write(host.join("etc/group"), "root:x:0:\nadmin:x:900:\n").unwrap();
         let mut rig = Rig {
             _dir: dir,
             cas,
@@ -105,6 +173,14 @@ impl Rig {
         rig.apply(
             &mut state,
             Command::Overlay(OverlayCommand::RegisterDistribution { set, now: 1 }),
+        );
+        rig.apply(
+            &mut state,
+            Command::Image(ImageCommand::Put {
+                name: "rocky9".into(),
+                entry: Box::new(image),
+                expect: Some(0),
+            }),
         );
         let conf = wulfpack::model::parse_nodes_conf(&nodes_conf(n)).unwrap();
         rig.apply(&mut state, Command::Import { conf });
@@ -129,7 +205,8 @@ impl Rig {
         BootView::from_state(&self.state, self.index)
     }
 
-    fn overlays(&self) -> BootOverlays {
+    /// A head's overlays, as `wulfd` wires them; and its image file reader.
+    fn overlays(&self) -> (BootOverlays, Arc<ImageFiles>) {
         let server = ServerConf::from_yaml("ipaddr: 10.0.0.1\nnetmask: 255.0.0.0\n").unwrap();
         let policy = AccessPolicy::default();
         let access = Arc::new(HostFs {
@@ -137,7 +214,10 @@ impl Rig {
             images_dir: self.host.join("images"),
             policy: policy.clone(),
         });
-        BootOverlays::new(1, self.cas.clone(), server, access, policy)
+        let images = Arc::new(ImageFiles::new(self.cas.clone(), Limits::default()));
+        let access = Arc::new(ClusterFiles::new(access).with_images(images.clone()));
+        let ov = BootOverlays::new(1, self.cas.clone(), server, access.clone(), policy).with_cluster_files(access);
+        (ov, images)
     }
 }
 
@@ -150,7 +230,7 @@ fn main() {
     assert!(view.broken.is_empty(), "{:?}", view.broken);
 
     // Cold build of every node.
-    let ov = rig.overlays();
+    let (ov, images) = rig.overlays();
     let rss0 = rss_mib();
     let t = Instant::now();
     let r = build_all(&ov, &view, &[]);
@@ -158,6 +238,7 @@ fn main() {
     assert!(r.failed.is_empty(), "{:?}", &r.failed[..r.failed.len().min(3)]);
     let rss1 = rss_mib();
     let stats = ov.builder().stats();
+    let image_reads = images.stats();
 
     // One node changes: rebuild everything that depends on it.
     let mut rig = rig;
@@ -191,7 +272,7 @@ fn main() {
     let one = t.elapsed().as_secs_f64() + one_node;
 
     // Boot storm on a fresh builder: the first request of each of `storm` nodes.
-    let fresh = rig.overlays();
+    let (fresh, _) = rig.overlays();
     let names: Vec<_> = view2.nodes.values().take(storm).cloned().collect();
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -208,6 +289,39 @@ fn main() {
     });
     let storm_secs = t.elapsed().as_secs_f64();
     let st = fresh.builder().stats();
+
+    // The image is re-imported with one more account: every node's runtime overlay
+    // (`syncuser` reads the image) is built again; the system overlays are current.
+    let mut state = std::mem::take(&mut rig.state);
+    let mut entry = state.images["rocky9"].value.clone();
+    let top = layer(0, &accounts(201, "user"));
+    entry.layers[1] = LayerRef {
+        digest: rig.cas.put_bytes(&top).unwrap(),
+        media_type: entry.layers[1].media_type.clone(),
+        size: top.len() as u64,
+    };
+    let version = state.images["rocky9"].version;
+    rig.apply(
+        &mut state,
+        Command::Image(ImageCommand::Put {
+            name: "rocky9".into(),
+            entry: Box::new(entry),
+            expect: Some(version),
+        }),
+    );
+    rig.state = state;
+    let view3 = rig.view();
+    let before = (ov.builder().stats(), images.stats());
+    let t = Instant::now();
+    let r3 = build_all(&ov, &view3, &[]);
+    let reimport = t.elapsed().as_secs_f64();
+    assert!(r3.failed.is_empty(), "{:?}", &r3.failed[..r3.failed.len().min(3)]);
+    let after = images.stats();
+    let passes = after.layer_passes - before.1.layer_passes;
+    assert_eq!(r3.built, n as u64, "every node's runtime overlay reads the image");
+    assert_eq!(r3.cached, n as u64, "no system overlay reads it");
+    // The new top layer indexed, passwd and group read from it: never a pass per node.
+    assert!(passes <= 4, "{passes} layer passes for one changed image");
 
     let anchor = 13.0 * n as f64 / 1000.0;
     let machine = std::fs::read_to_string("/proc/cpuinfo")
@@ -272,6 +386,14 @@ fn main() {
         if st.builds == 2 * storm as u64 { "no render twice" } else { "RENDERED TWICE" }
     );
     println!("| RSS of the build | {rss0:.0} → {rss1:.0} MiB | — | — |");
+    println!(
+        "| cold build: image files read for `syncuser` (`IncludeFrom`, 2 layers, 30,000 paths) | {} layer passes, {} reads from the cache | one pass per layer and file, not per node | — |",
+        image_reads.layer_passes, image_reads.hits
+    );
+    println!(
+        "| image re-imported (top layer changed): `overlay build` of every node | {reimport:.2} s ({} rendered, {} current; {passes} layer passes) | — | — |",
+        r3.built, r3.cached
+    );
     println!(
         "\nmachine: {machine}, {} cores",
         std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1)

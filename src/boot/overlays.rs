@@ -29,6 +29,10 @@ pub enum OverlayServeError {
     /// The tree's blob is not on this head (yet): the caller starts a peer fetch.
     #[error("overlay {name} (tree {digest}) is not on this head yet; it has been requested from a peer head — retry, or let the node use the next head")]
     TreeMissing { name: String, digest: Digest },
+    /// A layer of the node's image is not on this head (yet) and the node's overlays read
+    /// image files (`IncludeFrom`): the caller starts a peer fetch.
+    #[error("image {image}: layer {digest} is not on this head yet (the node's overlays read files of the image); it has been requested from a peer head — retry, or let the node use the next head")]
+    LayerMissing { image: String, digest: Digest },
     #[error("overlay {name}: reading its tree {digest}: {source}")]
     Tree {
         name: String,
@@ -129,6 +133,10 @@ impl BootOverlays {
         let keys_digest =
             Digest::of(&serde_json::to_vec(&(&*view.ssh_host_keys, &*view.root_keys)).unwrap_or_default());
         key.extend(keys_digest.0);
+        // The images' layers: a re-imported image makes a new generation, whose builds of
+        // overlays that call `IncludeFrom` are keyed by it (see `Generation::with_images`).
+        let images_digest = images_digest(view);
+        key.extend(images_digest.0);
         let key = Digest::of(&key);
         let mut g = lock(&self.generation);
         if let Some((v, gen)) = g.as_ref() {
@@ -138,6 +146,12 @@ impl BootOverlays {
         }
         let prev = g.as_ref().map(|(_, p)| p.clone());
         if let Some(files) = &self.cluster_files {
+            files.set_images(Arc::new(
+                view.images
+                    .iter()
+                    .map(|(name, e)| (name.clone(), e.layers.clone()))
+                    .collect(),
+            ));
             let dir = self.config_dir.trim_end_matches('/');
             files.set(Arc::new(
                 view.ssh_host_keys
@@ -146,18 +160,21 @@ impl BootOverlays {
                     .collect(),
             ));
         }
-        let gen = Arc::new(Generation::next(
-            prev.as_deref(),
-            &self.server,
-            view.nodes.iter().map(|(n, b)| (n.as_str(), &b.conf, b.version)),
-            &BuildInfo::now(),
-            vec![
-                ("Heads".to_owned(), serde_json::json!(heads)),
-                ("Racks".to_owned(), serde_json::Value::Array(racks)),
-                ("RootKeys".to_owned(), serde_json::json!(*view.root_keys)),
-                ("SshKeysDigest".to_owned(), serde_json::json!(keys_digest.to_string())),
-            ],
-        ));
+        let gen = Arc::new(
+            Generation::next(
+                prev.as_deref(),
+                &self.server,
+                view.nodes.iter().map(|(n, b)| (n.as_str(), &b.conf, b.version)),
+                &BuildInfo::now(),
+                vec![
+                    ("Heads".to_owned(), serde_json::json!(heads)),
+                    ("Racks".to_owned(), serde_json::Value::Array(racks)),
+                    ("RootKeys".to_owned(), serde_json::json!(*view.root_keys)),
+                    ("SshKeysDigest".to_owned(), serde_json::json!(keys_digest.to_string())),
+                ],
+            )
+            .with_images(images_digest),
+        );
         *g = Some((key, gen.clone()));
         gen
     }
@@ -233,6 +250,19 @@ impl BootOverlays {
                 Some(Err(e)) => return Err(e),
             }
         }
+        // Overlays that read the node's image (`syncuser`) need its layers here: a head
+        // that lacks one says so (the caller fetches it from a peer), as for a tree.
+        if compiled.values().any(|c| c.reads_images()) {
+            let image = node.conf.image_name.as_deref().unwrap_or_default();
+            if let Some(e) = view.images.get(image) {
+                if let Some(l) = e.layers.iter().find(|l| !self.cas.contains(&l.digest)) {
+                    return Err(OverlayServeError::LayerMissing {
+                        image: image.to_owned(),
+                        digest: l.digest,
+                    });
+                }
+            }
+        }
         let resolve = |name: &str| compiled.get(name).cloned().map(Ok);
         Ok(self
             .builder
@@ -248,6 +278,17 @@ impl BootOverlays {
         let live: std::collections::HashSet<Digest> = view.overlays.values().copied().collect();
         lock(&self.trees).retain(|d, _| live.contains(d));
     }
+}
+
+/// Every image's name and layer digests, as one digest.
+fn images_digest(view: &BootView) -> Digest {
+    let mut text = Vec::with_capacity(view.images.len() * 160);
+    for (name, e) in &view.images {
+        text.extend_from_slice(name.as_bytes());
+        text.push(0);
+        text.extend_from_slice(crate::image::files::image_key(&e.layers).0.as_slice());
+    }
+    Digest::of(&text)
 }
 
 /// Keep `overlays`' caches to the cluster: after every new view, drop builds of

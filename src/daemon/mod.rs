@@ -451,13 +451,14 @@ fn boot_overlays(cfg: &Settings, cas: &Cas, view: &ViewRx) -> Option<Arc<crate::
     let (server, host_root) = cfg.overlays.as_ref()?;
     let access = Arc::new(crate::overlay::render::HostFs {
         host_root: host_root.clone(),
-        // Images are layers in the CAS, not trees on disk: `IncludeFrom` finds
-        // nothing until image trees are kept (docs/COMPATIBILITY.md, Overlays).
-        images_dir: cfg.data_dir.join("image-trees"),
+        // Not read: `IncludeFrom` reads the images' layers (ClusterFiles below).
+        images_dir: cfg.data_dir.join("images"),
         policy: crate::overlay::render::AccessPolicy::default(),
     });
-    // The cluster's SSH host keys are read before the head's own /etc/warewulf/keys.
-    let access = Arc::new(crate::overlay::render::ClusterFiles::new(access));
+    // The cluster's SSH host keys are read before the head's own /etc/warewulf/keys;
+    // image files (`IncludeFrom`) come from the images' layers in the CAS.
+    let images = crate::image::files::ImageFiles::new(cas.clone(), crate::image::files::Limits::default());
+    let access = Arc::new(crate::overlay::render::ClusterFiles::new(access).with_images(Arc::new(images)));
     let overlays = Arc::new(
         crate::boot::overlays::BootOverlays::new(
             cfg.id,

@@ -136,16 +136,7 @@ pub fn apply_layer(
         entry: None,
         source,
     })?;
-    let sniffed = Compression::sniff(head);
-    let actual = if head.is_empty() {
-        Compression::None // an empty blob is an empty layer, whatever its label
-    } else if sniffed == compression {
-        compression
-    } else {
-        tracing::warn!(layer = layer_name, declared = ?compression, detected = ?sniffed,
-            "layer data does not match its declared compression; using what the data says");
-        sniffed
-    };
+    let actual = actual_compression(head, compression, layer_name);
     let mut applier = Applier::new(tree, layer_name, opts);
     match actual {
         Compression::None => applier.run(input)?,
@@ -154,4 +145,53 @@ pub fn apply_layer(
     }
     tracing::debug!(layer = layer_name, stats = ?applier.stats, "layer applied");
     Ok(applier.stats)
+}
+
+/// The compression a layer's data really has: what its first bytes say when they
+/// contradict the declared one (a warning), none for an empty blob.
+fn actual_compression(head: &[u8], declared: Compression, layer_name: &str) -> Compression {
+    let sniffed = Compression::sniff(head);
+    if head.is_empty() {
+        Compression::None // an empty blob is an empty layer, whatever its label
+    } else if sniffed == declared {
+        declared
+    } else {
+        tracing::warn!(layer = layer_name, declared = ?declared, detected = ?sniffed,
+            "layer data does not match its declared compression; using what the data says");
+        sniffed
+    }
+}
+
+/// The header budget's switch for a [`tar_stream`]: set it to `Some(HEADER_BUDGET)`
+/// around `Entries::next`, `None` while entry data is read.
+pub(crate) type BudgetSwitch = std::rc::Rc<std::cell::Cell<Option<u64>>>;
+
+/// A layer blob's tar stream, decompressed as [`apply_layer`] decompresses it (the data's
+/// magic number wins over the declared compression) and capped by [`HEADER_BUDGET`]
+/// while the `tar` crate parses headers: for readers of layers that do not apply them
+/// (`image::files`).
+pub(crate) fn tar_stream<'a>(
+    layer: impl Read + 'a,
+    compression: Compression,
+    layer_name: &str,
+) -> std::io::Result<(Box<dyn Read + 'a>, BudgetSwitch)> {
+    let mut input = BufReader::with_capacity(256 * 1024, layer);
+    let head = input.fill_buf()?;
+    let stream: Box<dyn Read + 'a> = match actual_compression(head, compression, layer_name) {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+        Compression::Zstd => Box::new(zstd::ZstdFrames::new(input)),
+    };
+    let budget = BudgetSwitch::default();
+    let capped = budget::HeaderBudget {
+        inner: stream,
+        budget: budget.clone(),
+    };
+    Ok((Box::new(capped), budget))
+}
+
+/// A tar member name (or hardlink target) normalised to a relative in-root path; None
+/// when it is absolute, climbs out, or is malformed. The empty string is the root.
+pub(crate) fn normalize_name(raw: &[u8]) -> Option<String> {
+    path::normalize(raw).ok().map(|p| p.to_string_lossy().into_owned())
 }

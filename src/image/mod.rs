@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`oci`] | sources (registry, oci-archive, docker-archive, directory) → layer blobs in the CAS |
 //! | [`layers`] | safe layer application onto a root directory (whiteouts, no escapes) |
+//! | [`files`] | one file of an image read from its layers in the CAS, cached (`IncludeFrom`) |
 //! | [`kernel`] | kernel detection like Warewulf |
 //! | [`build`] | root directory → deterministic `cpio.gz`, parallel single-member gzip |
 //! | [`Images`] (here) | the head-side orchestration and the on-disk root trees |
@@ -24,6 +25,7 @@
 //! - One operation per image name per head at a time (a lock per name).
 
 pub mod build;
+pub mod files;
 pub mod kernel;
 pub mod layers;
 pub mod oci;

@@ -9,7 +9,9 @@
 //!   renders each node once, and a change to one node rebuilds that node plus exactly
 //!   the nodes whose overlays read all nodes (`hosts`, `host`). Whether a template reads
 //!   `AllNodes` is decided from its variables (Tera lists the names a template uses),
-//!   so it errs towards rebuilding.
+//!   so it errs towards rebuilding. Likewise an overlay that calls `IncludeFrom` is
+//!   keyed by the images' contents (their layer digests): a re-imported image rebuilds
+//!   the nodes whose overlays read image files, and no others.
 //! - **One render per key, whatever the concurrency.** Builds of one node and kind are
 //!   serialized by a per-key lock; the second caller finds the first one's result.
 //! - **The shared part is compressed once.** The files that are not templates (a
@@ -114,6 +116,8 @@ pub struct Compiled {
     reads_all_nodes: bool,
     /// A per-node template reads `AllNodes`: each node's own part depends on every node.
     per_node_reads_all: bool,
+    /// A template calls `IncludeFrom`: its output depends on the images' contents.
+    reads_images: bool,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -142,13 +146,15 @@ impl Compiled {
     ) -> Result<Compiled, BuildError> {
         let mut templates = Templates::new(access, policy);
         let mut template_paths = Vec::new();
-        let (mut reads_all_nodes, mut per_node_reads_all) = (false, false);
+        let (mut reads_all_nodes, mut per_node_reads_all, mut reads_images) = (false, false, false);
         for (path, e) in &tree.entries {
             if !is_template(path, e) {
                 continue;
             }
             let EntryKind::File(bytes) = &e.kind else { continue };
             let text = String::from_utf8_lossy(bytes);
+            // Textual, so it errs towards rebuilding (a mention in a comment counts).
+            reads_images |= text.contains("IncludeFrom");
             let abs = format!("/{path}");
             templates.add(name, &abs, &text)?;
             let all = templates.variables(name, &abs)?.iter().any(|v| v == "AllNodes");
@@ -165,11 +171,17 @@ impl Compiled {
             template_paths,
             reads_all_nodes,
             per_node_reads_all,
+            reads_images,
         })
     }
 
     pub fn reads_all_nodes(&self) -> bool {
         self.reads_all_nodes
+    }
+
+    /// A template of this overlay reads files of node images (`IncludeFrom`).
+    pub fn reads_images(&self) -> bool {
+        self.reads_images
     }
 
     /// Render one template of this overlay for a node (`wwctl overlay show --render`).
@@ -246,6 +258,8 @@ pub struct Generation {
     node_digests: HashMap<String, Digest>,
     /// All of the above at once (for overlays that read `AllNodes`).
     all_nodes: Digest,
+    /// The images' contents (for overlays that read image files with `IncludeFrom`).
+    images: Digest,
 }
 
 impl std::fmt::Debug for Generation {
@@ -302,6 +316,7 @@ impl Generation {
             server: server_digest,
             node_digests,
             all_nodes: Digest(all.finalize().into()),
+            images: Digest([0; 32]),
         }
     }
 
@@ -347,7 +362,16 @@ impl Generation {
             server,
             node_digests,
             all_nodes: Digest(all.finalize().into()),
+            images: Digest([0; 32]),
         }
+    }
+
+    /// This generation's image contents are `images` (a digest of every image's name and
+    /// layers): builds of overlays that call `IncludeFrom` are keyed by it, so a changed
+    /// image re-renders them, and only them.
+    pub fn with_images(mut self, images: Digest) -> Generation {
+        self.images = images;
+        self
     }
 
     /// Template data for one node (`overlay show --render`).
@@ -624,6 +648,9 @@ impl Builder {
         if list.iter().any(|c| c.per_node_reads_all) {
             h.update(g.all_nodes.0);
         }
+        if list.iter().any(|c| c.reads_images) {
+            h.update(g.images.0);
+        }
         Digest(h.finalize().into())
     }
 
@@ -644,6 +671,9 @@ impl Builder {
         if renders_shared {
             h.update(g.server.0);
             h.update(g.all_nodes.0);
+            if list.iter().any(|c| c.reads_images) {
+                h.update(g.images.0);
+            }
         }
         let k = Digest(h.finalize().into());
         if let Some(s) = lock(&self.shared).get(&k) {
@@ -922,6 +952,43 @@ mod tests {
             };
             self.builder.build(g, node, &all[node], kind, &resolve).unwrap()
         }
+    }
+
+    #[test]
+    fn a_changed_image_rebuilds_exactly_the_overlays_that_read_it() {
+        let reads = tree(&[(
+            "etc/passwd.ww",
+            file(b"{{ IncludeFrom(image=ImageName, path=\"/etc/passwd\") }}", 0o644),
+        )]);
+        let plain = tree(&[("etc/hostname.ww", file(b"{{ Id }}\n", 0o644))]);
+        let f = Fixture::new(&[("reads", reads), ("plain", plain)]);
+        let rootfs = f._dir.path().join("images/img/rootfs/etc");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::write(rootfs.join("passwd"), "root:x:0:0:old\n").unwrap();
+        let all =
+            nodes("nodes:\n  n1:\n    image name: img\n    system overlay: [reads]\n    runtime overlay: [plain]\n");
+        let build_both = |g: &Generation| {
+            let sys = f.build(g, &all, "n1", OverlayKind::System);
+            f.build(g, &all, "n1", OverlayKind::Runtime);
+            text(&unpack(&sys)["etc/passwd"])
+        };
+        let g1 = generation(&all).with_images(Digest::of(b"image v1"));
+        assert_eq!(build_both(&g1), "root:x:0:0:old\n");
+        assert_eq!(f.builder.stats().builds, 2);
+        // Same images: nothing rendered again.
+        let g1b = generation(&all).with_images(Digest::of(b"image v1"));
+        assert_eq!(build_both(&g1b), "root:x:0:0:old\n");
+        assert_eq!(f.builder.stats().builds, 2);
+        // The image changed: the overlay that reads it is rendered again, the other is not.
+        std::fs::write(rootfs.join("passwd"), "root:x:0:0:new\n").unwrap();
+        let g2 = generation(&all).with_images(Digest::of(b"image v2"));
+        assert_eq!(build_both(&g2), "root:x:0:0:new\n");
+        let stats = f.builder.stats();
+        assert_eq!(
+            stats.builds, 3,
+            "only the system overlay (which calls IncludeFrom) is rebuilt"
+        );
+        assert_eq!(stats.hits, 3);
     }
 
     fn generation(all: &BTreeMap<String, NodeConf>) -> Generation {

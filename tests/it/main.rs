@@ -39,6 +39,7 @@ mod dhcp_relay;
 mod fuzz_http;
 mod hung;
 mod images;
+mod include_from;
 mod ipmi;
 mod layering;
 mod membership;

@@ -18,11 +18,11 @@ use crate::registry::is_root;
 const MAC1: &str = "52:54:00:aa:00:01";
 const MAC2: &str = "52:54:00:aa:00:02";
 
-fn unpack(body: &[u8]) -> BTreeMap<String, Entry> {
+pub(crate) fn unpack(body: &[u8]) -> BTreeMap<String, Entry> {
     archive::read(body, &archive::Limits::default()).expect("one valid gzip'd newc archive")
 }
 
-fn text(e: &Entry) -> String {
+pub(crate) fn text(e: &Entry) -> String {
     match &e.kind {
         EntryKind::File(b) => String::from_utf8_lossy(b).into_owned(),
         k => panic!("not a file: {k:?}"),
@@ -30,7 +30,7 @@ fn text(e: &Entry) -> String {
 }
 
 /// A plain HTTP/1.1 GET from a chosen local port (0: any): status and body.
-fn get_from(addr: &str, path: &str, local_port: u16) -> (u16, Vec<u8>) {
+pub(crate) fn get_from(addr: &str, path: &str, local_port: u16) -> (u16, Vec<u8>) {
     let target: SocketAddr = addr.parse().unwrap();
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_reuse_address(true).unwrap();

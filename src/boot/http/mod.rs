@@ -238,7 +238,8 @@ impl BootError {
             BootError::BadAssetKey { .. } => StatusCode::UNAUTHORIZED,
             BootError::Forbidden { .. } => StatusCode::FORBIDDEN,
             BootError::Overlay { source, .. } => match source {
-                super::overlays::OverlayServeError::TreeMissing { .. } => StatusCode::NOT_FOUND,
+                super::overlays::OverlayServeError::TreeMissing { .. }
+                | super::overlays::OverlayServeError::LayerMissing { .. } => StatusCode::NOT_FOUND,
                 super::overlays::OverlayServeError::Build(e) => match crate::error::Classify::kind(e) {
                     crate::error::ErrorKind::NotFound => StatusCode::NOT_FOUND,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -492,7 +493,9 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             let missing = match &e {
                 BootError::BlobMissing { digest, .. } => Some(*digest),
                 BootError::Overlay {
-                    source: super::overlays::OverlayServeError::TreeMissing { digest, .. },
+                    source:
+                        super::overlays::OverlayServeError::TreeMissing { digest, .. }
+                        | super::overlays::OverlayServeError::LayerMissing { digest, .. },
                     ..
                 } => Some(*digest),
                 _ => None,

@@ -86,6 +86,14 @@ pub enum AccessError {
         /// What is allowed.
         allowed: String,
     },
+    /// A file of a node image could not be read (`IncludeFrom`).
+    #[error("image {image:?}: {source}")]
+    Image {
+        /// The image's name.
+        image: String,
+        /// Why.
+        source: crate::image::files::FileError,
+    },
     /// Reading failed.
     #[error("cannot read {path:?}: {source}")]
     Io {
@@ -233,13 +241,21 @@ impl HostFs {
     }
 }
 
-/// Host files the cluster replicates, read before the head's own disk: the nodes' SSH
-/// host keys (`<config_dir>/keys/ssh_host_*`, from `wwctl configure ssh`), so every head
-/// renders the same keys into the `ssh.host_keys` overlay. Keys are absolute paths.
+/// The image catalog as `IncludeFrom` sees it: image name → its layers, bottom first.
+pub type ImageLayers = std::collections::BTreeMap<String, Vec<crate::state::LayerRef>>;
+
+/// Files the cluster replicates, read before the head's own disk: the nodes' SSH host
+/// keys (`<config_dir>/keys/ssh_host_*`, from `wwctl configure ssh`), so every head
+/// renders the same keys into the `ssh.host_keys` overlay (keys are absolute paths); and,
+/// with [`ClusterFiles::with_images`], the node images' files for `IncludeFrom`, read
+/// from the images' layers in the CAS, so any head renders them whether or not it ever
+/// assembled the image.
 #[derive(Debug)]
 pub struct ClusterFiles {
     inner: Arc<dyn FileAccess>,
     files: std::sync::RwLock<Arc<std::collections::BTreeMap<String, String>>>,
+    images: Option<Arc<crate::image::files::ImageFiles>>,
+    catalog: std::sync::RwLock<Arc<ImageLayers>>,
 }
 
 impl ClusterFiles {
@@ -247,12 +263,26 @@ impl ClusterFiles {
         ClusterFiles {
             inner,
             files: Default::default(),
+            images: None,
+            catalog: Default::default(),
         }
+    }
+
+    /// Read image files through `reader`, for the images given to
+    /// [`ClusterFiles::set_images`] (without it, `inner` reads them).
+    pub fn with_images(mut self, reader: Arc<crate::image::files::ImageFiles>) -> ClusterFiles {
+        self.images = Some(reader);
+        self
     }
 
     /// Replace the replicated files (absolute path → content).
     pub fn set(&self, files: Arc<std::collections::BTreeMap<String, String>>) {
         *self.files.write().unwrap_or_else(|p| p.into_inner()) = files;
+    }
+
+    /// Replace the image catalog `IncludeFrom` reads from.
+    pub fn set_images(&self, images: Arc<ImageLayers>) {
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = images;
     }
 }
 
@@ -266,7 +296,30 @@ impl FileAccess for ClusterFiles {
     }
 
     fn image_file(&self, image: &str, path: &str) -> Result<String, AccessError> {
-        self.inner.image_file(image, path)
+        let Some(reader) = &self.images else {
+            return self.inner.image_file(image, path);
+        };
+        let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(layers) = catalog.get(image) else {
+            return Err(AccessError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("there is no image {image:?} in the catalog (`wwctl image list`)"),
+                ),
+            });
+        };
+        let bytes = reader.read(layers, path).map_err(|source| AccessError::Image {
+            image: image.to_owned(),
+            source,
+        })?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| AccessError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the file of image {image:?} is not UTF-8 text"),
+            ),
+        })
     }
 
     fn host_readlink(&self, path: &str) -> Result<String, AccessError> {

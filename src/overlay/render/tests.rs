@@ -416,3 +416,52 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn cluster_files_read_images_from_their_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = crate::cas::Cas::open(&dir.path().join("cas")).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in [
+        ("etc/passwd", "root:x:0:0:from layers\n"),
+        ("etc/big", "0123456789012345678901234567890123456789"),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, data.as_bytes()).unwrap();
+    }
+    let bytes = b.into_inner().unwrap();
+    let layer = crate::state::LayerRef {
+        digest: cas.put_bytes(&bytes).unwrap(),
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        size: bytes.len() as u64,
+    };
+    let reader = crate::image::files::ImageFiles::new(
+        cas,
+        crate::image::files::Limits {
+            max_file: 30,
+            ..Default::default()
+        },
+    );
+    // `mem()` has `img:/etc/passwd` too: the layers must win once images are wired.
+    let files = Arc::new(ClusterFiles::new(Arc::new(mem())).with_images(Arc::new(reader)));
+    files.set_images(Arc::new([("img".to_owned(), vec![layer])].into_iter().collect()));
+    let mut t = Templates::new(files, AccessPolicy::default());
+    let render = |t: &mut Templates, text: &str| {
+        t.add("ov", "/etc/x.ww", text).unwrap();
+        t.render("ov", "/etc/x.ww", &mut data().node("n1", None))
+    };
+    let out = render(&mut t, r#"{{ IncludeFrom(image=ImageName, path="/etc/passwd") }}"#).unwrap();
+    assert_eq!(out[0].content, "root:x:0:0:from layers\n");
+    let e = render(&mut t, r#"{{ IncludeFrom(image="other", path="/etc/passwd") }}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no image \"other\""), "{e}");
+    let e = render(&mut t, r#"{{ IncludeFrom(image=ImageName, path="/etc/big") }}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("limited to 30 bytes") && e.contains("ov:/etc/x.ww"), "{e}");
+}
