@@ -355,6 +355,15 @@ impl Client {
         .await
     }
 
+    /// A new certificate for the head this client names (use [`Client::one`]): the head
+    /// answers with its old and new serial.
+    pub async fn rotate_certificate(&self) -> Result<pb::RotateCertificateReply, ClientError> {
+        self.retry(Spread::Whole, |mut c, t| async move {
+            c.rotate_certificate(timed(pb::Empty {}, t)).await
+        })
+        .await
+    }
+
     pub async fn add_head(&self, id: u64, addr: &str, learner_only: bool) -> Result<pb::MembershipReply, ClientError> {
         self.retry(Spread::Hedged, |mut c, t| {
             let addr = addr.to_string();

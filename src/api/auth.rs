@@ -308,6 +308,36 @@ pub(super) async fn issue_credential(
     }))
 }
 
+/// `wwctl cluster rotate`, on this head: a new key and certificate from the CA, live.
+pub(super) async fn rotate_certificate(
+    s: &Services,
+    who: String,
+) -> Result<Response<pb::RotateCertificateReply>, Status> {
+    let ca = ca(s)?.clone();
+    let cert = s.boot.tls.as_ref().map(|t| t.cert.clone()).ok_or_else(|| {
+        status(&AuthError::Invalid(
+            "this head runs without TLS (insecure: true): it has no certificate to rotate".into(),
+        ))
+    })?;
+    let id = cert.id;
+    let r = tokio::task::spawn_blocking(move || cert.rotate(&ca))
+        .await
+        .map_err(|e| status(&AuthError::Invalid(format!("rotation task: {e}"))))?
+        .map_err(|e| status(&AuthError::Invalid(format!("rotating head-{id}'s certificate: {e}"))))?;
+    tracing::info!(
+        by = %who,
+        old_serial = %r.old_serial,
+        new_serial = %r.new_serial,
+        "certificate rotated: new connections use the new one"
+    );
+    Ok(Response::new(pb::RotateCertificateReply {
+        head_id: id,
+        old_serial: r.old_serial,
+        new_serial: r.new_serial,
+        not_after: r.not_after,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tonic::Status;
@@ -35,9 +36,8 @@ pub struct BootFacts {
 #[derive(Debug, Clone)]
 pub struct TlsFacts {
     pub dir: PathBuf,
-    pub identity: crate::pki::Identity,
-    /// Unix second the head's certificate expires.
-    pub not_after: i64,
+    /// The head's certificate as served now (rotatable: `wwctl cluster rotate`).
+    pub cert: Arc<crate::pki::HeadCert>,
     /// SHA-256 of the CA certificate.
     pub ca_fingerprint: String,
     /// `ca.key` is here (enrolment, credentials).
@@ -54,21 +54,25 @@ fn tls_checks(f: &BootFacts, now: i64) -> Vec<pb::ServiceCheck> {
             "insecure: true — gRPC is plaintext and takes no credentials; anyone who reaches this head's listen address controls the cluster (docs/OPERATIONS.md, \"Certificates and credentials\")",
         )];
     };
-    let days = (t.not_after - now) / 86400;
+    let (identity, not_after) = match (t.cert.identity(), t.cert.not_after()) {
+        (Ok(i), Ok(n)) => (i, n),
+        (Err(e), _) | (_, Err(e)) => return vec![check("tls", "certificate", "fail", format!("unreadable: {e}"))],
+    };
+    let days = (not_after - now) / 86400;
     let mut c = vec![check(
         "tls",
         "mode",
         "ok",
         format!("mutual TLS 1.3, certificates in {}", t.dir.display()),
     )];
-    c.push(if t.not_after <= now {
+    c.push(if not_after <= now {
         check(
             "tls",
             "certificate",
             "fail",
             format!(
-                "{} expired: peers and operators refuse this head; issue a new one",
-                t.identity
+                "{} expired: peers and operators refuse this head; give it a new one (`wwctl cluster rotate`)",
+                identity
             ),
         )
     } else if days < 30 {
@@ -76,14 +80,14 @@ fn tls_checks(f: &BootFacts, now: i64) -> Vec<pb::ServiceCheck> {
             "tls",
             "certificate",
             "warn",
-            format!("{} expires in {days} days: renew it before then", t.identity),
+            format!("{identity} expires in {days} days: renew it before then (`wwctl cluster rotate`)"),
         )
     } else {
         check(
             "tls",
             "certificate",
             "ok",
-            format!("{}, serial {}, valid {days} more days", t.identity, t.identity.serial),
+            format!("{identity}, serial {}, valid {days} more days", identity.serial),
         )
     });
     c.push(check("tls", "ca", "ok", format!("SHA-256 {}", t.ca_fingerprint)));

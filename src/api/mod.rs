@@ -321,6 +321,15 @@ impl pb::admin_server::Admin for AdminService {
         auth::issue_credential(s, who, req.into_inner(), deadline).await
     }
 
+    async fn rotate_certificate(
+        &self,
+        req: GrpcRequest<pb::Empty>,
+    ) -> Result<Response<pb::RotateCertificateReply>, Status> {
+        let s = self.gate.get()?;
+        let who = operator(&req);
+        auth::rotate_certificate(s, who).await
+    }
+
     async fn node_status(
         &self,
         req: GrpcRequest<pb::NodeStatusRequest>,

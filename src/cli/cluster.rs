@@ -36,6 +36,14 @@ pub enum ClusterCmd {
     /// when all hold the same state at the same index (waits up to --timeout for
     /// lagging heads to catch up).
     Verify,
+    /// Give every head (or those named) a new key and certificate from the cluster CA,
+    /// one head at a time, without a restart: new connections use the new certificate,
+    /// open ones keep theirs (still valid until it expires or is revoked).
+    Rotate {
+        /// Only these head ids (e.g. `2 3` or `2,3`); default: every member.
+        #[arg(value_delimiter = ',')]
+        ids: Vec<u64>,
+    },
     /// The cluster CA (offline).
     #[command(subcommand)]
     Pki(super::access::PkiCmd),
@@ -65,6 +73,7 @@ pub(super) async fn cluster_cmd(
         }
         ClusterCmd::Join { id, addr, learner } => join(client, id, &addr, learner, out).await,
         ClusterCmd::Verify => verify(client, fmt, out).await,
+        ClusterCmd::Rotate { ids } => rotate(client, &ids, out).await,
         ClusterCmd::Promote { id } => {
             let r = client.promote_head(id, false).await?;
             writeln!(
@@ -105,6 +114,51 @@ pub(super) async fn cluster_cmd(
             Ok(())
         }
     }
+}
+
+/// `cluster rotate`: each head in turn (one at a time, so a head that fails to rotate
+/// stops the run with the others' certificates known), then a table of what changed.
+async fn rotate(client: &Client, only: &[u64], out: &mut dyn Write) -> Result<()> {
+    let st = client.cluster_status().await?;
+    if let Some(missing) = only.iter().find(|id| !st.heads.iter().any(|h| h.id == **id)) {
+        bail!("head {missing} is not a member (see `wwctl cluster status`)");
+    }
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for h in st.heads.iter().filter(|h| only.is_empty() || only.contains(&h.id)) {
+        match client.one(&h.addr).rotate_certificate().await {
+            Ok(r) => rows.push(vec![
+                format!("head-{}", r.head_id),
+                h.addr.clone(),
+                r.old_serial,
+                r.new_serial,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(r.not_after.max(0) as u64),
+                )
+                .to_string()[..10]
+                    .to_string(),
+            ]),
+            Err(e) => {
+                failed.push(h.id);
+                eprintln!("ERROR: head {} ({}): {e}", h.id, h.addr);
+            }
+        }
+    }
+    out.write_all(
+        output::table(
+            &["HEAD", "ADDRESS", "OLD SERIAL", "NEW SERIAL", "VALID UNTIL"],
+            rows.clone(),
+        )
+        .as_bytes(),
+    )?;
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} heads not rotated: {failed:?}",
+            failed.len(),
+            failed.len() + rows.len()
+        );
+    }
+    Ok(())
 }
 
 /// How often `cluster verify` asks again while heads are at different indexes.

@@ -11,8 +11,10 @@ use rustls::ServerConfig;
 use super::config::TlsSettings;
 use super::DaemonError;
 use crate::pb::admin as pb;
-use crate::pki::tls::{client_config, pinned_client_config, server_config, Dialer};
-use crate::pki::{first_cert_der, identity_of, load_ca, write_file, Ca, CredFiles, Identity, JoinToken, Role};
+use crate::pki::tls::{live_client_config, live_server_config, pinned_client_config, Dialer, LiveCert};
+use crate::pki::{
+    first_cert_der, identity_of, load_ca, write_file, Ca, CredFiles, HeadCert, Identity, JoinToken, Role,
+};
 
 /// How long a joining head keeps trying the heads it enrols with (they may be starting).
 const ENROL_FOR: Duration = Duration::from_secs(120);
@@ -23,6 +25,8 @@ const ENROL_CALL: Duration = Duration::from_secs(10);
 pub struct HeadTls {
     pub server: Arc<ServerConfig>,
     pub dialer: Dialer,
+    /// The certificate both use, rotatable (`wwctl cluster rotate`).
+    pub cert: Arc<HeadCert>,
     /// The CA with its key (to enrol heads and issue credentials), when `ca.key` is here.
     pub ca: Option<Arc<Ca>>,
     pub identity: Identity,
@@ -46,6 +50,10 @@ impl HeadTls {
     /// Load this head's certificates, enrolling first when there are none and a join
     /// token is configured.
     pub async fn prepare(t: &TlsSettings, id: u64) -> Result<HeadTls, DaemonError> {
+        // A rotation cut short by a crash: complete it (or drop a half-staged pair).
+        if crate::pki::finish_rotation(&t.dir).map_err(pki_err(&t.dir))? {
+            tracing::info!(dir = %t.dir.display(), "installed the certificate of a rotation interrupted by a stop");
+        }
         let files = CredFiles::head(&t.dir);
         if !files.exist() {
             match &t.join {
@@ -72,8 +80,15 @@ impl HeadTls {
                 t.dir.display()
             )));
         }
-        let server = server_config(ca, &cert, &key).map_err(&err)?;
-        let dialer = Dialer::tls(client_config(ca, Some((&cert, &key))).map_err(&err)?);
+        let live = LiveCert::new(ca, &cert, &key).map_err(&err)?;
+        let server = live_server_config(ca, live.clone()).map_err(&err)?;
+        let dialer = Dialer::tls(live_client_config(ca, live.clone()).map_err(&err)?);
+        let head_cert = Arc::new(HeadCert {
+            dir: t.dir.clone(),
+            id,
+            ca_pem: ca_pem.clone(),
+            live,
+        });
         let ca = if crate::pki::ca_key_path(&t.dir).exists() {
             Some(Arc::new(load_ca(&t.dir).map_err(&err)?))
         } else {
@@ -83,22 +98,44 @@ impl HeadTls {
             );
             None
         };
-        let der = first_cert_der(&cert).map_err(&err)?;
         let facts = crate::api::TlsFacts {
             dir: t.dir.clone(),
-            identity: identity.clone(),
-            not_after: crate::pki::not_after(&der).map_err(&err)?,
+            cert: head_cert.clone(),
             ca_fingerprint: crate::pki::fingerprint_pem(&ca_pem).map_err(&err)?,
             ca_key: ca.is_some(),
         };
         Ok(HeadTls {
             server,
             dialer,
+            cert: head_cert,
             ca,
             identity,
             facts,
         })
     }
+}
+
+/// Why the TLS handshake under `e` refused the server's certificate, if it did (the
+/// verifier's error travels as an `io::Error` inside hyper's and tonic's errors).
+fn certificate_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let refused = |e: &(dyn std::error::Error + 'static)| match e.downcast_ref::<rustls::Error>() {
+        Some(r @ (rustls::Error::General(_) | rustls::Error::InvalidCertificate(_))) => Some(r.to_string()),
+        _ => None,
+    };
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(why) = refused(err) {
+            return Some(why);
+        }
+        // io::Error's source() skips the error it wraps; look at that one too.
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            if let Some(why) = refused(inner) {
+                return Some(why);
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Ask the heads in `via` for this head's certificate with `token`, checking that each
@@ -148,7 +185,16 @@ async fn enroll(t: &TlsSettings, token: &JoinToken, via: &[String], id: u64) -> 
                         s.message()
                     )));
                 }
-                Ok(Err(s)) => last = format!("{addr}: {}", s.message()),
+                // The head answered with a certificate the token does not vouch for:
+                // another cluster (or someone in between). Trying again cannot help.
+                Ok(Err(s)) => {
+                    if let Some(why) = certificate_refusal(&s) {
+                        return Err(DaemonError::Invalid(format!(
+                            "refusing to enrol through {addr}: {why}; check that tls.join_token comes from this cluster (`wwctl cluster token create`) and tls.join_via names its heads"
+                        )));
+                    }
+                    last = format!("{addr}: {}", s.message())
+                }
                 Err(_) => last = format!("{addr}: no answer within {ENROL_CALL:?}"),
             }
         }

@@ -37,6 +37,7 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -407,6 +408,88 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> 
     fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// A head's own certificate as it serves it ([`tls::LiveCert`]) and keeps it on disk
+/// (`tls.dir`), rotatable while the head runs (`wwctl cluster rotate`).
+#[derive(Debug)]
+pub struct HeadCert {
+    pub dir: PathBuf,
+    pub id: u64,
+    pub ca_pem: String,
+    pub live: Arc<tls::LiveCert>,
+}
+
+/// What one rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    pub old_serial: String,
+    pub new_serial: String,
+    /// Unix second the new certificate expires.
+    pub not_after: i64,
+}
+
+/// Where a rotation stages the new key and certificate before they replace the old ones.
+const PENDING: &str = "rotate.pending";
+
+impl HeadCert {
+    /// The certificate in use now.
+    pub fn identity(&self) -> Result<Identity, PkiError> {
+        identity_of(&self.live.leaf_der())
+    }
+
+    pub fn not_after(&self) -> Result<i64, PkiError> {
+        not_after(&self.live.leaf_der())
+    }
+
+    /// A new key and certificate for this head from `ca` (valid [`HEAD_DAYS`]): written
+    /// to `tls.dir` so that a crash at any point leaves either the old pair or the new one
+    /// (staged in `rotate.pending/`, key first, certificate last; [`finish_rotation`]
+    /// completes a staged pair at the next start), then served from the next handshake
+    /// on. The old certificate is not revoked: connections made with it (other heads'
+    /// channels to this one, this head's to them) keep working until they reconnect.
+    pub fn rotate(&self, ca: &Ca) -> Result<Rotated, PkiError> {
+        let old = self.identity()?;
+        let issued = ca.issue(&format!("head-{}", self.id), Role::Head, HEAD_DAYS)?;
+        let pending = self.dir.join(PENDING);
+        write_file(&pending.join("head.key"), issued.key_pem.as_bytes(), 0o600)?;
+        write_file(&pending.join("head.crt"), issued.cert_pem.as_bytes(), 0o644)?;
+        // Check the pair before it replaces anything; a pair rustls refuses is not kept.
+        if let Err(e) = self.live.replace(&self.ca_pem, &issued.cert_pem, &issued.key_pem) {
+            let _ = fs::remove_dir_all(&pending);
+            return Err(e);
+        }
+        finish_rotation(&self.dir)?;
+        Ok(Rotated {
+            old_serial: old.serial,
+            new_serial: issued.serial,
+            not_after: not_after(&first_cert_der(&issued.cert_pem)?)?,
+        })
+    }
+}
+
+/// Complete a rotation staged in `dir/rotate.pending/`. The staging writes the key
+/// first and the certificate last, so a certificate there means the pair is whole: move
+/// the key (unless an earlier attempt already moved it) and then the certificate over
+/// `head.key` and `head.crt`. No certificate there: the staging was cut short and the
+/// old pair is still whole and in place; drop what was staged.
+/// Returns whether a staged pair was installed.
+pub fn finish_rotation(dir: &Path) -> Result<bool, PkiError> {
+    let pending = dir.join(PENDING);
+    if !pending.exists() {
+        return Ok(false);
+    }
+    let (key, crt) = (pending.join("head.key"), pending.join("head.crt"));
+    let complete = crt.exists();
+    if complete {
+        if key.exists() {
+            fs::rename(&key, dir.join("head.key")).map_err(io(&key))?;
+        }
+        fs::rename(&crt, dir.join("head.crt")).map_err(io(&crt))?;
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    }
+    fs::remove_dir_all(&pending).map_err(io(&pending))?;
+    Ok(complete)
+}
+
 /// Everything `wwctl cluster pki init` makes: the CA and one directory per founding
 /// head (`head-<id>/`: copy it to that head's `tls.dir`). The first operator credential
 /// is made on a head afterwards (`wwctl cluster credentials add NAME --local`), so that
@@ -561,5 +644,79 @@ mod tests {
         assert!(CredFiles::head(&d.path().join("head-1")).exist());
         load_ca(&d.path().join("head-1")).unwrap();
         assert!(init_dir(d.path(), "c", &[1]).is_err());
+    }
+
+    fn head_cert(dir: &Path, id: u64) -> HeadCert {
+        let (ca_pem, cert, key) = CredFiles::head(dir).read().unwrap();
+        HeadCert {
+            dir: dir.to_path_buf(),
+            id,
+            live: tls::LiveCert::new(&ca_pem, &cert, &key).unwrap(),
+            ca_pem,
+        }
+    }
+
+    #[test]
+    fn rotation_serves_and_stores_a_new_pair_of_the_same_head() {
+        let d = tempfile::tempdir().unwrap();
+        init_dir(d.path(), "c", &[1]).unwrap();
+        let dir = d.path().join("head-1");
+        let ca = load_ca(&dir).unwrap();
+        let hc = head_cert(&dir, 1);
+        let before = hc.identity().unwrap();
+        let r = hc.rotate(&ca).unwrap();
+        assert_eq!(r.old_serial, before.serial);
+        assert_ne!(r.new_serial, r.old_serial);
+        let now = hc.identity().unwrap();
+        assert_eq!(
+            (now.serial.as_str(), now.name.as_str(), now.role),
+            (r.new_serial.as_str(), "head-1", Role::Head)
+        );
+        // On disk too, so a restart serves the new one; the key stays private.
+        let reread = head_cert(&dir, 1).identity().unwrap();
+        assert_eq!(reread.serial, r.new_serial);
+        assert_eq!(
+            fs::metadata(dir.join("head.key")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!dir.join(PENDING).exists());
+    }
+
+    #[test]
+    fn a_rotation_cut_short_leaves_a_whole_pair() {
+        let d = tempfile::tempdir().unwrap();
+        init_dir(d.path(), "c", &[1]).unwrap();
+        let dir = d.path().join("head-1");
+        let ca = load_ca(&dir).unwrap();
+        let old = head_cert(&dir, 1).identity().unwrap().serial;
+        let new = ca.issue("head-1", Role::Head, HEAD_DAYS).unwrap();
+        let pending = dir.join(PENDING);
+        let stage_key = || write_file(&pending.join("head.key"), new.key_pem.as_bytes(), 0o600).unwrap();
+        let stage_crt = || write_file(&pending.join("head.crt"), new.cert_pem.as_bytes(), 0o644).unwrap();
+
+        // Cut after the key: the old pair stays.
+        stage_key();
+        assert!(!finish_rotation(&dir).unwrap());
+        assert_eq!(head_cert(&dir, 1).identity().unwrap().serial, old);
+        assert!(!pending.exists());
+
+        // Cut after the certificate was staged: the new pair is installed at start.
+        stage_key();
+        stage_crt();
+        assert!(finish_rotation(&dir).unwrap());
+        assert_eq!(head_cert(&dir, 1).identity().unwrap().serial, new.serial);
+
+        // A key and certificate that disagree are refused (what the next case guards).
+        let other = ca.issue("head-1", Role::Head, HEAD_DAYS).unwrap();
+        assert!(tls::LiveCert::new(&ca.cert_pem, &new.cert_pem, &other.key_pem).is_err());
+
+        // Cut between moving the key and the certificate: the certificate follows.
+        let newer = ca.issue("head-1", Role::Head, HEAD_DAYS).unwrap();
+        write_file(&dir.join("head.key"), newer.key_pem.as_bytes(), 0o600).unwrap();
+        write_file(&pending.join("head.crt"), newer.cert_pem.as_bytes(), 0o644).unwrap();
+        assert!(finish_rotation(&dir).unwrap());
+        // head_cert() builds a rustls key pair: it fails if key and certificate disagree.
+        assert_eq!(head_cert(&dir, 1).identity().unwrap().serial, newer.serial);
+        assert!(!finish_rotation(&dir).unwrap(), "nothing staged any more");
     }
 }

@@ -60,6 +60,96 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
     Ok(r)
 }
 
+/// A head's certificate and key, replaceable while the server and this head's channels
+/// use it (`wwctl cluster rotate`): rustls asks the resolver on every handshake, so the
+/// next connection, either way, shows the new certificate; connections already open
+/// keep the one they were made with (it stays valid until it expires or is revoked).
+#[derive(Debug)]
+pub struct LiveCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl LiveCert {
+    /// From the head's certificate (then the CA's, sent along) and key.
+    pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<LiveCert>, PkiError> {
+        Ok(Arc::new(LiveCert {
+            current: std::sync::RwLock::new(certified(ca_pem, cert_pem, key_pem)?),
+        }))
+    }
+
+    /// Use `cert_pem`/`key_pem` from the next handshake on; refused (and nothing
+    /// changed) when the key does not belong to the certificate.
+    pub fn replace(&self, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+        let new = certified(ca_pem, cert_pem, key_pem)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The leaf certificate in use (DER).
+    pub fn leaf_der(&self) -> Vec<u8> {
+        self.get().cert.first().map(|c| c.to_vec()).unwrap_or_default()
+    }
+}
+
+fn certified(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::sign::CertifiedKey>, PkiError> {
+    let mut chain = certs(cert_pem)?;
+    chain.extend(certs(ca_pem)?);
+    let ck = rustls::sign::CertifiedKey::from_der(chain, key(key_pem)?, &provider())?;
+    Ok(Arc::new(ck))
+}
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for LiveCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// [`server_config`] with a [`LiveCert`]: a head's server, its certificate rotatable.
+pub fn live_server_config(ca_pem: &str, live: Arc<LiveCert>) -> Result<Arc<ServerConfig>, PkiError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Invalid(format!("client verifier: {e}")))?;
+    let mut c = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(live);
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// [`client_config`] with a [`LiveCert`]: a head calling its peers, its certificate
+/// rotatable.
+pub fn live_client_config(ca_pem: &str, live: Arc<LiveCert>) -> Result<Arc<ClientConfig>, PkiError> {
+    let mut c = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(HeadVerifier {
+            trust: Trust::Ca(Arc::new(roots(ca_pem)?)),
+        }))
+        .with_client_cert_resolver(live);
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(c))
+}
+
 /// A head's server side: its certificate chain (head, then CA, so that a joining head
 /// can find the CA its token pins), TLS 1.3, HTTP/2. A client certificate from the CA
 /// is checked when given, but not required at the handshake: a joining head has none

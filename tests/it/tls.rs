@@ -177,6 +177,28 @@ fn credentials_roles_revocation_and_join_tokens() {
         "{}",
         text(&o)
     );
+    // Issuing credentials and join tokens is an admin's, like every write.
+    for args in [
+        &[
+            "cluster",
+            "credentials",
+            "add",
+            "mallory",
+            "--out",
+            ops.to_str().unwrap(),
+        ][..],
+        &["cluster", "token", "create"],
+        &["cluster", "credentials", "revoke", "root"],
+    ] {
+        let o = wwctl(&heads, Some(&reader), args);
+        assert!(
+            !o.status.success() && text(&o).contains("needs the admin role"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+    assert!(!ops.join("mallory.crt").exists());
+
     let list = ok(&root, &["cluster", "credentials", "list"]);
     assert!(
         list.contains("root") && list.contains("admin") && list.contains("reader") && list.contains("read"),
@@ -224,6 +246,24 @@ fn credentials_roles_revocation_and_join_tokens() {
         "a wrong token must stop the head"
     );
     assert!(c.log(bad).contains("wrong secret"), "{}", c.log(bad));
+
+    // A token that names another cluster's CA: the head it dials is not of that CA,
+    // which no retry mends, so the joining head stops at once (not after its 120 s).
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let other_ca = "ab".repeat(32);
+    parts[3] = &other_ca;
+    let started = Instant::now();
+    let foreign = c.start_empty(&join_yaml(&parts.join(".")));
+    assert!(
+        c.wait_exit(foreign, 30).is_some_and(|s| !s.success()),
+        "a token of another CA must stop the head"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        c.log(foreign).contains("not the one the join token names"),
+        "{}",
+        c.log(foreign)
+    );
 
     let short = ok(&root, &["cluster", "token", "create", "--ttl", "1s"])
         .trim()
@@ -312,18 +352,13 @@ fn a_head_refuses_to_start_without_certificates_or_with_another_heads() {
 /// TLS (issue 12 part 1): an overlay imported through head 1 alone reaches heads 2 and
 /// 3 (the boot port no longer serves blobs, so TLS is the only way it can travel), and
 /// only a head's certificate may fetch a blob or a probe.
-#[test]
-fn blobs_and_probes_between_heads_need_a_head_certificate() {
-    let c = ProcCluster::start_tls(Path::new(WULFD), 3, "");
-    let heads = c.all_heads();
+/// Once a leader is there: the first operator credential, `root`, made on head 1 as
+/// OPERATIONS.md says; returns the directory holding it (and `ca.crt`).
+fn first_operator(c: &ProcCluster) -> PathBuf {
     let pki0 = c.dir.path().join("data0/pki");
-    let head_cert = pki0.join("head.crt");
-    wait_until(30, "a leader", || {
-        text(&wwctl(&heads, Some(&head_cert), &["cluster", "status"])).contains("Leader")
-    });
     let ops = c.dir.path().join("ops");
     let o = wwctl(
-        &heads,
+        &c.all_heads(),
         None,
         &[
             "cluster",
@@ -338,6 +373,123 @@ fn blobs_and_probes_between_heads_need_a_head_certificate() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
+    ops
+}
+
+/// The serial of the certificate `addr` shows in a new TLS handshake.
+fn served_serial(ops: &Path, addr: &str) -> String {
+    let (ca, cert, key) = CredFiles::operator(ops, "root").read().unwrap();
+    let config = client_config(&ca, Some((&cert, &key))).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, "head".try_into().unwrap()).unwrap();
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    let leaf = conn.peer_certificates().unwrap()[0].to_vec();
+    wulfpack::pki::identity_of(&leaf).unwrap().serial
+}
+
+#[test]
+fn cluster_rotate_gives_every_head_a_new_certificate_without_a_restart() {
+    let mut c = ProcCluster::start_tls(Path::new(WULFD), 3, "");
+    let heads = c.all_heads();
+    let head_cert = c.dir.path().join("data0/pki/head.crt");
+    wait_until(30, "a leader", || {
+        text(&wwctl(&heads, Some(&head_cert), &["cluster", "status"])).contains("Leader")
+    });
+    let ops = first_operator(&c);
+    let root = ops.join("root.crt");
+    let ok = |args: &[&str]| {
+        let o = wwctl(&heads, Some(&root), args);
+        assert!(o.status.success(), "wwctl {args:?}: {}", text(&o));
+        text(&o)
+    };
+    ok(&["node", "add", "n1"]);
+    let before: Vec<String> = c.addrs.iter().map(|a| served_serial(&ops, a)).collect();
+
+    let out = ok(&["cluster", "rotate"]);
+    let mut after = Vec::new();
+    for (i, addr) in c.addrs.iter().enumerate() {
+        let row = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&format!("head-{}", i + 1)))
+            .unwrap_or_else(|| panic!("no row for head {} in\n{out}", i + 1));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!((cols[1], cols[2]), (addr.as_str(), before[i].as_str()), "{out}");
+        assert_ne!(cols[3], cols[2], "a new serial: {out}");
+        // Served from the next handshake on, reported by `configure tls`, and on disk.
+        assert_eq!(
+            served_serial(&ops, addr),
+            cols[3],
+            "head {} serves the new certificate",
+            i + 1
+        );
+        let conf = text(&wwctl(addr, Some(&root), &["configure", "tls"]));
+        assert!(conf.contains(&format!("serial {}", cols[3])), "{out}\n{conf}");
+        let on_disk = std::fs::read_to_string(c.dir.path().join(format!("data{i}/pki/head.crt"))).unwrap();
+        let der = wulfpack::pki::first_cert_der(&on_disk).unwrap();
+        assert_eq!(wulfpack::pki::identity_of(&der).unwrap().serial, cols[3]);
+        after.push(cols[3].to_string());
+    }
+
+    // The cluster goes on: writes commit (Raft between heads on the channels they had),
+    // and every head holds the same state.
+    ok(&["node", "add", "n2"]);
+    assert!(ok(&["--timeout", "30", "cluster", "verify"]).contains(&c.addrs[2]));
+
+    // A head restarted after the rotation loads the new pair and rejoins with it.
+    c.kill(1);
+    c.spawn(1);
+    wait_until(30, "head 2 back", || {
+        wwctl(&c.addrs[1], Some(&root), &["node", "list"]).status.success()
+    });
+    assert_eq!(served_serial(&ops, &c.addrs[1]), after[1]);
+    ok(&["node", "add", "n3"]);
+    let verify = ok(&["--timeout", "30", "cluster", "verify"]);
+    assert!(verify.contains(&c.addrs[1]), "{verify}");
+
+    // One head only, by id; an unknown id is refused before anything changes.
+    let o = wwctl(&heads, Some(&root), &["cluster", "rotate", "9"]);
+    assert!(
+        !o.status.success() && text(&o).contains("head 9 is not a member"),
+        "{}",
+        text(&o)
+    );
+    let one = ok(&["cluster", "rotate", "3"]);
+    assert_eq!(one.lines().filter(|l| l.starts_with("head-")).count(), 1, "{one}");
+    assert_ne!(served_serial(&ops, &c.addrs[2]), after[2]);
+    assert_eq!(served_serial(&ops, &c.addrs[0]), after[0], "head 1 untouched");
+
+    // Rotating is an admin's: a read credential is refused.
+    ok(&[
+        "cluster",
+        "credentials",
+        "add",
+        "reader",
+        "--role",
+        "read",
+        "--out",
+        ops.to_str().unwrap(),
+    ]);
+    let o = wwctl(&heads, Some(&ops.join("reader.crt")), &["cluster", "rotate"]);
+    assert!(
+        !o.status.success() && text(&o).contains("needs the admin role"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn blobs_and_probes_between_heads_need_a_head_certificate() {
+    let c = ProcCluster::start_tls(Path::new(WULFD), 3, "");
+    let heads = c.all_heads();
+    let pki0 = c.dir.path().join("data0/pki");
+    let head_cert = pki0.join("head.crt");
+    wait_until(30, "a leader", || {
+        text(&wwctl(&heads, Some(&head_cert), &["cluster", "status"])).contains("Leader")
+    });
+    let ops = first_operator(&c);
     let root = ops.join("root.crt");
     let on_head1 = |args: &[&str]| {
         let o = wwctl(&c.addrs[0], Some(&root), args);
