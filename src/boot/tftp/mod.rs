@@ -19,6 +19,9 @@
 pub mod root;
 pub mod server;
 
+#[cfg(test)]
+mod fuzz;
+
 use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
