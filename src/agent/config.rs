@@ -8,6 +8,8 @@
 //! # /etc/warewulf/wwclient.conf
 //! head = http://10.0.0.1:9873     # in order: the first that answers serves
 //! head = http://10.0.0.2:9873
+//! head = https://10.0.0.3:9874    # HTTPS: the head must show a certificate of `ca`
+//! ca = /etc/warewulf/ca.crt       # the cluster CA (written by the wwclient overlay)
 //! interval = 60s                  # between fetches (default 60s)
 //! timeout = 5s                    # per head: connect + whole response (default 5s)
 //! secure = true                   # bind a source port < 1024 (Warewulf's secure mode)
@@ -16,7 +18,7 @@
 //!
 //! Durations are seconds (`60`) or humantime (`1m`, `500ms`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::AgentError;
@@ -24,7 +26,10 @@ use super::AgentError;
 /// Default path of the config file on a node.
 pub const DEFAULT_PATH: &str = "/etc/warewulf/wwclient.conf";
 
-/// One head: `http://host:port[/prefix]`.
+/// Where the `wwclient` overlay writes the cluster CA's certificate.
+pub const DEFAULT_CA_PATH: &str = "/etc/warewulf/ca.crt";
+
+/// One head: `http://host:port[/prefix]` or `https://…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     /// As written in the config (for messages).
@@ -33,25 +38,26 @@ pub struct Head {
     pub authority: String,
     /// Path prefix before `/runtime/…` (empty, or `/something`).
     pub prefix: String,
+    /// `https://`: TLS, the head's certificate checked against the config's `ca`.
+    pub tls: bool,
 }
 
 impl Head {
-    /// Parses `http://host[:port][/prefix]` (port 80 when absent). TLS is not spoken:
-    /// heads serve boot files over plain HTTP, as Warewulf's do.
+    /// Parses `http://host[:port][/prefix]` (port 80 when absent) or `https://…` (443):
+    /// heads serve the boot routes on plain HTTP, as Warewulf's do, and over HTTPS
+    /// where `https_listen` is set.
     pub fn parse(url: &str) -> Result<Head, String> {
         let url = url.trim();
-        if url.starts_with("https://") {
-            return Err(format!(
-                "{url}: https is not supported (heads serve overlays on plain http)"
-            ));
-        }
-        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (tls, rest) = match url.strip_prefix("https://") {
+            Some(r) => (true, r),
+            None => (false, url.strip_prefix("http://").unwrap_or(url)),
+        };
         let (auth, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
         if auth.is_empty() || auth.contains(['@', ' ', '?', '#']) {
-            return Err(format!("{url}: expected http://HOST:PORT"));
+            return Err(format!("{url}: expected http://HOST:PORT or https://HOST:PORT"));
         }
         // `[v6]:port`, `[v6]`, `host:port`, `host`.
         let has_port = match auth.rfind(']') {
@@ -64,15 +70,16 @@ impl Head {
                 return Err(format!("{url}: bad port {port:?}"));
             }
         }
-        let authority = if has_port {
-            auth.to_owned()
-        } else {
-            format!("{auth}:80")
+        let authority = match (has_port, tls) {
+            (true, _) => auth.to_owned(),
+            (false, false) => format!("{auth}:80"),
+            (false, true) => format!("{auth}:443"),
         };
         Ok(Head {
             url: url.to_owned(),
             authority,
             prefix: path.trim_end_matches('/').to_owned(),
+            tls,
         })
     }
 }
@@ -85,6 +92,8 @@ pub struct Config {
     pub timeout: Duration,
     pub secure: bool,
     pub assetkey: Option<String>,
+    /// The cluster CA's certificate (PEM file) that `https://` heads must be signed by.
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -95,6 +104,7 @@ impl Default for Config {
             timeout: Duration::from_secs(5),
             secure: false,
             assetkey: None,
+            ca: None,
         }
     }
 }
@@ -136,15 +146,22 @@ impl Config {
                     }
                 }
                 "assetkey" => c.assetkey = Some(v.to_owned()).filter(|v| !v.is_empty()),
+                "ca" => c.ca = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty()),
                 other => {
                     return Err(at(format!(
-                        "unknown key {other:?} (known: head, interval, timeout, secure, assetkey)"
+                        "unknown key {other:?} (known: head, interval, timeout, secure, assetkey, ca)"
                     )))
                 }
             }
         }
         if c.heads.is_empty() {
             return Err("no `head = http://ADDR:PORT` line: wwclient has nowhere to fetch from".into());
+        }
+        if let (Some(h), None) = (c.heads.iter().find(|h| h.tls), &c.ca) {
+            return Err(format!(
+                "head {}: HTTPS needs `ca = FILE`, the cluster CA's certificate (the wwclient overlay writes it to {DEFAULT_CA_PATH})",
+                h.url
+            ));
         }
         Ok(c)
     }
@@ -179,6 +196,10 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(3));
         assert!(c.secure);
         assert_eq!(c.assetkey.as_deref(), Some("k1"));
+        let t = Config::parse("head = https://10.0.0.1:9874\nhead = https://h\nca = /etc/warewulf/ca.crt\n").unwrap();
+        assert!(t.heads.iter().all(|h| h.tls));
+        assert_eq!(t.heads[1].authority, "h:443");
+        assert_eq!(t.ca.as_deref(), Some(Path::new("/etc/warewulf/ca.crt")));
         let d = Config::parse("head = 10.0.0.9").unwrap();
         assert_eq!(d.heads[0].authority, "10.0.0.9:80");
         assert_eq!(
@@ -191,7 +212,7 @@ mod tests {
     fn refuses_what_it_does_not_understand() {
         for (text, want) in [
             ("", "no `head"),
-            ("head = https://h:1", "https is not supported"),
+            ("head = https://h:1", "HTTPS needs `ca = FILE`"),
             ("head = http://h:port", "bad port"),
             ("head = http://h:1\nintreval = 5", "unknown key \"intreval\""),
             ("head = http://h:1\ninterval = 0", "more than 0"),

@@ -1,6 +1,7 @@
-//! One HTTP/1.1 GET with a deadline, on a blocking `TcpStream`.
+//! One HTTP/1.1 GET with a deadline, on a blocking `TcpStream`, in TLS for `https://`
+//! heads (rustls, the head's certificate checked against the cluster CA).
 //!
-//! The agent needs one request shape (GET, no TLS, no redirects, a small body), so a
+//! The agent needs one request shape (GET, no redirects, a small body), so a
 //! few dozen lines of std networking replace an HTTP stack and an async runtime: the
 //! static binary stays small and every wait is visibly bounded. The deadline covers
 //! everything (connect, request, headers, body): each read waits at most the time
@@ -13,6 +14,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
@@ -44,6 +46,8 @@ pub enum FetchError {
     Status { status: u16, body: String },
     #[error("bad HTTP response: {0}")]
     Protocol(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("the response body is larger than {0} bytes; refused")]
     TooLarge(u64),
 }
@@ -72,7 +76,8 @@ pub fn encode(s: &str) -> String {
         .collect()
 }
 
-/// A `Read` over a socket that never waits past `deadline`.
+/// A socket whose reads and writes never wait past `deadline` (TLS runs over it, so
+/// the handshake is bounded by the same deadline).
 struct Deadlined {
     s: TcpStream,
     deadline: Instant,
@@ -95,6 +100,22 @@ impl Read for Deadlined {
         self.s.read(buf)
     }
 }
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.s.set_write_timeout(Some(left))?;
+        self.s.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.s.flush()
+    }
+}
+
+/// The connection a request goes over: plain or TLS.
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
 
 fn timed_out(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
@@ -158,13 +179,15 @@ fn connect(addr: SocketAddr, secure: bool, timeout: Duration) -> Result<TcpStrea
 }
 
 /// GET `path_and_query` from `head`, all within `timeout`; a body over `max_body`
-/// bytes is refused. Only a 200 is a success.
+/// bytes is refused. Only a 200 is a success. `tls`: how to check `https://` heads
+/// ([`crate::pki::tls::node_client_config`] with the cluster CA).
 pub fn get(
     head: &Head,
     path_and_query: &str,
     secure: bool,
     timeout: Duration,
     max_body: u64,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Response, FetchError> {
     let start = Instant::now();
     let deadline = start + timeout;
@@ -204,10 +227,21 @@ pub fn get(
             FetchError::Io(e)
         }
     };
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    s.set_write_timeout(Some(left)).map_err(FetchError::Io)?;
+    let plain = Deadlined { s, deadline };
+    let mut conn: Box<dyn Conn> = if head.tls {
+        let config =
+            tls.ok_or_else(|| FetchError::Tls(format!("{}: no CA to check it against (`ca = FILE`)", head.url)))?;
+        let host = head
+            .authority
+            .rsplit_once(':')
+            .map_or(head.authority.as_str(), |(h, _)| h);
+        let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+            .map_err(|e| FetchError::Tls(format!("{host:?}: {e}")))?;
+        let c = rustls::ClientConnection::new(config.clone(), name).map_err(|e| FetchError::Tls(e.to_string()))?;
+        Box::new(rustls::StreamOwned::new(c, plain))
+    } else {
+        Box::new(plain)
+    };
     let req = format!(
         "GET {}{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: wwclient/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         head.prefix,
@@ -215,8 +249,10 @@ pub fn get(
         head.authority,
         env!("CARGO_PKG_VERSION")
     );
-    (&s).write_all(req.as_bytes()).map_err(map_io)?;
-    let mut r = BufReader::new(Deadlined { s, deadline });
+    conn.write_all(req.as_bytes())
+        .and_then(|()| conn.flush())
+        .map_err(map_io)?;
+    let mut r = BufReader::new(conn);
     let status_line = read_line(&mut r).map_err(map_io)?;
     let mut parts = status_line.splitn(3, ' ');
     let (proto, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -375,7 +411,7 @@ mod tests {
     }
 
     fn get1(h: &Head, timeout: Duration) -> Result<Response, FetchError> {
-        get(h, "/runtime/x", false, timeout, 1 << 20)
+        get(h, "/runtime/x", false, timeout, 1 << 20, None)
     }
 
     #[test]

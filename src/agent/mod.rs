@@ -32,6 +32,7 @@ pub mod ident;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::overlay::archive::{self, Limits};
@@ -148,6 +149,7 @@ impl LogLimiter {
 /// One cycle: ask the heads in order; apply the first valid archive.
 fn cycle(
     cfg: &Config,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     path: &str,
     applier: &apply::Applier,
     log: &mut LogLimiter,
@@ -156,7 +158,7 @@ fn cycle(
     let limits = Limits::default();
     let mut failures = Vec::new();
     for head in &cfg.heads {
-        let got = fetch::get(head, path, cfg.secure, cfg.timeout, limits.max_total_bytes)
+        let got = fetch::get(head, path, cfg.secure, cfg.timeout, limits.max_total_bytes, tls)
             .map_err(|e| e.to_string())
             .and_then(|r| archive::read(&r.body, &limits).map_err(|e| e.to_string()));
         match got {
@@ -192,16 +194,27 @@ fn cycle(
     Err(AgentError::NoHead(failures))
 }
 
+/// How `https://` heads are checked: against the cluster CA in `ca`.
+fn tls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, AgentError> {
+    let bad = |why: String| AgentError::Config {
+        path: ca.to_owned(),
+        why,
+    };
+    let pem = std::fs::read_to_string(ca).map_err(|e| bad(format!("cannot read the cluster CA: {e}")))?;
+    crate::pki::tls::node_client_config(&pem).map_err(|e| bad(format!("not a CA certificate: {e}")))
+}
+
 /// Runs the agent: one cycle with `--once`, else forever (SIGHUP = a cycle now).
 pub fn run(o: &Options) -> Result<(), AgentError> {
     let cfg = Config::load(&o.config)?;
+    let tls = cfg.ca.as_deref().map(tls_config).transpose()?;
     let wwid = resolve_wwid(o)?;
     let uuid = ident::smbios_uuid();
     let path = request_path(&wwid, &cfg, uuid.as_deref());
     let applier = apply::Applier::new(&o.root);
     let mut log = LogLimiter::default();
     if o.once {
-        return cycle(&cfg, &path, &applier, &mut log, true);
+        return cycle(&cfg, tls.as_ref(), &path, &applier, &mut log, true);
     }
     let wake = hangups()?;
     eprintln!(
@@ -211,7 +224,7 @@ pub fn run(o: &Options) -> Result<(), AgentError> {
         o.root.display()
     );
     loop {
-        if let Err(e) = cycle(&cfg, &path, &applier, &mut log, false) {
+        if let Err(e) = cycle(&cfg, tls.as_ref(), &path, &applier, &mut log, false) {
             // Per-head reasons are already logged; apply errors (a path that cannot be
             // written stays so every cycle) once per reason and LOG_EVERY too.
             if let AgentError::Apply { .. } = e {

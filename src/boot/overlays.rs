@@ -56,6 +56,9 @@ pub struct BootOverlays {
     cluster_files: Option<Arc<ClusterFiles>>,
     /// Warewulf's config dir (`/etc/warewulf`): the SSH host keys are `<it>/keys/<name>`.
     config_dir: String,
+    /// The cluster CA's certificate (PEM), `ClusterCa` in templates: the `wwclient`
+    /// overlay writes it for `https://` heads. `None` on an `insecure` head.
+    cluster_ca: Option<String>,
 }
 
 impl std::fmt::Debug for BootOverlays {
@@ -89,7 +92,14 @@ impl BootOverlays {
             trees: Mutex::default(),
             generation: Mutex::default(),
             cluster_files: None,
+            cluster_ca: None,
         }
+    }
+
+    /// Give templates the cluster CA's certificate as `ClusterCa`.
+    pub fn with_cluster_ca(mut self, pem: Option<String>) -> BootOverlays {
+        self.cluster_ca = pem;
+        self
     }
 
     /// Serve the cluster's SSH host keys to `Include` through `files` (the same value
@@ -114,14 +124,23 @@ impl BootOverlays {
     pub fn generation(&self, view: &BootView) -> Arc<Generation> {
         let ip = self.server.derived().ipaddr;
         let me = (!ip.is_empty()).then(|| format!("{ip}:{}", self.server.warewulf.port));
-        let heads = view.head_urls(self.head_id, me.as_deref());
+        // Where wwclient fetches: HTTPS at heads that serve it (`https_listen`).
+        let heads: Vec<String> = view
+            .head_urls_by_id(self.head_id, me.as_deref())
+            .into_iter()
+            .map(|(id, u)| view.agent_url(id, &u))
+            .collect();
         // `Racks`: each rack's network and heads (at their rack addresses, in the rack's
         // order), so `wwclient.conf` lists only the heads of the node's own rack.
         let racks: Vec<serde_json::Value> = view
             .racks
             .iter()
             .map(|(name, r)| {
-                let urls: Vec<String> = view.rack_urls(r).into_iter().map(|(_, u)| u).collect();
+                let urls: Vec<String> = view
+                    .rack_urls(r)
+                    .into_iter()
+                    .map(|(id, u)| view.agent_url(id, &u))
+                    .collect();
                 serde_json::json!({"name": name, "network": r.network.to_string(), "heads": urls})
             })
             .collect();
@@ -166,12 +185,19 @@ impl BootOverlays {
                 &self.server,
                 view.nodes.iter().map(|(n, b)| (n.as_str(), &b.conf, b.version)),
                 &BuildInfo::now(),
-                vec![
+                [
                     ("Heads".to_owned(), serde_json::json!(heads)),
                     ("Racks".to_owned(), serde_json::Value::Array(racks)),
                     ("RootKeys".to_owned(), serde_json::json!(*view.root_keys)),
                     ("SshKeysDigest".to_owned(), serde_json::json!(keys_digest.to_string())),
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    self.cluster_ca
+                        .iter()
+                        .map(|pem| ("ClusterCa".to_owned(), serde_json::json!(pem))),
+                )
+                .collect(),
             )
             .with_images(images_digest),
         );

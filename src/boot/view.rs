@@ -205,6 +205,11 @@ impl BootView {
     /// head `me`'s registered one, then the others in id order. Heads registered under
     /// a wildcard address are skipped.
     pub fn head_urls(&self, me: u64, host: Option<&str>) -> Vec<String> {
+        self.head_urls_by_id(me, host).into_iter().map(|(_, u)| u).collect()
+    }
+
+    /// [`BootView::head_urls`] with the id of each head.
+    pub fn head_urls_by_id(&self, me: u64, host: Option<&str>) -> Vec<(u64, String)> {
         let view = self;
         let base = |a: &str| {
             if a.contains("://") {
@@ -220,22 +225,44 @@ impl BootView {
                 Err(_) => !host.is_empty(),
             }
         };
-        let mut out: Vec<String> = Vec::new();
+        let mut out: Vec<(u64, String)> = Vec::new();
         match host {
-            Some(h) => out.push(base(h)),
+            Some(h) => out.push((me, base(h))),
             None => {
                 if let Some(h) = view.heads.get(&me).filter(|h| reachable(&h.http)) {
-                    out.push(base(&h.http));
+                    out.push((me, base(&h.http)));
                 }
             }
         }
         for (id, h) in &view.heads {
             let url = base(&h.http);
-            if *id != me && reachable(&h.http) && !out.contains(&url) {
-                out.push(url);
+            if *id != me && reachable(&h.http) && !out.iter().any(|(_, u)| *u == url) {
+                out.push((*id, url));
             }
         }
         out
+    }
+
+    /// Where `wwclient` fetches from, given head `id`'s plain-HTTP base URL `url`: the
+    /// same host at the head's HTTPS port when the head serves HTTPS (`https_listen`),
+    /// else `url` itself.
+    pub fn agent_url(&self, id: u64, url: &str) -> String {
+        let port = self
+            .heads
+            .get(&id)
+            .and_then(|h| h.https.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        let Some(port) = port else {
+            return url.to_owned();
+        };
+        let hostport = url.split_once("://").map_or(url, |(_, r)| r);
+        let hostport = hostport.split('/').next().unwrap_or(hostport);
+        // `[v6]:port` or `host:port`; a host without a port is all host.
+        let host = match hostport.rfind(']') {
+            Some(b) => &hostport[..=b],
+            None => hostport.rsplit_once(':').map_or(hostport, |(h, _)| h),
+        };
+        format!("https://{host}:{port}")
     }
 
     /// Base URLs of a rack's heads in the rack's order, each at its address on the rack
@@ -423,6 +450,35 @@ mod tests {
     }
 
     #[test]
+    fn wwclient_uses_https_where_a_head_serves_it() {
+        use crate::state::HeadInfo;
+        let mut v = BootView::default();
+        v.heads.insert(
+            1,
+            HeadInfo {
+                http: "10.0.0.1:9873".into(),
+                https: "10.0.0.1:9874".into(),
+                ..Default::default()
+            },
+        );
+        v.heads.insert(
+            2,
+            HeadInfo {
+                http: "10.0.0.2:9873".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(v.agent_url(1, "http://10.5.0.1:9873"), "https://10.5.0.1:9874");
+        assert_eq!(v.agent_url(1, "http://[fd00::1]:9873/"), "https://[fd00::1]:9874");
+        assert_eq!(v.agent_url(2, "http://10.5.0.2:9873"), "http://10.5.0.2:9873");
+        assert_eq!(v.agent_url(9, "http://h:1"), "http://h:1");
+        assert_eq!(
+            v.head_urls_by_id(2, Some("wulf2:9873"))[0],
+            (2, "http://wulf2:9873".to_string())
+        );
+    }
+
+    #[test]
     fn head_urls_put_the_answering_head_first_and_skip_wildcards() {
         use crate::state::HeadInfo;
         let mut v = BootView::default();
@@ -437,6 +493,7 @@ mod tests {
                 HeadInfo {
                     http: http.into(),
                     grpc: String::new(),
+                    https: String::new(),
                 },
             );
         }

@@ -52,6 +52,14 @@ pub struct HeadConfig {
     /// `advertise` when `http_listen` is a wildcard address).
     #[serde(default)]
     pub http_advertise: Option<String>,
+    /// HTTPS for `wwclient`: the boot routes over TLS with this head's certificate, so
+    /// nodes fetch their runtime overlay from a head they can verify (the `wwclient`
+    /// overlay then lists this head as `https://` and writes the cluster CA into the
+    /// node). `:PORT` listens on the same addresses as `http_listen: :PORT` (following
+    /// racks); `HOST:PORT` on exactly that address. Off unless set; needs TLS (not
+    /// `insecure: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_listen: Option<String>,
     /// Cluster name, set once by the bootstrapping head.
     #[serde(default = "default_cluster_name")]
     pub cluster_name: String,
@@ -308,6 +316,17 @@ impl HeadConfig {
     }
 }
 
+/// `https_listen`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsSettings {
+    /// The first address (the caller binds it): `HOST:PORT`, or `advertise`'s host.
+    pub listen: String,
+    /// `:PORT`: also on the addresses HTTP follows (loopback, DHCP subnets, racks).
+    pub follow: Option<u16>,
+    /// What nodes are told (registered as `HeadInfo::https`).
+    pub advertise: String,
+}
+
 /// A head's validated settings: everything [`super::Head::start`] needs, checked.
 #[derive(Clone)]
 pub struct Settings {
@@ -324,6 +343,8 @@ pub struct Settings {
     pub http_follow: Option<u16>,
     /// How peers reach this head's HTTP (blobs).
     pub http_advertise: String,
+    /// HTTPS for `wwclient` (`https_listen`), when set.
+    pub https: Option<HttpsSettings>,
     pub cluster_name: String,
     /// Founding members of a new cluster; empty for a head that will be joined.
     pub bootstrap: Vec<Member>,
@@ -430,6 +451,7 @@ impl TryFrom<HeadConfig> for Settings {
                 c.http_listen
             )));
         }
+        let https = https_settings(&c, &advertise, &http_listen)?;
         let raft = c.raft.to_config(&c.cluster_name).map_err(|e| invalid("raft", &e))?;
         let dhcp = DhcpConfig::try_from(c.boot.dhcp.clone()).map_err(|e| invalid("boot.dhcp", &e))?;
         let tftp = if c.boot.tftp.enabled {
@@ -486,6 +508,7 @@ impl TryFrom<HeadConfig> for Settings {
             secure: c.boot.http.secure,
             overlays,
             http_advertise: c.http_advertise_addr(),
+            https,
             advertise,
             id: c.id,
             data_dir: c.data_dir,
@@ -512,6 +535,52 @@ impl TryFrom<HeadConfig> for Settings {
         })
     }
 }
+fn https_settings(c: &HeadConfig, advertise: &str, http_listen: &str) -> Result<Option<HttpsSettings>, DaemonError> {
+    let Some(h) = c.https_listen.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    let bad = |why: String| Err(DaemonError::Invalid(format!("https_listen {h:?}: {why}")));
+    if c.insecure {
+        return bad(
+            "HTTPS needs this head's certificate, and insecure: true runs without one; remove one of the two".into(),
+        );
+    }
+    let follow = match h.strip_prefix(':') {
+        Some(p) => match p.parse::<u16>() {
+            Ok(port) if port != 0 => Some(port),
+            _ => return bad("give :PORT (this head's own addresses) or HOST:PORT".into()),
+        },
+        None => None,
+    };
+    let listen = match follow {
+        Some(port) => format!("{}:{port}", host_of(advertise)),
+        None => {
+            if !h
+                .rsplit_once(':')
+                .is_some_and(|(host, p)| !host.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0))
+            {
+                return bad("give :PORT (this head's own addresses) or HOST:PORT".into());
+            }
+            h.to_owned()
+        }
+    };
+    let port_of = |a: &str| a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+    if port_of(&listen) == port_of(http_listen) {
+        return bad(format!(
+            "the same port as http_listen ({http_listen}); HTTPS needs a port of its own (e.g. :9874)"
+        ));
+    }
+    let advertise = match listen.parse::<std::net::SocketAddr>() {
+        Ok(sa) if sa.ip().is_unspecified() => format!("{}:{}", host_of(advertise), sa.port()),
+        _ => listen.clone(),
+    };
+    Ok(Some(HttpsSettings {
+        listen,
+        follow,
+        advertise,
+    }))
+}
+
 fn tls_settings(c: &HeadConfig) -> Result<Option<TlsSettings>, DaemonError> {
     let t = &c.tls;
     if c.insecure {

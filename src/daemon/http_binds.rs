@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -53,7 +54,9 @@ pub(super) fn wanted(
     out
 }
 
-/// Listen on [`wanted`] addresses until `stop`, serving `router` on each.
+/// Listen on [`wanted`] addresses until `stop`, serving `router` on each: plain HTTP,
+/// or HTTPS with `tls` (`https_listen: :PORT`, the same addresses at its port).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn follow(
     view: ViewRx,
     me: u64,
@@ -61,8 +64,10 @@ pub(super) async fn follow(
     main: SocketAddr,
     fixed: Vec<(Ipv4Addr, String)>,
     router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) {
+    let what = if tls.is_some() { "HTTPS" } else { "HTTP" };
     let mut view_rx = view.clone();
     let mut bound: BTreeMap<SocketAddr, CancellationToken> = BTreeMap::new();
     let mut failing: BTreeSet<SocketAddr> = BTreeSet::new();
@@ -76,19 +81,31 @@ pub(super) async fn follow(
                 Ok(l) => {
                     failing.remove(addr);
                     let token = stop.child_token();
-                    tracing::info!(%addr, "HTTP also listening on {addr} ({why})");
-                    tokio::spawn(crate::cas::zerocopy::serve(
-                        l,
-                        router.clone(),
-                        token.clone().cancelled_owned(),
-                    ));
+                    tracing::info!(%addr, "{what} also listening on {addr} ({why})");
+                    match &tls {
+                        None => {
+                            tokio::spawn(crate::cas::zerocopy::serve(
+                                l,
+                                router.clone(),
+                                token.clone().cancelled_owned(),
+                            ));
+                        }
+                        Some(config) => {
+                            tokio::spawn(crate::boot::http::tls::serve_tls(
+                                l,
+                                config.clone(),
+                                router.clone(),
+                                token.clone(),
+                            ));
+                        }
+                    }
                     bound.insert(*addr, token);
                 }
                 Err(e) => {
                     if failing.insert(*addr) {
                         tracing::warn!(
                             %addr,
-                            "HTTP cannot listen on {addr} ({why}): {e}; nodes told to fetch from it get nothing \
+                            "{what} cannot listen on {addr} ({why}): {e}; nodes told to fetch from it get nothing \
                              until the address is on this host (tried again every {} s)",
                             RETRY.as_secs()
                         );
@@ -99,7 +116,7 @@ pub(super) async fn follow(
         bound.retain(|addr, token| {
             let keep = want.contains_key(addr);
             if !keep {
-                tracing::info!(%addr, "HTTP no longer listening on {addr} (no rack lists it for this head)");
+                tracing::info!(%addr, "{what} no longer listening on {addr} (no rack lists it for this head)");
                 token.cancel();
             }
             keep

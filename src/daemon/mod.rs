@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
-pub use config::{HeadConfig, Member, Settings};
+pub use config::{HeadConfig, HttpsSettings, Member, Settings};
 
 use crate::api::{AdminService, Gate, GatedRaft, Services};
 use crate::boot::status::StatusBoard;
@@ -219,7 +219,8 @@ impl Head {
         let view = crate::boot::view::publish_for(&sm);
         let status = Arc::new(StatusBoard::new());
         crate::boot::status::forget_deleted_nodes(status.clone(), view.clone());
-        let boot_overlays = boot_overlays(&cfg, &cas, &view);
+        let cluster_ca = tls.as_ref().map(|t| t.cert.ca_pem.clone());
+        let boot_overlays = boot_overlays(&cfg, &cas, &view, cluster_ca);
         let peer_link = crate::cas::http::PeerLink::new(dialer.clone(), cfg.artifacts.timeouts.connect)
             .map_err(|e| DaemonError::Invalid(format!("HTTP client for peer heads: {e}")))?;
         // Every referenced blob from the peers, ahead of need (reads the state as it
@@ -237,6 +238,12 @@ impl Head {
         let http_router = crate::boot::liveness::router(liveness.clone()).merge(crate::boot::http::router(
             boot_http_state(&cfg, &cas, &view, &status, boot_overlays.clone(), &liveness, &artifacts),
         ));
+        let dhcp_addrs: Vec<(std::net::Ipv4Addr, String)> = cfg
+            .dhcp
+            .iter()
+            .flat_map(|d| d.subnets.iter())
+            .map(|sub| (sub.server, format!("DHCP subnet {}", sub.network)))
+            .collect();
         // `http_listen: :PORT`: also this head's rack addresses and loopback, as racks change.
         if let (Some(port), Ok(main)) = (cfg.http_follow, listeners.http.local_addr()) {
             tokio::spawn(http_binds::follow(
@@ -244,14 +251,39 @@ impl Head {
                 cfg.id,
                 port,
                 main,
-                cfg.dhcp
-                    .iter()
-                    .flat_map(|d| d.subnets.iter())
-                    .map(|sub| (sub.server, format!("DHCP subnet {}", sub.network)))
-                    .collect(),
+                dhcp_addrs.clone(),
                 http_router.clone(),
+                None,
                 stop.clone(),
             ));
+        }
+        // `https_listen`: the same routes over TLS for wwclient, on the same addresses.
+        if let (Some(h), Some(t)) = (&cfg.https, &tls) {
+            let config = crate::pki::tls::node_server_config(t.cert.live.clone())
+                .map_err(|e| DaemonError::Invalid(format!("https_listen: {e}")))?;
+            let l = TcpListener::bind(&h.listen)
+                .await
+                .map_err(|e| DaemonError::Invalid(format!("https_listen: cannot listen on {}: {e}", h.listen)))?;
+            let main = l.local_addr().map_err(|e| DaemonError::Serve(e.to_string()))?;
+            tracing::info!(addr = %main, "HTTPS for wwclient listening on {main}");
+            tokio::spawn(crate::boot::http::tls::serve_tls(
+                l,
+                config.clone(),
+                http_router.clone(),
+                stop.child_token(),
+            ));
+            if let Some(port) = h.follow {
+                tokio::spawn(http_binds::follow(
+                    view.clone(),
+                    cfg.id,
+                    port,
+                    main,
+                    dhcp_addrs,
+                    http_router.clone(),
+                    Some(config),
+                    stop.clone(),
+                ));
+            }
         }
         let http = tokio::spawn(crate::cas::zerocopy::serve(
             listeners.http,
@@ -334,8 +366,11 @@ impl Head {
         start_dhcp(&cfg, &parts, &stop);
         register(
             cluster.clone(),
-            cfg.http_advertise.clone(),
-            cfg.advertise.clone(),
+            HeadInfo {
+                http: cfg.http_advertise.clone(),
+                grpc: cfg.advertise.clone(),
+                https: cfg.https.as_ref().map(|h| h.advertise.clone()).unwrap_or_default(),
+            },
             stop.clone(),
         );
         register_overlays(overlays, cfg.wwclient.clone(), stop.clone());
@@ -447,7 +482,12 @@ async fn open_store_with_retry(
 
 /// The overlay builder this head's boot routes and `wwctl overlay show --render|build`
 /// share (none when `boot.overlays.enabled` is false).
-fn boot_overlays(cfg: &Settings, cas: &Cas, view: &ViewRx) -> Option<Arc<crate::boot::overlays::BootOverlays>> {
+fn boot_overlays(
+    cfg: &Settings,
+    cas: &Cas,
+    view: &ViewRx,
+    cluster_ca: Option<String>,
+) -> Option<Arc<crate::boot::overlays::BootOverlays>> {
     let (server, host_root) = cfg.overlays.as_ref()?;
     let access = Arc::new(crate::overlay::render::HostFs {
         host_root: host_root.clone(),
@@ -467,7 +507,8 @@ fn boot_overlays(cfg: &Settings, cas: &Cas, view: &ViewRx) -> Option<Arc<crate::
             access.clone(),
             crate::overlay::render::AccessPolicy::default(),
         )
-        .with_cluster_files(access),
+        .with_cluster_files(access)
+        .with_cluster_ca(cluster_ca),
     );
     crate::boot::overlays::forget_stale(overlays.clone(), view.clone());
     Some(overlays)
@@ -656,13 +697,12 @@ fn gc_loop(parts: Parts, every: Duration, grace: Duration, stop: CancellationTok
     });
 }
 
-/// Record this head's HTTP and gRPC addresses in the replicated state, retrying until the head
+/// Record this head's HTTP, gRPC and HTTPS addresses in the replicated state, retrying until the head
 /// is part of a cluster with a leader — a head waiting to be joined may wait a long
 /// time — or stops. Skipped when the state already has it (a restart).
-fn register(cluster: Cluster, http: String, grpc: String, stop: CancellationToken) {
+fn register(cluster: Cluster, info: HeadInfo, stop: CancellationToken) {
     tokio::spawn(async move {
         let id = cluster.id();
-        let info = HeadInfo { http, grpc };
         // Bounded: one attempt every 2 s for a day, or until shutdown.
         if cluster.state().read(|s| s.cluster.heads.get(&id) == Some(&info)) {
             return;
@@ -837,6 +877,39 @@ mod tests {
         assert_eq!(c.listen, "10.0.0.1:9701");
         assert_eq!((c.http_listen.as_str(), c.http_follow), ("10.0.0.1:9873", Some(9873)));
         assert_eq!(c.http_advertise, "10.0.0.1:9873");
+    }
+
+    #[test]
+    fn https_listen_is_off_unless_set_and_needs_tls_and_a_port_of_its_own() {
+        let base = "id: 1\ndata_dir: /tmp/x\nadvertise: 10.0.0.2:9701\n";
+        assert_eq!(parse(base).unwrap().https, None);
+        let c = parse(&format!("{base}https_listen: \":9874\"\n")).unwrap();
+        assert_eq!(
+            c.https,
+            Some(HttpsSettings {
+                listen: "10.0.0.2:9874".into(),
+                follow: Some(9874),
+                advertise: "10.0.0.2:9874".into(),
+            })
+        );
+        let c = parse(&format!("{base}https_listen: 0.0.0.0:443\n")).unwrap();
+        let h = c.https.unwrap();
+        assert_eq!(
+            (h.listen.as_str(), h.follow, h.advertise.as_str()),
+            ("0.0.0.0:443", None, "10.0.0.2:443")
+        );
+        for (extra, want) in [
+            (
+                "https_listen: \":9874\"\ninsecure: true\n",
+                "insecure: true runs without one",
+            ),
+            ("https_listen: \":9873\"\n", "a port of its own"),
+            ("https_listen: \":x\"\n", "give :PORT"),
+            ("https_listen: somewhere\n", "give :PORT"),
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(e.contains(want) && e.contains("https_listen"), "{extra}: {e}");
+        }
     }
 
     #[test]

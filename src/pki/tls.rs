@@ -150,6 +150,33 @@ pub fn live_client_config(ca_pem: &str, live: Arc<LiveCert>) -> Result<Arc<Clien
     Ok(Arc::new(c))
 }
 
+/// HTTPS for nodes (`https_listen`): the head's rotatable certificate, no client
+/// certificate (a node has none; the runtime overlay is guarded by the node's address,
+/// secure port and asset key as over HTTP), HTTP/1.1 as `wwclient` and curl speak it.
+pub fn node_server_config(live: Arc<LiveCert>) -> Result<Arc<ServerConfig>, PkiError> {
+    let mut c = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(live);
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// `wwclient` over HTTPS: trusts a head whose certificate the cluster CA (`ca_pem`,
+/// written into the node by the `wwclient` overlay) signed with role `head`, whatever
+/// address it answers on, as heads trust each other; HTTP/1.1.
+pub fn node_client_config(ca_pem: &str) -> Result<Arc<ClientConfig>, PkiError> {
+    let mut c = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(HeadVerifier {
+            trust: Trust::Ca(Arc::new(roots(ca_pem)?)),
+        }))
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
 /// A head's server side: its certificate chain (head, then CA, so that a joining head
 /// can find the CA its token pins), TLS 1.3, HTTP/2. A client certificate from the CA
 /// is checked when given, but not required at the handshake: a joining head has none
@@ -291,6 +318,13 @@ pub struct TlsConn {
     info: PeerInfo,
 }
 
+impl TlsConn {
+    /// Who is on the other end.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.info
+    }
+}
+
 impl tonic::transport::server::Connected for TlsConn {
     type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> PeerInfo {
@@ -345,7 +379,7 @@ pub fn incoming(
                     Ok(x) => x,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accepting a gRPC connection failed: {e}");
+                        tracing::warn!("accepting a TLS connection failed: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }

@@ -97,6 +97,10 @@ pub struct HeadInfo {
     /// by heads before it was kept (they re-register at start).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub grpc: String,
+    /// HTTPS for `wwclient` (`https_listen`), `host:port`; empty when the head serves
+    /// none (and in records written before it was kept).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub https: String,
 }
 
 /// Image commands (see [`super::Command`]).

@@ -335,6 +335,7 @@ async fn a_starting_head_says_so_instead_of_hanging() {
         advertise: None,
         http_listen: l.http.local_addr().unwrap().to_string(),
         http_advertise: None,
+        https_listen: None,
         cluster_name: "test".into(),
         bootstrap: vec![Member {
             id: 1,

@@ -557,3 +557,134 @@ fn blobs_and_probes_between_heads_need_a_head_certificate() {
     let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!((st, report["id"].as_u64()), (200, Some(2)), "{report}");
 }
+
+/// `https_listen` (issue 12 part 4): a node's `wwclient` fetches its runtime overlay over
+/// HTTPS, checking the head against the cluster CA that the `wwclient` overlay wrote;
+/// a CA of another cluster and plain HTTP to the HTTPS port get nothing.
+#[test]
+fn wwclient_fetches_its_runtime_overlay_over_https_with_the_cluster_ca() {
+    const MAC: &str = "52:54:00:aa:0c:01";
+    let https_port = crate::proc_cluster::free_ports(1).pop().unwrap();
+    let https = https_port.clone();
+    let c = ProcCluster::start_tls(
+        Path::new(WULFD),
+        1,
+        // Secure mode needs a privileged source port (root); the HTTPS path is the same.
+        &format!("https_listen: \"{https}\"\nboot: {{http: {{secure: false}}}}\n"),
+    );
+    let heads = c.all_heads();
+    let head_cert = c.dir.path().join("data0/pki/head.crt");
+    wait_until(30, "a leader", || {
+        text(&wwctl(&heads, Some(&head_cert), &["cluster", "status"])).contains("Leader")
+    });
+    let ops = first_operator(&c);
+    let root = ops.join("root.crt");
+    let ok = |args: &[&str]| {
+        let o = wwctl(&heads, Some(&root), args);
+        assert!(o.status.success(), "wwctl {args:?}: {}", text(&o));
+        text(&o)
+    };
+    let motd = c.dir.path().join("motd");
+    std::fs::write(&motd, "over https\n").unwrap();
+    ok(&["overlay", "create", "site1"]);
+    ok(&["overlay", "import", "-p", "site1", motd.to_str().unwrap(), "/etc/motd"]);
+    ok(&[
+        "node",
+        "add",
+        "n1",
+        "--hwaddr",
+        MAC,
+        "--ipaddr",
+        "127.0.0.1",
+        "--system-overlays",
+        "wwclient",
+        "--runtime-overlays",
+        "site1",
+    ]);
+
+    // The system overlay (plain HTTP, as iPXE fetches it) carries wwclient's config,
+    // naming this head at its HTTPS address, and the cluster CA.
+    let mut files = Default::default();
+    wait_until(30, "wwclient.conf names the head over https", || {
+        let (st, body) = crate::overlay_boot::get_from(&c.http[0], &format!("/system/{MAC}"), 0);
+        if st != 200 {
+            return false;
+        }
+        files = crate::overlay_boot::unpack(&body);
+        files
+            .get("etc/warewulf/wwclient.conf")
+            .is_some_and(|e| crate::overlay_boot::text(e).contains(&format!("head = https://{https}")))
+    });
+    let conf = crate::overlay_boot::text(&files["etc/warewulf/wwclient.conf"]);
+    assert!(conf.contains("ca = /etc/warewulf/ca.crt"), "{conf}");
+    let ca = crate::overlay_boot::text(&files["etc/warewulf/ca.crt"]);
+    assert_eq!(ca, std::fs::read_to_string(ops.join("ca.crt")).unwrap());
+
+    // The node: its config with the CA at the path where the overlay put it on the node.
+    let node = tempfile::tempdir().unwrap();
+    let (etc, noderoot) = (node.path().join("etc"), node.path().join("root"));
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&noderoot).unwrap();
+    std::fs::write(etc.join("ca.crt"), &ca).unwrap();
+    let conf_on_node = conf.replace("/etc/warewulf/ca.crt", etc.join("ca.crt").to_str().unwrap());
+    let wwclient = |conf: &str| {
+        std::fs::write(etc.join("wwclient.conf"), conf).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_wwclient"))
+            .arg("--config")
+            .arg(etc.join("wwclient.conf"))
+            .args(["--wwid", MAC, "--once", "--root"])
+            .arg(&noderoot)
+            .output()
+            .unwrap()
+    };
+    let o = wwclient(&conf_on_node);
+    assert!(o.status.success(), "{}\n{conf_on_node}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(noderoot.join("etc/motd")).unwrap(),
+        "over https\n"
+    );
+
+    // A CA of another cluster: the head is not trusted, nothing is applied.
+    std::fs::remove_file(noderoot.join("etc/motd")).unwrap();
+    let other = c.dir.path().join("other-pki");
+    let o = Command::new(WWCTL)
+        .args(["cluster", "pki", "init", "--ids", "1", "--out"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::copy(other.join("head-1/ca.crt"), etc.join("ca.crt")).unwrap();
+    let o = wwclient(&conf_on_node);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).to_lowercase().contains("certificate"), "{}", text(&o));
+    assert!(!noderoot.join("etc/motd").exists());
+    // Plain HTTP to the HTTPS port is not served.
+    std::fs::write(etc.join("ca.crt"), &ca).unwrap();
+    let o = wwclient(&conf_on_node.replace("https://", "http://"));
+    assert!(!o.status.success(), "{}", text(&o));
+
+    // After `cluster rotate` the HTTPS port shows the new certificate and wwclient,
+    // which pins the CA and not the certificate, goes on.
+    let rotated = ok(&["cluster", "rotate"]);
+    let new_serial = rotated
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .to_string();
+    let (ca_pem, _, _) = CredFiles::operator(&ops, "root").read().unwrap();
+    let config = wulfpack::pki::tls::node_client_config(&ca_pem).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, "head".try_into().unwrap()).unwrap();
+    let mut sock = std::net::TcpStream::connect(&https).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    let leaf = conn.peer_certificates().unwrap()[0].to_vec();
+    assert_eq!(wulfpack::pki::identity_of(&leaf).unwrap().serial, new_serial);
+    let o = wwclient(&conf_on_node);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(noderoot.join("etc/motd").exists());
+}

@@ -35,6 +35,7 @@
 //! - **Status is recorded per send** in the head's [`StatusBoard`] (no Raft write).
 
 pub mod ipxe;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
