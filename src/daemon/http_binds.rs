@@ -61,6 +61,7 @@ pub(super) async fn follow(
     main: SocketAddr,
     fixed: Vec<(Ipv4Addr, String)>,
     router: Router,
+    limits: crate::cas::zerocopy::ConnLimits,
     stop: CancellationToken,
 ) {
     let mut view_rx = view.clone();
@@ -77,9 +78,10 @@ pub(super) async fn follow(
                     failing.remove(addr);
                     let token = stop.child_token();
                     tracing::info!(%addr, "HTTP also listening on {addr} ({why})");
-                    tokio::spawn(crate::cas::zerocopy::serve(
+                    tokio::spawn(crate::cas::zerocopy::serve_with(
                         l,
                         router.clone(),
+                        limits,
                         token.clone().cancelled_owned(),
                     ));
                     bound.insert(*addr, token);

@@ -250,12 +250,14 @@ impl Head {
                     .map(|sub| (sub.server, format!("DHCP subnet {}", sub.network)))
                     .collect(),
                 http_router.clone(),
+                cfg.boot_http.conn_limits(),
                 stop.clone(),
             ));
         }
-        let http = tokio::spawn(crate::cas::zerocopy::serve(
+        let http = tokio::spawn(crate::cas::zerocopy::serve_with(
             listeners.http,
             http_router,
+            cfg.boot_http.conn_limits(),
             stop.clone().cancelled_owned(),
         ));
 
@@ -501,6 +503,11 @@ fn boot_http_state(
     let artifacts = artifacts.clone();
     b.on_missing_blob = Some(Arc::new(move |d| artifacts.want(d)));
     b.allow = Some(boot_allow(cfg, view));
+    b.per_client = Some(crate::boot::limit::PerClient::new(
+        cfg.boot_http.max_transfers_per_client,
+        "HTTP boot",
+        "boot.http.max_transfers_per_client",
+    ));
     b
 }
 
