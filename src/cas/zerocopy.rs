@@ -35,6 +35,11 @@
 //! a cut transfer, never zeros or another response's bytes (tested below and in
 //! `tests/it/boot_http.rs`).
 //!
+//! **Bounded before a request:** [`serve_with`] builds hyper's HTTP/1 connection itself
+//! (not through `axum::serve`, which gives hyper no timer) with a header read timeout
+//! and a request head size limit ([`ConnLimits`]): a slowloris client is closed, an
+//! oversized head gets 431.
+//!
 //! What it does not do: a page that is not in the page cache is read by `sendfile` on
 //! the worker thread (as nginx does without `aio threads`); the kernel's readahead
 //! keeps a sequential transfer ahead of the socket, and a blob was read whole when it

@@ -53,15 +53,15 @@ pub(super) fn wanted(
     out
 }
 
-/// Listen on [`wanted`] addresses until `stop`, serving `router` on each.
+/// Listen on [`wanted`] addresses until `stop`, serving `router` on each with the
+/// listener's connection limits.
 pub(super) async fn follow(
     view: ViewRx,
     me: u64,
     port: u16,
     main: SocketAddr,
     fixed: Vec<(Ipv4Addr, String)>,
-    router: Router,
-    limits: crate::cas::zerocopy::ConnLimits,
+    (router, limits): (Router, crate::cas::zerocopy::ConnLimits),
     stop: CancellationToken,
 ) {
     let mut view_rx = view.clone();

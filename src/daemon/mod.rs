@@ -249,8 +249,7 @@ impl Head {
                     .flat_map(|d| d.subnets.iter())
                     .map(|sub| (sub.server, format!("DHCP subnet {}", sub.network)))
                     .collect(),
-                http_router.clone(),
-                cfg.boot_http.conn_limits(),
+                (http_router.clone(), cfg.boot_http.conn_limits()),
                 stop.clone(),
             ));
         }
