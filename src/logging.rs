@@ -92,6 +92,61 @@ impl Every {
     }
 }
 
+/// [`Every`] per key (a client address): at most one line per key and period, carrying
+/// how many events that key had since its last line, so one noisy client neither floods
+/// the log nor hides another. Bounded: at most [`EveryPer::MAX_KEYS`] keys are tracked;
+/// when full, keys whose period has passed are forgotten, and events of keys that still
+/// find no room share one [`Every`] (reported with the key that makes the line due).
+#[derive(Debug)]
+pub struct EveryPer<K> {
+    period: std::time::Duration,
+    keys: std::sync::Mutex<std::collections::HashMap<K, (std::time::Instant, u64)>>,
+    overflow: Every,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> EveryPer<K> {
+    pub const MAX_KEYS: usize = 4096;
+
+    pub fn new(period: std::time::Duration) -> EveryPer<K> {
+        EveryPer {
+            period,
+            keys: Default::default(),
+            overflow: Every::new(period),
+        }
+    }
+
+    /// Count one event of `key`; `Some(n)` when a line about `key` is due now, `n` its
+    /// events since its last line (this one included).
+    pub fn tick(&self, key: &K) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if !keys.contains_key(key) && keys.len() >= Self::MAX_KEYS {
+            let period = self.period;
+            keys.retain(|_, (t, _)| now.duration_since(*t) < period);
+            if keys.len() >= Self::MAX_KEYS {
+                drop(keys);
+                return self.overflow.tick();
+            }
+        }
+        match keys.get_mut(key) {
+            Some((t, n)) => {
+                *n += 1;
+                if now.duration_since(*t) < self.period {
+                    return None;
+                }
+                let due = *n;
+                *t = now;
+                *n = 0;
+                Some(due)
+            }
+            None => {
+                keys.insert(key.clone(), (now, 0));
+                Some(1)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -102,6 +157,30 @@ mod tests {
         assert_eq!(e.tick(), None);
         std::thread::sleep(std::time::Duration::from_millis(60));
         assert_eq!(e.tick(), Some(3), "the two held back and this one");
+    }
+
+    #[test]
+    fn every_per_key_limits_each_key_on_its_own() {
+        let e = EveryPer::new(std::time::Duration::from_millis(50));
+        assert_eq!(e.tick(&1), Some(1));
+        assert_eq!(e.tick(&1), None);
+        assert_eq!(e.tick(&2), Some(1), "another key is not held back by the first");
+        assert_eq!(e.tick(&1), None);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(e.tick(&1), Some(3), "the two held back and this one");
+        assert_eq!(e.tick(&2), Some(1));
+    }
+
+    #[test]
+    fn every_per_key_is_bounded() {
+        let e = EveryPer::<u32>::new(std::time::Duration::from_secs(60));
+        for k in 0..EveryPer::<u32>::MAX_KEYS as u32 {
+            assert_eq!(e.tick(&k), Some(1));
+        }
+        // Full, every key within its period: the rest share one limiter.
+        assert_eq!(e.tick(&1_000_000), Some(1));
+        assert_eq!(e.tick(&1_000_001), None);
+        assert_eq!(e.keys.lock().unwrap().len(), EveryPer::<u32>::MAX_KEYS);
     }
 
     use super::*;

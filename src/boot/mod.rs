@@ -8,6 +8,8 @@
 //! | [`view`] | merged nodes by MAC/IP, images, heads; republished after applies |
 //! | [`dhcp`] | built-in DHCPv4 server: config, sans-IO handler chain, per-interface sockets |
 //! | [`liveness`] | which peer heads are alive and serve which racks (HTTP probes), for DHCP's rack turn |
+//! | [`allow`] | which clients the boot side answers (rack networks, DHCP subnets, `boot.allow`) |
+//! | [`limit`] | transfers in flight per client address (TFTP and HTTP boot), refusals logged per client |
 //! | [`files`] | the iPXE binary directory, contained; read by TFTP and HTTP `/efiboot/` |
 //! | [`tftp`] | read-only TFTP of the iPXE binaries (windowed; a thread per transfer, blocking on its own socket) |
 //! | [`http`] | Warewulf's boot routes: iPXE scripts (Tera), kernels and images sent from the CAS (sendfile), `/status` |
@@ -19,6 +21,7 @@ pub mod allow;
 pub mod dhcp;
 pub mod files;
 pub mod http;
+pub mod limit;
 pub mod liveness;
 pub mod overlays;
 pub mod retry;

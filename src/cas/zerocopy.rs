@@ -35,6 +35,11 @@
 //! a cut transfer, never zeros or another response's bytes (tested below and in
 //! `tests/it/boot_http.rs`).
 //!
+//! **Bounded before a request:** [`serve_with`] builds hyper's HTTP/1 connection itself
+//! (not through `axum::serve`, which gives hyper no timer) with a header read timeout
+//! and a request head size limit ([`ConnLimits`]): a slowloris client is closed, an
+//! oversized head gets 431.
+//!
 //! What it does not do: a page that is not in the page cache is read by `sendfile` on
 //! the worker thread (as nginx does without `aio threads`); the kernel's readahead
 //! keeps a sequential transfer ahead of the socket, and a blob was read whole when it
@@ -50,9 +55,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use axum::body::Body;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::Request;
-use axum::serve::IncomingStream;
 use axum::Router;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -315,31 +319,172 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-impl Connected<IncomingStream<'_, Listener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
-        stream.remote_addr().clone()
+/// What one HTTP/1 connection may cost the server before it has sent a request: a
+/// client that dribbles its request head (slowloris) or sends an endless one cannot
+/// hold a connection or grow a buffer. Both are hyper's own checks, switched on here:
+/// `axum::serve` gives hyper no timer, so it has no header timeout at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Request line and headers, in bytes; a longer head gets 431 (hyper's answer) and
+    /// the connection is closed.
+    pub max_head_bytes: usize,
+    /// How long a connection has to send a complete request head, counted from when
+    /// the server starts waiting for one (the connection's start, or the end of the
+    /// previous response on a kept-alive connection); then it is closed. A response
+    /// being sent is never cut by it.
+    pub header_read_timeout: std::time::Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_head_bytes: 8 * 1024,
+            header_read_timeout: std::time::Duration::from_secs(10),
+        }
     }
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves (then finish the requests in
 /// flight), like `axum::serve(…).with_graceful_shutdown(…)` with
 /// `into_make_service_with_connect_info::<SocketAddr>()`, plus a [`Sendfile`] handle
-/// in every request's extensions.
+/// in every request's extensions, with the default [`ConnLimits`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let app = router.layer(axum::middleware::map_request(|mut req: Request| async move {
-        if let Some(ConnectInfo(peer)) = req.extensions_mut().remove::<ConnectInfo<Peer>>() {
-            req.extensions_mut().insert(ConnectInfo(peer.addr));
-            req.extensions_mut().insert(peer.sendfile);
+    serve_with(listener, router, ConnLimits::default(), shutdown).await
+}
+
+/// [`serve`] with the given limits. HTTP/1 only (what iPXE, curl, `wwclient` and the
+/// peer heads speak).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_connections(Listener(listener), router, limits, shutdown).await
+}
+
+/// What every request of a connection carries besides itself (its extensions): the
+/// client's address as `ConnectInfo<SocketAddr>`, and whatever the listener adds (a
+/// [`Sendfile`] handle on plain TCP).
+pub trait Accepted: Clone + Send + Sync + 'static {
+    fn addr(&self) -> SocketAddr;
+    fn extend(&self, extensions: &mut axum::http::Extensions);
+}
+
+impl Accepted for Peer {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn extend(&self, extensions: &mut axum::http::Extensions) {
+        extensions.insert(ConnectInfo(self.addr));
+        extensions.insert(self.sendfile.clone());
+    }
+}
+
+/// [`serve_with`] over any listener (the HTTPS listener of `boot::http::tls` too), so
+/// every port a head serves boot routes on has the same [`ConnLimits`] and shutdown.
+pub async fn serve_connections<L>(
+    mut listener: L,
+    router: Router,
+    limits: ConnLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: Accepted,
+{
+    // As `axum::serve`: the shutdown signal drops a receiver (tasks see the sender
+    // closed); each connection task holds a receiver of `close` until it ends.
+    let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        drop(signal_rx);
+    });
+    let (close_tx, close_rx) = tokio::sync::watch::channel(());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_head_bytes);
+    let refused = Arc::new(crate::logging::EveryPer::<std::net::IpAddr>::new(
+        std::time::Duration::from_secs(10),
+    ));
+    loop {
+        let (conn, peer) = tokio::select! {
+            c = listener.accept() => c,
+            () = signal_tx.closed() => break,
+        };
+        let (router, http, signal_tx, close_rx, refused) = (
+            router.clone(),
+            http.clone(),
+            signal_tx.clone(),
+            close_rx.clone(),
+            refused.clone(),
+        );
+        let addr = peer.addr();
+        let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            peer.extend(req.extensions_mut());
+            let mut router = router.clone();
+            // A Router is always ready (axum's docs): no `poll_ready` needed.
+            tower::Service::call(&mut router, req)
+        });
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(http.serve_connection(hyper_util::rt::TokioIo::new(conn), svc));
+            let mut signal = std::pin::pin!(signal_tx.closed());
+            let mut stopping = false;
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    () = &mut signal, if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            if let Err(e) = result {
+                report(&e, addr, &limits, &refused);
+            }
+            drop(close_rx);
+        });
+    }
+    drop(close_rx);
+    drop(listener);
+    close_tx.closed().await;
+    Ok(())
+}
+
+/// The trace a connection's end leaves: an oversized head (a broken or hostile client)
+/// is logged, once per client per 10 s; a header timeout is also how an idle
+/// kept-alive connection ends, so it is only a debug line.
+fn report(
+    e: &hyper::Error,
+    client: SocketAddr,
+    limits: &ConnLimits,
+    refused: &crate::logging::EveryPer<std::net::IpAddr>,
+) {
+    if e.is_parse_too_large() {
+        if let Some(n) = refused.tick(&client.ip()) {
+            tracing::warn!(
+                client = %client.ip(),
+                refused_since_last_report = n,
+                "HTTP: request head (URI and headers) over {} bytes; answered 431 and closed the connection \
+                 (boot.http.max_head_bytes)",
+                limits.max_head_bytes
+            );
         }
-        req
-    }));
-    axum::serve(Listener(listener), app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    } else if e.is_timeout() {
+        tracing::debug!(
+            %client,
+            "HTTP: no complete request head within {} s; connection closed (boot.http.header_read_timeout_secs)",
+            limits.header_read_timeout.as_secs_f64()
+        );
+    } else {
+        tracing::debug!(%client, "HTTP connection ended: {e}");
+    }
 }
 
 #[cfg(test)]

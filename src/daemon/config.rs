@@ -364,6 +364,9 @@ pub struct Settings {
     pub ipxe_templates: Arc<IpxeTemplates>,
     /// Runtime overlays only to privileged source ports.
     pub secure: bool,
+    /// `boot.http`, validated: the per-client transfer limit and the HTTP listener's
+    /// connection limits.
+    pub boot_http: crate::boot::http::BootHttpConfig,
     /// Overlay builds, when enabled: the settings templates read, and the host root.
     pub overlays: Option<(crate::overlay::render::ServerConf, PathBuf)>,
     /// The `wwclient` binary to ship in the `wwclient` overlay (see `OverlaysConfig`).
@@ -460,6 +463,7 @@ impl TryFrom<HeadConfig> for Settings {
         } else {
             None
         };
+        c.boot.http.validate().map_err(|e| invalid("boot.http", &e))?;
         let ipxe_templates = IpxeTemplates::load(c.boot.http.ipxe_templates.as_deref())
             .map_err(|e| invalid("boot.http.ipxe_templates", &e))?;
         let overlays = if c.boot.overlays.enabled {
@@ -506,6 +510,7 @@ impl TryFrom<HeadConfig> for Settings {
             power: c.power.clone(),
             wwclient,
             secure: c.boot.http.secure,
+            boot_http: c.boot.http.clone(),
             overlays,
             http_advertise: c.http_advertise_addr(),
             https,
@@ -674,5 +679,38 @@ mod tests {
             "relative dest"
         );
         assert_eq!(m("/etc/a:b", None, false, false).bind_spec(root), None, "':' in a path");
+    }
+
+    #[test]
+    fn boot_limits_of_zero_are_config_errors_naming_the_setting() {
+        let base = "id: 1\ndata_dir: /nonexistent/wulfd\nadvertise: 127.0.0.1:9701\ninsecure: true\n";
+        let ok: HeadConfig = serde_yaml_ng::from_str(base).unwrap();
+        let s = Settings::try_from(ok).unwrap();
+        assert_eq!(s.boot_http.max_transfers_per_client, 8);
+        assert_eq!(s.boot_http.max_head_bytes, 8192);
+        assert_eq!(s.boot_http.header_read_timeout_secs, 10);
+        for (section, want) in [
+            (
+                "boot: {http: {max_transfers_per_client: 0}}",
+                "boot.http: max_transfers_per_client",
+            ),
+            ("boot: {http: {max_head_bytes: 0}}", "boot.http: max_head_bytes"),
+            (
+                "boot: {http: {header_read_timeout_secs: 0}}",
+                "boot.http: header_read_timeout_secs",
+            ),
+            (
+                "boot: {tftp: {enabled: true, max_transfers_per_client: 0}}",
+                "boot.tftp.max_transfers_per_client",
+            ),
+            (
+                "boot: {tftp: {enabled: true, idle_timeout_ms: 0}}",
+                "boot.tftp.idle_timeout_ms",
+            ),
+        ] {
+            let c: HeadConfig = serde_yaml_ng::from_str(&format!("{base}{section}\n")).unwrap();
+            let e = Settings::try_from(c).unwrap_err().to_string();
+            assert!(e.contains(want), "{section}: {e}");
+        }
     }
 }

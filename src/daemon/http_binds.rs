@@ -54,8 +54,9 @@ pub(super) fn wanted(
     out
 }
 
-/// Listen on [`wanted`] addresses until `stop`, serving `router` on each: plain HTTP,
-/// or HTTPS with `tls` (`https_listen: :PORT`, the same addresses at its port).
+/// Listen on [`wanted`] addresses until `stop`, serving `router` on each with the
+/// listener's connection limits: plain HTTP, or HTTPS with `tls` (`https_listen: :PORT`,
+/// the same addresses at its port).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn follow(
     view: ViewRx,
@@ -63,7 +64,7 @@ pub(super) async fn follow(
     port: u16,
     main: SocketAddr,
     fixed: Vec<(Ipv4Addr, String)>,
-    router: Router,
+    (router, limits): (Router, crate::cas::zerocopy::ConnLimits),
     tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) {
@@ -84,9 +85,10 @@ pub(super) async fn follow(
                     tracing::info!(%addr, "{what} also listening on {addr} ({why})");
                     match &tls {
                         None => {
-                            tokio::spawn(crate::cas::zerocopy::serve(
+                            tokio::spawn(crate::cas::zerocopy::serve_with(
                                 l,
                                 router.clone(),
+                                limits,
                                 token.clone().cancelled_owned(),
                             ));
                         }
@@ -95,6 +97,7 @@ pub(super) async fn follow(
                                 l,
                                 config.clone(),
                                 router.clone(),
+                                limits,
                                 token.clone(),
                             ));
                         }

@@ -252,7 +252,7 @@ impl Head {
                 port,
                 main,
                 dhcp_addrs.clone(),
-                http_router.clone(),
+                (http_router.clone(), cfg.boot_http.conn_limits()),
                 None,
                 stop.clone(),
             ));
@@ -270,6 +270,7 @@ impl Head {
                 l,
                 config.clone(),
                 http_router.clone(),
+                cfg.boot_http.conn_limits(),
                 stop.child_token(),
             ));
             if let Some(port) = h.follow {
@@ -279,15 +280,16 @@ impl Head {
                     port,
                     main,
                     dhcp_addrs,
-                    http_router.clone(),
+                    (http_router.clone(), cfg.boot_http.conn_limits()),
                     Some(config),
                     stop.clone(),
                 ));
             }
         }
-        let http = tokio::spawn(crate::cas::zerocopy::serve(
+        let http = tokio::spawn(crate::cas::zerocopy::serve_with(
             listeners.http,
             http_router,
+            cfg.boot_http.conn_limits(),
             stop.clone().cancelled_owned(),
         ));
 
@@ -542,6 +544,11 @@ fn boot_http_state(
     let artifacts = artifacts.clone();
     b.on_missing_blob = Some(Arc::new(move |d| artifacts.want(d)));
     b.allow = Some(boot_allow(cfg, view));
+    b.per_client = Some(crate::boot::limit::PerClient::new(
+        cfg.boot_http.max_transfers_per_client,
+        "HTTP boot",
+        "boot.http.max_transfers_per_client",
+    ));
     b
 }
 

@@ -28,6 +28,7 @@ mod tftp_client;
 mod allow;
 mod artifacts;
 mod boot_http;
+mod boot_limits;
 mod chaos_bootcheck;
 mod chaos_checker;
 mod cli;

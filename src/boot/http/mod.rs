@@ -69,16 +69,80 @@ pub struct BootHttpConfig {
     /// Warewulf's secure mode: the runtime overlay (it holds keys) only to requests
     /// from a privileged source port (< 1024), as `wwclient` sends them. Default true.
     pub secure: bool,
+    /// Boot requests in flight (a response still being sent) from one client address;
+    /// beyond: 503 with `Retry-After` ([`crate::boot::limit`]). Default 8.
+    pub max_transfers_per_client: usize,
+    /// Request line and headers, in bytes, on the head's HTTP listener; beyond: 431.
+    /// Default 8192 (8 KiB).
+    pub max_head_bytes: usize,
+    /// Seconds a connection has to send a complete request head (slowloris); then it
+    /// is closed. Default 10.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for BootHttpConfig {
     fn default() -> Self {
+        let conn = crate::cas::zerocopy::ConnLimits::default();
         BootHttpConfig {
             ipxe_templates: None,
             secure: true,
+            max_transfers_per_client: 8,
+            max_head_bytes: conn.max_head_bytes,
+            header_read_timeout_secs: conn.header_read_timeout.as_secs(),
         }
     }
 }
+
+/// A `boot.http` value that would make a useless server.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct BootHttpConfigError {
+    pub field: &'static str,
+    pub why: String,
+}
+
+impl BootHttpConfig {
+    /// Check the limits (zero would refuse every request or close every connection).
+    pub fn validate(&self) -> Result<(), BootHttpConfigError> {
+        let bad = |field: &'static str, why: &str| {
+            Err(BootHttpConfigError {
+                field,
+                why: why.to_owned(),
+            })
+        };
+        if self.max_transfers_per_client == 0 {
+            return bad(
+                "max_transfers_per_client",
+                "0 would refuse every boot request; the default is 8",
+            );
+        }
+        if self.max_head_bytes < 1024 {
+            return bad(
+                "max_head_bytes",
+                "below 1024 bytes even a plain iPXE request would be refused; the default is 8192",
+            );
+        }
+        if self.header_read_timeout_secs == 0 {
+            return bad(
+                "header_read_timeout_secs",
+                "0 would close every connection before its request; the default is 10",
+            );
+        }
+        Ok(())
+    }
+
+    /// The listener's connection limits.
+    pub fn conn_limits(&self) -> crate::cas::zerocopy::ConnLimits {
+        crate::cas::zerocopy::ConnLimits {
+            max_head_bytes: self.max_head_bytes,
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+        }
+    }
+}
+
+/// `Retry-After` of a 503 for too many transfers: about the time a node's smaller
+/// files take, so a well-behaved client comes back when one has likely ended.
+pub const RETRY_AFTER_SECS: u64 = 5;
 
 /// Called with a blob a boot request needed but this head lacks (or had corrupt):
 /// the daemon starts a peer fetch (`cas::http::fetch_from_peers`).
@@ -106,6 +170,9 @@ pub struct BootHttp {
     pub liveness: Option<Arc<crate::boot::liveness::Liveness>>,
     /// Which clients the boot routes answer (`boot::allow`); None: everyone.
     pub allow: Option<Arc<crate::boot::allow::Allow>>,
+    /// Transfers in flight per client (`boot.http.max_transfers_per_client`); None: no
+    /// limit.
+    pub per_client: Option<Arc<crate::boot::limit::PerClient>>,
 }
 
 impl std::fmt::Debug for BootHttp {
@@ -132,6 +199,7 @@ impl BootHttp {
             secure: true,
             liveness: None,
             allow: None,
+            per_client: None,
         }
     }
 }
@@ -300,6 +368,7 @@ const STAGE_ROUTES: [&str; 9] = [
 /// records client addresses (without it they show as `0.0.0.0`).
 pub fn router(state: BootHttp) -> Router {
     let allow = state.allow.clone();
+    let per_client = state.per_client.clone();
     let shared = Arc::new(Shared {
         verifier: Verifier::new(state.cas.clone()),
         boot: state,
@@ -313,7 +382,12 @@ pub fn router(state: BootHttp) -> Router {
             .route(&format!("/{s}"), get(handle))
             .route(&format!("/{s}/{{wwid}}"), get(handle));
     }
-    let r = r.with_state(shared);
+    let mut r = r.with_state(shared);
+    // Added before the allow check, so it runs after it: a client outside the racks
+    // gets its 403 and takes no place.
+    if let Some(l) = per_client {
+        r = r.route_layer(axum::middleware::from_fn_with_state(l, limit_transfers));
+    }
     match allow {
         None => r,
         Some(a) => r.route_layer(axum::middleware::from_fn(
@@ -329,6 +403,63 @@ pub fn router(state: BootHttp) -> Router {
                 }
             },
         )),
+    }
+}
+
+/// One place of the client's ([`crate::boot::limit`]) for the request and its response
+/// body: the place is given back when the body has been sent or dropped (a client
+/// leaving mid-transfer, a HEAD request).
+async fn limit_transfers(
+    State(l): State<Arc<crate::boot::limit::PerClient>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // Served without connect info (never by the head), the client is unknown: no limit.
+    let Some(ip) = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) else {
+        return next.run(req).await;
+    };
+    let Some(slot) = l.acquire(ip) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()),
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            ],
+            format!(
+                "too many transfers from this client (at most {} at once); retry when one ends\n",
+                l.max()
+            ),
+        )
+            .into_response();
+    };
+    let (parts, body) = next.run(req).await.into_parts();
+    Response::from_parts(parts, Body::new(Held { body, _slot: slot }))
+}
+
+/// A response body holding its client's place until it is done.
+struct Held {
+    body: Body,
+    _slot: crate::boot::limit::Slot,
+}
+
+impl hyper::body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        // Frames pass as they are (zero-copy placeholders keep their address).
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

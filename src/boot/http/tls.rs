@@ -15,76 +15,69 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Request};
-use axum::serve::IncomingStream;
+use axum::extract::ConnectInfo;
 use axum::Router;
 use futures::StreamExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::cas::zerocopy::{serve_connections, Accepted, ConnLimits};
 use crate::pki::tls::{incoming, TlsConn};
 
-/// Finished TLS connections, as axum's `serve` takes them.
+/// Finished TLS connections, as [`serve_connections`] takes them.
 struct TlsListener {
     conns: std::pin::Pin<Box<dyn futures::Stream<Item = io::Result<TlsConn>> + Send>>,
     local: SocketAddr,
 }
 
+/// The client's address (no zero-copy handle: bodies go through rustls).
+#[derive(Clone, Copy, Debug)]
+struct NodePeer(SocketAddr);
+
+impl Accepted for NodePeer {
+    fn addr(&self) -> SocketAddr {
+        self.0
+    }
+
+    fn extend(&self, extensions: &mut axum::http::Extensions) {
+        extensions.insert(ConnectInfo(self.0));
+    }
+}
+
 impl axum::serve::Listener for TlsListener {
     type Io = TlsConn;
-    type Addr = SocketAddr;
+    type Addr = NodePeer;
 
-    async fn accept(&mut self) -> (TlsConn, SocketAddr) {
+    async fn accept(&mut self) -> (TlsConn, NodePeer) {
         loop {
             match self.conns.next().await {
                 Some(Ok(c)) => {
                     let remote = c.peer().remote.unwrap_or(self.local);
-                    return (c, remote);
+                    return (c, NodePeer(remote));
                 }
                 // The accept loop logs its own errors and goes on.
                 Some(Err(_)) => continue,
-                // Stopped: no more connections; `serve`'s graceful shutdown ends it.
+                // Stopped: no more connections; the server's shutdown ends it.
                 None => std::future::pending::<()>().await,
             }
         }
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-/// The client's address, as the boot routes read it (`ConnectInfo<SocketAddr>`).
-#[derive(Clone, Copy, Debug)]
-struct NodePeer(SocketAddr);
-
-impl Connected<IncomingStream<'_, TlsListener>> for NodePeer {
-    fn connect_info(s: IncomingStream<'_, TlsListener>) -> Self {
-        NodePeer(*s.remote_addr())
+    fn local_addr(&self) -> io::Result<NodePeer> {
+        Ok(NodePeer(self.local))
     }
 }
 
 /// Serve `router` over TLS (`config`: [`crate::pki::tls::node_server_config`]) on
-/// `listener` until `stop`.
+/// `listener` until `stop`, with the same request-head limits as plain HTTP.
 pub async fn serve_tls(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     router: Router,
+    limits: ConnLimits,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
     let conns = Box::pin(incoming(listener, config, stop.clone()));
-    let app = router.layer(axum::middleware::map_request(|mut req: Request| async move {
-        if let Some(ConnectInfo(NodePeer(addr))) = req.extensions_mut().remove::<ConnectInfo<NodePeer>>() {
-            req.extensions_mut().insert(ConnectInfo(addr));
-        }
-        req
-    }));
-    axum::serve(
-        TlsListener { conns, local },
-        app.into_make_service_with_connect_info::<NodePeer>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await
+    serve_connections(TlsListener { conns, local }, router, limits, stop.cancelled_owned()).await
 }

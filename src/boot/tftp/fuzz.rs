@@ -22,6 +22,9 @@ fn limits() -> Limits {
         timeout: Duration::from_millis(200),
         max_send_retries: 1,
         max_transfers: 64,
+        // All hostile clients share 127.0.0.1; the per-client cap has tests of its own.
+        max_per_client: 64,
+        idle_timeout: Duration::from_secs(1),
     }
 }
 

@@ -64,6 +64,14 @@ pub struct TftpConfig {
     /// Transfers at once (each has a thread); requests beyond are dropped and the
     /// clients retransmit them.
     pub max_transfers: usize,
+    /// Transfers at once from one client address (a PXE ROM fetches one file at a
+    /// time); a request beyond gets an ERROR packet "too many transfers from this
+    /// client" and a warning is logged (once per client per 10 s).
+    pub max_transfers_per_client: usize,
+    /// A transfer whose client acknowledges nothing for this long ends with an ERROR
+    /// packet, whatever retransmit `timeout` the client asked for (RFC 2349 allows
+    /// 255 s, times `max_send_retries`).
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for TftpConfig {
@@ -79,6 +87,8 @@ impl Default for TftpConfig {
             memory_budget: 128 << 20,
             max_send_retries: 20,
             max_transfers: 512,
+            max_transfers_per_client: 4,
+            idle_timeout_ms: 60_000,
         }
     }
 }
@@ -115,6 +125,18 @@ impl TftpConfig {
         }
         if self.max_transfers == 0 {
             return bad("max_transfers", "0 would serve nobody".into());
+        }
+        if self.max_transfers_per_client == 0 {
+            return bad("max_transfers_per_client", "0 would serve nobody".into());
+        }
+        if self.idle_timeout_ms < self.timeout_ms {
+            return bad(
+                "idle_timeout_ms",
+                format!(
+                    "{} is below timeout_ms ({}): transfers would end before their first retransmission",
+                    self.idle_timeout_ms, self.timeout_ms
+                ),
+            );
         }
         Ok(())
     }
@@ -187,6 +209,8 @@ pub async fn run(
         timeout: Duration::from_millis(cfg.timeout_ms),
         max_send_retries: cfg.max_send_retries,
         max_transfers: cfg.max_transfers,
+        max_per_client: cfg.max_transfers_per_client,
+        idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
     };
     /// Stops the threads however `run` ends (shutdown, error, or its future dropped).
     struct StopOnDrop(Arc<AtomicBool>);
@@ -240,6 +264,9 @@ mod tests {
             ("max_window_size: 0", "max_window_size"),
             ("timeout_ms: 0", "timeout_ms"),
             ("max_transfers: 0", "max_transfers"),
+            ("max_transfers_per_client: 0", "max_transfers_per_client"),
+            ("idle_timeout_ms: 0", "idle_timeout_ms"),
+            ("timeout_ms: 5000\nidle_timeout_ms: 4000", "idle_timeout_ms"),
         ] {
             let c: TftpConfig = serde_yaml_ng::from_str(yaml).unwrap();
             match c.validate() {

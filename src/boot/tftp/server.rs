@@ -16,7 +16,10 @@
 //!   `recv`, nothing else (no lock, no timer: the socket's receive timeout is set once).
 //!   Threads are few and cheap here (PXE ROMs fetch one ~1 MB binary each; 256 KiB
 //!   stacks), and their number is capped ([`Limits::max_transfers`]): beyond it a
-//!   request is dropped and the firmware retransmits it.
+//!   request is dropped and the firmware retransmits it. One client address holds at
+//!   most [`Limits::max_per_client`] of them (beyond: an ERROR packet, so one client
+//!   cannot take the rack's threads), and a transfer whose client acknowledges nothing
+//!   for [`Limits::idle_timeout`] ends, whatever retransmit timeout it asked for.
 //! - **No copy of the data in user space.** A block is sent as two I/O vectors, the
 //!   4-byte header and the bytes where they already are: the in-memory copy of a small
 //!   file ([`super::root::Source::Memory`], every iPXE binary), or, for a large file, a
@@ -82,6 +85,12 @@ pub struct Limits {
     pub max_send_retries: u32,
     /// Transfers at once; requests beyond are dropped (the client retransmits).
     pub max_transfers: usize,
+    /// Transfers at once from one client address; requests beyond are refused with an
+    /// ERROR packet ([`crate::boot::limit`]).
+    pub max_per_client: usize,
+    /// A transfer whose client acknowledges nothing for this long ends, whatever
+    /// retransmit timeout the client asked for (up to 255 s, RFC 2349).
+    pub idle_timeout: Duration,
 }
 
 /// A parsed request.
@@ -209,6 +218,8 @@ pub(crate) fn serve(
     let local_ip = sock.local_addr()?.ip();
     let root = Arc::new(Mutex::new(root));
     let active: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let per_client =
+        crate::boot::limit::PerClient::new(limits.max_per_client, "TFTP", "boot.tftp.max_transfers_per_client");
     let mut last_busy_warning: Option<Instant> = None;
     let mut buf = vec![0u8; 4096];
     while !stop.load(Ordering::Relaxed) {
@@ -252,6 +263,23 @@ pub(crate) fn serve(
                     }
                     continue;
                 }
+                // One client cannot hold the threads the rack needs: an answer the
+                // firmware shows (code 0, RFC 1350's "see message"), not a silent drop.
+                let Some(slot) = per_client.acquire(peer.ip()) else {
+                    drop(a);
+                    reply_error(
+                        local_ip,
+                        peer,
+                        &ErrorPacket::new(
+                            0,
+                            format!(
+                                "too many transfers from this client (at most {} at once); retry when one ends",
+                                limits.max_per_client
+                            ),
+                        ),
+                    );
+                    continue;
+                };
                 a.insert(peer);
                 drop(a);
                 let t = Transfer {
@@ -271,6 +299,7 @@ pub(crate) fn serve(
                     .spawn(move || {
                         t.run();
                         done.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+                        drop(slot);
                     });
                 if let Err(e) = spawned {
                     tracing::warn!(client = %peer, "TFTP: cannot start a transfer thread: {e}");
@@ -349,8 +378,19 @@ impl Transfer {
         let mut w = Wire {
             sock: &sock,
             timeout,
+            idle: self.limits.idle_timeout,
+            idle_deadline: started + self.limits.idle_timeout,
             stop: &self.stop,
             buf: [0u8; 516],
+        };
+        let idle_error = || {
+            ErrorPacket::new(
+                0,
+                format!(
+                    "no acknowledgement for {} s; transfer abandoned",
+                    self.limits.idle_timeout.as_secs_f64()
+                ),
+            )
         };
 
         // RFC 2347: options granted → OACK, acknowledged with block 0.
@@ -365,6 +405,10 @@ impl Transfer {
                     Waited::Acked(_) => {
                         acked = true;
                         break;
+                    }
+                    Waited::Timeout if w.is_idle() => {
+                        send_error(idle_error());
+                        return self.log_end("idle (boot.tftp.idle_timeout_ms)", 0, started);
                     }
                     Waited::Timeout => continue,
                     Waited::Over(why) => return self.log_end(&why, 0, started),
@@ -401,6 +445,10 @@ impl Transfer {
                 Waited::Acked(next) => {
                     base = next;
                     retries = 0;
+                }
+                Waited::Timeout if w.is_idle() => {
+                    send_error(idle_error());
+                    return self.log_end("idle (boot.tftp.idle_timeout_ms)", base, started);
                 }
                 Waited::Timeout => {
                     retries += 1;
@@ -445,17 +493,25 @@ fn wire(i: u64) -> u16 {
 struct Wire<'a> {
     sock: &'a UdpSocket,
     timeout: Duration,
+    /// How long the client may acknowledge nothing, and until when it may now.
+    idle: Duration,
+    idle_deadline: Instant,
     stop: &'a AtomicBool,
     buf: [u8; 516],
 }
 
 impl Wire<'_> {
+    /// The client has acknowledged nothing for the idle timeout.
+    fn is_idle(&self) -> bool {
+        Instant::now() >= self.idle_deadline
+    }
+
     /// Wait for an ACK of one of the `len` blocks from index `base` (`base` =
     /// `u64::MAX`: the OACK, acknowledged as block 0). Other packets, duplicate and
     /// stale ACKs are ignored until the timeout.
     fn wait_ack(&mut self, base: u64, len: u64) -> Waited {
         let first = if base == u64::MAX { 0 } else { wire(base) };
-        let deadline = Instant::now() + self.timeout;
+        let deadline = (Instant::now() + self.timeout).min(self.idle_deadline);
         // Bounded: at most one packet per iteration, and the deadline ends it.
         for _ in 0..1_000_000 {
             if self.stop.load(Ordering::Relaxed) {
@@ -468,6 +524,7 @@ impl Wire<'_> {
                     if op == ACK {
                         let off = u64::from(num.wrapping_sub(first));
                         if off < len {
+                            self.idle_deadline = Instant::now() + self.idle;
                             return Waited::Acked(if base == u64::MAX { 0 } else { base + off + 1 });
                         }
                     } else if op == ERROR {

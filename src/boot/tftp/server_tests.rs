@@ -35,6 +35,8 @@ fn limits() -> Limits {
         timeout: Duration::from_secs(3),
         max_send_retries: 20,
         max_transfers: 64,
+        max_per_client: 64,
+        idle_timeout: Duration::from_secs(60),
     }
 }
 
@@ -415,4 +417,69 @@ fn stopping_ends_the_server_and_its_transfers() {
     s.set_read_timeout(Some(Duration::from_millis(3500))).unwrap();
     let retransmits = std::iter::from_fn(|| s.recv_from(&mut buf).ok()).take(3).count();
     assert_eq!(retransmits, 0, "no retransmission after the stop (the timeout is 3 s)");
+}
+
+#[test]
+fn a_client_over_its_limit_gets_an_error_and_a_place_when_one_ends() {
+    let srv = start(
+        &[("f", data(2000))],
+        1 << 20,
+        Limits {
+            max_per_client: 2,
+            ..limits()
+        },
+    );
+    // Two transfers held open (no ACK yet), from two ports of the same address.
+    let held: Vec<(UdpSocket, SocketAddr)> = (0..2)
+        .map(|_| {
+            let c = client();
+            c.send_to(&rrq("f", "octet", &[]), srv.addr).unwrap();
+            let mut buf = [0u8; 1024];
+            let (_, tid) = c.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..4], &[0, 3, 0, 1]);
+            (c, tid)
+        })
+        .collect();
+    let (op, code, msg) = answer(srv.addr, &rrq("f", "octet", &[]));
+    assert_eq!((op, code), (ERROR, 0));
+    assert!(msg.contains("too many transfers from this client"), "{msg}");
+    // One of them ends (the client says so): the next request is served.
+    let (c, tid) = &held[0];
+    c.send_to(&ErrorPacket::new(0, "done").encode(), *tid).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (op, _, _) = answer(srv.addr, &rrq("f", "octet", &[]));
+        if op == DATA {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_silent_client_is_dropped_after_the_idle_timeout_whatever_timeout_it_asked() {
+    let srv = start(
+        &[("f", data(3000))],
+        1 << 20,
+        Limits {
+            idle_timeout: Duration::from_secs(1),
+            ..limits()
+        },
+    );
+    let s = client();
+    // timeout=255: without the idle bound the server would wait 255 s per retry.
+    s.send_to(&rrq("f", "octet", &[("timeout", "255")]), srv.addr).unwrap();
+    let mut buf = [0u8; 2048];
+    let t = Instant::now();
+    let (_, tid) = s.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..2], &[0, OACK as u8]);
+    ack(&s, tid, 0);
+    s.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..4], &[0, 3, 0, 1]);
+    // No more ACKs: an error within about a second of the last one.
+    let (n, _) = s.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..4], &[0, ERROR as u8, 0, 0], "{:?}", &buf[..n]);
+    assert!(String::from_utf8_lossy(&buf[4..n]).contains("no acknowledgement"));
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }
