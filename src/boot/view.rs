@@ -74,6 +74,14 @@ pub struct BootView {
 impl BootView {
     /// Build a view from the replicated state at `applied`.
     pub fn from_state(s: &State, applied: u64) -> BootView {
+        BootView::from_state_reusing(s, applied, None)
+    }
+
+    /// [`BootView::from_state`], taking from `prev` every merged node whose node and
+    /// profile versions are unchanged (the same `Arc`, not a copy): a rebuild after a
+    /// write merges only what the write changed, and consecutive views share the rest,
+    /// so a head holds one copy of its merged nodes however often it republishes.
+    pub fn from_state_reusing(s: &State, applied: u64, prev: Option<&BootView>) -> BootView {
         let profiles: BTreeMap<String, NodeConf> =
             s.profiles.iter().map(|(n, v)| (n.clone(), v.value.clone())).collect();
         let mut view = BootView {
@@ -113,21 +121,6 @@ impl BootView {
         }
         view.nodes_version = model::Digest::of(&versions);
         for (name, v) in &s.nodes {
-            let conf = match model::merge_effective(name, &v.value, &profiles) {
-                Ok(c) => c,
-                Err(e) => {
-                    view.broken.insert(name.clone(), e.to_string());
-                    continue;
-                }
-            };
-            for d in conf.network_devices.values() {
-                if let Some(mac) = d.hwaddr.as_deref().and_then(|h| model::normalize_mac(h).ok()) {
-                    view.by_mac.insert(mac, name.clone());
-                }
-                if let Some(ip) = d.ipaddr.as_deref().and_then(|i| i.parse::<Ipv4Addr>().ok()) {
-                    view.by_ip.insert(ip, name.clone());
-                }
-            }
             let mut version = Vec::with_capacity(64);
             version.extend_from_slice(&v.version.to_le_bytes());
             for p in model::expand_profiles(name, &v.value, &profiles).unwrap_or_default() {
@@ -136,14 +129,34 @@ impl BootView {
                 let pv = s.profiles.get(p).map(|p| p.version).unwrap_or(0);
                 version.extend_from_slice(&pv.to_le_bytes());
             }
-            view.nodes.insert(
-                name.clone(),
-                Arc::new(BootNode {
-                    name: name.clone(),
-                    conf,
-                    version: model::Digest::of(&version),
-                }),
-            );
+            let version = model::Digest::of(&version);
+            let reused = prev
+                .and_then(|p| p.nodes.get(name))
+                .filter(|n| n.version == version)
+                .cloned();
+            let node = match reused {
+                Some(n) => n,
+                None => match model::merge_effective(name, &v.value, &profiles) {
+                    Ok(conf) => Arc::new(BootNode {
+                        name: name.clone(),
+                        conf,
+                        version,
+                    }),
+                    Err(e) => {
+                        view.broken.insert(name.clone(), e.to_string());
+                        continue;
+                    }
+                },
+            };
+            for d in node.conf.network_devices.values() {
+                if let Some(mac) = d.hwaddr.as_deref().and_then(|h| model::normalize_mac(h).ok()) {
+                    view.by_mac.insert(mac, name.clone());
+                }
+                if let Some(ip) = d.ipaddr.as_deref().and_then(|i| i.parse::<Ipv4Addr>().ok()) {
+                    view.by_ip.insert(ip, name.clone());
+                }
+            }
+            view.nodes.insert(name.clone(), node);
         }
         view
     }
@@ -347,10 +360,19 @@ pub type ViewRx = watch::Receiver<Arc<BootView>>;
 /// of 10,000 nodes never holds up Raft applies.
 pub fn publish_for(sm: &crate::store::StateMachineStore<crate::raft::TypeConfig, State>) -> ViewRx {
     let reader = sm.reader();
+    // The last view built: its unchanged nodes go into the next one as they are. Built
+    // under the state's read lock without copying the state (a copy of 10,000 nodes is
+    // ~50 MiB, and freed copies stay in the heap as fragmentation): the lock is held for
+    // the merge of what changed, the rest is a version check per node.
+    let last: std::sync::Mutex<Option<Arc<BootView>>> = std::sync::Mutex::new(None);
     publish(
         move || {
-            let (s, applied) = reader.read_with_applied(|s, a| (s.clone(), a.map(|l| l.index).unwrap_or(0)));
-            BootView::from_state(&s, applied)
+            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+            let view = Arc::new(reader.read_with_applied(|s, a| {
+                BootView::from_state_reusing(s, a.map(|l| l.index).unwrap_or(0), last.as_deref())
+            }));
+            *last = Some(view.clone());
+            view
         },
         sm.applied_watch(),
         Duration::from_millis(100),
@@ -361,12 +383,12 @@ pub fn publish_for(sm: &crate::store::StateMachineStore<crate::raft::TypeConfig,
 /// per `every` and never more often than twice the last rebuild's duration (a
 /// burst of writes costs one rebuild, not one per write).
 pub fn publish(
-    read: impl Fn() -> BootView + Send + 'static,
+    read: impl Fn() -> Arc<BootView> + Send + 'static,
     mut applied: watch::Receiver<u64>,
     every: Duration,
 ) -> ViewRx {
     let first = read();
-    let (tx, rx) = watch::channel(Arc::new(first));
+    let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {
         let mut last_build = Duration::ZERO;
         loop {
@@ -381,7 +403,7 @@ pub fn publish(
             let started = std::time::Instant::now();
             let view = read();
             last_build = started.elapsed();
-            if tx.send(Arc::new(view)).is_err() {
+            if tx.send(view).is_err() {
                 return;
             }
         }
@@ -547,6 +569,55 @@ nodes:
     }
 
     #[test]
+    fn a_rebuild_shares_unchanged_nodes_and_merges_changed_ones() {
+        let mut s = state();
+        let v1 = BootView::from_state(&s, 1);
+        let same = BootView::from_state_reusing(&s, 1, Some(&v1));
+        assert!(Arc::ptr_eq(&v1.nodes["n1"], &same.nodes["n1"]));
+        assert!(Arc::ptr_eq(&v1.nodes["spare"], &same.nodes["spare"]));
+        let import = |s: &mut State, idx: u64, yaml: &str| {
+            let conf = model::parse_nodes_conf(yaml).unwrap();
+            let r = s.apply(
+                idx,
+                &Request {
+                    audit: None,
+                    id: None,
+                    cmd: Command::Import { conf },
+                },
+            );
+            assert!(r.0.is_ok(), "{r:?}");
+        };
+        // One node changed: it alone is merged again, with the new value.
+        import(
+            &mut s,
+            2,
+            "nodes:\n  spare: {profiles: [default], discoverable: true, comment: changed}\n",
+        );
+        let v2 = BootView::from_state_reusing(&s, 2, Some(&v1));
+        assert!(Arc::ptr_eq(&v1.nodes["n1"], &v2.nodes["n1"]));
+        assert!(!Arc::ptr_eq(&v1.nodes["spare"], &v2.nodes["spare"]));
+        assert_eq!(v2.nodes["spare"].conf.comment.as_deref(), Some("changed"));
+        assert_eq!(
+            v2.node_by_mac("aa:bb:cc:dd:ee:01").unwrap().name,
+            "n1",
+            "indexes of shared nodes"
+        );
+        // A profile changed: every node using it is merged again, and equals a fresh build.
+        import(
+            &mut s,
+            3,
+            "nodeprofiles:\n  default: {image name: rocky10, network devices: {default: {netmask: 255.255.255.0}}}\n",
+        );
+        let v3 = BootView::from_state_reusing(&s, 3, Some(&v2));
+        let fresh = BootView::from_state(&s, 3);
+        for n in ["n1", "spare"] {
+            assert!(!Arc::ptr_eq(&v2.nodes[n], &v3.nodes[n]), "{n}");
+            assert_eq!(v3.nodes[n], fresh.nodes[n], "{n}");
+            assert_eq!(v3.nodes[n].conf.image_name.as_deref(), Some("rocky10"));
+        }
+    }
+
+    #[test]
     fn lookups_by_mac_ip_and_wwid_see_merged_nodes() {
         let v = BootView::from_state(&state(), 1);
         let n = v.node_by_mac("aa-bb-cc-dd-ee-01").expect("any MAC notation");
@@ -568,7 +639,7 @@ nodes:
         let mut rx = publish(
             move || {
                 let s = s2.lock().unwrap();
-                BootView::from_state(&s, 0)
+                Arc::new(BootView::from_state(&s, 0))
             },
             arx,
             Duration::from_millis(10),
