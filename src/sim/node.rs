@@ -546,6 +546,13 @@ async fn refresh(env: &Env, n: &mut SimNode, b: &Booted, rec: &mut NodeRecord) {
         let mut r = RefreshRecord::default();
         let mut last = String::from("no head configured");
         for head in &b.agent.heads {
+            if head.tls {
+                // Simulated nodes speak plain HTTP only: a head listed as https://
+                // (`https_listen`) is a failed head here, named as such.
+                r.failed_heads += 1;
+                last = format!("{}: wwsim does not speak HTTPS (https_listen); not simulated", head.url);
+                continue;
+            }
             let url = format!("http://{}{}{}", head.authority, head.prefix, path);
             let req = Get {
                 url: &url,
