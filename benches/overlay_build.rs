@@ -1,6 +1,11 @@
-//! Per-node overlay builds (issue 9): system + runtime overlays for N nodes with
-//! Warewulf's default overlay lists, through the same path a head uses (replicated
-//! catalog → boot view → `BootOverlays`), on every core.
+//! Per-node overlay builds (issue 9): system + runtime overlays for N nodes with the
+//! `default` profile a new cluster gets (Warewulf 4.7's shipped one) plus `syncuser`,
+//! through the same path a head uses (replicated catalog → boot view →
+//! `BootOverlays`), on every core.
+//!
+//! - **Comparisons in the same run**: the cold build again with every per-node template
+//!   rendered for each node (no outputs shared by input), then also with node parts
+//!   deflated at level 6 (the builder as it was); sampled archives must be identical.
 //!
 //! - **Cold build** of every node (what `wwctl overlay build` does), against the anchor:
 //!   Warewulf's published figure after its fix, about 13 s per 1,000 nodes (PR #1604),
