@@ -1,6 +1,11 @@
-//! Per-node overlay builds (issue 9): system + runtime overlays for N nodes with
-//! Warewulf's default overlay lists, through the same path a head uses (replicated
-//! catalog → boot view → `BootOverlays`), on every core.
+//! Per-node overlay builds (issue 9): system + runtime overlays for N nodes with the
+//! `default` profile a new cluster gets (Warewulf 4.7's shipped one) plus `syncuser`,
+//! through the same path a head uses (replicated catalog → boot view →
+//! `BootOverlays`), on every core.
+//!
+//! - **Comparisons in the same run**: the cold build again with every per-node template
+//!   rendered for each node (no outputs shared by input), then also with node parts
+//!   deflated at level 6 (the builder as it was); sampled archives must be identical.
 //!
 //! - **Cold build** of every node (what `wwctl overlay build` does), against the anchor:
 //!   Warewulf's published figure after its fix, about 13 s per 1,000 nodes (PR #1604),
@@ -67,10 +72,15 @@ fn accounts(n: usize, tag: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Warewulf 4.7's default profile lists (`debian.interfaces` is `ifupdown` here);
-/// `syncuser` reads the image.
-const SYSTEM: &str = "wwinit,wwclient,fstab,hostname,ssh.host_keys,issue,resolv,udev.netname,systemd.netname,ifcfg,NetworkManager,ifupdown,wicked,ignition";
-const RUNTIME: &str = "hosts,ssh.authorized_keys,syncuser";
+/// The `default` profile a new cluster gets (Warewulf 4.7's shipped one, from the one
+/// source `wwctl genconfig defaults` prints), with the node image, and `syncuser` added
+/// to its runtime overlays as `upgrade nodes --add-defaults` has it: it reads the image.
+fn default_profile() -> wulfpack::model::NodeConf {
+    let mut p = wulfpack::model::default_profile();
+    p.image_name = Some("rocky9".into());
+    p.runtime_overlay.push("syncuser".into());
+    p
+}
 
 fn rss_mib() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -82,9 +92,7 @@ fn rss_mib() -> f64 {
 }
 
 fn nodes_conf(n: usize) -> String {
-    let mut y = format!(
-        "nodeprofiles:\n  default:\n    system overlay: [{SYSTEM}]\n    runtime overlay: [{RUNTIME}]\n    image name: rocky9\n    kernel:\n      args: [quiet]\nnodes:\n"
-    );
+    let mut y = "nodes:\n".to_string();
     for i in 0..n {
         y.push_str(&format!(
             "  n{i:05}:\n    profiles: [default]\n    network devices:\n      default:\n        device: eth0\n        hwaddr: 02:00:00:{:02x}:{:02x}:{:02x}\n        ipaddr: 10.{}.{}.{}\n        netmask: 255.0.0.0\n",
@@ -182,7 +190,8 @@ impl Rig {
                 expect: Some(0),
             }),
         );
-        let conf = wulfpack::model::parse_nodes_conf(&nodes_conf(n)).unwrap();
+        let mut conf = wulfpack::model::parse_nodes_conf(&nodes_conf(n)).unwrap();
+        conf.nodeprofiles.insert("default".into(), default_profile());
         rig.apply(&mut state, Command::Import { conf });
         rig.state = state;
         rig
@@ -239,6 +248,38 @@ fn main() {
     let rss1 = rss_mib();
     let stats = ov.builder().stats();
     let image_reads = images.stats();
+
+    // The same cold build with every per-node template rendered for each node (as
+    // before outputs were shared by their inputs), and then also node parts deflated at
+    // level 6 (as before): the comparisons, in the same run; and a check that sharing
+    // outputs gives the same bytes.
+    let (plain, _) = rig.overlays();
+    plain.builder().set_group_outputs(false);
+    let t = Instant::now();
+    let rp = build_all(&plain, &view, &[]);
+    let cold_plain = t.elapsed().as_secs_f64();
+    assert!(rp.failed.is_empty(), "{:?}", &rp.failed[..rp.failed.len().min(3)]);
+    let plain_renders = plain.builder().stats().renders;
+    for node in view.nodes.values().step_by((n / 7).max(1)) {
+        for kind in [OverlayKind::System, OverlayKind::Runtime] {
+            assert_eq!(
+                ov.build(&view, node, kind).unwrap().to_vec(),
+                plain.build(&view, node, kind).unwrap().to_vec(),
+                "{} {kind:?}: shared outputs changed the archive",
+                node.name
+            );
+        }
+    }
+    drop(plain);
+    let (old, _) = rig.overlays();
+    old.builder().set_group_outputs(false);
+    old.builder().set_node_level(6);
+    let t = Instant::now();
+    let ro = build_all(&old, &view, &[]);
+    let cold_old = t.elapsed().as_secs_f64();
+    assert!(ro.failed.is_empty());
+    let (old_bytes, new_bytes) = (ro.bytes, r.bytes);
+    drop(old);
 
     // One node changes: rebuild everything that depends on it.
     let mut rig = rig;
@@ -360,11 +401,22 @@ fn main() {
     println!("| measure | wulfpack | anchor | ratio |");
     println!("|---|---|---|---|");
     println!(
-        "| system + runtime overlays, {n} nodes, cold (`overlay build`) | {cold:.2} s ({} archives rendered, {} template renders, {:.1} MB) | Warewulf ≈ {anchor:.0} s (13 s / 1,000 nodes, PR #1604, published) | {:.0}× faster |",
+        "| system + runtime overlays, {n} nodes, cold (`overlay build`) | {cold:.2} s ({} archives rendered, {} template renders, {} outputs reused, {:.1} MB) | Warewulf ≈ {anchor:.0} s (13 s / 1,000 nodes, PR #1604, published) | {:.0}× faster |",
         r.built,
         stats.renders,
+        stats.reused,
         r.bytes as f64 / 1e6,
         anchor / cold
+    );
+    println!(
+        "| the same, every per-node template rendered for each node (outputs not shared by input) | {cold_plain:.2} s ({plain_renders} template renders) | this run's cold build | {:.2}× the time |",
+        cold_plain / cold
+    );
+    println!(
+        "| … and node parts deflated at level 6 (as before), not 2 | {cold_old:.2} s ({:.1} MB of archives, against {:.1} MB) | this run's cold build | {:.2}× the time |",
+        old_bytes as f64 / 1e6,
+        new_bytes as f64 / 1e6,
+        cold_old / cold
     );
     {
         println!(

@@ -85,7 +85,14 @@ fn in_process(s: &Sizes, line: &mut impl FnMut(String)) {
         assert!(r.0.is_ok(), "{r:?}");
         r
     };
-    apply(&mut st, "init".into(), Cmd::Init { name: "bench".into() });
+    apply(
+        &mut st,
+        "init".into(),
+        Cmd::Init {
+            name: "bench".into(),
+            default_profile: None,
+        },
+    );
     for (c, chunk) in (0..s.nodes).collect::<Vec<_>>().chunks(1000).enumerate() {
         let items = chunk.iter().map(|&i| (name(i), node(i))).collect();
         apply(

@@ -7,8 +7,8 @@
 //! types and doc comments) and this walks them from `HeadConfig`, with the defaults
 //! that serde fills in. `defaults` is Warewulf 4.5's `genconfig defaults` (the built-in
 //! node defaults, its `defaults.conf` fallback); Warewulf 4.6 moved those defaults into
-//! the `default` profile and dropped the command, so here it prints that profile as
-//! `upgrade nodes --add-defaults` makes it.
+//! the `default` profile it ships in `nodes.conf` and dropped the command, so here it
+//! prints that profile: the one a new cluster starts with ([`crate::model::default_profile`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,10 +39,10 @@ pub enum GenconfigCmd {
     /// Print the reference of the head's configuration file (`wulfd.yaml`): every key
     /// with its type, default and meaning, from the code's own documentation.
     ConfigReference,
-    /// Print Warewulf's built-in node defaults as a nodes.conf document: the `default`
-    /// profile that `wwctl upgrade nodes --add-defaults` fills in (overlays, kernel
-    /// arguments, init, root, iPXE and IPMI templates). Load it into a new cluster with
-    /// `wwctl profile import FILE` (that replaces an existing `default` profile).
+    /// Print the `default` profile a new cluster starts with, as a nodes.conf document:
+    /// the one Warewulf 4.7 ships (overlays, kernel arguments, init, root, iPXE and IPMI
+    /// templates, NFS mounts of /home and /opt). Restore it in a cluster with `wwctl
+    /// profile import FILE` (that replaces the `default` profile).
     #[command(alias = "dfaults")]
     Defaults,
 }
@@ -85,11 +85,14 @@ pub fn run(cmd: GenconfigCmd, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// The defaults as `upgrade nodes --add-defaults` gives them to a file without a
-/// `default` profile: one source, so the two cannot disagree.
+/// The `default` profile a new cluster gets, as a nodes.conf: one source, so what this
+/// prints is what `Init` creates.
 fn defaults() -> Result<String> {
-    let (yaml, _notes) = super::upgrade::upgrade_nodes("nodeprofiles: {}\nnodes: {}\n", true, false)?;
-    Ok(yaml)
+    let conf = crate::model::NodesConf {
+        nodeprofiles: [("default".to_owned(), crate::model::default_profile())].into(),
+        nodes: Default::default(),
+    };
+    Ok(crate::model::to_nodes_conf_yaml(&conf)?)
 }
 
 fn create_dir(dir: &Path) -> Result<()> {

@@ -247,6 +247,8 @@ const WWINIT_SPLIT: &[&str] = &[
     "ifcfg",
     "ifupdown",
     "NetworkManager",
+    "wicked",
+    "ignition",
 ];
 const GENERIC_SPLIT: &[&str] = &["hosts", "ssh.authorized_keys", "syncuser"];
 
@@ -510,36 +512,56 @@ fn upgrade_conf(m: &mut Mapping, profile: bool, at: &str, replace_overlays: bool
     prune(m, NODE_KEYS, at, r);
 }
 
-/// Warewulf's `--add-defaults` for the `default` profile: only what it lacks.
+/// Warewulf's `--add-defaults` for the `default` profile: only what it lacks. The
+/// overlays are the lists Warewulf's upgrade splits `wwinit` and `generic` into (not
+/// quite the shipped profile's: no `hosts` among the system overlays, `syncuser` among
+/// the runtime ones); every other value is the shipped profile's
+/// ([`crate::model::default_profile`]), so the two cannot drift apart.
 fn add_defaults(p: &mut Mapping, r: &mut Report) {
     let at = "nodeprofiles.default";
     let list = |v: &[&str]| Value::Sequence(v.iter().map(|x| s(x)).collect());
-    let mut set = |p: &mut Mapping, k: &str, v: Value| {
-        let empty = match p.get(k) {
-            None | Some(Value::Null) => true,
-            Some(Value::Sequence(q)) => q.is_empty(),
-            Some(Value::String(t)) => t.is_empty(),
-            _ => false,
-        };
-        if empty {
+    let shipped = serde_yaml_ng::to_value(crate::model::default_profile()).expect("a profile serializes");
+    let from_shipped = |path: &[&str]| -> Value {
+        path.iter()
+            .try_fold(&shipped, |v, k| v.get(*k))
+            .cloned()
+            .unwrap_or_else(|| panic!("the shipped default profile has {path:?}"))
+    };
+    let is_empty = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Sequence(q)) => q.is_empty(),
+        Some(Value::String(t)) => t.is_empty(),
+        _ => false,
+    };
+    let mut set = |p: &mut Mapping, k: &str, v: Value, what: &str| {
+        if is_empty(p.get(k)) {
             p.insert(s(k), v);
-            r.add(at, NoteKind::Converted, format!("default `{k}` added"));
+            r.add(at, NoteKind::Converted, format!("default `{what}` added"));
         }
     };
-    set(p, "system overlay", list(WWINIT_SPLIT));
-    set(p, "runtime overlay", list(GENERIC_SPLIT));
-    set(p, "init", s("/sbin/init"));
-    set(p, "root", s("initramfs"));
-    set(p, "ipxe template", s("default"));
-    let k = map_mut(p, "kernel");
-    if k.get("args").and_then(Value::as_sequence).is_none_or(|q| q.is_empty()) {
-        k.insert(s("args"), list(&["quiet", "crashkernel=no", "net.ifnames=1"]));
-        r.add(at, NoteKind::Converted, "default `kernel: args` added");
+    set(p, "system overlay", list(WWINIT_SPLIT), "system overlay");
+    set(p, "runtime overlay", list(GENERIC_SPLIT), "runtime overlay");
+    for k in ["init", "root", "ipxe template"] {
+        set(p, k, from_shipped(&[k]), k);
     }
-    let i = map_mut(p, "ipmi");
-    if i.get("template").is_none() {
-        i.insert(s("template"), s("ipmitool.tmpl"));
-        r.add(at, NoteKind::Converted, "default `ipmi: template` added");
+    set(
+        map_mut(p, "kernel"),
+        "args",
+        from_shipped(&["kernel", "args"]),
+        "kernel: args",
+    );
+    let ipmi = map_mut(p, "ipmi");
+    if ipmi.get("template").is_none() {
+        set(ipmi, "template", from_shipped(&["ipmi", "template"]), "ipmi: template");
+    }
+    let resources = map_mut(p, "resources");
+    if resources.get("fstab").is_none() {
+        set(
+            resources,
+            "fstab",
+            from_shipped(&["resources", "fstab"]),
+            "resources: fstab",
+        );
     }
 }
 

@@ -856,7 +856,15 @@ async fn bootstrap(cluster: &Cluster, cfg: &Settings) -> Result<(), DaemonError>
             return;
         }
         if let Err(e) = cluster
-            .write_within(Command::Init { name }, Duration::from_secs(120))
+            .write_within(
+                Command::Init {
+                    name,
+                    // The content travels in the command: every head, and every replay
+                    // of the log, creates the profile this head's version ships.
+                    default_profile: Some(Box::new(crate::model::default_profile())),
+                },
+                Duration::from_secs(120),
+            )
             .await
         {
             tracing::warn!("could not record the cluster name: {e}");

@@ -10,6 +10,7 @@
 //! - Submodules are split by concern; everything public is re-exported here so callers write
 //!   `model::merge`, `model::NodeConf`, etc.
 
+pub mod defaults;
 pub mod digest;
 pub mod hostlist;
 pub mod merge;
@@ -18,6 +19,7 @@ pub mod patch;
 pub mod validate;
 pub mod yaml;
 
+pub use defaults::{default_profile, DEFAULT_PROFILE_COMMENT, DEFAULT_PROFILE_YAML};
 pub use digest::Digest;
 pub use hostlist::*;
 pub use merge::{expand_profiles, merge, merge_effective, profile_field_rows, FieldRow, Merged};

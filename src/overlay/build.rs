@@ -102,6 +102,11 @@ impl crate::error::Classify for BuildError {
     }
 }
 
+/// Variables that differ from node to node by nature (names, addresses, the whole
+/// node): a template that reads one is rendered for each node; one that reads none is
+/// rendered once per distinct value of what it does read (see [`Builder`]'s outputs).
+const IDENTITY_VARS: &[&str] = &["Id", "Hostname", "ThisNode", "NetDevs", "Ipmi", "AssetKey"];
+
 /// An overlay ready to build with: its tree and its templates compiled once.
 pub struct Compiled {
     pub name: String,
@@ -112,6 +117,12 @@ pub struct Compiled {
     /// fields: a template that does not (`hosts`) renders the same for every node, so
     /// it is rendered once per generation and shared.
     template_paths: Vec<(String, bool)>,
+    /// Templates that read none of a node's identity fields ([`IDENTITY_VARS`]), with
+    /// the variables each reads: the output is a function of those values (and the
+    /// generation's settings), so the nodes that agree on them (same image, tags and
+    /// resources for `syncuser`) share one render, and a shared template (`hosts`) in
+    /// two overlay lists is rendered once for both.
+    group_vars: HashMap<String, Vec<String>>,
     /// A template reads `AllNodes`: its output depends on every node.
     reads_all_nodes: bool,
     /// A per-node template reads `AllNodes`: each node's own part depends on every node.
@@ -146,6 +157,7 @@ impl Compiled {
     ) -> Result<Compiled, BuildError> {
         let mut templates = Templates::new(access, policy);
         let mut template_paths = Vec::new();
+        let mut group_vars = HashMap::new();
         let (mut reads_all_nodes, mut per_node_reads_all, mut reads_images) = (false, false, false);
         for (path, e) in &tree.entries {
             if !is_template(path, e) {
@@ -157,10 +169,14 @@ impl Compiled {
             reads_images |= text.contains("IncludeFrom");
             let abs = format!("/{path}");
             templates.add(name, &abs, &text)?;
-            let all = templates.variables(name, &abs)?.iter().any(|v| v == "AllNodes");
+            let vars = templates.variables(name, &abs)?;
+            let all = vars.iter().any(|v| v == "AllNodes");
             let per_node = templates.reads_node(name, &abs)?;
             reads_all_nodes |= all;
             per_node_reads_all |= all && per_node;
+            if !vars.iter().any(|v| IDENTITY_VARS.contains(&v.as_str())) {
+                group_vars.insert(path.clone(), vars);
+            }
             template_paths.push((path.clone(), per_node));
         }
         Ok(Compiled {
@@ -169,6 +185,7 @@ impl Compiled {
             tree,
             templates,
             template_paths,
+            group_vars,
             reads_all_nodes,
             per_node_reads_all,
             reads_images,
@@ -471,6 +488,9 @@ pub struct BuildStats {
     pub builds: u64,
     /// Template renders, shared ones included.
     pub renders: u64,
+    /// Per-node template outputs taken from another node's render with the same inputs
+    /// (no render).
+    pub reused: u64,
     /// Node builds answered without rendering (their part was current).
     pub hits: u64,
     /// Shared parts made (once per overlay list and generation).
@@ -481,14 +501,23 @@ pub struct BuildStats {
 pub struct Builder {
     access: Arc<dyn FileAccess>,
     policy: AccessPolicy,
+    /// Deflate level of the shared parts (made once, served to every node).
     level: u32,
+    /// Deflate level of each node's own part (made per node: speed over the last bytes).
+    node_level: std::sync::atomic::AtomicU32,
     compiled: Mutex<HashMap<(String, Digest), Arc<Compiled>>>,
     shared: Mutex<HashMap<Digest, Arc<SharedPart>>>,
     built: Mutex<HashMap<Slot, Arc<NodePart>>>,
     locks: Mutex<HashMap<Slot, Arc<Mutex<()>>>>,
     shared_lock: Mutex<()>,
+    /// Outputs of group templates (see [`Compiled`]'s `group_vars`) by the digest of
+    /// their inputs; each slot is filled by the first caller while the others wait.
+    outputs: Mutex<OutputCache>,
+    /// Off: every per-node template is rendered for each node (for comparison).
+    group_outputs: std::sync::atomic::AtomicBool,
     builds: AtomicU64,
     renders: AtomicU64,
+    reused: AtomicU64,
     hits: AtomicU64,
     shared_builds: AtomicU64,
 }
@@ -510,6 +539,42 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Shared parts kept at once (overlay lists × recent generations).
 const SHARED_KEPT: usize = 64;
 
+/// The deflate level of node parts. Level 6 spent more than half of a 10,000-node cold
+/// build in deflate (`benches/overlay_build.rs`, docs/PERFORMANCE.md); a node part is a
+/// few kB of text sent once per boot, so the faster matcher's slightly larger output
+/// costs the network next to nothing.
+const NODE_LEVEL: u32 = 2;
+
+/// Group template outputs kept at once (templates × distinct inputs, e.g. images × tag
+/// sets for `syncuser`; `hosts` of recent generations), by count and by bytes; past
+/// either the cache starts again (a render more, never a wrong one).
+const OUTPUTS_KEPT: usize = 4096;
+const OUTPUT_BYTES_KEPT: usize = 64 << 20;
+
+/// The files one template rendered, as they go into a node's part.
+type Outputs = Vec<(String, Entry)>;
+
+/// Group template outputs by input digest, and the bytes they hold.
+#[derive(Default)]
+struct OutputCache {
+    slots: HashMap<Digest, Arc<Mutex<Option<Arc<Outputs>>>>>,
+    bytes: usize,
+}
+
+/// Feeds what is written into a hash (values hashed as their JSON, without a buffer).
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Builder {
     /// Templates read host and image files through `access`, within `policy`.
     pub fn new(access: Arc<dyn FileAccess>, policy: AccessPolicy) -> Builder {
@@ -517,22 +582,40 @@ impl Builder {
             access,
             policy,
             level: 6,
+            node_level: std::sync::atomic::AtomicU32::new(NODE_LEVEL),
             compiled: Mutex::default(),
             shared: Mutex::default(),
             built: Mutex::default(),
             locks: Mutex::default(),
             shared_lock: Mutex::default(),
+            outputs: Mutex::default(),
+            group_outputs: std::sync::atomic::AtomicBool::new(true),
             builds: AtomicU64::new(0),
             renders: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             shared_builds: AtomicU64::new(0),
         }
+    }
+
+    /// Share the outputs of per-node templates between nodes with the same inputs (on by
+    /// default); off, every node renders its own (the benchmark's comparison, and a test
+    /// that both give the same bytes).
+    pub fn set_group_outputs(&self, on: bool) {
+        self.group_outputs.store(on, Ordering::Relaxed);
+    }
+
+    /// The deflate level of node parts (default [`NODE_LEVEL`]; the benchmark compares
+    /// with 6, the level of the shared parts).
+    pub fn set_node_level(&self, level: u32) {
+        self.node_level.store(level.min(9), Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> BuildStats {
         BuildStats {
             builds: self.builds.load(Ordering::Relaxed),
             renders: self.renders.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
             hits: self.hits.load(Ordering::Relaxed),
             shared: self.shared_builds.load(Ordering::Relaxed),
         }
@@ -696,9 +779,18 @@ impl Builder {
                 }
             }
             for (path, per_node) in &c.template_paths {
-                if !per_node {
-                    c.render_into("(shared)", path, &mut data, &mut entries)?;
-                    self.renders.fetch_add(1, Ordering::Relaxed);
+                if *per_node {
+                    continue;
+                }
+                match c.group_vars.get(path) {
+                    Some(vars) => {
+                        let out = self.group_output(g, c, path, vars, "(shared)", &mut data)?;
+                        entries.extend(out.iter().cloned());
+                    }
+                    None => {
+                        c.render_into("(shared)", path, &mut data, &mut entries)?;
+                        self.renders.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -750,7 +842,8 @@ impl Builder {
         })?;
         archive::newc_trailer(&mut records);
         let mut deflate = Vec::with_capacity(records.len() / 3 + 64);
-        deflate_into(&records, self.level, FlushCompress::Finish, &mut deflate);
+        let level = self.node_level.load(Ordering::Relaxed);
+        deflate_into(&records, level, FlushCompress::Finish, &mut deflate);
         let mut crc = crc32fast::Hasher::new();
         crc.update(&records);
         Ok(NodePart {
@@ -772,15 +865,100 @@ impl Builder {
         let known = g.node_digests.contains_key(name);
         let mut data = g.node_data(name, if known { None } else { Some(conf) });
         let mut rendered: BTreeMap<String, Entry> = BTreeMap::new();
+        let group = self.group_outputs.load(Ordering::Relaxed);
         for c in list {
             for (path, per_node) in &c.template_paths {
-                if *per_node {
+                if !*per_node {
+                    continue;
+                }
+                let Some(vars) = c.group_vars.get(path).filter(|_| group) else {
                     c.render_into(name, path, &mut data, &mut rendered)?;
                     self.renders.fetch_add(1, Ordering::Relaxed);
-                }
+                    continue;
+                };
+                // Later outputs win a path, as when rendered in place.
+                let out = self.group_output(g, c, path, vars, name, &mut data)?;
+                rendered.extend(out.iter().cloned());
             }
         }
         Ok(rendered)
+    }
+
+    /// The output of group template `path` for the node whose data is `data`: rendered
+    /// by the first node with these inputs, the same files for every other.
+    fn group_output(
+        &self,
+        g: &Generation,
+        c: &Compiled,
+        path: &str,
+        vars: &[String],
+        node: &str,
+        data: &mut super::render::NodeData,
+    ) -> Result<Arc<Outputs>, BuildError> {
+        let mut h = Sha256::new();
+        h.update(b"wulfpack overlay template output v1\0");
+        h.update(c.name.as_bytes());
+        h.update([0]);
+        h.update(c.digest.0);
+        h.update(path.as_bytes());
+        h.update([0]);
+        // The settings and the extra variables; files read with `Include` count as
+        // settings here as everywhere in the builder.
+        h.update(g.server.0);
+        if c.reads_images {
+            h.update(g.images.0);
+        }
+        for v in vars {
+            h.update(v.as_bytes());
+            h.update([0]);
+            match v.as_str() {
+                // Set per render to the overlay's name, hashed above.
+                "Overlay" => {}
+                "AllNodes" => h.update(g.all_nodes.0),
+                _ => match data.ctx.get(v) {
+                    Some(value) => {
+                        h.update([1]);
+                        serde_json::to_writer(HashWriter(&mut h), value).expect("template values serialize");
+                    }
+                    None => h.update([2]),
+                },
+            }
+            h.update([0]);
+        }
+        let k = Digest(h.finalize().into());
+        let slot = {
+            let mut cache = lock(&self.outputs);
+            if cache.slots.len() >= OUTPUTS_KEPT && !cache.slots.contains_key(&k) {
+                *cache = OutputCache::default();
+            }
+            cache.slots.entry(k).or_default().clone()
+        };
+        let mut slot = lock(&slot);
+        if let Some(out) = slot.as_ref() {
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(out.clone());
+        }
+        let mut one = BTreeMap::new();
+        c.render_into(node, path, data, &mut one)?;
+        self.renders.fetch_add(1, Ordering::Relaxed);
+        let out = Arc::new(one.into_iter().collect::<Outputs>());
+        *slot = Some(out.clone());
+        let bytes: usize = out
+            .iter()
+            .map(|(p, e)| {
+                p.len()
+                    + match &e.kind {
+                        EntryKind::File(b) => b.len(),
+                        _ => 64,
+                    }
+            })
+            .sum();
+        let mut cache = lock(&self.outputs);
+        cache.bytes += bytes;
+        if cache.bytes > OUTPUT_BYTES_KEPT {
+            *cache = OutputCache::default();
+        }
+        Ok(out)
     }
 
     /// A node whose rendered files collide with shared ones: one plain archive, its
@@ -859,7 +1037,27 @@ fn gzip_header() -> Vec<u8> {
 /// no back-references across the boundary, more blocks may follow; `Finish`: the last
 /// block).
 fn deflate_into(input: &[u8], level: u32, flush: FlushCompress, out: &mut Vec<u8>) {
-    let mut z = Compress::new(Compression::new(level), false);
+    // A compressor's state is ~300 kB to allocate and clear: each thread keeps one per
+    // level and resets it, instead of making one per node part.
+    thread_local! {
+        static COMPRESSORS: std::cell::RefCell<Vec<(u32, Compress)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    COMPRESSORS.with(|cs| {
+        let mut cs = cs.borrow_mut();
+        let i = match cs.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                cs.push((level, Compress::new(Compression::new(level), false)));
+                cs.len() - 1
+            }
+        };
+        let z = &mut cs[i].1;
+        z.reset();
+        deflate_with(z, input, flush, out);
+    });
+}
+
+fn deflate_with(z: &mut Compress, input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) {
     out.reserve(input.len() / 2 + 64);
     let mut done = 0usize;
     loop {
@@ -989,6 +1187,46 @@ mod tests {
             "only the system overlay (which calls IncludeFrom) is rebuilt"
         );
         assert_eq!(stats.hits, 3);
+    }
+
+    /// A per-node template that reads no identity field renders once per distinct input:
+    /// nodes with the same tags share one render, a node with other tags gets its own,
+    /// and every archive is byte for byte what rendering each node alone gives.
+    #[test]
+    fn nodes_with_the_same_inputs_share_one_render() {
+        let ov = tree(&[
+            (
+                "etc/motd.ww",
+                file(b"color {{ Tags.color | default(value=\"none\") }}\n", 0o644),
+            ),
+            ("etc/hostname.ww", file(b"{{ Id }}\n", 0o644)),
+        ]);
+        let mut yaml = String::from("nodes:\n");
+        for (n, color) in [("n1", "red"), ("n2", "red"), ("n3", "blue")] {
+            yaml.push_str(&format!(
+                "  {n}:\n    system overlay: [o]\n    tags:\n      color: {color}\n"
+            ));
+        }
+        let all = nodes(&yaml);
+        let g = generation(&all);
+        let f = Fixture::new(&[("o", ov.clone())]);
+        let plain = Fixture::new(&[("o", ov)]);
+        plain.builder.set_group_outputs(false);
+        for n in ["n1", "n2", "n3"] {
+            let a = f.build(&g, &all, n, OverlayKind::System);
+            let b = plain.build(&g, &all, n, OverlayKind::System);
+            assert_eq!(a.to_vec(), b.to_vec(), "{n}");
+        }
+        let st = f.builder.stats();
+        assert_eq!(
+            (st.builds, st.renders, st.reused),
+            (3, 5, 1),
+            "hostname 3 times, motd once per color"
+        );
+        assert_eq!(plain.builder.stats().renders, 6);
+        let n3 = unpack(&f.build(&g, &all, "n3", OverlayKind::System));
+        assert_eq!(text(&n3["etc/motd"]), "color blue\n");
+        assert_eq!(text(&n3["etc/hostname"]), "n3\n");
     }
 
     fn generation(all: &BTreeMap<String, NodeConf>) -> Generation {

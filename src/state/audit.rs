@@ -163,7 +163,7 @@ pub fn describe(cmd: &Command) -> String {
         Command::Discover { mac } => format!("discover {mac}"),
         Command::RegisterHead { id, .. } => format!("register head {id}"),
         Command::HeadRemoved { id } => format!("cluster remove {id}"),
-        Command::Init { name } => format!("init cluster {name}"),
+        Command::Init { name, .. } => format!("init cluster {name}"),
     };
     if s.chars().count() > DESCRIBE_MAX {
         let mut cut: String = s.chars().take(DESCRIBE_MAX - 1).collect();
@@ -223,7 +223,10 @@ mod tests {
     #[test]
     fn keeps_the_newest_entries_and_counts_the_dropped() {
         let mut log = AuditLog::default();
-        let cmd = Command::Init { name: "c".into() };
+        let cmd = Command::Init {
+            name: "c".into(),
+            default_profile: None,
+        };
         let ok = ApplyResult(Ok(Outcome::default()));
         for i in 0..(AUDIT_KEEP as u64 + 5) {
             log.record(i, &stamp(1000 + i), &cmd, &ok);

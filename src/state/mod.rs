@@ -141,7 +141,15 @@ pub enum Command {
     HeadRemoved { id: u64 },
     /// Name a new cluster and create the `default` profile every node starts with
     /// (as Warewulf ships one). Idempotent: an existing `default` profile is kept.
-    Init { name: String },
+    Init {
+        name: String,
+        /// The `default` profile to create, filled in by the head that proposes the
+        /// command ([`model::default_profile`]), so replaying the log gives what that
+        /// head wrote whatever version replays it. Absent in commands written before it
+        /// travelled here: those create the comment-only profile they created then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        default_profile: Option<Box<NodeConf>>,
+    },
 }
 
 impl Command {
@@ -709,13 +717,16 @@ impl State {
                     ..Default::default()
                 });
             }
-            Command::Init { name } => {
+            Command::Init { name, default_profile } => {
                 model::validate_name("cluster", name)?;
                 self.cluster.name = name.clone();
                 if !self.profiles.contains_key("default") {
-                    let conf = NodeConf {
-                        comment: Some("This profile is automatically included for each node".into()),
-                        ..Default::default()
+                    let conf = match default_profile {
+                        Some(p) => (**p).clone(),
+                        None => NodeConf {
+                            comment: Some(model::DEFAULT_PROFILE_COMMENT.into()),
+                            ..Default::default()
+                        },
                     };
                     tx.put(Kind::Profile, "default", conf);
                 }

@@ -323,7 +323,10 @@ mod tests {
             &Request {
                 audit: None,
                 id: None,
-                cmd: Command::Init { name: "c".into() },
+                cmd: Command::Init {
+                    name: "c".into(),
+                    default_profile: None,
+                },
             },
         );
         let node = model::NodeConf {

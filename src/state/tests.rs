@@ -302,7 +302,10 @@ fn dedup_window_is_bounded() {
             &Request {
                 audit: None,
                 id: Some(format!("r{i}")),
-                cmd: Command::Init { name: "c".into() },
+                cmd: Command::Init {
+                    name: "c".into(),
+                    default_profile: None,
+                },
             },
         );
     }
@@ -331,13 +334,37 @@ fn snapshot_round_trip_rebuilds_index() {
 #[test]
 fn init_creates_default_profile_once() {
     let mut s = State::default();
-    assert!(s.apply(1, &req(Command::Init { name: "lab".into() })).0.is_ok());
+    let init = |p: Option<NodeConf>| {
+        req(Command::Init {
+            name: "lab".into(),
+            default_profile: p.map(Box::new),
+        })
+    };
+    assert!(s.apply(1, &init(Some(model::default_profile()))).0.is_ok());
     assert_eq!(s.cluster.name, "lab");
-    assert!(s.profiles.contains_key("default"));
+    assert_eq!(s.profiles["default"].value, model::default_profile());
     // A second Init keeps an edited default profile.
     s.profiles.get_mut("default").unwrap().value.comment = Some("mine".into());
-    assert!(s.apply(2, &req(Command::Init { name: "lab".into() })).0.is_ok());
+    assert!(s.apply(2, &init(Some(model::default_profile()))).0.is_ok());
     assert_eq!(s.profiles["default"].value.comment.as_deref(), Some("mine"));
+}
+
+/// An `Init` written before the profile travelled in the command replays as it did:
+/// the comment-only profile, whatever the built-in default is today.
+#[test]
+fn an_old_init_replays_as_before() {
+    let mut s = State::default();
+    let old: Request = serde_json::from_str(r#"{"id":null,"cmd":{"Init":{"name":"lab"}}}"#).unwrap();
+    assert!(s.apply(1, &old).0.is_ok());
+    let p = &s.profiles["default"].value;
+    assert_eq!(p.comment.as_deref(), Some(model::DEFAULT_PROFILE_COMMENT));
+    assert_eq!(
+        *p,
+        NodeConf {
+            comment: p.comment.clone(),
+            ..Default::default()
+        }
+    );
 }
 
 #[test]

@@ -173,7 +173,14 @@ pub async fn start_with(peer: bool, real: Option<(Vec<u8>, Vec<u8>)>) -> Boot {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut s = State::default();
-    apply(&mut s, 1, Cmd::Init { name: "lab".into() });
+    apply(
+        &mut s,
+        1,
+        Cmd::Init {
+            name: "lab".into(),
+            default_profile: None,
+        },
+    );
     apply(
         &mut s,
         2,

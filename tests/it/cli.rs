@@ -53,6 +53,29 @@ async fn list_views_match_golden_files() {
     c.shutdown().await;
 }
 
+/// A new cluster's `default` profile is Warewulf 4.7's shipped one, on every head:
+/// exactly what `wwctl genconfig defaults` prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_cluster_has_the_shipped_default_profile() {
+    let c = Cluster::start(3, settings()).await;
+    let printed = ok(&c, &["genconfig", "defaults"]).await;
+    let printed = wulfpack::model::parse_nodes_conf(&printed).unwrap();
+    for head in 0..3 {
+        let r = c
+            .client_of(head)
+            .read(&wulfpack::state::Query::profiles(wulfpack::state::Selector::All), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.profiles["default"].value,
+            printed.nodeprofiles["default"],
+            "head {}",
+            head + 1
+        );
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn set_unset_and_delete() {
     let c = example_cluster().await;

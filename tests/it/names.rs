@@ -18,7 +18,14 @@ fn apply(s: &mut State, index: u64, cmd: Command) -> ApplyResult {
 
 fn initialised() -> State {
     let mut s = State::default();
-    let r = apply(&mut s, 1, Command::Init { name: "c1".into() });
+    let r = apply(
+        &mut s,
+        1,
+        Command::Init {
+            name: "c1".into(),
+            default_profile: None,
+        },
+    );
     assert!(r.0.is_ok(), "{r:?}");
     s
 }
@@ -139,7 +146,10 @@ fn every_entry_point_refuses_bad_names() {
         refused(
             &State::default(),
             1,
-            Command::Init { name: name.clone() },
+            Command::Init {
+                name: name.clone(),
+                default_profile: None,
+            },
             "cluster",
             what,
         );

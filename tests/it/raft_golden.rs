@@ -321,6 +321,7 @@ fn requests() -> BTreeMap<String, Request> {
             "init",
             Command::Init {
                 name: "cluster01".into(),
+                default_profile: None,
             },
         ),
         (
@@ -433,6 +434,14 @@ fn requests() -> BTreeMap<String, Request> {
                 head: 4,
                 now: NOW + 60,
             }),
+        ),
+        // Appended, so the ids of the cases above stay as they were.
+        (
+            "init_with_default_profile",
+            Command::Init {
+                name: "cluster01".into(),
+                default_profile: Some(Box::new(model::default_profile())),
+            },
         ),
     ];
     cmds.into_iter()
@@ -577,6 +586,7 @@ fn state_snapshot_matches_golden_json() {
     let cmds = [
         Command::Init {
             name: "cluster01".into(),
+            default_profile: None,
         },
         Command::RegisterHead {
             id: 1,
