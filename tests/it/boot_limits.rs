@@ -237,7 +237,14 @@ async fn http(max: usize, conn: ConnLimits) -> Http {
     let image = data(48 << 20);
     let digest = cas.put_bytes(&image).unwrap();
     let mut s = State::default();
-    apply(&mut s, 1, Cmd::Init { name: "lab".into() });
+    apply(
+        &mut s,
+        1,
+        Cmd::Init {
+            name: "lab".into(),
+            default_profile: None,
+        },
+    );
     apply(
         &mut s,
         2,

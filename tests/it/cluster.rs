@@ -264,8 +264,13 @@ async fn heads_register_http_and_fetch_blobs_from_each_other() {
     let data = vec![5u8; 1 << 20];
     let d = c.ctx(0).cas.put_bytes(&data).unwrap();
     assert!(!c.ctx(2).cas.contains(&d));
-    let peers: Vec<String> = heads.values().map(|h| h.http.clone()).collect();
-    let got = wulfpack::cas::http::fetch_from_peers(&c.ctx(2).cas, &reqwest::Client::new(), &d, &peers)
+    // Blobs travel between heads on the gRPC port (HTTP/2; plaintext here, as the
+    // harness runs `insecure`), at the addresses the heads registered.
+    assert_eq!(heads[&1].grpc, c.cfgs[0].listen);
+    let link = wulfpack::cas::http::PeerLink::default();
+    let peers = link.bases(heads.values());
+    assert_eq!(peers.len(), 3);
+    let got = wulfpack::cas::http::fetch_from_peers(&c.ctx(2).cas, link.client(), &d, &peers)
         .await
         .unwrap();
     assert_eq!(got, d);
