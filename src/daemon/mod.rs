@@ -795,7 +795,19 @@ fn register_overlays(overlays: Overlays, wwclient: Option<PathBuf>, stop: Cancel
         };
         // The node agent travels in the `wwclient` overlay, as in Warewulf.
         if let Some(t) = set.get_mut("wwclient") {
-            match wwclient.as_deref().map(|p| (p, std::fs::read(p))) {
+            // The size first: a debug build of wwclient is over 100 MB, and reading it
+            // only to refuse it would leave that much in the head's heap.
+            let read = |p: &std::path::Path| match std::fs::metadata(p) {
+                Ok(m) if m.len() > crate::overlay::tree::MAX_FILE_BYTES as u64 => Err(std::io::Error::other(format!(
+                    "it is {} bytes, over the {} an overlay file may hold; build it small and static \
+                     (cargo build --profile node --target x86_64-unknown-linux-musl --bin wwclient) and name it in \
+                     boot.overlays.wwclient",
+                    m.len(),
+                    crate::overlay::tree::MAX_FILE_BYTES
+                ))),
+                _ => std::fs::read(p),
+            };
+            match wwclient.as_deref().map(|p| (p, read(p))) {
                 Some((p, Ok(bin))) => {
                     if let Err(e) = t.put_file("warewulf/wwclient", bin, Some(0o755), None, true, true) {
                         tracing::error!(
@@ -804,7 +816,7 @@ fn register_overlays(overlays: Overlays, wwclient: Option<PathBuf>, stop: Cancel
                         );
                     }
                 }
-                Some((p, Err(e))) => tracing::error!("cannot read the wwclient binary {}: {e}", p.display()),
+                Some((p, Err(e))) => tracing::error!("cannot use the wwclient binary {}: {e}", p.display()),
                 None => tracing::warn!(
                     "no wwclient binary beside wulfd and none in boot.overlays.wwclient: the wwclient overlay ships without it, so nodes will not refresh their runtime overlays"
                 ),
