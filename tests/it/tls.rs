@@ -352,10 +352,15 @@ fn a_head_refuses_to_start_without_certificates_or_with_another_heads() {
 /// TLS (issue 12 part 1): an overlay imported through head 1 alone reaches heads 2 and
 /// 3 (the boot port no longer serves blobs, so TLS is the only way it can travel), and
 /// only a head's certificate may fetch a blob or a probe.
-/// Once a leader is there: the first operator credential, `root`, made on head 1 as
-/// OPERATIONS.md says; returns the directory holding it (and `ca.crt`).
+/// Once a leader is there (waited for with head 1's own certificate): the first
+/// operator credential, `root`, made on head 1 as OPERATIONS.md says; returns the
+/// directory holding it (and `ca.crt`).
 fn first_operator(c: &ProcCluster) -> PathBuf {
     let pki0 = c.dir.path().join("data0/pki");
+    let head_cert = pki0.join("head.crt");
+    wait_until(30, "a leader", || {
+        text(&wwctl(&c.all_heads(), Some(&head_cert), &["cluster", "status"])).contains("Leader")
+    });
     let ops = c.dir.path().join("ops");
     let o = wwctl(
         &c.all_heads(),
@@ -394,10 +399,6 @@ fn served_serial(ops: &Path, addr: &str) -> String {
 fn cluster_rotate_gives_every_head_a_new_certificate_without_a_restart() {
     let mut c = ProcCluster::start_tls(Path::new(WULFD), 3, "");
     let heads = c.all_heads();
-    let head_cert = c.dir.path().join("data0/pki/head.crt");
-    wait_until(30, "a leader", || {
-        text(&wwctl(&heads, Some(&head_cert), &["cluster", "status"])).contains("Leader")
-    });
     let ops = first_operator(&c);
     let root = ops.join("root.crt");
     let ok = |args: &[&str]| {
@@ -483,12 +484,7 @@ fn cluster_rotate_gives_every_head_a_new_certificate_without_a_restart() {
 #[test]
 fn blobs_and_probes_between_heads_need_a_head_certificate() {
     let c = ProcCluster::start_tls(Path::new(WULFD), 3, "");
-    let heads = c.all_heads();
     let pki0 = c.dir.path().join("data0/pki");
-    let head_cert = pki0.join("head.crt");
-    wait_until(30, "a leader", || {
-        text(&wwctl(&heads, Some(&head_cert), &["cluster", "status"])).contains("Leader")
-    });
     let ops = first_operator(&c);
     let root = ops.join("root.crt");
     let on_head1 = |args: &[&str]| {
@@ -573,10 +569,6 @@ fn wwclient_fetches_its_runtime_overlay_over_https_with_the_cluster_ca() {
         &format!("https_listen: \"{https}\"\nboot: {{http: {{secure: false}}}}\n"),
     );
     let heads = c.all_heads();
-    let head_cert = c.dir.path().join("data0/pki/head.crt");
-    wait_until(30, "a leader", || {
-        text(&wwctl(&heads, Some(&head_cert), &["cluster", "status"])).contains("Leader")
-    });
     let ops = first_operator(&c);
     let root = ops.join("root.crt");
     let ok = |args: &[&str]| {
