@@ -160,12 +160,19 @@ fn boot(fw: Firmware, vmlinuz: &std::path::Path) -> Booted {
     }
     let (ok, out) = wwctl(&ns, &["image", "import", tree.to_str().unwrap(), "pxeimg"]);
     assert!(ok, "{out}");
+    // A profile of its own: this test is about the firmware's path to the image, and
+    // the cluster's `default` profile (Warewulf's) would put wwinit's `/init` over the
+    // image's marker (tests/it/overlay_qemu.rs boots through wwinit).
+    let (ok, out) = wwctl(&ns, &["profile", "add", "pxe"]);
+    assert!(ok, "{out}");
     let (ok, out) = wwctl(
         &ns,
         &[
             "node",
             "add",
             "pxe1",
+            "--profile",
+            "pxe",
             "--image",
             "pxeimg",
             "--hwaddr",
