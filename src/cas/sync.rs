@@ -183,8 +183,8 @@ impl Missing {
 /// The first delay after a blob's first failure, and the longest.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// A blob's failures are a WARN at most this often.
-const WARN_EVERY: Duration = Duration::from_secs(600);
+/// Failed fetches (of any blob) are a WARN at most this often; the line counts them.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 /// Re-check the disk this often even when nothing changed (a blob deleted by hand).
 const RESCAN_EVERY: Duration = Duration::from_secs(60);
 /// A node asking again for a blob that just failed waits at least this long.
@@ -256,6 +256,7 @@ impl ArtifactSync {
             was_complete: None,
             refs: BTreeMap::new(),
             as_of: as_of.clone(),
+            warn: crate::logging::Every::new(WARN_EVERY),
         };
         tokio::spawn(worker.run(stop));
         ArtifactSync {
@@ -329,7 +330,6 @@ struct Retry {
     failures: u32,
     last: Instant,
     next: Instant,
-    warned: Option<Instant>,
 }
 
 struct Worker {
@@ -350,6 +350,8 @@ struct Worker {
     refs: BTreeMap<Digest, Need>,
     /// Shared with [`ArtifactSync::as_of`]; stored after each publication.
     as_of: Arc<AtomicU64>,
+    /// Rate limit of the failed-fetch warning (all blobs together).
+    warn: crate::logging::Every,
 }
 
 impl Worker {
@@ -466,23 +468,26 @@ impl Worker {
                     failures: 0,
                     last: now,
                     next: now,
-                    warned: None,
                 });
                 r.failures += 1;
                 r.last = now;
                 let wait = backoff(r.failures, &d);
                 r.next = now + wait;
-                if r.warned.is_none_or(|w| now.duration_since(w) >= WARN_EVERY) {
-                    r.warned = Some(now);
+                let (tries, failing) = (r.failures, self.retry.len());
+                // One line for the whole worker, not one per blob: a dead head that held
+                // a freshly built overlay leaves hundreds of blobs failing at once.
+                if let Some(n) = self.warn.tick() {
                     tracing::warn!(
                         %d,
-                        tries = r.failures,
+                        tries,
                         retry_in = ?wait,
+                        blobs_failing = failing,
+                        failed_fetches_since_last_line = n,
                         "artifact sync: {}",
                         crate::error::report(&e)
                     );
                 } else {
-                    tracing::debug!(%d, tries = r.failures, retry_in = ?wait, "artifact sync: {e}");
+                    tracing::debug!(%d, tries, retry_in = ?wait, "artifact sync: {e}");
                 }
             }
         }
