@@ -495,6 +495,9 @@ pub struct BuildStats {
     pub hits: u64,
     /// Shared parts made (once per overlay list and generation).
     pub shared: u64,
+    /// Outputs of shared templates deflated (once per output, whatever the number of
+    /// overlay lists that include it).
+    pub runs: u64,
 }
 
 /// Builds and caches per-node overlay archives for one head.
@@ -510,6 +513,9 @@ pub struct Builder {
     built: Mutex<HashMap<Slot, Arc<NodePart>>>,
     locks: Mutex<HashMap<Slot, Arc<Mutex<()>>>>,
     shared_lock: Mutex<()>,
+    /// Plain runs of shared parts (the trees' files; see `shared_part`) by their inputs:
+    /// a new generation's shared part deflates only the outputs that changed.
+    plain_runs: Mutex<HashMap<Digest, Arc<Run>>>,
     /// Outputs of group templates (see [`Compiled`]'s `group_vars`) by the digest of
     /// their inputs; each slot is filled by the first caller while the others wait.
     outputs: Mutex<OutputCache>,
@@ -520,6 +526,7 @@ pub struct Builder {
     reused: AtomicU64,
     hits: AtomicU64,
     shared_builds: AtomicU64,
+    runs: AtomicU64,
 }
 
 impl std::fmt::Debug for Builder {
@@ -551,8 +558,77 @@ const NODE_LEVEL: u32 = 2;
 const OUTPUTS_KEPT: usize = 4096;
 const OUTPUT_BYTES_KEPT: usize = 64 << 20;
 
-/// The files one template rendered, as they go into a node's part.
-type Outputs = Vec<(String, Entry)>;
+/// The files one group template rendered, as they go into a node's or a shared part;
+/// and, once a shared part has taken them whole, their records deflated as one run, so
+/// the next shared part with the same output (`hosts` in both of a node's lists, or in
+/// every list of the cluster) copies the run instead of deflating the files again.
+struct Outputs {
+    /// The digest of the template's inputs (the output cache's key).
+    key: Digest,
+    files: BTreeMap<String, Entry>,
+    /// The run's first inode number (see [`output_inodes`]).
+    ino: u32,
+    run: std::sync::OnceLock<Arc<Run>>,
+}
+
+/// Where an entry of a shared part comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A file of an overlay's tree (not a template).
+    Tree,
+    /// The output of a group template: an index into the part's outputs.
+    Output(usize),
+    /// A template rendered for this part alone.
+    Rendered,
+}
+
+/// Newc records deflated into a run of blocks ended by a full flush (byte-aligned, no
+/// back-reference before it or past it), so runs can be joined in any order into one
+/// deflate stream; with the records' CRC-32 and length to combine into the member's.
+#[derive(Debug)]
+struct Run {
+    deflate: bytes::Bytes,
+    crc: crc32fast::Hasher,
+    len: u64,
+    /// The inode number after the run's last record.
+    next_ino: u32,
+}
+
+impl Run {
+    fn new(entries: &BTreeMap<String, Entry>, first_ino: u32, level: u32) -> Result<Run, ArchiveError> {
+        let mut records = Vec::new();
+        let next_ino = archive::newc_records(entries, first_ino, &mut records)?;
+        let mut deflate = Vec::new();
+        deflate_into(&records, level, FlushCompress::Full, &mut deflate);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&records);
+        Ok(Run {
+            deflate: deflate.into(),
+            crc,
+            len: records.len() as u64,
+            next_ino,
+        })
+    }
+}
+
+/// Inode numbers of the outputs' runs: slots of [`OUTPUT_SLOT`] numbers from 2^28 up,
+/// one per template (by its overlay and path), so a run's records are the same in every
+/// shared part that joins it. Plain runs number from 1 and node parts from 2^20
+/// (`Builder::node_part`); two templates of one list whose slots collide (1 in 4,096
+/// for a pair) are packed with the plain files instead. Numbers only tell hard links
+/// apart (nlink > 1 on a file), which overlays do not have: keeping them unique is care,
+/// not a need of the kernel's or `wwclient`'s unpacker.
+const OUTPUT_SLOT: u32 = 1 << 16;
+
+fn output_inodes(overlay: &str, path: &str) -> u32 {
+    let mut h = Sha256::new();
+    h.update(overlay.as_bytes());
+    h.update([0]);
+    h.update(path.as_bytes());
+    let d = h.finalize();
+    let slot = u32::from_le_bytes([d[0], d[1], 0, 0]) & 0x0fff;
+    (1 << 28) + slot * OUTPUT_SLOT
+}
 
 /// Group template outputs by input digest, and the bytes they hold.
 #[derive(Default)]
@@ -588,6 +664,7 @@ impl Builder {
             built: Mutex::default(),
             locks: Mutex::default(),
             shared_lock: Mutex::default(),
+            plain_runs: Mutex::default(),
             outputs: Mutex::default(),
             group_outputs: std::sync::atomic::AtomicBool::new(true),
             builds: AtomicU64::new(0),
@@ -595,6 +672,7 @@ impl Builder {
             reused: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             shared_builds: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
         }
     }
 
@@ -618,6 +696,7 @@ impl Builder {
             reused: self.reused.load(Ordering::Relaxed),
             hits: self.hits.load(Ordering::Relaxed),
             shared: self.shared_builds.load(Ordering::Relaxed),
+            runs: self.runs.load(Ordering::Relaxed),
         }
     }
 
@@ -769,13 +848,19 @@ impl Builder {
             return Ok(s.clone());
         }
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        // Where each path's entry comes from: an index into `outputs`, or not an output.
+        let mut from: HashMap<String, Source> = HashMap::new();
+        let mut outputs: Vec<Arc<Outputs>> = Vec::new();
         let mut data = g.node_data("", Some(&NodeConf::default()));
         for c in list {
             for (path, e) in &c.tree.entries {
                 if is_template(path, e) {
-                    entries.remove(path.strip_suffix(".ww").unwrap_or(path));
+                    let out = path.strip_suffix(".ww").unwrap_or(path);
+                    entries.remove(out);
+                    from.remove(out);
                 } else {
                     entries.insert(path.clone(), e.clone());
+                    from.insert(path.clone(), Source::Tree);
                 }
             }
             for (path, per_node) in &c.template_paths {
@@ -785,31 +870,111 @@ impl Builder {
                 match c.group_vars.get(path) {
                     Some(vars) => {
                         let out = self.group_output(g, c, path, vars, "(shared)", &mut data)?;
-                        entries.extend(out.iter().cloned());
+                        for (p, e) in &out.files {
+                            entries.insert(p.clone(), e.clone());
+                            from.insert(p.clone(), Source::Output(outputs.len()));
+                        }
+                        outputs.push(out);
                     }
                     None => {
-                        c.render_into("(shared)", path, &mut data, &mut entries)?;
+                        let mut one = BTreeMap::new();
+                        c.render_into("(shared)", path, &mut data, &mut one)?;
                         self.renders.fetch_add(1, Ordering::Relaxed);
+                        for (p, e) in one {
+                            from.insert(p.clone(), Source::Rendered);
+                            entries.insert(p, e);
+                        }
                     }
                 }
             }
         }
-        let mut records = Vec::new();
-        let inodes = archive::newc_records(&entries, 1, &mut records).map_err(|source| BuildError::Archive {
+        // An output is joined as its run when all of its files are in the part (no later
+        // overlay replaced one) and its inodes are its own in this list; the rest are
+        // packed with the plain files.
+        let mut whole = vec![false; outputs.len()];
+        let mut slots = std::collections::HashSet::new();
+        for (i, o) in outputs.iter().enumerate() {
+            whole[i] = o.files.len() < OUTPUT_SLOT as usize
+                && o.files.keys().all(|p| from.get(p) == Some(&Source::Output(i)))
+                && slots.insert(o.ino);
+        }
+        let archive_err = |source| BuildError::Archive {
             overlay: names(list),
             source,
-        })?;
+        };
+        // The plain run: the trees' files (keyed by the overlays' digests and the paths
+        // taken), outputs not joined whole (by their keys), anything else by content.
+        let mut h = Sha256::new();
+        h.update(b"wulfpack overlay plain run v1\0");
+        for c in list {
+            h.update(c.name.as_bytes());
+            h.update([0]);
+            h.update(c.digest.0);
+        }
+        let in_plain = |p: &String| match from[p] {
+            Source::Output(i) => !whole[i],
+            _ => true,
+        };
+        for (p, e) in entries.iter().filter(|(p, _)| in_plain(p)) {
+            h.update(p.as_bytes());
+            h.update([0]);
+            match from[p] {
+                Source::Tree => h.update([0]),
+                Source::Output(i) => h.update(outputs[i].key.0),
+                Source::Rendered => {
+                    h.update([1]);
+                    serde_json::to_writer(HashWriter(&mut h), e).expect("entries serialize");
+                }
+            }
+        }
+        let plain_key = Digest(h.finalize().into());
+        let cached = lock(&self.plain_runs).get(&plain_key).cloned();
+        let plain = match cached {
+            Some(r) => r,
+            None => {
+                let taken: BTreeMap<String, Entry> = entries
+                    .iter()
+                    .filter(|(p, _)| in_plain(p))
+                    .map(|(p, e)| (p.clone(), e.clone()))
+                    .collect();
+                let r = Arc::new(Run::new(&taken, 1, self.level).map_err(archive_err)?);
+                let mut map = lock(&self.plain_runs);
+                if map.len() >= SHARED_KEPT {
+                    map.clear();
+                }
+                map.insert(plain_key, r.clone());
+                r
+            }
+        };
+        let mut runs = vec![plain.clone()];
+        for (o, _) in outputs.iter().zip(&whole).filter(|(_, w)| **w) {
+            let run = match o.run.get() {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(Run::new(&o.files, o.ino, self.level).map_err(archive_err)?);
+                    self.runs.fetch_add(1, Ordering::Relaxed);
+                    lock(&self.outputs).bytes += r.deflate.len();
+                    o.run.get_or_init(|| r).clone()
+                }
+            };
+            runs.push(run);
+        }
         let mut head = gzip_header();
-        deflate_into(&records, self.level, FlushCompress::Full, &mut head);
+        head.reserve(runs.iter().map(|r| r.deflate.len()).sum());
         let mut crc = crc32fast::Hasher::new();
-        crc.update(&records);
+        let mut len = 0;
+        for r in &runs {
+            head.extend_from_slice(&r.deflate);
+            crc.combine(&r.crc);
+            len += r.len;
+        }
         let part = Arc::new(SharedPart {
             key: k,
             head: head.into(),
             crc,
-            len: records.len() as u64,
+            len,
             entries,
-            inodes,
+            inodes: plain.next_ino,
         });
         self.shared_builds.fetch_add(1, Ordering::Relaxed);
         let mut map = lock(&self.shared);
@@ -878,7 +1043,7 @@ impl Builder {
                 };
                 // Later outputs win a path, as when rendered in place.
                 let out = self.group_output(g, c, path, vars, name, &mut data)?;
-                rendered.extend(out.iter().cloned());
+                rendered.extend(out.files.iter().map(|(p, e)| (p.clone(), e.clone())));
             }
         }
         Ok(rendered)
@@ -941,9 +1106,15 @@ impl Builder {
         let mut one = BTreeMap::new();
         c.render_into(node, path, data, &mut one)?;
         self.renders.fetch_add(1, Ordering::Relaxed);
-        let out = Arc::new(one.into_iter().collect::<Outputs>());
+        let out = Arc::new(Outputs {
+            key: k,
+            files: one,
+            ino: output_inodes(&c.name, path),
+            run: std::sync::OnceLock::new(),
+        });
         *slot = Some(out.clone());
         let bytes: usize = out
+            .files
             .iter()
             .map(|(p, e)| {
                 p.len()
