@@ -316,7 +316,11 @@ fn main() {
     // each sample is a new tag value of n00001 and its next system + runtime request,
     // split into the next generation (template data of the changed node, `AllNodes`,
     // the digests) and the builds (the shared parts, the node's own parts).
-    let repeats = if full { 9 } else { 2 };
+    // `OVERLAY_BENCH_CHANGES=N` makes it N (e.g. to profile the change with `perf`).
+    let repeats = std::env::var("OVERLAY_BENCH_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 9 } else { 2 });
     let mut samples = vec![one_node];
     let (mut gen_ms, mut build_ms) = (Vec::new(), Vec::new());
     let before_repeats = ov.builder().stats();
