@@ -20,7 +20,11 @@
 //!   full flush; each node's rendered files are deflated after them as a separate run of
 //!   blocks, and the gzip member's CRC and length are combined from the two parts. The
 //!   result is still one gzip member holding one newc archive (what the kernel, iPXE and
-//!   `wwclient` expect), but a node costs only its own rendered bytes.
+//!   `wwclient` expect), but a node costs only its own rendered bytes. The shared part
+//!   is itself joined from runs ended by full flushes: the trees' files (cached per
+//!   overlay list) and each shared template's output (`hosts`), deflated once and kept
+//!   with the output, so after a change `hosts` is deflated once for every list that
+//!   includes it and the trees' files not at all.
 //! - **Nothing escapes.** Rendered names are validated like every overlay path; a
 //!   `file` output lands beside its template.
 
@@ -1548,6 +1552,18 @@ mod tests {
         assert_eq!((st.builds, st.hits), (5, 5), "only n1's own part rendered");
         assert_eq!(st.shared, shared_before + 1, "hosts rendered once for both");
         assert_eq!(text(&unpack(&n2)["etc/hosts"]), "n1\nn2\n");
+        // The runtime list (`names` alone) takes the same `hosts` output: a second shared
+        // part, but `hosts` is neither rendered nor deflated again.
+        let before = f.builder.stats();
+        let n1 = f.build(&g, &all, "n1", OverlayKind::Runtime);
+        let st = f.builder.stats();
+        assert_eq!(st.shared, before.shared + 1);
+        assert_eq!(
+            (st.renders, st.runs),
+            (before.renders, before.runs),
+            "hosts reused whole"
+        );
+        assert_eq!(text(&unpack(&n1)["etc/hosts"]), "n1\nn2\n");
 
         // Without an AllNodes template, a change to n1 leaves n2 alone.
         let only_base = Fixture::new(&overlays()[..1]);
@@ -1698,6 +1714,43 @@ mod tests {
             .unwrap_err();
         // Refused by the template function, or by the build's own check of output names.
         assert!(e.to_string().contains("../../etc/shadow"), "{e}");
+    }
+
+    /// Shared outputs are joined as deflated runs: a later overlay's plain file still
+    /// replaces an earlier overlay's shared output (and the other way round), and each
+    /// path is in the archive once.
+    #[test]
+    fn later_overlays_win_over_shared_outputs_joined_as_runs() {
+        let templ = tree(&[(
+            "etc/motd.ww",
+            file(b"{% for n in AllNodes %}{{ n.Id }} {% endfor %}\n", 0o644),
+        )]);
+        let plain = tree(&[("etc/motd", file(b"plain\n", 0o644))]);
+        let f = Fixture::new(&[("t", templ), ("p", plain)]);
+        let mut all = nodes(NODES);
+        for c in all.values_mut() {
+            c.system_overlay = vec!["t".into(), "p".into()];
+            c.runtime_overlay = vec!["p".into(), "t".into()];
+        }
+        let g = generation(&all);
+        let sys = f.build(&g, &all, "n1", OverlayKind::System).to_vec();
+        let run = f.build(&g, &all, "n1", OverlayKind::Runtime).to_vec();
+        assert_eq!(text(&unpack_bytes(&sys)["etc/motd"]), "plain\n");
+        assert_eq!(text(&unpack_bytes(&run)["etc/motd"]), "n1 n2 \n");
+        for a in [&sys, &run] {
+            let raw = flate2_read(a);
+            assert_eq!(raw.matches("etc/motd").count(), 1, "one record for the path");
+        }
+    }
+
+    fn unpack_bytes(a: &[u8]) -> BTreeMap<String, Entry> {
+        archive::read(a, &archive::Limits::default()).unwrap()
+    }
+
+    fn flate2_read(a: &[u8]) -> String {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(a), &mut s).unwrap();
+        String::from_utf8_lossy(&s).into_owned()
     }
 
     #[test]
