@@ -57,7 +57,8 @@ impl BuildInfo {
 #[derive(Debug, Clone)]
 pub struct BuildData {
     base: Context,
-    nodes: Arc<BTreeMap<String, Value>>,
+    /// Names are shared between generations (a new generation's map copies pointers).
+    nodes: Arc<BTreeMap<Arc<str>, Value>>,
 }
 
 /// One node's template data (the shared part plus the node's fields).
@@ -73,37 +74,46 @@ impl BuildData {
         nodes: impl IntoIterator<Item = (&'a str, &'a NodeConf)>,
         build: &BuildInfo,
     ) -> BuildData {
-        let mut values = BTreeMap::new();
-        for (name, conf) in nodes {
-            values.insert(name.to_owned(), node_value(name, conf));
-        }
-        let all: Vec<Value> = values.values().cloned().collect();
-        let mut base = server_context(server, build);
-        base.insert_value("AllNodes", Value::from(all));
-        BuildData {
-            base,
-            nodes: Arc::new(values),
-        }
+        let values: Vec<(Arc<str>, Value)> = nodes
+            .into_iter()
+            .map(|(name, conf)| (Arc::from(name), node_value(name, conf)))
+            .collect();
+        Self::from_values(server, build, values)
     }
 
-    /// [`BuildData::new`], taking each node's value from `prev` when `unchanged(name)`
-    /// says the node is the same as in `prev` (a generation after one node changed
-    /// recomputes one value, not every node's).
+    /// [`BuildData::new`], taking the value of each node whose `reuse` is true from
+    /// `prev` (the node is the same as in `prev`): a generation after one node changed
+    /// recomputes one value, not every node's. Nodes in name order (as a boot view
+    /// holds them) are matched with `prev`'s in one pass; out of order, a node is
+    /// looked up, so the result is the same either way.
     pub fn new_reusing<'a>(
         server: &ServerConf,
-        nodes: impl IntoIterator<Item = (&'a str, &'a NodeConf)>,
+        nodes: impl IntoIterator<Item = (&'a str, &'a NodeConf, bool)>,
         build: &BuildInfo,
         prev: &BuildData,
-        unchanged: impl Fn(&str) -> bool,
     ) -> BuildData {
-        let mut values = BTreeMap::new();
-        for (name, conf) in nodes {
-            let v = match prev.nodes.get(name).filter(|_| unchanged(name)) {
-                Some(v) => v.clone(),
-                None => node_value(name, conf),
-            };
-            values.insert(name.to_owned(), v);
-        }
+        let mut old = prev.nodes.iter().peekable();
+        let values: Vec<(Arc<str>, Value)> = nodes
+            .into_iter()
+            .map(|(name, conf, reuse)| {
+                while old.next_if(|(k, _)| &***k < name).is_some() {}
+                let found = match old.peek() {
+                    Some((k, v)) if &***k == name => Some(((*k).clone(), (*v).clone())),
+                    _ => prev.nodes.get_key_value(name).map(|(k, v)| (k.clone(), v.clone())),
+                };
+                match found {
+                    Some(kv) if reuse => kv,
+                    Some((k, _)) => (k, node_value(name, conf)),
+                    None => (Arc::from(name), node_value(name, conf)),
+                }
+            })
+            .collect();
+        Self::from_values(server, build, values)
+    }
+
+    fn from_values(server: &ServerConf, build: &BuildInfo, values: Vec<(Arc<str>, Value)>) -> BuildData {
+        // Built from sorted input in one pass (a later duplicate name wins, as inserts did).
+        let values: BTreeMap<Arc<str>, Value> = values.into_iter().collect();
         let all: Vec<Value> = values.values().cloned().collect();
         let mut base = server_context(server, build);
         base.insert_value("AllNodes", Value::from(all));
