@@ -60,6 +60,9 @@ pub enum AuthError {
     NoCa(String),
     #[error("{0}")]
     Invalid(String),
+    /// This head failed at something that is not the caller's doing (a task, the disk).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Classify for AuthError {
@@ -69,6 +72,7 @@ impl Classify for AuthError {
             AuthError::Forbidden { .. } => ErrorKind::Forbidden,
             AuthError::NoCa(_) => ErrorKind::Unavailable,
             AuthError::Invalid(_) => ErrorKind::Invalid,
+            AuthError::Internal(_) => ErrorKind::Internal,
         }
     }
 }
@@ -322,8 +326,8 @@ pub(super) async fn rotate_certificate(
     let id = cert.id;
     let r = tokio::task::spawn_blocking(move || cert.rotate(&ca))
         .await
-        .map_err(|e| status(&AuthError::Invalid(format!("rotation task: {e}"))))?
-        .map_err(|e| status(&AuthError::Invalid(format!("rotating head-{id}'s certificate: {e}"))))?;
+        .map_err(|e| status(&AuthError::Internal(format!("rotation task: {e}"))))?
+        .map_err(|e| status(&AuthError::Internal(format!("rotating head-{id}'s certificate: {e}"))))?;
     tracing::info!(
         by = %who,
         old_serial = %r.old_serial,

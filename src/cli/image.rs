@@ -317,16 +317,7 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
             force,
             syncuser,
         } => {
-            let names = if all {
-                client
-                    .read(&Query::images(Selector::All), true)
-                    .await?
-                    .images
-                    .into_keys()
-                    .collect()
-            } else {
-                names
-            };
+            let names = if all { all_image_names(client).await? } else { names };
             for name in names {
                 if syncuser {
                     let (_, report) = follow_report(
@@ -388,12 +379,7 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
         }
         ImageCmd::Kernels { names } => {
             let names = if names.is_empty() {
-                client
-                    .read(&Query::images(Selector::All), true)
-                    .await?
-                    .images
-                    .into_keys()
-                    .collect()
+                all_image_names(client).await?
             } else {
                 names
             };
@@ -448,6 +434,16 @@ pub async fn run(client: &Client, c: ImageCmd, fmt: Option<Format>, out: &mut dy
 }
 
 /// `docker://host/library/rocky:9` → `rocky-9`-like names: last path part, tag appended.
+/// Every image's name, as the leader knows them (for `--all` and an empty name list).
+async fn all_image_names(client: &Client) -> Result<Vec<String>> {
+    Ok(client
+        .read(&Query::images(Selector::All), true)
+        .await?
+        .images
+        .into_keys()
+        .collect())
+}
+
 fn default_name(source: &str) -> Result<String> {
     let s = source
         .trim_start_matches("docker://")

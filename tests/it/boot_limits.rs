@@ -232,6 +232,11 @@ impl Drop for Http {
 /// with `conn` limits. Node n1 boots a 48 MiB image: far more than the socket buffers
 /// hold, so a client that stops reading keeps its transfer in flight.
 async fn http(max: usize, conn: ConnLimits) -> Http {
+    http_or_https(max, conn, None).await
+}
+
+/// As [`http`], over TLS with `tls` (a head's node-facing server config) when given.
+async fn http_or_https(max: usize, conn: ConnLimits, tls: Option<Arc<rustls::ServerConfig>>) -> Http {
     let dir = tempfile::tempdir().unwrap();
     let cas = Cas::open(&dir.path().join("cas")).unwrap();
     let image = data(48 << 20);
@@ -291,9 +296,11 @@ async fn http(max: usize, conn: ConnLimits) -> Http {
     let st = stop.clone();
     tokio::spawn(async move {
         let _tx = tx;
-        wulfpack::cas::zerocopy::serve_with(listener, app, conn, st.cancelled_owned())
-            .await
-            .unwrap();
+        match tls {
+            None => wulfpack::cas::zerocopy::serve_with(listener, app, conn, st.cancelled_owned()).await,
+            Some(tls) => wulfpack::boot::http::tls::serve_tls(listener, tls, app, conn, st).await,
+        }
+        .unwrap();
     });
     Http {
         addr,
@@ -485,4 +492,130 @@ async fn an_oversized_request_head_gets_431_and_the_server_keeps_serving() {
     );
     let (st, _) = head_of(&mut c, ok.as_bytes()).await;
     assert_eq!(st, 200);
+}
+
+/// The boot listener over HTTPS (`https_listen`, what `wwclient` uses) keeps the same
+/// limits as plain HTTP: a connection that never sends a ClientHello is closed within the
+/// handshake bound, one that dribbles its request head within the header timeout, an
+/// oversized head gets 431, a client over its transfer limit gets 503, and another
+/// client is served all the while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_https_listener_keeps_the_same_limits_as_http() {
+    use wulfpack::pki::{tls, Ca, Role};
+    let ca = Ca::create("lab").unwrap();
+    let head = ca.issue("head-1", Role::Head, 30).unwrap();
+    let live = tls::LiveCert::new(&ca.cert_pem, &head.cert_pem, &head.key_pem).unwrap();
+    let timeout = Duration::from_secs(2);
+    let limit = 2;
+    let h = http_or_https(
+        limit,
+        ConnLimits {
+            header_read_timeout: timeout,
+            ..ConnLimits::default()
+        },
+        Some(tls::node_server_config(live).unwrap()),
+    )
+    .await;
+    let connector = tokio_rustls::TlsConnector::from(tls::node_client_config(&ca.cert_pem).unwrap());
+    let tls_from = async |from: &str| {
+        let tcp = connect(from, h.addr).await;
+        connector.connect("head".try_into().unwrap(), tcp).await.unwrap()
+    };
+    async fn head_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        c: &mut S,
+        req: &[u8],
+    ) -> (u16, String) {
+        c.write_all(req).await.unwrap();
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut byte))
+                .await
+                .expect("a response head within 10 s")
+                .unwrap_or(0);
+            assert!(n == 1, "connection closed before a response head: {got:?}");
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8(got).unwrap();
+        (head[9..12].parse().unwrap(), head)
+    }
+
+    // A TCP connection that never starts TLS, and a TLS one that dribbles its head.
+    let t0 = Instant::now();
+    let mut silent = connect(A, h.addr).await;
+    let silent = tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(15), silent.read(&mut buf)).await;
+        (n.map(|r| r.unwrap_or(0)), t0.elapsed())
+    });
+    let mut slow = tls_from(A).await;
+    slow.write_all(format!("GET /ipxe/{MAC} HTTP/1.1\r\nHost: head\r\n").as_bytes())
+        .await
+        .unwrap();
+    let dribble = tokio::spawn(async move {
+        let t = Instant::now();
+        for b in "X-Slow: ".bytes().chain(std::iter::repeat_n(b'a', 600)) {
+            if slow.write_all(&[b]).await.is_err() || slow.flush().await.is_err() {
+                return Some(t.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    });
+    // Meanwhile B is served over TLS.
+    let mut b = tls_from(B).await;
+    let (st, _) = head_over(&mut b, &get(&format!("/ipxe/{MAC}"))).await;
+    assert_eq!(st, 200);
+
+    // An oversized request head: 431, and the listener goes on serving.
+    let max = ConnLimits::default().max_head_bytes;
+    let mut big = tls_from(B).await;
+    let req = format!(
+        "GET /ipxe/{MAC} HTTP/1.1\r\nHost: head\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(max)
+    );
+    let (st, _) = head_over(&mut big, req.as_bytes()).await;
+    assert_eq!(st, 431);
+
+    // A holds `limit` image downloads (reading only their heads): its next request is
+    // refused with 503 and Retry-After; B is served in the same moment.
+    let mut held = Vec::new();
+    for _ in 0..limit {
+        let mut c = tls_from(A).await;
+        let (st, _) = head_over(&mut c, &get(&format!("/image/{MAC}"))).await;
+        assert_eq!(st, 200);
+        held.push(c);
+    }
+    assert_eq!(h.limit.in_flight(ip(A)), limit);
+    let mut a = tls_from(A).await;
+    let (st, head) = head_over(&mut a, &get(&format!("/ipxe/{MAC}"))).await;
+    assert_eq!(st, 503, "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after: 5"), "{head}");
+    let mut b2 = tls_from(B).await;
+    let (st, _) = head_over(&mut b2, &get(&format!("/ipxe/{MAC}"))).await;
+    assert_eq!(st, 200);
+    drop(held);
+    wait_until(10, "A's places given back", async || h.limit.in_flight(ip(A)) == 0).await;
+
+    // The silent connection was closed (EOF, nothing sent) within the handshake bound (5 s).
+    let (n, closed) = silent.await.unwrap();
+    assert_eq!(
+        n.expect("the silent connection is closed within 15 s"),
+        0,
+        "closed without an answer"
+    );
+    assert!(
+        closed < Duration::from_secs(7),
+        "closed after {closed:?}; the handshake bound is 5 s"
+    );
+    // The dribbling one is cut soon after the header timeout.
+    let cut = tokio::time::timeout(Duration::from_secs(15), dribble)
+        .await
+        .expect("the dribbling client is cut off")
+        .unwrap()
+        .expect("cut before it finished its header");
+    assert!(
+        cut < timeout + Duration::from_secs(3),
+        "cut {cut:?} after it started, the bound is {timeout:?}"
+    );
 }

@@ -53,36 +53,9 @@ fn rt() -> tokio::runtime::Runtime {
 fn credentials_roles_revocation_and_join_tokens() {
     let mut c = ProcCluster::start_tls(Path::new(WULFD), 3, "");
     let heads = c.all_heads();
-    let pki0 = c.dir.path().join("data0/pki");
-    // A head's own certificate is a client certificate too (role head): wait with it.
-    let head_cert = pki0.join("head.crt");
-    wait_until(30, "a leader", || {
-        text(&wwctl(&heads, Some(&head_cert), &["cluster", "status"])).contains("Leader")
-    });
-
     // The first operator: made as root on head 1 from its CA key, recorded in the cluster.
-    let ops = c.dir.path().join("ops");
-    let o = wwctl(
-        &heads,
-        None,
-        &[
-            "cluster",
-            "credentials",
-            "add",
-            "root",
-            "--local",
-            "--pki-dir",
-            pki0.to_str().unwrap(),
-            "--out",
-            ops.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        text(&o).contains("recorded in the cluster"),
-        "{}\n{}",
-        text(&o),
-        c.log(0)
-    );
+    let (ops, out) = first_operator(&c);
+    assert!(out.contains("recorded in the cluster"), "{out}\n{}", c.log(0));
     let key_mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(ops.join("root.key")).unwrap().permissions());
     assert_eq!(key_mode & 0o777, 0o600, "a credential's key is private");
@@ -348,14 +321,10 @@ fn a_head_refuses_to_start_without_certificates_or_with_another_heads() {
     );
 }
 
-/// Blob transfers and liveness probes between heads go over the gRPC port under mutual
-/// TLS (issue 12 part 1): an overlay imported through head 1 alone reaches heads 2 and
-/// 3 (the boot port no longer serves blobs, so TLS is the only way it can travel), and
-/// only a head's certificate may fetch a blob or a probe.
 /// Once a leader is there (waited for with head 1's own certificate): the first
 /// operator credential, `root`, made on head 1 as OPERATIONS.md says; returns the
-/// directory holding it (and `ca.crt`).
-fn first_operator(c: &ProcCluster) -> PathBuf {
+/// directory holding it (and `ca.crt`) and the command's output.
+fn first_operator(c: &ProcCluster) -> (PathBuf, String) {
     let pki0 = c.dir.path().join("data0/pki");
     let head_cert = pki0.join("head.crt");
     wait_until(30, "a leader", || {
@@ -378,7 +347,7 @@ fn first_operator(c: &ProcCluster) -> PathBuf {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
-    ops
+    (ops, text(&o))
 }
 
 /// The serial of the certificate `addr` shows in a new TLS handshake.
@@ -399,7 +368,7 @@ fn served_serial(ops: &Path, addr: &str) -> String {
 fn cluster_rotate_gives_every_head_a_new_certificate_without_a_restart() {
     let mut c = ProcCluster::start_tls(Path::new(WULFD), 3, "");
     let heads = c.all_heads();
-    let ops = first_operator(&c);
+    let (ops, _) = first_operator(&c);
     let root = ops.join("root.crt");
     let ok = |args: &[&str]| {
         let o = wwctl(&heads, Some(&root), args);
@@ -481,11 +450,15 @@ fn cluster_rotate_gives_every_head_a_new_certificate_without_a_restart() {
     );
 }
 
+/// Blob transfers and liveness probes between heads go over the gRPC port under mutual
+/// TLS (issue 12 part 1): an overlay imported through head 1 alone reaches heads 2 and
+/// 3 (the boot port no longer serves blobs, so TLS is the only way it can travel), and
+/// only a head's certificate may fetch a blob or a probe.
 #[test]
 fn blobs_and_probes_between_heads_need_a_head_certificate() {
     let c = ProcCluster::start_tls(Path::new(WULFD), 3, "");
     let pki0 = c.dir.path().join("data0/pki");
-    let ops = first_operator(&c);
+    let (ops, _) = first_operator(&c);
     let root = ops.join("root.crt");
     let on_head1 = |args: &[&str]| {
         let o = wwctl(&c.addrs[0], Some(&root), args);
@@ -569,7 +542,7 @@ fn wwclient_fetches_its_runtime_overlay_over_https_with_the_cluster_ca() {
         &format!("https_listen: \"{https}\"\nboot: {{http: {{secure: false}}}}\n"),
     );
     let heads = c.all_heads();
-    let ops = first_operator(&c);
+    let (ops, _) = first_operator(&c);
     let root = ops.join("root.crt");
     let ok = |args: &[&str]| {
         let o = wwctl(&heads, Some(&root), args);
@@ -635,6 +608,32 @@ fn wwclient_fetches_its_runtime_overlay_over_https_with_the_cluster_ca() {
         std::fs::read_to_string(noderoot.join("etc/motd")).unwrap(),
         "over https\n"
     );
+
+    // A hung head listed first (TCP accepted, the TLS handshake never answered) costs
+    // wwclient its per-head deadline, then the next head serves.
+    std::fs::remove_file(noderoot.join("etc/motd")).unwrap();
+    let hung = crate::wwclient::Hung::start();
+    let t = Instant::now();
+    let o = wwclient(&format!(
+        "head = https://127.0.0.1:{}\ntimeout = 1s\n{conf_on_node}",
+        hung.port
+    ));
+    let took = t.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "head https://127.0.0.1:{} failed: no answer within",
+            hung.port
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(took < Duration::from_secs(3), "a hung HTTPS head took {took:?}");
+    assert_eq!(
+        std::fs::read_to_string(noderoot.join("etc/motd")).unwrap(),
+        "over https\n"
+    );
+    drop(hung);
 
     // A CA of another cluster: the head is not trusted, nothing is applied.
     std::fs::remove_file(noderoot.join("etc/motd")).unwrap();

@@ -102,14 +102,14 @@ fn answer(mut c: TcpStream, body: &[u8]) -> String {
     target
 }
 
-/// A listener that accepts connections and never answers.
-struct Hung {
-    port: u16,
+/// A listener that accepts connections and never answers (a stopped process, a frozen VM).
+pub(crate) struct Hung {
+    pub(crate) port: u16,
     stop: Arc<AtomicBool>,
 }
 
 impl Hung {
-    fn start() -> Hung {
+    pub(crate) fn start() -> Hung {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
