@@ -40,13 +40,24 @@ fn default_logging() -> wulfpack::logging::Defaults {
 }
 
 fn main() {
-    if let Err(e) = run() {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wulfd: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let r = rt.block_on(run());
+    // Not `drop(rt)`: it waits for every blocking task, and a storage write stuck in the
+    // kernel (a full or hung disk, the reason Raft stopped) would keep the process up
+    // for ever instead of exiting for its service manager to restart it.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    if let Err(e) = r {
         eprintln!("wulfd: {}", wulfpack::error::report(e.as_ref()));
         std::process::exit(1);
     }
 }
 
-#[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     wulfpack::logging::init(args.log_format, "RUST_LOG", default_logging());

@@ -71,6 +71,11 @@ pub struct HeadConfig {
     /// Bound on sled's page cache.
     #[serde(default = "default_cache_mib")]
     pub cache_mib: u64,
+    /// Longest a write or flush of the Raft store may take before this head counts its
+    /// disk as failed (full, failing or hung): Raft stops and wulfd exits 1 for its
+    /// service manager to restart it. Default 60.
+    #[serde(default = "default_storage_deadline_secs")]
+    pub storage_deadline_secs: u64,
     /// Blobs no catalog entry references are deleted once older than this, so an
     /// import in progress (blobs written, entry not yet committed) keeps its blobs.
     #[serde(default = "default_gc_grace")]
@@ -260,6 +265,10 @@ fn host_of(addr: &str) -> String {
 fn default_cluster_name() -> String {
     "wulfpack".into()
 }
+fn default_storage_deadline_secs() -> u64 {
+    crate::store::STORAGE_DEADLINE.as_secs()
+}
+
 fn default_cache_mib() -> u64 {
     64
 }
@@ -431,6 +440,11 @@ impl TryFrom<HeadConfig> for Settings {
             )));
         }
         crate::model::validate_name("cluster", &c.cluster_name).map_err(|e| invalid("cluster_name", &e))?;
+        if c.storage_deadline_secs == 0 {
+            return Err(DaemonError::Invalid(
+                "storage_deadline_secs must be 1 or more (seconds a disk write may take before the head counts its disk as failed; default 60)".into(),
+            ));
+        }
         let listen = c.listen_addr();
         if listen.is_empty() {
             return Err(DaemonError::Invalid(
@@ -526,6 +540,7 @@ impl TryFrom<HeadConfig> for Settings {
             snapshots: crate::store::SnapshotPolicy::default(),
             store: StoreConfig {
                 cache_capacity_bytes: c.cache_mib * 1024 * 1024,
+                write_deadline: Duration::from_secs(c.storage_deadline_secs),
             },
             gc: (c.cas_gc_interval_secs > 0).then(|| {
                 (

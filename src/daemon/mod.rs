@@ -401,7 +401,13 @@ impl Head {
         if let Ok(Err(e)) = self.http.await {
             tracing::warn!("HTTP server: {e}");
         }
-        let _ = self.parts.cluster.raft().shutdown().await;
+        // Bounded: after a storage failure Raft's tasks may wait on a disk that never answers.
+        if tokio::time::timeout(Duration::from_secs(10), self.parts.cluster.raft().shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Raft did not stop within 10 s; exiting without it");
+        }
         if let Some(f) = self.fatal.get() {
             return Err(DaemonError::RaftStopped(f.clone()));
         }

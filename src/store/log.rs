@@ -174,25 +174,28 @@ impl<C: StoreTypeConfig> LogStore<C> {
             .map_err(|e| storage_err(subject, ErrorVerb::Read, &e))
     }
 
-    fn write_meta<T: Serialize>(
+    /// Writes one metadata value, on the blocking pool within the storage deadline (as
+    /// every sled write here: sled may block a writer on a full disk).
+    async fn write_meta<T: Serialize>(
         &self,
-        key: &str,
+        key: &'static str,
         value: &T,
         subject: ErrorSubject<u64>,
     ) -> Result<(), StorageError<u64>> {
         let bytes = serde_json::to_vec(value).map_err(|e| storage_err(subject.clone(), ErrorVerb::Write, &e))?;
-        self.meta
-            .insert(key, bytes)
-            .map_err(|e| storage_err(subject, ErrorVerb::Write, &e))?;
-        Ok(())
+        let meta = self.meta.clone();
+        super::blocking_write(move || meta.insert(key, bytes).map(drop))
+            .await
+            .map_err(|e| storage_err(subject, ErrorVerb::Write, &e))
     }
 
     fn last_purged(&self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
         self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)
     }
 
-    /// Removes every entry whose key falls in `range`, with one atomic batch. Returns how many.
-    fn remove_range(&self, range: KeyRange, subject: ErrorSubject<u64>) -> Result<usize, StorageError<u64>> {
+    /// Removes every entry whose key falls in `range`, with one atomic batch (written
+    /// within the storage deadline). Returns how many.
+    async fn remove_range(&self, range: KeyRange, subject: ErrorSubject<u64>) -> Result<usize, StorageError<u64>> {
         let mut batch = sled::Batch::default();
         let mut removed = 0;
         for key in self.log.range(range).keys() {
@@ -200,8 +203,9 @@ impl<C: StoreTypeConfig> LogStore<C> {
             batch.remove(key);
             removed += 1;
         }
-        self.log
-            .apply_batch(batch)
+        let log = self.log.clone();
+        super::blocking_write(move || log.apply_batch(batch))
+            .await
             .map_err(|e| storage_err(subject, ErrorVerb::Delete, &e))?;
         Ok(removed)
     }
@@ -249,7 +253,7 @@ impl<C: StoreTypeConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
+        self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote).await?;
         flush(&self.db, ErrorSubject::Vote, ErrorVerb::Write).await
     }
 
@@ -261,12 +265,13 @@ impl<C: StoreTypeConfig> RaftLogStorage<C> for LogStore<C> {
     /// start-up, which openraft tolerates; the next flush persists it.
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
         match committed {
-            Some(id) => self.write_meta(KEY_COMMITTED, &id, ErrorSubject::Store),
-            None => self
-                .meta
-                .remove(KEY_COMMITTED)
-                .map(drop)
-                .map_err(|e| storage_err(ErrorSubject::Store, ErrorVerb::Delete, &e)),
+            Some(id) => self.write_meta(KEY_COMMITTED, &id, ErrorSubject::Store).await,
+            None => {
+                let meta = self.meta.clone();
+                super::blocking_write(move || meta.remove(KEY_COMMITTED).map(drop))
+                    .await
+                    .map_err(|e| storage_err(ErrorSubject::Store, ErrorVerb::Delete, &e))
+            }
         }
     }
 
@@ -316,10 +321,12 @@ impl<C: StoreTypeConfig> RaftLogStorage<C> for LogStore<C> {
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         let subject = ErrorSubject::Log(log_id);
-        let removed = self.remove_range(
-            (Bound::Included(index_key(log_id.index)), Bound::Unbounded),
-            subject.clone(),
-        )?;
+        let removed = self
+            .remove_range(
+                (Bound::Included(index_key(log_id.index)), Bound::Unbounded),
+                subject.clone(),
+            )
+            .await?;
         flush(&self.db, subject, ErrorVerb::Delete).await?;
         tracing::debug!(since = %log_id, removed, "truncated log");
         Ok(())
@@ -336,11 +343,13 @@ impl<C: StoreTypeConfig> RaftLogStorage<C> for LogStore<C> {
                 ));
             }
         }
-        self.write_meta(KEY_LAST_PURGED, &log_id, subject.clone())?;
-        let removed = self.remove_range(
-            (Bound::Unbounded, Bound::Included(index_key(log_id.index))),
-            subject.clone(),
-        )?;
+        self.write_meta(KEY_LAST_PURGED, &log_id, subject.clone()).await?;
+        let removed = self
+            .remove_range(
+                (Bound::Unbounded, Bound::Included(index_key(log_id.index))),
+                subject.clone(),
+            )
+            .await?;
         flush(&self.db, subject, ErrorVerb::Delete).await?;
         tracing::debug!(upto = %log_id, removed, "purged log");
         Ok(())

@@ -146,6 +146,9 @@ impl<C> StoreTypeConfig for C where
 pub struct StoreConfig {
     /// Upper bound of sled's page cache, in bytes (default 64 MiB).
     pub cache_capacity_bytes: u64,
+    /// Longest a write or flush may take before it is a storage failure that stops Raft
+    /// (default [`STORAGE_DEADLINE`]).
+    pub write_deadline: std::time::Duration,
 }
 
 impl StoreConfig {
@@ -157,6 +160,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             cache_capacity_bytes: Self::DEFAULT_CACHE_CAPACITY_BYTES,
+            write_deadline: STORAGE_DEADLINE,
         }
     }
 }
@@ -267,6 +271,15 @@ where
             "cache_capacity_bytes must be greater than zero".to_string(),
         ));
     }
+    if cfg.write_deadline.is_zero() {
+        return Err(StoreError::InvalidConfig(
+            "write_deadline must be greater than zero".to_string(),
+        ));
+    }
+    WRITE_DEADLINE_MS.store(
+        cfg.write_deadline.as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
         path: dir.to_path_buf(),
         source,
@@ -343,7 +356,8 @@ enum FlushError {
     Stalled(std::time::Duration),
 }
 
-/// Longest a sled write or flush may take before it counts as a storage failure.
+/// Default longest time a sled write or flush may take before it counts as a storage
+/// failure ([`StoreConfig::write_deadline`]).
 ///
 /// Why: on a full disk sled can block a writer (waiting for IO buffers its flusher cannot
 /// write) or a flush forever, without an error: the Raft core then waits for ever, no
@@ -353,15 +367,23 @@ enum FlushError {
 /// to restart it. Generous: a busy spinning disk may take seconds for one flush.
 pub const STORAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Runs `f` (a sled write) on the blocking pool within [`STORAGE_DEADLINE`].
+/// The deadline in force, in milliseconds: one per process (a process opens one data
+/// dir; tests that open several use the same setting), set by [`open`].
+static WRITE_DEADLINE_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(STORAGE_DEADLINE.as_millis() as u64);
+
+/// Runs `f` (a sled write) on the blocking pool within the write deadline. Every sled
+/// write of the stores goes through here: one left on the async thread could block the
+/// Raft core where no deadline reaches it.
 async fn blocking_write<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, sled::Error> + Send + 'static,
 ) -> Result<T, FlushError> {
-    match tokio::time::timeout(STORAGE_DEADLINE, tokio::task::spawn_blocking(f)).await {
+    let deadline = std::time::Duration::from_millis(WRITE_DEADLINE_MS.load(std::sync::atomic::Ordering::Relaxed));
+    match tokio::time::timeout(deadline, tokio::task::spawn_blocking(f)).await {
         Ok(Ok(Ok(v))) => Ok(v),
         Ok(Ok(Err(e))) => Err(FlushError::from(e)),
         Ok(Err(e)) => Err(FlushError::from(e)),
-        Err(_) => Err(FlushError::Stalled(STORAGE_DEADLINE)),
+        Err(_) => Err(FlushError::Stalled(deadline)),
     }
 }
 

@@ -153,8 +153,9 @@ impl SnapshotStore {
         let mut batch = sled::Batch::default();
         batch.insert(KEY_CURRENT, record);
         batch.insert(KEY_COUNTER, &self.counter.load(Ordering::Relaxed).to_be_bytes());
-        self.tree
-            .apply_batch(batch)
+        let tree = self.tree.clone();
+        super::blocking_write(move || tree.apply_batch(batch))
+            .await
             .map_err(|e| storage_err(subject(), ErrorVerb::Write, &e))?;
         flush(&self.db, subject(), ErrorVerb::Write).await?;
         tracing::debug!(meta = %snap.meta, bytes = snap.data.len(), "persisted snapshot");

@@ -90,6 +90,7 @@ pub type KvSmStore = StateMachineStore<KvConfig, KvState>;
 pub fn test_config() -> StoreConfig {
     StoreConfig {
         cache_capacity_bytes: 4 * 1024 * 1024,
+        ..StoreConfig::default()
     }
 }
 

@@ -174,6 +174,7 @@ fn zero_cache_is_rejected() {
         dir.path(),
         &StoreConfig {
             cache_capacity_bytes: 0,
+            ..StoreConfig::default()
         },
     )
     .unwrap_err();

@@ -13,6 +13,8 @@ pub struct ProcCluster {
     pub http: Vec<String>,
     wulfd: PathBuf,
     children: Vec<Option<Child>>,
+    /// Extra environment of each head's process (from its next start).
+    env: Vec<Vec<(String, String)>>,
     /// `insecure: true` (plaintext), or the mutual TLS of docs/OPERATIONS.md.
     tls: bool,
 }
@@ -98,6 +100,7 @@ impl ProcCluster {
             http,
             wulfd: wulfd.into(),
             children: (0..n).map(|_| None).collect(),
+            env: vec![Vec::new(); n],
             tls,
         };
         let insecure = if tls { "" } else { "insecure: true\n" };
@@ -134,6 +137,7 @@ impl ProcCluster {
         self.http.push(ports.pop().unwrap());
         self.addrs.push(ports.pop().unwrap());
         self.children.push(None);
+        self.env.push(Vec::new());
         let insecure = if self.tls { "" } else { "insecure: true\n" };
         std::fs::write(
             self.cfg(i),
@@ -164,11 +168,18 @@ impl ProcCluster {
         let child = Command::new(&self.wulfd)
             .arg("--config")
             .arg(self.cfg(i))
+            .envs(self.env[i].iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         self.children[i] = Some(child);
+    }
+
+    /// Set `key=value` in head `i`'s environment from its next start.
+    #[allow(dead_code)] // used by the tests, not by the benchmarks
+    pub fn set_env(&mut self, i: usize, key: &str, value: &str) {
+        self.env[i].push((key.into(), value.into()));
     }
 
     /// Wait up to `secs` for head `i` to exit on its own; its exit status, or `None`.

@@ -348,6 +348,7 @@ async fn a_starting_head_says_so_instead_of_hanging() {
         }],
         raft: Default::default(),
         cache_mib: 16,
+        storage_deadline_secs: 60,
         cas_gc_grace_secs: 3600,
         cas_gc_interval_secs: 0,
         boot: Default::default(),
