@@ -318,8 +318,9 @@ async fn connect(from: &str, srv: SocketAddr) -> tokio::net::TcpStream {
     s.connect(srv).await.unwrap()
 }
 
-/// Send `req` and read up to the end of the response head: the status and the head.
-async fn head_of(c: &mut tokio::net::TcpStream, req: &[u8]) -> (u16, String) {
+/// Send `req` and read up to the end of the response head: the status and the head
+/// (over TCP or TLS).
+async fn head_of<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(c: &mut S, req: &[u8]) -> (u16, String) {
     c.write_all(req).await.unwrap();
     let mut got = Vec::new();
     let mut byte = [0u8; 1];
@@ -327,12 +328,29 @@ async fn head_of(c: &mut tokio::net::TcpStream, req: &[u8]) -> (u16, String) {
         let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut byte))
             .await
             .expect("a response head within 10 s")
-            .unwrap();
+            .unwrap_or(0);
         assert!(n == 1, "connection closed before a response head: {got:?}");
         got.push(byte[0]);
     }
     let head = String::from_utf8(got).unwrap();
     (head[9..12].parse().unwrap(), head)
+}
+
+/// Write a header a byte every 100 ms on `slow` (a minute's worth); when a write fails
+/// (the server closed it), how long after `since`; None if it never did.
+fn dribble<S>(mut slow: S, since: Instant) -> tokio::task::JoinHandle<Option<Duration>>
+where
+    S: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        for b in "X-Slow: ".bytes().chain(std::iter::repeat_n(b'a', 600)) {
+            if slow.write_all(&[b]).await.is_err() || slow.flush().await.is_err() {
+                return Some(since.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    })
 }
 
 fn get(path: &str) -> Vec<u8> {
@@ -407,15 +425,7 @@ async fn a_slowloris_client_is_disconnected_while_a_normal_client_is_served() {
     slow.write_all(format!("GET /ipxe/{MAC} HTTP/1.1\r\nHost: head\r\n").as_bytes())
         .await
         .unwrap();
-    let dribble = tokio::spawn(async move {
-        for b in "X-Slow: ".bytes().chain(std::iter::repeat_n(b'a', 600)) {
-            if slow.write_all(&[b]).await.is_err() {
-                return Some(t0.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
-    });
+    let dribble = dribble(slow, t0);
     // Meanwhile a normal client (from the same address) is served, more than once.
     let c = client_from(A);
     for _ in 0..3 {
@@ -521,25 +531,6 @@ async fn the_https_listener_keeps_the_same_limits_as_http() {
         let tcp = connect(from, h.addr).await;
         connector.connect("head".try_into().unwrap(), tcp).await.unwrap()
     };
-    async fn head_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-        c: &mut S,
-        req: &[u8],
-    ) -> (u16, String) {
-        c.write_all(req).await.unwrap();
-        let mut got = Vec::new();
-        let mut byte = [0u8; 1];
-        while !got.ends_with(b"\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut byte))
-                .await
-                .expect("a response head within 10 s")
-                .unwrap_or(0);
-            assert!(n == 1, "connection closed before a response head: {got:?}");
-            got.push(byte[0]);
-        }
-        let head = String::from_utf8(got).unwrap();
-        (head[9..12].parse().unwrap(), head)
-    }
-
     // A TCP connection that never starts TLS, and a TLS one that dribbles its head.
     let t0 = Instant::now();
     let mut silent = connect(A, h.addr).await;
@@ -552,19 +543,10 @@ async fn the_https_listener_keeps_the_same_limits_as_http() {
     slow.write_all(format!("GET /ipxe/{MAC} HTTP/1.1\r\nHost: head\r\n").as_bytes())
         .await
         .unwrap();
-    let dribble = tokio::spawn(async move {
-        let t = Instant::now();
-        for b in "X-Slow: ".bytes().chain(std::iter::repeat_n(b'a', 600)) {
-            if slow.write_all(&[b]).await.is_err() || slow.flush().await.is_err() {
-                return Some(t.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
-    });
+    let dribble = dribble(slow, Instant::now());
     // Meanwhile B is served over TLS.
     let mut b = tls_from(B).await;
-    let (st, _) = head_over(&mut b, &get(&format!("/ipxe/{MAC}"))).await;
+    let (st, _) = head_of(&mut b, &get(&format!("/ipxe/{MAC}"))).await;
     assert_eq!(st, 200);
 
     // An oversized request head: 431, and the listener goes on serving.
@@ -574,7 +556,7 @@ async fn the_https_listener_keeps_the_same_limits_as_http() {
         "GET /ipxe/{MAC} HTTP/1.1\r\nHost: head\r\nX-Big: {}\r\n\r\n",
         "a".repeat(max)
     );
-    let (st, _) = head_over(&mut big, req.as_bytes()).await;
+    let (st, _) = head_of(&mut big, req.as_bytes()).await;
     assert_eq!(st, 431);
 
     // A holds `limit` image downloads (reading only their heads): its next request is
@@ -582,17 +564,17 @@ async fn the_https_listener_keeps_the_same_limits_as_http() {
     let mut held = Vec::new();
     for _ in 0..limit {
         let mut c = tls_from(A).await;
-        let (st, _) = head_over(&mut c, &get(&format!("/image/{MAC}"))).await;
+        let (st, _) = head_of(&mut c, &get(&format!("/image/{MAC}"))).await;
         assert_eq!(st, 200);
         held.push(c);
     }
     assert_eq!(h.limit.in_flight(ip(A)), limit);
     let mut a = tls_from(A).await;
-    let (st, head) = head_over(&mut a, &get(&format!("/ipxe/{MAC}"))).await;
+    let (st, head) = head_of(&mut a, &get(&format!("/ipxe/{MAC}"))).await;
     assert_eq!(st, 503, "{head}");
     assert!(head.to_ascii_lowercase().contains("retry-after: 5"), "{head}");
     let mut b2 = tls_from(B).await;
-    let (st, _) = head_over(&mut b2, &get(&format!("/ipxe/{MAC}"))).await;
+    let (st, _) = head_of(&mut b2, &get(&format!("/ipxe/{MAC}"))).await;
     assert_eq!(st, 200);
     drop(held);
     wait_until(10, "A's places given back", async || h.limit.in_flight(ip(A)) == 0).await;
